@@ -1,0 +1,237 @@
+"""On-disk contracts between stages: a dataset directory and a run directory, each with a manifest.json.
+
+Every write here is atomic (temporary sibling, fsync, rename), so a failed command never leaves a half-written
+file or directory behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import TuneforgeError
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation", "test")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TuneforgeError(f"{path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise TuneforgeError(f"not valid JSON: {err.msg}", where=f"{path}:{err.lineno}") from None
+
+
+def fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it becomes `final` in one rename, on error it vanishes."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if final.exists():
+            if not replace:
+                raise TuneforgeError(f"{final} already exists", fix="remove it or choose another output path")
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows as JSON lines (sorted keys are not forced: record field order is part of the format)."""
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise TuneforgeError(f"not valid JSON: {err.msg}", where=f"{path}:{lineno}") from None
+    return rows
+
+
+@dataclass(frozen=True)
+class DatasetDir:
+    """A prepared dataset: train/validation/test JSONL files of canonical records and a manifest."""
+
+    path: Path
+
+    KIND = "tuneforge.dataset"
+
+    @staticmethod
+    def is_dataset(path: Path) -> bool:
+        m = Path(path) / MANIFEST
+        if not m.is_file():
+            return False
+        try:
+            return json.loads(m.read_text(encoding="utf-8")).get("kind") == DatasetDir.KIND
+        except (json.JSONDecodeError, OSError):
+            return False
+
+    @classmethod
+    def open(cls, path: str | Path) -> DatasetDir:
+        p = Path(path)
+        if not cls.is_dataset(p):
+            raise TuneforgeError(
+                f"{p} is not a prepared dataset directory (no tuneforge manifest.json)",
+                fix="run `tuneforge prepare CONFIG` first, or point data.path at a raw file to prepare",
+            )
+        return cls(p)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return dict(read_json(self.path / MANIFEST))
+
+    def split_path(self, split: str) -> Path:
+        return self.path / f"{split}.jsonl"
+
+    def records(self, split: str) -> list[dict[str, Any]]:
+        p = self.split_path(split)
+        if not p.is_file():
+            raise TuneforgeError(f"dataset {self.path} has no {split} split", fix="re-run `tuneforge prepare`")
+        return read_jsonl(p)
+
+    @property
+    def format(self) -> str:
+        return str(self.manifest["format"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.get("labels") or [])
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A training run: config.yaml, metrics.jsonl, checkpoints/, the final adapter or model, eval/, manifest."""
+
+    path: Path
+
+    KIND = "tuneforge.run"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        """The trained result: a PEFT adapter folder or a full safetensors model folder."""
+        return self.path / "final"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        p = Path(path)
+        if not (p / "config.yaml").is_file():
+            raise TuneforgeError(
+                f"{p} is not a tuneforge run directory (no config.yaml)",
+                fix="pass the train.output_dir of a run made by `tuneforge train`",
+            )
+        return cls(p)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.is_file():
+            return {}
+        return dict(read_json(self.manifest_path))
+
+    def update_manifest(self, **fields: Any) -> None:
+        m = self.manifest
+        m.setdefault("kind", self.KIND)
+        m.update(fields)
+        write_json_atomic(self.manifest_path, m)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []

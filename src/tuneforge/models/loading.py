@@ -1,0 +1,161 @@
+"""Load a base model and its tokenizer from a local folder, the hub, or a built-in; safetensors only by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneforge import builtin
+from tuneforge.config import ModelConfig
+from tuneforge.errors import TuneforgeError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
+    "'\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+NAMED_TEMPLATES = {"chatml": CHATML}
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or Path(name).exists()
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    """A local folder path for local and built-in models, the hub id otherwise."""
+    if builtin.is_builtin(cfg.name):
+        return str(builtin.resolve(cfg.name))
+    if _looks_like_path(cfg.name):
+        path = Path(cfg.name).expanduser()
+        if not path.is_dir():
+            raise TuneforgeError(
+                f"model folder {path} does not exist", where="model.name", fix="pass a Hugging Face model folder"
+            )
+        _refuse_pickle(path, cfg)
+        return str(path)
+    return cfg.name
+
+
+def _refuse_pickle(path: Path, cfg: ModelConfig) -> None:
+    files = [p.name for p in path.iterdir() if p.is_file()]
+    if any(f.endswith(".safetensors") for f in files) or cfg.allow_pickle:
+        return
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise TuneforgeError(
+            f"{path} holds only pickle weights ({', '.join(sorted(pickles))}); loading a pickle can run arbitrary code",
+            where="model.name",
+            fix="convert the weights to safetensors, or set model.allow_pickle=true if you trust the file",
+        )
+
+
+def _hub_error(cfg: ModelConfig, err: Exception) -> TuneforgeError:
+    return TuneforgeError(
+        f"could not load {cfg.name!r} from the Hugging Face hub ({type(err).__name__}: {str(err)[:200]})",
+        where="model.name",
+        fix="check the id and your network; offline, download the model once and pass its local folder "
+        "(or use builtin:smollm2-135m-instruct / builtin:minilm-l6)",
+    )
+
+
+def _quiet_transformers() -> None:
+    # Per-tensor loading bars and deprecation chatter drown our own progress output.
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _from_pretrained(loader: Any, path: str, cfg: ModelConfig, **kwargs: Any) -> Any:
+    _quiet_transformers()
+    local = Path(path).is_dir()
+    try:
+        return loader.from_pretrained(
+            path,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            local_files_only=local,
+            **kwargs,
+        )
+    except OSError as err:
+        if local:
+            raise TuneforgeError(f"could not load a model from {path}: {err}", where="model.name") from None
+        raise _hub_error(cfg, err) from None
+    except ValueError as err:
+        if "safetensors" in str(err) and not cfg.allow_pickle:
+            raise TuneforgeError(
+                f"{cfg.name} has no safetensors weights and pickle loading is off",
+                where="model.name",
+                fix="set model.allow_pickle=true if you trust this model",
+            ) from None
+        raise
+
+
+def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer, path or resolve_model_path(cfg), cfg)
+    if cfg.chat_template:
+        tok.chat_template = NAMED_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
+    if tok.pad_token is None:
+        # Padding positions are masked out of attention and loss, so reusing EOS (or UNK) for padding is safe.
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def pick_dtype(cfg: ModelConfig) -> torch.dtype:
+    import torch
+
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)  # type: ignore[no-any-return]
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(
+    cfg: ModelConfig,
+    *,
+    labels: list[str] | None = None,
+    path: str | None = None,
+    pad_token_id: int | None = None,
+) -> PreTrainedModel:
+    """Load the base model with the head its task needs (LM head, or a classification/regression head)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    path = path or resolve_model_path(cfg)
+    kwargs: dict[str, Any] = {"dtype": pick_dtype(cfg), "use_safetensors": None if cfg.allow_pickle else True}
+    if cfg.task == "causal-lm":
+        model = _from_pretrained(AutoModelForCausalLM, path, cfg, **kwargs)
+    else:
+        if cfg.task == "classification":
+            if not labels:
+                raise TuneforgeError("a classification model needs the dataset's labels", where="model.task")
+            kwargs.update(
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+            )
+        else:
+            kwargs.update(num_labels=1, problem_type="regression")
+        model = _from_pretrained(AutoModelForSequenceClassification, path, cfg, **kwargs)
+        if pad_token_id is not None and model.config.pad_token_id is None:
+            model.config.pad_token_id = pad_token_id  # decoders need it to find each row's last real token
+    if cfg.dropout is not None:
+        _set_dropout(model, cfg.dropout)
+    return model  # type: ignore[no-any-return]
+
+
+def _set_dropout(model: PreTrainedModel, p: float) -> None:
+    import torch
+
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout"):
+        if hasattr(model.config, name):
+            setattr(model.config, name, p)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p

@@ -1,0 +1,56 @@
+"""Data order and batching: a seeded permutation per epoch, so any position in training can be reproduced.
+
+We index examples directly instead of using a DataLoader: the exact position in the data order is then just
+(epoch, micro-batch index), which makes exact resume trivial and needs no sampler state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tuneforge.train.encode import IGNORE, Example
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def micro_batches(order: list[int], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Global batches of `batch_size * world` examples; each process takes its own strided share."""
+    step = batch_size * world
+    batches = [order[i : i + step] for i in range(0, len(order) - step + 1, step)]
+    if not batches and order:  # fewer examples than one global batch: still train on them
+        batches = [order]
+    return [b[rank::world] for b in batches]
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch: input_ids/attention_mask (B, T), and labels (B, T) or (B,)."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    out: dict[str, Any] = {}
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"], dtype=torch.long)
+        mask[i, :n] = 1
+    out["input_ids"], out["attention_mask"] = ids, mask
+    if "labels" in examples[0]:
+        labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+        for i, e in enumerate(examples):
+            labels[i, : len(e["labels"])] = torch.tensor(e["labels"], dtype=torch.long)
+        out["labels"] = labels
+    else:
+        dtype = torch.float32 if isinstance(examples[0]["label"], float) else torch.long
+        out["label"] = torch.tensor([e["label"] for e in examples], dtype=dtype)
+    return out
+
+
+def target_count(batch: dict[str, torch.Tensor]) -> int:
+    """How many loss terms a micro-batch contributes: predicted tokens for causal-LM, rows for heads."""
+    if "labels" in batch:
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+    return int(batch["label"].shape[0])

@@ -186,7 +186,6 @@ def train(
     source = source or ConfigSource(None)
     method, options = resolve_method(cfg.method, source)  # validate before anything is written
     dataset = prepare_dataset(cfg.data)
-    run = _open_run_dir(cfg, resume, force, overwrite)
     accelerator = _accelerator(cfg)
     set_seed(cfg.train.seed)
     task, fmt, labels = cfg.model.task, dataset.format, dataset.labels
@@ -201,6 +200,9 @@ def train(
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     trainable, total = count_parameters(model)
+    # The run directory is created only once data, model and method are known to be good, so a typo in the
+    # config never leaves a half-made run behind that blocks the next attempt.
+    run = _open_run_dir(cfg, resume, force, overwrite)
 
     encode = {
         "tok": tokenizer,

@@ -66,6 +66,12 @@ class DataConfig(Section):
     """Column holding the expected answer (instruction format)."""
     messages_column: str | None = None
     """Column holding a list of chat messages (chat format)."""
+    input_column: str | None = None
+    """Column holding the optional extra input of an instruction (instruction format)."""
+    chosen_column: str | None = None
+    """Column holding the preferred answer (preference format)."""
+    rejected_column: str | None = None
+    """Column holding the dispreferred answer (preference format)."""
     split_column: str | None = None
     """Column naming each row's split (train/validation/test); when set it is respected as is."""
     group_column: str | None = None
@@ -76,6 +82,10 @@ class DataConfig(Section):
     """CSV delimiter (sniffed when unset)."""
     encoding: str | None = None
     """File encoding (utf-8 with BOM handling by default, invalid bytes are reported)."""
+    text_unit: Literal["auto", "file", "paragraph", "line"] = "auto"
+    """Plain text: one example per file, blank-line-separated paragraph or line (auto: paragraph; folders: file)."""
+    max_row_bytes: int = Field(16 * 2**20, ge=1024)
+    """A source row larger than this is reported as an invalid row instead of being loaded."""
     output_dir: str | None = None
     """Where the prepared dataset directory goes (default: datasets/<source name>)."""
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15)

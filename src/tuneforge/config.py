@@ -83,7 +83,7 @@ class DataConfig(Section):
     encoding: str | None = None
     """File encoding (utf-8 with BOM handling by default, invalid bytes are reported)."""
     text_unit: Literal["auto", "file", "paragraph", "line"] = "auto"
-    """Plain text: one example per file, blank-line-separated paragraph or line (auto: paragraph; folders: file)."""
+    """Plain text: an example per file, paragraph or line (auto: paragraph; in a folder: file)."""
     max_row_bytes: int = Field(16 * 2**20, ge=1024)
     """A source row larger than this is reported as an invalid row instead of being loaded."""
     output_dir: str | None = None

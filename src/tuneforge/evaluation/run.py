@@ -79,11 +79,16 @@ def evaluate_run(
     fmt, labels = dataset.format, dataset.labels
     result: dict[str, Any] = {"split": split, "n": len(records), "task": cfg.model.task, "format": fmt,
                               "labels": labels, "run": str(run.path)}
+    from transformers import set_seed
+
+    # A classification head of the untuned base starts random; seeding makes its baseline reproducible.
+    set_seed(cfg.train.seed)
     model, tok = load_tuned(run, cfg)
     result["tuned"], tuned_pred = evaluate_model(model, tok, records, cfg, fmt, labels)
     del model
     base_pred: list[Any] = []
     if compare:
+        set_seed(cfg.train.seed)
         base, btok = load_base(run, cfg)
         result["base"], base_pred = evaluate_model(base, btok, records, cfg, fmt, labels)
     out = run.eval_dir / f"{split}.json"

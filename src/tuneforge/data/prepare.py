@@ -14,7 +14,7 @@ from tuneforge.config import DataConfig
 from tuneforge.data.clean import clean_record
 from tuneforge.data.dedup import exact_duplicates
 from tuneforge.data.records import RowProblem, detect_format, record_text, resolve_columns, to_record
-from tuneforge.data.sources import detect_source, read_rows
+from tuneforge.data.sources import describe_source, read_rows
 from tuneforge.data.split import SPLIT_NAMES, split_indices
 from tuneforge.errors import TuneforgeError
 
@@ -26,16 +26,10 @@ def default_output_dir(cfg: DataConfig) -> Path:
     return Path(cfg.output_dir) if cfg.output_dir else Path("datasets") / Path(cfg.path.rstrip("/")).stem
 
 
-def _source_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return [path]
-
-
 def input_fingerprint(cfg: DataConfig) -> tuple[str, list[dict[str, str]]]:
     """Content hash of the sources and the data config: the same inputs give the same fingerprint."""
     assert cfg.path is not None
-    files = [{"path": str(p), "sha256": sha256_file(p)} for p in _source_files(Path(cfg.path))]
+    files = [{"path": str(p), "sha256": sha256_file(p)} for p in describe_source(cfg.path, cfg).files]
     h = hashlib.sha256()
     h.update(__version__.encode())
     h.update(json.dumps(cfg.model_dump(mode="json", exclude={"output_dir"}), sort_keys=True).encode())
@@ -56,11 +50,11 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False) -> DatasetDir:
     src = Path(cfg.path)
     if DatasetDir.is_dataset(src):
         return DatasetDir(src)
-    if not src.exists():
-        raise TuneforgeError(f"{src} does not exist", where="data.path", fix="point data.path at your data")
+    source = describe_source(cfg.path, cfg)  # raises if missing; database URLs are not paths
     out = default_output_dir(cfg)
     fingerprint, files = input_fingerprint(cfg)
-    if not force and DatasetDir.is_dataset(out) and DatasetDir(out).manifest.get("fingerprint") == fingerprint:
+    reusable = not force and not source.remote and DatasetDir.is_dataset(out)
+    if reusable and DatasetDir(out).manifest.get("fingerprint") == fingerprint:
         return DatasetDir(out)
 
     counts: Counter[str] = Counter()
@@ -71,13 +65,13 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False) -> DatasetDir:
     problems: Counter[str] = Counter()
     fmt: str | None = None
     mapping: dict[str, str] = {}
-    for row in read_rows(src, cfg):
+    for row in read_rows(cfg.path, cfg):
         counts["read"] += 1
         try:
             if row.problem:
                 raise RowProblem(*row.problem)
             if fmt is None:
-                fmt = detect_format(list(row.fields), cfg)
+                fmt = detect_format(list(row.fields), cfg, row.fields)
                 mapping = resolve_columns(list(row.fields), fmt, cfg)
             record = to_record(row.fields, fmt, mapping)
             record = clean_record(record, cfg.clean, cleaned)
@@ -117,7 +111,7 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False) -> DatasetDir:
         "kind": DatasetDir.KIND,
         "tuneforge_version": __version__,
         "format": fmt,
-        "source": {"path": str(src), "reader": detect_source(src, cfg) if src.is_file() else "folder"},
+        "source": {"path": source.display, "reader": source.kind},
         "source_files": files,
         "columns": mapping,
         "fingerprint": fingerprint,

@@ -1,4 +1,4 @@
-"""JSON Lines: one JSON object per line; BOM, CRLF and a missing last newline are fine."""
+"""JSON Lines: one JSON object per line; a BOM, CRLF, blank lines and a missing last newline are fine."""
 
 from __future__ import annotations
 
@@ -7,28 +7,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneforge.config import DataConfig
-from tuneforge.data.sources.base import RawRow, decode_line, strip_bom
+from tuneforge.data.sources.base import RawRow, json_type, read_lines, resolve_encoding
 
 
-def read(path: Path, cfg: DataConfig) -> Iterator[RawRow]:
-    encoding = cfg.encoding or "utf-8"
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if lineno == 1:
-                raw = strip_bom(raw)
-            text, ok = decode_line(raw, encoding)
-            where = f"{path}:{lineno}"
-            if not text.strip():
-                continue
-            if not ok:
-                yield RawRow({}, where, ("encoding", f"invalid {encoding} bytes"))
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as err:
-                yield RawRow({}, where, ("invalid_json", f"not valid JSON: {err.msg} at column {err.colno}"))
-                continue
-            if not isinstance(obj, dict):
-                yield RawRow({}, where, ("wrong_type", f"expected a JSON object, got {type(obj).__name__}"))
-                continue
-            yield RawRow(obj, where)
+def read(location: str, cfg: DataConfig) -> Iterator[RawRow]:
+    path = Path(location)
+    # JSON is UTF-8 by definition (RFC 8259), so no legacy codec is guessed: bad bytes are reported instead.
+    encoding = resolve_encoding(path, cfg, sniff=False)
+    for line in read_lines(path, encoding, cfg.max_row_bytes):
+        where = f"{path}:{line.number}"
+        if line.problem:
+            yield RawRow({}, where, line.problem)
+            continue
+        assert line.text is not None
+        if not line.text.strip():
+            continue
+        try:
+            obj = json.loads(line.text)
+        except json.JSONDecodeError as err:
+            yield RawRow({}, where, ("invalid_json", f"not valid JSON: {err.msg} at column {err.colno}"))
+            continue
+        if not isinstance(obj, dict):
+            yield RawRow({}, where, ("wrong_type", f"expected a JSON object, got {json_type(obj)}"))
+            continue
+        yield RawRow(obj, where)

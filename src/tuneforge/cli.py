@@ -46,6 +46,20 @@ def prepare(
 
 
 @app.command()
+def export(
+    dataset_dir: Annotated[Path, typer.Argument(help="A dataset directory made by `tuneforge prepare`.")],
+    to: Annotated[str, typer.Option("--to", help="openai (chat JSONL) or alpaca (JSON).")],
+    out: Annotated[Path, typer.Option("--out", help="The file to write.")],
+    split: Annotated[str, typer.Option(help="train, validation or test.")] = "train",
+) -> None:
+    """A prepared dataset → OpenAI chat JSONL or Alpaca JSON, for other fine-tuning tools."""
+    from tuneforge.data.export import export_dataset
+
+    n = export_dataset(dataset_dir, to=to, out=out, split=split)
+    console.print(f"[green]exported[/green] {n} {split} examples to {out}")
+
+
+@app.command()
 def train(
     config: ConfigArg,
     overrides: Overrides = None,

@@ -1,4 +1,4 @@
-"""Load a base model and its tokenizer from a local folder, the hub, or a built-in; safetensors only by default."""
+"""Load a base model and its tokenizer from a folder, the hub or a built-in; safetensors only by default."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneforge import builtin
-from tuneforge.config import ModelConfig
+from tuneforge.config import MethodConfig, ModelConfig
 from tuneforge.errors import TuneforgeError
 
 if TYPE_CHECKING:
@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
-    "'\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 NAMED_TEMPLATES = {"chatml": CHATML}
 
@@ -33,7 +34,9 @@ def resolve_model_path(cfg: ModelConfig) -> str:
         path = Path(cfg.name).expanduser()
         if not path.is_dir():
             raise TuneforgeError(
-                f"model folder {path} does not exist", where="model.name", fix="pass a Hugging Face model folder"
+                f"model folder {path} does not exist",
+                where="model.name",
+                fix="pass a Hugging Face model folder",
             )
         _refuse_pickle(path, cfg)
         return str(path)
@@ -47,7 +50,8 @@ def _refuse_pickle(path: Path, cfg: ModelConfig) -> None:
     pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if pickles:
         raise TuneforgeError(
-            f"{path} holds only pickle weights ({', '.join(sorted(pickles))}); loading a pickle can run arbitrary code",
+            f"{path} holds only pickle weights ({', '.join(sorted(pickles))}); "
+            "loading a pickle can run arbitrary code",
             where="model.name",
             fix="convert the weights to safetensors, or set model.allow_pickle=true if you trust the file",
         )
@@ -123,13 +127,22 @@ def load_model(
     labels: list[str] | None = None,
     path: str | None = None,
     pad_token_id: int | None = None,
+    method: MethodConfig | None = None,
 ) -> PreTrainedModel:
-    """Load the base model with the head its task needs (LM head, or a classification/regression head)."""
+    """Load the base model with the head its task needs (LM head, or a classification/regression head).
+
+    `method` lets a tuning method change how the base is loaded (QLoRA loads it quantised to 4 bits).
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from tuneforge.models.methods import load_kwargs
 
     path = path or resolve_model_path(cfg)
     kwargs: dict[str, Any] = {"dtype": pick_dtype(cfg), "use_safetensors": None if cfg.allow_pickle else True}
+    if method is not None:
+        kwargs.update(load_kwargs(method))
     if cfg.task == "causal-lm":
+        _refuse_encoder_as_lm(path, cfg)
         model = _from_pretrained(AutoModelForCausalLM, path, cfg, **kwargs)
     else:
         if cfg.task == "classification":
@@ -148,6 +161,24 @@ def load_model(
     if cfg.dropout is not None:
         _set_dropout(model, cfg.dropout)
     return model  # type: ignore[no-any-return]
+
+
+def _refuse_encoder_as_lm(path: str, cfg: ModelConfig) -> None:
+    """An encoder (bidirectional attention) trained as a causal LM would see each token it must predict."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    config = _from_pretrained(AutoConfig, path, cfg)
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+        return
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise TuneforgeError(
+            f"{cfg.name} is an encoder ({config.model_type}); "
+            "it cannot be fine-tuned as a causal language model",
+            where="model.task",
+            fix="use model.task=classification or regression with this model, or a decoder model "
+            "(e.g. builtin:smollm2-135m-instruct) for causal-lm",
+        )
 
 
 def _set_dropout(model: PreTrainedModel, p: float) -> None:

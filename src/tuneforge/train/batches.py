@@ -54,3 +54,12 @@ def target_count(batch: dict[str, torch.Tensor]) -> int:
     if "labels" in batch:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
     return int(batch["label"].shape[0])
+
+
+def input_positions(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The LM logits of the input's own positions: (B, P+T, V) → (B, T, V).
+
+    Prompt tuning prepends P learned virtual tokens inside the model, so its logits start with P extra
+    positions that predict nothing in the input; other models return exactly T positions, kept as they are.
+    """
+    return logits[:, logits.shape[1] - input_ids.shape[1] :]

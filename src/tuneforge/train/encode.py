@@ -1,7 +1,7 @@
 """Records → token examples for each task, with the causal-LM loss only on what the assistant says.
 
-An example is a dict: `input_ids` (list[int]), and either `labels` (list[int], -100 where no loss) for causal-lm
-or `label` (int class id / float target) for the heads.
+An example is a dict: `input_ids` (list[int]), and either `labels` (list[int], -100 where no loss) for
+causal-lm or `label` (int class id / float target) for the heads.
 """
 
 from __future__ import annotations
@@ -32,23 +32,29 @@ def to_messages(record: dict[str, Any], labels: list[str], template: str) -> lis
         prompt = classification_prompt(record["text"], labels, template)
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(record["label"])}]
     if "prompt" in record:
-        return [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["chosen"]}]
+        return [
+            {"role": "user", "content": record["prompt"]},
+            {"role": "assistant", "content": record["chosen"]},
+        ]
     raise TuneforgeError("records of this dataset cannot be turned into a conversation", where="data.format")
 
 
-def _render(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
-    ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
+def _render(
+    tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool
+) -> list[int]:
+    ids: Any = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
+    if hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
         ids = ids["input_ids"]
-    return list(ids)
+    return [int(i) for i in ids]
 
 
 def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int) -> Example:
-    """Tokenize a conversation with the chat template; loss on every assistant turn (and its end-of-turn token).
+    """Tokenize a conversation with the chat template; loss on every assistant turn and nothing else.
 
     Assistant spans are found by rendering growing prefixes of the conversation: the tokens that rendering
-    message i adds after the generation prompt of messages[:i] are what the assistant says. This works with any
-    template whose renderings extend each other, which we check rather than assume.
+    message i adds after the generation prompt of messages[:i] are what the assistant says, followed by the
+    template's end of turn (for ChatML `<|im_end|>` and the newline after it). This works with any template
+    whose renderings extend each other, which we check rather than assume.
     """
     if not tok.chat_template:
         raise TuneforgeError(
@@ -61,15 +67,16 @@ def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], ma
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = len(_render(tok, messages[:i], True))
-        prefix = _render(tok, messages[: i + 1], False)
-        end = len(prefix)
-        if full[:end] != prefix:
+        before = _render(tok, messages[:i], True)
+        upto = _render(tok, messages[: i + 1], False)
+        start, end = len(before), len(upto)
+        if full[:start] != before or full[:end] != upto or start > end:
             raise TuneforgeError(
-                "the chat template renders a conversation differently from its own prefixes, so the assistant's "
-                "tokens cannot be located",
+                "the chat template renders a conversation differently from its own prefixes, "
+                "so the assistant's tokens cannot be located",
                 where="model.chat_template",
-                fix="use a template whose renderings of growing conversations extend each other (e.g. chatml)",
+                fix="use a template whose renderings of growing conversations extend each other "
+                "(e.g. chatml)",
             )
         labels[start:end] = full[start:end]
     return {"input_ids": full[:max_length], "labels": labels[:max_length]}
@@ -89,12 +96,17 @@ def encode_for_task(
     labels: list[str],
     max_length: int,
     template: str,
+    packing: bool = True,
 ) -> tuple[list[Example], int]:
-    """Encode a split; returns the examples and how many had nothing to learn (all masked) and were dropped."""
+    """Encode a split; returns the examples and how many had nothing to learn (all masked) and were dropped.
+
+    `packing` (text format only): pack documents into full blocks, or keep one example per document.
+    """
     examples: list[Example] = []
     empty = 0
     if task == "causal-lm" and fmt == "text":
-        return pack_text([r["text"] for r in records], tok, max_length), 0
+        texts = [r["text"] for r in records]
+        return (pack_text(texts, tok, max_length) if packing else documents(texts, tok, max_length)), 0
     for r in records:
         if task == "causal-lm":
             ex = encode_chat(tok, to_messages(r, labels, template), max_length)
@@ -111,14 +123,28 @@ def encode_for_task(
     return examples, empty
 
 
-def pack_text(texts: list[str], tok: PreTrainedTokenizerBase, block: int) -> list[Example]:
-    """Continued pre-training: concatenate documents (EOS between them) and cut into full blocks."""
-    stream: list[int] = []
-    eos = tok.eos_token_id
+def _document_ids(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """A document's tokens followed by EOS, so the model learns where documents end."""
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    return ids + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+
+
+def documents(texts: list[str], tok: PreTrainedTokenizerBase, max_length: int) -> list[Example]:
+    """Continued pre-training without packing: one example per document, cut at max_length."""
+    out = []
     for t in texts:
-        stream.extend(tok(t, add_special_tokens=False)["input_ids"])
-        if eos is not None:
-            stream.append(eos)
+        ids = _document_ids(tok, t)[:max_length]
+        out.append({"input_ids": ids, "labels": list(ids)})
+    return out
+
+
+def pack_text(texts: list[str], tok: PreTrainedTokenizerBase, block: int) -> list[Example]:
+    """Continued pre-training: concatenate documents (EOS after each), cut into full blocks of `block` tokens.
+
+    The tail that does not fill a block is dropped (it would be the only padded example); a corpus shorter
+    than one block becomes a single short example.
+    """
+    stream = [i for t in texts for i in _document_ids(tok, t)]
     blocks = [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]
     if not blocks and stream:
         blocks = [stream]

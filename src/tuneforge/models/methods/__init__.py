@@ -1,4 +1,9 @@
-"""Fine-tuning approaches. Adding one = one file with `Options` and `apply()` + one line in `METHODS`."""
+"""Fine-tuning approaches. Adding one = one file with `Options` and `apply()` + one line in `METHODS`.
+
+A method module may also define two optional hooks:
+    check(options, task)    raise a TuneforgeError when the approach cannot run this task on this machine
+    load_kwargs(options)    extra `from_pretrained` arguments for the base model (e.g. a quantization_config)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from tuneforge.config import ConfigSource, MethodConfig
 from tuneforge.errors import TuneforgeError
-from tuneforge.models.methods import full, lora
+from tuneforge.models.methods import dora, full, ia3, lora, prefix_tuning, prompt_tuning, qlora
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -17,6 +22,7 @@ if TYPE_CHECKING:
 
 class Method(Protocol):
     Options: type[BaseModel]
+    SAVES_ADAPTER: bool
 
     def apply(self, model: PreTrainedModel, options: Any, task: str) -> Any: ...
 
@@ -24,11 +30,21 @@ class Method(Protocol):
 METHODS: dict[str, ModuleType] = {
     "full": full,
     "lora": lora,
+    "qlora": qlora,
+    "dora": dora,
+    "prompt-tuning": prompt_tuning,
+    "prefix-tuning": prefix_tuning,
+    "ia3": ia3,
 }
 
 
-def resolve_method(cfg: MethodConfig, source: ConfigSource | None = None) -> tuple[ModuleType, BaseModel]:
-    """Find the method and validate its options, with errors naming `method.<key>` and the config line."""
+def resolve_method(
+    cfg: MethodConfig, source: ConfigSource | None = None, *, task: str | None = None
+) -> tuple[ModuleType, BaseModel]:
+    """Find the method and validate its options, with errors naming `method.<key>` and the config line.
+
+    With `task`, also run the method's `check` hook: can it train that task on this machine?
+    """
     source = source or ConfigSource(None)
     module = METHODS.get(cfg.name)
     if module is None:
@@ -42,14 +58,34 @@ def resolve_method(cfg: MethodConfig, source: ConfigSource | None = None) -> tup
     except ValidationError as err:
         lines = []
         for e in err.errors():
-            key = "method." + ".".join(str(p) for p in e["loc"])
-            msg = f"unknown option for {cfg.name}" if e["type"] == "extra_forbidden" else e["msg"]
+            key = "method." + ".".join(str(p) for p in e["loc"]) if e["loc"] else "method"
+            if e["type"] == "extra_forbidden":
+                msg = f"unknown option for {cfg.name}"
+            else:
+                msg = e["msg"].removeprefix("Value error, ")
+                if e["loc"] and e.get("input") is not None:
+                    msg += f" (got {e['input']!r})"
             lines.append(f"{source.where(key)}: {msg}")
         raise TuneforgeError(
             "invalid method options:\n  " + "\n  ".join(lines),
-            fix=f"options of {cfg.name}: " + ", ".join(module.Options.model_fields),
+            fix=f"options of {cfg.name}: " + (", ".join(module.Options.model_fields) or "none"),
         ) from None
+    check = getattr(module, "check", None)
+    if task is not None and check is not None:
+        try:
+            check(options, task)
+        except TuneforgeError as err:
+            if err.where == "method.name":
+                err = TuneforgeError(err.what, where=source.where("method.name"), fix=err.fix)
+            raise err from None
     return module, options
+
+
+def load_kwargs(cfg: MethodConfig) -> dict[str, Any]:
+    """Extra arguments the method needs when the base model is loaded (none for most methods)."""
+    module, options = resolve_method(cfg)
+    hook = getattr(module, "load_kwargs", None)
+    return dict(hook(options)) if hook is not None else {}
 
 
 def apply_method(model: PreTrainedModel, cfg: MethodConfig, task: str) -> Any:
@@ -58,7 +94,16 @@ def apply_method(model: PreTrainedModel, cfg: MethodConfig, task: str) -> Any:
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+    """(trainable, total) parameter counts; PEFT's count where it applies (it sizes 4-bit weights right)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def describe_parameters(trainable: int, total: int) -> str:
+    """One line for the console: how much of the model this run trains."""
+    share = 100 * trainable / total if total else 0.0
+    return f"trainable parameters: {trainable:,} of {total:,} ({share:.2f}%)"

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneforge.models.methods.peft_wrap import task_type, wrap
+
 SAVES_ADAPTER = True
 
 
@@ -13,31 +15,30 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     r: int = Field(16, ge=1)
+    """Rank of the low-rank update."""
     alpha: float = Field(32, gt=0)
+    """Scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)."""
     dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the adapter's input."""
     target_modules: list[str] | str = "all-linear"
-    use_dora: bool = False
+    """Layers that get adapters: all-linear (every linear layer but the output head), or a list of names."""
     use_rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r), which keeps high ranks from learning slower."""
 
 
-TASK_TYPES = {"causal-lm": "CAUSAL_LM", "classification": "SEQ_CLS", "regression": "SEQ_CLS"}
-
-
-def peft_config(options: Options, task: str) -> Any:
+def peft_config(options: Options, task: str, *, use_dora: bool = False) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
         r=options.r,
-        lora_alpha=options.alpha,
+        lora_alpha=options.alpha,  # type: ignore[arg-type]  # typed int in PEFT, any number works
         lora_dropout=options.dropout,
         target_modules=options.target_modules,
-        use_dora=options.use_dora,
+        use_dora=use_dora,
         use_rslora=options.use_rslora,
-        task_type=TASK_TYPES[task],
+        task_type=task_type(task),
     )
 
 
 def apply(model: Any, options: Options, task: str) -> Any:
-    from peft import get_peft_model
-
-    return get_peft_model(model, peft_config(options, task))
+    return wrap(model, peft_config(options, task), "lora")

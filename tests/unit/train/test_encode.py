@@ -1,0 +1,186 @@
+"""Records → token examples: the assistant-only loss mask token by token, chat templates, packing, heads."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny import TOKENIZER
+from tuneforge.config import ModelConfig
+from tuneforge.errors import TuneforgeError
+from tuneforge.models import load_tokenizer
+from tuneforge.train.batches import input_positions
+from tuneforge.train.encode import IGNORE, encode_chat, encode_for_task, pack_text
+
+X = IGNORE
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "hello"},
+    {"role": "assistant", "content": "good"},
+    {"role": "user", "content": "how are you?"},
+    {"role": "assistant", "content": "fine"},
+]
+
+
+@pytest.fixture(scope="module")
+def tok():  # type: ignore[no-untyped-def]
+    return load_tokenizer(ModelConfig(name=str(TOKENIZER)))
+
+
+@pytest.fixture
+def bare_tokenizer(tmp_path: Path) -> Path:
+    """The tiny tokenizer without its chat template."""
+    out = shutil.copytree(TOKENIZER, tmp_path / "bare")
+    (out / "chat_template.jinja").unlink()
+    return out
+
+
+def test_multi_turn_loss_mask_token_by_token(tok) -> None:  # type: ignore[no-untyped-def]
+    ex = encode_chat(tok, CONVERSATION, max_length=256)
+    rows = [(tok.decode([i]), label) for i, label in zip(ex["input_ids"], ex["labels"], strict=True)]
+    # Token pieces of the tiny BPE (tests/assets/make_tiny_tokenizer.py); the label is the token id where the
+    # model is taught (both assistant answers + their end of turn), IGNORE everywhere else.
+    s, e, nl = "<|im_start|>", "<|im_end|>", "\n"
+    assert rows == [
+        (s, X), ("s", X), ("yst", X), ("em", X), (nl, X), ("B", X), ("e", X), (" b", X), ("r", X), ("i", X),
+        ("e", X), ("f", X), (".", X), (e, X), (nl, X),
+        (s, X), ("user", X), (nl, X), ("he", X), ("ll", X), ("o", X), (e, X), (nl, X),
+        (s, X), ("as", X), ("s", X), ("is", X), ("tan", X), ("t", X), (nl, X),
+        ("g", 74), ("ood", 301), (e, 2), (nl, 202),
+        (s, X), ("user", X), (nl, X), ("ho", X), ("w", X), (" a", X), ("re", X), (" ", X), ("you", X),
+        ("?", X), (e, X), (nl, X),
+        (s, X), ("as", X), ("s", X), ("is", X), ("tan", X), ("t", X), (nl, X),
+        ("f", 73), ("ine", 347), (e, 2), (nl, 202),
+    ]  # fmt: skip
+    taught = [i for i, label in zip(ex["input_ids"], ex["labels"], strict=True) if label != IGNORE]
+    assert [label for label in ex["labels"] if label != IGNORE] == taught
+
+
+def test_truncation_keeps_the_mask_aligned(tok) -> None:  # type: ignore[no-untyped-def]
+    full = encode_chat(tok, CONVERSATION, max_length=256)
+    cut = encode_chat(tok, CONVERSATION, max_length=33)
+    assert cut["input_ids"] == full["input_ids"][:33]
+    assert cut["labels"] == full["labels"][:33]
+    assert cut["labels"][-3:] == [74, 301, 2]
+
+
+def test_named_chat_template_for_a_tokenizer_without_one(bare_tokenizer: Path, tok) -> None:  # type: ignore[no-untyped-def]
+    bare = load_tokenizer(ModelConfig(name=str(bare_tokenizer)))
+    assert not bare.chat_template
+    with pytest.raises(TuneforgeError) as err:
+        encode_chat(bare, CONVERSATION, 256)
+    assert str(err.value) == (
+        "model.chat_template: the tokenizer has no chat template\n"
+        "  fix: set model.chat_template to a Jinja template or the name chatml"
+    )
+    named = load_tokenizer(ModelConfig(name=str(bare_tokenizer), chat_template="chatml"))
+    assert encode_chat(named, CONVERSATION, 256) == encode_chat(tok, CONVERSATION, 256)
+
+
+def test_custom_jinja_template(bare_tokenizer: Path) -> None:
+    template = (
+        "{% for m in messages %}{{ m['role'] }}:\n{{ m['content'] }}<|im_end|>{% endfor %}"
+        "{% if add_generation_prompt %}assistant:\n{% endif %}"
+    )
+    custom = load_tokenizer(ModelConfig(name=str(bare_tokenizer), chat_template=template))
+    ex = encode_chat(
+        custom, [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "good"}], 64
+    )
+    taught = [i for i, label in zip(ex["input_ids"], ex["labels"], strict=True) if label != IGNORE]
+    assert custom.decode(taught) == "good<|im_end|>"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # The last message renders differently from the same message followed by others.
+        "{% for m in messages %}{{ m['content'] }}"
+        "{% if loop.last %}<|im_end|>{% else %} | {% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}=> {% endif %}",
+        # The generation prompt ends in a space that BPE merges into the answer's first token (" good"), so
+        # the prompt's tokens are not a prefix of the conversation's: the answer's start cannot be found.
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|im_end|>{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}",
+    ],
+    ids=["last-message-differs", "prompt-merges-into-answer"],
+)
+def test_template_whose_renderings_do_not_extend_each_other_is_refused(
+    bare_tokenizer: Path, template: str
+) -> None:
+    odd = load_tokenizer(ModelConfig(name=str(bare_tokenizer), chat_template=template))
+    with pytest.raises(TuneforgeError, match="renders a conversation differently from its own prefixes"):
+        encode_chat(odd, CONVERSATION[1:3], 64)
+
+
+def _encode(tok, records, task: str, fmt: str, max_length: int = 64, **kw):  # type: ignore[no-untyped-def]
+    return encode_for_task(
+        records,
+        tok,
+        task=task,
+        fmt=fmt,
+        labels=["neg", "pos"],
+        max_length=max_length,
+        template="{text}",
+        **kw,
+    )
+
+
+def test_text_is_packed_into_full_blocks_with_eos_between_documents(tok) -> None:  # type: ignore[no-untyped-def]
+    docs = ["hello world", "the quick brown fox", "good"]
+    ids = [tok(d, add_special_tokens=False)["input_ids"] for d in docs]
+    stream = ids[0] + [2] + ids[1] + [2] + ids[2] + [2]
+    assert len(stream) == 21
+    examples, dropped = _encode(tok, [{"text": d} for d in docs], "causal-lm", "text", max_length=8)
+    assert dropped == 0
+    # 21 tokens → two full blocks of 8; the 5-token tail is dropped rather than padded.
+    assert [e["input_ids"] for e in examples] == [stream[:8], stream[8:16]]
+    assert all(e["labels"] == e["input_ids"] for e in examples)
+    assert pack_text(docs, tok, 64) == [{"input_ids": stream, "labels": stream}]  # shorter than one block
+
+
+def test_text_without_packing_is_one_example_per_document(tok) -> None:  # type: ignore[no-untyped-def]
+    docs = ["hello world", "the quick brown fox"]
+    examples, _ = _encode(tok, [{"text": d} for d in docs], "causal-lm", "text", max_length=7, packing=False)
+    first = tok(docs[0], add_special_tokens=False)["input_ids"] + [2]
+    second = tok(docs[1], add_special_tokens=False)["input_ids"][:7]  # cut before its EOS
+    assert [e["input_ids"] for e in examples] == [first, second]
+
+
+def test_head_tasks_encode_text_and_label(tok) -> None:  # type: ignore[no-untyped-def]
+    cls, _ = _encode(
+        tok,
+        [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}],
+        "classification",
+        "classification",
+    )
+    assert cls == [{"input_ids": [74, 301], "label": 1}, {"input_ids": tok("bad")["input_ids"], "label": 0}]
+    reg, _ = _encode(tok, [{"text": "good", "label": 2.5}], "regression", "regression")
+    assert reg == [{"input_ids": [74, 301], "label": 2.5}]
+
+
+def test_classification_records_become_a_conversation_for_causal_lm(tok) -> None:  # type: ignore[no-untyped-def]
+    examples, dropped = _encode(tok, [{"text": "good", "label": "pos"}], "causal-lm", "classification")
+    assert dropped == 0
+    taught = [
+        i for i, label in zip(examples[0]["input_ids"], examples[0]["labels"], strict=True) if label != X
+    ]
+    assert tok.decode(taught) == "pos<|im_end|>\n"
+
+
+def test_examples_whose_answer_is_cut_off_are_counted_and_dropped(tok) -> None:  # type: ignore[no-untyped-def]
+    records = [
+        {"instruction": "hello " * 20, "input": "", "output": "good"},
+        {"instruction": "hi", "output": "ok"},
+    ]
+    examples, dropped = _encode(tok, records, "causal-lm", "instruction", max_length=20)
+    assert (len(examples), dropped) == (1, 1)
+
+
+def test_input_positions_drops_virtual_token_logits() -> None:
+    ids = torch.zeros((2, 3), dtype=torch.long)
+    logits = torch.arange(2 * 5 * 4, dtype=torch.float32).reshape(2, 5, 4)  # 2 virtual + 3 real positions
+    assert torch.equal(input_positions(logits, ids), logits[:, 2:])
+    assert input_positions(logits[:, 2:], ids).shape == (2, 3, 4)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from tuneforge.train.batches import collate
+from tuneforge.train.batches import collate, input_positions
 from tuneforge.train.encode import IGNORE, encode_chat, to_messages
 
 
@@ -37,7 +37,8 @@ def _sequence_logprobs(model: Any, examples: list[dict[str, Any]], pad_id: int, 
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size], pad_id)
         ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = input_positions(logits, ids)[:, :-1].float()  # (B, T-1, V)
         labels = batch["labels"][:, 1:].to(model.device)  # (B, T-1)
         logp = torch.log_softmax(logits, dim=-1)
         picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tuneforge.train.batches import collate, epoch_order, micro_batches, target_count
+from tuneforge.train.batches import collate, epoch_order, input_positions, micro_batches, target_count
 from tuneforge.train.checkpoint import TrainState
 from tuneforge.train.encode import IGNORE, Example
 
@@ -38,7 +38,7 @@ def batch_loss(
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     if task == "causal-lm":
         # Position t predicts token t+1.
-        shift_logits = logits[:, :-1, :].float()  # (B, T-1, V)
+        shift_logits = input_positions(logits, batch["input_ids"])[:, :-1, :].float()  # (B, T-1, V)
         shift_labels = batch["labels"][:, 1:]  # (B, T-1)
         loss = F.cross_entropy(
             shift_logits.reshape(-1, shift_logits.shape[-1]),

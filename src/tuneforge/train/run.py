@@ -231,6 +231,7 @@ def train(
         "labels": labels,
         "max_length": cfg.model.max_length,
         "template": cfg.data.prompt_template,
+        "packing": cfg.train.packing,
     }
     train_examples, train_empty = encode_for_task(dataset.records("train"), **encode)
     val_records = dataset.records("validation")[: cfg.train.eval_max_examples]

@@ -150,7 +150,11 @@ def test_undetectable_columns_name_the_keys_to_set() -> None:
         ({"text": None}, "text", ("missing_value", "text is missing or empty")),
         ({"text": ["a"]}, "text", ("wrong_type", "text must be a string, got array")),
         ({"other": "x", "text": {"a": 1}}, "text", ("wrong_type", "text must be a string, got object")),
-        ({"text": "x", "label": ["a", "b"]}, "classification", ("wrong_type", "label must be a single value, got array")),
+        (
+            {"text": "x", "label": ["a", "b"]},
+            "classification",
+            ("wrong_type", "label must be a single value, got array"),
+        ),
         ({"text": "x", "label": "high"}, "regression", ("not_a_number", "label 'high' is not a number")),
         ({"text": "x", "label": "nan"}, "regression", ("not_a_number", "label 'nan' is not a finite number")),
         ({"text": "x", "label": True}, "regression", ("not_a_number", "label True is not a number")),
@@ -162,11 +166,27 @@ def test_undetectable_columns_name_the_keys_to_set() -> None:
         ({"messages": []}, "chat", ("empty_content", "messages is an empty list")),
         ({"messages": ["hi"]}, "chat", ("wrong_type", "messages[0] must be an object, got string")),
         ({"messages": [{"role": "user"}]}, "chat", ("missing_key", "messages[0] has no 'content'")),
-        ({"messages": [{"role": "user", "content": 3}]}, "chat", ("wrong_type", "messages[0].content must be a string, got number")),
-        ({"messages": [{"from": "alien", "value": "x"}]}, "chat", ("unknown_role", "messages[0].from 'alien' is not a known role")),
-        ({"messages": [{"from": "human"}]}, "chat", ("missing_key", "messages[0] needs both 'from' and 'value'")),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "chat", ("unknown_role", "messages[0].role 'tool' is not one of ['system', 'user', 'assistant']")),
+        (
+            {"messages": [{"role": "user", "content": 3}]},
+            "chat",
+            ("wrong_type", "messages[0].content must be a string, got number"),
+        ),
+        (
+            {"messages": [{"from": "alien", "value": "x"}]},
+            "chat",
+            ("unknown_role", "messages[0].from 'alien' is not a known role"),
+        ),
+        (
+            {"messages": [{"from": "human"}]},
+            "chat",
+            ("missing_key", "messages[0] needs both 'from' and 'value'"),
+        ),
+        (
+            {"messages": [{"role": "tool", "content": "x"}]},
+            "chat",
+            ("unknown_role", "messages[0].role 'tool' is not one of ['system', 'user', 'assistant']"),
+        ),
     ],
-)  # fmt: skip
+)
 def test_row_problems_name_their_class(fields: dict[str, Any], fmt: str, expected: tuple[str, str]) -> None:
     assert problem(fields, fmt) == expected

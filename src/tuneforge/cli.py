@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tuneforge.errors import TuneforgeError
@@ -167,7 +168,8 @@ def main() -> None:
     try:
         app()
     except TuneforgeError as err:
-        err_console.print(f"[bold red]error:[/bold red] {err.render()}", highlight=False, markup=True)
+        # Escaped: messages hold literal brackets ("[invalid_json]") that rich would take for markup and drop.
+        err_console.print(f"[bold red]error:[/bold red] {escape(err.render())}", highlight=False, markup=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -338,3 +338,36 @@ def test_unknown_source_and_unknown_suffix(tmp_path: Path) -> None:
     with pytest.raises(TuneforgeError) as err:
         detect_source(tmp_path / "x.bin", DataConfig())
     assert err.value.what == f"cannot tell how to read {tmp_path / 'x.bin'} from its name"
+
+
+@pytest.mark.parametrize("name", ["missing.txt", "missing.json", "missing.csv", "sqlite:///missing.db"])
+def test_a_missing_source_says_so(tmp_path: Path, name: str) -> None:
+    location = name.replace("missing", str(tmp_path / "missing"))
+    with pytest.raises(TuneforgeError) as err:
+        rows(location)
+    assert (err.value.where, err.value.what) == (
+        "data.path",
+        f"{tmp_path}/{name.removeprefix('sqlite:///')} does not exist",
+    )
+
+
+def test_a_huge_line_is_skipped_in_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    p = tmp_path / "d.jsonl"
+    with open(p, "w") as f:
+        f.write(json.dumps({"text": "before"}) + "\n")
+        f.write('{"text": "' + "x" * (20 * 2**20) + '"}\n')  # a 20 MiB row
+        f.write(json.dumps({"text": "after"}) + "\n")
+    tracemalloc.start()
+    try:
+        out = rows(p, max_row_bytes=2**20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out == [
+        ({"text": "before"}, f"{p}:1", None),
+        ({}, f"{p}:2", ("row_too_large", f"line is longer than {2**20} characters")),
+        ({"text": "after"}, f"{p}:3", None),
+    ]
+    assert peak < 8 * 2**20  # never the whole 20 MiB line

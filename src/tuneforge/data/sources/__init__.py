@@ -120,14 +120,13 @@ def _is_json_lines(path: Path) -> bool:
 def describe_source(location: str | Path, cfg: DataConfig) -> Source:
     """Check that the source exists and say how it is read and which files hold its content."""
     location = str(location)
-    kind = detect_source(location, cfg)
     display = sql.display_url(location)
-    if kind == "sql" and sql.sqlite_file(location) is None:
-        return Source(kind, display, [], remote=True)
-    path = sql.sqlite_file(location) if kind == "sql" else Path(location)
-    assert path is not None
-    if not path.exists():
+    path = sql.sqlite_file(location) or (None if sql.is_database_url(location) else Path(location))
+    if path is not None and not path.exists():
         raise TuneforgeError(f"{path} does not exist", where="data.path", fix="point data.path at your data")
+    kind = detect_source(location, cfg)
+    if path is None:
+        return Source(kind, display, [], remote=True)
     files = folder.data_files(path) if path.is_dir() else [path]
     remote = any(
         f.suffix.lower() not in html.HTML_SUFFIXES and (kind == "html" or file_kind(f) == "html")

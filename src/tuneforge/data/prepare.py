@@ -1,24 +1,49 @@
-"""The data-preparation pipeline: read → validate → clean → deduplicate → split → write (atomically)."""
+"""The data-preparation pipeline: read → validate → clean → measure → deduplicate → split → check → write.
+
+Rows stream from the source in batches. A row that survives validation and cleaning is written at once to a
+spill file inside the temporary output directory; memory keeps only a few numbers per row (its offset, a
+16-byte text digest, label, group, split and token length) and its MinHash signature goes to a disk-backed
+array. Deduplication, splitting and the leakage check work on those; the last pass copies the kept rows from
+the spill file into the split files. Everything is written into a temporary sibling of the output directory,
+which replaces the output in one rename only when all of it succeeded.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
+from array import array
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
 
 from tuneforge import __version__, builtin
-from tuneforge.artifacts import DatasetDir, atomic_dir, sha256_file, write_json_atomic, write_jsonl
+from tuneforge.artifacts import DatasetDir, atomic_dir, sha256_file, write_json_atomic
 from tuneforge.config import DataConfig
-from tuneforge.data.clean import clean_record
-from tuneforge.data.dedup import exact_duplicates
+from tuneforge.data.clean import Cleaner, normalize_label
+from tuneforge.data.dedup import key_of_normalized, normalize_for_matching
+from tuneforge.data.leakage import find_leakage
+from tuneforge.data.lengths import TokenCounter, token_counter, tokenizer_name
+from tuneforge.data.near_dup import NearDuplicateIndex, connected_clusters
+from tuneforge.data.progress import Passes
 from tuneforge.data.records import RowProblem, detect_format, record_text, resolve_columns, to_record
+from tuneforge.data.report import write_reports
 from tuneforge.data.sources import describe_source, read_rows
-from tuneforge.data.split import SPLIT_NAMES, split_indices
+from tuneforge.data.sources.base import RawRow
+from tuneforge.data.split import SPLIT_NAMES, split_indices, split_name
 from tuneforge.errors import TuneforgeError
 
+if TYPE_CHECKING:
+    from tuneforge.config import ModelConfig
+
+BATCH = 2048  # rows tokenized, hashed and spilled together
 MAX_LISTED_PROBLEMS = 20
+KEPT_EXAMPLES = 20  # dropped rows kept in memory for the error message and the report
+TEXT_FORMATS = ("text", "classification", "regression")  # formats whose one text field can be truncated
 
 
 def default_output_dir(cfg: DataConfig) -> Path:
@@ -26,134 +51,503 @@ def default_output_dir(cfg: DataConfig) -> Path:
     return Path(cfg.output_dir) if cfg.output_dir else Path("datasets") / Path(cfg.path.rstrip("/")).stem
 
 
-def input_fingerprint(cfg: DataConfig) -> tuple[str, list[dict[str, str]]]:
-    """Content hash of the sources and the data config: the same inputs give the same fingerprint."""
-    assert cfg.path is not None
-    files = [{"path": str(p), "sha256": sha256_file(p)} for p in describe_source(cfg.path, cfg).files]
+def input_fingerprint(
+    cfg: DataConfig, files: list[Path], tokenizer: str, max_tokens: int | None
+) -> tuple[str, list[dict[str, str]]]:
+    """Content hash of the sources, the data config and the tokenizer: the same inputs give the same value."""
+    hashed = [{"path": str(p), "sha256": sha256_file(p)} for p in files]
     h = hashlib.sha256()
     h.update(__version__.encode())
     h.update(json.dumps(cfg.model_dump(mode="json", exclude={"output_dir"}), sort_keys=True).encode())
-    for f in files:
+    h.update(json.dumps({"tokenizer": tokenizer, "max_tokens": max_tokens}).encode())
+    for f in hashed:
         h.update(f["sha256"].encode())
-    return h.hexdigest(), files
+    return h.hexdigest(), hashed
 
 
-def prepare_dataset(cfg: DataConfig, *, force: bool = False) -> DatasetDir:
-    """Turn `cfg.path` into a dataset directory; reuse an existing one whose inputs are unchanged."""
+def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig | None = None) -> DatasetDir:
+    """Turn `cfg.path` into a dataset directory; reuse an existing one whose inputs are unchanged.
+
+    Args:
+        model: whose tokenizer measures token lengths (and whose max_length is the default data.max_tokens);
+            without it lengths are counted in whitespace-separated words.
+    """
     if cfg.path is None:
-        raise TuneforgeError("no data given", where="data.path", fix="set data.path to your data file or folder")
+        raise TuneforgeError(
+            "no data given", where="data.path", fix="set data.path to your data file or folder"
+        )
     if builtin.is_builtin(cfg.path):
+        name = cfg.path.removeprefix(builtin.PREFIX)
         cfg = cfg.model_copy(update={"path": str(builtin.resolve_data(cfg.path))})
         if cfg.output_dir is None:
-            cfg.output_dir = str(Path("datasets") / "demo-tweets")
+            cfg.output_dir = str(Path("datasets") / name)
     assert cfg.path is not None
-    src = Path(cfg.path)
-    if DatasetDir.is_dataset(src):
-        return DatasetDir(src)
-    source = describe_source(cfg.path, cfg)  # raises if missing; database URLs are not paths
+    if DatasetDir.is_dataset(Path(cfg.path)):
+        return DatasetDir(Path(cfg.path))
+    source = describe_source(cfg.path, cfg)
     out = default_output_dir(cfg)
-    fingerprint, files = input_fingerprint(cfg)
-    reusable = not force and not source.remote and DatasetDir.is_dataset(out)
-    if reusable and DatasetDir(out).manifest.get("fingerprint") == fingerprint:
+    max_tokens = cfg.max_tokens or (model.max_length if model is not None else None)
+    fingerprint, files = input_fingerprint(cfg, source.files, tokenizer_name(model), max_tokens)
+    if (
+        not force
+        and not source.remote
+        and DatasetDir.is_dataset(out)
+        and DatasetDir(out).manifest.get("fingerprint") == fingerprint
+    ):
         return DatasetDir(out)
 
-    counts: Counter[str] = Counter()
-    cleaned: Counter[str] = Counter()
-    records: list[dict[str, Any]] = []
-    wheres: list[str] = []
-    rejected: list[dict[str, Any]] = []
-    problems: Counter[str] = Counter()
-    fmt: str | None = None
-    mapping: dict[str, str] = {}
-    for row in read_rows(cfg.path, cfg):
-        counts["read"] += 1
-        try:
-            if row.problem:
-                raise RowProblem(*row.problem)
-            if fmt is None:
-                fmt = detect_format(list(row.fields), cfg, row.fields)
-                mapping = resolve_columns(list(row.fields), fmt, cfg)
-            record = to_record(row.fields, fmt, mapping)
-            record = clean_record(record, cfg.clean, cleaned)
-            _check_after_cleaning(record, cfg)
-        except RowProblem as p:
-            if p.kind == "missing_value" and cfg.clean.missing == "drop":
-                counts["dropped_missing"] += 1
-                continue
-            problems[p.kind] += 1
-            rejected.append({"where": row.where, "problem": p.kind, "message": str(p), "row": row.fields})
-            continue
-        records.append(record)
-        wheres.append(row.where)
-    if fmt is None:
-        raise TuneforgeError(f"no rows could be read from {src}", where="data.path")
-    if rejected and cfg.on_error == "raise":
-        raise TuneforgeError(_problem_summary(rejected, problems), fix=_FIX_ON_ERROR)
-    counts["rejected"] = len(rejected)
-
-    dup_of = exact_duplicates([record_text(r) for r in records]) if cfg.dedup != "none" else []
-    if dup_of:
-        keep = [i for i, d in enumerate(dup_of) if d is None]
-        counts["exact_duplicates"] = len(records) - len(keep)
-        records = [records[i] for i in keep]
-    if len(records) < cfg.min_examples:
-        raise TuneforgeError(
-            f"only {len(records)} usable examples after cleaning (need at least {cfg.min_examples})",
-            where="data.path",
-            fix="add more data, or relax the cleaning/validation settings",
+    counter = token_counter(model)
+    with Passes() as passes, atomic_dir(out) as tmp:
+        work = tmp / ".work"
+        work.mkdir()
+        run = _Run(cfg, counter, max_tokens, tmp, work, passes)
+        run.read(read_rows(cfg.path, cfg))
+        manifest = run.finish()
+        manifest.update(
+            fingerprint=fingerprint,
+            source={"path": source.display, "reader": source.kind, "remote": source.remote},
+            source_files=files,
         )
-    labels = sorted({str(r["label"]) for r in records}) if fmt == "classification" else []
-    strata = [r["label"] for r in records] if fmt == "classification" and cfg.stratify else [0] * len(records)
-    splits = split_indices(strata, cfg.splits, cfg.seed)
-    counts["written"] = len(records)
-
-    manifest: dict[str, Any] = {
-        "kind": DatasetDir.KIND,
-        "tuneforge_version": __version__,
-        "format": fmt,
-        "source": {"path": source.display, "reader": source.kind},
-        "source_files": files,
-        "columns": mapping,
-        "fingerprint": fingerprint,
-        "config": cfg.model_dump(mode="json"),
-        "counts": dict(counts),
-        "cleaning": dict(cleaned),
-        "problems": dict(problems),
-        "labels": labels,
-        "splits": {name: len(idx) for name, idx in splits.items()},
-        "label_distribution": {
-            name: dict(sorted(Counter(str(records[i]["label"]) for i in idx).items())) for name, idx in splits.items()
-        }
-        if labels
-        else {},
-    }
-    with atomic_dir(out) as tmp:
-        for name in SPLIT_NAMES:
-            write_jsonl(tmp / f"{name}.jsonl", (records[i] for i in splits[name]))
-        if rejected:
-            write_jsonl(tmp / "rejected.jsonl", rejected)
-        write_json_atomic(tmp / "manifest.json", manifest)
+        for item in sorted(work.iterdir()):
+            item.unlink()
+        work.rmdir()
+        write_json_atomic(tmp / "manifest.json", _ordered(manifest))
+        write_reports(tmp, manifest, run.report_extras)
     return DatasetDir(out)
 
 
-def _check_after_cleaning(record: dict[str, Any], cfg: DataConfig) -> None:
-    text = record.get("text")
-    if isinstance(text, str):
-        if len(text) < cfg.clean.min_chars:
-            raise RowProblem("missing_value" if not text else "too_short", f"text shorter than {cfg.clean.min_chars}")
-        if cfg.clean.max_chars is not None and len(text) > cfg.clean.max_chars:
-            raise RowProblem("too_long", f"text longer than {cfg.clean.max_chars} characters")
-    if cfg.labels is not None and "label" in record and str(record["label"]) not in cfg.labels:
-        raise RowProblem("unknown_label", f"label {record['label']!r} is not in data.labels {cfg.labels}")
+@dataclass
+class _Dropped:
+    """Rows left out, by reason; a few are kept as examples, all are written to rejected.jsonl."""
+
+    file: IO[str]
+    invalid: Counter[str] = field(default_factory=Counter)
+    filtered: Counter[str] = field(default_factory=Counter)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    invalid_examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, where: str, kind: str, message: str, row: dict[str, Any], *, invalid: bool) -> None:
+        (self.invalid if invalid else self.filtered)[kind] += 1
+        entry = {"where": where, "problem": kind, "message": message, "row": row}
+        self.file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+        if len(self.examples) < KEPT_EXAMPLES:
+            self.examples.append(entry)
+        if invalid and len(self.invalid_examples) < MAX_LISTED_PROBLEMS:
+            self.invalid_examples.append(entry)
+
+
+class _Run:
+    """One preparation: the streaming pass, decisions on the compact per-row facts, then the writes."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        counter: TokenCounter,
+        max_tokens: int | None,
+        out: Path,
+        work: Path,
+        passes: Passes,
+    ) -> None:
+        self.cfg, self.counter, self.max_tokens, self.out, self.passes = cfg, counter, max_tokens, out, passes
+        self.cleaner = Cleaner(cfg.clean)
+        self.allowed = {normalize_label(x, cfg.clean) for x in cfg.labels} if cfg.labels is not None else None
+        self.fmt: str | None = None
+        self.mapping: dict[str, str] = {}
+        self.counts: Counter[str] = Counter()
+        self.over_length: list[dict[str, Any]] = []
+        self.spill_path = work / "records.tsv"
+        self.spill = open(self.spill_path, "wb")  # noqa: SIM115 (closed in finish)
+        self.dropped = _Dropped(open(out / "rejected.jsonl", "w", encoding="utf-8", newline="\n"))  # noqa: SIM115
+        self.index = NearDuplicateIndex(cfg.near_dup_threshold, workdir=work)
+        # Per kept row: where its spilled line starts, its text digest, token length, label/group/split ids.
+        self.offsets = array("q")
+        self.keys = bytearray()
+        self.tokens = array("q")
+        self.labels = array("q")
+        self.groups = array("q")
+        self.user_split = array("b")
+        self.label_ids: dict[str, int] = {}
+        self.group_ids: dict[str, int] = {}
+        self.report_extras: dict[str, Any] = {}
+        self._batch: list[tuple[dict[str, Any], RawRow, int, str | None]] = []
+
+    # --- pass 1: stream, validate, clean, measure, spill
+
+    def read(self, rows: Any) -> None:
+        task = self.passes.start("read and clean")
+        for row in rows:
+            self.counts["read"] += 1
+            self.passes.advance(task)
+            self._one(row)
+            if len(self._batch) >= BATCH:
+                self._flush()
+        self._flush()
+        self.passes.finish(task)
+
+    def _one(self, row: RawRow) -> None:
+        cfg = self.cfg
+        try:
+            if row.problem:
+                raise RowProblem(*row.problem)
+            if self.fmt is None:
+                self.fmt = detect_format(list(row.fields), cfg, row.fields)
+                self.mapping = resolve_columns(list(row.fields), self.fmt, cfg)
+                self._check_extra_columns(row)
+            fields = self.cleaner.fill_missing(row.fields, self.mapping)
+            record = self.cleaner.record(to_record(fields, self.fmt, self.mapping))
+            split = self._user_split(row)
+            group = None if cfg.group_column is None else _group_value(row.fields.get(cfg.group_column))
+            if self.allowed is not None and "label" in record and str(record["label"]) not in self.allowed:
+                raise RowProblem(
+                    "unknown_label", f"label {record['label']!r} is not in data.labels {cfg.labels}"
+                )
+        except RowProblem as p:
+            filtered = p.kind == "missing_value" and cfg.clean.missing == "drop"
+            self.dropped.add(row.where, p.kind, str(p), row.fields, invalid=not filtered)
+            return
+        text = record_text(record)
+        reason = None
+        if not text.strip():
+            reason = ("empty_after_cleaning", "nothing is left of the text after cleaning")
+        elif len(text) < cfg.clean.min_chars:
+            reason = ("too_short", f"text shorter than data.clean.min_chars={cfg.clean.min_chars}")
+        elif cfg.clean.max_chars is not None and len(text) > cfg.clean.max_chars:
+            reason = ("too_long", f"text longer than data.clean.max_chars={cfg.clean.max_chars}")
+        if reason:
+            self.dropped.add(row.where, *reason, row.fields, invalid=False)
+            return
+        if group is not None:
+            record["group"] = group
+        self._batch.append((record, row, split, group))
+
+    def _check_extra_columns(self, row: RawRow) -> None:
+        for key in ("split_column", "group_column"):
+            col = getattr(self.cfg, key)
+            if col is not None and col not in row.fields:
+                raise TuneforgeError(
+                    f"column {col!r} is not in the data; the columns are {list(row.fields)}",
+                    where=f"data.{key}",
+                    fix="name one of the columns above, or unset the key",
+                )
+
+    def _user_split(self, row: RawRow) -> int:
+        if self.cfg.split_column is None:
+            return -1
+        value = row.fields.get(self.cfg.split_column)
+        name = split_name(value)
+        if name is None:
+            raise RowProblem(
+                "unknown_split", f"split {value!r} is not train, validation (val, valid, dev) or test"
+            )
+        return SPLIT_NAMES.index(name)
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        texts = [record_text(r) for r, *_ in batch]
+        lengths = self.counter.count(texts)
+        keep = []
+        for i, (record, row, _, _) in enumerate(batch):
+            if self.max_tokens is None or lengths[i] <= self.max_tokens:
+                keep.append(i)
+                continue
+            message = f"{lengths[i]} tokens, more than data.max_tokens={self.max_tokens}"
+            if self.cfg.over_length == "raise":
+                if len(self.over_length) < MAX_LISTED_PROBLEMS:
+                    self.over_length.append(
+                        {"where": row.where, "problem": "too_many_tokens", "message": message}
+                    )
+                self.counts["too_many_tokens"] += 1
+            elif self.cfg.over_length == "drop":
+                self.dropped.add(row.where, "too_many_tokens", message, row.fields, invalid=False)
+            elif self._truncate(record, row):
+                texts[i] = record_text(record)
+                keep.append(i)
+        truncated = [i for i in keep if self.max_tokens is not None and lengths[i] > self.max_tokens]
+        for i, n in zip(truncated, self.counter.count([texts[i] for i in truncated]), strict=True):
+            lengths[i] = n
+        normalized = [normalize_for_matching(texts[i]) for i in keep]
+        self.index.add(normalized)
+        for i, norm in zip(keep, normalized, strict=True):
+            record, row, split, group = batch[i]
+            self.offsets.append(self.spill.tell())
+            self.spill.write(
+                (json.dumps(row.where) + "\t" + json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+            )
+            self.keys += key_of_normalized(norm)
+            self.tokens.append(lengths[i])
+            label = record.get("label")
+            self.labels.append(
+                self.label_ids.setdefault(str(label), len(self.label_ids)) if label is not None else -1
+            )
+            self.groups.append(-1 if group is None else self.group_ids.setdefault(group, len(self.group_ids)))
+            self.user_split.append(split)
+
+    def _truncate(self, record: dict[str, Any], row: RawRow) -> bool:
+        """Cut an over-long row to max_tokens; False (and dropped) when nothing would be left to learn."""
+        assert self.max_tokens is not None and self.fmt is not None
+        self.counts["truncated"] += 1
+        if self.fmt in TEXT_FORMATS:
+            record["text"] = self.counter.truncate(record["text"], self.max_tokens)
+            return True
+        # Several fields: the train stage cuts the rendered example at model.max_length. If the prompt alone
+        # fills the limit, the answer is cut off entirely and the loss mask would be empty.
+        prompt = _prompt_text(record)
+        if prompt is not None and self.counter.count([prompt])[0] >= self.max_tokens:
+            self.counts["truncated"] -= 1
+            self.dropped.add(
+                row.where,
+                "no_trainable_tokens",
+                f"the prompt alone has max_tokens={self.max_tokens} tokens or more, so truncation would "
+                "leave no answer tokens to learn from",
+                row.fields,
+                invalid=False,
+            )
+            return False
+        return True
+
+    # --- decisions on the compact per-row facts, then the writes
+
+    def finish(self) -> dict[str, Any]:
+        self.spill.close()
+        self.dropped.file.close()
+        cfg = self.cfg
+        if self.fmt is None:
+            raise TuneforgeError(f"no rows could be read from {cfg.path}", where="data.path")
+        if self.dropped.invalid and cfg.on_error == "raise":
+            raise TuneforgeError(
+                _problem_summary(self.dropped.invalid_examples, self.dropped.invalid), fix=_FIX_ON_ERROR
+            )
+        if self.over_length:
+            raise TuneforgeError(
+                _problem_summary(
+                    self.over_length, Counter({"too_many_tokens": self.counts["too_many_tokens"]})
+                ),
+                where="data.over_length",
+                fix="raise data.max_tokens (or model.max_length), or set data.over_length=drop or truncate",
+            )
+        n = len(self.offsets)
+        task = self.passes.start("match duplicates")
+        family = _exact_families(np.frombuffer(bytes(self.keys), dtype=np.uint64).reshape(n, 2))
+        first = family == np.arange(n)
+        exact_pairs = np.stack([family[~first], np.flatnonzero(~first)], axis=1)
+        near = self.index.match(include=first)
+        self.index.close()
+        cluster = connected_clusters(n, np.concatenate([near.pairs, exact_pairs]))
+        self.passes.finish(task)
+
+        user = np.frombuffer(self.user_split, dtype=np.int8) if n else np.empty(0, np.int8)
+        priority = user.astype(np.int64) if cfg.split_column else np.zeros(n, np.int64)
+        keep = np.ones(n, dtype=bool)
+        if cfg.dedup == "exact":
+            keep = _representatives(family, priority)
+        elif cfg.dedup == "near":
+            keep = _representatives(cluster, priority)
+        family_kept = np.zeros(n, dtype=bool)
+        family_kept[family[keep]] = True
+        removed = ~keep
+        exact_removed = int((removed & family_kept[family]).sum())
+        self.counts["exact_duplicates"] = exact_removed
+        self.counts["near_duplicates"] = int(removed.sum()) - exact_removed
+
+        split = np.full(n, -1, dtype=np.int8)
+        kept_idx = np.flatnonzero(keep)
+        labels = np.frombuffer(self.labels, dtype=np.int64) if n else np.empty(0, np.int64)
+        if cfg.split_column:
+            split[kept_idx] = user[kept_idx]
+        else:
+            split[kept_idx] = self._auto_split(kept_idx, labels, cluster)
+        leak = find_leakage(split, family, near.pairs)
+        split[leak.drop] = -1
+        self.counts["leakage_dropped"] = int(leak.drop.sum())
+        written = int((split >= 0).sum())
+        if written < cfg.min_examples:
+            raise TuneforgeError(
+                f"only {written} usable examples after cleaning and deduplication (need at least "
+                f"{cfg.min_examples})",
+                where="data.path",
+                fix="add more data, or relax the cleaning/validation settings",
+            )
+        self.counts["written"] = written
+        orders = self._orders(split, kept_idx)
+        return self._write(orders, split, family, cluster, keep, leak)
+
+    def _auto_split(self, kept_idx: np.ndarray, labels: np.ndarray, cluster: np.ndarray) -> np.ndarray:
+        """Seeded, stratified by label (classification), near-duplicate clusters kept whole in one split."""
+        names = {v: k for k, v in self.label_ids.items()}
+        strata: list[Any] = (
+            [names[int(labels[i])] for i in kept_idx]
+            if self.fmt == "classification" and self.cfg.stratify
+            else [0] * len(kept_idx)
+        )
+        self._auto_orders = split_indices(
+            strata, self.cfg.splits, self.cfg.seed, groups=cluster[kept_idx].tolist()
+        )
+        out = np.empty(len(kept_idx), dtype=np.int8)
+        for s, name in enumerate(SPLIT_NAMES):
+            out[self._auto_orders[name]] = s
+        return out
+
+    def _orders(self, split: np.ndarray, kept_idx: np.ndarray) -> dict[str, list[int]]:
+        """Row order within each split: seeded shuffled, so that the first N rows are a fair sample."""
+        if self.cfg.split_column:
+            rng = random.Random(self.cfg.seed)
+            orders = {}
+            for s, name in enumerate(SPLIT_NAMES):
+                rows = np.flatnonzero(split == s).tolist()
+                rng.shuffle(rows)
+                orders[name] = rows
+            return orders
+        return {
+            name: [int(kept_idx[i]) for i in self._auto_orders[name] if split[kept_idx[i]] >= 0]
+            for name in SPLIT_NAMES
+        }
+
+    def _write(
+        self,
+        orders: dict[str, list[int]],
+        split: np.ndarray,
+        family: np.ndarray,
+        cluster: np.ndarray,
+        keep: np.ndarray,
+        leak: Any,
+    ) -> dict[str, Any]:
+        from tuneforge.data import report
+
+        total = sum(len(o) for o in orders.values())
+        task = self.passes.start("write splits", total=total)
+        offsets = self.offsets
+        file_hashes: dict[str, str] = {}
+        with open(self.spill_path, "rb") as spill:
+
+            def line(i: int) -> bytes:
+                spill.seek(offsets[i])
+                return spill.readline()
+
+            for name in SPLIT_NAMES:
+                h = hashlib.sha256()
+                with open(self.out / f"{name}.jsonl", "wb") as f:
+                    for i in orders[name]:
+                        data = line(i)
+                        data = data[data.index(b"\t") + 1 :]
+                        f.write(data)
+                        h.update(data)
+                        self.passes.advance(task)
+                file_hashes[f"{name}.jsonl"] = h.hexdigest()
+
+            def example(i: int) -> dict[str, Any]:
+                where, _, rec = line(i).decode("utf-8").partition("\t")
+                return {"where": json.loads(where), "text": record_text(json.loads(rec))}
+
+            manifest, extras = report.summarize(
+                cfg=self.cfg,
+                fmt=self.fmt,
+                mapping=self.mapping,
+                counts=self.counts,
+                dropped=self.dropped,
+                cleaning=self.cleaner.counts,
+                tokenizer=self.counter.name,
+                max_tokens=self.max_tokens,
+                split=split,
+                orders=orders,
+                tokens=np.frombuffer(self.tokens, dtype=np.int64)
+                if len(self.tokens)
+                else np.empty(0, np.int64),
+                labels=np.frombuffer(self.labels, dtype=np.int64)
+                if len(self.labels)
+                else np.empty(0, np.int64),
+                label_names=list(self.label_ids),
+                declared=self.allowed,
+                groups=np.frombuffer(self.groups, dtype=np.int64)
+                if len(self.groups)
+                else np.empty(0, np.int64),
+                group_names=list(self.group_ids),
+                family=family,
+                cluster=cluster,
+                keep=keep,
+                leak=leak,
+                example=example,
+            )
+        if not sum(self.dropped.invalid.values()) + sum(self.dropped.filtered.values()):
+            (self.out / "rejected.jsonl").unlink()
+        manifest["files"] = file_hashes
+        manifest["output_fingerprint"] = hashlib.sha256(
+            "".join(file_hashes[f"{n}.jsonl"] for n in SPLIT_NAMES).encode()
+        ).hexdigest()
+        self.report_extras = extras
+        return manifest
+
+
+def _group_value(value: Any) -> str:
+    return "(missing)" if value is None or value == "" else str(value).strip()
+
+
+def _prompt_text(record: dict[str, Any]) -> str | None:
+    """What comes before the first answer the model learns (chat, instruction, preference)."""
+    if "messages" in record:
+        before: list[str] = []
+        for m in record["messages"]:
+            if m["role"] == "assistant":
+                return "\n".join(before)
+            before.append(m["content"])
+        return "\n".join(before)
+    if "instruction" in record:
+        return f"{record['instruction']}\n{record['input']}"
+    if "prompt" in record:
+        return str(record["prompt"])
+    return None
+
+
+def _exact_families(keys: np.ndarray) -> np.ndarray:
+    """(N,) the lowest index of the rows with each row's 16-byte digest (N, 2 uint64)."""
+    if not len(keys):
+        return np.empty(0, np.int64)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)].astype(np.int64)
+
+
+def _representatives(group: np.ndarray, priority: np.ndarray) -> np.ndarray:
+    """(N,) bool: one row per group, the one with the highest priority, then the lowest index."""
+    n = len(group)
+    if not n:
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((np.arange(n), -priority, group))
+    first = np.r_[True, group[order][1:] != group[order][:-1]]
+    keep = np.zeros(n, dtype=bool)
+    keep[order[first]] = True
+    return keep
+
+
+_MANIFEST_ORDER = (
+    "kind",
+    "tuneforge_version",
+    "format",
+    "fingerprint",
+    "output_fingerprint",
+    "source",
+    "source_files",
+    "columns",
+    "labels",
+    "splits",
+    "counts",
+)
+
+
+def _ordered(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The headline keys first, so the manifest reads top-down."""
+    head = {k: manifest[k] for k in _MANIFEST_ORDER if k in manifest}
+    return {**head, **{k: v for k, v in manifest.items() if k not in head}}
 
 
 _FIX_ON_ERROR = "fix the rows above, or set data.on_error=drop to drop them into rejected.jsonl"
 
 
-def _problem_summary(rejected: list[dict[str, Any]], problems: Counter[str]) -> str:
-    lines = [f"{len(rejected)} invalid rows ({', '.join(f'{k}: {v}' for k, v in problems.most_common())}):"]
-    for r in rejected[:MAX_LISTED_PROBLEMS]:
+def _problem_summary(rows: list[dict[str, Any]], problems: Counter[str]) -> str:
+    total = sum(problems.values())
+    lines = [f"{total} invalid rows ({', '.join(f'{k}: {v}' for k, v in problems.most_common())}):"]
+    for r in rows[:MAX_LISTED_PROBLEMS]:
         lines.append(f"  {r['where']}: [{r['problem']}] {r['message']}")
-    if len(rejected) > MAX_LISTED_PROBLEMS:
-        lines.append(f"  ... and {len(rejected) - MAX_LISTED_PROBLEMS} more")
+    if total > MAX_LISTED_PROBLEMS:
+        lines.append(f"  ... and {total - MAX_LISTED_PROBLEMS} more")
     return "\n".join(lines)

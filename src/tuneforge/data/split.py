@@ -53,3 +53,21 @@ def split_indices(
         out[name].sort()
         rng.shuffle(out[name])
     return out
+
+
+# Names accepted in a user's split column (any case, surrounding spaces ignored).
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def split_name(value: object) -> str | None:
+    """The split a user's split-column value names, or None when it names none."""
+    return SPLIT_ALIASES.get(str(value).strip().lower()) if value is not None else None

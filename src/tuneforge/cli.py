@@ -40,7 +40,7 @@ def prepare(
     from tuneforge.data import prepare_dataset
 
     cfg, _ = load_config(config, overrides)
-    ds = prepare_dataset(cfg.data, force=force)
+    ds = prepare_dataset(cfg.data, force=force, model=cfg.model)
     m = ds.manifest
     console.print(f"[green]dataset[/green] {ds.path}  format={m['format']}  splits={m['splits']}")
     console.print(f"counts: {m['counts']}")

@@ -96,8 +96,8 @@ class DataConfig(Section):
     """Seed for shuffling and splitting."""
     on_error: Literal["raise", "drop"] = "raise"
     """Invalid rows: report all and stop (raise), or drop them into rejected.jsonl (drop)."""
-    dedup: Literal["none", "exact", "near"] = "exact"
-    """Remove exact duplicates, or exact and near duplicates (MinHash + LSH)."""
+    dedup: Literal["none", "exact", "near"] = "near"
+    """Remove exact duplicates, or exact and near duplicates (MinHash + LSH); duplicates never straddle splits."""
     near_dup_threshold: float = Field(0.8, gt=0, le=1)
     """Jaccard similarity above which two texts are near duplicates."""
     max_rows: int | None = Field(None, ge=1)

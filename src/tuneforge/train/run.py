@@ -199,7 +199,7 @@ def train(
     accelerator = _accelerator(cfg)
     # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
     with accelerator.main_process_first():
-        dataset = prepare_dataset(cfg.data)
+        dataset = prepare_dataset(cfg.data, model=cfg.model)
     set_seed(cfg.train.seed)
     task, fmt, labels = cfg.model.task, dataset.format, dataset.labels
     _check_task_fits(task, fmt)

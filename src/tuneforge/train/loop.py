@@ -129,7 +129,9 @@ class Loop:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        # Tokens of the whole global batch, so metrics.jsonl reads the same whatever the process count.
+        local_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        tokens = int(self.acc.reduce(torch.tensor(local_tokens, device=device), "sum").item())
         return StepResult(loss=loss, grad_norm=grad_norm, targets=global_targets, tokens=tokens, skipped=skipped)
 
     @torch.no_grad()

@@ -79,6 +79,32 @@ def train(
 
 
 @app.command()
+def tune(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Finish this many trials in all (default: tune.trials).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Continue the study although the config changed.")] = False,
+) -> None:
+    """Hyperparameter search (Optuna): a run per trial in train.output_dir, best.yaml, a summary table."""
+    from tuneforge.config import load_config
+    from tuneforge.train.search import run_search, summary_rows
+
+    cfg, source = load_config(config, overrides)
+    summary = run_search(cfg, source, trials=trials, force=force)
+    header, rows = summary_rows(summary)
+    table = Table(title=f"{len(summary.trials)} trials, {summary.metric} ({summary.direction}); * = best")
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"best config: {summary.best_config}")
+    console.print(f"summary:     {summary.path / 'summary.md'}  and {summary.path / 'trials.json'}")
+
+
+@app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `tuneforge train`.")],
     split: Annotated[str | None, typer.Option(help="train, validation or test (default: eval.split).")] = None,

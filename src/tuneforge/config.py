@@ -230,15 +230,70 @@ class ServeConfig(Section):
     """Port the server listens on."""
 
 
+class SearchParam(Section):
+    """One dimension of the search space (the Optuna distribution it is sampled from)."""
+
+    type: Literal["float", "int", "categorical"]
+    """float or int (between low and high), or categorical (one of choices)."""
+    low: int | float | None = None
+    """Smallest value (float, int)."""
+    high: int | float | None = None
+    """Largest value (float, int)."""
+    log: bool = False
+    """Sample on a log scale (float, int; needs low > 0), as suits learning rates."""
+    step: int | float | None = Field(None, gt=0)
+    """Only multiples of step above low (float, int; not with log)."""
+    choices: list[str | int | float | bool | None] | None = None
+    """The values to choose from (categorical)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty list of choices")
+            extra = [k for k in ("low", "high", "step") if getattr(self, k) is not None]
+            extra += ["log"] if self.log else []
+            if extra:
+                raise ValueError(f"a categorical parameter takes only choices, not {', '.join(extra)}")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"choices belong to categorical parameters; {self.type} ones take low and high")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("step and log cannot be combined")
+        if self.type == "int":
+            bad = [k for k in ("low", "high", "step") if (getattr(self, k) or 0) % 1 != 0]
+            if bad:
+                raise ValueError(f"an int parameter needs whole numbers for {', '.join(bad)}")
+        return self
+
+
 class TuneConfig(Section):
     trials: int = Field(10, ge=1)
-    """Number of Optuna trials."""
+    """Trials to finish (completed or pruned); `tuneforge tune --trials N` overrides it."""
     metric: str = "loss"
-    """Validation metric to optimise."""
+    """Validation metric to optimise; trials also keep their best checkpoint by it."""
     direction: Literal["minimize", "maximize"] = "minimize"
     """Whether lower or higher is better."""
-    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """Search space: key -> {type: float|int|categorical, low, high, log, choices}."""
+    space: dict[str, SearchParam] = Field(default_factory=dict)
+    """Search space: dotted config key (train.learning_rate, method.r) -> {type, low, high, log, choices}."""
+    start_with: list[dict[str, Any]] = Field(default_factory=list)
+    """Trials to run first with these values (dotted key -> value), e.g. your current settings."""
+    startup_trials: int = Field(5, ge=0)
+    """Trials sampled at random before the TPE sampler starts modelling the results."""
+    prune: bool = True
+    """Stop trials whose validation metric is worse than the median of earlier trials at the same step."""
+    prune_startup_trials: int = Field(3, ge=0)
+    """Trials that always run to the end before any trial may be pruned."""
+    prune_warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps a trial runs before it may be pruned."""
+    max_consecutive_failures: int = Field(3, ge=1)
+    """Failed trials in a row (e.g. diverged to NaN) after which the search stops."""
 
 
 class RunConfig(Section):

@@ -1,0 +1,512 @@
+"""`tuneforge tune`: an Optuna hyperparameter search in which every trial is a normal training run.
+
+`train.output_dir` becomes the study directory:
+
+    study.db              the Optuna study (SQLite); running the command again continues it
+    trial-000/, ...       one run directory per trial (metrics.jsonl, checkpoints, final/, manifest.json)
+    best.yaml             the best trial's config, with train.output_dir set to <dir>/best to retrain it
+    trials.json           every trial: state, value, parameters, validation curve, run directory
+    summary.md            the same as a table
+
+Trials are sampled by TPE (seeded with train.seed) and pruned by the median rule on the validation metric that
+the training loop reports after every validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import gc
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_args
+
+import yaml
+
+from tuneforge.artifacts import write_json_atomic, write_text_atomic
+from tuneforge.config import ConfigSource, RunConfig, SearchParam, config_from_dict, config_keys
+from tuneforge.errors import TuneforgeError
+
+if TYPE_CHECKING:
+    import optuna
+
+STUDY_NAME = "tuneforge"
+STUDY_DB = "study.db"
+SEARCHABLE_SECTIONS = ("data", "model", "method", "train")
+# Where a trial writes is decided by the search itself, not sampled.
+NOT_SEARCHABLE = ("train.output_dir", "data.output_dir")
+# Keys that may change when a study is continued: they do not change what a trial computes.
+CONTINUABLE_CHANGES = ("tune.trials", "train.progress", "train.log_to")
+LOWER_IS_BETTER = ("loss", "perplexity")
+HIGHER_IS_BETTER = ("accuracy",)
+
+
+class _StudyError(TuneforgeError):
+    """A problem that every trial would hit (not a trial's own failure), so the search stops at once."""
+
+
+@dataclass
+class TrialRow:
+    """One trial as the summary shows it."""
+
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    intermediate: dict[int, float]
+    run_dir: str
+    error: str | None = None
+    duration_s: float | None = None
+
+
+@dataclass
+class StudySummary:
+    """What `tune` found: every trial, the best one, and where the results were written."""
+
+    path: Path
+    metric: str
+    direction: str
+    params: list[str]
+    trials: list[TrialRow] = field(default_factory=list)
+    best: TrialRow | None = None
+    best_config: Path | None = None
+
+    def count(self, state: str) -> int:
+        return sum(t.state == state for t in self.trials)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The search space: keys and values are checked before any trial runs, with errors naming tune.space.<key>.
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _annotation(key: str, method_options: Any) -> Any:
+    """The declared type of a config key (method options come from the approach's own Options model)."""
+    *parents, leaf = key.split(".")
+    if parents == ["method"]:
+        fields = type(method_options).model_fields if method_options is not None else {}
+        return fields[leaf].annotation if leaf in fields else None
+    model: Any = RunConfig
+    for part in parents:
+        model = model.model_fields[part].annotation
+    return model.model_fields[leaf].annotation
+
+
+def _takes_whole_numbers_only(annotation: Any) -> bool:
+    kinds = {annotation} if annotation in (int, float) else set(get_args(annotation)) - {type(None)}
+    return kinds == {int}
+
+
+def _value_problem(base: dict[str, Any], key: str, value: Any) -> str | None:
+    """Why `key=value` would not make a valid run config, or None when it would."""
+    from pydantic import ValidationError
+
+    from tuneforge.models import resolve_method
+
+    raw = copy.deepcopy(base)
+    _set_dotted(raw, key, value)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        return "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+    if key.startswith("method."):
+        try:
+            resolve_method(cfg.method, task=cfg.model.task)
+        except TuneforgeError as err:
+            return err.what.replace("\n  ", " ")
+    return None
+
+
+def check_space(cfg: RunConfig, source: ConfigSource | None = None) -> None:
+    """Check every tune.space key names a searchable config key and every value it can take is valid there."""
+    from tuneforge.models import resolve_method
+
+    source = source or ConfigSource(None)
+    tune = cfg.tune
+    if not tune.space:
+        raise TuneforgeError(
+            "the search space is empty",
+            where=source.where("tune.space"),
+            fix="add e.g. tune.space: {train.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3}}",
+        )
+    lower = tune.metric in LOWER_IS_BETTER
+    if (lower and tune.direction == "maximize") or (
+        tune.metric in HIGHER_IS_BETTER and tune.direction == "minimize"
+    ):
+        raise TuneforgeError(
+            f"{tune.metric} is better when {'lower' if lower else 'higher'}, "
+            f"but tune.direction is {tune.direction}",
+            where=source.where("tune.direction"),
+            fix=f"set tune.direction: {'minimize' if lower else 'maximize'}",
+        )
+    known = {k for k, *_ in config_keys() if k.split(".")[0] in SEARCHABLE_SECTIONS}
+    base = cfg.to_dict()
+    _, method_options = resolve_method(cfg.method, source, task=cfg.model.task)
+    for key, param in tune.space.items():
+        where = source.where(f"tune.space.{key}")
+        section = key.split(".")[0]
+        if section not in SEARCHABLE_SECTIONS or key in NOT_SEARCHABLE:
+            raise TuneforgeError(
+                f"{key} cannot be searched",
+                where=where,
+                fix="search keys of the data, model, method and train sections (not output directories)",
+            )
+        if section == "method":
+            if key.count(".") != 1:
+                raise TuneforgeError(
+                    f"{key} is not a method option", where=where, fix="write method.<option>"
+                )
+        elif key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            raise TuneforgeError(
+                f"{key} is not a config key",
+                where=where,
+                fix=f"did you mean {close[0]}?" if close else "see `tuneforge config-keys`",
+            )
+        if param.type == "float" and _takes_whole_numbers_only(_annotation(key, method_options)):
+            raise TuneforgeError(
+                f"{key} takes whole numbers, but its search parameter is a float",
+                where=where,
+                fix="use type: int",
+            )
+        values = list(param.choices or []) if param.type == "categorical" else [param.low, param.high]
+        for value in values:
+            problem = _value_problem(base, key, value)
+            if problem is not None:
+                raise TuneforgeError(f"{key}={value!r} is not a valid setting: {problem}", where=where)
+    for i, start in enumerate(tune.start_with):
+        for key, value in start.items():
+            if key not in tune.space:
+                raise TuneforgeError(
+                    f"{key} is not in tune.space",
+                    where=source.where("tune.start_with"),
+                    fix="add it to the space",
+                )
+            problem = _value_problem(base, key, value)
+            if problem is not None:
+                raise TuneforgeError(
+                    f"{key}={value!r} is not a valid setting: {problem}",
+                    where=source.where(f"tune.start_with.{i}"),
+                )
+
+
+def trial_config(cfg: RunConfig, values: dict[str, Any], run_dir: Path) -> RunConfig:
+    """The run config of one trial: the base config with the sampled values, writing into its own folder."""
+    raw = cfg.to_dict()
+    for key, value in values.items():
+        _set_dotted(raw, key, value)
+    raw["train"]["output_dir"] = str(run_dir)
+    # Each run keeps its best checkpoint by the metric the search optimises: its result is what it scored.
+    raw["train"]["metric_for_best"] = cfg.tune.metric
+    return config_from_dict(raw)
+
+
+def _suggest(trial: optuna.Trial, key: str, p: SearchParam) -> Any:
+    if p.type == "categorical":
+        return trial.suggest_categorical(key, list(p.choices or []))
+    assert p.low is not None and p.high is not None  # guaranteed by SearchParam's validator
+    if p.type == "int":
+        return trial.suggest_int(key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+    return trial.suggest_float(key, float(p.low), float(p.high), step=p.step, log=p.log)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The study.
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _open_study(cfg: RunConfig, out: Path, force: bool) -> optuna.Study:
+    import optuna
+
+    from tuneforge.train.run import config_diff
+
+    if not (out / STUDY_DB).is_file() and (out / "config.yaml").is_file():
+        raise TuneforgeError(
+            f"{out} holds a training run, not a search",
+            where="train.output_dir",
+            fix="choose another train.output_dir for the search",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{(out / STUDY_DB).resolve()}"
+    tune = cfg.tune
+    existing = optuna.study.get_all_study_names(storage)
+    # A continued study gets a sampler seeded past the trials it has, so it does not replay the first draws.
+    n_before = len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials) if existing else 0
+    sampler = optuna.samplers.TPESampler(seed=cfg.train.seed + n_before, n_startup_trials=tune.startup_trials)
+    pruner: optuna.pruners.BasePruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=tune.prune_startup_trials, n_warmup_steps=tune.prune_warmup_steps
+        )
+        if tune.prune
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=STUDY_NAME,
+        direction=tune.direction,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    now = cfg.to_dict()
+    old = study.user_attrs.get("config")
+    if old is not None:
+        diffs = [d for d in config_diff(old, now) if not d[0].startswith(CONTINUABLE_CHANGES)]
+        if diffs and not force:
+            lines = "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
+            raise TuneforgeError(
+                f"the config differs from the one this search started with:\n  {lines}",
+                where=str(out / STUDY_DB),
+                fix="continue with the original config, pass --force to go on with the new one, "
+                "or choose another train.output_dir",
+            )
+    study.set_user_attr("config", now)
+    if not study.trials:
+        for values in tune.start_with:
+            study.enqueue_trial(values)
+    return study
+
+
+def _finished(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+def run_search(
+    cfg: RunConfig, source: ConfigSource | None = None, *, trials: int | None = None, force: bool = False
+) -> StudySummary:
+    """Run (or continue) the search until the study has `trials` completed or pruned trials."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tuneforge.train.run import Interrupted
+
+    source = source or ConfigSource(None)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TuneforgeError(
+            "tune runs its trials one after another in a single process",
+            fix="start `tuneforge tune` directly, not through accelerate launch or torchrun",
+        )
+    check_space(cfg, source)
+    n_trials = trials if trials is not None else cfg.tune.trials
+    out = Path(cfg.train.output_dir)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print one line per trial ourselves
+    study = _open_study(cfg, out, force)
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # Left running by a search that was killed; its run directory is replaced by a fresh trial.
+        study.tell(stale.number, state=TrialState.FAIL)
+        _say(f"trial {stale.number} was left unfinished by an earlier search; counted as failed")
+
+    failures = 0
+    while _finished(study) < n_trials:
+        trial = study.ask()
+        run_dir = out / f"trial-{trial.number:03d}"
+        try:
+            value = _run_trial(trial, cfg, source, run_dir)
+        except optuna.TrialPruned as pruned:
+            _mark_run(run_dir, status="pruned", error=None)
+            study.tell(trial, state=TrialState.PRUNED)
+            _say(f"trial {trial.number} pruned ({pruned})")
+            failures = 0
+        except Interrupted:
+            trial.set_user_attr("error", "interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except _StudyError:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except TuneforgeError as err:
+            # A trial's own failure (e.g. its learning rate made the loss diverge) is a result, not the end.
+            trial.set_user_attr("error", err.what[:500])
+            study.tell(trial, state=TrialState.FAIL)
+            _say(f"trial {trial.number} failed: {err.what}")
+            failures += 1
+            if failures >= cfg.tune.max_consecutive_failures:
+                raise TuneforgeError(
+                    f"{failures} trials in a row failed; the last one: {err.what}",
+                    where=source.where("tune.max_consecutive_failures"),
+                    fix="fix the problem above (or narrow tune.space) and run the command again to continue",
+                ) from None
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        else:
+            study.tell(trial, value)
+            best = study.best_trial
+            _say(
+                f"trial {trial.number} finished: {cfg.tune.metric}={value:.6g} (best: trial {best.number}, "
+                f"{best.value:.6g})"
+            )
+            failures = 0
+        finally:
+            _release_memory()
+        summarize(study, cfg, out)
+    summary = summarize(study, cfg, out)
+    if summary.best is None:
+        raise TuneforgeError(
+            "no trial ran to the end (all were pruned or failed)",
+            where=str(out / "trials.json"),
+            fix="run more trials (--trials), or raise tune.prune_startup_trials",
+        )
+    return summary
+
+
+def _run_trial(trial: optuna.Trial, cfg: RunConfig, source: ConfigSource, run_dir: Path) -> float:
+    """Train one trial, reporting each validation to the pruner; its value is its best validation metric."""
+    import optuna
+
+    from tuneforge.train.run import train
+
+    values = {key: _suggest(trial, key, p) for key, p in cfg.tune.space.items()}
+    trial.set_user_attr("run_dir", str(run_dir))
+    _say(f"trial {trial.number}: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+    tcfg = trial_config(cfg, values, run_dir)
+    metric, reported = cfg.tune.metric, []
+
+    def on_validation(step: int, metrics: dict[str, float]) -> None:
+        if metric not in metrics:
+            raise _StudyError(
+                f"validation has no metric {metric!r} (it has {sorted(metrics)})",
+                where=source.where("tune.metric"),
+                fix="choose one of those",
+            )
+        value = float(metrics[metric])
+        reported.append(value)
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"{metric}={value:.6g} at step {step} is worse than the median")
+
+    train(tcfg, source, overwrite=True, on_validation=on_validation)
+    if not reported:
+        raise _StudyError(
+            "the trial ran no validation, so there is nothing to compare trials by",
+            where=source.where("data.splits"),
+            fix="give the dataset a validation split",
+        )
+    return min(reported) if cfg.tune.direction == "minimize" else max(reported)
+
+
+def _mark_run(run_dir: Path, **fields: Any) -> None:
+    from tuneforge.artifacts import RunDir
+
+    run = RunDir(run_dir)
+    if run.manifest_path.is_file():
+        run.update_manifest(**fields)
+
+
+def _release_memory() -> None:
+    # Trials run in one process: drop the last trial's model before the next one loads its own.
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Results: trials.json, summary.md and best.yaml, rewritten after every trial so a long search can be watched.
+
+
+def summarize(study: optuna.Study, cfg: RunConfig, out: Path) -> StudySummary:
+    """Collect the study's trials, write trials.json, summary.md and best.yaml, and return them."""
+    from optuna.trial import TrialState
+
+    summary = StudySummary(
+        path=out, metric=cfg.tune.metric, direction=cfg.tune.direction, params=list(cfg.tune.space)
+    )
+    for t in study.get_trials(deepcopy=False):
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        summary.trials.append(
+            TrialRow(
+                number=t.number,
+                state=t.state.name.lower(),
+                value=t.value if t.state == TrialState.COMPLETE else None,
+                params=dict(t.params),
+                intermediate={int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
+                run_dir=str(t.user_attrs.get("run_dir", out / f"trial-{t.number:03d}")),
+                error=t.user_attrs.get("error"),
+                duration_s=round(duration, 2) if duration is not None else None,
+            )
+        )
+    complete = [t for t in summary.trials if t.state == "complete"]
+    if complete:
+        best_number = study.best_trial.number
+        summary.best = next(t for t in complete if t.number == best_number)
+        summary.best_config = out / "best.yaml"
+        _write_best(summary.best, cfg, out)
+    write_json_atomic(
+        out / "trials.json",
+        {
+            "metric": summary.metric,
+            "direction": summary.direction,
+            "best_trial": summary.best.number if summary.best else None,
+            "trials": [t.__dict__ for t in summary.trials],
+        },
+    )
+    write_text_atomic(out / "summary.md", summary_markdown(summary))
+    return summary
+
+
+def _write_best(best: TrialRow, cfg: RunConfig, out: Path) -> None:
+    best_cfg = trial_config(cfg, best.params, out / "best")
+    header = (
+        f"# Best trial of the search in {out}: trial {best.number}, {cfg.tune.metric}={best.value}\n"
+        f"# Its run: {best.run_dir}. Retrain it with: tuneforge train {out / 'best.yaml'}\n"
+    )
+    write_text_atomic(out / "best.yaml", header + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
+
+
+def format_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary_rows(summary: StudySummary) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the trials table (shared by summary.md and the CLI's rich table)."""
+    header = ["trial", "state", summary.metric, *summary.params, "steps"]
+    rows = []
+    for t in summary.trials:
+        last_step = max(t.intermediate) if t.intermediate else None
+        mark = " *" if summary.best is not None and t.number == summary.best.number else ""
+        rows.append(
+            [
+                f"{t.number}{mark}",
+                t.state,
+                format_value(t.value) if t.value is not None else "-",
+                *(format_value(t.params[p]) if p in t.params else "-" for p in summary.params),
+                str(last_step) if last_step is not None else "-",
+            ]
+        )
+    return header, rows
+
+
+def summary_markdown(summary: StudySummary) -> str:
+    header, rows = summary_rows(summary)
+    lines = [
+        f"# Hyperparameter search: {summary.metric} ({summary.direction})",
+        "",
+        f"{len(summary.trials)} trials: {summary.count('complete')} complete, "
+        f"{summary.count('pruned')} pruned, {summary.count('fail')} failed.",
+    ]
+    if summary.best is not None:
+        lines.append(
+            f"Best: trial {summary.best.number} ({summary.metric}={format_value(summary.best.value)}), "
+            f"run {summary.best.run_dir}; its config: {summary.best_config}."
+        )
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines.append("")
+    lines.append("`steps`: the last optimizer step at which the trial was validated; `*`: the best trial.")
+    return "\n".join(lines) + "\n"

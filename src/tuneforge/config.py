@@ -55,7 +55,7 @@ class DataConfig(Section):
     format: DataFormat = "auto"
     """Record format: text, instruction, chat, classification, regression, preference (auto: detect)."""
     source: str | None = None
-    """Reader: jsonl, json, csv, parquet, text, html, folder, class-folders, sql, hf-disk (default: from path)."""
+    """Reader: jsonl, json, csv, parquet, text, html, folder, class-folders, sql, hf-disk (unset: guessed)."""
     text_column: str | None = None
     """Column holding the input text (auto-detected when unset)."""
     label_column: str | None = None

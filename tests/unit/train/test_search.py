@@ -228,3 +228,145 @@ def test_the_shipped_search_config_has_a_valid_space() -> None:
         "train.warmup_ratio",
         "train.weight_decay",
     ]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The search loop with a stand-in for training (each "run" reports what the test scripts), so the study's
+# bookkeeping is tested in milliseconds; the real thing runs in tests/integration/test_tune.py.
+
+
+def scripted_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script, tune: dict):
+    """Configure a search whose trials call `script(learning_rate, on_validation)` instead of training."""
+    import tuneforge.train.run as run_module
+
+    def fake_train(cfg, source=None, *, overwrite=False, on_validation=None, **_):
+        assert overwrite and on_validation is not None
+        Path(cfg.train.output_dir).mkdir(parents=True)
+        script(cfg.train.learning_rate, on_validation)
+
+    monkeypatch.setattr(run_module, "train", fake_train)
+    tune = {
+        "space": {"train.learning_rate": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}},
+        **tune,
+    }
+    cfg, source = load_config(write_config(tmp_path, tune), [f"train.output_dir={tmp_path / 'study'}"])
+    return cfg, source
+
+
+def study_states(tmp_path: Path) -> list[tuple[str, dict]]:
+    import optuna
+
+    study = optuna.load_study(study_name="tuneforge", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
+    return [(t.state.name, t.user_attrs.get("error")) for t in study.trials]
+
+
+def test_a_failed_trial_is_recorded_and_the_search_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneforge.train.search import run_search
+
+    def script(lr: float, report) -> None:
+        if lr == 0.5:  # only the enqueued first trial
+            raise TuneforgeError("5 optimizer steps in a row had a NaN/inf loss")
+        report(1, {"loss": 2.0 + lr})
+        report(2, {"loss": 1.0 + lr})
+
+    cfg, source = scripted_search(
+        tmp_path, monkeypatch, script, {"prune": False, "start_with": [{"train.learning_rate": 0.5}]}
+    )
+    summary = run_search(cfg, source, trials=2)
+    assert study_states(tmp_path) == [
+        ("FAIL", "5 optimizer steps in a row had a NaN/inf loss"),
+        ("COMPLETE", None),
+        ("COMPLETE", None),
+    ]
+    assert [t.state for t in summary.trials] == ["fail", "complete", "complete"]
+    best = summary.best
+    assert (
+        best is not None and best.value == 1.0 + best.params["train.learning_rate"]
+    )  # the best of its values
+    assert "3 trials: 2 complete, 0 pruned, 1 failed." in (tmp_path / "study" / "summary.md").read_text()
+
+
+def test_failures_in_a_row_stop_the_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneforge.train.search import run_search
+
+    def script(lr: float, report) -> None:
+        raise TuneforgeError("the data is broken")
+
+    cfg, source = scripted_search(tmp_path, monkeypatch, script, {"max_consecutive_failures": 2})
+    with pytest.raises(TuneforgeError) as err:
+        run_search(cfg, source, trials=5)
+    assert err.value.what == "2 trials in a row failed; the last one: the data is broken"
+    assert study_states(tmp_path) == [("FAIL", "the data is broken"), ("FAIL", "the data is broken")]
+
+
+def test_a_missing_metric_stops_the_search_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneforge.train.search import run_search
+
+    def script(lr: float, report) -> None:
+        report(1, {"loss": 1.0})
+
+    cfg, source = scripted_search(
+        tmp_path, monkeypatch, script, {"metric": "accuracy", "direction": "maximize"}
+    )
+    with pytest.raises(TuneforgeError) as err:
+        run_search(cfg, source, trials=3)
+    assert err.value.what == "validation has no metric 'accuracy' (it has ['loss'])"
+    assert [s for s, _ in study_states(tmp_path)] == ["FAIL"]
+
+
+def test_an_interrupted_trial_is_replaced_when_the_search_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from tuneforge.train.run import Interrupted
+    from tuneforge.train.search import run_search
+
+    calls = []
+
+    def script(lr: float, report) -> None:
+        calls.append(lr)
+        if len(calls) == 2:
+            raise Interrupted("stopped by SIGTERM after step 1")
+        report(1, {"loss": lr})
+
+    cfg, source = scripted_search(tmp_path, monkeypatch, script, {"prune": False})
+    with pytest.raises(Interrupted):
+        run_search(cfg, source, trials=2)
+    assert study_states(tmp_path) == [("COMPLETE", None), ("FAIL", "interrupted")]
+
+    # A search killed outright leaves its trial RUNNING; continuing marks it failed and runs a new one.
+    storage = f"sqlite:///{tmp_path / 'study' / 'study.db'}"
+    optuna.load_study(study_name="tuneforge", storage=storage).ask()
+    summary = run_search(cfg, source, trials=2)
+    assert [s for s, _ in study_states(tmp_path)] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
+    assert len(calls) == 3
+    assert summary.count("complete") == 2
+
+
+def test_pruned_trials_stop_at_the_step_the_median_rule_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneforge.train.search import run_search
+
+    steps_run: list[int] = []
+
+    def script(lr: float, report) -> None:
+        # The first trial improves 1.0 -> 0.5; the second is worse from its first validation on.
+        for step, loss in enumerate([1.0, 0.5] if lr < 0.01 else [2.0, 1.5], 1):
+            steps_run.append(step)
+            report(step, {"loss": loss})
+
+    tune = {
+        "prune_startup_trials": 1,
+        "start_with": [{"train.learning_rate": 0.001}, {"train.learning_rate": 0.1}],
+    }
+    cfg, source = scripted_search(tmp_path, monkeypatch, script, tune)
+    summary = run_search(cfg, source, trials=2)
+    assert [(t.state, t.value, t.intermediate) for t in summary.trials] == [
+        ("complete", 0.5, {1: 1.0, 2: 0.5}),
+        ("pruned", None, {1: 2.0}),
+    ]
+    assert steps_run == [1, 2, 1]

@@ -18,6 +18,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z
 
 
+@lru_cache(maxsize=64)
 def lsh_params(threshold: float, num_perm: int, missed_weight: float = MISSED_PAIR_WEIGHT) -> tuple[int, int]:
     """(bands, rows per band) minimising the weighted areas of extra candidates and missed pairs.
 

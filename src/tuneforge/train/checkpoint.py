@@ -1,36 +1,46 @@
-"""Checkpoints in safe formats only (safetensors + JSON): weights, optimizer, scheduler, RNG and loop position.
+"""Checkpoints in safe formats only (safetensors + JSON): weights, optimizer, scheduler, RNG, loop position.
 
 Layout of `checkpoints/step-00000050/`:
     weights.safetensors     trainable parameters (all parameters for full fine-tuning)
     optimizer.safetensors   optimizer tensors, keyed `<param index>.<name>`
     rng.safetensors         torch CPU (and CUDA) generator states
-    state.json              step, optimizer param groups, scheduler, python/numpy RNG, best metric, counters
+    state.json              step, optimizer param groups, scheduler, grad scaler, python/numpy RNG, counters
     COMPLETE                written last; a folder without it is ignored
-Each checkpoint is staged in a temporary sibling and renamed into place, so a crash mid-write leaves at most a
-stray temporary folder, never a broken checkpoint.
+Each checkpoint is staged in a temporary sibling (`.step-00000050.<random>.tmp`), fsynced and renamed into
+place, so a crash mid-write leaves at most a stray temporary folder (removed by the next save), never a broken
+checkpoint.
+The data position needs no saving: it is a pure function of the step (see loop.py).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from tuneforge.artifacts import atomic_dir, read_json, write_json_atomic
+from tuneforge.errors import TuneforgeError
 
 COMPLETE = "COMPLETE"
 PREFIX = "step-"
+# Fault-injection point for the crash-safety tests: "STEP:SECONDS" pauses the write of that step's checkpoint
+# after its weights are on disk, so a test can `kill -9` the process in the middle of a checkpoint.
+PAUSE_ENV = "TUNEFORGE_TEST_CHECKPOINT_PAUSE"
 
 
 @dataclass
 class TrainState:
-    """Everything about the loop's progress that is not a tensor."""
+    """The loop's progress that is not a tensor (the epoch and the data position follow from the step)."""
 
     step: int = 0
     tokens: int = 0
@@ -39,8 +49,13 @@ class TrainState:
     evals_without_improvement: int = 0
     best_value: float | None = None
     best_step: int | None = None
+    stopped_early: bool = False
     elapsed_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
 
 
 def trainable_state(model: torch.nn.Module, *, everything: bool) -> dict[str, torch.Tensor]:
@@ -64,14 +79,22 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
     for idx, values in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = meta["param_groups"]
+    # JSON turns tuples (AdamW's betas) into lists; give them back the type the optimizer was built with.
+    for saved, current in zip(groups, optimizer.param_groups, strict=True):
+        for key, value in current.items():
+            if isinstance(value, tuple) and isinstance(saved.get(key), list):
+                saved[key] = tuple(saved[key])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -79,23 +102,36 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{i}"] = s
-    np_state = np.random.get_state()
+    py = random.getstate()
+    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
     meta = {
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
     }
     return tensors, meta
 
 
-def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def restore_rng(path: Path) -> None:
+    """Put the python, numpy and torch random streams back where they were when `path` was saved."""
+    tensors = load_file(str(path / "rng.safetensors"))
+    meta = read_json(path / "state.json")["rng"]
     torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    cuda = [
+        tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))
+    ]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     py = meta["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npy = meta["numpy"]
     np.random.set_state((npy[0], np.array(npy[1], dtype=np.uint32), *npy[2:]))
+
+
+def _pause_for_tests(step: int) -> None:
+    spec = os.environ.get(PAUSE_ENV)
+    if spec and int(spec.split(":")[0]) == step:
+        print(f"checkpoint {step}: pausing mid-write ({PAUSE_ENV})", file=sys.stderr, flush=True)
+        time.sleep(float(spec.split(":")[1]))
 
 
 def save_checkpoint(
@@ -106,12 +142,15 @@ def save_checkpoint(
     scheduler: Any,
     state: TrainState,
     full_weights: bool,
+    scaler: Any = None,
 ) -> Path:
-    target = root / f"{PREFIX}{state.step:08d}"
+    """Write one complete checkpoint for `state.step` atomically and return its folder."""
+    target = root / checkpoint_name(state.step)
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     rng_tensors, rng_meta = _rng_state()
     with atomic_dir(target) as tmp:
         save_file(trainable_state(model, everything=full_weights), str(tmp / "weights.safetensors"))
+        _pause_for_tests(state.step)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         write_json_atomic(
@@ -120,6 +159,7 @@ def save_checkpoint(
                 "train": asdict(state),
                 "optimizer": opt_meta,
                 "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_meta,
             },
         )
@@ -131,26 +171,41 @@ def complete_checkpoints(root: Path) -> list[Path]:
     """Finished checkpoints, oldest first; half-written or foreign folders are ignored."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / COMPLETE).is_file()]
+    found = [
+        p
+        for p in root.iterdir()
+        if p.name.startswith(PREFIX) and p.name.removeprefix(PREFIX).isdigit() and (p / COMPLETE).is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
 
 
 def load_checkpoint(
-    path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any = None,
 ) -> TrainState:
-    """Restore everything saved by `save_checkpoint`; the RNG last, so nothing after it disturbs the streams."""
+    """Restore weights, optimizer, scheduler and grad scaler from `path` (the RNG: see `restore_rng`)."""
     meta = read_json(path / "state.json")
     weights = load_file(str(path / "weights.safetensors"))
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
-    if missing:
-        raise RuntimeError(f"checkpoint {path} lacks trainable parameters: {missing[:5]}")
     params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    unknown = [n for n in weights if n not in params]
+    if missing or unknown:
+        raise TuneforgeError(
+            f"checkpoint {path} does not fit this model (missing {missing[:3]}, unexpected {unknown[:3]})",
+            where="method",
+            fix="resume with the model and method the run started with",
+        )
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
     _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
-    _restore_rng(load_file(str(path / "rng.safetensors")), meta["rng"])
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
     return TrainState(**meta["train"])
 
 
@@ -162,15 +217,82 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
             params[name].copy_(value)
 
 
-def rotate(root: Path, keep: int, best_step: int | None) -> None:
-    """Keep the latest `keep` complete checkpoints and the best one; drop stale temporary folders."""
+def rotate(root: Path, keep: int, best_step: int | None) -> list[Path]:
+    """Keep the latest `keep` (at least one) complete checkpoints and the best; drop stale temporary folders.
+
+    Returns the deleted checkpoints. Incomplete `step-*` folders are not ours to judge and are left alone.
+    """
     done = complete_checkpoints(root)
-    protected = {p for p in done[-keep:]}
+    protected = set(done[-max(keep, 1) :])
     if best_step is not None:
-        protected |= {p for p in done if p.name == f"{PREFIX}{best_step:08d}"}
-    for p in done:
-        if p not in protected:
-            shutil.rmtree(p, ignore_errors=True)
+        protected |= {p for p in done if p.name == checkpoint_name(best_step)}
+    deleted = [p for p in done if p not in protected]
+    for p in deleted:
+        shutil.rmtree(p, ignore_errors=True)
     for p in root.iterdir():
         if p.name.startswith(f".{PREFIX}") and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
+    return deleted
+
+
+class Checkpointer:
+    """Saves the run's checkpoints (once per step, main process only) and rotates them."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        full_weights: bool,
+        keep: int,
+        scaler: Any = None,
+        is_main: bool = True,
+        barrier: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.root = root
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.full_weights = full_weights
+        self.keep = keep
+        self.scaler = scaler
+        self.is_main = is_main
+        self.barrier = barrier
+        self.saved_step: int | None = None
+        self.resumed_from: Path | None = None
+
+    def latest(self) -> Path | None:
+        done = complete_checkpoints(self.root)
+        return done[-1] if done else None
+
+    def resume(self) -> TrainState | None:
+        """Load the latest complete checkpoint (None when there is none yet)."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        state = load_checkpoint(
+            latest, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
+        )
+        self.saved_step = state.step
+        self.resumed_from = latest
+        return state
+
+    def save(self, state: TrainState) -> None:
+        if self.saved_step == state.step:
+            return
+        self.saved_step = state.step
+        self.barrier()
+        if self.is_main:
+            save_checkpoint(
+                self.root,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state=state,
+                full_weights=self.full_weights,
+                scaler=self.scaler,
+            )
+            rotate(self.root, self.keep, state.best_step)
+        self.barrier()

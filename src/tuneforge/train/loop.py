@@ -1,25 +1,40 @@
 """The training loop: read it top to bottom.
 
 One optimizer step = `gradient_accumulation_steps` micro-batches taken in order from the epoch's seeded
-permutation, so the position in the data is a pure function of the step number; that is what makes resume exact.
-The loss of a step is the sum of per-target losses over all its micro-batches divided by the step's target count
-(tokens for causal-LM), so accumulation gives the same gradient as one big batch.
+permutation, so the position in the data is a pure function of the step number: that makes resume exact.
+The loss of a step is the sum of per-target losses over all its micro-batches divided by the step's target
+count (tokens for causal-LM), so accumulation gives the same gradient as one big batch.
+
+A step whose loss or gradient is NaN/inf is skipped: no update, but the step counter, the data position and
+the learning-rate schedule still advance, so the learning rate stays a pure function of the step (like the
+data position), a run still ends on schedule, and resume stays exact. `train.max_bad_steps` such steps in a
+row stop the run. While a streak lasts the weights are those of an earlier step, so nothing is validated or
+checkpointed and the newest checkpoint stays the last good one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from tuneforge.config import TrainConfig
+from tuneforge.errors import TuneforgeError
 from tuneforge.train.batches import collate, epoch_order, input_positions, micro_batches, target_count
 from tuneforge.train.checkpoint import TrainState
 from tuneforge.train.encode import IGNORE, Example
+
+# Validation metrics where smaller is better (early stopping and the best checkpoint); any other is maximised.
+LOWER_IS_BETTER = frozenset({"loss", "perplexity", "mse", "mae", "rmse"})
 
 
 @dataclass
@@ -29,6 +44,9 @@ class StepResult:
     targets: int
     tokens: int
     skipped: bool
+    """No update was applied (NaN/inf, or the fp16 grad scaler backed off)."""
+    bad: bool
+    """The loss or gradient was NaN/inf: counts towards train.max_bad_steps."""
 
 
 def batch_loss(
@@ -47,7 +65,9 @@ def batch_loss(
             reduction="sum",
         )
     elif task == "classification":
-        loss = F.cross_entropy(logits.float(), batch["label"], weight=class_weights, reduction="sum")  # (B, C)
+        loss = F.cross_entropy(
+            logits.float(), batch["label"], weight=class_weights, reduction="sum"
+        )  # (B, C)
     else:  # regression: (B, 1)
         loss = F.mse_loss(logits.float().squeeze(-1), batch["label"], reduction="sum")
     return loss, logits
@@ -86,7 +106,9 @@ class Loop:
         self.class_weights = class_weights
         self._order_epoch = -1
         self._batches: list[list[int]] = []
-        n_micro = len(micro_batches(list(range(len(train_examples))), batch_size, 0, accelerator.num_processes))
+        n_micro = len(
+            micro_batches(list(range(len(train_examples))), batch_size, 0, accelerator.num_processes)
+        )
         self.steps_per_epoch = max(1, n_micro // accumulation)
 
     def _step_batches(self, step: int) -> list[list[int]]:
@@ -124,15 +146,39 @@ class Loop:
             grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
         else:
             grad_norm = _grad_norm(self.model)
-        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
-        if not skipped:
+        scaler = getattr(self.acc, "scaler", None)
+        if scaler is None:
+            bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
+            if not bad:
+                self.optimizer.step()
+            skipped = bad
+        else:
+            # fp16: the grad scaler skips updates with inf/NaN gradients itself and lowers its scale; skipping
+            # the call would keep the scale too high forever. Overflowing gradients are its normal business,
+            # so only a non-finite loss counts as a bad step.
             self.optimizer.step()
-        self.scheduler.step()
+            skipped = bool(self.acc.optimizer_step_was_skipped)
+            bad = not math.isfinite(loss)
+        self.scheduler.step()  # even after a skip: see the module docstring
         self.optimizer.zero_grad(set_to_none=True)
         # Tokens of the whole global batch, so metrics.jsonl reads the same whatever the process count.
         local_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
         tokens = int(self.acc.reduce(torch.tensor(local_tokens, device=device), "sum").item())
-        return StepResult(loss=loss, grad_norm=grad_norm, targets=global_targets, tokens=tokens, skipped=skipped)
+        return StepResult(
+            loss=loss, grad_norm=grad_norm, targets=global_targets, tokens=tokens, skipped=skipped, bad=bad
+        )
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics `validate()` returns for this task."""
+        extra = {"causal-lm": ("perplexity",), "classification": ("accuracy",)}.get(self.task, ())
+        return ("loss", *extra)
+
+    def agree(self, flag: bool) -> bool:
+        """True on every process when it is true on any (so all processes stop at the same step)."""
+        if self.acc.num_processes == 1:
+            return flag
+        return bool(self.acc.reduce(torch.tensor(int(flag), device=self.acc.device), "sum").item() > 0)
 
     @torch.no_grad()
     def validate(self, examples: list[Example], batch_size: int) -> dict[str, float]:
@@ -175,4 +221,145 @@ class Throughput:
 
     def add(self, tokens: int) -> float:
         self.tokens += tokens
+        return self.rate()
+
+    def rate(self) -> float:
         return self.tokens / max(time.perf_counter() - self.start, 1e-9)
+
+
+class StopSignals:
+    """SIGTERM/SIGINT ask the loop to finish its step, checkpoint and stop; a second one stops at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        # Python lets only the main thread install handlers; elsewhere (a search running trials in threads)
+        # the run simply keeps the default behaviour.
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(
+            f"\n{signal.Signals(signum).name}: finishing the current step and saving a checkpoint "
+            "(send it again to stop at once, without a checkpoint)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Outcome:
+    reason: str
+    """completed, stopped-early or interrupted."""
+    signal: int | None
+    tokens_per_s: float
+
+
+def fit(
+    loop: Loop,
+    state: TrainState,
+    *,
+    settings: TrainConfig,
+    total_steps: int,
+    val_examples: list[Example],
+    log: Callable[[dict[str, Any]], None],
+    save: Callable[[TrainState], None],
+    progress: Any,
+    stop: StopSignals,
+    where: Callable[[str], str],
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
+) -> Outcome:
+    """Train from `state.step` to `total_steps` (or an early stop or a signal); validate and checkpoint."""
+    speed = Throughput()
+    started = time.perf_counter() - state.elapsed_s
+    while state.step < total_steps and not state.stopped_early:
+        result = loop.step(state)
+        state.step += 1
+        state.tokens += result.tokens
+        state.elapsed_s = time.perf_counter() - started
+        state.skipped_steps += int(result.skipped)
+        state.bad_steps = state.bad_steps + 1 if result.bad else 0
+        tps = speed.add(result.tokens)
+        lr = loop.scheduler.get_last_lr()[0]
+        log(
+            {
+                "step": state.step,
+                "epoch": round(state.step / loop.steps_per_epoch, 4),
+                "loss": result.loss,
+                "lr": lr,
+                "grad_norm": result.grad_norm,
+                "tokens": state.tokens,
+                "tokens_per_s": round(tps, 1),
+                "time_s": round(state.elapsed_s, 2),
+                "skipped": result.skipped,
+            }
+        )
+        progress.update(state.step, loss=result.loss, lr=lr, tps=tps)
+        if state.bad_steps >= settings.max_bad_steps:
+            raise TuneforgeError(
+                f"{state.bad_steps} optimizer steps in a row had a NaN/inf loss or gradient "
+                f"(steps {state.step - state.bad_steps + 1}-{state.step}); the run stops here and its newest "
+                "checkpoint is the last good one",
+                where=where("train.max_bad_steps"),
+                fix="lower train.learning_rate, set train.max_grad_norm, or check the data of these steps",
+            )
+
+        last = state.step == total_steps
+        if state.bad_steps == 0:
+            if val_examples and ((settings.eval_every and state.step % settings.eval_every == 0) or last):
+                _validate(loop, state, settings, val_examples, log, save, on_validation)
+            # An early stop is saved too, so that a later --resume does not train on.
+            if (settings.save_every and state.step % settings.save_every == 0) or last or state.stopped_early:
+                save(state)
+        # Checked after validation and saving, so a signal that arrives during either is honoured right away.
+        if loop.agree(stop.received is not None) and not last:
+            if state.bad_steps == 0:
+                save(state)  # once per step: a no-op when this step is already saved
+            return Outcome("interrupted", stop.received, speed.rate())
+    early = state.stopped_early and state.step < total_steps
+    return Outcome("stopped-early" if early else "completed", None, speed.rate())
+
+
+def _validate(
+    loop: Loop,
+    state: TrainState,
+    settings: TrainConfig,
+    val_examples: list[Example],
+    log: Callable[[dict[str, Any]], None],
+    save: Callable[[TrainState], None],
+    on_validation: Callable[[int, dict[str, float]], None] | None,
+) -> None:
+    """One validation pass: log it, track the best (checkpointing it), and decide on early stopping."""
+    metrics = loop.validate(val_examples, settings.batch_size)
+    log({"step": state.step, "split": "validation", **metrics})
+    if on_validation is not None:
+        on_validation(state.step, metrics)
+    value = metrics[settings.metric_for_best]
+    if state.best_value is None:
+        gain = math.inf if math.isfinite(value) else -math.inf
+    elif settings.metric_for_best in LOWER_IS_BETTER:
+        gain = state.best_value - value
+    else:
+        gain = value - state.best_value
+    improved = gain > settings.early_stopping_min_delta  # NaN never improves
+    if improved:
+        state.best_value, state.best_step, state.evals_without_improvement = value, state.step, 0
+    else:
+        state.evals_without_improvement += 1
+    patience = settings.early_stopping_patience
+    state.stopped_early = patience is not None and state.evals_without_improvement >= patience
+    if improved:
+        save(state)  # after every field of this step is final: the best checkpoint is also a resume point

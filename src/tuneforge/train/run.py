@@ -1,14 +1,12 @@
-"""`tuneforge train`: dataset + model + method → a run directory (adapter or weights, metrics, checkpoints)."""
+"""`tuneforge train`: dataset + model + method → a run directory (weights, metrics, checkpoints)."""
 
 from __future__ import annotations
 
 import math
 import os
-import platform
 import shutil
 import signal
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,22 +21,45 @@ from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve
 from tuneforge.models.methods import count_parameters, describe_parameters
 
 EXIT_INTERRUPTED = 3
-# Keys that may differ on --resume: they change how long or how visibly a run goes on, not what it computes.
+# Keys that may differ on --resume without --force: they change where a run lives, how visibly it goes on and
+# how often it saves, never what it computes (checkpoints do not touch the random streams). Anything else,
+# train.max_steps/epochs (they stretch the learning-rate schedule) and eval_every (it moves the best
+# checkpoint and early stopping) included, would make the resumed run differ from an uninterrupted one: it
+# needs --force.
 RESUMABLE_CHANGES = (
-    "train.max_steps",
-    "train.epochs",
+    "train.output_dir",
     "train.progress",
     "train.log_to",
     "train.save_every",
     "train.keep_checkpoints",
+    "train.max_bad_steps",
     "eval.",
     "serve.",
     "tune.",
 )
+DATA_FINGERPRINT = "dataset fingerprint"
 
 
 class Interrupted(TuneforgeError):
+    """A signal stopped the run after a step and a checkpoint: `--resume` continues it."""
+
     exit_code = EXIT_INTERRUPTED
+
+
+class StoppedAtOnce(Interrupted):
+    """A second signal stopped the run without waiting for a checkpoint (the exit code of Ctrl-C)."""
+
+    exit_code = 130
+
+
+def _newest_checkpoint(latest: Path | None, step: int) -> str:
+    from tuneforge.train.checkpoint import checkpoint_name
+
+    if latest is None:
+        return "there is no checkpoint yet (--resume starts from the beginning)"
+    if latest.name == checkpoint_name(step):
+        return f"checkpoint {latest.name} holds step {step}"
+    return f"the newest checkpoint is {latest.name}"
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -52,21 +73,33 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return diffs
 
 
-def _check_resume(run: RunDir, cfg: RunConfig, force: bool) -> None:
+def resume_diff(run: RunDir, cfg: RunConfig, data_fingerprint: str | None) -> list[tuple[str, Any, Any]]:
+    """What differs between a run's recorded config and data and this attempt to resume it."""
     import yaml
 
     old = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
     diffs = [d for d in config_diff(old, cfg.to_dict()) if not d[0].startswith(RESUMABLE_CHANGES)]
+    recorded = run.manifest.get("dataset", {}).get("fingerprint")
+    if recorded is not None and recorded != data_fingerprint:
+        diffs.append((DATA_FINGERPRINT, recorded, data_fingerprint))
+    return diffs
+
+
+def _check_resume(run: RunDir, cfg: RunConfig, data_fingerprint: str | None, force: bool) -> None:
+    diffs = resume_diff(run, cfg, data_fingerprint)
     if diffs and not force:
         lines = "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
         raise TuneforgeError(
-            f"the config differs from the one this run started with:\n  {lines}",
+            f"the config or data differ from what this run started with, so resuming would not continue the "
+            f"same training:\n  {lines}",
             where=str(run.config_path),
-            fix="resume with the original config, or pass --force to continue with the new one",
+            fix="resume with the original config and data, or pass --force to continue with the new ones",
         )
 
 
-def _open_run_dir(cfg: RunConfig, resume: bool, force: bool, overwrite: bool) -> RunDir:
+def _open_run_dir(
+    cfg: RunConfig, resume: bool, force: bool, overwrite: bool, data_fingerprint: str | None = None
+) -> RunDir:
     path = Path(cfg.train.output_dir)
     run = RunDir(path)
     if overwrite and not resume and path.exists():
@@ -79,8 +112,12 @@ def _open_run_dir(cfg: RunConfig, resume: bool, force: bool, overwrite: bool) ->
         shutil.rmtree(path)
     if resume:
         if not run.config_path.is_file():
-            raise TuneforgeError(f"there is no run to resume in {path}", where="train.output_dir")
-        _check_resume(run, cfg, force)
+            raise TuneforgeError(
+                f"there is no run to resume in {path}",
+                where="train.output_dir",
+                fix="start it without --resume, or point train.output_dir at the run to continue",
+            )
+        _check_resume(run, cfg, data_fingerprint, force)
     elif path.exists() and any(path.iterdir()):
         raise TuneforgeError(
             f"{path} already holds a run",
@@ -101,10 +138,12 @@ def _accelerator(cfg: RunConfig) -> Any:
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     if precision != "no" and not torch.cuda.is_available():
         raise TuneforgeError(
-            f"mixed precision {precision} needs a GPU", where="train.mixed_precision", fix="set it to auto or no"
+            f"mixed precision {precision} needs a GPU",
+            where="train.mixed_precision",
+            fix="set it to auto or no",
         )
-    # `accelerate launch --multi_gpu` and torchrun start several processes but do not tell accelerate to use the
-    # CPU; without that it would not form a process group (gloo) on a machine without GPUs.
+    # `accelerate launch --multi_gpu` and torchrun start several processes but do not tell accelerate to use
+    # the CPU; without that it would not form a process group (gloo) on a machine without GPUs.
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return Accelerator(mixed_precision=precision, cpu=world > 1 and not torch.cuda.is_available())
 
@@ -112,7 +151,8 @@ def _accelerator(cfg: RunConfig) -> Any:
 def _optimizer(model: Any, cfg: RunConfig) -> Any:
     import torch
 
-    decay, no_decay = [], []
+    decay: list[Any] = []
+    no_decay: list[Any] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -128,7 +168,9 @@ def _optimizer(model: Any, cfg: RunConfig) -> Any:
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise TuneforgeError("adamw-8bit needs bitsandbytes", fix="pip install 'tuneforge[gpu]'") from None
+            raise TuneforgeError(
+                "adamw-8bit needs bitsandbytes", fix="pip install 'tuneforge[gpu]'"
+            ) from None
         return bnb.optim.AdamW8bit(groups, lr=cfg.train.learning_rate)
     return torch.optim.AdamW(groups, lr=cfg.train.learning_rate)
 
@@ -138,27 +180,23 @@ def _class_weights(examples: list[dict[str, Any]], n: int) -> Any:
 
     counts = Counter(int(e["label"]) for e in examples)
     total = sum(counts.values())
-    return torch.tensor([total / (n * counts[i]) if counts[i] else 0.0 for i in range(n)], dtype=torch.float32)
+    return torch.tensor(
+        [total / (n * counts[i]) if counts[i] else 0.0 for i in range(n)], dtype=torch.float32
+    )
 
 
-class _StopSignals:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and exits with EXIT_INTERRUPTED."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.received = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+def _check_same_position(state: Any, loop: Any, force: bool) -> None:
+    """The data position is derived from the step; it only means the same thing with the same batches."""
+    now = {"steps_per_epoch": loop.steps_per_epoch, "processes": loop.acc.num_processes}
+    saved = {k: state.extra.get(k, v) for k, v in now.items()}
+    if saved != now and not force:
+        lines = "\n  ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now if saved[k] != now[k])
+        raise TuneforgeError(
+            f"the checkpoint at step {state.step} was made with a different batching:\n  {lines}",
+            where="train.output_dir",
+            fix="resume with the same number of processes, or pass --force to continue in the new data order",
+        )
+    state.extra.update(now)
 
 
 def train(
@@ -175,25 +213,24 @@ def train(
     `on_validation(step, metrics)` is called after every validation; an exception it raises (a hyperparameter
     search pruning the trial) stops the run like any other error.
     """
-    import torch
     from accelerate.utils import set_seed
 
     from tuneforge.train.checkpoint import (
+        Checkpointer,
         TrainState,
-        complete_checkpoints,
-        load_checkpoint,
+        checkpoint_name,
         load_weights,
-        rotate,
-        save_checkpoint,
+        restore_rng,
     )
     from tuneforge.train.encode import encode_for_task
-    from tuneforge.train.loop import Loop, Throughput
+    from tuneforge.train.loop import Loop, StopSignals, fit
     from tuneforge.train.plot import plot_loss
-    from tuneforge.train.progress import TrainProgress
+    from tuneforge.train.progress import TrainProgress, peak_memory_bytes
     from tuneforge.train.schedule import build_scheduler
-    from tuneforge.train.tracking import Trackers, truncate_metrics
+    from tuneforge.train.tracking import Trackers, check_sinks, environment, truncate_metrics
 
     source = source or ConfigSource(None)
+    check_sinks(list(cfg.train.log_to))
     # Validate the method (and whether it can run here) before anything is loaded or written.
     method, options = resolve_method(cfg.method, source, task=cfg.model.task)
     accelerator = _accelerator(cfg)
@@ -220,11 +257,17 @@ def train(
     # The run directory is created only once data, model and method are known to be good, so a typo in the
     # config never leaves a half-made run behind that blocks the next attempt.
     with accelerator.main_process_first():
-        # Only the main process checks and creates the run directory: the others would find its files and refuse.
+        # Only the main process checks and creates the run directory: the others would find its files and
+        # refuse.
         main_opens = accelerator.is_main_process
-        run = _open_run_dir(cfg, resume, force, overwrite) if main_opens else RunDir(Path(cfg.train.output_dir))
+        fingerprint = dataset.manifest.get("fingerprint")
+        run = (
+            _open_run_dir(cfg, resume, force, overwrite, fingerprint)
+            if main_opens
+            else RunDir(Path(cfg.train.output_dir))
+        )
 
-    encode = {
+    encode: dict[str, Any] = {
         "tok": tokenizer,
         "task": task,
         "fmt": fmt,
@@ -267,15 +310,37 @@ def train(
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     loop.scheduler = scheduler
 
-    state = TrainState()
-    ckpts = complete_checkpoints(run.checkpoints)
-    if resume and ckpts:
-        state = load_checkpoint(ckpts[-1], model=accelerator.unwrap_model(model), optimizer=optimizer,
-                                scheduler=scheduler)
-    main = accelerator.is_main_process
-    if main:
-        truncate_metrics(run.metrics_path, state.step)
+    if val_examples and cfg.train.metric_for_best not in loop.metric_names:
+        raise TuneforgeError(
+            f"validation of a {task} model has no metric {cfg.train.metric_for_best!r}",
+            where=source.where("train.metric_for_best"),
+            fix="choose one of: " + ", ".join(loop.metric_names),
+        )
+    if cfg.train.early_stopping_patience is not None and not val_examples:
+        raise TuneforgeError(
+            "early stopping needs validation examples, and the dataset has none",
+            where=source.where("train.early_stopping_patience"),
+            fix="give data.splits a validation fraction, or unset train.early_stopping_patience",
+        )
+
     full_weights = not getattr(method, "SAVES_ADAPTER", True)
+    unwrapped = accelerator.unwrap_model(model)
+    checkpoints = Checkpointer(
+        run.checkpoints,
+        model=unwrapped,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        full_weights=full_weights,
+        keep=cfg.train.keep_checkpoints,
+        scaler=getattr(accelerator, "scaler", None),
+        is_main=accelerator.is_main_process,
+        barrier=accelerator.wait_for_everyone,
+    )
+    state = (checkpoints.resume() if resume else None) or TrainState()
+    _check_same_position(state, loop, force)
+    main = accelerator.is_main_process
+    if main and checkpoints.resumed_from is not None:
+        print(f"resuming from {checkpoints.resumed_from}", file=sys.stderr, flush=True)
     manifest: dict[str, Any] = {
         "kind": RunDir.KIND,
         "status": "running",
@@ -284,99 +349,70 @@ def train(
         "base_model_path": model_path,
         "task": task,
         "method": cfg.method.name,
-        "dataset": {"path": str(dataset.path), "fingerprint": dataset.manifest.get("fingerprint"), "format": fmt},
+        "dataset": {"path": str(dataset.path), "fingerprint": fingerprint, "format": fmt},
         "labels": labels,
         "parameters": {"trainable": trainable, "total": total},
-        "examples": {"train": len(train_examples), "validation": len(val_examples), "train_no_targets": train_empty},
+        "examples": {
+            "train": len(train_examples),
+            "validation": len(val_examples),
+            "train_no_targets": train_empty,
+        },
         "total_steps": total_steps,
         "steps_per_epoch": loop.steps_per_epoch,
+        "seed": cfg.train.seed,
         "config_fingerprint": cfg.fingerprint(),
-        "environment": _environment(accelerator),
+        "environment": environment(accelerator, cfg.train.seed),
+        "resumed_from_step": state.step if resume else None,
     }
     if main:
+        truncate_metrics(run.metrics_path, state.step)
         run.update_manifest(**manifest)
 
-    saved_at = [state.step if resume and ckpts else -1]
-
-    def checkpoint() -> None:
-        if saved_at[0] == state.step:
-            return
-        saved_at[0] = state.step
-        accelerator.wait_for_everyone()
-        if main:
-            save_checkpoint(run.checkpoints, model=accelerator.unwrap_model(model), optimizer=optimizer,
-                            scheduler=scheduler, state=state, full_weights=full_weights)
-            rotate(run.checkpoints, cfg.train.keep_checkpoints, state.best_step)
-
-    def validate() -> bool:
-        """Validate, log, track the best; True when early stopping says stop."""
-        metrics = loop.validate(val_examples, cfg.train.batch_size) if val_examples else {}
-        if not metrics:
-            return False
-        trackers.log({"step": state.step, "split": "validation", **metrics})
-        if on_validation is not None:
-            on_validation(state.step, metrics)
-        value = metrics.get(cfg.train.metric_for_best)
-        if value is None:
-            raise TuneforgeError(
-                f"validation has no metric {cfg.train.metric_for_best!r} (it has {sorted(metrics)})",
-                where=source.where("train.metric_for_best"),
-            )
-        lower_is_better = cfg.train.metric_for_best in ("loss", "perplexity")
-        gain = (state.best_value - value if lower_is_better else value - state.best_value) if (
-            state.best_value is not None) else math.inf
-        if gain > cfg.train.early_stopping_min_delta:
-            state.best_value, state.best_step, state.evals_without_improvement = value, state.step, 0
-            checkpoint()
-        else:
-            state.evals_without_improvement += 1
-        patience = cfg.train.early_stopping_patience
-        return patience is not None and state.evals_without_improvement >= patience
-
-    trackers = Trackers(run.path, list(cfg.train.log_to), config=cfg.to_dict(), enabled=main)
-    speed = Throughput()
-    started = time.perf_counter() - state.elapsed_s
-    stopped_early = False
+    trackers = Trackers(
+        run.path,
+        list(cfg.train.log_to),
+        config=cfg.to_dict(),
+        enabled=main,
+        resume_step=state.step if resume else None,
+    )
+    if checkpoints.resumed_from is not None:
+        restore_rng(
+            checkpoints.resumed_from
+        )  # last, right before the loop, so nothing shifts the random streams
     try:
-        with _StopSignals() as stop, TrainProgress(total_steps, state.step, enabled=cfg.train.progress and main) as bar:
-            while state.step < total_steps:
-                result = loop.step(state)
-                state.step += 1
-                state.tokens += result.tokens
-                state.elapsed_s = time.perf_counter() - started
-                if result.skipped:
-                    state.bad_steps += 1
-                    state.skipped_steps += 1
-                    if state.bad_steps >= cfg.train.max_bad_steps:
-                        raise TuneforgeError(
-                            f"{state.bad_steps} optimizer steps in a row had a NaN/inf loss or gradient "
-                            f"(last at step {state.step}); the last good checkpoint is kept",
-                            where=source.where("train.learning_rate"),
-                            fix="lower the learning rate, enable gradient clipping, or check the data",
-                        )
-                else:
-                    state.bad_steps = 0
-                tps = speed.add(result.tokens)
-                lr = scheduler.get_last_lr()[0]
-                trackers.log({"step": state.step, "epoch": round(state.step / loop.steps_per_epoch, 4),
-                              "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                              "tokens": state.tokens, "tokens_per_s": round(tps, 1),
-                              "time_s": round(state.elapsed_s, 2), "skipped": result.skipped})
-                bar.update(state.step, loss=result.loss, lr=lr, tps=tps)
-                last = state.step == total_steps
-                if (cfg.train.eval_every and state.step % cfg.train.eval_every == 0) or last:
-                    stopped_early = validate() and not last
-                if (cfg.train.save_every and state.step % cfg.train.save_every == 0) or last or stopped_early:
-                    checkpoint()
-                if stop.received is not None and not last:
-                    checkpoint()
-                    raise Interrupted(
-                        f"stopped by signal {signal.Signals(stop.received).name} after step {state.step}; "
-                        "a checkpoint was saved",
-                        fix=f"continue with: tuneforge train {run.config_path} --resume",
-                    )
-                if stopped_early:
-                    break
+        with (
+            StopSignals() as stop,
+            TrainProgress(total_steps, state.step, enabled=cfg.train.progress and main) as bar,
+        ):
+            outcome = fit(
+                loop,
+                state,
+                settings=cfg.train,
+                total_steps=total_steps,
+                val_examples=val_examples,
+                log=trackers.log,
+                save=checkpoints.save,
+                progress=bar,
+                stop=stop,
+                where=source.where,
+                on_validation=on_validation,
+            )
+        if outcome.signal is not None:
+            raise Interrupted(
+                f"stopped by {signal.Signals(outcome.signal).name} after step {state.step}; "
+                + _newest_checkpoint(checkpoints.latest(), state.step),
+                fix=f"continue with: tuneforge train {source.path or run.config_path} --resume",
+            )
+    except KeyboardInterrupt:
+        # A second signal: stop at once. A checkpoint being written is abandoned (its temporary folder goes).
+        err = StoppedAtOnce(
+            f"stopped at once by a second signal after step {state.step}; "
+            + _newest_checkpoint(checkpoints.latest(), state.step),
+            fix=f"continue with: tuneforge train {source.path or run.config_path} --resume",
+        )
+        if main:
+            run.update_manifest(status="interrupted", step=state.step, error=str(err)[:500])
+        raise err from None
     except BaseException as err:
         if main:
             status = "interrupted" if isinstance(err, Interrupted) else "failed"
@@ -385,29 +421,25 @@ def train(
     finally:
         trackers.close()
 
-    unwrapped = accelerator.unwrap_model(model)
     best = state.best_step
     if best is not None and best != state.step:
-        best_dir = run.checkpoints / f"step-{best:08d}"
-        if best_dir.is_dir():
-            load_weights(best_dir, unwrapped)
+        load_weights(run.checkpoints / checkpoint_name(best), unwrapped)  # rotation always keeps the best
     if main:
         with atomic_dir(run.final) as tmp:
             unwrapped.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
         plot_loss(run.metrics(), run.path / "loss.png")
-        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _peak_rss()
         run.update_manifest(
             status="completed",
             step=state.step,
-            stopped_early=stopped_early,
+            stopped_early=outcome.reason == "stopped-early",
             best={"metric": cfg.train.metric_for_best, "value": state.best_value, "step": best},
             final=str(run.final),
             saves_adapter=not full_weights,
             tokens=state.tokens,
-            tokens_per_s=round(speed.tokens / max(time.perf_counter() - speed.start, 1e-9), 1),
+            tokens_per_s=round(outcome.tokens_per_s, 1),
             skipped_steps=state.skipped_steps,
-            peak_memory_bytes=peak,
+            peak_memory_bytes=peak_memory_bytes(),
             train_time_s=round(state.elapsed_s, 2),
         )
     accelerator.wait_for_everyone()
@@ -428,38 +460,13 @@ def _check_task_fits(task: str, fmt: str) -> None:
         )
 
 
-def _peak_rss() -> int:
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def _environment(accelerator: Any) -> dict[str, Any]:
-    import peft
-    import torch
-    import transformers
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "platform": platform.platform(),
-        "device": str(accelerator.device),
-        "processes": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision,
-    }
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
-
-
 def reload_config(run: RunDir) -> RunConfig:
     """The resolved config a run was trained with."""
     import yaml
 
-    return config_from_dict(yaml.safe_load(run.config_path.read_text(encoding="utf-8")), ConfigSource(run.config_path))
+    return config_from_dict(
+        yaml.safe_load(run.config_path.read_text(encoding="utf-8")), ConfigSource(run.config_path)
+    )
 
 
 __all__ = ["EXIT_INTERRUPTED", "DatasetDir", "reload_config", "train"]

@@ -27,7 +27,7 @@ NUM_PERM = 128
 SHINGLE_WORDS = 3
 SEED = 1
 MISSED_PAIR_WEIGHT = 0.95
-_MAX_HASH_ELEMENTS = 1 << 20  # shingles x permutations hashed at once (8 MiB of uint64)
+_MAX_HASH_ELEMENTS = 1 << 17  # shingles x permutations hashed at once: 1 MiB of uint64 stays in cache
 _POSITIONS = 64  # byte positions with their own multiplier; longer words reuse them cyclically
 
 _U64 = np.uint64
@@ -198,7 +198,9 @@ class NearDuplicateIndex:
             if self.size == 0:
                 return np.empty((0, p), np.uint32)
             return np.memmap(self._path, dtype=np.uint32, mode="r", shape=(self.size, p))
-        return np.concatenate(self._mem) if self._mem else np.empty((0, p), np.uint32)
+        if len(self._mem) > 1:
+            self._mem = [np.concatenate(self._mem)]  # keep one copy, not the batches and their concatenation
+        return self._mem[0] if self._mem else np.empty((0, p), np.uint32)
 
     def close(self) -> None:
         if self._file is not None:
@@ -213,7 +215,7 @@ class NearDuplicateIndex:
         return NearDuplicates(pairs=pairs, cluster=connected_clusters(len(sig), pairs))
 
 
-def band_hashes(sig: np.ndarray, bands: int, rows: int, chunk: int = 1 << 16) -> np.ndarray:
+def band_hashes(sig: np.ndarray, bands: int, rows: int, chunk: int = 1 << 13) -> np.ndarray:
     """(N, bands) uint64: one hash per band of `rows` signature values, computed in row chunks."""
     mult = np.random.default_rng(SEED + 1).integers(
         1, np.iinfo(np.uint64).max, size=rows, dtype=np.uint64, endpoint=True

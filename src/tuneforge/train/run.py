@@ -86,6 +86,12 @@ def resume_diff(run: RunDir, cfg: RunConfig, data_fingerprint: str | None) -> li
 
 
 def _check_resume(run: RunDir, cfg: RunConfig, data_fingerprint: str | None, force: bool) -> None:
+    if not run.config_path.is_file():
+        raise TuneforgeError(
+            f"there is no run to resume in {run.path}",
+            where="train.output_dir",
+            fix="start it without --resume, or point train.output_dir at the run to continue",
+        )
     diffs = resume_diff(run, cfg, data_fingerprint)
     if diffs and not force:
         lines = "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
@@ -111,12 +117,6 @@ def _open_run_dir(
             )
         shutil.rmtree(path)
     if resume:
-        if not run.config_path.is_file():
-            raise TuneforgeError(
-                f"there is no run to resume in {path}",
-                where="train.output_dir",
-                fix="start it without --resume, or point train.output_dir at the run to continue",
-            )
         _check_resume(run, cfg, data_fingerprint, force)
     elif path.exists() and any(path.iterdir()):
         raise TuneforgeError(
@@ -240,6 +240,9 @@ def train(
     set_seed(cfg.train.seed)
     task, fmt, labels = cfg.model.task, dataset.format, dataset.labels
     _check_task_fits(task, fmt)
+    fingerprint = dataset.manifest.get("fingerprint")
+    if resume:  # refuse a changed config now, not after loading the model
+        _check_resume(RunDir(Path(cfg.train.output_dir)), cfg, fingerprint, force)
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
@@ -260,7 +263,6 @@ def train(
         # Only the main process checks and creates the run directory: the others would find its files and
         # refuse.
         main_opens = accelerator.is_main_process
-        fingerprint = dataset.manifest.get("fingerprint")
         run = (
             _open_run_dir(cfg, resume, force, overwrite, fingerprint)
             if main_opens

@@ -1,0 +1,81 @@
+"""GPU-only training paths: QLoRA on a 4-bit base, bf16 mixed precision, 8-bit AdamW (skipped without CUDA).
+
+Run them on a CUDA machine with `pytest -m gpu tests/gpu`. Exact losses are not asserted here: GPU kernels and
+bf16 make them depend on the card, so these tests check what each path must guarantee instead.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.unit.train.test_methods_train import config, make_data, step_losses
+from tuneforge.config import RunConfig
+from tuneforge.models import load_model
+from tuneforge.train import train
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+def _causal(
+    data: dict[str, Path], tmp_path: Path, model: Path, method: dict[str, Any], **train_kw: Any
+) -> RunConfig:
+    return config(data, tmp_path, model, "causal-lm", "classification", method, **train_kw)
+
+
+def test_qlora_loads_a_4bit_nf4_base_and_trains_lora_on_it(
+    data: dict[str, Path], tmp_path: Path, tiny_llama: Path
+) -> None:
+    pytest.importorskip("bitsandbytes")
+    cfg = _causal(data, tmp_path, tiny_llama, {"name": "qlora", "r": 8, "alpha": 16})
+
+    base = load_model(cfg.model, method=cfg.method)
+    linear4 = [n for n, m in base.named_modules() if type(m).__name__ == "Linear4bit"]
+    assert len(linear4) == 14  # q k v o gate up down in both layers; the LM head stays in full precision
+    assert base.config.quantization_config.bnb_4bit_quant_type == "nf4"
+    del base
+
+    run = train(cfg)
+    losses = step_losses(run)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert losses[1:] != losses[:1] * 2  # the adapter was updated
+    assert (run.final / "adapter_model.safetensors").is_file()
+    assert run.manifest["parameters"]["trainable"] == 2 * 8 * (64 + 48 + 48 + 64 + 96 + 96 + 96)
+
+
+def test_bf16_mixed_precision_trains_and_is_recorded(
+    data: dict[str, Path], tmp_path: Path, tiny_llama: Path
+) -> None:
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    run = train(_causal(data, tmp_path, tiny_llama, {"name": "lora"}, mixed_precision="bf16"))
+    losses = step_losses(run)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert run.manifest["environment"]["mixed_precision"] == "bf16"
+
+
+def test_adamw_8bit_starts_like_adamw_and_updates(
+    data: dict[str, Path], tmp_path: Path, tiny_llama: Path
+) -> None:
+    pytest.importorskip("bitsandbytes")
+    runs = {
+        opt: step_losses(train(_causal(data, tmp_path / opt, tiny_llama, {"name": "lora"}, optimizer=opt)))
+        for opt in ("adamw", "adamw-8bit")
+    }
+    eight = runs["adamw-8bit"]
+    assert len(eight) == 3 and all(math.isfinite(x) for x in eight)
+    # Step 1 runs before any update, so both optimizers see the same model and batch.
+    assert eight[0] == pytest.approx(runs["adamw"][0], rel=1e-3)
+    assert eight[1:] != [eight[0]] * 2

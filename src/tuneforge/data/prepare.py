@@ -177,10 +177,11 @@ class _Run:
         task = self.passes.start("read and clean")
         for row in rows:
             self.counts["read"] += 1
-            self.passes.advance(task)
             self._one(row)
             if len(self._batch) >= BATCH:
                 self._flush()
+                # Per batch: updating the bar for every row would cost more than cleaning the row.
+                self.passes.show(task, self.counts["read"])
         self._flush()
         self.passes.finish(task)
 

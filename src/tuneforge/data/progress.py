@@ -45,6 +45,9 @@ class Passes:
     def advance(self, task: TaskID, n: int = 1) -> None:
         self.progress.advance(task, n)
 
+    def show(self, task: TaskID, completed: int) -> None:
+        self.progress.update(task, completed=completed)
+
     def finish(self, task: TaskID) -> None:
         """Mark a pass whose length was unknown at the start as complete."""
         done = next(t.completed for t in self.progress.tasks if t.id == task)

@@ -73,6 +73,12 @@ def batch_loss(
     return loss, logits
 
 
+def validation_metrics(task: str) -> tuple[str, ...]:
+    """The metrics `Loop.validate()` returns for a task (what train.metric_for_best may name)."""
+    extra = {"causal-lm": ("perplexity",), "classification": ("accuracy",)}.get(task, ())
+    return ("loss", *extra)
+
+
 class Loop:
     """Holds what every step needs; `step()` runs one optimizer step, `validate()` one validation pass."""
 
@@ -167,12 +173,6 @@ class Loop:
         return StepResult(
             loss=loss, grad_norm=grad_norm, targets=global_targets, tokens=tokens, skipped=skipped, bad=bad
         )
-
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        """The metrics `validate()` returns for this task."""
-        extra = {"causal-lm": ("perplexity",), "classification": ("accuracy",)}.get(self.task, ())
-        return ("loss", *extra)
 
     def agree(self, flag: bool) -> bool:
         """True on every process when it is true on any (so all processes stop at the same step)."""

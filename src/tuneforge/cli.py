@@ -26,7 +26,9 @@ console = Console()
 err_console = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config.")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. train.max_steps=100.")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. train.max_steps=100.")
+]
 
 
 @app.command()
@@ -64,9 +66,13 @@ def export(
 def train(
     config: ConfigArg,
     overrides: Overrides = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in train.output_dir from its latest checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in train.output_dir from its latest checkpoint.")
+    ] = False,
     force: Annotated[bool, typer.Option(help="With --resume: accept a changed config.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Delete an existing run in train.output_dir first.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete an existing run in train.output_dir first.")
+    ] = False,
 ) -> None:
     """Dataset + model + method → a run directory (adapter or weights, metrics, checkpoints)."""
     from tuneforge.config import load_config
@@ -107,8 +113,12 @@ def tune(
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `tuneforge train`.")],
-    split: Annotated[str | None, typer.Option(help="train, validation or test (default: eval.split).")] = None,
-    compare_base: Annotated[bool, typer.Option("--compare-base", help="Also evaluate the untuned base.")] = False,
+    split: Annotated[
+        str | None, typer.Option(help="train, validation or test (default: eval.split).")
+    ] = None,
+    compare_base: Annotated[
+        bool, typer.Option("--compare-base", help="Also evaluate the untuned base.")
+    ] = False,
     max_examples: Annotated[int | None, typer.Option(help="Evaluate the first N examples.")] = None,
 ) -> None:
     """A run → metrics in RUN_DIR/eval/<split>.json (with the base model's beside them)."""
@@ -174,7 +184,11 @@ def print_comparison(result: dict[str, Any]) -> None:
     if base is not None:
         table.add_column("base")
     table.add_column("tuned")
-    keys = [k for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "perplexity", "mse", "mae", "r2") if k in tuned]
+    keys = [
+        k
+        for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "perplexity", "mse", "mae", "r2")
+        if k in tuned
+    ]
     for label in result.get("labels") or []:
         if label in tuned.get("per_class", {}):
             keys.append(f"f1 {label}")

@@ -97,7 +97,7 @@ class DataConfig(Section):
     on_error: Literal["raise", "drop"] = "raise"
     """Invalid rows: report all and stop (raise), or drop them into rejected.jsonl (drop)."""
     dedup: Literal["none", "exact", "near"] = "near"
-    """Remove exact duplicates, or exact and near duplicates (MinHash + LSH); duplicates never straddle splits."""
+    """Remove exact, or exact and near duplicates (MinHash + LSH); duplicates never straddle splits."""
     near_dup_threshold: float = Field(0.8, gt=0, le=1)
     """Jaccard similarity above which two texts are near duplicates."""
     max_rows: int | None = Field(None, ge=1)
@@ -323,9 +323,9 @@ class RunConfig(Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Loading with located errors. PyYAML keeps line numbers only on its node tree, so we compose the tree once and
-# map every dotted key to its line; pydantic's error locations are then translated to `file:line`.
+# ----------------------------------------------------------------------------------------------------------
+# Loading with located errors. PyYAML keeps line numbers only on its node tree, so we compose the tree once
+# and map every dotted key to its line; pydantic's error locations are then translated to `file:line`.
 
 
 def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
@@ -405,8 +405,10 @@ def config_from_dict(raw: dict[str, Any], source: ConfigSource | None = None) ->
         ) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[RunConfig, ConfigSource]:
-    """Read a YAML run config, apply `key.sub=value` overrides, validate, and remember where keys came from."""
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None
+) -> tuple[RunConfig, ConfigSource]:
+    """Read a YAML run config, apply `key.sub=value` overrides, validate, remember where keys came from."""
     raw: dict[str, Any] = {}
     source = ConfigSource(None)
     if path is not None:
@@ -424,7 +426,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise TuneforgeError("a run config must be a mapping of sections (data, model, ...)", where=str(p))
+            raise TuneforgeError(
+                "a run config must be a mapping of sections (data, model, ...)", where=str(p)
+            )
         raw = loaded
         source = ConfigSource(p, _key_lines(node) if node is not None else {})
     for text in overrides or []:

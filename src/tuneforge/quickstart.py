@@ -1,4 +1,4 @@
-"""`tuneforge quickstart`: the whole chain on the embedded defaults (demo tweets, SmolLM2-135M-Instruct, LoRA).
+"""`tuneforge quickstart`: the whole chain on the embedded defaults (demo tweets, SmolLM2-135M, LoRA).
 
 It prepares the data, teaches the model to answer with the sentiment label, and evaluates the tuned model
 against the untuned base on the same test examples. The settings are sized to finish in about ten minutes on
@@ -39,8 +39,13 @@ QUICKSTART: dict[str, Any] = {
     "eval": {"split": "test", "max_examples": 300, "batch_size": 24, "compare_base": True},
 }
 
-FAST = {"train.max_steps": 3, "train.eval_every": 2, "train.save_every": 2, "train.eval_max_examples": 8,
-        "eval.max_examples": 12}
+FAST = {
+    "train.max_steps": 3,
+    "train.eval_every": 2,
+    "train.save_every": 2,
+    "train.eval_max_examples": 8,
+    "eval.max_examples": 12,
+}
 
 
 def quickstart_config(fast: bool, overrides: list[str]) -> RunConfig:

@@ -1,4 +1,4 @@
-"""The real `tuneforge` command end to end on the tiny Llama: prepare → train → evaluate → interrupt → resume."""
+"""The real `tuneforge` command end to end on the tiny Llama: prepare, train, evaluate, interrupt, resume."""
 
 from __future__ import annotations
 
@@ -40,10 +40,16 @@ eval:
   max_examples: 12
 """
 
-# Losses of the first six steps of the run above (CPU, seed 42), recorded from `metrics.jsonl`. They change only if
-# the data order, tokenization, loss masking, initialisation or optimizer step changes.
-EXPECTED_LOSSES = [5.9088999430338545, 5.914786394904642, 5.88840077718099, 5.800235523897059,
-                   5.7435769473805145, 5.725053787231445]
+# Losses of the first six steps of the run above (CPU, seed 42), from `metrics.jsonl`. They change only
+# if the data order, tokenization, loss masking, initialisation or optimizer step changes.
+EXPECTED_LOSSES = [
+    5.9088999430338545,
+    5.914786394904642,
+    5.88840077718099,
+    5.800235523897059,
+    5.7435769473805145,
+    5.725053787231445,
+]
 
 
 @pytest.fixture
@@ -107,7 +113,11 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(project: Path, cli) ->
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuneforge", "train", "run.yaml", *long],
-        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
     )
     metrics = project / "run" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -116,7 +126,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(project: Path, cli) ->
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err
-    assert "stopped by signal SIGTERM" in err and "--resume" in err
+    assert "stopped by SIGTERM after step" in err and "--resume" in err
     assert json.loads((project / "run" / "manifest.json").read_text())["status"] == "interrupted"
 
     r = cli("train", "run.yaml", *long, "--resume")

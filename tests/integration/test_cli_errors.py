@@ -37,7 +37,7 @@ def assert_user_error(r: subprocess.CompletedProcess[str], *fragments: str) -> N
 
 def test_unknown_key(project: Path, cli) -> None:
     p = config(project, "builtin:smollm2-135m-instruct", "  colour: blue\n")
-    assert_user_error(cli("train", "run.yaml"), f"{p.name}:7 (model.colour): unknown key 'model.colour'")
+    assert_user_error(cli("train", "run.yaml"), f"{p.name}:6 (model.colour): unknown key 'model.colour'")
     assert not (project / "run").exists()
 
 
@@ -63,8 +63,11 @@ def test_unknown_method_names_the_line(project: Path, cli, tiny_llama: Path) -> 
 def test_offline_hub_id_says_to_pass_a_local_folder(project: Path, cli) -> None:
     config(project, "some-org/some-model-that-is-not-here")
     r = cli("train", "run.yaml", env={"HF_HUB_OFFLINE": "1"})
-    assert_user_error(r, "could not load 'some-org/some-model-that-is-not-here' from the Hugging Face hub",
-                      "pass its local folder")
+    assert_user_error(
+        r,
+        "could not load 'some-org/some-model-that-is-not-here' from the Hugging Face hub",
+        "pass its local folder",
+    )
     assert not (project / "run").exists()
 
 
@@ -78,16 +81,21 @@ def test_pickle_weights_are_refused_unless_allowed(project: Path, cli, tiny_llam
     torch.save(load_file(str(weights)), folder / "pytorch_model.bin")
     weights.unlink()
     config(project, "./pickled")
-    assert_user_error(cli("train", "run.yaml"), "holds only pickle weights (pytorch_model.bin)",
-                      "model.allow_pickle=true")
+    assert_user_error(
+        cli("train", "run.yaml"), "holds only pickle weights (pytorch_model.bin)", "model.allow_pickle=true"
+    )
     assert not (project / "run").exists()
     r = cli("train", "run.yaml", "model.allow_pickle=true")
     assert r.returncode == 0, r.stderr
 
 
 def test_help_does_not_import_torch(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "tuneforge", "--help"],
-                       capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "tuneforge", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0
     assert "prepare" in r.stdout and "quickstart" in r.stdout
     imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if "|" in line}

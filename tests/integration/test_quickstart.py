@@ -20,8 +20,9 @@ def test_builtin_models_load_offline() -> None:
     assert model.config.model_type == "llama"
     assert not hasattr(model.config, "quantization_config")
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
-    assert "<|im_start|>assistant" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                                               add_generation_prompt=True)
+    assert "<|im_start|>assistant" in tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     enc = ModelConfig(name="builtin:minilm-l6", task="classification")
     head = load_model(enc, labels=["a", "b"])
     assert head.config.model_type == "bert" and head.config.num_labels == 2

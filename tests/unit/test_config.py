@@ -9,9 +9,21 @@ from tuneforge.config import RunConfig, config_keys, load_config
 from tuneforge.errors import TuneforgeError
 
 REQUIRED_KEYS = [
-    "data.path", "data.format", "data.text_column", "data.label_column", "model.name", "model.task",
-    "method.name", "train.output_dir", "train.epochs", "train.max_steps", "train.batch_size",
-    "train.learning_rate", "train.eval_every", "train.save_every", "train.seed",
+    "data.path",
+    "data.format",
+    "data.text_column",
+    "data.label_column",
+    "model.name",
+    "model.task",
+    "method.name",
+    "train.output_dir",
+    "train.epochs",
+    "train.max_steps",
+    "train.batch_size",
+    "train.learning_rate",
+    "train.eval_every",
+    "train.save_every",
+    "train.seed",
 ]
 
 
@@ -57,7 +69,7 @@ def test_bad_override_is_reported_as_override(tmp_path: Path) -> None:
     with pytest.raises(TuneforgeError) as e:
         load_config(p, ["train.batch_size=-3"])
     assert "command-line override train.batch_size" in str(e.value)
-    with pytest.raises(TuneforgeError, match="not of the form key.sub=value"):
+    with pytest.raises(TuneforgeError, match=r"not of the form key\.sub=value"):
         load_config(p, ["train.batch_size"])
 
 

@@ -16,7 +16,12 @@ def classification_metrics(gold: list[str], pred: list[str], labels: list[str]) 
         "macro_f1": float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(gold, pred, labels=labels, average="weighted", zero_division=0)),
         "per_class": {
-            label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+            label: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(support[i]),
+            }
             for i, label in enumerate(labels)
         },
         "confusion_matrix": {

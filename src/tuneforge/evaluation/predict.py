@@ -17,11 +17,15 @@ def head_predictions(model: Any, tok: Any, texts: list[str], max_length: int, ba
     model.eval()
     out: list[Any] = []
     for start in range(0, len(texts), batch_size):
-        enc = [{"input_ids": tok(t, truncation=True, max_length=max_length)["input_ids"], "label": 0}
-               for t in texts[start : start + batch_size]]
+        enc = [
+            {"input_ids": tok(t, truncation=True, max_length=max_length)["input_ids"], "label": 0}
+            for t in texts[start : start + batch_size]
+        ]
         batch = collate(enc, int(tok.pad_token_id))
-        logits = model(input_ids=batch["input_ids"].to(model.device),
-                       attention_mask=batch["attention_mask"].to(model.device)).logits  # (B, C)
+        logits = model(
+            input_ids=batch["input_ids"].to(model.device),
+            attention_mask=batch["attention_mask"].to(model.device),
+        ).logits  # (B, C)
         if logits.shape[-1] == 1:
             out.extend(logits.squeeze(-1).float().tolist())
         else:
@@ -30,7 +34,9 @@ def head_predictions(model: Any, tok: Any, texts: list[str], max_length: int, ba
 
 
 @torch.no_grad()
-def _sequence_logprobs(model: Any, examples: list[dict[str, Any]], pad_id: int, batch_size: int) -> list[float]:
+def _sequence_logprobs(
+    model: Any, examples: list[dict[str, Any]], pad_id: int, batch_size: int
+) -> list[float]:
     """Sum of log-probabilities of each example's target tokens (labels != IGNORE)."""
     model.eval()
     scores: list[float] = []

@@ -28,8 +28,10 @@ def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
     if manifest.get("saves_adapter", True):
         from peft import PeftModel
 
-        base = load_model(cfg.model, labels=labels, path=manifest["base_model_path"], pad_token_id=tok.pad_token_id)
-        model = PeftModel.from_pretrained(base, str(run.final))
+        base = load_model(
+            cfg.model, labels=labels, path=manifest["base_model_path"], pad_token_id=tok.pad_token_id
+        )
+        model: Any = PeftModel.from_pretrained(base, str(run.final))
     else:
         model = load_model(cfg.model, labels=labels, path=str(run.final), pad_token_id=tok.pad_token_id)
     return model, tok
@@ -59,13 +61,17 @@ def evaluate_model(
     if fmt == "regression":
         values = head_predictions(model, tok, texts, max_len, bs)
         return regression_metrics([float(r["label"]) for r in records], values), values
-    examples, _ = encode_for_task(records, tok, task=task, fmt=fmt, labels=labels, max_length=max_len,
-                                  template=cfg.data.prompt_template)
+    examples, _ = encode_for_task(
+        records, tok, task=task, fmt=fmt, labels=labels, max_length=max_len, template=cfg.data.prompt_template
+    )
     return lm_loss(model, examples, int(tok.pad_token_id), bs), []
 
 
 def evaluate_run(
-    run_dir: str | Path, *, split: str | None = None, compare_base: bool | None = None,
+    run_dir: str | Path,
+    *,
+    split: str | None = None,
+    compare_base: bool | None = None,
     max_examples: int | None = None,
 ) -> Path:
     """Evaluate a finished run on a split; returns the path of the written eval JSON."""
@@ -77,8 +83,14 @@ def evaluate_run(
     dataset = DatasetDir.open(run.manifest.get("dataset", {}).get("path", cfg.data.path or ""))
     records = dataset.records(split)[:limit]
     fmt, labels = dataset.format, dataset.labels
-    result: dict[str, Any] = {"split": split, "n": len(records), "task": cfg.model.task, "format": fmt,
-                              "labels": labels, "run": str(run.path)}
+    result: dict[str, Any] = {
+        "split": split,
+        "n": len(records),
+        "task": cfg.model.task,
+        "format": fmt,
+        "labels": labels,
+        "run": str(run.path),
+    }
     from transformers import set_seed
 
     # A classification head of the untuned base starts random; seeding makes its baseline reproducible.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,10 @@ def _quiet_transformers() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    # Raised from inside transformers/peft on every forward with gradient checkpointing, about an API we never
+    # call ourselves; nothing a user could act on.
+    for deprecated in ("is_gradient_checkpointing", "past_key_values"):
+        warnings.filterwarnings("ignore", message=f"`{deprecated}` is deprecated", category=FutureWarning)
 
 
 def _from_pretrained(loader: Any, path: str, cfg: ModelConfig, **kwargs: Any) -> Any:

@@ -5,6 +5,7 @@ Stage modules (and so torch) are imported inside the commands, which keeps `tune
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -80,8 +81,9 @@ def train(
 
     cfg, source = load_config(config, overrides)
     run = run_training(cfg, source, resume=resume, force=force, overwrite=overwrite)
-    m = run.manifest
-    console.print(f"[green]run[/green] {run.path}  steps={m.get('step')}  final={m.get('final')}")
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, once rather than once per process
+        m = run.manifest
+        console.print(f"[green]run[/green] {run.path}  steps={m.get('step')}  final={m.get('final')}")
 
 
 @app.command()
@@ -168,6 +170,10 @@ def config_keys() -> None:
     """Every config key with its type, default and meaning."""
     from tuneforge.config import config_keys as keys
 
+    if not sys.stdout.isatty():  # piped into grep or a file: one whole line per key, not a folded table
+        for key, kind, default, meaning in keys():
+            print(f"{key}  ({kind}, default {default})  {meaning}")
+        return
     table = Table()
     for col in ("key", "type", "default", "meaning"):
         table.add_column(col, overflow="fold")

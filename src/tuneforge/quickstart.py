@@ -26,17 +26,17 @@ QUICKSTART: dict[str, Any] = {
     "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.05},
     "train": {
         "output_dir": "runs/quickstart",
-        "max_steps": 160,
+        "max_steps": 80,
         "batch_size": 8,
         "learning_rate": 4e-4,
         "warmup_ratio": 0.05,
         "weight_decay": 0.01,
-        "eval_every": 40,
-        "eval_max_examples": 64,
-        "save_every": 80,
+        "eval_every": 20,
+        "eval_max_examples": 48,
+        "save_every": 40,
         "seed": 42,
     },
-    "eval": {"split": "test", "max_examples": 300, "batch_size": 24, "compare_base": True},
+    "eval": {"split": "test", "max_examples": 200, "batch_size": 24, "compare_base": True},
 }
 
 FAST = {

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tuneforge.artifacts import SPLITS, DatasetDir
+from tuneforge.data.records import prompt_and_answer
 from tuneforge.errors import TuneforgeError
 
 TARGETS = ("openai", "alpaca")
@@ -102,11 +103,7 @@ def _converter(to: str, fmt: str, manifest: dict[str, Any]) -> Converter:
     template = str((manifest.get("config") or {}).get("prompt_template") or "{text}")
 
     def prompt(record: dict[str, Any]) -> tuple[str, str]:
-        """(user turn, assistant turn) of an instruction or classification record."""
-        if fmt == "instruction":
-            user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-            return user, record["output"]
-        return template.format(text=record["text"], labels=", ".join(labels)), str(record["label"])
+        return prompt_and_answer(record, labels, template)
 
     if fmt in ("text", "regression"):
         raise TuneforgeError(

@@ -304,3 +304,19 @@ def record_text(record: dict[str, Any]) -> str:
     if "prompt" in record:
         return "\n".join((record["prompt"], record["chosen"]))
     return str(record["text"])
+
+
+def prompt_and_answer(record: dict[str, Any], labels: list[str], template: str) -> tuple[str, str]:
+    """(user turn, assistant turn) of an instruction, classification or preference record.
+
+    The one place that decides how such records read as a conversation, for training and for export alike:
+    instruction and input joined by a blank line; `template` filled with the text and the label set.
+    """
+    if "instruction" in record:
+        user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+        return user, record["output"]
+    if "label" in record:
+        return template.format(text=record["text"], labels=", ".join(labels)), str(record["label"])
+    if "prompt" in record:
+        return record["prompt"], record["chosen"]
+    raise TuneforgeError("records of this dataset cannot be turned into a conversation", where="data.format")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tuneforge.data.records import prompt_and_answer
 from tuneforge.errors import TuneforgeError
 
 if TYPE_CHECKING:
@@ -17,26 +18,12 @@ IGNORE = -100
 Example = dict[str, Any]
 
 
-def classification_prompt(text: str, labels: list[str], template: str) -> str:
-    return template.format(text=text, labels=", ".join(labels))
-
-
 def to_messages(record: dict[str, Any], labels: list[str], template: str) -> list[dict[str, str]]:
     """Any supervised record as a conversation (the shape a chat model learns from)."""
     if "messages" in record:
         return list(record["messages"])
-    if "instruction" in record:
-        user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-        return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
-    if "label" in record:
-        prompt = classification_prompt(record["text"], labels, template)
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(record["label"])}]
-    if "prompt" in record:
-        return [
-            {"role": "user", "content": record["prompt"]},
-            {"role": "assistant", "content": record["chosen"]},
-        ]
-    raise TuneforgeError("records of this dataset cannot be turned into a conversation", where="data.format")
+    user, answer = prompt_and_answer(record, labels, template)
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
 def _render(
@@ -51,10 +38,14 @@ def _render(
 def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int) -> Example:
     """Tokenize a conversation with the chat template; loss on every assistant turn and nothing else.
 
-    Assistant spans are found by rendering growing prefixes of the conversation: the tokens that rendering
-    message i adds after the generation prompt of messages[:i] are what the assistant says, followed by the
-    template's end of turn (for ChatML `<|im_end|>` and the newline after it). This works with any template
-    whose renderings extend each other, which we check rather than assume.
+    Assistant spans are found by rendering growing prefixes of the conversation: what rendering message i adds
+    after the generation prompt of messages[:i] is what the assistant says, followed by the template's end of
+    turn (for ChatML `<|im_end|>` and the newline after it). This works with any template whose renderings
+    extend each other, which we check rather than assume.
+
+    With a fast tokenizer the renderings are compared as strings and the conversation is tokenized once, the
+    spans mapped to tokens through character offsets: about three times faster than tokenizing every prefix,
+    which matters when a split has hundreds of thousands of conversations.
     """
     if not tok.chat_template:
         raise TuneforgeError(
@@ -62,6 +53,52 @@ def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], ma
             where="model.chat_template",
             fix="set model.chat_template to a Jinja template or the name chatml",
         )
+    spans = _assistant_spans(tok, messages)
+    if spans is None:
+        return _encode_chat_by_prefix_tokens(tok, messages, max_length)
+    text, char_spans = spans
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    full = [int(i) for i in enc["input_ids"]]
+    offsets = enc["offset_mapping"]
+    labels = [IGNORE] * len(full)
+    for lo, hi in char_spans:
+        inside = [t for t, (a, b) in enumerate(offsets) if a < hi and b > lo]
+        if any(offsets[t][0] < lo or offsets[t][1] > hi for t in inside):
+            raise _not_extending()  # a token straddles the edge of the answer
+        for t in inside:
+            labels[t] = full[t]
+    return {"input_ids": full[:max_length], "labels": labels[:max_length]}
+
+
+def _assistant_spans(
+    tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]
+) -> tuple[str, list[tuple[int, int]]] | None:
+    """The rendered conversation and the character spans of its assistant turns (None: slow tokenizer)."""
+    if not getattr(tok, "is_fast", False):
+        return None
+    full = _render_text(tok, messages, False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = _render_text(tok, messages[:i], True)
+        upto = _render_text(tok, messages[: i + 1], False)
+        if not (full.startswith(upto) and upto.startswith(before)):
+            raise _not_extending()
+        spans.append((len(before), len(upto)))
+    return full, spans
+
+
+def _render_text(
+    tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool
+) -> str:
+    return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt))
+
+
+def _encode_chat_by_prefix_tokens(
+    tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int
+) -> Example:
+    """`encode_chat` for tokenizers without character offsets: tokenize every prefix and compare ids."""
     full = _render(tok, messages, False)
     labels = [IGNORE] * len(full)
     for i, m in enumerate(messages):
@@ -71,15 +108,18 @@ def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], ma
         upto = _render(tok, messages[: i + 1], False)
         start, end = len(before), len(upto)
         if full[:start] != before or full[:end] != upto or start > end:
-            raise TuneforgeError(
-                "the chat template renders a conversation differently from its own prefixes, "
-                "so the assistant's tokens cannot be located",
-                where="model.chat_template",
-                fix="use a template whose renderings of growing conversations extend each other "
-                "(e.g. chatml)",
-            )
+            raise _not_extending()
         labels[start:end] = full[start:end]
     return {"input_ids": full[:max_length], "labels": labels[:max_length]}
+
+
+def _not_extending() -> TuneforgeError:
+    return TuneforgeError(
+        "the chat template renders a conversation differently from its own prefixes, "
+        "so the assistant's tokens cannot be located",
+        where="model.chat_template",
+        fix="use a template whose renderings of growing conversations extend each other (e.g. chatml)",
+    )
 
 
 def encode_prompt(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:

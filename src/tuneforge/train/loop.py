@@ -55,15 +55,12 @@ def batch_loss(
     """Summed loss of a micro-batch (divide by the target count to get the mean), and the logits."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     if task == "causal-lm":
-        # Position t predicts token t+1.
-        shift_logits = input_positions(logits, batch["input_ids"])[:, :-1, :].float()  # (B, T-1, V)
+        # Position t predicts token t+1. Only positions with a target go through the softmax: in chat SFT
+        # most are masked, and a (B, T, vocab) float copy is the biggest tensor of the step.
+        shift_logits = input_positions(logits, batch["input_ids"])[:, :-1, :]  # (B, T-1, V)
         shift_labels = batch["labels"][:, 1:]  # (B, T-1)
-        loss = F.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]),
-            shift_labels.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
+        taught = shift_labels != IGNORE
+        loss = F.cross_entropy(shift_logits[taught].float(), shift_labels[taught], reduction="sum")  # (N, V)
     elif task == "classification":
         loss = F.cross_entropy(
             logits.float(), batch["label"], weight=class_weights, reduction="sum"

@@ -148,6 +148,23 @@ def _accelerator(cfg: RunConfig) -> Any:
     return Accelerator(mixed_precision=precision, cpu=world > 1 and not torch.cuda.is_available())
 
 
+def check_distributed_type(accelerator: Any) -> None:
+    """Refuse FSDP and DeepSpeed, whose sharded optimizer state our checkpoints cannot hold yet.
+
+    Checkpoints save the optimizer from the main process in safetensors (no pickle), which is exact for DDP
+    (every process holds the same state) and wrong for sharded state: resume would silently differ.
+    """
+    kind = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
+    if kind in ("FSDP", "DEEPSPEED"):
+        raise TuneforgeError(
+            f"{kind} training is not supported yet: tuneforge's exact-resume checkpoints cannot hold a "
+            "sharded optimizer state",
+            where="the accelerate config (distributed_type)",
+            fix="launch with configs/accelerate/ddp.yaml (LoRA and QLoRA of models up to ~13B fit one GPU "
+            "per process)",
+        )
+
+
 def _optimizer(model: Any, cfg: RunConfig) -> Any:
     import torch
 
@@ -234,6 +251,7 @@ def train(
     # Validate the method (and whether it can run here) before anything is loaded or written.
     method, options = resolve_method(cfg.method, source, task=cfg.model.task)
     accelerator = _accelerator(cfg)
+    check_distributed_type(accelerator)
     # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
     with accelerator.main_process_first():
         dataset = prepare_dataset(cfg.data, model=cfg.model)

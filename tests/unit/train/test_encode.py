@@ -184,3 +184,18 @@ def test_input_positions_drops_virtual_token_logits() -> None:
     logits = torch.arange(2 * 5 * 4, dtype=torch.float32).reshape(2, 5, 4)  # 2 virtual + 3 real positions
     assert torch.equal(input_positions(logits, ids), logits[:, 2:])
     assert input_positions(logits[:, 2:], ids).shape == (2, 3, 4)
+
+
+def test_offset_path_equals_tokenizing_every_prefix(tok) -> None:  # type: ignore[no-untyped-def]
+    from tuneforge.train.encode import _encode_chat_by_prefix_tokens
+
+    conversations = [
+        CONVERSATION,
+        CONVERSATION[1:3],
+        [{"role": "user", "content": "a  b\n\nc"}, {"role": "assistant", "content": " spaced  answer \n"}],
+    ]
+    for messages in conversations:
+        for max_length in (256, 20):
+            fast = encode_chat(tok, messages, max_length)
+            assert fast == _encode_chat_by_prefix_tokens(tok, messages, max_length)
+            assert max_length == 20 or any(label != IGNORE for label in fast["labels"])

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from tuneforge.artifacts import SPLITS, DatasetDir
+from tuneforge.artifacts import FILE_MODE, SPLITS, DatasetDir
 from tuneforge.data.records import prompt_and_answer
 from tuneforge.errors import TuneforgeError
 
@@ -87,6 +87,7 @@ def _atomic_text(path: Path) -> Iterator[IO[str]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             yield f
             f.flush()

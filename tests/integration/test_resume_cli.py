@@ -20,6 +20,7 @@ from tests.unit.train.tiny_runs import (
     make_config,
     records,
     stop_with_signal_at,
+    uninterrupted,
 )
 from tuneforge.artifacts import RunDir
 from tuneforge.errors import TuneforgeError
@@ -29,8 +30,7 @@ from tuneforge.train.checkpoint import PAUSE_ENV
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> RunDir:
-    tmp = tmp_path_factory.mktemp("reference")
-    return train(make_config(tmp, tiny_llama, {"train.save_every": 0}))
+    return uninterrupted(tmp_path_factory.mktemp("reference"), tiny_llama)
 
 
 def _config_file(tmp_path: Path, model: Path) -> Path:

@@ -13,15 +13,12 @@ joined by a blank line, and data.prompt_template filled with the text and the la
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from tuneforge.artifacts import FILE_MODE, SPLITS, DatasetDir
+from tuneforge.artifacts import SPLITS, DatasetDir, atomic_file
 from tuneforge.data.records import prompt_and_answer
 from tuneforge.errors import TuneforgeError
 
@@ -50,7 +47,7 @@ def export_dataset(dataset_dir: str | Path, *, to: str, out: str | Path, split: 
     if not source.is_file():
         raise TuneforgeError(f"dataset {ds.path} has no {split} split", fix="re-run `tuneforge prepare`")
     n = 0
-    with _atomic_text(Path(out)) as f:
+    with atomic_file(Path(out), "w") as f:
         if to == "alpaca":
             f.write("[")
         for lineno, record in _records(source):
@@ -79,24 +76,6 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 yield lineno, json.loads(line)
-
-
-@contextlib.contextmanager
-def _atomic_text(path: Path) -> Iterator[IO[str]]:
-    """Stream text into a temporary sibling that replaces `path` only once everything was written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _converter(to: str, fmt: str, manifest: dict[str, Any]) -> Converter:

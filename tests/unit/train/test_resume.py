@@ -12,10 +12,12 @@ from tests.unit.train.tiny_runs import (
     assert_same_tensors,
     checkpoint_steps,
     final_weights,
+    interrupted_at,
     make_config,
     read_state,
     records,
     stop_with_signal_at,
+    uninterrupted,
 )
 from tuneforge.artifacts import RunDir
 from tuneforge.errors import TuneforgeError
@@ -26,8 +28,7 @@ from tuneforge.train.checkpoint import complete_checkpoints
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> RunDir:
     """The uninterrupted LoRA run (it saves only at the end: checkpoints must not change the result)."""
-    tmp = tmp_path_factory.mktemp("reference")
-    return train(make_config(tmp, tiny_llama, {"train.save_every": 0}))
+    return uninterrupted(tmp_path_factory.mktemp("reference"), tiny_llama)
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +105,7 @@ def test_full_fine_tuning_resume_is_bit_identical(
     tmp_path: Path, tiny_llama: Path, reference_full: RunDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = make_config(tmp_path, tiny_llama, FULL)
-    stop_with_signal_at(monkeypatch, 9)
-    with pytest.raises(TuneforgeError):
-        train(cfg)
-    monkeypatch.undo()
+    interrupted_at(cfg, monkeypatch, 9)
     run = train(cfg, resume=True)
     weights = final_weights(run)
     assert len(weights) > 20  # the whole model, not an adapter
@@ -138,11 +136,7 @@ def test_changed_config_is_refused_with_a_per_field_diff(
     tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = make_config(tmp_path, tiny_llama)
-    stop_with_signal_at(monkeypatch, 2)
-    with pytest.raises(TuneforgeError):
-        train(cfg)
-    monkeypatch.undo()
-    run = RunDir(Path(cfg.train.output_dir))
+    run = interrupted_at(cfg, monkeypatch, 2)
     changed = make_config(tmp_path, tiny_llama, {"train.batch_size": 4, "train.learning_rate": 1e-3})
     with pytest.raises(TuneforgeError) as refused:
         train(changed, resume=True)
@@ -164,10 +158,7 @@ def test_resumable_keys_change_nothing_that_is_computed(
     tmp_path: Path, tiny_llama: Path, reference: RunDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = make_config(tmp_path, tiny_llama)
-    stop_with_signal_at(monkeypatch, 6)
-    with pytest.raises(TuneforgeError):
-        train(cfg)
-    monkeypatch.undo()
+    interrupted_at(cfg, monkeypatch, 6)
     resumable = {
         "train.save_every": 5,
         "train.keep_checkpoints": 1,
@@ -185,10 +176,7 @@ def test_keys_that_change_the_result_are_refused(
     tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = make_config(tmp_path, tiny_llama)
-    stop_with_signal_at(monkeypatch, 2)
-    with pytest.raises(TuneforgeError):
-        train(cfg)
-    monkeypatch.undo()
+    interrupted_at(cfg, monkeypatch, 2)
     changes = {
         "train.max_steps": (None, 20),  # stretches the learning-rate schedule
         "train.epochs": (2.0, 3.0),
@@ -206,11 +194,7 @@ def test_keys_that_change_the_result_are_refused(
 
 def test_changed_data_is_refused(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = make_config(tmp_path, tiny_llama)
-    stop_with_signal_at(monkeypatch, 2)
-    with pytest.raises(TuneforgeError):
-        train(cfg)
-    monkeypatch.undo()
-    run = RunDir(Path(cfg.train.output_dir))
+    run = interrupted_at(cfg, monkeypatch, 2)
     before = run.manifest["dataset"]["fingerprint"]
     data = Path(cfg.data.path or "")
     data.write_text(data.read_text() + "great love car number 999,positive\n")
@@ -231,11 +215,7 @@ def test_resume_with_another_batching_is_refused(
     import json
 
     cfg = make_config(tmp_path, tiny_llama)
-    stop_with_signal_at(monkeypatch, 2)
-    with pytest.raises(TuneforgeError):
-        train(cfg)
-    monkeypatch.undo()
-    run = RunDir(Path(cfg.train.output_dir))
+    run = interrupted_at(cfg, monkeypatch, 2)
     # A checkpoint written by a 2-process run (accelerate launch): its step means another data position here.
     state_path = run.checkpoints / "step-00000002" / "state.json"
     meta = json.loads(state_path.read_text())

@@ -77,6 +77,25 @@ def stop_with_signal_at(monkeypatch: pytest.MonkeyPatch, step: int, sig: int = s
     monkeypatch.setattr(Loop, "step", step_then_signal)
 
 
+def interrupted_at(cfg: RunConfig, monkeypatch: pytest.MonkeyPatch, step: int) -> RunDir:
+    """Run `cfg` until a SIGTERM during step `step` stops it; the run directory it leaves behind."""
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.train import train
+
+    stop_with_signal_at(monkeypatch, step)
+    with pytest.raises(TuneforgeError):
+        train(cfg)
+    monkeypatch.undo()
+    return RunDir(Path(cfg.train.output_dir))
+
+
+def uninterrupted(tmp: Path, model: Path) -> RunDir:
+    """The reference LoRA run: uninterrupted, saving only at the end (checkpoints must not change results)."""
+    from tuneforge.train import train
+
+    return train(make_config(tmp, model, {"train.save_every": 0}))
+
+
 def final_weights(run: RunDir) -> dict[str, torch.Tensor]:
     files = sorted(run.final.glob("*.safetensors"))
     assert files, f"no weights in {run.final}"

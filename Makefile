@@ -39,6 +39,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/prepare_memory.py
 
 clean:
 	rm -rf $(VENV) runs datasets .pytest_cache .ruff_cache .mypy_cache

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from tests.conftest import run_cli
 from tests.tiny import sentiment_rows, write_csv
 
 CONFIG = """\
@@ -105,6 +106,13 @@ def test_prepare_train_evaluate(project: Path, cli) -> None:
         assert metrics["accuracy"] == pytest.approx(correct / 12)
     preds = (run / "eval" / "test.predictions.jsonl").read_text().splitlines()
     assert len(preds) == 12 and {"tuned", "base", "label"} <= set(json.loads(preds[0]))
+
+    # From another directory, by the run's path: the same result (the run finds its dataset and base model).
+    elsewhere = project / "elsewhere"
+    elsewhere.mkdir()
+    r = run_cli("evaluate", str(run), cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "eval" / "test.json").read_text())["tuned"] == result["tuned"]
 
 
 def test_sigterm_then_resume_matches_an_uninterrupted_run(project: Path, cli) -> None:

@@ -38,6 +38,10 @@ def test_quickstart_fast(cli, tmp_path: Path) -> None:
     assert result["labels"] == ["negative", "neutral", "positive"]
     assert (run / "loss.png").stat().st_size > 1000
     assert (run / "final" / "adapter_model.safetensors").is_file()
+    # Even three steps teach the answer format: validation loss falls (CPU, seed 42).
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    validation = [r["loss"] for r in rows if r.get("split") == "validation"]
+    assert len(validation) >= 2 and validation[-1] < validation[0]
     data = json.loads((tmp_path / "datasets" / "demo-tweets" / "manifest.json").read_text())
     assert data["counts"]["read"] == 38158
     assert sum(data["splits"].values()) == data["counts"]["written"]

@@ -357,7 +357,7 @@ def train(
         "base_model_path": model_path,
         "task": task,
         "method": cfg.method.name,
-        "dataset": {"path": str(dataset.path), "fingerprint": fingerprint, "format": fmt},
+        "dataset": {"path": str(dataset.path.resolve()), "fingerprint": fingerprint, "format": fmt},
         "labels": labels,
         "parameters": {"trainable": trainable, "total": total},
         "examples": {

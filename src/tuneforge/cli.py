@@ -18,7 +18,7 @@ from rich.table import Table
 from tuneforge.errors import TuneforgeError
 
 app = typer.Typer(
-    help="tuneforge: prepare data, fine-tune, evaluate and serve language models.",
+    help="tuneforge: prepare data, fine-tune and evaluate language models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +86,7 @@ class Loop:
         model: Any,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        train_examples: list[Example],
+        train_examples: Sequence[Example],
         task: str,
         batch_size: int,
         accumulation: int,

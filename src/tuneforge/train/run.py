@@ -8,7 +8,7 @@ import shutil
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +192,12 @@ def _optimizer(model: Any, cfg: RunConfig) -> Any:
     return torch.optim.AdamW(groups, lr=cfg.train.learning_rate)
 
 
-def _class_weights(examples: list[dict[str, Any]], n: int) -> Any:
+def _class_weights(records: list[dict[str, Any]], labels: list[str]) -> Any:
+    """Balanced weights: total / (classes x count of the class), from the records' labels."""
     import torch
 
-    counts = Counter(int(e["label"]) for e in examples)
+    n = len(labels)
+    counts = Counter(labels.index(str(r["label"])) for r in records)
     total = sum(counts.values())
     return torch.tensor(
         [total / (n * counts[i]) if counts[i] else 0.0 for i in range(n)], dtype=torch.float32
@@ -239,7 +241,7 @@ def train(
         load_weights,
         restore_rng,
     )
-    from tuneforge.train.encode import encode_for_task
+    from tuneforge.train.encode import LazyExamples, encode_for_task, encoder, has_targets
     from tuneforge.train.loop import Loop, StopSignals, fit
     from tuneforge.train.plot import plot_loss
     from tuneforge.train.progress import TrainProgress, peak_memory_bytes
@@ -276,6 +278,32 @@ def train(
     trainable, total = count_parameters(model)
     if accelerator.is_main_process:
         print(describe_parameters(trainable, total), file=sys.stderr, flush=True)
+
+    encode: dict[str, Any] = {
+        "tok": tokenizer,
+        "task": task,
+        "fmt": fmt,
+        "labels": labels,
+        "max_length": cfg.model.max_length,
+        "template": cfg.data.prompt_template,
+    }
+    train_records = dataset.records("train")
+    train_examples: Sequence[Any]
+    if task == "causal-lm" and fmt == "text" and cfg.train.packing:
+        train_examples, _ = encode_for_task(train_records, **encode)  # packing needs the whole stream
+    else:
+        train_examples = LazyExamples(train_records, encoder(**encode))
+        probe = [train_examples[i] for i in range(min(len(train_examples), 64))]
+        if probe and not any(has_targets(e) for e in probe):
+            raise TuneforgeError(
+                f"none of the first {len(probe)} training examples has a target token within "
+                f"model.max_length={cfg.model.max_length} (the answer is cut off)",
+                where=source.where("model.max_length"),
+                fix="raise model.max_length, or shorten the prompts",
+            )
+    val_records = dataset.records("validation")[: cfg.train.eval_max_examples]
+    val_examples, _ = encode_for_task(val_records, **encode, packing=cfg.train.packing)
+
     # The run directory is created only once data, model and method are known to be good, so a typo in the
     # config never leaves a half-made run behind that blocks the next attempt.
     with accelerator.main_process_first():
@@ -288,31 +316,11 @@ def train(
             else RunDir(Path(cfg.train.output_dir))
         )
 
-    encode: dict[str, Any] = {
-        "tok": tokenizer,
-        "task": task,
-        "fmt": fmt,
-        "labels": labels,
-        "max_length": cfg.model.max_length,
-        "template": cfg.data.prompt_template,
-        "packing": cfg.train.packing,
-    }
-    train_examples, train_empty = encode_for_task(dataset.records("train"), **encode)
-    val_records = dataset.records("validation")[: cfg.train.eval_max_examples]
-    val_examples, _ = encode_for_task(val_records, **encode)
-    if not train_examples:
-        raise TuneforgeError(
-            f"none of the {train_empty} training examples has a target token within model.max_length="
-            f"{cfg.model.max_length} (the answer is cut off)",
-            where=source.where("model.max_length"),
-            fix="raise model.max_length, or shorten the prompts",
-        )
-
     optimizer = _optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     weights = None
     if task == "classification" and cfg.train.class_weights == "balanced":
-        weights = _class_weights(train_examples, len(labels)).to(accelerator.device)
+        weights = _class_weights(train_records, labels).to(accelerator.device)
     loop = Loop(
         accelerator=accelerator,
         model=model,
@@ -363,7 +371,6 @@ def train(
         "examples": {
             "train": len(train_examples),
             "validation": len(val_examples),
-            "train_no_targets": train_empty,
         },
         "total_steps": total_steps,
         "steps_per_epoch": loop.steps_per_epoch,
@@ -447,6 +454,8 @@ def train(
             tokens=state.tokens,
             tokens_per_s=round(outcome.tokens_per_s, 1),
             skipped_steps=state.skipped_steps,
+            # Examples the run met whose answer the chat template pushed past model.max_length.
+            train_no_targets_seen=getattr(train_examples, "no_targets", 0),
             peak_memory_bytes=peak_memory_bytes(),
             train_time_s=round(state.elapsed_s, 2),
         )

@@ -199,3 +199,29 @@ def test_offset_path_equals_tokenizing_every_prefix(tok) -> None:  # type: ignor
             fast = encode_chat(tok, messages, max_length)
             assert fast == _encode_chat_by_prefix_tokens(tok, messages, max_length)
             assert max_length == 20 or any(label != IGNORE for label in fast["labels"])
+
+
+def test_lazy_examples_encode_on_first_use_and_count_cut_off_answers(tok) -> None:  # type: ignore[no-untyped-def]
+    from tuneforge.train.encode import LazyExamples, encoder
+
+    records = [
+        {"instruction": "hi", "output": "ok"},
+        {"instruction": "hello " * 20, "input": "", "output": "good"},  # answer beyond max_length
+        {"instruction": "yo", "output": "fine"},
+    ]
+    calls: list[str] = []
+    encode = encoder(tok, task="causal-lm", fmt="instruction", labels=[], max_length=20, template="")
+
+    def counting(record):  # type: ignore[no-untyped-def]
+        calls.append(record["instruction"])
+        return encode(record)
+
+    lazy = LazyExamples(records, counting)
+    assert len(lazy) == 3 and calls == []
+    assert lazy[2] == encode(records[2]) and calls == ["yo"]
+    assert lazy[2] is lazy[2] and calls == ["yo"]  # kept, not encoded again
+    assert lazy.no_targets == 0
+    lazy[1]
+    assert lazy.no_targets == 1
+    eager, dropped = _encode(tok, records, "causal-lm", "instruction", max_length=20)
+    assert dropped == 1 and eager == [lazy[0], lazy[2]]

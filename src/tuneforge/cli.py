@@ -97,7 +97,8 @@ def tune(
 ) -> None:
     """Hyperparameter search (Optuna): a run per trial in train.output_dir, best.yaml, a summary table."""
     from tuneforge.config import load_config
-    from tuneforge.train.search import run_search, summary_rows
+    from tuneforge.train.search import run_search
+    from tuneforge.train.search_summary import summary_rows
 
     cfg, source = load_config(config, overrides)
     summary = run_search(cfg, source, trials=trials, force=force)

@@ -104,7 +104,7 @@ def test_sharded_training_is_refused_with_a_way_out() -> None:
     from accelerate.utils import DistributedType
 
     from tuneforge.errors import TuneforgeError
-    from tuneforge.train.run import check_distributed_type
+    from tuneforge.train.devices import check_distributed_type
 
     check_distributed_type(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))
     for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):

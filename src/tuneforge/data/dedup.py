@@ -1,10 +1,12 @@
-"""Exact duplicates on normalized text (near duplicates: MinHash + LSH in `near_dup`)."""
+"""Exact duplicates on normalized text, and one row kept per duplicate group (near: MinHash + LSH)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import unicodedata
+
+import numpy as np
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -35,3 +37,23 @@ def exact_duplicates(texts: list[str]) -> list[int | None]:
         out.append(first.get(key))
         first.setdefault(key, i)
     return out
+
+
+def exact_families(keys: np.ndarray) -> np.ndarray:
+    """(N,) the lowest index of the rows with each row's 16-byte digest (N, 2 uint64)."""
+    if not len(keys):
+        return np.empty(0, np.int64)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)].astype(np.int64)
+
+
+def one_per_group(group: np.ndarray, priority: np.ndarray) -> np.ndarray:
+    """(N,) bool: one row per group, the one with the highest priority, then the lowest index."""
+    n = len(group)
+    if not n:
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((np.arange(n), -priority, group))
+    first = np.r_[True, group[order][1:] != group[order][:-1]]
+    keep = np.zeros(n, dtype=bool)
+    keep[order[first]] = True
+    return keep

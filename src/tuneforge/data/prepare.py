@@ -15,9 +15,8 @@ import json
 import random
 from array import array
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,12 +24,13 @@ from tuneforge import __version__, builtin
 from tuneforge.artifacts import DatasetDir, atomic_dir, sha256_file, write_json_atomic
 from tuneforge.config import DataConfig
 from tuneforge.data.clean import Cleaner, normalize_label
-from tuneforge.data.dedup import key_of_normalized, normalize_for_matching
+from tuneforge.data.dedup import exact_families, key_of_normalized, normalize_for_matching, one_per_group
 from tuneforge.data.leakage import find_leakage
 from tuneforge.data.lengths import TokenCounter, token_counter, tokenizer_name
 from tuneforge.data.near_dup import NearDuplicateIndex, connected_clusters
 from tuneforge.data.progress import Passes
 from tuneforge.data.records import RowProblem, detect_format, record_text, resolve_columns, to_record
+from tuneforge.data.rejected import FIX_ON_ERROR, MAX_LISTED_PROBLEMS, Dropped, problem_summary
 from tuneforge.data.report import write_reports
 from tuneforge.data.sources import describe_source, read_rows
 from tuneforge.data.sources.base import RawRow
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from tuneforge.config import ModelConfig
 
 BATCH = 2048  # rows tokenized, hashed and spilled together
-MAX_LISTED_PROBLEMS = 20
-KEPT_EXAMPLES = 20  # dropped rows kept in memory for the error message and the report
 TEXT_FORMATS = ("text", "classification", "regression")  # formats whose one text field can be truncated
 
 
@@ -116,26 +114,6 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
     return DatasetDir(out)
 
 
-@dataclass
-class _Dropped:
-    """Rows left out, by reason; a few are kept as examples, all are written to rejected.jsonl."""
-
-    file: IO[str]
-    invalid: Counter[str] = field(default_factory=Counter)
-    filtered: Counter[str] = field(default_factory=Counter)
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    invalid_examples: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, where: str, kind: str, message: str, row: dict[str, Any], *, invalid: bool) -> None:
-        (self.invalid if invalid else self.filtered)[kind] += 1
-        entry = {"where": where, "problem": kind, "message": message, "row": row}
-        self.file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        if len(self.examples) < KEPT_EXAMPLES:
-            self.examples.append(entry)
-        if invalid and len(self.invalid_examples) < MAX_LISTED_PROBLEMS:
-            self.invalid_examples.append(entry)
-
-
 class _Run:
     """One preparation: the streaming pass, decisions on the compact per-row facts, then the writes."""
 
@@ -157,7 +135,7 @@ class _Run:
         self.over_length: list[dict[str, Any]] = []
         self.spill_path = work / "records.tsv"
         self.spill = open(self.spill_path, "wb")  # noqa: SIM115 (closed in finish)
-        self.dropped = _Dropped(open(out / "rejected.jsonl", "w", encoding="utf-8", newline="\n"))  # noqa: SIM115
+        self.dropped = Dropped(open(out / "rejected.jsonl", "w", encoding="utf-8", newline="\n"))  # noqa: SIM115
         self.index = NearDuplicateIndex(cfg.near_dup_threshold, workdir=work)
         # Per kept row: where its spilled line starts, its text digest, token length, label/group/split ids.
         self.offsets = array("q")
@@ -318,11 +296,11 @@ class _Run:
             raise TuneforgeError(f"no rows could be read from {cfg.path}", where="data.path")
         if self.dropped.invalid and cfg.on_error == "raise":
             raise TuneforgeError(
-                _problem_summary(self.dropped.invalid_examples, self.dropped.invalid), fix=_FIX_ON_ERROR
+                problem_summary(self.dropped.invalid_examples, self.dropped.invalid), fix=FIX_ON_ERROR
             )
         if self.over_length:
             raise TuneforgeError(
-                _problem_summary(
+                problem_summary(
                     self.over_length, Counter({"too_many_tokens": self.counts["too_many_tokens"]})
                 ),
                 where="data.over_length",
@@ -330,7 +308,7 @@ class _Run:
             )
         n = len(self.offsets)
         task = self.passes.start("match duplicates")
-        family = _exact_families(np.frombuffer(bytes(self.keys), dtype=np.uint64).reshape(n, 2))
+        family = exact_families(np.frombuffer(bytes(self.keys), dtype=np.uint64).reshape(n, 2))
         first = family == np.arange(n)
         exact_pairs = np.stack([family[~first], np.flatnonzero(~first)], axis=1)
         near = self.index.match(include=first)
@@ -342,9 +320,9 @@ class _Run:
         priority = user.astype(np.int64) if cfg.split_column else np.zeros(n, np.int64)
         keep = np.ones(n, dtype=bool)
         if cfg.dedup == "exact":
-            keep = _representatives(family, priority)
+            keep = one_per_group(family, priority)
         elif cfg.dedup == "near":
-            keep = _representatives(cluster, priority)
+            keep = one_per_group(cluster, priority)
         family_kept = np.zeros(n, dtype=bool)
         family_kept[family[keep]] = True
         removed = ~keep
@@ -500,26 +478,6 @@ def _prompt_text(record: dict[str, Any]) -> str | None:
     return None
 
 
-def _exact_families(keys: np.ndarray) -> np.ndarray:
-    """(N,) the lowest index of the rows with each row's 16-byte digest (N, 2 uint64)."""
-    if not len(keys):
-        return np.empty(0, np.int64)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    return first[inverse.reshape(-1)].astype(np.int64)
-
-
-def _representatives(group: np.ndarray, priority: np.ndarray) -> np.ndarray:
-    """(N,) bool: one row per group, the one with the highest priority, then the lowest index."""
-    n = len(group)
-    if not n:
-        return np.zeros(0, dtype=bool)
-    order = np.lexsort((np.arange(n), -priority, group))
-    first = np.r_[True, group[order][1:] != group[order][:-1]]
-    keep = np.zeros(n, dtype=bool)
-    keep[order[first]] = True
-    return keep
-
-
 _MANIFEST_ORDER = (
     "kind",
     "tuneforge_version",
@@ -539,16 +497,3 @@ def _ordered(manifest: dict[str, Any]) -> dict[str, Any]:
     """The headline keys first, so the manifest reads top-down."""
     head = {k: manifest[k] for k in _MANIFEST_ORDER if k in manifest}
     return {**head, **{k: v for k, v in manifest.items() if k not in head}}
-
-
-_FIX_ON_ERROR = "fix the rows above, or set data.on_error=drop to drop them into rejected.jsonl"
-
-
-def _problem_summary(rows: list[dict[str, Any]], problems: Counter[str]) -> str:
-    total = sum(problems.values())
-    lines = [f"{total} invalid rows ({', '.join(f'{k}: {v}' for k, v in problems.most_common())}):"]
-    for r in rows[:MAX_LISTED_PROBLEMS]:
-        lines.append(f"  {r['where']}: [{r['problem']}] {r['message']}")
-    if total > MAX_LISTED_PROBLEMS:
-        lines.append(f"  ... and {total - MAX_LISTED_PROBLEMS} more")
-    return "\n".join(lines)

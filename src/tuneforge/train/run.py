@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import signal
 import sys
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tuneforge import __version__
-from tuneforge.artifacts import DatasetDir, RunDir, atomic_dir, write_text_atomic
+from tuneforge.artifacts import DatasetDir, RunDir, atomic_dir
 from tuneforge.config import ConfigSource, RunConfig, config_from_dict
 from tuneforge.data import prepare_dataset
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve_model_path
 from tuneforge.models.methods import count_parameters, describe_parameters
+from tuneforge.train.devices import build_accelerator, check_distributed_type
+from tuneforge.train.optimizer import balanced_class_weights, build_optimizer
+from tuneforge.train.resume import check_resume, check_same_position, open_run_dir
 
 EXIT_INTERRUPTED = 3
-# Keys that may differ on --resume without --force: they change where a run lives, how visibly it goes on and
-# how often it saves, never what it computes (checkpoints do not touch the random streams). Anything else,
-# train.max_steps/epochs (they stretch the learning-rate schedule) and eval_every (it moves the best
-# checkpoint and early stopping) included, would make the resumed run differ from an uninterrupted one: it
-# needs --force.
-RESUMABLE_CHANGES = (
-    "train.output_dir",
-    "train.progress",
-    "train.log_to",
-    "train.save_every",
-    "train.keep_checkpoints",
-    "train.max_bad_steps",
-    "eval.",
-    "serve.",
-    "tune.",
-)
-DATA_FINGERPRINT = "dataset fingerprint"
 
 
 class Interrupted(TuneforgeError):
@@ -60,162 +43,6 @@ def _newest_checkpoint(latest: Path | None, step: int) -> str:
     if latest.name == checkpoint_name(step):
         return f"checkpoint {latest.name} holds step {step}"
     return f"the newest checkpoint is {latest.name}"
-
-
-def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    diffs: list[tuple[str, Any, Any]] = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append((f"{prefix}{key}", a, b))
-    return diffs
-
-
-def resume_diff(run: RunDir, cfg: RunConfig, data_fingerprint: str | None) -> list[tuple[str, Any, Any]]:
-    """What differs between a run's recorded config and data and this attempt to resume it."""
-    import yaml
-
-    old = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-    diffs = [d for d in config_diff(old, cfg.to_dict()) if not d[0].startswith(RESUMABLE_CHANGES)]
-    recorded = run.manifest.get("dataset", {}).get("fingerprint")
-    if recorded is not None and recorded != data_fingerprint:
-        diffs.append((DATA_FINGERPRINT, recorded, data_fingerprint))
-    return diffs
-
-
-def _check_resume(run: RunDir, cfg: RunConfig, data_fingerprint: str | None, force: bool) -> None:
-    if not run.config_path.is_file():
-        raise TuneforgeError(
-            f"there is no run to resume in {run.path}",
-            where="train.output_dir",
-            fix="start it without --resume, or point train.output_dir at the run to continue",
-        )
-    diffs = resume_diff(run, cfg, data_fingerprint)
-    if diffs and not force:
-        lines = "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
-        raise TuneforgeError(
-            f"the config or data differ from what this run started with, so resuming would not continue the "
-            f"same training:\n  {lines}",
-            where=str(run.config_path),
-            fix="resume with the original config and data, or pass --force to continue with the new ones",
-        )
-
-
-def _open_run_dir(
-    cfg: RunConfig, resume: bool, force: bool, overwrite: bool, data_fingerprint: str | None = None
-) -> RunDir:
-    path = Path(cfg.train.output_dir)
-    run = RunDir(path)
-    if overwrite and not resume and path.exists():
-        if not run.config_path.is_file():
-            raise TuneforgeError(
-                f"{path} is not a tuneforge run directory; refusing to delete it",
-                where="train.output_dir",
-                fix="choose another train.output_dir",
-            )
-        shutil.rmtree(path)
-    if resume:
-        _check_resume(run, cfg, data_fingerprint, force)
-    elif path.exists() and any(path.iterdir()):
-        raise TuneforgeError(
-            f"{path} already holds a run",
-            where="train.output_dir",
-            fix="pass --resume to continue it, --overwrite to start over, or choose another train.output_dir",
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run.config_path, cfg.to_yaml())
-    return run
-
-
-def _accelerator(cfg: RunConfig) -> Any:
-    import torch
-    from accelerate import Accelerator
-
-    precision = cfg.train.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if precision != "no" and not torch.cuda.is_available():
-        raise TuneforgeError(
-            f"mixed precision {precision} needs a GPU",
-            where="train.mixed_precision",
-            fix="set it to auto or no",
-        )
-    # `accelerate launch --multi_gpu` and torchrun start several processes but do not tell accelerate to use
-    # the CPU; without that it would not form a process group (gloo) on a machine without GPUs.
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Accelerator(mixed_precision=precision, cpu=world > 1 and not torch.cuda.is_available())
-
-
-def check_distributed_type(accelerator: Any) -> None:
-    """Refuse FSDP and DeepSpeed, whose sharded optimizer state our checkpoints cannot hold yet.
-
-    Checkpoints save the optimizer from the main process in safetensors (no pickle), which is exact for DDP
-    (every process holds the same state) and wrong for sharded state: resume would silently differ.
-    """
-    kind = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
-    if kind in ("FSDP", "DEEPSPEED"):
-        raise TuneforgeError(
-            f"{kind} training is not supported yet: tuneforge's exact-resume checkpoints cannot hold a "
-            "sharded optimizer state",
-            where="the accelerate config (distributed_type)",
-            fix="launch with configs/accelerate/ddp.yaml (LoRA and QLoRA of models up to ~13B fit one GPU "
-            "per process)",
-        )
-
-
-def _optimizer(model: Any, cfg: RunConfig) -> Any:
-    import torch
-
-    decay: list[Any] = []
-    no_decay: list[Any] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        # Biases, norms and embeddings-like 1-D tensors are not decayed (standard AdamW practice).
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if cfg.train.optimizer == "adamw-8bit":
-        if not torch.cuda.is_available():
-            raise TuneforgeError("adamw-8bit needs a CUDA GPU", where="train.optimizer", fix="use adamw")
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise TuneforgeError(
-                "adamw-8bit needs bitsandbytes", fix="pip install 'tuneforge[gpu]'"
-            ) from None
-        return bnb.optim.AdamW8bit(groups, lr=cfg.train.learning_rate)
-    return torch.optim.AdamW(groups, lr=cfg.train.learning_rate)
-
-
-def _class_weights(records: list[dict[str, Any]], labels: list[str]) -> Any:
-    """Balanced weights: total / (classes x count of the class), from the records' labels."""
-    import torch
-
-    n = len(labels)
-    counts = Counter(labels.index(str(r["label"])) for r in records)
-    total = sum(counts.values())
-    return torch.tensor(
-        [total / (n * counts[i]) if counts[i] else 0.0 for i in range(n)], dtype=torch.float32
-    )
-
-
-def _check_same_position(state: Any, loop: Any, force: bool) -> None:
-    """The data position is derived from the step; it only means the same thing with the same batches."""
-    now = {"steps_per_epoch": loop.steps_per_epoch, "processes": loop.acc.num_processes}
-    saved = {k: state.extra.get(k, v) for k, v in now.items()}
-    if saved != now and not force:
-        lines = "\n  ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now if saved[k] != now[k])
-        raise TuneforgeError(
-            f"the checkpoint at step {state.step} was made with a different batching:\n  {lines}",
-            where="train.output_dir",
-            fix="resume with the same number of processes, or pass --force to continue in the new data order",
-        )
-    state.extra.update(now)
 
 
 def train(
@@ -252,7 +79,7 @@ def train(
     check_sinks(list(cfg.train.log_to))
     # Validate the method (and whether it can run here) before anything is loaded or written.
     method, options = resolve_method(cfg.method, source, task=cfg.model.task)
-    accelerator = _accelerator(cfg)
+    accelerator = build_accelerator(cfg)
     check_distributed_type(accelerator)
     # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
     with accelerator.main_process_first():
@@ -263,7 +90,7 @@ def train(
     _check_validation_settings(cfg, source, has_validation=bool(dataset.records("validation")))
     fingerprint = dataset.manifest.get("fingerprint")
     if resume:  # refuse a changed config now, not after loading the model
-        _check_resume(RunDir(Path(cfg.train.output_dir)), cfg, fingerprint, force)
+        check_resume(RunDir(Path(cfg.train.output_dir)), cfg, fingerprint, force)
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
@@ -311,16 +138,16 @@ def train(
         # refuse.
         main_opens = accelerator.is_main_process
         run = (
-            _open_run_dir(cfg, resume, force, overwrite, fingerprint)
+            open_run_dir(cfg, resume, force, overwrite, fingerprint)
             if main_opens
             else RunDir(Path(cfg.train.output_dir))
         )
 
-    optimizer = _optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     weights = None
     if task == "classification" and cfg.train.class_weights == "balanced":
-        weights = _class_weights(train_records, labels).to(accelerator.device)
+        weights = balanced_class_weights(train_records, labels).to(accelerator.device)
     loop = Loop(
         accelerator=accelerator,
         model=model,
@@ -353,7 +180,7 @@ def train(
         barrier=accelerator.wait_for_everyone,
     )
     state = (checkpoints.resume() if resume else None) or TrainState()
-    _check_same_position(state, loop, force)
+    check_same_position(state, loop, force)
     main = accelerator.is_main_process
     if main and checkpoints.resumed_from is not None:
         print(f"resuming from {checkpoints.resumed_from}", file=sys.stderr, flush=True)

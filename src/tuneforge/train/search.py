@@ -19,7 +19,6 @@ import difflib
 import gc
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -28,6 +27,7 @@ import yaml
 from tuneforge.artifacts import write_json_atomic, write_text_atomic
 from tuneforge.config import ConfigSource, RunConfig, SearchParam, config_from_dict, config_keys
 from tuneforge.errors import TuneforgeError
+from tuneforge.train.search_summary import StudySummary, TrialRow, summary_markdown
 
 if TYPE_CHECKING:
     import optuna
@@ -45,36 +45,6 @@ HIGHER_IS_BETTER = ("accuracy",)
 
 class _StudyError(TuneforgeError):
     """A problem that every trial would hit (not a trial's own failure), so the search stops at once."""
-
-
-@dataclass
-class TrialRow:
-    """One trial as the summary shows it."""
-
-    number: int
-    state: str
-    value: float | None
-    params: dict[str, Any]
-    intermediate: dict[int, float]
-    run_dir: str
-    error: str | None = None
-    duration_s: float | None = None
-
-
-@dataclass
-class StudySummary:
-    """What `tune` found: every trial, the best one, and where the results were written."""
-
-    path: Path
-    metric: str
-    direction: str
-    params: list[str]
-    trials: list[TrialRow] = field(default_factory=list)
-    best: TrialRow | None = None
-    best_config: Path | None = None
-
-    def count(self, state: str) -> int:
-        return sum(t.state == state for t in self.trials)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -230,7 +200,7 @@ def _say(text: str) -> None:
 def _open_study(cfg: RunConfig, out: Path, force: bool) -> optuna.Study:
     import optuna
 
-    from tuneforge.train.run import config_diff
+    from tuneforge.train.resume import config_diff
 
     if not (out / STUDY_DB).is_file() and (out / "config.yaml").is_file():
         raise TuneforgeError(
@@ -467,46 +437,3 @@ def _write_best(best: TrialRow, cfg: RunConfig, out: Path) -> None:
         f"# Its run: {best.run_dir}. Retrain it with: tuneforge train {out / 'best.yaml'}\n"
     )
     write_text_atomic(out / "best.yaml", header + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
-
-
-def format_value(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def summary_rows(summary: StudySummary) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the trials table (shared by summary.md and the CLI's rich table)."""
-    header = ["trial", "state", summary.metric, *summary.params, "steps"]
-    rows = []
-    for t in summary.trials:
-        last_step = max(t.intermediate) if t.intermediate else None
-        mark = " *" if summary.best is not None and t.number == summary.best.number else ""
-        rows.append(
-            [
-                f"{t.number}{mark}",
-                t.state,
-                format_value(t.value) if t.value is not None else "-",
-                *(format_value(t.params[p]) if p in t.params else "-" for p in summary.params),
-                str(last_step) if last_step is not None else "-",
-            ]
-        )
-    return header, rows
-
-
-def summary_markdown(summary: StudySummary) -> str:
-    header, rows = summary_rows(summary)
-    lines = [
-        f"# Hyperparameter search: {summary.metric} ({summary.direction})",
-        "",
-        f"{len(summary.trials)} trials: {summary.count('complete')} complete, "
-        f"{summary.count('pruned')} pruned, {summary.count('fail')} failed.",
-    ]
-    if summary.best is not None:
-        lines.append(
-            f"Best: trial {summary.best.number} ({summary.metric}={format_value(summary.best.value)}), "
-            f"run {summary.best.run_dir}; its config: {summary.best_config}."
-        )
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines.append("")
-    lines.append("`steps`: the last optimizer step at which the trial was validated; `*`: the best trial.")
-    return "\n".join(lines) + "\n"

@@ -9,7 +9,8 @@ import yaml
 
 from tuneforge.config import load_config
 from tuneforge.errors import TuneforgeError
-from tuneforge.train.search import StudySummary, TrialRow, check_space, summary_markdown, trial_config
+from tuneforge.train.search import check_space, trial_config
+from tuneforge.train.search_summary import StudySummary, TrialRow, summary_markdown
 
 BASE = {
     "data": {"path": "data.csv"},

@@ -1,0 +1,42 @@
+"""Rows left out of a dataset: counted by reason, written with it to rejected.jsonl, summarized for errors."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+MAX_LISTED_PROBLEMS = 20
+KEPT_EXAMPLES = 20  # dropped rows kept in memory for the error message and the report
+FIX_ON_ERROR = "fix the rows above, or set data.on_error=drop to drop them into rejected.jsonl"
+
+
+@dataclass
+class Dropped:
+    """Rows left out, by reason; a few are kept as examples, all are written to rejected.jsonl."""
+
+    file: IO[str]
+    invalid: Counter[str] = field(default_factory=Counter)
+    filtered: Counter[str] = field(default_factory=Counter)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    invalid_examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, where: str, kind: str, message: str, row: dict[str, Any], *, invalid: bool) -> None:
+        (self.invalid if invalid else self.filtered)[kind] += 1
+        entry = {"where": where, "problem": kind, "message": message, "row": row}
+        self.file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+        if len(self.examples) < KEPT_EXAMPLES:
+            self.examples.append(entry)
+        if invalid and len(self.invalid_examples) < MAX_LISTED_PROBLEMS:
+            self.invalid_examples.append(entry)
+
+
+def problem_summary(rows: list[dict[str, Any]], problems: Counter[str]) -> str:
+    total = sum(problems.values())
+    lines = [f"{total} invalid rows ({', '.join(f'{k}: {v}' for k, v in problems.most_common())}):"]
+    for r in rows[:MAX_LISTED_PROBLEMS]:
+        lines.append(f"  {r['where']}: [{r['problem']}] {r['message']}")
+    if total > MAX_LISTED_PROBLEMS:
+        lines.append(f"  ... and {total - MAX_LISTED_PROBLEMS} more")
+    return "\n".join(lines)

@@ -115,13 +115,12 @@ def _shared_prompt_logprobs(
         answers.append(e["input_ids"][start:])
     scores = [0.0] * len(examples)
     n = len(examples) // k
-    per_batch = batch_size  # prompts per forward: the answers after them are a few tokens each
-    for first in range(0, n, per_batch):
-        rows = list(range(first, min(n, first + per_batch)))
+    # batch_size prompts per forward: the answers after them are a few tokens each.
+    for first in range(0, n, batch_size):
+        rows = list(range(first, min(n, first + batch_size)))
         group = [prompts[i * k] for i in rows]
-        if any(prompts[i * k + j] != group[r] for r, i in enumerate(rows) for j in range(k)) or not all(
-            group
-        ):
+        same_prompts = all(prompts[i * k + j] == group[r] for r, i in enumerate(rows) for j in range(k))
+        if not same_prompts or not all(group):
             # Truncation cut some prompts differently: score this group the plain way.
             idx = [i * k + j for i in rows for j in range(k)]
             plain = _sequence_logprobs(model, [examples[x] for x in idx], pad_id, batch_size)

@@ -182,6 +182,11 @@ class TrainConfig(Section):
     """auto: bf16 where the GPU supports it, fp32 on CPU."""
     gradient_checkpointing: bool = False
     """Trade compute for memory by recomputing activations."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state over the processes (FSDP2, like ZeRO-3), for models
+    whose training does not fit one GPU; needs several processes (accelerate launch)."""
+    fsdp_cpu_offload: bool = False
+    """With fsdp: keep shards and optimizer state in CPU memory (slower; for when even shards do not fit)."""
     eval_every: int = Field(50, ge=0)
     """Validate every N optimizer steps (0: only at the end)."""
     eval_max_examples: int | None = Field(256, ge=1)

@@ -79,3 +79,52 @@ def test_adamw_8bit_starts_like_adamw_and_updates(
     # Step 1 runs before any update, so both optimizers see the same model and batch.
     assert eight[0] == pytest.approx(runs["adamw"][0], rel=1e-3)
     assert eight[1:] != [eight[0]] * 2
+
+
+def test_adamw_8bit_state_survives_a_resume(data: dict[str, Path], tmp_path: Path, tiny_llama: Path) -> None:
+    """The 8-bit optimizer's quantized state goes through the safetensors checkpoint and back."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    pytest.importorskip("bitsandbytes")
+    cfg = _causal(
+        data, tmp_path, tiny_llama, {"name": "lora"}, optimizer="adamw-8bit", max_steps=4, save_every=2
+    )
+    whole = train(cfg)
+    assert any(
+        k.endswith(".state1")
+        for k in load_file(whole.checkpoints / "step-00000002" / "optimizer.safetensors")
+    )
+    copy = tmp_path / "resumed"
+    shutil.copytree(whole.path, copy)
+    shutil.rmtree(copy / "checkpoints" / "step-00000004")
+    shutil.rmtree(copy / "final")
+    resumed = train(
+        cfg.model_copy(update={"train": cfg.train.model_copy(update={"output_dir": str(copy)})}), resume=True
+    )
+    assert step_losses(resumed) == pytest.approx(step_losses(whole), rel=1e-4)
+    a = load_file(whole.final / "adapter_model.safetensors")
+    b = load_file(resumed.final / "adapter_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_fsdp_on_two_gpus_matches_ddp(tmp_path: Path, tiny_llama: Path) -> None:
+    """The sharded path on NCCL: the same losses as DDP (bf16, so within bf16 noise) and whole weights."""
+    from safetensors.torch import load_file
+
+    from tests.integration.test_distributed import LORA, launch_two, metrics, write_config
+
+    write_config(tmp_path, tiny_llama, LORA, max_steps=4, eval_max_examples=5)
+    runs = {}
+    for name, extra in {"ddp": [], "fsdp": ["train.fsdp=true"]}.items():
+        r = launch_two(tmp_path, f"train.output_dir={name}", "train.batch_size=2", *extra, gpus=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = tmp_path / name
+    ddp, fsdp = metrics(runs["ddp"]), metrics(runs["fsdp"])
+    assert [r["loss"] for r in fsdp] == pytest.approx([r["loss"] for r in ddp], rel=2e-2)
+    a = load_file(runs["ddp"] / "final" / "adapter_model.safetensors")
+    b = load_file(runs["fsdp"] / "final" / "adapter_model.safetensors")
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}

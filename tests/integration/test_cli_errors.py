@@ -101,3 +101,15 @@ def test_help_does_not_import_torch(tmp_path: Path) -> None:
     imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if "|" in line}
     assert "tuneforge.cli" in imported
     assert not {m for m in imported if m.split(".")[0] in ("torch", "transformers")}
+
+
+def test_fsdp_in_one_process_says_how_to_launch(project: Path, cli, tiny_llama: Path) -> None:
+    config(project, str(tiny_llama))
+    r = cli("train", "run.yaml", "train.fsdp=true")
+    assert_user_error(
+        r,
+        "command-line override train.fsdp",
+        "train.fsdp shards the model over several processes, and this run has one",
+        "configs/accelerate/multi-gpu.yaml",
+    )
+    assert not (project / "run").exists()

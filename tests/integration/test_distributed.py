@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,16 +29,12 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one(tmp_path: Path, tiny_llama: Path, cli) -> None:
-    import torch
-    from safetensors.torch import load_file
-
+def write_config(tmp_path: Path, model: Path, method: dict, **train: object) -> None:
     write_csv(tmp_path / "data.csv", sentiment_rows(60))
     config = {
         "data": {"path": "data.csv", "format": "classification", "output_dir": "ds"},
-        "model": {"name": str(tiny_llama), "task": "causal-lm", "max_length": 128},
-        # No dropout: its random masks are drawn per process, so they could not match a single process.
-        "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "model": {"name": str(model), "task": "causal-lm", "max_length": 128},
+        "method": method,
         "train": {
             "max_steps": 3,
             "gradient_accumulation_steps": 2,
@@ -47,21 +44,37 @@ def test_two_processes_match_one(tmp_path: Path, tiny_llama: Path, cli) -> None:
             "eval_max_examples": 8,
             "save_every": 2,
             "progress": False,
+            **train,
         },
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
+
+def launch_two(tmp_path: Path, *args: str, gpus: bool = False) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch` of `tuneforge train cfg.yaml ARGS` in 2 processes: CPU (gloo) or 2 GPUs (bf16)."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "bf16" if gpus else "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
+        "-m", "tuneforge", "train", "cfg.yaml", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} | ({} if gpus else {"CUDA_VISIBLE_DEVICES": ""})
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+# No dropout: its random masks are drawn per process, so they could not match a single process.
+LORA = {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
+
+
+def test_two_processes_match_one(tmp_path: Path, tiny_llama: Path, cli) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    write_config(tmp_path, tiny_llama, LORA)
     # Global batch: 4 examples x 2 micro-batches in one process; 2 each x 2 processes x 2 micro-batches.
     one = cli("train", "cfg.yaml", "train.output_dir=one", "train.batch_size=4")
     assert one.returncode == 0, one.stderr
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
-        "-m", "tuneforge", "train", "cfg.yaml", "train.output_dir=two", "train.batch_size=2",
-    ]  # fmt: skip
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    two = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    two = launch_two(tmp_path, "train.output_dir=two", "train.batch_size=2")
     assert two.returncode == 0, two.stderr[-3000:]
 
     one_dir, two_dir = tmp_path / "one", tmp_path / "two"
@@ -93,12 +106,12 @@ def test_two_processes_match_one(tmp_path: Path, tiny_llama: Path, cli) -> None:
     assert not [p.name for p in two_dir.iterdir() if p.name.startswith(".")]
 
 
-EXPECTED_ENV: dict[str, dict[str, str]] = {"ddp.yaml": {}}
-EXPECTED_TYPE = {"ddp.yaml": "MULTI_GPU"}
+EXPECTED_ENV: dict[str, dict[str, str]] = {"multi-gpu.yaml": {}}
+EXPECTED_TYPE = {"multi-gpu.yaml": "MULTI_GPU"}
 
 
-def test_sharded_training_is_refused_with_a_way_out() -> None:
-    """FSDP and DeepSpeed shard the optimizer state, which tuneforge's exact checkpoints cannot hold yet."""
+def test_accelerate_sharding_modes_are_refused_with_a_way_out() -> None:
+    """accelerate's FSDP and DeepSpeed modes would wrap the model, or step the optimizer behind the loop."""
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -108,7 +121,7 @@ def test_sharded_training_is_refused_with_a_way_out() -> None:
 
     check_distributed_type(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))
     for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(TuneforgeError, match=r"ddp\.yaml") as err:
+        with pytest.raises(TuneforgeError, match=r"multi-gpu\.yaml and set train\.fsdp: true") as err:
             check_distributed_type(SimpleNamespace(distributed_type=kind))
         assert kind.value in str(err.value)
 
@@ -122,7 +135,7 @@ def test_accelerate_config_parses(name: str) -> None:
     """accelerate's own reader accepts the file, and `accelerate launch` makes the expected settings of it."""
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+    from accelerate.utils.launch import prepare_multi_gpu_env
 
     path = ACCELERATE_CONFIGS / name
     assert path.read_text().startswith("# "), "each file starts with a comment on when to use it"
@@ -134,15 +147,70 @@ def test_accelerate_config_parses(name: str) -> None:
     args = launch_command_parser().parse_args(
         ["--config_file", str(path), "-m", "tuneforge", "train", "x.yaml"]
     )
-    args, defaults, _ = _validate_launch_command(args)
-    if args.use_deepspeed:
-        # What `accelerate launch` sets before building the DeepSpeed environment.
-        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
-        _, env = prepare_deepspeed_cmd_env(args)
-        assert env["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] == "1"  # tuneforge accumulates by itself
-    else:
-        env = prepare_multi_gpu_env(args)
-        assert args.multi_gpu or args.use_fsdp
+    args, _, _ = _validate_launch_command(args)
+    env = prepare_multi_gpu_env(args)
+    assert args.multi_gpu and not args.use_fsdp and not args.use_deepspeed
     assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
     for key, value in EXPECTED_ENV[name].items():
         assert env[key] == value, key
+
+
+@pytest.mark.parametrize(
+    ("method", "final_file"),
+    [(LORA, "adapter_model.safetensors"), ({"name": "full"}, "model.safetensors")],
+    ids=["lora", "full"],
+)
+def test_fsdp_matches_one_process_and_resumes_exactly(
+    tmp_path: Path, tiny_llama: Path, cli, method: dict, final_file: str
+) -> None:
+    """FSDP over 2 processes trains what 1 process does; its checkpoints are whole and resume bit-exactly."""
+    import torch
+    from safetensors.torch import load_file
+
+    lr = 0.05 if method["name"] == "lora" else 0.002
+    # 5 validation examples over 2 processes of batch 2: one process has a batch fewer, and must still run it.
+    write_config(tmp_path, tiny_llama, method, max_steps=4, eval_max_examples=5, learning_rate=lr)
+    one = cli("train", "cfg.yaml", "train.output_dir=one", "train.batch_size=4")
+    assert one.returncode == 0, one.stderr
+    sharded = launch_two(tmp_path, "train.output_dir=fsdp", "train.batch_size=2", "train.fsdp=true")
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+
+    one_dir, fsdp_dir = tmp_path / "one", tmp_path / "fsdp"
+    assert json.loads((fsdp_dir / "manifest.json").read_text())["sharded"] is True
+    assert json.loads((one_dir / "manifest.json").read_text())["sharded"] is False
+    rows1, rows2 = metrics(one_dir), metrics(fsdp_dir)
+    assert [(r["step"], r.get("split")) for r in rows2] == [(r["step"], r.get("split")) for r in rows1]
+    for a, b in zip(rows1, rows2, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
+        if "grad_norm" in a:
+            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    assert rows1[-1]["loss"] < rows1[0]["loss"] - 0.05
+
+    w1 = load_file(one_dir / "final" / final_file)
+    w2 = load_file(fsdp_dir / "final" / final_file)
+    assert sorted(w1) == sorted(w2)  # whole tensors, not one process's shard
+    for k in w1:
+        assert w2[k].shape == w1[k].shape, k
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+    # The checkpoints hold whole tensors too (the same names and shapes as a single process writes).
+    c1 = load_file(one_dir / "checkpoints" / "step-00000002" / "optimizer.safetensors")
+    c2 = load_file(fsdp_dir / "checkpoints" / "step-00000002" / "optimizer.safetensors")
+    assert {k: v.shape for k, v in c2.items()} == {k: v.shape for k, v in c1.items()}
+
+    # Resume from step 2: drop what came after, continue under FSDP, end bit-identical.
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(fsdp_dir, resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoints" / "step-00000004")
+    shutil.rmtree(resumed_dir / "final")
+    again = launch_two(
+        tmp_path, "train.output_dir=resumed", "train.batch_size=2", "train.fsdp=true", "--resume"
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr and "step-00000002" in again.stderr
+    timeless = [{k: v for k, v in r.items() if k not in ("tokens_per_s", "time_s")} for r in rows2]
+    assert [
+        {k: v for k, v in r.items() if k not in ("tokens_per_s", "time_s")} for r in metrics(resumed_dir)
+    ] == (timeless)
+    w3 = load_file(resumed_dir / "final" / final_file)
+    for k in w2:
+        assert torch.equal(w3[k], w2[k]), k

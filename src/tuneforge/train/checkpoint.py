@@ -2,7 +2,7 @@
 
 Layout of `checkpoints/step-00000050/`:
     weights.safetensors     trainable parameters (all parameters for full fine-tuning)
-    optimizer.safetensors   optimizer tensors, keyed `<param index>.<name>`
+    optimizer.safetensors   optimizer tensors, keyed `<parameter name>.<state key>`
     rng.safetensors         torch CPU (and CUDA) generator states
     state.json              step, optimizer param groups, scheduler, grad scaler, python/numpy RNG, counters
     COMPLETE                written last; a folder without it is ignored
@@ -33,6 +33,8 @@ from tuneforge.errors import TuneforgeError
 
 COMPLETE = "COMPLETE"
 PREFIX = "step-"
+# 2: optimizer tensors keyed by parameter name (1 keyed them by position).
+FORMAT = 2
 # Fault-injection point for the crash-safety tests: "STEP:SECONDS" pauses the write of that step's checkpoint
 # after its weights are on disk, so a test can `kill -9` the process in the middle of a checkpoint.
 PAUSE_ENV = "TUNEFORGE_TEST_CHECKPOINT_PAUSE"
@@ -58,43 +60,94 @@ def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
-def trainable_state(model: torch.nn.Module, *, everything: bool) -> dict[str, torch.Tensor]:
-    return {
-        name: p.detach().cpu().contiguous()
-        for name, p in model.named_parameters()
-        if everything or p.requires_grad
-    }
+def _full(**options: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **options)
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = optimizer.state_dict()
+def model_weights(model: torch.nn.Module, *, everything: bool) -> dict[str, torch.Tensor]:
+    """Whole (unsharded) CPU weights: the trainable ones, or all for full fine-tuning.
+
+    torch's distributed state-dict API gathers FSDP shards and passes plain and DDP models through, so one
+    checkpoint format serves every way of training. Every process must call it (gathering is collective); with
+    FSDP only the main process gets the tensors back.
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    names = [n for n, p in model.named_parameters() if everything or p.requires_grad]  # tied weights once
+    state: Any = get_model_state_dict(
+        model, options=_full(cpu_offload=True, ignore_frozen_params=not everything)
+    )
+    return {n: state[n].contiguous() for n in names if n in state}
+
+
+def model_state(model: torch.nn.Module, *, adapter_only: bool) -> dict[str, torch.Tensor]:
+    """The whole state dict (buffers, tied names) for `save_pretrained`; gathered as in `model_weights`."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state: Any = get_model_state_dict(
+        model, options=_full(cpu_offload=True, ignore_frozen_params=adapter_only)
+    )
+    return cast(dict[str, torch.Tensor], state)
+
+
+def set_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Load whole weights (every process passes the same ones; FSDP keeps each process's shard)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    unknown = [n for n in weights if n not in params]
+    if missing or unknown:
+        raise TuneforgeError(
+            f"checkpoint {source} does not fit this model (missing {missing[:3]}, unexpected {unknown[:3]})",
+            where="method",
+            fix="resume with the model and method the run started with",
+        )
+    set_model_state_dict(model, cast(Any, weights), options=_full(strict=False))
+
+
+def _optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Whole optimizer state keyed by parameter name (`<name>.<state key>`), like `model_weights`."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    sd: Any = get_optimizer_state_dict(model, optimizer, options=_full(cpu_offload=True))
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
-    for idx, st in sd["state"].items():
+    for name, st in sd.get("state", {}).items():
         for key, value in st.items():
             if torch.is_tensor(value):
-                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
             else:
-                scalars.setdefault(str(idx), {})[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+                scalars.setdefault(name, {})[key] = value
+    return tensors, {"param_groups": sd.get("param_groups", []), "scalars": scalars}
 
 
 def _load_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
 ) -> None:
-    state: dict[int, dict[str, Any]] = {}
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    state: dict[str, dict[str, Any]] = {}
     for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    for idx, values in meta["scalars"].items():
-        state.setdefault(int(idx), {}).update(values)
+        name, item = key.rsplit(".", 1)
+        state.setdefault(name, {})[item] = value
+    for name, values in meta["scalars"].items():
+        state.setdefault(name, {}).update(values)
     groups = meta["param_groups"]
     # JSON turns tuples (AdamW's betas) into lists; give them back the type the optimizer was built with.
     for saved, current in zip(groups, optimizer.param_groups, strict=True):
         for key, value in current.items():
             if isinstance(value, tuple) and isinstance(saved.get(key), list):
                 saved[key] = tuple(saved[key])
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    whole: Any = {"state": state, "param_groups": groups}
+    set_optimizer_state_dict(model, optimizer, whole, options=_full())
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -137,25 +190,28 @@ def _pause_for_tests(step: int) -> None:
 def save_checkpoint(
     root: Path,
     *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer: tuple[dict[str, torch.Tensor], dict[str, Any]],
     scheduler: Any,
     state: TrainState,
-    full_weights: bool,
     scaler: Any = None,
 ) -> Path:
-    """Write one complete checkpoint for `state.step` atomically and return its folder."""
+    """Write one complete checkpoint for `state.step` atomically and return its folder.
+
+    `weights` and `optimizer` come from `model_weights` and `_optimizer_state`, gathered on every process.
+    """
     target = root / checkpoint_name(state.step)
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    opt_tensors, opt_meta = optimizer
     rng_tensors, rng_meta = _rng_state()
     with atomic_dir(target) as tmp:
-        save_file(trainable_state(model, everything=full_weights), str(tmp / "weights.safetensors"))
+        save_file(weights, str(tmp / "weights.safetensors"))
         _pause_for_tests(state.step)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         write_json_atomic(
             tmp / "state.json",
             {
+                "format": FORMAT,
                 "train": asdict(state),
                 "optimizer": opt_meta,
                 "scheduler": scheduler.state_dict(),
@@ -189,20 +245,15 @@ def load_checkpoint(
 ) -> TrainState:
     """Restore weights, optimizer, scheduler and grad scaler from `path` (the RNG: see `restore_rng`)."""
     meta = read_json(path / "state.json")
-    weights = load_file(str(path / "weights.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    unknown = [n for n in weights if n not in params]
-    if missing or unknown:
+    if meta.get("format") != FORMAT:
         raise TuneforgeError(
-            f"checkpoint {path} does not fit this model (missing {missing[:3]}, unexpected {unknown[:3]})",
-            where="method",
-            fix="resume with the model and method the run started with",
+            f"checkpoint {path} was written by an earlier tuneforge in checkpoint format "
+            f"{meta.get('format', 1)}; this one reads format {FORMAT}",
+            where="train.output_dir",
+            fix="start the run again (without --resume), or resume it with the tuneforge that started it",
         )
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
+    set_model_weights(model, load_file(str(path / "weights.safetensors")), path)
+    _load_optimizer(model, optimizer, load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
@@ -211,10 +262,7 @@ def load_checkpoint(
 
 def load_weights(path: Path, model: torch.nn.Module) -> None:
     """Load only the weights of a checkpoint (to restore the best one at the end)."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in load_file(str(path / "weights.safetensors")).items():
-            params[name].copy_(value)
+    set_model_weights(model, load_file(str(path / "weights.safetensors")), path)
 
 
 def rotate(root: Path, keep: int, best_step: int | None) -> list[Path]:
@@ -283,15 +331,17 @@ class Checkpointer:
         if self.saved_step == state.step:
             return
         self.saved_step = state.step
+        # Gathered on every process (FSDP shards meet here), written by the main one.
+        weights = model_weights(self.model, everything=self.full_weights)
+        optimizer = _optimizer_state(self.model, self.optimizer)
         self.barrier()
         if self.is_main:
             save_checkpoint(
                 self.root,
-                model=self.model,
-                optimizer=self.optimizer,
+                weights=weights,
+                optimizer=optimizer,
                 scheduler=self.scheduler,
                 state=state,
-                full_weights=self.full_weights,
                 scaler=self.scaler,
             )
             rotate(self.root, self.keep, state.best_step)

@@ -29,17 +29,16 @@ def build_accelerator(cfg: RunConfig) -> Any:
 
 
 def check_distributed_type(accelerator: Any) -> None:
-    """Refuse FSDP and DeepSpeed, whose sharded optimizer state our checkpoints cannot hold yet.
+    """Refuse accelerate's own FSDP and DeepSpeed: tuneforge shards the model itself (`train.fsdp`).
 
-    Checkpoints save the optimizer from the main process in safetensors (no pickle), which is exact for DDP
-    (every process holds the same state) and wrong for sharded state: resume would silently differ.
+    accelerate's FSDP plugin would wrap the model a second time; DeepSpeed steps the optimizer inside
+    `backward`, which bypasses the loop's NaN guard, gradient accumulation and exact-resume checkpoints.
     """
     kind = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
     if kind in ("FSDP", "DEEPSPEED"):
         raise TuneforgeError(
-            f"{kind} training is not supported yet: tuneforge's exact-resume checkpoints cannot hold a "
-            "sharded optimizer state",
+            f"accelerate's {kind} mode is not used by tuneforge, which shards the model itself",
             where="the accelerate config (distributed_type)",
-            fix="launch with configs/accelerate/ddp.yaml (LoRA and QLoRA of models up to ~13B fit one GPU "
-            "per process)",
+            fix="launch with configs/accelerate/multi-gpu.yaml and set train.fsdp: true for sharded "
+            "training (the equivalent of DeepSpeed ZeRO-3; train.fsdp_cpu_offload: true for ZeRO-Offload)",
         )

@@ -32,6 +32,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.train.batches import collate, epoch_order, input_positions, micro_batches, target_count
 from tuneforge.train.checkpoint import TrainState
 from tuneforge.train.encode import IGNORE, Example
+from tuneforge.train.sharding import as_float
 
 # Validation metrics where smaller is better (early stopping and the best checkpoint); any other is maximised.
 LOWER_IS_BETTER = frozenset({"loss", "perplexity", "mse", "mae", "rmse"})
@@ -146,9 +147,10 @@ class Loop:
             total += loss_sum.detach()
         loss = float(self.acc.reduce(total, "sum").item()) / max(global_targets, 1)
         if self.max_grad_norm is not None:
-            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
+            grad_norm = as_float(self.acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
         else:
-            grad_norm = _grad_norm(self.model)
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grad_norm = as_float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         scaler = getattr(self.acc, "scaler", None)
         if scaler is None:
             bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
@@ -185,11 +187,17 @@ class Loop:
         loss_sum, targets, correct = 0.0, 0, 0
         rank, world = self.acc.process_index, self.acc.num_processes
         mine = list(range(len(examples)))[rank::world]
-        for start in range(0, len(mine), batch_size):
-            batch = collate([examples[i] for i in mine[start : start + batch_size]], self.pad_id)
+        # Every process runs the same number of forward passes (an FSDP forward is collective): a process
+        # with fewer examples runs its last batch again and does not count it.
+        rounds = math.ceil(math.ceil(len(examples) / world) / batch_size)
+        for r in range(rounds):
+            part = mine[r * batch_size : (r + 1) * batch_size]
+            batch = collate([examples[i] for i in part or mine[-batch_size:] or [0]], self.pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             with self.acc.autocast():
                 loss, logits = batch_loss(self.model, batch, self.task)
+            if not part:
+                continue
             loss_sum += float(loss)
             if self.task == "classification":
                 correct += int((logits.argmax(-1) == batch["label"]).sum())
@@ -202,11 +210,6 @@ class Loop:
             metrics["accuracy"] = totals[2] / max(len(examples), 1)
         self.model.train()
         return metrics
-
-
-def _grad_norm(model: Any) -> float:
-    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
 class Throughput:

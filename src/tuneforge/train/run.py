@@ -19,6 +19,7 @@ from tuneforge.models.methods import count_parameters, describe_parameters
 from tuneforge.train.devices import build_accelerator, check_distributed_type
 from tuneforge.train.optimizer import balanced_class_weights, build_optimizer
 from tuneforge.train.resume import check_resume, check_same_position, open_run_dir
+from tuneforge.train.sharding import check_fsdp
 
 EXIT_INTERRUPTED = 3
 
@@ -66,6 +67,7 @@ def train(
         TrainState,
         checkpoint_name,
         load_weights,
+        model_state,
         restore_rng,
     )
     from tuneforge.train.encode import LazyExamples, encode_for_task, encoder, has_targets
@@ -73,6 +75,7 @@ def train(
     from tuneforge.train.plot import plot_loss
     from tuneforge.train.progress import TrainProgress, peak_memory_bytes
     from tuneforge.train.schedule import build_scheduler
+    from tuneforge.train.sharding import is_sharded, shard_model
     from tuneforge.train.tracking import Trackers, check_sinks, environment, truncate_metrics
 
     source = source or ConfigSource(None)
@@ -81,6 +84,7 @@ def train(
     method, options = resolve_method(cfg.method, source, task=cfg.model.task)
     accelerator = build_accelerator(cfg)
     check_distributed_type(accelerator)
+    check_fsdp(cfg, accelerator.num_processes, source.where)
     # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
     with accelerator.main_process_first():
         dataset = prepare_dataset(cfg.data, model=cfg.model)
@@ -143,8 +147,14 @@ def train(
             else RunDir(Path(cfg.train.output_dir))
         )
 
-    optimizer = build_optimizer(model, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.train.fsdp:
+        # FSDP replaces DDP: shard first, then build the optimizer over the shards.
+        model = shard_model(
+            model, bf16=accelerator.mixed_precision == "bf16", cpu_offload=cfg.train.fsdp_cpu_offload
+        )
+        optimizer = accelerator.prepare(build_optimizer(model, cfg))
+    else:
+        model, optimizer = accelerator.prepare(model, build_optimizer(model, cfg))
     weights = None
     if task == "classification" and cfg.train.class_weights == "balanced":
         weights = balanced_class_weights(train_records, labels).to(accelerator.device)
@@ -171,7 +181,7 @@ def train(
     checkpoints = Checkpointer(
         run.checkpoints,
         model=unwrapped,
-        optimizer=optimizer,
+        optimizer=getattr(optimizer, "optimizer", optimizer),  # torch's own, not accelerate's wrapper
         scheduler=scheduler,
         full_weights=full_weights,
         keep=cfg.train.keep_checkpoints,
@@ -199,6 +209,8 @@ def train(
             "train": len(train_examples),
             "validation": len(val_examples),
         },
+        # FSDP: parameters, gradients and optimizer state are split over the processes.
+        "sharded": is_sharded(unwrapped),
         "total_steps": total_steps,
         "steps_per_epoch": loop.steps_per_epoch,
         "seed": cfg.train.seed,
@@ -266,9 +278,11 @@ def train(
     best = state.best_step
     if best is not None and best != state.step:
         load_weights(run.checkpoints / checkpoint_name(best), unwrapped)  # rotation always keeps the best
+    # A sharded model is gathered by every process; the main one saves it.
+    whole = model_state(unwrapped, adapter_only=not full_weights) if is_sharded(unwrapped) else None
     if main:
         with atomic_dir(run.final) as tmp:
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            unwrapped.save_pretrained(tmp, state_dict=whole, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
         plot_loss(run.metrics(), run.path / "loss.png")
         run.update_manifest(

@@ -240,3 +240,26 @@ def test_a_completed_run_resumed_stays_the_same(tmp_path: Path, tiny_llama: Path
     train(make_config(tmp_path, tiny_llama, {"train.save_every": 0}), resume=True)
     assert records(run) == records(reference)
     assert_same_tensors(final_weights(run), final_weights(reference))
+
+
+def test_a_checkpoint_of_the_older_format_is_refused_clearly(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format 1 keyed optimizer state by parameter position; reading it by name would mismatch silently."""
+    import json
+
+    from safetensors.torch import load_file
+
+    cfg = make_config(tmp_path, tiny_llama)
+    run = interrupted_at(cfg, monkeypatch, 3)
+    newest = complete_checkpoints(run.checkpoints)[-1]
+    names = {k.rsplit(".", 1)[0] for k in load_file(newest / "optimizer.safetensors")}
+    assert names and all(".lora_" in n for n in names)  # keyed by parameter name
+    state_file = newest / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["format"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(
+        TuneforgeError, match="earlier tuneforge in checkpoint format 1; this one reads format 2"
+    ):
+        train(cfg, resume=True)

@@ -197,20 +197,44 @@ def test_fsdp_matches_one_process_and_resumes_exactly(
     c2 = load_file(fsdp_dir / "checkpoints" / "step-00000002" / "optimizer.safetensors")
     assert {k: v.shape for k, v in c2.items()} == {k: v.shape for k, v in c1.items()}
 
-    # Resume from step 2: drop what came after, continue under FSDP, end bit-identical.
-    resumed_dir = tmp_path / "resumed"
-    shutil.copytree(fsdp_dir, resumed_dir)
-    shutil.rmtree(resumed_dir / "checkpoints" / "step-00000004")
-    shutil.rmtree(resumed_dir / "final")
-    again = launch_two(
-        tmp_path, "train.output_dir=resumed", "train.batch_size=2", "train.fsdp=true", "--resume"
+    # Resume from step 2 under FSDP: it ends bit-identical.
+    assert_resumes_exactly_from_step_2(tmp_path, fsdp_dir, final_file, "train.fsdp=true")
+
+
+def test_two_processes_with_dropout_resume_exactly(tmp_path: Path, tiny_llama: Path) -> None:
+    """Each process draws its own dropout masks; a resume gives each process its own random streams back."""
+    import torch
+    from safetensors.torch import load_file
+
+    write_config(tmp_path, tiny_llama, {**LORA, "dropout": 0.2}, max_steps=4)
+    first = launch_two(tmp_path, "train.output_dir=run", "train.batch_size=2", "model.dropout=0.2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rng = load_file(tmp_path / "run" / "checkpoints" / "step-00000002" / "rng.safetensors")
+    assert not torch.equal(rng["0.torch"], rng["1.torch"])  # the processes' streams did part ways
+    assert_resumes_exactly_from_step_2(
+        tmp_path, tmp_path / "run", "adapter_model.safetensors", "model.dropout=0.2"
     )
+
+
+def assert_resumes_exactly_from_step_2(tmp_path: Path, run_dir: Path, final_file: str, *args: str) -> None:
+    """Cut a finished 4-step run back to its step-2 checkpoint, resume it, and expect the same run."""
+    import torch
+    from safetensors.torch import load_file
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000004")
+    shutil.rmtree(resumed / "final")
+    again = launch_two(tmp_path, "train.output_dir=resumed", "train.batch_size=2", *args, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stderr and "step-00000002" in again.stderr
-    timeless = [{k: v for k, v in r.items() if k not in ("tokens_per_s", "time_s")} for r in rows2]
-    assert [
-        {k: v for k, v in r.items() if k not in ("tokens_per_s", "time_s")} for r in metrics(resumed_dir)
-    ] == (timeless)
-    w3 = load_file(resumed_dir / "final" / final_file)
-    for k in w2:
-        assert torch.equal(w3[k], w2[k]), k
+
+    def timeless(d: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "time_s")} for r in metrics(d)]
+
+    assert timeless(resumed) == timeless(run_dir)
+    before = load_file(run_dir / "final" / final_file)
+    after = load_file(resumed / "final" / final_file)
+    assert sorted(after) == sorted(before)
+    for k in before:
+        assert torch.equal(after[k], before[k]), k

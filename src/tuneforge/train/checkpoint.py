@@ -3,7 +3,7 @@
 Layout of `checkpoints/step-00000050/`:
     weights.safetensors     trainable parameters (all parameters for full fine-tuning)
     optimizer.safetensors   optimizer tensors, keyed `<parameter name>.<state key>`
-    rng.safetensors         torch CPU (and CUDA) generator states
+    rng.safetensors         torch CPU (and CUDA) generator states of every process
     state.json              step, optimizer param groups, scheduler, grad scaler, python/numpy RNG, counters
     COMPLETE                written last; a folder without it is ignored
 Each checkpoint is staged in a temporary sibling (`.step-00000050.<random>.tmp`), fsynced and renamed into
@@ -33,7 +33,7 @@ from tuneforge.errors import TuneforgeError
 
 COMPLETE = "COMPLETE"
 PREFIX = "step-"
-# 2: optimizer tensors keyed by parameter name (1 keyed them by position).
+# 2: optimizer tensors keyed by parameter name (1 keyed them by position), random streams per process.
 FORMAT = 2
 # Fault-injection point for the crash-safety tests: "STEP:SECONDS" pauses the write of that step's checkpoint
 # after its weights are on disk, so a test can `kill -9` the process in the middle of a checkpoint.
@@ -150,7 +150,7 @@ def _load_optimizer(
     set_optimizer_state_dict(model, optimizer, whole, options=_full())
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _local_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -164,19 +164,39 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def restore_rng(path: Path) -> None:
-    """Put the python, numpy and torch random streams back where they were when `path` was saved."""
+def rng_states() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every process's random streams (keyed `<process>.torch`, ...): dropout draws differ per process.
+
+    Every process must call it; all get the same result.
+    """
+    import torch.distributed as dist
+
+    local = _local_rng_state()
+    every = [local]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # Plain lists and byte tensors between our own processes (no file is unpickled).
+        every = [local] * dist.get_world_size()
+        dist.all_gather_object(every, local)
+    tensors = {f"{rank}.{key}": t for rank, (ts, _) in enumerate(every) for key, t in ts.items()}
+    return tensors, {"processes": [meta for _, meta in every]}
+
+
+def restore_rng(path: Path, process: int = 0) -> None:
+    """Put this process's python, numpy and torch random streams back where they were when `path` was saved.
+
+    A resume forced onto more processes than saved reuses the saved streams in turn.
+    """
     tensors = load_file(str(path / "rng.safetensors"))
-    meta = read_json(path / "state.json")["rng"]
-    torch.set_rng_state(tensors["torch"])
-    cuda = [
-        tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))
-    ]
+    saved = read_json(path / "state.json")["rng"]["processes"]
+    rank = process % len(saved)
+    mine = {k.split(".", 1)[1]: t for k, t in tensors.items() if k.split(".", 1)[0] == str(rank)}
+    torch.set_rng_state(mine["torch"])
+    cuda = [mine[k] for k in sorted((k for k in mine if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
-    py = meta["python"]
+    py = saved[rank]["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    npy = meta["numpy"]
+    npy = saved[rank]["numpy"]
     np.random.set_state((npy[0], np.array(npy[1], dtype=np.uint32), *npy[2:]))
 
 
@@ -192,17 +212,19 @@ def save_checkpoint(
     *,
     weights: dict[str, torch.Tensor],
     optimizer: tuple[dict[str, torch.Tensor], dict[str, Any]],
+    rng: tuple[dict[str, torch.Tensor], dict[str, Any]],
     scheduler: Any,
     state: TrainState,
     scaler: Any = None,
 ) -> Path:
     """Write one complete checkpoint for `state.step` atomically and return its folder.
 
-    `weights` and `optimizer` come from `model_weights` and `_optimizer_state`, gathered on every process.
+    `weights`, `optimizer` and `rng` come from `model_weights`, `_optimizer_state` and `rng_states`, which
+    every process calls.
     """
     target = root / checkpoint_name(state.step)
     opt_tensors, opt_meta = optimizer
-    rng_tensors, rng_meta = _rng_state()
+    rng_tensors, rng_meta = rng
     with atomic_dir(target) as tmp:
         save_file(weights, str(tmp / "weights.safetensors"))
         _pause_for_tests(state.step)
@@ -334,12 +356,14 @@ class Checkpointer:
         # Gathered on every process (FSDP shards meet here), written by the main one.
         weights = model_weights(self.model, everything=self.full_weights)
         optimizer = _optimizer_state(self.model, self.optimizer)
+        rng = rng_states()
         self.barrier()
         if self.is_main:
             save_checkpoint(
                 self.root,
                 weights=weights,
                 optimizer=optimizer,
+                rng=rng,
                 scheduler=self.scheduler,
                 state=state,
                 scaler=self.scaler,

@@ -230,9 +230,8 @@ def train(
         resume_step=state.step if resume else None,
     )
     if checkpoints.resumed_from is not None:
-        restore_rng(
-            checkpoints.resumed_from
-        )  # last, right before the loop, so nothing shifts the random streams
+        # Last, right before the loop, so nothing shifts the random streams.
+        restore_rng(checkpoints.resumed_from, accelerator.process_index)
     try:
         with (
             StopSignals() as stop,

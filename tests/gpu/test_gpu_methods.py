@@ -112,19 +112,21 @@ def test_adamw_8bit_state_survives_a_resume(data: dict[str, Path], tmp_path: Pat
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 def test_fsdp_on_two_gpus_matches_ddp(tmp_path: Path, tiny_llama: Path) -> None:
-    """The sharded path on NCCL: the same losses as DDP (bf16, so within bf16 noise) and whole weights."""
+    """The sharded path on NCCL (and with CPU offload, over NCCL + gloo): DDP's losses within bf16 noise."""
     from safetensors.torch import load_file
 
     from tests.integration.test_distributed import LORA, launch_two, metrics, write_config
 
     write_config(tmp_path, tiny_llama, LORA, max_steps=4, eval_max_examples=5)
     runs = {}
-    for name, extra in {"ddp": [], "fsdp": ["train.fsdp=true"]}.items():
+    offload = ["train.fsdp=true", "train.fsdp_cpu_offload=true"]
+    for name, extra in {"ddp": [], "fsdp": ["train.fsdp=true"], "offload": offload}.items():
         r = launch_two(tmp_path, f"train.output_dir={name}", "train.batch_size=2", *extra, gpus=True)
         assert r.returncode == 0, r.stderr[-3000:]
         runs[name] = tmp_path / name
     ddp, fsdp = metrics(runs["ddp"]), metrics(runs["fsdp"])
     assert [r["loss"] for r in fsdp] == pytest.approx([r["loss"] for r in ddp], rel=2e-2)
+    assert [r["loss"] for r in metrics(runs["offload"])] == pytest.approx([r["loss"] for r in ddp], rel=2e-2)
     a = load_file(runs["ddp"] / "final" / "adapter_model.safetensors")
     b = load_file(runs["fsdp"] / "final" / "adapter_model.safetensors")
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}

@@ -25,7 +25,23 @@ def build_accelerator(cfg: RunConfig) -> Any:
     # `accelerate launch --multi_gpu` and torchrun start several processes but do not tell accelerate to use
     # the CPU; without that it would not form a process group (gloo) on a machine without GPUs.
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.train.fsdp_cpu_offload and torch.cuda.is_available() and world > 1:
+        _nccl_and_gloo()
     return Accelerator(mixed_precision=precision, cpu=world > 1 and not torch.cuda.is_available())
+
+
+def _nccl_and_gloo() -> None:
+    """One process group over NCCL for GPU tensors and gloo for CPU ones, set up before accelerate's own.
+
+    With FSDP's CPU offload the shards, their gradient norms and gathered checkpoints are CPU tensors, which
+    NCCL cannot reduce; accelerate only builds such a group for its own FSDP plugin, which we do not use.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="cuda:nccl,cpu:gloo")
 
 
 def check_distributed_type(accelerator: Any) -> None:

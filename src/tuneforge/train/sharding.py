@@ -100,7 +100,9 @@ def shard_from_main(model: M, *, bf16: bool, cpu_offload: bool, device: Any, is_
     set_model_state_dict(model, whole, options=options)
     # Non-persistent buffers (rotary frequencies) are in no state dict; FSDP does not shard buffers.
     for buffer in model.buffers():
-        dist.broadcast(buffer, src=0)
+        on_device = buffer.to(device)  # NCCL carries only GPU tensors (offloaded buffers may sit on CPU)
+        dist.broadcast(on_device, src=0)
+        buffer.copy_(on_device)
     return model
 
 

@@ -98,11 +98,13 @@ def shard_from_main(model: M, *, bf16: bool, cpu_offload: bool, device: Any, is_
         model.to_empty(device="cpu" if cpu_offload else device)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, whole, options=options)
-    # Non-persistent buffers (rotary frequencies) are in no state dict; FSDP does not shard buffers.
-    for buffer in model.buffers():
-        on_device = buffer.to(device)  # NCCL carries only GPU tensors (offloaded buffers may sit on CPU)
-        dist.broadcast(on_device, src=0)
-        buffer.copy_(on_device)
+    # Non-persistent buffers (rotary frequencies) are in no state dict, and FSDP does not shard buffers: send
+    # them whole, and keep them on the compute device (the empty ones were made on the shards' device).
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            on_device = buffer.to(device)
+            dist.broadcast(on_device, src=0)
+            setattr(module, name, on_device)
     return model
 
 

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from tuneforge.artifacts import atomic_dir, read_json, write_json_atomic
 from tuneforge.errors import TuneforgeError
+from tuneforge.train.sharding import is_sharded
 
 COMPLETE = "COMPLETE"
 PREFIX = "step-"
@@ -66,30 +67,26 @@ def _full(**options: Any) -> Any:
     return StateDictOptions(full_state_dict=True, **options)
 
 
-def model_weights(model: torch.nn.Module, *, everything: bool) -> dict[str, torch.Tensor]:
-    """Whole (unsharded) CPU weights: the trainable ones, or all for full fine-tuning.
+def model_state(model: torch.nn.Module, *, adapter_only: bool) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) CPU state dict, buffers and tied names included, as `save_pretrained` takes it.
 
     torch's distributed state-dict API gathers FSDP shards and passes plain and DDP models through, so one
-    checkpoint format serves every way of training. Every process must call it (gathering is collective); with
-    FSDP only the main process gets the tensors back.
+    checkpoint format serves every way of training. With FSDP every process must call it (gathering is
+    collective) and only the main process gets the tensors back.
     """
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    names = [n for n, p in model.named_parameters() if everything or p.requires_grad]  # tied weights once
-    state: Any = get_model_state_dict(
-        model, options=_full(cpu_offload=True, ignore_frozen_params=not everything)
-    )
-    return {n: state[n].contiguous() for n in names if n in state}
-
-
-def model_state(model: torch.nn.Module, *, adapter_only: bool) -> dict[str, torch.Tensor]:
-    """The whole state dict (buffers, tied names) for `save_pretrained`; gathered as in `model_weights`."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     state: Any = get_model_state_dict(
         model, options=_full(cpu_offload=True, ignore_frozen_params=adapter_only)
     )
     return cast(dict[str, torch.Tensor], state)
+
+
+def model_weights(model: torch.nn.Module, *, everything: bool) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of `model_state`: the trainable parameters (all for full fine-tuning)."""
+    names = [n for n, p in model.named_parameters() if everything or p.requires_grad]  # tied weights once
+    state = model_state(model, adapter_only=not everything)
+    return {n: state[n].contiguous() for n in names if n in state}
 
 
 def set_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
@@ -353,10 +350,14 @@ class Checkpointer:
         if self.saved_step == state.step:
             return
         self.saved_step = state.step
-        # Gathered on every process (FSDP shards meet here), written by the main one.
-        weights = model_weights(self.model, everything=self.full_weights)
-        optimizer = _optimizer_state(self.model, self.optimizer)
-        rng = rng_states()
+        # Written by the main process. FSDP shards are gathered by every process; an unsharded model's state
+        # is whole already, so the other processes do not copy it.
+        weights: dict[str, torch.Tensor] = {}
+        optimizer: tuple[dict[str, torch.Tensor], dict[str, Any]] = ({}, {})
+        if self.is_main or is_sharded(self.model):
+            weights = model_weights(self.model, everything=self.full_weights)
+            optimizer = _optimizer_state(self.model, self.optimizer)
+        rng = rng_states()  # every process's own streams
         self.barrier()
         if self.is_main:
             save_checkpoint(

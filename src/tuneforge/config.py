@@ -187,6 +187,9 @@ class TrainConfig(Section):
     whose training does not fit one GPU; needs several processes (accelerate launch)."""
     fsdp_cpu_offload: bool = False
     """With fsdp: keep shards and optimizer state in CPU memory (slower; for when even shards do not fit)."""
+    deepspeed: str | None = None
+    """DeepSpeed ZeRO instead of DDP or FSDP: a preset (zero1, zero2, zero3, zero3-offload) or a DeepSpeed
+    JSON file; batch size, accumulation, clipping and precision come from this section ("auto" there)."""
     eval_every: int = Field(50, ge=0)
     """Validate every N optimizer steps (0: only at the end)."""
     eval_max_examples: int | None = Field(256, ge=1)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -89,10 +89,8 @@ def model_weights(model: torch.nn.Module, *, everything: bool) -> dict[str, torc
     return {n: state[n].contiguous() for n in names if n in state}
 
 
-def set_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
-    """Load whole weights (every process passes the same ones; FSDP keeps each process's shard)."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
+def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse a checkpoint whose weights are not this model's trainable parameters."""
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]
@@ -102,6 +100,13 @@ def set_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], 
             where="method",
             fix="resume with the model and method the run started with",
         )
+
+
+def set_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Load whole weights (every process passes the same ones; FSDP keeps each process's shard)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    check_weights_fit(model, weights, source)
     set_model_state_dict(model, cast(Any, weights), options=_full(strict=False))
 
 
@@ -145,6 +150,58 @@ def _load_optimizer(
                 saved[key] = tuple(saved[key])
     whole: Any = {"state": state, "param_groups": groups}
     set_optimizer_state_dict(model, optimizer, whole, options=_full())
+
+
+class TrainingState(Protocol):
+    """How checkpoints read and write a model's trainable state and its optimizer's.
+
+    `TorchState` serves single-process, DDP and FSDP runs through torch's distributed state-dict API;
+    `zero.ZeroState` serves DeepSpeed. Both write the same checkpoint: whole tensors keyed by parameter name.
+    """
+
+    collective: bool
+    """Every process must take part in reading the state (it is sharded), not only the main one."""
+
+    def weights(self, *, everything: bool) -> dict[str, torch.Tensor]:
+        """The trainable parameters (all of them when `everything`), whole, on the CPU."""
+        ...
+
+    def set_weights(self, weights: dict[str, torch.Tensor], source: Path) -> None: ...
+
+    def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors keyed `<parameter name>.<state key>`, and JSON-able param groups and scalars."""
+        ...
+
+    def set_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None: ...
+
+    def final_state(self, *, adapter_only: bool) -> dict[str, torch.Tensor] | None:
+        """The state dict `save_pretrained` should write (None: the model's own state dict will do)."""
+        ...
+
+
+class TorchState:
+    """A plain, DDP or FSDP model and its torch optimizer."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.collective = is_sharded(model)
+
+    def weights(self, *, everything: bool) -> dict[str, torch.Tensor]:
+        return model_weights(self.model, everything=everything)
+
+    def set_weights(self, weights: dict[str, torch.Tensor], source: Path) -> None:
+        set_model_weights(self.model, weights, source)
+
+    def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return _optimizer_state(self.model, self.optimizer)
+
+    def set_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        _load_optimizer(self.model, self.optimizer, tensors, meta)
+
+    def final_state(self, *, adapter_only: bool) -> dict[str, torch.Tensor] | None:
+        # A sharded model is gathered by every process; an unsharded one saves its own state dict.
+        return model_state(self.model, adapter_only=adapter_only) if self.collective else None
 
 
 def _local_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -257,8 +314,7 @@ def complete_checkpoints(root: Path) -> list[Path]:
 def load_checkpoint(
     path: Path,
     *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    training: TrainingState,
     scheduler: Any,
     scaler: Any = None,
 ) -> TrainState:
@@ -271,17 +327,17 @@ def load_checkpoint(
             where="train.output_dir",
             fix="start the run again (without --resume), or resume it with the tuneforge that started it",
         )
-    set_model_weights(model, load_file(str(path / "weights.safetensors")), path)
-    _load_optimizer(model, optimizer, load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
+    training.set_weights(load_file(str(path / "weights.safetensors")), path)
+    training.set_optimizer_state(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
     return TrainState(**meta["train"])
 
 
-def load_weights(path: Path, model: torch.nn.Module) -> None:
+def load_weights(path: Path, training: TrainingState) -> None:
     """Load only the weights of a checkpoint (to restore the best one at the end)."""
-    set_model_weights(model, load_file(str(path / "weights.safetensors")), path)
+    training.set_weights(load_file(str(path / "weights.safetensors")), path)
 
 
 def rotate(root: Path, keep: int, best_step: int | None) -> list[Path]:
@@ -309,8 +365,7 @@ class Checkpointer:
         self,
         root: Path,
         *,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
+        training: TrainingState,
         scheduler: Any,
         full_weights: bool,
         keep: int,
@@ -319,8 +374,7 @@ class Checkpointer:
         barrier: Callable[[], None] = lambda: None,
     ) -> None:
         self.root = root
-        self.model = model
-        self.optimizer = optimizer
+        self.training = training
         self.scheduler = scheduler
         self.full_weights = full_weights
         self.keep = keep
@@ -339,9 +393,7 @@ class Checkpointer:
         latest = self.latest()
         if latest is None:
             return None
-        state = load_checkpoint(
-            latest, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
-        )
+        state = load_checkpoint(latest, training=self.training, scheduler=self.scheduler, scaler=self.scaler)
         self.saved_step = state.step
         self.resumed_from = latest
         return state
@@ -350,13 +402,13 @@ class Checkpointer:
         if self.saved_step == state.step:
             return
         self.saved_step = state.step
-        # Written by the main process. FSDP shards are gathered by every process; an unsharded model's state
-        # is whole already, so the other processes do not copy it.
+        # Written by the main process. Sharded state (FSDP, DeepSpeed) is gathered by every process; an
+        # unsharded model's state is whole already, so the other processes do not copy it.
         weights: dict[str, torch.Tensor] = {}
         optimizer: tuple[dict[str, torch.Tensor], dict[str, Any]] = ({}, {})
-        if self.is_main or is_sharded(self.model):
-            weights = model_weights(self.model, everything=self.full_weights)
-            optimizer = _optimizer_state(self.model, self.optimizer)
+        if self.is_main or self.training.collective:
+            weights = self.training.weights(everything=self.full_weights)
+            optimizer = self.training.optimizer_state()
         rng = rng_states()  # every process's own streams
         self.barrier()
         if self.is_main:

@@ -45,9 +45,10 @@ def _nccl_and_gloo() -> None:
 
 
 def check_distributed_type(accelerator: Any) -> None:
-    """Refuse accelerate's own FSDP and DeepSpeed: tuneforge shards the model itself (`train.fsdp`).
+    """Refuse accelerate's own FSDP and DeepSpeed modes: tuneforge shards the model itself (`train.fsdp`,
+    `train.deepspeed`).
 
-    accelerate's FSDP plugin would wrap the model a second time; DeepSpeed steps the optimizer inside
+    accelerate's FSDP plugin would wrap the model a second time; its DeepSpeed mode steps the optimizer inside
     `backward`, which bypasses the loop's NaN guard, gradient accumulation and exact-resume checkpoints.
     """
     kind = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
@@ -55,6 +56,6 @@ def check_distributed_type(accelerator: Any) -> None:
         raise TuneforgeError(
             f"accelerate's {kind} mode is not used by tuneforge, which shards the model itself",
             where="the accelerate config (distributed_type)",
-            fix="launch with configs/accelerate/multi-gpu.yaml and set train.fsdp: true for sharded "
-            "training (the equivalent of DeepSpeed ZeRO-3; train.fsdp_cpu_offload: true for ZeRO-Offload)",
+            fix="launch with configs/accelerate/multi-gpu.yaml and set train.deepspeed (a preset such as "
+            "zero2 or zero3, or your DeepSpeed JSON) or train.fsdp: true for sharded training",
         )

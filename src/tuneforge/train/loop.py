@@ -33,6 +33,7 @@ from tuneforge.train.batches import collate, epoch_order, input_positions, micro
 from tuneforge.train.checkpoint import TrainState
 from tuneforge.train.encode import IGNORE, Example
 from tuneforge.train.sharding import as_float
+from tuneforge.train.zero import ZeroStep
 
 # Validation metrics where smaller is better (early stopping and the best checkpoint); any other is maximised.
 LOWER_IS_BETTER = frozenset({"loss", "perplexity", "mse", "mae", "rmse"})
@@ -95,8 +96,10 @@ class Loop:
         seed: int,
         pad_id: int,
         class_weights: torch.Tensor | None = None,
+        zero: ZeroStep | None = None,
     ) -> None:
         self.acc = accelerator
+        self.zero = zero
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -133,26 +136,44 @@ class Loop:
             for idx in self._step_batches(state.step)
         ]
         local_targets = sum(target_count(b) for b in batches)
-        # Every process divides by the global target count; DDP then averages gradients over processes,
-        # so we scale by the process count to get the true global mean.
+        # Every process divides by the global target count; DDP (and ZeRO) then average gradients over
+        # processes, so we scale by the process count to get the true global mean.
         global_targets = int(self.acc.reduce(torch.tensor(local_targets, device=device), "sum").item())
         scale = self.acc.num_processes / max(global_targets, 1)
         total = torch.zeros((), device=device)
+        backward = self.acc.backward if self.zero is None else self.zero.backward
         for i, batch in enumerate(batches):
-            sync = i == len(batches) - 1
+            # DDP reduces gradients after the last micro-batch only; DeepSpeed reduces them in its step.
+            sync = i == len(batches) - 1 or self.zero is not None
             ctx = self.acc.no_sync(self.model) if not sync else contextlib.nullcontext()
             with ctx, self.acc.autocast():
                 loss_sum, _ = batch_loss(self.model, batch, self.task, self.class_weights)
-                self.acc.backward(loss_sum * scale)
+                backward(loss_sum * scale)
             total += loss_sum.detach()
         loss = float(self.acc.reduce(total, "sum").item()) / max(global_targets, 1)
+        if self.zero is not None:
+            # DeepSpeed clips, checks for inf/NaN (then skips the update), steps and zeroes the gradients.
+            grad_norm, applied = self.zero.update()
+            skipped = not applied
+            bad = skipped or not math.isfinite(loss)
+        else:
+            grad_norm, skipped, bad = self._update(loss)
+        self.scheduler.step()  # even after a skip: see the module docstring
+        # Tokens of the whole global batch, so metrics.jsonl reads the same whatever the process count.
+        local_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        tokens = int(self.acc.reduce(torch.tensor(local_tokens, device=device), "sum").item())
+        return StepResult(
+            loss=loss, grad_norm=grad_norm, targets=global_targets, tokens=tokens, skipped=skipped, bad=bad
+        )
+
+    def _update(self, loss: float) -> tuple[float, bool, bool]:
+        """Clip and step (unless the loss or gradient is inf/NaN); the gradient norm, skipped and bad."""
         if self.max_grad_norm is not None:
             grad_norm = as_float(self.acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
         else:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             grad_norm = as_float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-        scaler = getattr(self.acc, "scaler", None)
-        if scaler is None:
+        if getattr(self.acc, "scaler", None) is None:
             bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
             if not bad:
                 self.optimizer.step()
@@ -164,14 +185,8 @@ class Loop:
             self.optimizer.step()
             skipped = bool(self.acc.optimizer_step_was_skipped)
             bad = not math.isfinite(loss)
-        self.scheduler.step()  # even after a skip: see the module docstring
         self.optimizer.zero_grad(set_to_none=True)
-        # Tokens of the whole global batch, so metrics.jsonl reads the same whatever the process count.
-        local_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-        tokens = int(self.acc.reduce(torch.tensor(local_tokens, device=device), "sum").item())
-        return StepResult(
-            loss=loss, grad_norm=grad_norm, targets=global_targets, tokens=tokens, skipped=skipped, bad=bad
-        )
+        return grad_norm, skipped, bad
 
     def agree(self, flag: bool) -> bool:
         """True on every process when it is true on any (so all processes stop at the same step)."""

@@ -65,10 +65,11 @@ def train(
 
     from tuneforge.train.checkpoint import (
         Checkpointer,
+        TorchState,
+        TrainingState,
         TrainState,
         checkpoint_name,
         load_weights,
-        model_state,
         restore_rng,
     )
     from tuneforge.train.encode import LazyExamples, encode_for_task, encoder, has_targets
@@ -78,6 +79,14 @@ def train(
     from tuneforge.train.schedule import build_scheduler
     from tuneforge.train.sharding import is_sharded, shard_from_main
     from tuneforge.train.tracking import Trackers, check_sinks, environment, truncate_metrics
+    from tuneforge.train.zero import (
+        ZeroState,
+        ZeroStep,
+        check_installed,
+        deepspeed_config,
+        ensure_process_group,
+        initialize,
+    )
 
     source = source or ConfigSource(None)
     check_sinks(list(cfg.train.log_to))
@@ -86,6 +95,15 @@ def train(
     accelerator = build_accelerator(cfg)
     check_distributed_type(accelerator)
     check_fsdp(cfg, accelerator.num_processes, source.where)
+    ds = None
+    if cfg.train.deepspeed is not None:
+        ds = deepspeed_config(
+            cfg,
+            processes=accelerator.num_processes,
+            precision=accelerator.mixed_precision,
+            where=source.where,
+        )
+        check_installed()
     # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
     with accelerator.main_process_first():
         dataset = prepare_dataset(cfg.data, model=cfg.model)
@@ -153,7 +171,14 @@ def train(
             else RunDir(Path(cfg.train.output_dir))
         )
 
-    if cfg.train.fsdp:
+    zero = None
+    if ds is not None:
+        # DeepSpeed replaces DDP: its engine partitions the optimizer built here; the scheduler stays ours.
+        ensure_process_group()
+        optimizer = build_optimizer(model, cfg)
+        model = initialize(model, optimizer, ds)
+        zero = ZeroStep(model)
+    elif cfg.train.fsdp:
         # FSDP replaces DDP: shard first, then build the optimizer over the shards.
         model = shard_from_main(
             model,
@@ -181,6 +206,7 @@ def train(
         seed=cfg.train.seed,
         pad_id=int(tokenizer.pad_token_id),
         class_weights=weights,
+        zero=zero,
     )
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * loop.steps_per_epoch)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
@@ -188,10 +214,14 @@ def train(
 
     full_weights = not getattr(method, "SAVES_ADAPTER", True)
     unwrapped = accelerator.unwrap_model(model)
+    training: TrainingState = (
+        ZeroState(model, is_main=accelerator.is_main_process)
+        if ds is not None
+        else TorchState(unwrapped, getattr(optimizer, "optimizer", optimizer))  # torch's, not accelerate's
+    )
     checkpoints = Checkpointer(
         run.checkpoints,
-        model=unwrapped,
-        optimizer=getattr(optimizer, "optimizer", optimizer),  # torch's own, not accelerate's wrapper
+        training=training,
         scheduler=scheduler,
         full_weights=full_weights,
         keep=cfg.train.keep_checkpoints,
@@ -219,8 +249,9 @@ def train(
             "train": len(train_examples),
             "validation": len(val_examples),
         },
-        # FSDP: parameters, gradients and optimizer state are split over the processes.
-        "sharded": is_sharded(unwrapped),
+        # FSDP or DeepSpeed: parameters, gradients and/or optimizer state are split over the processes.
+        "sharded": is_sharded(unwrapped) or ds is not None,
+        "deepspeed": ds,
         "total_steps": total_steps,
         "steps_per_epoch": loop.steps_per_epoch,
         "seed": cfg.train.seed,
@@ -286,9 +317,9 @@ def train(
 
     best = state.best_step
     if best is not None and best != state.step:
-        load_weights(run.checkpoints / checkpoint_name(best), unwrapped)  # rotation always keeps the best
+        load_weights(run.checkpoints / checkpoint_name(best), training)  # rotation always keeps the best
     # A sharded model is gathered by every process; the main one saves it.
-    whole = model_state(unwrapped, adapter_only=not full_weights) if is_sharded(unwrapped) else None
+    whole = training.final_state(adapter_only=not full_weights)
     # Each process's peak (they differ under FSDP, where only the main process loads the whole model).
     peak = torch.tensor([peak_memory_bytes()], device=accelerator.device)
     peaks = [int(x) for x in accelerator.gather(peak)]

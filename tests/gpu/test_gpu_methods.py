@@ -130,3 +130,34 @@ def test_fsdp_on_two_gpus_matches_ddp(tmp_path: Path, tiny_llama: Path) -> None:
     a = load_file(runs["ddp"] / "final" / "adapter_model.safetensors")
     b = load_file(runs["fsdp"] / "final" / "adapter_model.safetensors")
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_deepspeed_on_two_gpus_matches_ddp_in_bf16_and_resumes(tmp_path: Path, tiny_llama: Path) -> None:
+    """ZeRO-2 and ZeRO-3 (+ offload) on NCCL in bf16: DDP's losses within bf16 noise, and an exact resume
+    (the fp32 master weights, not the bf16 working copy, are what a checkpoint keeps)."""
+    from tests.integration.test_distributed import (
+        LORA,
+        assert_resumes_exactly_from_step_2,
+        launch_two,
+        metrics,
+        write_config,
+    )
+
+    write_config(tmp_path, tiny_llama, LORA, max_steps=4, eval_max_examples=5)
+    ddp = launch_two(tmp_path, "train.output_dir=ddp", "train.batch_size=2", gpus=True)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    for preset in ("zero2", "zero3", "zero3-offload"):
+        r = launch_two(
+            tmp_path,
+            f"train.output_dir={preset}",
+            "train.batch_size=2",
+            f"train.deepspeed={preset}",
+            gpus=True,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        losses = [row["loss"] for row in metrics(tmp_path / preset)]
+        assert losses == pytest.approx([row["loss"] for row in metrics(tmp_path / "ddp")], rel=2e-2)
+    assert_resumes_exactly_from_step_2(
+        tmp_path, tmp_path / "zero3", "adapter_model.safetensors", "train.deepspeed=zero3", gpus=True
+    )

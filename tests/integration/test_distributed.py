@@ -116,7 +116,8 @@ EXPECTED_TYPE = {"multi-gpu.yaml": "MULTI_GPU"}
 
 
 def test_accelerate_sharding_modes_are_refused_with_a_way_out() -> None:
-    """accelerate's FSDP and DeepSpeed modes would wrap the model, or step the optimizer behind the loop."""
+    """accelerate's FSDP and DeepSpeed modes would wrap the model, or step the optimizer behind the loop;
+    the message points to tuneforge's own (train.deepspeed, train.fsdp)."""
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -126,9 +127,9 @@ def test_accelerate_sharding_modes_are_refused_with_a_way_out() -> None:
 
     check_distributed_type(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))
     for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(TuneforgeError, match=r"multi-gpu\.yaml and set train\.fsdp: true") as err:
+        with pytest.raises(TuneforgeError, match=r"multi-gpu\.yaml and set train\.deepspeed") as err:
             check_distributed_type(SimpleNamespace(distributed_type=kind))
-        assert kind.value in str(err.value)
+        assert kind.value in str(err.value) and "train.fsdp: true" in str(err.value)
 
 
 def test_every_accelerate_config_is_covered() -> None:
@@ -214,6 +215,63 @@ def test_fsdp_matches_one_process_and_resumes_exactly(
     assert_resumes_exactly_from_step_2(tmp_path, fsdp_dir, final_file, "train.fsdp=true")
 
 
+@pytest.mark.parametrize(
+    ("preset", "task", "method", "final_file"),
+    [
+        ("zero2", "causal-lm", LORA, "adapter_model.safetensors"),
+        ("zero3", "causal-lm", {"name": "full"}, "model.safetensors"),
+        ("zero3-offload", "classification", LORA, "adapter_model.safetensors"),
+    ],
+    ids=["zero2-lora", "zero3-full", "zero3-offload-lora-classifier"],
+)
+def test_deepspeed_matches_one_process_and_resumes_exactly(
+    tmp_path: Path, tiny_llama: Path, cli, preset: str, task: str, method: dict, final_file: str
+) -> None:
+    """DeepSpeed ZeRO over 2 processes trains what 1 process does; its checkpoints are the same safetensors
+    (whole tensors named as one process names them) and a resume under DeepSpeed ends bit-identical."""
+    import torch
+    from safetensors.torch import load_file
+
+    lr = 0.05 if method["name"] == "lora" else 0.002
+    write_config(tmp_path, tiny_llama, method, task, max_steps=4, eval_max_examples=5, learning_rate=lr)
+    one = cli("train", "cfg.yaml", "train.output_dir=one", "train.batch_size=4")
+    assert one.returncode == 0, one.stderr
+    zero = launch_two(tmp_path, "train.output_dir=zero", "train.batch_size=2", f"train.deepspeed={preset}")
+    assert zero.returncode == 0, zero.stderr[-3000:]
+
+    one_dir, zero_dir = tmp_path / "one", tmp_path / "zero"
+    manifest = json.loads((zero_dir / "manifest.json").read_text())
+    assert manifest["sharded"] is True
+    assert manifest["deepspeed"]["zero_optimization"]["stage"] == (2 if preset == "zero2" else 3)
+    # Filled in from the run config: 2 per process x 2 micro-batches x 2 processes.
+    assert manifest["deepspeed"]["train_batch_size"] == 8
+    assert manifest["deepspeed"]["managed_gradient_accumulation"] is False
+    rows1, rows2 = metrics(one_dir), metrics(zero_dir)
+    assert [(r["step"], r.get("split")) for r in rows2] == [(r["step"], r.get("split")) for r in rows1]
+    for a, b in zip(rows1, rows2, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
+        if "grad_norm" in a:
+            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+            assert b["lr"] == pytest.approx(a["lr"], rel=1e-9)  # our schedule drives DeepSpeed's optimizer
+    losses = [r["loss"] for r in rows1 if "split" not in r]
+    assert len(set(losses)) == len(losses) >= 3
+
+    w1 = load_file(one_dir / "final" / final_file)
+    w2 = load_file(zero_dir / "final" / final_file)
+    assert sorted(w1) == sorted(w2)
+    for k in w1:
+        assert w2[k].shape == w1[k].shape, k
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-3 * lr)
+    for name in ("weights", "optimizer"):
+        c1 = load_file(one_dir / "checkpoints" / "step-00000002" / f"{name}.safetensors")
+        c2 = load_file(zero_dir / "checkpoints" / "step-00000002" / f"{name}.safetensors")
+        assert {k: v.shape for k, v in c2.items()} == {k: v.shape for k, v in c1.items()}
+        for k in c1:
+            torch.testing.assert_close(c2[k], c1[k], rtol=1e-3, atol=1e-3 * lr)
+
+    assert_resumes_exactly_from_step_2(tmp_path, zero_dir, final_file, f"train.deepspeed={preset}")
+
+
 def test_two_processes_with_dropout_resume_exactly(tmp_path: Path, tiny_llama: Path) -> None:
     """Each process draws its own dropout masks; a resume gives each process its own random streams back."""
     import torch
@@ -229,7 +287,9 @@ def test_two_processes_with_dropout_resume_exactly(tmp_path: Path, tiny_llama: P
     )
 
 
-def assert_resumes_exactly_from_step_2(tmp_path: Path, run_dir: Path, final_file: str, *args: str) -> None:
+def assert_resumes_exactly_from_step_2(
+    tmp_path: Path, run_dir: Path, final_file: str, *args: str, gpus: bool = False
+) -> None:
     """Cut a finished 4-step run back to its step-2 checkpoint, resume it, and expect the same run."""
     import torch
     from safetensors.torch import load_file
@@ -238,7 +298,9 @@ def assert_resumes_exactly_from_step_2(tmp_path: Path, run_dir: Path, final_file
     shutil.copytree(run_dir, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step-00000004")
     shutil.rmtree(resumed / "final")
-    again = launch_two(tmp_path, "train.output_dir=resumed", "train.batch_size=2", *args, "--resume")
+    again = launch_two(
+        tmp_path, "train.output_dir=resumed", "train.batch_size=2", *args, "--resume", gpus=gpus
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stderr and "step-00000002" in again.stderr
 

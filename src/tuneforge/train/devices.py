@@ -11,6 +11,11 @@ from tuneforge.errors import TuneforgeError
 
 def build_accelerator(cfg: RunConfig) -> Any:
     import torch
+
+    if not torch.cuda.is_available():
+        # accelerate imports DeepSpeed when it is installed; tell DeepSpeed it is on the CPU so it does not
+        # warn that it had to guess.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from accelerate import Accelerator
 
     precision = cfg.train.mixed_precision

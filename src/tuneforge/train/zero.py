@@ -161,6 +161,14 @@ def deepspeed_config(
             where=_where_file(path, "zero_optimization.compute_grad_norm"),
             fix="remove compute_grad_norm from the DeepSpeed config",
         )
+    for part in ("offload_optimizer", "offload_param"):
+        if str((zero.get(part) or {}).get("device", "none")) == "nvme":
+            raise TuneforgeError(
+                f"zero_optimization.{part} to nvme (ZeRO-Infinity) is not supported by tuneforge's "
+                "checkpoints",
+                where=_where_file(path, f"zero_optimization.{part}.device"),
+                fix='offload to "cpu" instead (the zero3-offload preset)',
+            )
     ds["zero_optimization"] = zero
     if offloads_optimizer(ds):
         # torch's AdamW on the offloaded state, not DeepSpeed's faster CPU Adam: that one caches beta^step in
@@ -235,12 +243,11 @@ def ensure_process_group() -> None:
         port = s.getsockname()[1]
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed asks for it, as a launcher would set it
 
 
 def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds: dict[str, Any]) -> Any:
     """Wrap `model` and `optimizer` in a DeepSpeed engine (the scheduler stays ours, on `optimizer`)."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # says so instead of warning that it guessed
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

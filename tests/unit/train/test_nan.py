@@ -120,3 +120,34 @@ def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(
     train(cfg, resume=True)  # the kept checkpoint resumes
     assert run.manifest["status"] == "completed"
     assert run.manifest["resumed_from_step"] == 4
+
+
+@pytest.fixture
+def own_process_group(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A DeepSpeed run in this process makes a one-process group; take it down after the test."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)  # restored (removed) after the test
+    yield
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_under_deepspeed_bad_steps_are_skipped_and_counted_too(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch, own_process_group: None
+) -> None:
+    """DeepSpeed steps inside its engine; its overflow check skips the update and the loop counts it."""
+    pytest.importorskip("deepspeed")
+    seen = poison(monkeypatch, loss_at={3}, grad_at={5})
+    run = train(make_config(tmp_path, tiny_llama, {"train.deepspeed": "zero2"}))
+
+    rows = [r for r in run.metrics() if "split" not in r]
+    assert [r["step"] for r in rows if r["skipped"]] == [3, 5]
+    assert math.isnan(rows[2]["loss"])
+    assert math.isfinite(rows[4]["loss"]) and not math.isfinite(rows[4]["grad_norm"])
+    assert all(math.isfinite(r["grad_norm"]) for r in rows if not r["skipped"])
+    assert run.manifest["skipped_steps"] == 2 and run.manifest["status"] == "completed"
+    assert run.manifest["deepspeed"]["zero_optimization"]["stage"] == 2
+    assert same(seen[3], seen[4]) and same(seen[5], seen[6])
+    assert not same(seen[2], seen[3]) and not same(seen[4], seen[5])
+    assert [r["lr"] for r in rows] == pytest.approx([expected_lr(s) for s in range(1, 15)], rel=1e-9)

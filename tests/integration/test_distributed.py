@@ -175,9 +175,6 @@ def test_fsdp_matches_one_process_and_resumes_exactly(
 ) -> None:
     """FSDP over 2 processes trains what 1 process does (only the main one reads the model; the others get
     their shards from it); its checkpoints are whole and resume bit-exactly."""
-    import torch
-    from safetensors.torch import load_file
-
     lr = 0.05 if method["name"] == "lora" else 0.002
     # 5 validation examples over 2 processes of batch 2: one process has a batch fewer, and must still run it.
     write_config(tmp_path, tiny_llama, method, task, max_steps=4, eval_max_examples=5, learning_rate=lr)
@@ -189,27 +186,7 @@ def test_fsdp_matches_one_process_and_resumes_exactly(
     one_dir, fsdp_dir = tmp_path / "one", tmp_path / "fsdp"
     assert json.loads((fsdp_dir / "manifest.json").read_text())["sharded"] is True
     assert json.loads((one_dir / "manifest.json").read_text())["sharded"] is False
-    rows1, rows2 = metrics(one_dir), metrics(fsdp_dir)
-    assert [(r["step"], r.get("split")) for r in rows2] == [(r["step"], r.get("split")) for r in rows1]
-    for a, b in zip(rows1, rows2, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
-        if "grad_norm" in a:
-            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-    # Every step changed the weights, so equal losses are not just two untouched models.
-    losses = [r["loss"] for r in rows1 if "split" not in r]
-    assert len(set(losses)) == len(losses) >= 3
-
-    w1 = load_file(one_dir / "final" / final_file)
-    w2 = load_file(fsdp_dir / "final" / final_file)
-    assert sorted(w1) == sorted(w2)  # whole tensors, not one process's shard
-    for k in w1:
-        assert w2[k].shape == w1[k].shape, k
-        # Adam turns float noise in a near-zero gradient into a step of up to lr: allow a thousandth of it.
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-3 * lr)
-    # The checkpoints hold whole tensors too (the same names and shapes as a single process writes).
-    c1 = load_file(one_dir / "checkpoints" / "step-00000002" / "optimizer.safetensors")
-    c2 = load_file(fsdp_dir / "checkpoints" / "step-00000002" / "optimizer.safetensors")
-    assert {k: v.shape for k, v in c2.items()} == {k: v.shape for k, v in c1.items()}
+    assert_trains_like_one_process(one_dir, fsdp_dir, final_file, lr)
 
     # Resume from step 2 under FSDP: it ends bit-identical.
     assert_resumes_exactly_from_step_2(tmp_path, fsdp_dir, final_file, "train.fsdp=true")
@@ -229,9 +206,6 @@ def test_deepspeed_matches_one_process_and_resumes_exactly(
 ) -> None:
     """DeepSpeed ZeRO over 2 processes trains what 1 process does; its checkpoints are the same safetensors
     (whole tensors named as one process names them) and a resume under DeepSpeed ends bit-identical."""
-    import torch
-    from safetensors.torch import load_file
-
     lr = 0.05 if method["name"] == "lora" else 0.002
     write_config(tmp_path, tiny_llama, method, task, max_steps=4, eval_max_examples=5, learning_rate=lr)
     one = cli("train", "cfg.yaml", "train.output_dir=one", "train.batch_size=4")
@@ -246,30 +220,39 @@ def test_deepspeed_matches_one_process_and_resumes_exactly(
     # Filled in from the run config: 2 per process x 2 micro-batches x 2 processes.
     assert manifest["deepspeed"]["train_batch_size"] == 8
     assert manifest["deepspeed"]["managed_gradient_accumulation"] is False
-    rows1, rows2 = metrics(one_dir), metrics(zero_dir)
+    assert_trains_like_one_process(one_dir, zero_dir, final_file, lr)
+
+    assert_resumes_exactly_from_step_2(tmp_path, zero_dir, final_file, f"train.deepspeed={preset}")
+
+
+def assert_trains_like_one_process(one_dir: Path, other_dir: Path, final_file: str, lr: float) -> None:
+    """The same metrics rows, final weights and checkpoint tensors (whole, same names) as one process."""
+    import torch
+    from safetensors.torch import load_file
+
+    rows1, rows2 = metrics(one_dir), metrics(other_dir)
     assert [(r["step"], r.get("split")) for r in rows2] == [(r["step"], r.get("split")) for r in rows1]
     for a, b in zip(rows1, rows2, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
         if "grad_norm" in a:
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-            assert b["lr"] == pytest.approx(a["lr"], rel=1e-9)  # our schedule drives DeepSpeed's optimizer
+            assert b["lr"] == pytest.approx(a["lr"], rel=1e-9)
+    # Every step changed the weights, so equal losses are not just two untouched models.
     losses = [r["loss"] for r in rows1 if "split" not in r]
     assert len(set(losses)) == len(losses) >= 3
 
-    w1 = load_file(one_dir / "final" / final_file)
-    w2 = load_file(zero_dir / "final" / final_file)
-    assert sorted(w1) == sorted(w2)
-    for k in w1:
-        assert w2[k].shape == w1[k].shape, k
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-3 * lr)
+    # Whole tensors (not one process's shard). Adam turns float noise in a near-zero gradient into a step of
+    # up to lr: allow a thousandth of it.
+    pairs = [(one_dir / "final" / final_file, other_dir / "final" / final_file)]
     for name in ("weights", "optimizer"):
-        c1 = load_file(one_dir / "checkpoints" / "step-00000002" / f"{name}.safetensors")
-        c2 = load_file(zero_dir / "checkpoints" / "step-00000002" / f"{name}.safetensors")
-        assert {k: v.shape for k, v in c2.items()} == {k: v.shape for k, v in c1.items()}
-        for k in c1:
-            torch.testing.assert_close(c2[k], c1[k], rtol=1e-3, atol=1e-3 * lr)
-
-    assert_resumes_exactly_from_step_2(tmp_path, zero_dir, final_file, f"train.deepspeed={preset}")
+        pairs.append(
+            tuple(d / "checkpoints" / "step-00000002" / f"{name}.safetensors" for d in (one_dir, other_dir))
+        )
+    for path1, path2 in pairs:
+        t1, t2 = load_file(path1), load_file(path2)
+        assert {k: v.shape for k, v in t2.items()} == {k: v.shape for k, v in t1.items()}, path2
+        for k in t1:
+            torch.testing.assert_close(t2[k], t1[k], rtol=1e-3, atol=1e-3 * lr)
 
 
 def test_two_processes_with_dropout_resume_exactly(tmp_path: Path, tiny_llama: Path) -> None:

@@ -243,7 +243,6 @@ def ensure_process_group() -> None:
         port = s.getsockname()[1]
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed asks for it, as a launcher would set it
 
 
 def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds: dict[str, Any]) -> Any:
@@ -251,7 +250,16 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds: dic
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=copy.deepcopy(ds))
+    # DeepSpeed asks for LOCAL_RANK, which a launcher sets; one process started without one gets it for the
+    # call only, so it does not leak into processes this one starts later.
+    own_rank = "LOCAL_RANK" not in os.environ
+    if own_rank:
+        os.environ["LOCAL_RANK"] = "0"
+    try:
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=copy.deepcopy(ds))
+    finally:
+        if own_rank:
+            del os.environ["LOCAL_RANK"]
     managed = getattr(engine, "managed_gradient_accumulation", None)
     if managed is None or managed():
         raise TuneforgeError(

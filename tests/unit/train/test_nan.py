@@ -7,6 +7,7 @@ backward pass through a gradient hook on the logits (finite loss, NaN gradients)
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -123,9 +124,8 @@ def test_too_many_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(
 
 
 @pytest.fixture
-def own_process_group(monkeypatch: pytest.MonkeyPatch) -> Any:
+def own_process_group() -> Any:
     """A DeepSpeed run in this process makes a one-process group; take it down after the test."""
-    monkeypatch.delenv("LOCAL_RANK", raising=False)  # restored (removed) after the test
     yield
     import torch.distributed as dist
 
@@ -140,6 +140,9 @@ def test_under_deepspeed_bad_steps_are_skipped_and_counted_too(
     pytest.importorskip("deepspeed")
     seen = poison(monkeypatch, loss_at={3}, grad_at={5})
     run = train(make_config(tmp_path, tiny_llama, {"train.deepspeed": "zero2"}))
+    assert (
+        "LOCAL_RANK" not in os.environ
+    )  # set for DeepSpeed's start only: later subprocesses must not see it
 
     rows = [r for r in run.metrics() if "split" not in r]
     assert [r["step"] for r in rows if r["skipped"]] == [3, 5]

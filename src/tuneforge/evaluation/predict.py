@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from tuneforge.train.batches import collate, input_positions
-from tuneforge.train.encode import IGNORE, encode_chat, to_messages
+from tuneforge.models.collate import collate, input_positions
+from tuneforge.models.encode import IGNORE, encode_chat, to_messages
 
 
 @torch.no_grad()

@@ -11,8 +11,8 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.metrics import classification_metrics, regression_metrics
 from tuneforge.evaluation.predict import head_predictions, lm_loss, score_labels
 from tuneforge.models import load_model, load_tokenizer
+from tuneforge.models.encode import encode_for_task
 from tuneforge.train import reload_config
-from tuneforge.train.encode import encode_for_task
 
 
 def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 
 from tuneforge.config import TrainConfig
 from tuneforge.errors import TuneforgeError
-from tuneforge.train.batches import collate, epoch_order, input_positions, micro_batches, target_count
+from tuneforge.models.collate import collate, input_positions, target_count
+from tuneforge.models.encode import IGNORE, Example
+from tuneforge.train.batches import epoch_order, micro_batches
 from tuneforge.train.checkpoint import TrainState
-from tuneforge.train.encode import IGNORE, Example
 from tuneforge.train.sharding import as_float
 from tuneforge.train.zero import ZeroStep
 

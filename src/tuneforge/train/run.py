@@ -63,6 +63,7 @@ def train(
     import torch
     from accelerate.utils import set_seed
 
+    from tuneforge.models.encode import LazyExamples, encode_for_task, encoder, has_targets
     from tuneforge.train.checkpoint import (
         Checkpointer,
         TorchState,
@@ -72,7 +73,6 @@ def train(
         load_weights,
         restore_rng,
     )
-    from tuneforge.train.encode import LazyExamples, encode_for_task, encoder, has_targets
     from tuneforge.train.loop import Loop, StopSignals, fit
     from tuneforge.train.plot import plot_loss
     from tuneforge.train.progress import TrainProgress, peak_memory_bytes

@@ -18,7 +18,7 @@ from tuneforge.evaluation.predict import (
     score_labels,
 )
 from tuneforge.models import load_model, load_tokenizer
-from tuneforge.train.encode import encode_chat, to_messages
+from tuneforge.models.encode import encode_chat, to_messages
 
 TEMPLATE = "Classify: {labels}\nText: {text}\nAnswer."
 TEXTS = ["good", "a much longer text that needs left padding in the batch", "bad day", "ok", "meh meh"]

@@ -30,7 +30,7 @@ def test_some_answers_cut_off_are_counted_in_the_manifest(tmp_path: Path, tiny_l
     from tuneforge.config import ModelConfig
     from tuneforge.data import prepare_dataset
     from tuneforge.models import load_tokenizer
-    from tuneforge.train.encode import IGNORE, encode_chat, to_messages
+    from tuneforge.models.encode import IGNORE, encode_chat, to_messages
 
     probe = make_config(tmp_path, tiny_llama, {"data.max_tokens": 1000})
     dataset: DatasetDir = prepare_dataset(probe.data, model=probe.model)

@@ -12,8 +12,8 @@ from tests.tiny import TOKENIZER
 from tuneforge.config import ModelConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_tokenizer
-from tuneforge.train.batches import input_positions
-from tuneforge.train.encode import IGNORE, encode_chat, encode_for_task, pack_text
+from tuneforge.models.collate import input_positions
+from tuneforge.models.encode import IGNORE, encode_chat, encode_for_task, pack_text
 
 X = IGNORE
 CONVERSATION = [
@@ -187,7 +187,7 @@ def test_input_positions_drops_virtual_token_logits() -> None:
 
 
 def test_offset_path_equals_tokenizing_every_prefix(tok) -> None:  # type: ignore[no-untyped-def]
-    from tuneforge.train.encode import _encode_chat_by_prefix_tokens
+    from tuneforge.models.encode import _encode_chat_by_prefix_tokens
 
     conversations = [
         CONVERSATION,
@@ -202,7 +202,7 @@ def test_offset_path_equals_tokenizing_every_prefix(tok) -> None:  # type: ignor
 
 
 def test_lazy_examples_encode_on_first_use_and_count_cut_off_answers(tok) -> None:  # type: ignore[no-untyped-def]
-    from tuneforge.train.encode import LazyExamples, encoder
+    from tuneforge.models.encode import LazyExamples, encoder
 
     records = [
         {"instruction": "hi", "output": "ok"},

@@ -7,6 +7,7 @@ file or directory behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -94,19 +95,114 @@ def fsync_tree(root: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
+# Every folder atomic_dir publishes carries this marker: its kind and the entries tuneforge wrote. Only a
+# folder whose marker names the same kind, and that holds nothing else, may be replaced, so pointing an output
+# at a folder of one's own (or at the folder holding the input) is refused instead of deleting it.
+MARKER = ".tuneforge"
+# Datasets written before the marker existed are recognised by their manifest kind and their file names.
+_LEGACY_ENTRIES = {
+    "tuneforge.dataset": {
+        MANIFEST,
+        "train.jsonl",
+        "validation.jsonl",
+        "test.jsonl",
+        "rejected.jsonl",
+        "report.md",
+        "report.html",
+    },
+}
+
+
+def _owned_entries(path: Path, kind: str) -> set[str] | None:
+    """The entries tuneforge wrote into `path` as a folder of `kind`, or None if it is not provably one."""
+    try:
+        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        marker = None
+    if isinstance(marker, dict):
+        entries = marker.get("entries")
+        if marker.get("kind") == kind and isinstance(entries, list):
+            return {str(e) for e in entries} | {MARKER}
+        return None
+    if kind in _LEGACY_ENTRIES:
+        try:
+            legacy_kind = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return _LEGACY_ENTRIES[kind] if legacy_kind == kind else None
+    return None
+
+
+def check_replaceable(final: Path, kind: str) -> None:
+    """Refuse to replace `final` unless it is absent, or a `kind` folder tuneforge made with nothing added."""
+    final = Path(os.path.abspath(final))
+    cwd = Path(os.path.abspath(Path.cwd()))
+    if final == cwd or final in cwd.parents:
+        raise TuneforgeError(
+            f"{final} is the current folder or one above it; it cannot be an output folder",
+            fix="choose an output path of its own, e.g. a new sub-folder",
+        )
+    if not final.exists() and not final.is_symlink():
+        return
+    fix = "choose another output path, or remove the folder yourself if you no longer need it"
+    if final.is_symlink() or not final.is_dir():
+        raise TuneforgeError(
+            f"{final} exists and is not a folder tuneforge made; it is left as it is", fix=fix
+        )
+    owned = _owned_entries(final, kind)
+    if owned is None:
+        raise TuneforgeError(
+            f"{final} exists and is not a {kind} folder made by tuneforge; it is left as it is", fix=fix
+        )
+    foreign = sorted(p.name for p in final.iterdir() if p.name not in owned)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise TuneforgeError(
+            f"{final} holds files tuneforge did not write ({shown}); it is left as it is", fix=fix
+        )
+
+
+def _write_marker(tmp: Path, kind: str) -> None:
+    entries = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
+    write_json_atomic(tmp / MARKER, {"kind": kind, "entries": entries})
+
+
+def _disk_full(err: OSError) -> bool:
+    return err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextlib.contextmanager
-def atomic_dir(final: Path, *, replace: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling directory; it becomes `final` by one rename on success, vanishes on error."""
-    final = Path(final)
+def atomic_dir(final: Path, *, kind: str, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling directory; it becomes `final` by one rename on success, vanishes on error.
+
+    `kind` names what the folder is ("tuneforge.dataset", ...): an existing `final` is only replaced when its
+    marker says it is that kind and it holds only what tuneforge wrote (`check_replaceable`); this is checked
+    before any work starts and again just before the rename.
+    """
+    final = Path(os.path.abspath(final))
+    if replace:
+        check_replaceable(final, kind)
+    elif final.exists():
+        raise TuneforgeError(f"{final} already exists", fix="remove it or choose another output path")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         tmp.chmod(DIR_MODE)
-        yield tmp
-        fsync_tree(tmp)
+        try:
+            yield tmp
+            _write_marker(tmp, kind)
+            fsync_tree(tmp)
+        except OSError as err:
+            if not _disk_full(err):
+                raise
+            raise TuneforgeError(
+                f"no space left on the disk while writing {final} ({err.strerror}); nothing was changed",
+                fix="free some disk space, or choose an output path on another disk",
+            ) from None
         if final.exists():
             if not replace:
                 raise TuneforgeError(f"{final} already exists", fix="remove it or choose another output path")
+            check_replaceable(final, kind)
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
             os.replace(tmp, final)

@@ -122,7 +122,7 @@ def _converted_smollm2(gguf_path: Path) -> Path:
     clean = AutoModelForCausalLM.from_config(config)
     clean.load_state_dict(quantized.state_dict())
     clean.generation_config = quantized.generation_config
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, kind="tuneforge.builtin-model") as tmp:
         clean.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return target

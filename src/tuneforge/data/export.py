@@ -46,8 +46,19 @@ def export_dataset(dataset_dir: str | Path, *, to: str, out: str | Path, split: 
     source = ds.split_path(split)
     if not source.is_file():
         raise TuneforgeError(f"dataset {ds.path} has no {split} split", fix="re-run `tuneforge prepare`")
+    target = Path(out)
+    if target.is_dir():
+        raise TuneforgeError(
+            f"{target} is a folder", where="--out", fix="name the file to write, e.g. train.jsonl"
+        )
+    if ds.path.resolve() in target.resolve().parents:
+        raise TuneforgeError(
+            f"{target} is inside the dataset {ds.path}; writing there would change the prepared dataset",
+            where="--out",
+            fix="write the export outside the dataset folder",
+        )
     n = 0
-    with atomic_file(Path(out), "w") as f:
+    with atomic_file(target, "w") as f:
         if to == "alpaca":
             f.write("[")
         for lineno, record in _records(source):

@@ -84,6 +84,7 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
         return DatasetDir(Path(cfg.path))
     source = describe_source(cfg.path, cfg)
     out = default_output_dir(cfg)
+    _check_output(out, Path(cfg.path), source.files)
     max_tokens = cfg.max_tokens or (model.max_length if model is not None else None)
     fingerprint, files = input_fingerprint(cfg, source.files, tokenizer_name(model), max_tokens)
     if (
@@ -95,7 +96,7 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
         return DatasetDir(out)
 
     counter = token_counter(model)
-    with Passes() as passes, atomic_dir(out) as tmp:
+    with Passes() as passes, atomic_dir(out, kind=DatasetDir.KIND) as tmp:
         work = tmp / ".work"
         work.mkdir()
         run = _Run(cfg, counter, max_tokens, tmp, work, passes)
@@ -112,6 +113,27 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
         write_json_atomic(tmp / "manifest.json", _ordered(manifest))
         write_reports(tmp, manifest, run.report_extras)
     return DatasetDir(out)
+
+
+def _check_output(out: Path, location: Path, files: list[Path]) -> None:
+    """The output never holds the input it would replace, nor sits in an input folder that would read it."""
+    target = out.resolve()
+    folder = [location] if location.is_dir() else []
+    for f in [*folder, *files]:
+        f = f.resolve()
+        if f == target or target in f.parents:
+            raise TuneforgeError(
+                f"the output folder {out} holds the input {f}; replacing it would delete the input",
+                where="data.output_dir",
+                fix="choose an output folder outside the input, e.g. datasets/<name>",
+            )
+    if folder and location.resolve() in target.parents:
+        raise TuneforgeError(
+            f"the output folder {out} is inside the input folder {location}: the next prepare would read the "
+            "prepared files as data",
+            where="data.output_dir",
+            fix="choose an output folder outside the input folder",
+        )
 
 
 class _Run:

@@ -279,7 +279,7 @@ def save_checkpoint(
     target = root / checkpoint_name(state.step)
     opt_tensors, opt_meta = optimizer
     rng_tensors, rng_meta = rng
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, kind="tuneforge.checkpoint") as tmp:
         save_file(weights, str(tmp / "weights.safetensors"))
         _pause_for_tests(state.step)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))

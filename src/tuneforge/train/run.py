@@ -324,7 +324,7 @@ def train(
     peak = torch.tensor([peak_memory_bytes()], device=accelerator.device)
     peaks = [int(x) for x in accelerator.gather(peak)]
     if main:
-        with atomic_dir(run.final) as tmp:
+        with atomic_dir(run.final, kind="tuneforge.final") as tmp:
             unwrapped.save_pretrained(tmp, state_dict=whole, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
         plot_loss(run.metrics(), run.path / "loss.png")

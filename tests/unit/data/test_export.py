@@ -157,3 +157,14 @@ def test_cli_export(tmp_path: Path, cli: Any) -> None:
     bad = cli("export", str(d), "--to", "excel", "--out", "x.json")
     assert bad.returncode == 2
     assert "--to: unknown export target 'excel'" in bad.stderr
+
+
+def test_export_never_writes_into_the_dataset_or_over_a_folder(tmp_path: Path) -> None:
+    d = dataset(tmp_path, "chat", CHAT)
+    before = (d / "train.jsonl").read_bytes()
+    with pytest.raises(TuneforgeError, match="is inside the dataset"):
+        export_dataset(d, to="openai", out=d / "train.jsonl")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(TuneforgeError, match="is a folder"):
+        export_dataset(d, to="openai", out=tmp_path / "folder")
+    assert (d / "train.jsonl").read_bytes() == before

@@ -24,6 +24,11 @@ ROWS = [
 ]
 
 
+def prepare_rows(location: str, **cfg: object) -> None:
+    describe_source(location, DataConfig(**cfg))
+    list(read_rows(location, DataConfig(**cfg)))
+
+
 def rows(location: str | Path, **cfg: object) -> list[tuple[dict[str, object], str, tuple[str, str] | None]]:
     return [(r.fields, r.where, r.problem) for r in read_rows(location, DataConfig(**cfg))]
 
@@ -226,20 +231,100 @@ def test_sqlite_is_opened_read_only_and_errors_name_the_query(tmp_path: Path) ->
     with pytest.raises(TuneforgeError) as err:
         rows(f"sqlite:///{db}", query="DELETE FROM reviews")
     assert err.value.where == "data.query"
-    assert "readonly database" in err.value.what
+    assert err.value.what.startswith("data.query must be one read-only SELECT, but it contains DELETE")
     assert db.read_bytes() == before
     with pytest.raises(TuneforgeError, match="does not exist"):
         rows(f"sqlite:///{tmp_path / 'missing.db'}")
     assert not (tmp_path / "missing.db").exists()
 
 
-def test_other_databases_go_through_sqlalchemy(tmp_path: Path) -> None:
-    url = f"sqlite+pysqlite:///{_sqlite(tmp_path / 'r.db')}"
-    source = describe_source(url, DataConfig())
-    assert (source.kind, source.files, source.remote) == ("sql", [], True)
-    assert rows(url, query="SELECT text, label FROM reviews ORDER BY id") == good(
-        [f"{url} row 1", f"{url} row 2", f"{url} row 3"]
+def table_rows(db: Path) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT * FROM reviews ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "sqlite+pysqlite", "SQLite+aiosqlite"])
+def test_a_drop_table_never_runs_whatever_the_url(tmp_path: Path, scheme: str) -> None:
+    db = _sqlite(tmp_path / "r.db")
+    before = table_rows(db)
+    with pytest.raises(TuneforgeError) as err:
+        prepare_rows(f"{scheme}:///{db}", query="DROP TABLE reviews")
+    assert str(err.value) == (
+        "data.query: data.query must be one read-only SELECT, but it contains DROP; the query was not run\n"
+        '  fix: write one SELECT (or WITH ... SELECT) that only reads, e.g. "SELECT text, label FROM reviews"'
     )
+    assert table_rows(db) == before
+
+
+@pytest.mark.parametrize(
+    ("query", "what"),
+    [
+        ("SELECT 1 AS text; DROP TABLE reviews", "data.query holds 2 statements"),
+        ("ATTACH DATABASE '{new}' AS x", "it contains ATTACH"),
+        ("WITH gone AS (DELETE FROM reviews RETURNING *) SELECT * FROM gone", "it contains DELETE"),
+        ("SELECT * INTO copy FROM reviews", "it contains SELECT ... INTO"),
+        ("PRAGMA journal_mode=WAL", "it contains PRAGMA"),
+        ("VACUUM INTO '{new}'", "it contains VACUUM"),
+        ("SELECT load_extension('{new}')", "data.query calls load_extension()"),
+        ("SELEC text FROM reviews", "data.query cannot be checked as a read-only query"),
+    ],
+)
+def test_only_one_read_only_query_is_run(tmp_path: Path, query: str, what: str) -> None:
+    db = _sqlite(tmp_path / "r.db")
+    before = db.read_bytes()
+    new = tmp_path / "created.db"
+    with pytest.raises(TuneforgeError) as err:
+        rows(f"sqlite+pysqlite:///{db}", query=query.format(new=new))
+    assert what in err.value.what and err.value.where == "data.query"
+    assert db.read_bytes() == before and not new.exists()
+
+
+def test_with_and_union_queries_read(tmp_path: Path) -> None:
+    db = _sqlite(tmp_path / "r.db")
+    url = f"sqlite+pysqlite:///{db}"
+    query = "WITH r AS (SELECT text, label, id FROM reviews) SELECT text, label FROM r ORDER BY id"
+    assert rows(url, query=query) == good([f"{url} row 1", f"{url} row 2", f"{url} row 3"])
+    union = (
+        "SELECT text, label FROM reviews WHERE id = 0 UNION ALL SELECT text, label FROM reviews WHERE id = 1"
+    )
+    assert [f for f, _, _ in rows(url, query=union)] == ROWS[:2]
+
+
+def test_the_sqlite_connection_itself_refuses_writes_and_attach(tmp_path: Path) -> None:
+    """Even a statement the parser let through cannot write: the authorizer and mode=ro stop it."""
+    from tuneforge.data.sources import sql
+
+    db = _sqlite(tmp_path / "r.db")
+    before = table_rows(db)
+    new = tmp_path / "created.db"
+    for query in ("DELETE FROM reviews", f"ATTACH DATABASE '{new}' AS x", "PRAGMA user_version = 7"):
+        with pytest.raises(TuneforgeError, match="not authorized"):
+            list(sql._read_sqlite(db, str(db), DataConfig(query=query)))
+    assert table_rows(db) == before and not new.exists()
+
+
+def test_the_sqlalchemy_path_always_rolls_back(tmp_path: Path) -> None:
+    """Past the query check, whatever a statement does through SQLAlchemy is rolled back."""
+    from tuneforge.data.sources import sql
+
+    db = _sqlite(tmp_path / "r.db")
+    before = table_rows(db)
+    url = f"sqlite+pysqlite:///{db}"
+    deleted = list(sql._read_sqlalchemy(url, DataConfig(query="DELETE FROM reviews RETURNING text")))
+    assert len(deleted) == 3
+    assert table_rows(db) == before
+    assert next(r.fields for r in sql._read_sqlalchemy(url, DataConfig())) == {"id": 0, **ROWS[0]}
+
+
+def test_other_database_urls_are_checked_before_connecting() -> None:
+    with pytest.raises(TuneforgeError, match="it contains DROP"):
+        describe_source("postgresql://bob:pw@db.invalid/reviews", DataConfig(query="DROP TABLE reviews"))
+    from tuneforge.data.sources.sql import READ_ONLY_TRANSACTION
+
+    assert READ_ONLY_TRANSACTION["postgresql"] == "SET TRANSACTION READ ONLY"
 
 
 def test_database_passwords_never_appear_in_locations() -> None:

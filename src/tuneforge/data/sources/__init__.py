@@ -13,6 +13,7 @@ from pathlib import Path
 from tuneforge.config import DataConfig
 from tuneforge.data.sources import class_folders, csv, folder, hf_disk, html, json, jsonl, parquet, sql, text
 from tuneforge.data.sources.base import RawRow, approx_size
+from tuneforge.data.sources.sql_readonly import check_read_only, dialect_of
 from tuneforge.errors import TuneforgeError
 
 Reader = Callable[[str, DataConfig], Iterator[RawRow]]
@@ -125,6 +126,9 @@ def describe_source(location: str | Path, cfg: DataConfig) -> Source:
     if path is not None and not path.exists():
         raise TuneforgeError(f"{path} does not exist", where="data.path", fix="point data.path at your data")
     kind = detect_source(location, cfg)
+    if kind == "sql" and cfg.query is not None:  # before anything is opened (the reader checks it again)
+        scheme = "sqlite" if sql.sqlite_file(location) or path is not None else location.split(":", 1)[0]
+        check_read_only(cfg.query, dialect_of(scheme))
     if path is None:
         return Source(kind, display, [], remote=True)
     files = folder.data_files(path) if path.is_dir() else [path]

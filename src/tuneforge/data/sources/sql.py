@@ -1,7 +1,11 @@
-"""A SQL query on a database: `sqlite:///path.db` (or a .db/.sqlite file) through the standard library, any
-other SQLAlchemy URL (postgresql://, mysql://, ...) through SQLAlchemy. Rows are fetched in batches.
+"""A SQL query on a database: SQLite (`sqlite:///path.db` with any `+driver`, or a .db/.sqlite file) through
+the standard library, any other SQLAlchemy URL (postgresql://, mysql://, ...) through SQLAlchemy. Rows are
+fetched in batches.
 
-Without data.query, a database holding exactly one table is read whole.
+Reading never changes the database: data.query must be one read-only SELECT (`sql_readonly`), SQLite is opened
+read-only with an authorizer that allows only reads, other databases run in a read-only transaction where they
+have one, and every transaction is rolled back. Without data.query, a database holding exactly one table is
+read whole.
 """
 
 from __future__ import annotations
@@ -17,11 +21,21 @@ from urllib.parse import quote
 
 from tuneforge.config import DataConfig
 from tuneforge.data.sources.base import BATCH_ROWS, RawRow
+from tuneforge.data.sources.sql_readonly import check_read_only, dialect_of
 from tuneforge.errors import TuneforgeError
 
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_SQLITE_URL = re.compile(r"^sqlite:///([^?]+)")
+# Every SQLite URL, whatever SQLAlchemy driver it names (sqlite+pysqlite://, ...), takes the read-only path.
+_SQLITE_URL = re.compile(r"^sqlite(?:\+[A-Za-z0-9_]+)?:///([^?]+)", re.IGNORECASE)
+# Statements that make the rest of a transaction read-only, per SQLAlchemy dialect; the others rely on the
+# query check and the rollback.
+READ_ONLY_TRANSACTION = {
+    "postgresql": "SET TRANSACTION READ ONLY",
+    "mysql": "SET TRANSACTION READ ONLY",
+    "mariadb": "SET TRANSACTION READ ONLY",
+    "oracle": "SET TRANSACTION READ ONLY",
+}
 
 
 def is_database_url(location: str) -> bool:
@@ -53,15 +67,33 @@ def display_url(location: str) -> str:
 
 def read(location: str, cfg: DataConfig) -> Iterator[RawRow]:
     file = sqlite_file(location)
+    scheme = "sqlite" if file is not None else location.split(":", 1)[0]
+    if cfg.query is not None:
+        check_read_only(cfg.query, dialect_of(scheme))
     if file is not None:
         yield from _read_sqlite(file, location, cfg)
     else:
         yield from _read_sqlalchemy(location, cfg)
 
 
+_SQLITE_READS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    sqlite3.SQLITE_RECURSIVE,
+}
+
+
+def _only_reads(action: int, *_: object) -> int:
+    """SQLite authorizer: reading is allowed; writing, ATTACH, PRAGMA and schema changes are denied."""
+    return sqlite3.SQLITE_OK if action in _SQLITE_READS else sqlite3.SQLITE_DENY
+
+
 def _read_sqlite(file: Path, location: str, cfg: DataConfig) -> Iterator[RawRow]:
-    # Read-only URI mode: connecting never creates or alters the user's database file.
+    # Read-only URI mode: connecting never creates or alters the user's database file; the authorizer refuses
+    # every statement that is not a read (ATTACH included, which could create a file).
     con = sqlite3.connect(f"file:{quote(str(file.resolve()))}?mode=ro", uri=True)
+    con.set_authorizer(_only_reads)
     try:
         try:
             tables = [
@@ -73,6 +105,7 @@ def _read_sqlite(file: Path, location: str, cfg: DataConfig) -> Iterator[RawRow]
         columns = [d[0] for d in cursor.description or ()]
         yield from _rows(location, columns, iter(lambda: cursor.fetchmany(BATCH_ROWS), []))
     finally:
+        con.rollback()
         con.close()
 
 
@@ -94,10 +127,17 @@ def _read_sqlalchemy(location: str, cfg: DataConfig) -> Iterator[RawRow]:
         ) from None
     try:
         with engine.connect() as conn:
-            tables = sa.inspect(conn).get_table_names() if not cfg.query else []
-            result = conn.execution_options(stream_results=True).execute(sa.text(_query(cfg, tables, shown)))
-            columns = list(result.keys())
-            yield from _rows(shown, columns, (list(part) for part in result.partitions(BATCH_ROWS)))
+            try:
+                read_only = READ_ONLY_TRANSACTION.get(engine.dialect.name)
+                if read_only:
+                    conn.execute(sa.text(read_only))
+                tables = sa.inspect(conn).get_table_names() if not cfg.query else []
+                query = sa.text(_query(cfg, tables, shown))
+                result = conn.execution_options(stream_results=True).execute(query)
+                columns = list(result.keys())
+                yield from _rows(shown, columns, (list(part) for part in result.partitions(BATCH_ROWS)))
+            finally:
+                conn.rollback()  # whatever the query did (it should have done nothing) is undone
     except sa.exc.SQLAlchemyError as err:
         raise TuneforgeError(
             f"the query failed on {shown}: {err.__class__.__name__}: {err}", where="data.query"

@@ -96,6 +96,10 @@ class DataConfig(Section):
     """Seed for shuffling and splitting."""
     on_error: Literal["raise", "drop"] = "raise"
     """Invalid rows: report all and stop (raise), or drop them into rejected.jsonl (drop)."""
+    accept_runaway_quotes: bool = False
+    """CSV: a quote never closed (or closed far too late) swallows the lines after it into one bad row; that
+    stops the run with its line even with on_error=drop, unless this is true (then all those lines are
+    dropped, counted as runaway_quote)."""
     dedup: Literal["none", "exact", "near"] = "near"
     """Remove exact, or exact and near duplicates (MinHash + LSH); duplicates never straddle splits."""
     near_dup_threshold: float = Field(0.8, gt=0, le=1)

@@ -48,6 +48,7 @@ PROBLEMS: dict[str, str] = {
     "encoding": "bytes that are not valid in the file's encoding",
     "wrong_columns": "a CSV row has a different number of fields than the header",
     "invalid_csv": "a CSV row cannot be parsed",
+    "runaway_quote": "an unclosed CSV quote swallowed the lines after it (data.accept_runaway_quotes)",
     "row_too_large": "a row is larger than data.max_row_bytes",
     "unsupported_file": "a file in a folder that no reader knows",
     "invalid_url": "a line of a URL list is not an http(s) URL",

@@ -2,12 +2,16 @@
 
 Quoted fields may span lines; a row's location is the line it starts on. Invalid bytes, rows with the wrong
 number of fields and oversized fields are reported per row instead of stopping the whole file.
+
+A quote that is opened and never closed (or closed far too late) makes one "row" of many lines: dropping it
+would silently drop every row it swallowed, so such a runaway field stops the run with its line unless
+data.accept_runaway_quotes says to drop it (problem class `runaway_quote`).
 """
 
 from __future__ import annotations
 
 import csv as _csv
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tuneforge.config import DataConfig
@@ -16,6 +20,15 @@ from tuneforge.errors import TuneforgeError
 
 DELIMITERS = ",\t;|"
 _NAMED = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+# Fed to the parser after the last line: if it turns up inside a field, a quote was still open at the end of
+# the file. Unicode noncharacters are not meant for interchanged text, so a real file practically never
+# holds this.
+_END = "\ufdd0tuneforge:end-of-file\ufdd0"
+
+
+def _then_end(lines: Iterable[str]) -> Iterator[str]:
+    yield from lines
+    yield _END + "\n"
 
 
 def _delimiter(cfg: DataConfig, path: Path, encoding: str) -> str:
@@ -48,31 +61,50 @@ def read(location: str, cfg: DataConfig) -> Iterator[RawRow]:
     _csv.field_size_limit(cfg.max_row_bytes)
     # `surrogateescape` keeps invalid bytes visible per row instead of failing the whole file.
     with open(path, encoding=encoding, errors="surrogateescape", newline="") as f:
-        reader = _csv.reader(f, delimiter=delimiter)
+        reader = _csv.reader(_then_end(f), delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
             raise TuneforgeError(f"{path} is empty", where="data.path") from None
         except _csv.Error as err:
             raise TuneforgeError(f"cannot read the CSV header: {err}", where=f"{path}:1") from None
+        if header == [_END]:
+            raise TuneforgeError(f"{path} is empty", where="data.path")
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
             raise TuneforgeError(f"duplicate column names in the header: {header}", where=f"{path}:1")
         line = reader.line_num
         while True:
-            where = f"{path}:{line + 1}"
+            start = line + 1
+            where = f"{path}:{start}"
             try:
                 values = next(reader)
             except StopIteration:
                 return
             except _csv.Error as err:
                 line = reader.line_num
-                yield RawRow({}, where, _csv_problem(err, cfg.max_row_bytes))
+                problem = _csv_problem(err, cfg.max_row_bytes)
+                if problem[0] == "row_too_large" and line > start:
+                    problem = _runaway(cfg, path, start, line, "it grows past data.max_row_bytes")
+                yield RawRow({}, where, problem)
                 continue
             line = reader.line_num
+            if values == [_END]:
+                return
+            if any(_END in v for v in values):
+                line -= 1  # the end marker is not a line of the file
+                yield RawRow(
+                    {}, where, _runaway(cfg, path, start, line, "it is still open at the end of the file")
+                )
+                return
             if not values:
                 continue
             if len(values) != len(header):
+                swallowed = _row_shaped_lines(values, delimiter, len(header)) if line > start else 0
+                if swallowed:
+                    reason = f"its value holds {swallowed} lines shaped like whole rows"
+                    yield RawRow({}, where, _runaway(cfg, path, start, line, reason))
+                    continue
                 yield RawRow(
                     {}, where, ("wrong_columns", f"expected {len(header)} fields, found {len(values)}")
                 )
@@ -83,6 +115,30 @@ def read(location: str, cfg: DataConfig) -> Iterator[RawRow]:
                 yield RawRow({h: repair(v) for h, v in fields.items()}, where, problem)
                 continue
             yield RawRow(fields, where)
+
+
+def _row_shaped_lines(values: list[str], delimiter: str, width: int) -> int:
+    """How many lines inside the values would, on their own, be a complete row of `width` fields."""
+    if width < 2:
+        return 0
+    inner = [ln for v in values if "\n" in v or "\r" in v for ln in v.splitlines()[1:]]
+    return sum(len(row) == width for row in _csv.reader(inner, delimiter=delimiter))
+
+
+def _runaway(cfg: DataConfig, path: Path, start: int, end: int, why: str) -> tuple[str, str]:
+    """A quoted field that swallowed lines `start`..`end`: stop, unless the user accepted dropping them."""
+    message = (
+        f"a quoted field that starts on line {start} runs to line {end} ({why}): a quote is probably not "
+        f"closed, and dropping this row would drop lines {start}-{end} with it"
+    )
+    if not cfg.accept_runaway_quotes:
+        raise TuneforgeError(
+            f"[runaway_quote] {message}",
+            where=f"{path}:{start}",
+            fix='close or escape the quote (a quote inside a quoted field is written twice: ""), or set '
+            "data.accept_runaway_quotes=true to drop all of those lines",
+        )
+    return "runaway_quote", message
 
 
 def _csv_problem(err: Exception, limit: int) -> tuple[str, str]:

@@ -83,10 +83,10 @@ def read(location: str, cfg: DataConfig) -> Iterator[RawRow]:
                 return
             except _csv.Error as err:
                 line = reader.line_num
-                problem = _csv_problem(err, cfg.max_row_bytes)
-                if problem[0] == "row_too_large" and line > start:
-                    problem = _runaway(cfg, path, start, line, "it grows past data.max_row_bytes")
-                yield RawRow({}, where, problem)
+                broken = _csv_problem(err, cfg.max_row_bytes)
+                if broken[0] == "row_too_large" and line > start:
+                    broken = _runaway(cfg, path, start, line, "it grows past data.max_row_bytes")
+                yield RawRow({}, where, broken)
                 continue
             line = reader.line_num
             if values == [_END]:

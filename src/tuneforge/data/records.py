@@ -50,6 +50,7 @@ PROBLEMS: dict[str, str] = {
     "invalid_csv": "a CSV row cannot be parsed",
     "runaway_quote": "an unclosed CSV quote swallowed the lines after it (data.accept_runaway_quotes)",
     "row_too_large": "a row is larger than data.max_row_bytes",
+    "too_deep": "a row's values are nested more than 100 levels deep (lists in lists ...)",
     "unsupported_file": "a file in a folder that no reader knows",
     "invalid_url": "a line of a URL list is not an http(s) URL",
     "fetch_failed": "a listed URL could not be fetched",

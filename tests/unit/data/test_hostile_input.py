@@ -68,3 +68,72 @@ def test_a_real_multiline_field_is_still_one_row(tmp_path: Path) -> None:
     # A multi-line row with the wrong field count whose lines are not rows is one bad row, as before.
     src.write_text('text,label\n"one\ntwo",a,extra\nnext,b\n')
     assert rows(src)[0] == ({}, f"{src}:2", ("wrong_columns", "expected 2 fields, found 3"))
+
+
+DEPTH = 100_000
+
+
+def nested(depth: int = DEPTH) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_deep_json_lines_are_a_row_problem_of_their_own(tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    good = [json.dumps({"text": f"row {i} is fine and long enough", "label": "ab"[i % 2]}) for i in range(12)]
+    src.write_text("\n".join([good[0], '{"text": ' + nested() + ', "label": "a"}', *good[1:]]) + "\n")
+    ds = prepare_dataset(DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), on_error="drop"))
+    assert ds.manifest["problems"] == {"too_deep": 1}
+    rejected = [json.loads(x) for x in (ds.path / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["where"], r["problem"]) for r in rejected] == [(f"{src}:2", "too_deep")]
+    # Deep but within the recursion limit: still refused, as later steps walk values recursively.
+    src.write_text('{"text": "x", "meta": ' + nested(150) + "}\n")
+    assert rows(src) == [({}, f"{src}:1", ("too_deep", "the row is nested more than 100 levels deep"))]
+
+
+@pytest.mark.parametrize(
+    ("document", "where"),
+    [
+        ('[{"text": "fine"}, {"text": ' + nested() + "}, " + '{"text": "also fine"}]', "$[1]"),
+        ('{"data": [{"text": "fine"}, {"x": {"y": ' + nested() + '}}, {"text": "also fine"}]}', "$.data[1]"),
+    ],
+)
+def test_deep_json_documents_give_too_deep_rows(tmp_path: Path, document: str, where: str) -> None:
+    src = tmp_path / "d.json"
+    src.write_text(document)
+    got = rows(src)
+    assert [g[2] for g in got] == [None, ("too_deep", "the row is nested more than 100 levels deep"), None]
+    assert got[1][1] == f"{src} {where}"
+    assert got[0][0] == {"text": "fine"} and got[2][0] == {"text": "also fine"}
+
+
+def test_deep_json_columns_and_single_documents(tmp_path: Path) -> None:
+    src = tmp_path / "d.json"
+    src.write_text('{"text": ["a", ' + nested() + ', "c"], "label": ["x", "y", "z"]}')
+    assert [(f, p) for f, _, p in rows(src)] == [
+        ({"text": "a", "label": "x"}, None),
+        ({}, ("too_deep", "the row is nested more than 100 levels deep")),
+        ({"text": "c", "label": "z"}, None),
+    ]
+    src.write_text('{"text": "one", "meta": {"deep": ' + nested() + "}}")
+    assert rows(src) == [({}, f"{src} $", ("too_deep", "the row is nested more than 100 levels deep"))]
+
+
+def depth_of(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((depth_of(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth_of(v) for v in value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 20])
+def test_the_depth_scan_ignores_brackets_in_strings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    from tuneforge.data.sources import json as json_source
+
+    monkeypatch.setattr(json_source, "_CHUNK", chunk)  # state carried across block boundaries
+    doc = [{"text": '[[[[ " [[[ \\', "b": [[1, {"c": "]]]\\\\"}]]}, {"t": '\\\\\\"[['}]
+    src = tmp_path / "d.json"
+    src.write_text(json.dumps(doc))
+    assert json_source._max_depth(src) == depth_of(doc) == 5

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tuneforge.config import DataConfig
 from tuneforge.data.sources import class_folders, csv, folder, hf_disk, html, json, jsonl, parquet, sql, text
-from tuneforge.data.sources.base import RawRow, approx_size
+from tuneforge.data.sources.base import TOO_DEEP, RawRow, approx_size, too_deep
 from tuneforge.data.sources.sql_readonly import check_read_only, dialect_of
 from tuneforge.errors import TuneforgeError
 
@@ -116,6 +116,8 @@ def _is_json_lines(path: Path) -> bool:
         return isinstance(_json.loads(first.decode("utf-8-sig")), dict) and rest.startswith(b"{")
     except (ValueError, UnicodeDecodeError):
         return False
+    except RecursionError:  # a deeply nested first line: its reader reports it; the shape decides here
+        return first.lstrip(b"\xef\xbb\xbf \t").startswith(b"{") and rest.startswith(b"{")
 
 
 def describe_source(location: str | Path, cfg: DataConfig) -> Source:
@@ -151,7 +153,9 @@ def read_rows(location: str | Path, cfg: DataConfig) -> Iterator[RawRow]:
     for n, row in enumerate(rows):
         if cfg.max_rows is not None and n >= cfg.max_rows:
             return
-        if (
+        if row.problem is None and kind not in ("jsonl", "csv", "text") and too_deep(row.fields):
+            row = RawRow({}, row.where, TOO_DEEP)
+        elif (
             row.problem is None
             and kind not in ("jsonl", "csv", "text")
             and approx_size(row.fields) > cfg.max_row_bytes

@@ -118,6 +118,26 @@ def read_lines(path: Path, encoding: str, max_chars: int) -> Iterator[Line]:
             yield Line(number, text, bad_bytes(text, encoding))
 
 
+MAX_DEPTH = 100  # nesting levels a row may have; records need 5, deeper input is hostile or broken
+TOO_DEEP = ("too_deep", f"the row is nested more than {MAX_DEPTH} levels deep")
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists/dicts nest more than `limit` levels, found without recursion (deep input breaks it)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
+        )
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+    return False
+
+
 def approx_size(value: Any) -> int:
     """Rough size in characters of a decoded row, to refuse giant rows from sources read a row at a time."""
     if isinstance(value, str):

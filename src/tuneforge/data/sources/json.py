@@ -8,6 +8,11 @@
 Parsed as a stream with ijson, so memory holds one record (columns: one value per column) at a time. Telling
 the object shapes apart needs one extra pass over the events of the file. Keys containing a dot cannot be
 addressed by ijson prefixes and are not supported as top-level keys.
+
+ijson's prefixed events cost time and memory in proportion to the nesting depth for every event, so a file
+nested thousands of levels deep would never finish. A fast byte scan measures the depth first; a file deeper
+than a record can be is read from ijson's unprefixed events instead, and each record nested too deep becomes
+a `too_deep` row without ever being built.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tuneforge.config import DataConfig
-from tuneforge.data.sources.base import RawRow, json_type
+from tuneforge.data.sources.base import MAX_DEPTH, TOO_DEEP, RawRow, json_type
 from tuneforge.errors import TuneforgeError
 
 LOCATE_LIMIT = 64 * 2**20  # files up to this size are re-read to point a syntax error at its line and column
@@ -40,6 +45,9 @@ def read(location: str, cfg: DataConfig) -> Iterator[RawRow]:
     import ijson
 
     path = Path(location)
+    if _max_depth(path) > MAX_DEPTH + 2:  # + the document's own array or object, and a key's array
+        yield from _read_deep(path)
+        return
     shape = _guarded(path, lambda: _shape(path))
     if shape.single:
         with _open(path) as f:
@@ -177,3 +185,179 @@ def _syntax_error(path: Path, err: Exception) -> TuneforgeError:
             )
     reason = str(err.args[0] if err.args else err).splitlines()[0]
     return TuneforgeError(f"[invalid_json] not valid JSON: {reason}", where=str(path), fix=fix)
+
+
+# --- files nested deeper than any record: ijson's basic events, depth counted, deep records never built
+
+_STARTS = ("start_map", "start_array")
+_ENDS = ("end_map", "end_array")
+_DEEP = object()  # stands for a value nested too deep, which is skipped rather than built
+_CHUNK = 16 * 2**20
+
+
+def _max_depth(path: Path) -> int:
+    """The deepest nesting of [ and { outside strings, by a vectorized scan of the bytes (UTF-8 keeps ASCII
+    bytes out of multi-byte characters, so quotes, backslashes and brackets are found byte-wise)."""
+    import numpy as np
+
+    depth, deepest, in_string, backslashes = 0, 0, 0, 0
+    with _open(path) as f:
+        while block := f.read(_CHUNK):
+            b = np.frombuffer(block, dtype=np.uint8)
+            pos = np.arange(len(b))
+            # A quote is escaped when an odd run of backslashes (maybe begun in an earlier block) precedes it.
+            last = np.maximum.accumulate(np.where(b != ord("\\"), pos, -1))
+            before = np.r_[-1, last[:-1]]
+            run = pos - before - 1 + np.where(before == -1, backslashes, 0)
+            quotes = (b == ord('"')) & (run % 2 == 0)
+            inside = (np.cumsum(quotes) + in_string) % 2 == 1
+            outside = ~inside & ~quotes
+            step = np.zeros(len(b), dtype=np.int64)
+            step[outside & ((b == ord("[")) | (b == ord("{")))] = 1
+            step[outside & ((b == ord("]")) | (b == ord("}")))] = -1
+            levels = depth + np.cumsum(step)
+            deepest = max(deepest, int(levels.max()))
+            depth = int(levels[-1])
+            in_string = (int(np.count_nonzero(quotes)) + in_string) % 2
+            backslashes = backslashes + len(b) if last[-1] == -1 else len(b) - 1 - int(last[-1])
+    return deepest
+
+
+def _read_deep(path: Path) -> Iterator[RawRow]:
+    """`read` for a deeply nested file: the same shapes and locations, from unprefixed events."""
+    shape = _guarded(path, lambda: _scan_shape(path))
+    if shape.single:
+        values = list(_guarded_iter(path, _values(path, None)))
+        yield RawRow({}, f"{path} $", TOO_DEEP) if values[0] is _DEEP else RawRow(values[0], f"{path} $")
+        return
+    for key in shape.record_keys:
+        base = f"$.{key}" if key else "$"
+        for i, obj in enumerate(_guarded_iter(path, _values(path, key))):
+            where = f"{path} {base}[{i}]"
+            if obj is _DEEP:
+                yield RawRow({}, where, TOO_DEEP)
+            elif isinstance(obj, dict):
+                yield RawRow(obj, where)
+            else:
+                yield RawRow({}, where, ("wrong_type", f"expected a JSON object, got {json_type(obj)}"))
+    if shape.columns:
+        lengths = set(shape.columns.values())
+        if len(lengths) > 1:
+            yield from _zip_columns(path, shape.columns)  # raises the length error
+        names = list(shape.columns)
+        streams = [_values(path, c) for c in names]
+        for i, values in enumerate(_guarded_iter(path, zip(*streams, strict=True))):
+            where = f"{path} $.{names[0]}[{i}]"
+            if any(v is _DEEP for v in values):
+                yield RawRow({}, where, TOO_DEEP)
+            else:
+                yield RawRow(dict(zip(names, values, strict=True)), where)
+
+
+def _skip(events: Iterator[tuple[str, Any]]) -> None:
+    """Consume the rest of a container whose start event was just read."""
+    depth = 1
+    for event, _ in events:
+        depth += (event in _STARTS) - (event in _ENDS)
+        if depth == 0:
+            return
+
+
+def _build(event: str, value: Any, events: Iterator[tuple[str, Any]]) -> Any:
+    """The value that starts with `event`, or _DEEP (consumed, not built) when it nests past MAX_DEPTH."""
+    from ijson.common import ObjectBuilder
+
+    if event not in _STARTS:
+        return value
+    builder = ObjectBuilder()
+    builder.event(event, value)
+    depth = 1
+    for ev, val in events:
+        depth += (ev in _STARTS) - (ev in _ENDS)
+        if depth > MAX_DEPTH:
+            _skip_to(events, depth)
+            return _DEEP
+        builder.event(ev, val)
+        if depth == 0:
+            break
+    return builder.value
+
+
+def _skip_to(events: Iterator[tuple[str, Any]], depth: int) -> None:
+    for event, _ in events:
+        depth += (event in _STARTS) - (event in _ENDS)
+        if depth == 0:
+            return
+
+
+def _values(path: Path, key: str | None) -> Iterator[Any]:
+    """The items of the array at top-level `key` ("" = the document is the array; None = the document)."""
+    import ijson
+
+    with _open(path) as f:
+        events = ijson.basic_parse(f, use_float=True)
+        event, value = next(events)
+        if key is None:
+            yield _build(event, value, events)
+            return
+        if key:
+            while True:  # find the key in the top-level object
+                event, value = next(events)
+                if event == "end_map":
+                    return
+                name = value
+                event, value = next(events)
+                if name == key and event == "start_array":
+                    break
+                if event in _STARTS:
+                    _skip(events)
+        for event, value in events:
+            if event == "end_array":
+                return
+            yield _build(event, value, events)
+
+
+def _scan_shape(path: Path) -> Shape:
+    """`_shape` from unprefixed events, whose cost does not grow with the nesting depth."""
+    import ijson
+
+    shape = Shape()
+    with _open(path) as f:
+        events = ijson.basic_parse(f, use_float=True)
+        first = next(events, None)
+        if first is None:
+            raise TuneforgeError("[invalid_json] the file is empty", where=str(path))
+        if first[0] == "start_array":
+            shape.record_keys.append("")
+            return shape
+        if first[0] != "start_map":
+            raise TuneforgeError(
+                f"[wrong_type] expected a JSON array or object at the top level, got {first[0]}",
+                where=str(path),
+            )
+        for event, value in events:
+            if event == "end_map":
+                break
+            key = value
+            event, value = next(events)
+            if event == "start_map":
+                _skip(events)
+            elif event == "start_array":
+                kind, count = "column", 0
+                for ev, _ in events:
+                    if ev == "end_array":
+                        break
+                    if count == 0 and ev == "start_map":
+                        kind = "records"
+                    if ev in _STARTS:
+                        _skip(events)
+                    count += 1
+                if kind == "records":
+                    shape.record_keys.append(key)
+                else:
+                    shape.columns[key] = count
+    if not shape.record_keys and not shape.columns:
+        shape.single = True
+    elif shape.record_keys:
+        shape.columns = {}
+    return shape

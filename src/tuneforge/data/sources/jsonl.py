@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneforge.config import DataConfig
-from tuneforge.data.sources.base import RawRow, json_type, read_lines, resolve_encoding
+from tuneforge.data.sources.base import TOO_DEEP, RawRow, json_type, read_lines, resolve_encoding, too_deep
 
 
 def read(location: str, cfg: DataConfig) -> Iterator[RawRow]:
@@ -26,6 +26,12 @@ def read(location: str, cfg: DataConfig) -> Iterator[RawRow]:
             obj = json.loads(line.text)
         except json.JSONDecodeError as err:
             yield RawRow({}, where, ("invalid_json", f"not valid JSON: {err.msg} at column {err.colno}"))
+            continue
+        except RecursionError:
+            yield RawRow({}, where, TOO_DEEP)
+            continue
+        if too_deep(obj):  # later steps (cleaning, saving) walk values recursively
+            yield RawRow({}, where, TOO_DEEP)
             continue
         if not isinstance(obj, dict):
             yield RawRow({}, where, ("wrong_type", f"expected a JSON object, got {json_type(obj)}"))

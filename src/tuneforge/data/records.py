@@ -52,6 +52,7 @@ PROBLEMS: dict[str, str] = {
     "row_too_large": "a row is larger than data.max_row_bytes",
     "too_deep": "a row's values are nested more than 100 levels deep (lists in lists ...)",
     "unsupported_file": "a file in a folder that no reader knows",
+    "not_a_file": "a FIFO, socket or device in a folder (opening it could block forever)",
     "invalid_url": "a line of a URL list is not an http(s) URL",
     "fetch_failed": "a listed URL could not be fetched",
     "unsupported_content": "a listed URL is not an HTML or text page",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,39 @@ def test_the_depth_scan_ignores_brackets_in_strings(
     src = tmp_path / "d.json"
     src.write_text(json.dumps(doc))
     assert json_source._max_depth(src) == depth_of(doc) == 5
+
+
+def test_a_fifo_as_data_path_is_refused_without_opening_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "stream.jsonl"
+    os.mkfifo(fifo)  # opening it for reading would block this test forever
+    with pytest.raises(TuneforgeError) as err:
+        prepare_dataset(DataConfig(path=str(fifo), output_dir=str(tmp_path / "ds")))
+    assert str(err.value) == (
+        f"data.path: {fifo} is a named pipe (FIFO), not a regular file: reading it could wait forever\n"
+        "  fix: point data.path at a regular file or a folder (copy the stream into a file first)"
+    )
+
+
+def test_special_files_in_folders_are_reported_not_opened(tmp_path: Path) -> None:
+    data = tmp_path / "parts"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"text": "one"}\n')
+    os.mkfifo(data / "b.jsonl")
+    assert rows(data) == [
+        ({"text": "one"}, f"{data / 'a.jsonl'}:1", None),
+        (
+            {},
+            str(data / "b.jsonl"),
+            ("not_a_file", "b.jsonl is a named pipe (FIFO), not a regular file; it is not read"),
+        ),
+    ]
+    classes = tmp_path / "classes"
+    for label in ("pos", "neg"):
+        (classes / label).mkdir(parents=True)
+        (classes / label / "1.txt").write_text(f"a {label} text")
+    os.mkfifo(classes / "neg" / "2.txt")
+    assert rows(classes)[1] == (
+        {},
+        str(classes / "neg" / "2.txt"),
+        ("not_a_file", "2.txt is a named pipe (FIFO), not a regular file; it is not read"),
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tuneforge.config import DataConfig
 from tuneforge.data.sources import class_folders, csv, folder, hf_disk, html, json, jsonl, parquet, sql, text
-from tuneforge.data.sources.base import TOO_DEEP, RawRow, approx_size, too_deep
+from tuneforge.data.sources.base import TOO_DEEP, RawRow, approx_size, special_file, too_deep
 from tuneforge.data.sources.sql_readonly import check_read_only, dialect_of
 from tuneforge.errors import TuneforgeError
 
@@ -127,6 +127,13 @@ def describe_source(location: str | Path, cfg: DataConfig) -> Source:
     path = sql.sqlite_file(location) or (None if sql.is_database_url(location) else Path(location))
     if path is not None and not path.exists():
         raise TuneforgeError(f"{path} does not exist", where="data.path", fix="point data.path at your data")
+    special = special_file(path) if path is not None else None
+    if path is not None and special:
+        raise TuneforgeError(
+            f"{path} is {special}, not a regular file: reading it could wait forever",
+            where="data.path",
+            fix="point data.path at a regular file or a folder (copy the stream into a file first)",
+        )
     kind = detect_source(location, cfg)
     if kind == "sql" and cfg.query is not None:  # before anything is opened (the reader checks it again)
         scheme = "sqlite" if sql.sqlite_file(location) or path is not None else location.split(":", 1)[0]

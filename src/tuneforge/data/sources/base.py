@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,30 @@ def json_type(value: object) -> str:
     """The JSON name of a decoded value's type (array, string, ...), as the user sees it in the file."""
     names = {list: "array", dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def special_file(path: Path) -> str | None:
+    """What `path` is when it is neither a regular file nor a folder (a FIFO, socket or device), else None.
+
+    Opening a FIFO or a terminal device blocks until someone writes to it, so such paths are never read.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def not_a_file_problem(path: Path, what: str) -> tuple[str, str]:
+    return "not_a_file", f"{path.name} is {what}, not a regular file; it is not read"
 
 
 def visible(name: str) -> bool:

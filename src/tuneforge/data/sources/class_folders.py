@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tuneforge.config import DataConfig
 from tuneforge.data.sources import text
-from tuneforge.data.sources.base import TEXT_SUFFIXES, RawRow, visible
+from tuneforge.data.sources.base import TEXT_SUFFIXES, RawRow, not_a_file_problem, special_file, visible
 
 SPLIT_NAMES = ("train", "validation", "valid", "dev", "test")
 _NOTES = ("readme", "license", "licence")
@@ -23,7 +23,9 @@ _NOTES = ("readme", "license", "licence")
 def _entries(path: Path) -> tuple[list[Path], list[Path]]:
     children = [p for p in sorted(path.iterdir()) if visible(p.name)]
     dirs = [p for p in children if p.is_dir()]
-    files = [p for p in children if p.is_file() and not p.name.lower().startswith(_NOTES)]
+    files = [
+        p for p in children if (p.is_file() or special_file(p)) and not p.name.lower().startswith(_NOTES)
+    ]
     return dirs, files
 
 
@@ -64,6 +66,10 @@ def read(location: str, cfg: DataConfig) -> Iterator[RawRow]:
 def _read_classes(path: Path, cfg: DataConfig) -> Iterator[RawRow]:
     for label_dir in _entries(path)[0]:
         for file in _entries(label_dir)[1]:
+            special = special_file(file)
+            if special:
+                yield RawRow({}, str(file), not_a_file_problem(file, special))
+                continue
             for row in text.read(str(file), cfg, default_unit="file"):
                 if row.fields:
                     row.fields["label"] = label_dir.name

@@ -315,7 +315,19 @@ class _Run:
         self.dropped.file.close()
         cfg = self.cfg
         if self.fmt is None:
-            raise TuneforgeError(f"no rows could be read from {cfg.path}", where="data.path")
+            if not self.dropped.total:
+                raise TuneforgeError(
+                    f"no rows could be read from {cfg.path}: it holds none", where="data.path"
+                )
+            # Every row was bad: say why, or the user is left guessing.
+            raise TuneforgeError(
+                f"no rows could be read from {cfg.path}; "
+                + problem_summary(
+                    self.dropped.examples, self.dropped.invalid + self.dropped.filtered, limit=5
+                ),
+                where="data.path",
+                fix="fix the rows above (all of them are in the error's classes)",
+            )
         if self.dropped.invalid and cfg.on_error == "raise":
             raise TuneforgeError(
                 problem_summary(self.dropped.invalid_examples, self.dropped.invalid), fix=FIX_ON_ERROR
@@ -364,9 +376,13 @@ class _Run:
         self.counts["leakage_dropped"] = int(leak.drop.sum())
         written = int((split >= 0).sum())
         if written < cfg.min_examples:
+            lost = self.dropped.invalid + self.dropped.filtered
+            for key in ("exact_duplicates", "near_duplicates", "leakage_dropped"):
+                lost[key] = self.counts[key]
+            why = ", ".join(f"{k}: {v}" for k, v in lost.most_common() if v)
             raise TuneforgeError(
                 f"only {written} usable examples after cleaning and deduplication (need at least "
-                f"{cfg.min_examples})",
+                f"{cfg.min_examples}); of {self.counts['read']} rows read, left out: {why or 'none'}",
                 where="data.path",
                 fix="add more data, or relax the cleaning/validation settings",
             )
@@ -470,7 +486,7 @@ class _Run:
                 leak=leak,
                 example=example,
             )
-        if not sum(self.dropped.invalid.values()) + sum(self.dropped.filtered.values()):
+        if not self.dropped.total:
             (self.out / "rejected.jsonl").unlink()
         manifest["files"] = file_hashes
         manifest["output_fingerprint"] = hashlib.sha256(

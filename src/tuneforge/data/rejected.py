@@ -22,6 +22,11 @@ class Dropped:
     examples: list[dict[str, Any]] = field(default_factory=list)
     invalid_examples: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def total(self) -> int:
+        """Rows written to rejected.jsonl: the one count every report and manifest number is taken from."""
+        return sum(self.invalid.values()) + sum(self.filtered.values())
+
     def add(self, where: str, kind: str, message: str, row: dict[str, Any], *, invalid: bool) -> None:
         (self.invalid if invalid else self.filtered)[kind] += 1
         entry = {"where": where, "problem": kind, "message": message, "row": row}
@@ -32,11 +37,17 @@ class Dropped:
             self.invalid_examples.append(entry)
 
 
-def problem_summary(rows: list[dict[str, Any]], problems: Counter[str]) -> str:
+def problem_summary(
+    rows: list[dict[str, Any]],
+    problems: Counter[str],
+    limit: int = MAX_LISTED_PROBLEMS,
+    what: str = "invalid",
+) -> str:
     total = sum(problems.values())
-    lines = [f"{total} invalid rows ({', '.join(f'{k}: {v}' for k, v in problems.most_common())}):"]
-    for r in rows[:MAX_LISTED_PROBLEMS]:
+    lines = [f"{total} {what} rows ({', '.join(f'{k}: {v}' for k, v in problems.most_common())}):"]
+    shown = rows[:limit]
+    for r in shown:
         lines.append(f"  {r['where']}: [{r['problem']}] {r['message']}")
-    if total > MAX_LISTED_PROBLEMS:
-        lines.append(f"  ... and {total - MAX_LISTED_PROBLEMS} more")
+    if total > len(shown):
+        lines.append(f"  ... and {total - len(shown)} more")
     return "\n".join(lines)

@@ -72,12 +72,13 @@ def summarize(
     after_dedup = after_length - counts["exact_duplicates"] - counts["near_duplicates"]
     flat = {
         "read": read,
-        "rejected": sum(invalid.values()),
+        "invalid": sum(invalid.values()),
         **{r: filtered[r] for r in (*CLEAN_REASONS, *LENGTH_REASONS) if filtered[r]},
         "truncated": counts["truncated"],
         "exact_duplicates": counts["exact_duplicates"],
         "near_duplicates": counts["near_duplicates"],
         "leakage_dropped": counts["leakage_dropped"],
+        "rejected": dropped.total,  # = the lines of rejected.jsonl, whatever the reason
         "written": counts["written"],
     }
     steps = [
@@ -135,7 +136,8 @@ def summarize(
         "cleaning": dict(sorted(cleaning.items())),
         "problems": dict(invalid.most_common()),
         "rejected": {
-            "file": "rejected.jsonl" if sum(invalid.values()) + sum(filtered.values()) else None,
+            "file": "rejected.jsonl" if dropped.total else None,
+            "rows": dropped.total,
             "by_reason": dict((invalid + filtered).most_common()),
         },
         "label_distribution": label_dist,
@@ -305,6 +307,7 @@ def render_markdown(m: dict[str, Any], extras: dict[str, Any]) -> str:
         f"Format **{m['format']}**, {m['counts']['written']} rows written of {m['counts']['read']} read: "
         + ", ".join(f"{n} {c}" for n, c in m["splits"].items())
         + f". Output fingerprint `{m['output_fingerprint'][:16]}`."
+        + (f" {m['counts']['rejected']} rows are in `rejected.jsonl`." if m["counts"]["rejected"] else "")
     )
     lines.append("")
     if m["warnings"]:

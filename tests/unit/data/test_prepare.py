@@ -68,7 +68,7 @@ def test_counts_at_every_step_and_why(tmp_path: Path) -> None:
     m = ds.manifest
     assert m["counts"] == {
         "read": 29,
-        "rejected": 1,
+        "invalid": 1,
         "missing_value": 1,
         "empty_after_cleaning": 1,
         "too_short": 1,
@@ -78,6 +78,7 @@ def test_counts_at_every_step_and_why(tmp_path: Path) -> None:
         "exact_duplicates": 1,
         "near_duplicates": 1,
         "leakage_dropped": 0,
+        "rejected": 6,
         "written": 21,
     }
     assert [(s["step"], s.get("in"), s["out"]) for s in m["steps"]] == [

@@ -102,6 +102,10 @@ class DataConfig(Section):
     dropped, counted as runaway_quote)."""
     dedup: Literal["none", "exact", "near"] = "near"
     """Remove exact, or exact and near duplicates (MinHash + LSH); duplicates never straddle splits."""
+    label_conflicts: Literal["drop", "keep", "raise"] = "drop"
+    """Classification: one text (compared as exact duplicates are) under different labels. drop: every copy
+    goes to rejected.jsonl, since no copy's label can be trusted and keeping the first would let file order
+    decide; keep: one copy per label stays (in one split); raise: stop and list them."""
     near_dup_threshold: float = Field(0.8, gt=0, le=1)
     """Jaccard similarity above which two texts are near duplicates."""
     max_rows: int | None = Field(None, ge=1)

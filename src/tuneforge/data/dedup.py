@@ -9,6 +9,8 @@ import unicodedata
 import numpy as np
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+# How "exact" duplicates are compared, as the report and manifest name it.
+MATCHING = "compared after NFKC normalisation, case folding, and punctuation and spacing reduced to one space"
 
 
 def normalize_for_matching(text: str) -> str:

@@ -15,6 +15,7 @@ import json
 import random
 from array import array
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +25,12 @@ from tuneforge import __version__, builtin
 from tuneforge.artifacts import DatasetDir, atomic_dir, sha256_file, write_json_atomic
 from tuneforge.config import DataConfig
 from tuneforge.data.clean import Cleaner, normalize_label
+from tuneforge.data.conflicts import resolve_conflicts
 from tuneforge.data.dedup import exact_families, key_of_normalized, normalize_for_matching, one_per_group
 from tuneforge.data.leakage import find_leakage
 from tuneforge.data.lengths import TokenCounter, token_counter, tokenizer_name
 from tuneforge.data.near_dup import NearDuplicateIndex, connected_clusters
+from tuneforge.data.output import check_output, default_output_dir
 from tuneforge.data.progress import Passes
 from tuneforge.data.records import RowProblem, detect_format, record_text, resolve_columns, to_record
 from tuneforge.data.rejected import FIX_ON_ERROR, MAX_LISTED_PROBLEMS, Dropped, problem_summary
@@ -42,11 +45,6 @@ if TYPE_CHECKING:
 
 BATCH = 2048  # rows tokenized, hashed and spilled together
 TEXT_FORMATS = ("text", "classification", "regression")  # formats whose one text field can be truncated
-
-
-def default_output_dir(cfg: DataConfig) -> Path:
-    assert cfg.path is not None
-    return Path(cfg.output_dir) if cfg.output_dir else Path("datasets") / Path(cfg.path.rstrip("/")).stem
 
 
 def input_fingerprint(
@@ -84,7 +82,7 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
         return DatasetDir(Path(cfg.path))
     source = describe_source(cfg.path, cfg)
     out = default_output_dir(cfg)
-    _check_output(out, Path(cfg.path), source.files)
+    check_output(out, Path(cfg.path), source.files)
     max_tokens = cfg.max_tokens or (model.max_length if model is not None else None)
     fingerprint, files = input_fingerprint(cfg, source.files, tokenizer_name(model), max_tokens)
     if (
@@ -113,27 +111,6 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
         write_json_atomic(tmp / "manifest.json", _ordered(manifest))
         write_reports(tmp, manifest, run.report_extras)
     return DatasetDir(out)
-
-
-def _check_output(out: Path, location: Path, files: list[Path]) -> None:
-    """The output never holds the input it would replace, nor sits in an input folder that would read it."""
-    target = out.resolve()
-    folder = [location] if location.is_dir() else []
-    for f in [*folder, *files]:
-        f = f.resolve()
-        if f == target or target in f.parents:
-            raise TuneforgeError(
-                f"the output folder {out} holds the input {f}; replacing it would delete the input",
-                where="data.output_dir",
-                fix="choose an output folder outside the input, e.g. datasets/<name>",
-            )
-    if folder and location.resolve() in target.parents:
-        raise TuneforgeError(
-            f"the output folder {out} is inside the input folder {location}: the next prepare would read the "
-            "prepared files as data",
-            where="data.output_dir",
-            fix="choose an output folder outside the input folder",
-        )
 
 
 class _Run:
@@ -352,21 +329,26 @@ class _Run:
 
         user = np.frombuffer(self.user_split, dtype=np.int8) if n else np.empty(0, np.int8)
         priority = user.astype(np.int64) if cfg.split_column else np.zeros(n, np.int64)
-        keep = np.ones(n, dtype=bool)
-        if cfg.dedup == "exact":
-            keep = one_per_group(family, priority)
-        elif cfg.dedup == "near":
-            keep = one_per_group(cluster, priority)
+        labels = np.frombuffer(self.labels, dtype=np.int64) if n else np.empty(0, np.int64)
+        conflict = self._label_conflicts(family, labels)
+        group = {"exact": family, "near": cluster}.get(cfg.dedup, np.arange(n)).copy()
+        if cfg.label_conflicts == "keep":
+            group = np.unique(np.stack([group, labels], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+        elif conflict.any():  # drop: each conflicting row is its own group, so no other row dies with it
+            group[conflict] = n + np.flatnonzero(conflict)
+        keep = one_per_group(group, priority) if cfg.dedup != "none" else np.ones(n, dtype=bool)
+        if cfg.label_conflicts == "drop":
+            keep &= ~conflict
+            self.counts["label_conflicts"] = int(conflict.sum())
         family_kept = np.zeros(n, dtype=bool)
         family_kept[family[keep]] = True
-        removed = ~keep
+        removed = ~keep & ~(conflict if cfg.label_conflicts == "drop" else np.zeros(n, dtype=bool))
         exact_removed = int((removed & family_kept[family]).sum())
         self.counts["exact_duplicates"] = exact_removed
         self.counts["near_duplicates"] = int(removed.sum()) - exact_removed
 
         split = np.full(n, -1, dtype=np.int8)
         kept_idx = np.flatnonzero(keep)
-        labels = np.frombuffer(self.labels, dtype=np.int64) if n else np.empty(0, np.int64)
         if cfg.split_column:
             split[kept_idx] = user[kept_idx]
         else:
@@ -389,6 +371,30 @@ class _Run:
         self.counts["written"] = written
         orders = self._orders(split, kept_idx)
         return self._write(orders, split, family, cluster, keep, leak)
+
+    def _spilled(self, rows: list[int]) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """(row, where, record) of spilled rows, read back from the spill file."""
+        with open(self.spill_path, "rb") as spill:
+            for i in rows:
+                spill.seek(self.offsets[i])
+                where, _, rec = spill.readline().decode("utf-8").partition("\t")
+                yield i, json.loads(where), json.loads(rec)
+
+    def _label_conflicts(self, family: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        if self.fmt != "classification":
+            return np.zeros(len(family), dtype=bool)
+        conflict, texts = resolve_conflicts(
+            self.cfg.label_conflicts,
+            family,
+            labels,
+            list(self.label_ids),
+            self._spilled,
+            self.dropped,
+            self.out / "rejected.jsonl",
+        )
+        self.counts["label_conflict_texts"] = texts
+        self.counts["label_conflict_rows"] = int(conflict.sum())
+        return conflict
 
     def _auto_split(self, kept_idx: np.ndarray, labels: np.ndarray, cluster: np.ndarray) -> np.ndarray:
         """Seeded, stratified by label (classification), near-duplicate clusters kept whole in one split."""

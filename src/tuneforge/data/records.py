@@ -58,6 +58,7 @@ PROBLEMS: dict[str, str] = {
     "unsupported_content": "a listed URL is not an HTML or text page",
     "too_short": "the text is shorter than data.clean.min_chars",
     "too_long": "the text is longer than data.clean.max_chars",
+    "label_conflict": "the same text appears under different labels (data.label_conflicts=drop)",
 }
 
 # Common column names per record field, most specific first; data.*_column overrides them.

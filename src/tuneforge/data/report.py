@@ -18,6 +18,7 @@ import numpy as np
 from tuneforge import __version__
 from tuneforge.artifacts import DatasetDir, write_text_atomic
 from tuneforge.config import DataConfig
+from tuneforge.data.dedup import MATCHING
 from tuneforge.data.lengths import length_stats
 from tuneforge.data.near_dup import NUM_PERM, SHINGLE_WORDS, lsh_params
 from tuneforge.data.split import SPLIT_NAMES
@@ -69,7 +70,8 @@ def summarize(
     after_validate = read - sum(invalid.values())
     after_clean = after_validate - sum(filtered[r] for r in CLEAN_REASONS)
     after_length = after_clean - sum(filtered[r] for r in LENGTH_REASONS)
-    after_dedup = after_length - counts["exact_duplicates"] - counts["near_duplicates"]
+    conflicts = counts["label_conflicts"]
+    after_dedup = after_length - counts["exact_duplicates"] - counts["near_duplicates"] - conflicts
     flat = {
         "read": read,
         "invalid": sum(invalid.values()),
@@ -77,6 +79,7 @@ def summarize(
         "truncated": counts["truncated"],
         "exact_duplicates": counts["exact_duplicates"],
         "near_duplicates": counts["near_duplicates"],
+        **({"label_conflicts": conflicts} if conflicts else {}),
         "leakage_dropped": counts["leakage_dropped"],
         "rejected": dropped.total,  # = the lines of rejected.jsonl, whatever the reason
         "written": counts["written"],
@@ -104,6 +107,7 @@ def summarize(
             "dropped": {
                 "exact_duplicate": counts["exact_duplicates"],
                 "near_duplicate": counts["near_duplicates"],
+                **({"label_conflict": conflicts} if conflicts else {}),
             },
             "out": after_dedup,
         },
@@ -151,6 +155,12 @@ def summarize(
             **{n: length_stats(tokens[orders[n]]) for n in SPLIT_NAMES},
         },
         "duplicates": _duplicates(cfg, family, cluster, keep, example, bands, rows),
+        "label_conflicts": {
+            "mode": cfg.label_conflicts,
+            "texts": counts["label_conflict_texts"],
+            "rows": counts["label_conflict_rows"],
+            "dropped": conflicts,
+        },
         "leakage": {
             "exact": leak.exact,
             "near": leak.near,
@@ -201,6 +211,7 @@ def _duplicates(
         largest.append({"size": int(size), "kind": kind, "kept": int(keep[members].sum()), "examples": shown})
     return {
         "mode": cfg.dedup,
+        "exact_match": MATCHING,
         "threshold": cfg.near_dup_threshold,
         "num_perm": NUM_PERM,
         "shingle_words": SHINGLE_WORDS,
@@ -242,6 +253,13 @@ def _warnings(m: dict[str, Any], cfg: DataConfig) -> list[str]:
                             f"{what} {value!r} is {count / n:.0%} of {name} but "
                             f"{train.get(value, 0) / splits['train']:.0%} of train"
                         )
+    conflicts = m["label_conflicts"]
+    if conflicts["texts"]:
+        fate = "every copy was dropped" if conflicts["mode"] == "drop" else "one copy per label was kept"
+        out.append(
+            f"{conflicts['texts']} texts appear under different labels ({conflicts['rows']} rows); {fate} "
+            f"(data.label_conflicts={conflicts['mode']})"
+        )
     leak = m["leakage"]
     if leak["dropped"]:
         out.append(
@@ -322,7 +340,8 @@ def render_markdown(m: dict[str, Any], extras: dict[str, Any]) -> str:
         "",
         f"{d['clusters']} clusters ({d['rows_in_clusters']} rows) at Jaccard ≥ {d['threshold']} on "
         f"{d['shingle_words']}-word shingles (MinHash {d['num_perm']} permutations, {d['lsh_bands']}×"
-        f"{d['lsh_rows']} LSH bands); mode {d['mode']}.",
+        f"{d['lsh_rows']} LSH bands); mode {d['mode']}. Exact duplicates are texts equal when "
+        f"{d['exact_match']}.",
         "",
     ]
     for i, c in enumerate(d["largest"], 1):
@@ -445,7 +464,8 @@ def render_html(m: dict[str, Any], extras: dict[str, Any]) -> str:
     parts.append(
         f"<h2>Duplicate clusters</h2><p>{d['clusters']} clusters ({d['rows_in_clusters']} rows) at Jaccard ≥ "
         f"{d['threshold']} on {d['shingle_words']}-word shingles (MinHash {d['num_perm']} permutations, "
-        f"{d['lsh_bands']}×{d['lsh_rows']} LSH bands); mode {e(d['mode'])}.</p><ol>"
+        f"{d['lsh_bands']}×{d['lsh_rows']} LSH bands); mode {e(d['mode'])}. Exact duplicates are texts "
+        f"equal when {e(d['exact_match'])}.</p><ol>"
     )
     for c in d["largest"]:
         items = "".join(

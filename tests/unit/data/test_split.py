@@ -106,6 +106,7 @@ def test_same_input_and_config_give_byte_identical_output(tmp_path: Path) -> Non
     prepare_dataset(cfg, force=True)
     second = {p.name: p.read_bytes() for p in sorted((tmp_path / "ds").iterdir())}
     assert list(first) == [
+        ".tuneforge",  # the marker that lets a later prepare replace this folder
         "manifest.json",
         "report.html",
         "report.md",

@@ -99,7 +99,15 @@ def fsync_tree(root: Path) -> None:
 # folder whose marker names the same kind, and that holds nothing else, may be replaced, so pointing an output
 # at a folder of one's own (or at the folder holding the input) is refused instead of deleting it.
 MARKER = ".tuneforge"
-# Datasets written before the marker existed are recognised by their manifest kind and their file names.
+# Folders written before the marker existed: a dataset is recognised by its manifest kind and file names, a
+# checkpoint by its file names (its state.json and COMPLETE file are what the train stage itself trusts).
+_LEGACY_CHECKPOINT = {
+    "weights.safetensors",
+    "optimizer.safetensors",
+    "rng.safetensors",
+    "state.json",
+    "COMPLETE",
+}
 _LEGACY_ENTRIES = {
     "tuneforge.dataset": {
         MANIFEST,
@@ -124,6 +132,10 @@ def _owned_entries(path: Path, kind: str) -> set[str] | None:
         if marker.get("kind") == kind and isinstance(entries, list):
             return {str(e) for e in entries} | {MARKER}
         return None
+    if kind == "tuneforge.checkpoint":
+        return (
+            _LEGACY_CHECKPOINT if (path / "COMPLETE").is_file() and (path / "state.json").is_file() else None
+        )
     if kind in _LEGACY_ENTRIES:
         try:
             legacy_kind = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("kind")

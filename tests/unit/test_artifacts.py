@@ -134,3 +134,17 @@ def test_disk_full_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
     assert err.value.__cause__ is None and err.value.__suppress_context__
     assert tree(tmp_path / "out")["a.txt"] == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_legacy_checkpoint_without_marker_is_replaced(tmp_path: Path) -> None:
+    step = tmp_path / "step-00000010"
+    step.mkdir()
+    for name in ("weights.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json", "COMPLETE"):
+        (step / name).write_text("old")
+    publish(step, {"COMPLETE": "new"}, kind="tuneforge.checkpoint")
+    assert tree(step)["COMPLETE"] == "new"
+    (step / ".tuneforge").unlink()
+    (step / "state.json").write_text("{}")
+    (step / "notes.txt").write_text("mine")
+    with pytest.raises(TuneforgeError, match=r"holds files tuneforge did not write \(notes.txt\)"):
+        publish(step, {"COMPLETE": "newer"}, kind="tuneforge.checkpoint")

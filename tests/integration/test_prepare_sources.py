@@ -180,3 +180,18 @@ def test_prepare_stops_on_a_bad_row_and_writes_nothing(tmp_path: Path, cli: Any)
         "data.jsonl:7: [invalid_json] not valid JSON: Expecting ',' delimiter at column 28" in result.stderr
     )
     assert not (tmp_path / "ds").exists()
+
+
+def test_prepare_never_replaces_a_folder_it_did_not_make(tmp_path: Path, cli: Any) -> None:
+    """The CLI refuses in one line (no traceback, exit 2): an output over the input's folder, or over `.`."""
+    (tmp_path / "raw").mkdir()
+    write_jsonl(tmp_path / "raw" / "data.jsonl", ROWS)
+    (tmp_path / "raw" / "notes.md").write_text("mine")
+    for output_dir in ("raw", "."):
+        data = {"path": "raw/data.jsonl", "output_dir": output_dir}
+        (tmp_path / "prep.yaml").write_text(json.dumps({"data": data, "model": {"name": str(TOKENIZER)}}))
+        result = cli("prepare", "prep.yaml")
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"data.output_dir: the output folder {output_dir} holds the input" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["data.jsonl", "notes.md"]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -195,3 +199,85 @@ def test_prepare_never_replaces_a_folder_it_did_not_make(tmp_path: Path, cli: An
         assert "Traceback" not in result.stderr
         assert f"data.output_dir: the output folder {output_dir} holds the input" in result.stderr
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["data.jsonl", "notes.md"]
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL server on a Unix socket (skipped where its binaries or psycopg are missing)."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl)")
+    pytest.importorskip("psycopg")
+    root = Path(tempfile.mkdtemp(prefix="tf-pg-"))
+    root.chmod(0o777)  # the server may run as another user (PostgreSQL refuses to run as root)
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = root / "data"
+
+    def run(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=60)
+
+    run(initdb, "-D", str(data), "-A", "trust", "-U", "tf", "--no-sync")
+    run(
+        pg_ctl,
+        "-D",
+        str(data),
+        "-o",
+        f"-k {root} -c listen_addresses=''",
+        "-w",
+        "-l",
+        str(root / "log"),
+        "start",
+    )
+    url = f"postgresql+psycopg://tf@/postgres?host={root}"
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE reviews (id INTEGER, body TEXT, stars TEXT)"))
+        for i, r in enumerate(ROWS):
+            conn.execute(
+                sa.text("INSERT INTO reviews VALUES (:i, :b, :s)"), {"i": i, "b": r["text"], "s": r["label"]}
+            )
+        # A write hidden in a function: the query check cannot see it, the read-only transaction must stop it.
+        conn.execute(
+            sa.text("CREATE FUNCTION wipe() RETURNS bigint LANGUAGE sql AS 'DELETE FROM reviews RETURNING 1'")
+        )
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _count(url: str) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM reviews")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_prepare_from_postgresql(tmp_path: Path, cli: Any, postgres: str) -> None:
+    write_config(tmp_path, postgres, SQL)
+    result = cli("prepare", "prep.yaml")
+    assert result.returncode == 0, result.stderr
+    manifest, records = prepared(tmp_path)
+    assert manifest["source"]["reader"] == "sql" and manifest["counts"]["read"] == 12
+    assert sorted(map(key, records)) == sorted(map(key, ROWS))
+
+
+def test_postgresql_is_read_only_by_construction(postgres: str) -> None:
+    from tuneforge.config import DataConfig
+    from tuneforge.data.sources import read_rows
+    from tuneforge.errors import TuneforgeError
+
+    with pytest.raises(TuneforgeError, match="it contains DROP; the query was not run"):
+        list(read_rows(postgres, DataConfig(query="DROP TABLE reviews")))
+    with pytest.raises(TuneforgeError) as err:
+        list(read_rows(postgres, DataConfig(query="SELECT wipe() AS text")))
+    assert "cannot execute DELETE in a read-only transaction" in str(err.value)
+    assert _count(postgres) == 12

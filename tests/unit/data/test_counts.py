@@ -10,6 +10,7 @@ import pytest
 
 from tuneforge.config import DataConfig
 from tuneforge.data import prepare_dataset
+from tuneforge.data.records import PROBLEMS
 from tuneforge.errors import TuneforgeError
 
 
@@ -40,6 +41,7 @@ def test_counts_agree_with_rejected_jsonl(tmp_path: Path) -> None:
     assert m["rejected"]["by_reason"] == dict(in_file)
     assert m["counts"]["invalid"] == 1 and m["counts"]["too_many_tokens"] == 2
     assert m["counts"]["written"] + m["counts"]["rejected"] == m["counts"]["read"]
+    assert set(in_file) <= set(PROBLEMS)  # every class a row can be dropped for is documented
 
 
 def test_when_every_row_is_bad_the_error_says_why(tmp_path: Path) -> None:

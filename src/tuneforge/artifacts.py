@@ -161,6 +161,8 @@ def check_replaceable(final: Path, kind: str) -> None:
         raise TuneforgeError(
             f"{final} exists and is not a folder tuneforge made; it is left as it is", fix=fix
         )
+    if not any(final.iterdir()):
+        return  # an empty folder (made to receive the output) holds nothing to lose
     owned = _owned_entries(final, kind)
     if owned is None:
         raise TuneforgeError(

@@ -148,3 +148,9 @@ def test_a_legacy_checkpoint_without_marker_is_replaced(tmp_path: Path) -> None:
     (step / "notes.txt").write_text("mine")
     with pytest.raises(TuneforgeError, match=r"holds files tuneforge did not write \(notes.txt\)"):
         publish(step, {"COMPLETE": "newer"}, kind="tuneforge.checkpoint")
+
+
+def test_an_empty_folder_made_for_the_output_is_used(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    publish(tmp_path / "out", {"a.txt": "1"})
+    assert tree(tmp_path / "out")["a.txt"] == "1"

@@ -200,26 +200,33 @@ def _max_depth(path: Path) -> int:
     bytes out of multi-byte characters, so quotes, backslashes and brackets are found byte-wise)."""
     import numpy as np
 
-    depth, deepest, in_string, backslashes = 0, 0, 0, 0
+    table = np.zeros(256, dtype=bool)
+    table[list(b'"\\[]{}')] = True
+    depth, deepest, in_string, carried = 0, 0, 0, 0
     with _open(path) as f:
         while block := f.read(_CHUNK):
-            b = np.frombuffer(block, dtype=np.uint8)
-            pos = np.arange(len(b))
-            # A quote is escaped when an odd run of backslashes (maybe begun in an earlier block) precedes it.
-            last = np.maximum.accumulate(np.where(b != ord("\\"), pos, -1))
-            before = np.r_[-1, last[:-1]]
-            run = pos - before - 1 + np.where(before == -1, backslashes, 0)
-            quotes = (b == ord('"')) & (run % 2 == 0)
-            inside = (np.cumsum(quotes) + in_string) % 2 == 1
-            outside = ~inside & ~quotes
-            step = np.zeros(len(b), dtype=np.int64)
-            step[outside & ((b == ord("[")) | (b == ord("{")))] = 1
-            step[outside & ((b == ord("]")) | (b == ord("}")))] = -1
-            levels = depth + np.cumsum(step)
-            deepest = max(deepest, int(levels.max()))
-            depth = int(levels[-1])
-            in_string = (int(np.count_nonzero(quotes)) + in_string) % 2
-            backslashes = backslashes + len(b) if last[-1] == -1 else len(b) - 1 - int(last[-1])
+            data = np.frombuffer(block, dtype=np.uint8)
+            # Only the structural bytes matter; a backslash run left open by the last block is put in front.
+            pos = np.concatenate([np.arange(-carried, 0), np.flatnonzero(table[data])])
+            ch = np.concatenate([np.full(carried, ord("\\"), dtype=np.uint8), data[pos[carried:]]])
+            bs = ch == ord("\\")
+            follows = np.r_[False, (bs[:-1]) & (np.diff(pos) == 1)]  # directly after a backslash
+            run = np.cumsum(bs & ~(follows & bs))  # backslash runs numbered from 1
+            lengths = np.bincount(run[bs], minlength=int(run[-1]) + 1 if len(run) else 1)
+            # A quote is escaped when an odd run of backslashes ends right before it.
+            escaped = follows & ~bs & (lengths[np.r_[0, run[:-1]]] % 2 == 1)
+            quote = (ch == ord('"')) & ~escaped
+            inside = (np.cumsum(quote) + in_string) % 2 == 1
+            step = np.zeros(len(ch), dtype=np.int64)
+            outside = ~inside & ~quote
+            step[outside & ((ch == ord("[")) | (ch == ord("{")))] = 1
+            step[outside & ((ch == ord("]")) | (ch == ord("}")))] = -1
+            if len(ch):
+                levels = depth + np.cumsum(step)
+                deepest, depth = max(deepest, int(levels.max())), int(levels[-1])
+                in_string = (int(np.count_nonzero(quote)) + in_string) % 2
+            ends_in_run = len(ch) and bs[-1] and pos[-1] == len(data) - 1
+            carried = int(lengths[run[-1]]) if ends_in_run else 0
     return deepest
 
 

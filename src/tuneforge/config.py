@@ -87,7 +87,8 @@ class DataConfig(Section):
     max_row_bytes: int = Field(16 * 2**20, ge=1024)
     """A source row larger than this is reported as an invalid row instead of being loaded."""
     output_dir: str | None = None
-    """Where the prepared dataset directory goes (default: datasets/<source name>)."""
+    """Where the prepared dataset directory goes (default: datasets/<source name>); an existing folder is only
+    replaced when tuneforge made it and nothing was added to it."""
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15)
     """Train/validation/test fractions."""
     stratify: bool = True

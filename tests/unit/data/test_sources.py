@@ -456,3 +456,17 @@ def test_a_huge_line_is_skipped_in_bounded_memory(tmp_path: Path) -> None:
         ({"text": "after"}, f"{p}:3", None),
     ]
     assert peak < 8 * 2**20  # never the whole 20 MiB line
+
+
+def test_a_table_name_cannot_inject_sql(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    con = sqlite3.connect(db)
+    con.execute(
+        'CREATE TABLE "x"" UNION SELECT sql, 1, 2 FROM sqlite_master --" (id INTEGER, text TEXT, label TEXT)'
+    )
+    con.execute(
+        """INSERT INTO "x"" UNION SELECT sql, 1, 2 FROM sqlite_master --" VALUES (1, 'only row', 'a')"""
+    )
+    con.commit()
+    con.close()
+    assert [f for f, _, _ in rows(f"sqlite:///{db}")] == [{"id": 1, "text": "only row", "label": "a"}]

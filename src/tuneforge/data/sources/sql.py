@@ -150,7 +150,8 @@ def _query(cfg: DataConfig, tables: list[str], shown: str) -> str:
     if cfg.query:
         return cfg.query
     if len(tables) == 1:
-        return f'SELECT * FROM "{tables[0]}"'
+        quoted = tables[0].replace('"', '""')  # a table name is data too: it must not end the identifier
+        return f'SELECT * FROM "{quoted}"'
     raise TuneforgeError(
         f"{shown} has {len(tables)} tables ({', '.join(tables) or 'none'}); which rows should be read?",
         where="data.query",

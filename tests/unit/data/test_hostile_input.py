@@ -59,6 +59,15 @@ def test_a_quote_closed_much_later_is_a_runaway_too(tmp_path: Path) -> None:
         rows(src)
 
 
+def test_an_unclosed_quote_in_the_header_is_named(tmp_path: Path) -> None:
+    src = tmp_path / "d.csv"
+    src.write_text('"text,label\n' + csv_rows(3))
+    with pytest.raises(
+        TuneforgeError, match=r"d.csv:1: \[runaway_quote\] a quote in the header is never closed"
+    ):
+        rows(src)
+
+
 def test_a_real_multiline_field_is_still_one_row(tmp_path: Path) -> None:
     src = tmp_path / "d.csv"
     src.write_text('text,label\n"first line\nsecond line, with a comma",a\nnext,b\n')

@@ -70,6 +70,12 @@ def read(location: str, cfg: DataConfig) -> Iterator[RawRow]:
             raise TuneforgeError(f"cannot read the CSV header: {err}", where=f"{path}:1") from None
         if header == [_END]:
             raise TuneforgeError(f"{path} is empty", where="data.path")
+        if any(_END in h for h in header):
+            raise TuneforgeError(
+                "[runaway_quote] a quote in the header is never closed: the whole file reads as one header",
+                where=f"{path}:1",
+                fix="close or remove the quote in the header line",
+            )
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
             raise TuneforgeError(f"duplicate column names in the header: {header}", where=f"{path}:1")

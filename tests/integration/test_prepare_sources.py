@@ -208,26 +208,23 @@ def postgres() -> Iterator[str]:
     if not initdb or not pg_ctl:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl)")
     pytest.importorskip("psycopg")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user and not shutil.which("runuser"):
+        pytest.skip("running as root without runuser to start PostgreSQL as another user")
     root = Path(tempfile.mkdtemp(prefix="tf-pg-"))
     root.chmod(0o777)  # the server may run as another user (PostgreSQL refuses to run as root)
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     data = root / "data"
 
     def run(*args: str) -> None:
         subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=60)
 
-    run(initdb, "-D", str(data), "-A", "trust", "-U", "tf", "--no-sync")
-    run(
-        pg_ctl,
-        "-D",
-        str(data),
-        "-o",
-        f"-k {root} -c listen_addresses=''",
-        "-w",
-        "-l",
-        str(root / "log"),
-        "start",
-    )
+    options = f"-k {root} -c listen_addresses=''"
+    try:
+        run(initdb, "-D", str(data), "-A", "trust", "-U", "tf", "--no-sync")
+        run(pg_ctl, "-D", str(data), "-o", options, "-w", "-l", f"{root}/log", "start")
+    except subprocess.CalledProcessError as err:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"cannot start a PostgreSQL server here: {err.stderr.decode(errors='replace')[-300:]}")
     url = f"postgresql+psycopg://tf@/postgres?host={root}"
     import sqlalchemy as sa
 

@@ -191,7 +191,8 @@ def _cut_text(tok: PreTrainedTokenizerBase, text: str, keep: int, truncation: st
     else:
         left = str(tok.decode(ids[:head])) if head else ""
         right = str(tok.decode(ids[len(ids) - tail :])) if tail else ""
-    return f"{left} {right}" if left and right else left + right
+    joined = not left or not right or left[-1].isspace() or right[0].isspace()
+    return left + right if joined else f"{left} {right}"
 
 
 def encode_classification_prompt(

@@ -14,6 +14,7 @@ without the seconds that importing transformers costs `tuneforge prepare`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,8 @@ class TokenCounter:
             backend.no_truncation()
             backend.no_padding()
         self.backend = backend
+        self._splitter: re.Pattern[str] | bool | None = False  # False: not made yet
+        self._segments: dict[str, int] = {}
 
     def count(self, texts: Sequence[str], *, special_tokens: bool = False) -> list[int]:
         """Tokens per text; `special_tokens`: with what the tokenizer adds around a text ([CLS] ... [SEP])."""
@@ -77,6 +80,56 @@ class TokenCounter:
             return [len(e.ids) for e in encode(list(texts), add_special_tokens=special_tokens)]
         ids = self.tokenizer(list(texts), add_special_tokens=special_tokens)["input_ids"]
         return [len(x) for x in ids]
+
+    def count_rendered(self, texts: list[str]) -> list[int]:
+        """`count` of chat renderings, without tokenizing their repeated parts again for every row.
+
+        A tokenizer cuts its input at added tokens (<|im_start|> ...) and tokenizes the parts between them
+        independently, so a rendering's count is the number of added tokens plus the counts of its parts.
+        The parts a template repeats (a default system prompt, role headers, the prompt's instructions, a
+        label) are counted once: they are most of a short example's tokens. Lines are parts too where a
+        newline stands between two non-space characters, which byte-level BPE pre-tokenizers (GPT-2,
+        Llama 3, SmolLM) never merge across. Used only for tokenizers whose added tokens strip no
+        whitespace, and checked against whole-text counts on the first rows and on one row of every call:
+        a tokenizer that counts otherwise is counted whole.
+        """
+        if self._splitter is False:
+            self._splitter = self._added_token_splitter()
+            sample = texts[:32]
+            if self._splitter is not None and self._count_by_parts(sample) != self.count(sample):
+                self._splitter = None
+        if not isinstance(self._splitter, re.Pattern) or not texts:
+            return self.count(texts)
+        counts = self._count_by_parts(texts)
+        if counts[-1:] != self.count(texts[-1:]):
+            self._splitter = None
+            return self.count(texts)
+        return counts
+
+    def _added_token_splitter(self) -> re.Pattern[str] | None:
+        added: dict[int, Any] = getattr(self.backend, "get_added_tokens_decoder", dict)()
+        if not added or any(t.lstrip or t.rstrip or t.single_word for t in added.values()):
+            return None
+        contents = sorted({t.content for t in added.values()}, key=len, reverse=True)  # longest match first
+        return re.compile("(" + "|".join(re.escape(c) for c in contents) + ")|(?<=\\S\n)(?=\\S)")
+
+    def _count_by_parts(self, texts: list[str]) -> list[int]:
+        assert isinstance(self._splitter, re.Pattern)
+        split = [self._splitter.split(t) for t in texts]  # [part, added token or None, part, ...]
+        seen: dict[str, int] = {}
+        for parts in split:
+            for part in parts[0::2]:
+                if part and part not in self._segments:
+                    seen[part] = seen.get(part, 0) + 1
+        new = dict(zip(seen, self.count(list(seen)), strict=True))
+        for part, n in new.items():
+            if seen[part] > 1 and len(self._segments) < 100_000:  # repeated within a batch: a template part
+                self._segments[part] = n
+        known = {**new, **self._segments}
+        return [
+            sum(1 for t in parts[1::2] if t is not None) + sum(known[p] for p in parts[0::2] if p)
+            for parts in split
+        ]
 
     def render(self, conversations: list[list[dict[str, str]]]) -> list[str]:
         """Conversations as the chat template writes them, with transformers' own Jinja renderer.
@@ -219,7 +272,7 @@ class LengthMeter:
             return [sum(len(m["content"].split()) for m in c) for c in conversations]
         if not conversations:
             return []
-        return self.counter.count(self.counter.render(conversations))
+        return self.counter.count_rendered(self.counter.render(conversations))
 
 
 def length_stats(lengths: np.ndarray) -> dict[str, float | int]:

@@ -149,9 +149,9 @@ class _Run:
         self.group_ids: dict[str, int] = {}
         self.report_extras: dict[str, Any] = {}
         self._batch: list[tuple[dict[str, Any], RawRow, int, str | None]] = []
-        # (first row, end row, label list) per batch: a classification prompt lists the labels, so rows
-        # measured before the last label appeared are measured again once all are known.
-        self._measured_with: list[tuple[int, int, list[str]]] = []
+        # (first row, end row, label list or None: not measured yet) per batch: a classification prompt
+        # lists the labels, so rows measured before the last label appeared are measured again.
+        self._measured_with: list[tuple[int, int, list[str] | None]] = []
 
     # --- pass 1: stream, validate, clean, measure, spill
 
@@ -231,8 +231,12 @@ class _Run:
         batch, self._batch = self._batch, []
         assert self.fmt is not None
         records = [r for r, *_ in batch]
-        labels = self._prompt_labels(records)
-        lengths = self.meter.lengths(records, self.fmt, labels)
+        labels: list[str] | None = self._prompt_labels(records)
+        if labels and self.cfg.over_length == "truncate":
+            # No decision here depends on a prompt's length: measure once, when every label is known.
+            lengths, labels = [0] * len(records), None
+        else:
+            lengths = self.meter.lengths(records, self.fmt, labels or [])
         keep = []
         for i, (record, row, _, _) in enumerate(batch):
             if self.max_tokens is None or lengths[i] <= self.max_tokens:
@@ -240,11 +244,7 @@ class _Run:
                 continue
             message = f"{lengths[i]} tokens, more than data.max_tokens={self.max_tokens}"
             if self.cfg.over_length == "raise":
-                if len(self.over_length) < MAX_LISTED_PROBLEMS:
-                    self.over_length.append(
-                        {"where": row.where, "problem": "too_many_tokens", "message": message}
-                    )
-                self.counts["too_many_tokens"] += 1
+                self._over_length(row.where, message)
             elif self.cfg.over_length == "drop":
                 self.dropped.add(row.where, "too_many_tokens", message, row.fields, invalid=False)
             elif not self.meter.is_chat(self.fmt) or self.fmt == "classification":
@@ -271,7 +271,7 @@ class _Run:
             )
             self.groups.append(-1 if group is None else self.group_ids.setdefault(group, len(self.group_ids)))
             self.user_split.append(split)
-        if labels:
+        if labels != []:
             self._measured_with.append((first, len(self.tokens), labels))
 
     def _prompt_labels(self, records: list[dict[str, Any]]) -> list[str]:
@@ -282,7 +282,11 @@ class _Run:
         return sorted(seen)
 
     def _remeasure_prompts(self) -> None:
-        """Measure again the classification prompts measured before every label was seen."""
+        """Measure the classification prompts not measured yet, or measured before every label was seen.
+
+        With over_length raise, a prompt found too long now is reported like any other; with drop, such a
+        prompt (a few tokens over, from the labels that appeared later) stays and is cut when encoded.
+        """
         final = self._prompt_labels([])
         stale = [i for a, b, used in self._measured_with if used != final for i in range(a, b)]
         self._measured_with = []
@@ -292,13 +296,26 @@ class _Run:
         self.spill.flush()
         with open(self.spill_path, "rb") as spill:
             for start in range(0, len(stale), BATCH):
-                rows = stale[start : start + BATCH]
-                records = []
+                rows, wheres, records = stale[start : start + BATCH], [], []
                 for i in rows:
                     spill.seek(self.offsets[i])
-                    records.append(json.loads(spill.readline().decode("utf-8").partition("\t")[2]))
-                for i, n in zip(rows, self.meter.lengths(records, self.fmt, final), strict=True):
+                    where, _, record = spill.readline().decode("utf-8").partition("\t")
+                    wheres.append(json.loads(where))
+                    records.append(json.loads(record))
+                lengths = self.meter.lengths(records, self.fmt, final)
+                for i, where, n in zip(rows, wheres, lengths, strict=True):
                     self.tokens[i] = n
+                    if (
+                        self.cfg.over_length == "raise"
+                        and self.max_tokens is not None
+                        and n > self.max_tokens
+                    ):
+                        self._over_length(where, f"{n} tokens, more than data.max_tokens={self.max_tokens}")
+
+    def _over_length(self, where: str, message: str) -> None:
+        if len(self.over_length) < MAX_LISTED_PROBLEMS:
+            self.over_length.append({"where": where, "problem": "too_many_tokens", "message": message})
+        self.counts["too_many_tokens"] += 1
 
     def _truncate(self, record: dict[str, Any], row: RawRow, length: int) -> int | None:
         """End an over-long conversation after its last assistant turn that fits; None (dropped) if none does.

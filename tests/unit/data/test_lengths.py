@@ -204,3 +204,29 @@ def test_what_lengths_depend_on_is_part_of_the_fingerprint(tmp_path: Path) -> No
     ]
     fingerprints = [prepare_dataset(cfg, model=m).manifest["fingerprint"] for m in models]
     assert len(set(fingerprints)) == 3  # each one prepared again, not reused
+
+
+def test_counting_a_rendering_by_its_parts_equals_counting_it_whole(tmp_path: Path) -> None:
+    import re
+
+    from tuneforge.data.lengths import TokenCounter
+
+    counter = token_counter(ModelConfig(name=str(TOKENIZER)))
+    contents = ["a\nb", "x \n y", "two\n\nlines", " lead", "trail ", "<|im_end|>inside", "12\n34", "é\nü", ""]
+    conversations = [
+        [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        for u in contents
+        for a in contents
+    ]
+    rendered = counter.render(conversations) * 2  # repeated parts are counted once, then from the cache
+    assert counter.count_rendered(rendered) == counter.count(rendered)
+    assert isinstance(counter._splitter, re.Pattern) and counter._segments  # the fast path was taken
+    # An added token that strips the whitespace beside it changes what the parts are: counted whole.
+    folder = shutil.copytree(TOKENIZER, tmp_path / "lstrip")
+    config = json.loads((folder / "tokenizer.json").read_text())
+    for token in config["added_tokens"]:
+        token["lstrip"] = True
+    (folder / "tokenizer.json").write_text(json.dumps(config))
+    stripping = token_counter(ModelConfig(name=str(folder)))
+    assert stripping.count_rendered(rendered) == stripping.count(rendered) and stripping._splitter is None
+    assert TokenCounter().count_rendered(["a b\nc"]) == [3]  # whitespace words

@@ -261,6 +261,14 @@ class LengthMeter:
         if self.counter.tokenizer is None:
             return self.counter.count([record_text(r) for r in records])
         if self.is_chat(fmt):
+            if self.counter.chat_template is None:
+                raise TuneforgeError(
+                    f"the tokenizer has no chat template, and a causal LM learns every {fmt} record as a "
+                    "conversation",
+                    where="model.chat_template",
+                    fix="set model.chat_template to a Jinja template or the name chatml (or model.task to "
+                    "classification or regression, to train a head)",
+                )
             return self.conversation_lengths([to_messages(r, labels, self.template) for r in records])
         texts = [str(r["text"]) if "text" in r else record_text(r) for r in records]
         if self.task != "causal-lm":

@@ -230,3 +230,22 @@ def test_counting_a_rendering_by_its_parts_equals_counting_it_whole(tmp_path: Pa
     stripping = token_counter(ModelConfig(name=str(folder)))
     assert stripping.count_rendered(rendered) == stripping.count(rendered) and stripping._splitter is None
     assert TokenCounter().count_rendered(["a b\nc"]) == [3]  # whitespace words
+
+
+def test_a_causal_lm_without_a_chat_template_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from tuneforge.errors import TuneforgeError
+
+    bare = shutil.copytree(TOKENIZER, tmp_path / "bare")
+    (bare / "chat_template.jinja").unlink()
+    src = write_jsonl(tmp_path / "r.jsonl", reviews(12))
+    cfg = DataConfig(path=str(src), output_dir=str(tmp_path / "ds"))
+    with pytest.raises(TuneforgeError) as err:
+        prepare_dataset(cfg, model=ModelConfig(name=str(bare)))
+    assert str(err.value) == (
+        "model.chat_template: the tokenizer has no chat template, and a causal LM learns every "
+        "classification record as a conversation\n  fix: set model.chat_template to a Jinja template or the "
+        "name chatml (or model.task to classification or regression, to train a head)"
+    )
+    assert not (tmp_path / "ds").exists()
+    head = prepare_dataset(cfg, model=ModelConfig(name=str(bare), task="classification"))
+    assert head.manifest["counts"]["written"] == 12

@@ -248,7 +248,7 @@ class _Run:
             elif self.cfg.over_length == "drop":
                 self.dropped.add(row.where, "too_many_tokens", message, row.fields, invalid=False)
             elif not self.meter.is_chat(self.fmt) or self.fmt == "classification":
-                keep.append(i)  # kept whole: the text is cut when encoded (data.truncation), counted below
+                keep.append(i)  # kept whole: cut when encoded (data.truncation); the report counts it
             else:
                 fitted = self._truncate(record, row, lengths[i])
                 if fitted is not None:

@@ -114,9 +114,11 @@ class DataConfig(Section):
     min_examples: int = Field(10, ge=1)
     """Fewer usable examples than this is an error."""
     max_tokens: int | None = Field(None, ge=1)
-    """Token limit per example with the model's tokenizer (default: model.max_length)."""
-    over_length: Literal["drop", "truncate", "raise"] = "drop"
-    """What to do with examples over `max_tokens`."""
+    """Token limit per example, counted as the model sees it (default: model.max_length)."""
+    over_length: Literal["truncate", "drop", "raise"] = "truncate"
+    """Over `max_tokens`: truncate (keep; cut when encoded, chats at a turn boundary), drop or raise."""
+    truncation: Literal["head", "tail", "head-tail"] = "head"
+    """Which part of an over-long text is kept: head, tail, or head-tail (1/4 start + 3/4 end)."""
     labels: list[str] | None = None
     """The allowed label set (classification); other labels are invalid rows."""
     prompt_template: str = (

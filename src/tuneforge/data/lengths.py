@@ -1,4 +1,10 @@
-"""Token lengths with the chosen model's tokenizer (whitespace words when no model is given), and their stats.
+"""Token lengths as the model will see them (whitespace words when no model is given), and their stats.
+
+A causal LM sees a supervised record as a conversation rendered by its chat template (a default system
+prompt included), a classification record through data.prompt_template; a classification or regression head
+sees the text with the tokenizer's special tokens; a text document is followed by EOS. `LengthMeter` counts
+exactly that, so that the length filter and the report agree with what training encodes (a test compares
+them token for token with `tuneforge.models.encode`).
 
 The data stage comes before the model stage, so the tokenizer is loaded here directly from a local folder, a
 built-in (resolved by `tuneforge.builtin`) or a hub id, never through `tuneforge.models`. A folder with a
@@ -16,20 +22,41 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tuneforge import builtin
+from tuneforge.data.chat import (
+    folder_chat_template,
+    folder_special_tokens,
+    no_chat_template,
+    template_of,
+    to_messages,
+)
+from tuneforge.data.records import record_text
 from tuneforge.errors import TuneforgeError
 
 if TYPE_CHECKING:
     from tuneforge.config import ModelConfig
 
-_WORD = re.compile(r"\S+")
-
 
 class TokenCounter:
-    """Counts and cuts texts in tokens; `name` says which tokenizer (part of the dataset fingerprint)."""
+    """Counts texts in tokens and renders conversations; `name` says which tokenizer.
 
-    def __init__(self, name: str = "whitespace", tokenizer: Any = None) -> None:
+    `chat_template` and `special_tokens` are what the model stage's tokenizer renders a conversation with;
+    `eos` is 1 when the tokenizer has an end-of-sequence token (appended to every text document).
+    """
+
+    def __init__(
+        self,
+        name: str = "whitespace",
+        tokenizer: Any = None,
+        *,
+        chat_template: str | None = None,
+        special_tokens: dict[str, str] | None = None,
+        eos: int = 0,
+    ) -> None:
         self.name = name
         self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.special_tokens = special_tokens or {}
+        self.eos = eos
         # The Rust tokenizer behind a fast tokenizer, without the truncation or padding a tokenizer.json may
         # carry (a count capped at 512 would hide exactly the rows that are too long).
         backend = (
@@ -39,28 +66,87 @@ class TokenCounter:
             backend.no_truncation()
             backend.no_padding()
         self.backend = backend
+        self._splitter: re.Pattern[str] | bool | None = False  # False: not made yet
+        self._segments: dict[str, int] = {}
 
-    def count(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text, without special tokens or a chat template (the content itself)."""
+    def count(self, texts: Sequence[str], *, special_tokens: bool = False) -> list[int]:
+        """Tokens per text; `special_tokens`: with what the tokenizer adds around a text ([CLS] ... [SEP])."""
         if self.tokenizer is None:
             return [len(t.split()) for t in texts]
         if not texts:
             return []
         if self.backend is not None:
             encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)  # fast: no offsets
-            return [len(e.ids) for e in encode(list(texts), add_special_tokens=False)]
-        return [len(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+            return [len(e.ids) for e in encode(list(texts), add_special_tokens=special_tokens)]
+        ids = self.tokenizer(list(texts), add_special_tokens=special_tokens)["input_ids"]
+        return [len(x) for x in ids]
 
-    def truncate(self, text: str, max_tokens: int) -> str:
-        """The longest prefix of `text` that has at most `max_tokens` tokens, cut at a token boundary."""
-        if self.tokenizer is None:
-            words = list(_WORD.finditer(text))
-            return text if len(words) <= max_tokens else text[: words[max_tokens - 1].end()]
-        if self.backend is not None:
-            offsets = self.backend.encode(text, add_special_tokens=False).offsets
-            return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return text if len(ids) <= max_tokens else str(self.tokenizer.decode(ids[:max_tokens]))
+    def count_rendered(self, texts: list[str]) -> list[int]:
+        """`count` of chat renderings, without tokenizing their repeated parts again for every row.
+
+        A tokenizer cuts its input at added tokens (<|im_start|> ...) and tokenizes the parts between them
+        independently, so a rendering's count is the number of added tokens plus the counts of its parts.
+        The parts a template repeats (a default system prompt, role headers, the prompt's instructions, a
+        label) are counted once: they are most of a short example's tokens. Lines are parts too where a
+        newline stands between two non-space characters, which byte-level BPE pre-tokenizers (GPT-2,
+        Llama 3, SmolLM) never merge across. Used only for tokenizers whose added tokens strip no
+        whitespace, and checked against whole-text counts on the first rows and on one row of every call:
+        a tokenizer that counts otherwise is counted whole.
+        """
+        if self._splitter is False:
+            self._splitter = self._added_token_splitter()
+            sample = texts[:32]
+            if self._splitter is not None and self._count_by_parts(sample) != self.count(sample):
+                self._splitter = None
+        if not isinstance(self._splitter, re.Pattern) or not texts:
+            return self.count(texts)
+        counts = self._count_by_parts(texts)
+        if counts[-1:] != self.count(texts[-1:]):
+            self._splitter = None
+            return self.count(texts)
+        return counts
+
+    def _added_token_splitter(self) -> re.Pattern[str] | None:
+        added: dict[int, Any] = getattr(self.backend, "get_added_tokens_decoder", dict)()
+        if not added or any(t.lstrip or t.rstrip or t.single_word for t in added.values()):
+            return None
+        contents = sorted({t.content for t in added.values()}, key=len, reverse=True)  # longest match first
+        return re.compile("(" + "|".join(re.escape(c) for c in contents) + ")|(?<=\\S\n)(?=\\S)")
+
+    def _count_by_parts(self, texts: list[str]) -> list[int]:
+        assert isinstance(self._splitter, re.Pattern)
+        split = [self._splitter.split(t) for t in texts]  # [part, added token or None, part, ...]
+        seen: dict[str, int] = {}
+        for parts in split:
+            for part in parts[0::2]:
+                if part and part not in self._segments:
+                    seen[part] = seen.get(part, 0) + 1
+        new = dict(zip(seen, self.count(list(seen)), strict=True))
+        for part, n in new.items():
+            if seen[part] > 1 and len(self._segments) < 100_000:  # repeated within a batch: a template part
+                self._segments[part] = n
+        known = {**new, **self._segments}
+        return [
+            sum(1 for t in parts[1::2] if t is not None) + sum(known[p] for p in parts[0::2] if p)
+            for parts in split
+        ]
+
+    def render(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        """Conversations as the chat template writes them, with transformers' own Jinja renderer.
+
+        The renderer alone, not a transformers tokenizer: loading one imports torch, which would cost
+        `tuneforge prepare` more than measuring the whole dataset.
+        """
+        if self.chat_template is None:
+            raise no_chat_template()
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        # Like tokenizer.apply_chat_template: the named special tokens are the template's variables.
+        variables: dict[str, Any] = dict(self.special_tokens)
+        out: Any = render_jinja_template(  # annotated as str; returns (rendered, generation indices)
+            conversations=conversations, chat_template=self.chat_template, **variables
+        )
+        return [str(r) for r in out[0]]
 
 
 def _is_rust_tokenizer(tok: Any) -> bool:
@@ -81,6 +167,7 @@ def token_counter(model: ModelConfig | None) -> TokenCounter:
             fix="pass a Hugging Face model folder",
         )
     folder = Path(location).expanduser()
+    override = template_of(model.chat_template)
     if local and (folder / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
@@ -88,7 +175,15 @@ def token_counter(model: ModelConfig | None) -> TokenCounter:
             tok: Any = Tokenizer.from_file(str(folder / "tokenizer.json"))
         except Exception as err:  # the Rust library raises a plain Exception for a malformed file
             raise _load_error(name, location, local, err) from None
-        return TokenCounter(tokenizer_name(model), tok)
+        special = folder_special_tokens(folder)
+        eos = special.get("eos_token")
+        return TokenCounter(
+            tokenizer_name(model),
+            tok,
+            chat_template=override or folder_chat_template(folder),
+            special_tokens=special,
+            eos=int(eos is not None and tok.token_to_id(eos) is not None),
+        )
     from transformers import AutoTokenizer
 
     try:
@@ -100,7 +195,17 @@ def token_counter(model: ModelConfig | None) -> TokenCounter:
         )
     except (OSError, ValueError) as err:
         raise _load_error(name, location, local, err) from None
-    return TokenCounter(tokenizer_name(model), tok)
+    special = dict(tok.special_tokens_map)
+    if "pad_token" not in special and (tok.eos_token or tok.unk_token):
+        special["pad_token"] = tok.eos_token or tok.unk_token  # as the model stage pads
+    own = tok.chat_template if isinstance(tok.chat_template, str) else None
+    return TokenCounter(
+        tokenizer_name(model),
+        tok,
+        chat_template=override or own,
+        special_tokens=special,
+        eos=int(tok.eos_token_id is not None),
+    )
 
 
 def _load_error(name: str, location: str, local: bool, err: Exception) -> TuneforgeError:
@@ -115,10 +220,67 @@ def _load_error(name: str, location: str, local: bool, err: Exception) -> Tunefo
 
 
 def tokenizer_name(model: ModelConfig | None) -> str:
-    """Which tokenizer measures lengths, known without loading it (part of the input fingerprint)."""
+    """Which tokenizer measures lengths, known without loading it (shown in the report)."""
     if model is None:
         return "whitespace"
     return model.name if model.revision is None else f"{model.name}@{model.revision}"
+
+
+def measure_key(model: ModelConfig | None) -> str:
+    """Everything lengths depend on, known without loading the tokenizer (part of the input fingerprint)."""
+    if model is None:
+        return "whitespace"
+    return f"{tokenizer_name(model)} task={model.task} chat_template={model.chat_template!r}"
+
+
+CHAT_FORMATS = ("chat", "instruction", "classification", "preference")  # what a causal LM sees as a chat
+
+
+class LengthMeter:
+    """Tokens per record as the model will see them (before any truncation at model.max_length)."""
+
+    def __init__(self, counter: TokenCounter, task: str = "causal-lm", template: str = "{text}") -> None:
+        self.counter, self.task, self.template = counter, task, template
+
+    def basis(self, fmt: str | None) -> str:
+        """How lengths were counted, in the report's words."""
+        if self.counter.tokenizer is None:
+            return "whitespace-separated words"
+        if self.task != "causal-lm":
+            return "text with the tokenizer's special tokens"
+        if fmt in CHAT_FORMATS:
+            extra = " with data.prompt_template" if fmt == "classification" else ""
+            return f"conversation rendered by the chat template{extra}"
+        return "text followed by EOS" if self.counter.eos else "text"
+
+    def is_chat(self, fmt: str | None) -> bool:
+        return self.task == "causal-lm" and fmt in CHAT_FORMATS
+
+    def lengths(self, records: list[dict[str, Any]], fmt: str, labels: list[str]) -> list[int]:
+        """Token counts of `records`; `labels` fill {labels} of the classification prompt."""
+        if self.counter.tokenizer is None:
+            return self.counter.count([record_text(r) for r in records])
+        if self.is_chat(fmt):
+            if self.counter.chat_template is None:
+                raise TuneforgeError(
+                    f"the tokenizer has no chat template, and a causal LM learns every {fmt} record as a "
+                    "conversation",
+                    where="model.chat_template",
+                    fix="set model.chat_template to a Jinja template or the name chatml (or model.task to "
+                    "classification or regression, to train a head)",
+                )
+            return self.conversation_lengths([to_messages(r, labels, self.template) for r in records])
+        texts = [str(r["text"]) if "text" in r else record_text(r) for r in records]
+        if self.task != "causal-lm":
+            return self.counter.count(texts, special_tokens=True)
+        return [n + self.counter.eos for n in self.counter.count(texts)]
+
+    def conversation_lengths(self, conversations: list[list[dict[str, str]]]) -> list[int]:
+        if self.counter.tokenizer is None:
+            return [sum(len(m["content"].split()) for m in c) for c in conversations]
+        if not conversations:
+            return []
+        return self.counter.count_rendered(self.counter.render(conversations))
 
 
 def length_stats(lengths: np.ndarray) -> dict[str, float | int]:

@@ -24,11 +24,12 @@ import numpy as np
 from tuneforge import __version__, builtin
 from tuneforge.artifacts import DatasetDir, atomic_dir, sha256_file, write_json_atomic
 from tuneforge.config import DataConfig
+from tuneforge.data.chat import assistant_ends, to_messages
 from tuneforge.data.clean import Cleaner, normalize_label
 from tuneforge.data.conflicts import resolve_conflicts
 from tuneforge.data.dedup import exact_families, key_of_normalized, normalize_for_matching, one_per_group
 from tuneforge.data.leakage import find_leakage
-from tuneforge.data.lengths import TokenCounter, token_counter, tokenizer_name
+from tuneforge.data.lengths import LengthMeter, measure_key, token_counter
 from tuneforge.data.near_dup import NearDuplicateIndex, connected_clusters
 from tuneforge.data.output import check_output, default_output_dir
 from tuneforge.data.progress import Passes
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from tuneforge.config import ModelConfig
 
 BATCH = 2048  # rows tokenized, hashed and spilled together
-TEXT_FORMATS = ("text", "classification", "regression")  # formats whose one text field can be truncated
 
 
 def input_fingerprint(
@@ -84,7 +84,7 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
     out = default_output_dir(cfg)
     check_output(out, Path(cfg.path), source.files)
     max_tokens = cfg.max_tokens or (model.max_length if model is not None else None)
-    fingerprint, files = input_fingerprint(cfg, source.files, tokenizer_name(model), max_tokens)
+    fingerprint, files = input_fingerprint(cfg, source.files, measure_key(model), max_tokens)
     if (
         not force
         and not source.remote
@@ -93,11 +93,11 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
     ):
         return DatasetDir(out)
 
-    counter = token_counter(model)
+    meter = LengthMeter(token_counter(model), model.task if model else "causal-lm", cfg.prompt_template)
     with Passes() as passes, atomic_dir(out, kind=DatasetDir.KIND) as tmp:
         work = tmp / ".work"
         work.mkdir()
-        run = _Run(cfg, counter, max_tokens, tmp, work, passes)
+        run = _Run(cfg, meter, max_tokens, tmp, work, passes)
         run.read(read_rows(cfg.path, cfg))
         manifest = run.finish()
         manifest.update(
@@ -119,13 +119,14 @@ class _Run:
     def __init__(
         self,
         cfg: DataConfig,
-        counter: TokenCounter,
+        meter: LengthMeter,
         max_tokens: int | None,
         out: Path,
         work: Path,
         passes: Passes,
     ) -> None:
-        self.cfg, self.counter, self.max_tokens, self.out, self.passes = cfg, counter, max_tokens, out, passes
+        self.cfg, self.meter, self.max_tokens, self.out, self.passes = cfg, meter, max_tokens, out, passes
+        self.counter = meter.counter
         self.cleaner = Cleaner(cfg.clean)
         self.allowed = {normalize_label(x, cfg.clean) for x in cfg.labels} if cfg.labels is not None else None
         self.fmt: str | None = None
@@ -147,6 +148,9 @@ class _Run:
         self.group_ids: dict[str, int] = {}
         self.report_extras: dict[str, Any] = {}
         self._batch: list[tuple[dict[str, Any], RawRow, int, str | None]] = []
+        # (first row, end row, label list or None: not measured yet) per batch: a classification prompt
+        # lists the labels, so rows measured before the last label appeared are measured again.
+        self._measured_with: list[tuple[int, int, list[str] | None]] = []
 
     # --- pass 1: stream, validate, clean, measure, spill
 
@@ -160,6 +164,7 @@ class _Run:
                 # Per batch: updating the bar for every row would cost more than cleaning the row.
                 self.passes.show(task, self.counts["read"])
         self._flush()
+        self._remeasure_prompts()
         self.passes.finish(task)
 
     def _one(self, row: RawRow) -> None:
@@ -223,8 +228,14 @@ class _Run:
         if not self._batch:
             return
         batch, self._batch = self._batch, []
-        texts = [record_text(r) for r, *_ in batch]
-        lengths = self.counter.count(texts)
+        assert self.fmt is not None
+        records = [r for r, *_ in batch]
+        labels: list[str] | None = self._prompt_labels(records)
+        if labels and self.cfg.over_length == "truncate":
+            # No decision here depends on a prompt's length: measure once, when every label is known.
+            lengths, labels = [0] * len(records), None
+        else:
+            lengths = self.meter.lengths(records, self.fmt, labels or [])
         keep = []
         for i, (record, row, _, _) in enumerate(batch):
             if self.max_tokens is None or lengths[i] <= self.max_tokens:
@@ -232,20 +243,18 @@ class _Run:
                 continue
             message = f"{lengths[i]} tokens, more than data.max_tokens={self.max_tokens}"
             if self.cfg.over_length == "raise":
-                if len(self.over_length) < MAX_LISTED_PROBLEMS:
-                    self.over_length.append(
-                        {"where": row.where, "problem": "too_many_tokens", "message": message}
-                    )
-                self.counts["too_many_tokens"] += 1
+                self._over_length(row.where, message)
             elif self.cfg.over_length == "drop":
                 self.dropped.add(row.where, "too_many_tokens", message, row.fields, invalid=False)
-            elif self._truncate(record, row):
-                texts[i] = record_text(record)
-                keep.append(i)
-        truncated = [i for i in keep if self.max_tokens is not None and lengths[i] > self.max_tokens]
-        for i, n in zip(truncated, self.counter.count([texts[i] for i in truncated]), strict=True):
-            lengths[i] = n
-        normalized = [normalize_for_matching(texts[i]) for i in keep]
+            elif not self.meter.is_chat(self.fmt) or self.fmt == "classification":
+                keep.append(i)  # kept whole: cut when encoded (data.truncation); the report counts it
+            else:
+                fitted = self._truncate(record, row, lengths[i])
+                if fitted is not None:
+                    lengths[i] = fitted
+                    keep.append(i)
+        first = len(self.tokens)
+        normalized = [normalize_for_matching(record_text(batch[i][0])) for i in keep]
         self.index.add(normalized)
         for i, norm in zip(keep, normalized, strict=True):
             record, row, split, group = batch[i]
@@ -261,29 +270,77 @@ class _Run:
             )
             self.groups.append(-1 if group is None else self.group_ids.setdefault(group, len(self.group_ids)))
             self.user_split.append(split)
+        if labels != []:
+            self._measured_with.append((first, len(self.tokens), labels))
 
-    def _truncate(self, record: dict[str, Any], row: RawRow) -> bool:
-        """Cut an over-long row to max_tokens; False (and dropped) when nothing would be left to learn."""
-        assert self.max_tokens is not None and self.fmt is not None
-        self.counts["truncated"] += 1
-        if self.fmt in TEXT_FORMATS:
-            record["text"] = self.counter.truncate(record["text"], self.max_tokens)
-            return True
-        # Several fields: the train stage cuts the rendered example at model.max_length. If the prompt alone
-        # fills the limit, the answer is cut off entirely and the loss mask would be empty.
-        prompt = _prompt_text(record)
-        if prompt is not None and self.counter.count([prompt])[0] >= self.max_tokens:
-            self.counts["truncated"] -= 1
-            self.dropped.add(
-                row.where,
-                "no_trainable_tokens",
-                f"the prompt alone has max_tokens={self.max_tokens} tokens or more, so truncation would "
-                "leave no answer tokens to learn from",
-                row.fields,
-                invalid=False,
-            )
-            return False
-        return True
+    def _prompt_labels(self, records: list[dict[str, Any]]) -> list[str]:
+        """The label list a classification prompt shows (as the dataset will list them), [] otherwise."""
+        if self.fmt != "classification" or not self.meter.is_chat(self.fmt) or self.counter.tokenizer is None:
+            return []
+        seen = set(self.label_ids) | {str(r["label"]) for r in records} | (self.allowed or set())
+        return sorted(seen)
+
+    def _remeasure_prompts(self) -> None:
+        """Measure the classification prompts not measured yet, or measured before every label was seen.
+
+        With over_length raise, a prompt found too long now is reported like any other; with drop, such a
+        prompt (a few tokens over, from the labels that appeared later) stays and is cut when encoded.
+        """
+        final = self._prompt_labels([])
+        stale = [i for a, b, used in self._measured_with if used != final for i in range(a, b)]
+        self._measured_with = []
+        if not stale:
+            return
+        assert self.fmt is not None
+        self.spill.flush()
+        with open(self.spill_path, "rb") as spill:
+            for start in range(0, len(stale), BATCH):
+                rows, wheres, records = stale[start : start + BATCH], [], []
+                for i in rows:
+                    spill.seek(self.offsets[i])
+                    where, _, record = spill.readline().decode("utf-8").partition("\t")
+                    wheres.append(json.loads(where))
+                    records.append(json.loads(record))
+                lengths = self.meter.lengths(records, self.fmt, final)
+                for i, where, n in zip(rows, wheres, lengths, strict=True):
+                    self.tokens[i] = n
+                    if (
+                        self.cfg.over_length == "raise"
+                        and self.max_tokens is not None
+                        and n > self.max_tokens
+                    ):
+                        self._over_length(where, f"{n} tokens, more than data.max_tokens={self.max_tokens}")
+
+    def _over_length(self, where: str, message: str) -> None:
+        if len(self.over_length) < MAX_LISTED_PROBLEMS:
+            self.over_length.append({"where": where, "problem": "too_many_tokens", "message": message})
+        self.counts["too_many_tokens"] += 1
+
+    def _truncate(self, record: dict[str, Any], row: RawRow, length: int) -> int | None:
+        """End an over-long conversation after its last assistant turn that fits; None (dropped) if none does.
+
+        Done here rather than when encoding, so the dataset holds what training sees, and a conversation
+        whose first answer does not fit is reported instead of being learnt with its answer cut off.
+        """
+        assert self.max_tokens is not None
+        messages = to_messages(record, [], self.cfg.prompt_template)
+        ends = [k for k in assistant_ends(messages) if k < len(messages)]  # the whole is known too long
+        lengths = self.meter.conversation_lengths([messages[:k] for k in ends])
+        fits = [(k, n) for k, n in zip(ends, lengths, strict=True) if n <= self.max_tokens]
+        if fits and "messages" in record:
+            k, n = fits[-1]
+            record["messages"] = messages[:k]
+            self.counts["truncated_at_turn"] += 1
+            return n
+        self.dropped.add(
+            row.where,
+            "answer_too_long",
+            f"{lengths[0] if ends else length} tokens up to the end of the first assistant answer, more than "
+            f"data.max_tokens={self.max_tokens}: no complete answer fits",
+            row.fields,
+            invalid=False,
+        )
+        return None
 
     # --- decisions on the compact per-row facts, then the writes
 
@@ -471,6 +528,7 @@ class _Run:
                 dropped=self.dropped,
                 cleaning=self.cleaner.counts,
                 tokenizer=self.counter.name,
+                measured_as=self.meter.basis(self.fmt),
                 max_tokens=self.max_tokens,
                 split=split,
                 orders=orders,
@@ -504,22 +562,6 @@ class _Run:
 
 def _group_value(value: Any) -> str:
     return "(missing)" if value is None or value == "" else str(value).strip()
-
-
-def _prompt_text(record: dict[str, Any]) -> str | None:
-    """What comes before the first answer the model learns (chat, instruction, preference)."""
-    if "messages" in record:
-        before: list[str] = []
-        for m in record["messages"]:
-            if m["role"] == "assistant":
-                return "\n".join(before)
-            before.append(m["content"])
-        return "\n".join(before)
-    if "instruction" in record:
-        return f"{record['instruction']}\n{record['input']}"
-    if "prompt" in record:
-        return str(record["prompt"])
-    return None
 
 
 _MANIFEST_ORDER = (

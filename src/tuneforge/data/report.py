@@ -33,7 +33,7 @@ CLUSTER_EXAMPLES = 3
 SNIPPET = 300  # characters of an example text shown
 
 CLEAN_REASONS = ("missing_value", "empty_after_cleaning", "too_short", "too_long")
-LENGTH_REASONS = ("too_many_tokens", "no_trainable_tokens")
+LENGTH_REASONS = ("too_many_tokens", "answer_too_long")
 
 
 def _snippet(text: str) -> str:
@@ -49,6 +49,7 @@ def summarize(
     dropped: Any,
     cleaning: Counter[str],
     tokenizer: str,
+    measured_as: str,
     max_tokens: int | None,
     split: np.ndarray,
     orders: dict[str, list[int]],
@@ -72,11 +73,15 @@ def summarize(
     after_length = after_clean - sum(filtered[r] for r in LENGTH_REASONS)
     conflicts = counts["label_conflicts"]
     after_dedup = after_length - counts["exact_duplicates"] - counts["near_duplicates"] - conflicts
+    # Rows kept longer than max_tokens (over_length: truncate) are cut when encoded; conversations were cut
+    # at a turn boundary already.
+    over = tokens > max_tokens if max_tokens is not None else np.zeros(len(tokens), dtype=bool)
+    truncated = counts["truncated_at_turn"] + int(over.sum())
     flat = {
         "read": read,
         "invalid": sum(invalid.values()),
         **{r: filtered[r] for r in (*CLEAN_REASONS, *LENGTH_REASONS) if filtered[r]},
-        "truncated": counts["truncated"],
+        "truncated": truncated,
         "exact_duplicates": counts["exact_duplicates"],
         "near_duplicates": counts["near_duplicates"],
         **({"label_conflicts": conflicts} if conflicts else {}),
@@ -98,7 +103,7 @@ def summarize(
             "step": "token_length",
             "in": after_clean,
             "dropped": {r: filtered[r] for r in LENGTH_REASONS if filtered[r]},
-            "truncated": counts["truncated"],
+            "truncated": truncated,
             "out": after_length,
         },
         {
@@ -149,8 +154,15 @@ def summarize(
         "group_distribution": group_dist,
         "token_lengths": {
             "tokenizer": tokenizer,
+            "measured_as": measured_as,
             "max_tokens": max_tokens,
             "over_length": cfg.over_length,
+            "truncation": cfg.truncation,
+            "truncated_at_turn": counts["truncated_at_turn"],
+            "cut_when_encoded": {
+                "all": int(over[split >= 0].sum()),
+                **{n: int(over[orders[n]].sum()) for n in SPLIT_NAMES},
+            },
             "all": length_stats(tokens[split >= 0]),
             **{n: length_stats(tokens[orders[n]]) for n in SPLIT_NAMES},
         },
@@ -260,6 +272,13 @@ def _warnings(m: dict[str, Any], cfg: DataConfig) -> list[str]:
             f"{conflicts['texts']} texts appear under different labels ({conflicts['rows']} rows); {fate} "
             f"(data.label_conflicts={conflicts['mode']})"
         )
+    tl = m["token_lengths"]
+    cut, written = tl["cut_when_encoded"]["all"], tl["all"]["count"]
+    if cut:
+        out.append(
+            f"{cut} of {written} rows ({cut / written:.0%}) are longer than max_tokens={tl['max_tokens']} "
+            f"({tl['measured_as']}) and are cut when encoded (data.truncation: {tl['truncation']})"
+        )
     leak = m["leakage"]
     if leak["dropped"]:
         out.append(
@@ -308,12 +327,15 @@ def _tables(m: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
             )
     tl = m["token_lengths"]
     keys = ["count", "min", "mean", "p50", "p90", "p95", "p99", "max"]
+    cut = tl.get("cut_when_encoded", {})
+    turns = f", cut at a turn boundary: {tl['truncated_at_turn']}" if tl.get("truncated_at_turn") else ""
     tables.append(
         (
-            f"Token lengths ({tl['tokenizer']}, max_tokens {tl['max_tokens']}, "
-            f"over length: {tl['over_length']})",
-            ["split", *keys],
-            [[n, *(str(tl[n].get(k, "")) for k in keys)] for n in ("all", *SPLIT_NAMES)],
+            f"Token lengths ({tl['tokenizer']}: {tl.get('measured_as', 'tokens')}; max_tokens "
+            f"{tl['max_tokens']}, over length: {tl['over_length']}, "
+            f"truncation: {tl.get('truncation')}{turns})",
+            ["split", *keys, "cut when encoded"],
+            [[n, *(str(tl[n].get(k, "")) for k in keys), str(cut.get(n, 0))] for n in ("all", *SPLIT_NAMES)],
         )
     )
     return tables

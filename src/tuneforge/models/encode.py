@@ -1,15 +1,19 @@
 """Records → token examples for each task, with the causal-LM loss only on what the assistant says.
 
 An example is a dict: `input_ids` (list[int]), and either `labels` (list[int], -100 where no loss) for
-causal-lm or `label` (int class id / float target) for the heads.
+causal-lm or `label` (int class id / float target) for the heads. An example cut to fit model.max_length
+says how in `truncated`: "text" (a text, or the text inside a classification prompt, was cut as
+data.truncation says), "turns" (a conversation ends after the last assistant turn that fits) or "answer"
+(not even the first answer fits, so it is cut: the one case where the model learns a partial answer).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-from tuneforge.data.records import prompt_and_answer
+from tuneforge.data.chat import no_chat_template, to_messages
 from tuneforge.errors import TuneforgeError
 
 if TYPE_CHECKING:
@@ -17,14 +21,6 @@ if TYPE_CHECKING:
 
 IGNORE = -100
 Example = dict[str, Any]
-
-
-def to_messages(record: dict[str, Any], labels: list[str], template: str) -> list[dict[str, str]]:
-    """Any supervised record as a conversation (the shape a chat model learns from)."""
-    if "messages" in record:
-        return list(record["messages"])
-    user, answer = prompt_and_answer(record, labels, template)
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
 def _render(
@@ -49,11 +45,7 @@ def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], ma
     which matters when a split has hundreds of thousands of conversations.
     """
     if not tok.chat_template:
-        raise TuneforgeError(
-            "the tokenizer has no chat template",
-            where="model.chat_template",
-            fix="set model.chat_template to a Jinja template or the name chatml",
-        )
+        raise no_chat_template()
     spans = _assistant_spans(tok, messages)
     if spans is None:
         return _encode_chat_by_prefix_tokens(tok, messages, max_length)
@@ -62,13 +54,28 @@ def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], ma
     full = [int(i) for i in enc["input_ids"]]
     offsets = enc["offset_mapping"]
     labels = [IGNORE] * len(full)
+    token_spans = []
     for lo, hi in char_spans:
         inside = [t for t, (a, b) in enumerate(offsets) if a < hi and b > lo]
         if any(offsets[t][0] < lo or offsets[t][1] > hi for t in inside):
             raise _not_extending()  # a token straddles the edge of the answer
         for t in inside:
             labels[t] = full[t]
-    return {"input_ids": full[:max_length], "labels": labels[:max_length]}
+        if inside:
+            token_spans.append((inside[0], inside[-1] + 1))
+    return _fit_turns(full, labels, token_spans, max_length)
+
+
+def _fit_turns(full: list[int], labels: list[int], spans: list[tuple[int, int]], max_length: int) -> Example:
+    """Cut an over-long conversation after the last assistant turn that ends within max_length.
+
+    Only when not even the first answer fits is it cut inside the answer, and the example says so.
+    """
+    if len(full) <= max_length:
+        return {"input_ids": full, "labels": labels}
+    fits = [end for _, end in spans if end <= max_length]
+    cut, how = (fits[-1], "turns") if fits else (max_length, "answer" if spans else "turns")
+    return {"input_ids": full[:cut], "labels": labels[:cut], "truncated": how}
 
 
 def _assistant_spans(
@@ -102,6 +109,7 @@ def _encode_chat_by_prefix_tokens(
     """`encode_chat` for tokenizers without character offsets: tokenize every prefix and compare ids."""
     full = _render(tok, messages, False)
     labels = [IGNORE] * len(full)
+    spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
@@ -111,7 +119,9 @@ def _encode_chat_by_prefix_tokens(
         if full[:start] != before or full[:end] != upto or start > end:
             raise _not_extending()
         labels[start:end] = full[start:end]
-    return {"input_ids": full[:max_length], "labels": labels[:max_length]}
+        if end > start:
+            spans.append((start, end))
+    return _fit_turns(full, labels, spans, max_length)
 
 
 def _not_extending() -> TuneforgeError:
@@ -128,6 +138,100 @@ def encode_prompt(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) 
     return _render(tok, messages, True)
 
 
+def _kept_counts(budget: int, truncation: str) -> tuple[int, int]:
+    """(tokens kept from the start, tokens kept from the end) of a text cut to `budget` tokens.
+
+    head-tail keeps a quarter of the budget from the start and the rest from the end: the split Sun et al.
+    (2019, "How to Fine-Tune BERT for Text Classification") found best for long documents.
+    """
+    budget = max(budget, 0)
+    if truncation == "tail":
+        return 0, budget
+    if truncation == "head-tail":
+        return budget // 4, budget - budget // 4
+    return budget, 0
+
+
+def _cut_ids(ids: list[int], budget: int, truncation: str) -> list[int]:
+    head, tail = _kept_counts(budget, truncation)
+    return ids[:head] + (ids[len(ids) - tail :] if tail else [])
+
+
+def encode_text(
+    tok: PreTrainedTokenizerBase, text: str, max_length: int, truncation: str = "head"
+) -> tuple[list[int], bool]:
+    """A head task's input: the text with the tokenizer's special tokens, cut to max_length; (ids, cut?).
+
+    transformers truncates only from one side, so head-tail is done here: the special tokens the tokenizer
+    adds around the text ([CLS] ... [SEP], BOS ...) stay, and the text's own tokens are cut in between.
+    """
+    ids = [int(i) for i in tok(text)["input_ids"]]
+    if len(ids) <= max_length:
+        return ids, False
+    content = [int(i) for i in tok(text, add_special_tokens=False)["input_ids"]]
+    n = len(content)
+    start = next((p for p in range(len(ids) - n + 1) if ids[p : p + n] == content), None)
+    if start is None:  # the tokenizer does more than wrap the text: let it truncate its own way
+        return [int(i) for i in tok(text, truncation=True, max_length=max_length)["input_ids"]], True
+    special = len(ids) - n
+    return ids[:start] + _cut_ids(content, max_length - special, truncation) + ids[start + n :], True
+
+
+def _cut_text(tok: PreTrainedTokenizerBase, text: str, keep: int, truncation: str) -> str:
+    """`text` cut to about `keep` of its tokens at token boundaries (head, tail, or head and tail)."""
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=bool(getattr(tok, "is_fast", False)))
+    ids = list(enc["input_ids"])
+    if keep >= len(ids):
+        return text
+    head, tail = _kept_counts(keep, truncation)
+    if "offset_mapping" in enc:
+        offsets = enc["offset_mapping"]
+        left = text[: offsets[head - 1][1]] if head else ""
+        right = text[offsets[len(ids) - tail][0] :] if tail else ""
+    else:
+        left = str(tok.decode(ids[:head])) if head else ""
+        right = str(tok.decode(ids[len(ids) - tail :])) if tail else ""
+    joined = not left or not right or left[-1].isspace() or right[0].isspace()
+    return left + right if joined else f"{left} {right}"
+
+
+def encode_classification_prompt(
+    tok: PreTrainedTokenizerBase,
+    text: str,
+    label: str,
+    *,
+    labels: list[str],
+    template: str,
+    max_length: int,
+    truncation: str = "head",
+) -> Example:
+    """A classification record as a prompt and its label for a causal LM, fitted into max_length.
+
+    What is cut is the text inside the prompt (as `truncation` says), never the template or the answer.
+    Re-tokenizing a cut text can merge tokens differently at the cut, so the cut is repeated with the
+    remaining overflow until it fits.
+    """
+    record = {"text": text, "label": label}
+    example = encode_chat(tok, to_messages(record, labels, template), 2**62)
+    over = len(example["input_ids"]) - max_length
+    if over <= 0:
+        return example
+    keep = len(tok(text, add_special_tokens=False)["input_ids"]) - over
+    for _ in range(8):
+        if keep <= 0:
+            break
+        record["text"] = _cut_text(tok, text, keep, truncation)
+        example = encode_chat(tok, to_messages(record, labels, template), 2**62)
+        over = len(example["input_ids"]) - max_length
+        if over <= 0:
+            return {**example, "truncated": "text"}
+        keep -= over
+    # Nothing of the text fits; if the answer does not fit either, encode_chat cuts it and says so.
+    record["text"] = ""
+    example = encode_chat(tok, to_messages(record, labels, template), max_length)
+    return example if "truncated" in example else {**example, "truncated": "text"}
+
+
 def encoder(
     tok: PreTrainedTokenizerBase,
     *,
@@ -136,18 +240,31 @@ def encoder(
     labels: list[str],
     max_length: int,
     template: str,
+    truncation: str = "head",
 ) -> Callable[[dict[str, Any]], Example]:
-    """The function that encodes one supervised record (every task and format except packed text)."""
+    """The function that encodes one supervised record (every task and format except packed text).
+
+    `truncation` (data.truncation): which part of an over-long text is kept: head, tail or head-tail.
+    """
 
     def encode(r: dict[str, Any]) -> Example:
         if task == "causal-lm":
             if fmt == "text":
                 return documents([r["text"]], tok, max_length)[0]
+            if fmt == "classification":
+                return encode_classification_prompt(
+                    tok,
+                    r["text"],
+                    str(r["label"]),
+                    labels=labels,
+                    template=template,
+                    max_length=max_length,
+                    truncation=truncation,
+                )
             return encode_chat(tok, to_messages(r, labels, template), max_length)
-        ids = list(tok(r["text"], truncation=True, max_length=max_length)["input_ids"])
-        if task == "classification":
-            return {"input_ids": ids, "label": labels.index(str(r["label"]))}
-        return {"input_ids": ids, "label": float(r["label"])}
+        ids, cut = encode_text(tok, r["text"], max_length, truncation)
+        label = labels.index(str(r["label"])) if task == "classification" else float(r["label"])
+        return {"input_ids": ids, "label": label, **({"truncated": "text"} if cut else {})}
 
     return encode
 
@@ -167,6 +284,7 @@ def encode_for_task(
     max_length: int,
     template: str,
     packing: bool = True,
+    truncation: str = "head",
 ) -> tuple[list[Example], int]:
     """Encode a split; returns the examples and how many had nothing to learn (all masked) and were dropped.
 
@@ -174,7 +292,15 @@ def encode_for_task(
     """
     if task == "causal-lm" and fmt == "text" and packing:
         return pack_text([r["text"] for r in records], tok, max_length), 0
-    encode = encoder(tok, task=task, fmt=fmt, labels=labels, max_length=max_length, template=template)
+    encode = encoder(
+        tok,
+        task=task,
+        fmt=fmt,
+        labels=labels,
+        max_length=max_length,
+        template=template,
+        truncation=truncation,
+    )
     examples = [encode(r) for r in records]
     kept = [e for e in examples if has_targets(e)]
     return kept, len(examples) - len(kept)
@@ -186,8 +312,8 @@ class LazyExamples(Sequence[Example]):
     A run touches only the examples its steps reach (a 1M-row dataset trained for 2,000 steps of 8 encodes
     16k), and each process of a multi-process run encodes only its own share. Examples with nothing to learn
     stay in place (they add no loss; their batch slot is wasted) and are counted in `no_targets`:
-    `tuneforge prepare` already drops such rows, so they appear only when the chat template pushes an answer
-    past model.max_length.
+    `tuneforge prepare` already drops such rows, so they appear only when model.max_length is below the
+    data.max_tokens the dataset was prepared with. `truncated` counts the examples met that were cut, by how.
     """
 
     def __init__(self, records: list[dict[str, Any]], encode: Callable[[dict[str, Any]], Example]) -> None:
@@ -195,6 +321,7 @@ class LazyExamples(Sequence[Example]):
         self.encode = encode
         self.cache: dict[int, Example] = {}
         self.no_targets = 0
+        self.truncated: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -210,6 +337,8 @@ class LazyExamples(Sequence[Example]):
         if example is None:
             example = self.cache[i] = self.encode(self.records[i])
             self.no_targets += not has_targets(example)
+            if "truncated" in example:
+                self.truncated[example["truncated"]] += 1
         return example
 
 
@@ -223,8 +352,9 @@ def documents(texts: list[str], tok: PreTrainedTokenizerBase, max_length: int) -
     """Continued pre-training without packing: one example per document, cut at max_length."""
     out = []
     for t in texts:
-        ids = _document_ids(tok, t)[:max_length]
-        out.append({"input_ids": ids, "labels": list(ids)})
+        ids = _document_ids(tok, t)
+        cut = {"truncated": "text"} if len(ids) > max_length else {}
+        out.append({"input_ids": ids[:max_length], "labels": ids[:max_length], **cut})
     return out
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneforge import builtin
 from tuneforge.config import MethodConfig, ModelConfig
+from tuneforge.data.chat import template_of  # shared with the data stage, which measures what we render
 from tuneforge.errors import TuneforgeError
 
 if TYPE_CHECKING:
@@ -15,12 +16,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-CHATML = (
-    "{% for message in messages %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-NAMED_TEMPLATES = {"chatml": CHATML}
 
 
 def _looks_like_path(name: str) -> bool:
@@ -109,7 +104,7 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedToken
 
     tok = _from_pretrained(AutoTokenizer, path or resolve_model_path(cfg), cfg)
     if cfg.chat_template:
-        tok.chat_template = NAMED_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
+        tok.chat_template = template_of(cfg.chat_template)
     if tok.pad_token is None:
         # Padding positions are masked out of attention and loss, so reusing EOS (or UNK) for padding is safe.
         tok.pad_token = tok.eos_token or tok.unk_token

@@ -141,6 +141,7 @@ def train(
         "labels": labels,
         "max_length": cfg.model.max_length,
         "template": cfg.data.prompt_template,
+        "truncation": cfg.data.truncation,
     }
     train_records = dataset.records("train")
     train_examples: Sequence[Any]
@@ -340,6 +341,8 @@ def train(
             skipped_steps=state.skipped_steps,
             # Examples the run met whose answer the chat template pushed past model.max_length.
             train_no_targets_seen=getattr(train_examples, "no_targets", 0),
+            # Examples the run met that were cut to fit model.max_length, by how (models/encode.py).
+            train_truncated_seen=dict(getattr(train_examples, "truncated", {})),
             peak_memory_bytes=max(peaks),
             peak_memory_bytes_per_process=peaks,
             train_time_s=round(state.elapsed_s, 2),

@@ -58,6 +58,7 @@ def messy(tmp_path: Path) -> tuple[Path, list[Any]]:
 MESSY = {
     "on_error": "drop",
     "max_tokens": 30,
+    "over_length": "drop",  # dropping long rows is an explicit choice (the default keeps and truncates)
     "clean": {"strip_html": True, "min_chars": 5, "max_chars": 400},
 }
 
@@ -147,15 +148,16 @@ def test_over_length_raise_lists_the_rows(tmp_path: Path) -> None:
     assert not (tmp_path / "ds").exists()
 
 
-def test_truncate_cuts_text_at_the_token_limit(tmp_path: Path) -> None:
+def test_long_texts_are_kept_whole_by_default_and_counted_as_cut_when_encoded(tmp_path: Path) -> None:
     rows = [{"text": f"row {i} " + " ".join(f"t{k}" for k in range(20 if i == 0 else 3))} for i in range(12)]
     src = write_jsonl(tmp_path / "t.jsonl", rows)
-    ds = prepare_dataset(
-        DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), max_tokens=6, over_length="truncate")
-    )
+    ds = prepare_dataset(DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), max_tokens=6))
     texts = {r["text"] for s in ("train", "validation", "test") for r in read(ds.path, f"{s}.jsonl")}
-    assert "row 0 t0 t1 t2 t3" in texts
-    assert ds.manifest["counts"]["truncated"] == 1 and ds.manifest["token_lengths"]["all"]["max"] == 6
+    assert rows[0]["text"] in texts and len(texts) == 12  # whole: training cuts it as data.truncation says
+    tl = ds.manifest["token_lengths"]
+    assert ds.manifest["counts"]["truncated"] == 1 and tl["all"]["max"] == 22
+    assert tl["cut_when_encoded"]["all"] == 1 and tl["over_length"] == "truncate"
+    assert "1 of 12 rows (8%) are longer than max_tokens=6" in (ds.path / "report.md").read_text()
 
 
 def test_model_tokenizer_measures_lengths(tmp_path: Path) -> None:
@@ -164,8 +166,12 @@ def test_model_tokenizer_measures_lengths(tmp_path: Path) -> None:
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     rows = [{"text": f"hello world number {i}, this is a test", "label": "ab"[i % 2]} for i in range(12)]
     src = write_jsonl(tmp_path / "t.jsonl", rows)
-    model = ModelConfig(name=str(TOKENIZER), max_length=22)
-    ds = prepare_dataset(DataConfig(path=str(src), output_dir=str(tmp_path / "ds")), model=model)
+    model = ModelConfig(
+        name=str(TOKENIZER), max_length=22, task="classification"
+    )  # the text, as a head sees it
+    ds = prepare_dataset(
+        DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), over_length="drop"), model=model
+    )
     lengths = [len(tok(r["text"], add_special_tokens=False)["input_ids"]) for r in rows]
     tl = ds.manifest["token_lengths"]
     assert lengths == [22] * 10 + [23] * 2  # "10" and "11" take one token more
@@ -184,20 +190,22 @@ def test_model_tokenizer_measures_lengths(tmp_path: Path) -> None:
     }
 
 
-def test_chat_row_without_trainable_tokens_after_truncation_is_dropped(tmp_path: Path) -> None:
+def test_chat_whose_first_answer_does_not_fit_is_dropped_with_the_reason(tmp_path: Path) -> None:
     def chat(user: str, answer: str) -> dict[str, Any]:
         return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
 
     rows = [chat(f"question {i}", f"answer {i}") for i in range(11)]
-    rows.append(chat(" ".join(["long"] * 10), "short answer"))
-    rows.append(chat("q", " ".join(["long"] * 10)))
+    rows.append(chat(" ".join(["long"] * 10), "short answer"))  # the prompt alone fills the limit
+    rows.append(chat("q", " ".join(["long"] * 10)))  # the answer would be cut in the middle
     src = write_jsonl(tmp_path / "c.jsonl", rows)
-    ds = prepare_dataset(
-        DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), max_tokens=8, over_length="truncate")
-    )
+    ds = prepare_dataset(DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), max_tokens=8))
     rejected = read(ds.path, "rejected.jsonl")
-    assert [(r["where"], r["problem"]) for r in rejected] == [(f"{src}:12", "no_trainable_tokens")]
-    assert ds.manifest["counts"]["truncated"] == 1 and ds.manifest["counts"]["written"] == 12
+    assert [(r["where"], r["problem"], r["message"]) for r in rejected] == [
+        (f"{src}:{n}", "answer_too_long", f"{k} tokens up to the end of the first assistant answer, more "
+         "than data.max_tokens=8: no complete answer fits")
+        for n, k in ((12, 12), (13, 11))
+    ]  # fmt: skip
+    assert ds.manifest["counts"]["answer_too_long"] == 2 and ds.manifest["counts"]["written"] == 11
 
 
 def test_missing_values_can_be_filled(tmp_path: Path) -> None:

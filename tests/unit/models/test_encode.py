@@ -225,3 +225,74 @@ def test_lazy_examples_encode_on_first_use_and_count_cut_off_answers(tok) -> Non
     assert lazy.no_targets == 1
     eager, dropped = _encode(tok, records, "causal-lm", "instruction", max_length=20)
     assert dropped == 1 and eager == [lazy[0], lazy[2]]
+
+
+def test_a_conversation_too_long_ends_after_the_last_answer_that_fits(tok) -> None:  # type: ignore[no-untyped-def]
+    full = encode_chat(tok, CONVERSATION, max_length=256)
+    first_answer_end = 34  # "... good<|im_end|>\n" (see the token table above)
+    for max_length in (34, 40, len(full["input_ids"]) - 1):
+        cut = encode_chat(tok, CONVERSATION, max_length)
+        assert cut["input_ids"] == full["input_ids"][:first_answer_end]
+        assert cut["labels"] == full["labels"][:first_answer_end] and cut["truncated"] == "turns"
+    assert "truncated" not in full
+    assert encode_chat(tok, CONVERSATION, 33)["truncated"] == "answer"  # not even the first answer fits
+
+
+def test_head_task_truncation_keeps_the_special_tokens_and_head_tail_keeps_both_ends(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, processors
+
+    from tuneforge.models.encode import encode_text
+
+    folder = shutil.copytree(TOKENIZER, tmp_path / "wrapped")
+    rust = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    rust.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A <|im_end|>", special_tokens=[("<|im_start|>", 1), ("<|im_end|>", 2)]
+    )
+    rust.save(str(folder / "tokenizer.json"))
+    wrapped = load_tokenizer(ModelConfig(name=str(folder)))
+    text = "the quick brown fox jumps over the lazy dog 0123456789 and the service was terrible"
+    content = wrapped(text, add_special_tokens=False)["input_ids"]
+    assert len(content) > 20
+    head, cut = encode_text(wrapped, text, 18, "head")
+    assert cut and head == wrapped(text, truncation=True, max_length=18)["input_ids"]  # as transformers cuts
+    both, _ = encode_text(wrapped, text, 18, "head-tail")
+    assert both == [1, *content[:4], *content[-12:], 2]  # a quarter of the 16-token budget from the start
+    tail, _ = encode_text(wrapped, text, 18, "tail")
+    assert tail == [1, *content[-16:], 2]
+    assert encode_text(wrapped, "good", 18, "head-tail") == (wrapped("good")["input_ids"], False)
+
+
+@pytest.mark.parametrize("truncation", ["head", "head-tail"])
+def test_a_long_classification_prompt_loses_text_never_the_answer(tok, truncation: str) -> None:  # type: ignore[no-untyped-def]
+    from tuneforge.models.encode import encoder
+
+    template = "Classify: {labels}.\nText: {text}\nAnswer."
+    words = [f"w{k}" for k in range(40)]
+    record = {"text": " ".join(words), "label": "pos"}
+    encode = encoder(
+        tok, task="causal-lm", fmt="classification", labels=["neg", "pos"], max_length=48, template=template,
+        truncation=truncation,
+    )  # fmt: skip
+    ex = encode(record)
+    assert len(ex["input_ids"]) <= 48 and ex["truncated"] == "text"
+    answer = [i for i, label in zip(ex["input_ids"], ex["labels"], strict=True) if label != IGNORE]
+    assert tok.decode(answer) == "pos<|im_end|>\n"
+    prompt = tok.decode(ex["input_ids"])
+    assert "Classify: neg, pos.\nText: w0 w" in prompt and "\nAnswer.<|im_end|>" in prompt
+    assert "  " not in prompt
+    assert ("w39\nAnswer." in prompt) == (truncation == "head-tail")
+    roomy = encoder(tok, task="causal-lm", fmt="classification", labels=["neg", "pos"], max_length=256,
+                    template=template)(record)  # fmt: skip
+    assert "truncated" not in roomy and len(roomy["input_ids"]) > 48
+
+
+def test_lazy_examples_count_what_was_cut_and_how(tok) -> None:  # type: ignore[no-untyped-def]
+    from tuneforge.models.encode import LazyExamples, encoder
+
+    records = [{"messages": CONVERSATION}, {"messages": CONVERSATION[1:3]}, {"messages": CONVERSATION}]
+    lazy = LazyExamples(
+        records, encoder(tok, task="causal-lm", fmt="chat", labels=[], max_length=40, template="")
+    )
+    lazy[0:3]
+    lazy[0]  # met again: counted once
+    assert lazy.truncated == {"turns": 2}

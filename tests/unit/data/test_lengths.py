@@ -1,0 +1,251 @@
+"""Token lengths as the model sees them: equal to what the model stage encodes, for every task and format."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.tiny import TOKENIZER
+from tuneforge.config import DataConfig, ModelConfig
+from tuneforge.data import prepare_dataset
+from tuneforge.data.lengths import LengthMeter, token_counter
+from tuneforge.models import load_tokenizer
+from tuneforge.models.encode import encoder
+
+# A SmolLM2-style template: a default system prompt when the conversation brings none.
+SYSTEM_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant, answer the user.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+PROMPT = "Classify the text into one of these labels: {labels}.\nText: {text}\nAnswer with the label only."
+LABELS = ["negative", "positive"]
+RECORDS: dict[str, dict[str, Any]] = {
+    "chat": {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hello, how are you?"},
+            {"role": "assistant", "content": "good"},
+            {"role": "user", "content": "and today?"},
+            {"role": "assistant", "content": "fine, thank you"},
+        ]
+    },
+    "instruction": {"instruction": "Say hello", "input": "to the world", "output": "hello world"},
+    "classification": {"text": "the phone is great and the battery lasts", "label": "positive"},
+    "preference": {"prompt": "Which is better?", "chosen": "the quick fox", "rejected": "the lazy dog"},
+    "text": {"text": "The quick brown fox jumps over the lazy dog."},
+    "regression": {"text": "the service was terrible", "label": 0.25},
+}
+CASES = [("causal-lm", fmt) for fmt in ("chat", "instruction", "classification", "preference", "text")] + [
+    ("classification", "classification"),
+    ("regression", "regression"),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelConfig]:
+    """The tiny tokenizer as shipped, with a system-prompt template, and with BOS/EOS around every text."""
+    from tokenizers import Tokenizer, processors
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    system = shutil.copytree(TOKENIZER, root / "system")
+    (system / "chat_template.jinja").write_text(SYSTEM_TEMPLATE, encoding="utf-8")
+    wrapped = shutil.copytree(TOKENIZER, root / "wrapped")
+    (wrapped / "chat_template.jinja").unlink()  # and the named chatml template instead
+    tok = Tokenizer.from_file(str(wrapped / "tokenizer.json"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A <|im_end|>", special_tokens=[("<|im_start|>", 1), ("<|im_end|>", 2)]
+    )
+    tok.save(str(wrapped / "tokenizer.json"))
+    return {
+        "tiny": ModelConfig(name=str(TOKENIZER)),
+        "system": ModelConfig(name=str(system)),
+        "wrapped": ModelConfig(name=str(wrapped), chat_template="chatml"),
+    }
+
+
+@pytest.mark.parametrize("which", ["tiny", "system", "wrapped"])
+@pytest.mark.parametrize(("task", "fmt"), CASES, ids=[f"{t}-{f}" for t, f in CASES])
+def test_counted_length_is_the_encoded_length(
+    tokenizers: dict[str, ModelConfig], which: str, task: str, fmt: str
+) -> None:
+    model = tokenizers[which].model_copy(update={"task": task})
+    meter = LengthMeter(token_counter(model), task, PROMPT)
+    tok = load_tokenizer(model)
+    encode = encoder(tok, task=task, fmt=fmt, labels=LABELS, max_length=10**6, template=PROMPT)
+    record = RECORDS[fmt]
+    expected = len(encode(record)["input_ids"])
+    assert meter.lengths([record], fmt, LABELS) == [expected]
+    if which == "wrapped" and task != "causal-lm":  # the special tokens around the text count
+        assert expected == len(tok(record["text"], add_special_tokens=False)["input_ids"]) + 2
+    if which == "system" and task == "causal-lm" and fmt not in ("text", "chat"):  # chat brings its own
+        plain = LengthMeter(token_counter(tokenizers["tiny"]), task, PROMPT)
+        assert expected > plain.lengths([record], fmt, LABELS)[0] + 10  # the default system prompt
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def written(ds: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for split in ("train", "validation", "test")
+        for line in (ds / f"{split}.jsonl").read_text().splitlines()
+    ]
+
+
+def reviews(n: int) -> list[dict[str, Any]]:
+    words = ["battery", "screen", "camera", "price", "service", "delivery", "sound", "case", "charger"]
+    return [
+        {
+            "text": f"review {i}: the {words[i % 9]} and the {words[(i * 5) % 9]} were ok",
+            "label": LABELS[i % 2],
+        }
+        for i in range(n)
+    ]
+
+
+def test_the_chat_template_and_prompt_count_in_prepare(
+    tokenizers: dict[str, ModelConfig], tmp_path: Path
+) -> None:
+    # Each text alone fits in 30 tokens; with the system prompt and the classification prompt none does.
+    model = tokenizers["system"].model_copy(update={"max_length": 30})
+    rows = reviews(24)
+    src = write_jsonl(tmp_path / "r.jsonl", rows)
+    ds = prepare_dataset(
+        DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), prompt_template=PROMPT), model=model
+    )
+    tok = load_tokenizer(model)
+    encode = encoder(
+        tok, task="causal-lm", fmt="classification", labels=LABELS, max_length=10**6, template=PROMPT
+    )
+    kept = written(ds.path)
+    expected = sorted(len(encode(r)["input_ids"]) for r in kept)
+    assert max(len(tok(r["text"])["input_ids"]) for r in rows) <= 30 < expected[0]
+    tl = ds.manifest["token_lengths"]
+    assert (tl["all"]["min"], tl["all"]["max"], tl["all"]["total"]) == (
+        expected[0],
+        expected[-1],
+        sum(expected),
+    )
+    assert tl["measured_as"] == "conversation rendered by the chat template with data.prompt_template"
+    assert tl["cut_when_encoded"]["all"] == len(kept) == ds.manifest["counts"]["truncated"]
+    report = (ds.path / "report.md").read_text()
+    assert f"{len(kept)} of {len(kept)} rows (100%) are longer than max_tokens=30" in report
+
+
+def test_prompts_measured_before_every_label_was_seen_are_measured_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import tuneforge.data.prepare as prepare
+
+    monkeypatch.setattr(prepare, "BATCH", 4)  # the labels appear batch by batch (the file is sorted by label)
+    labels = ["alpha", "beta", "gamma"]
+    rows = [{"text": f"item {i} of the list number {i * 7}", "label": labels[i // 6]} for i in range(18)]
+    src = write_jsonl(tmp_path / "sorted.jsonl", rows)
+    model = ModelConfig(name=str(TOKENIZER))
+    ds = prepare_dataset(
+        DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), dedup="none"), model=model
+    )
+    encode = encoder(
+        load_tokenizer(model), task="causal-lm", fmt="classification", labels=labels, max_length=10**6,
+        template=DataConfig().prompt_template,
+    )  # fmt: skip
+    assert ds.manifest["token_lengths"]["all"]["total"] == sum(len(encode(r)["input_ids"]) for r in rows)
+
+
+def test_long_documents_are_kept_by_default_and_dropped_only_when_asked(tmp_path: Path) -> None:
+    # Topic classification of articles: a third are longer than the model's window.
+    rows = [
+        {"text": " ".join(f"w{i}x{k}" for k in range(60 if i % 3 == 0 else 8)), "label": LABELS[i % 2]}
+        for i in range(30)
+    ]
+    src = write_jsonl(tmp_path / "news.jsonl", rows)
+    model = ModelConfig(name=str(TOKENIZER), task="classification", max_length=64)
+    ds = prepare_dataset(DataConfig(path=str(src), output_dir=str(tmp_path / "ds")), model=model)
+    counts = ds.manifest["counts"]
+    assert counts["written"] == 30 and "too_many_tokens" not in counts and counts["truncated"] == 10
+    assert {r["text"] for r in written(ds.path)} == {r["text"] for r in rows}  # whole, cut when encoded
+    dropped = prepare_dataset(
+        DataConfig(path=str(src), output_dir=str(tmp_path / "dropped"), over_length="drop"), model=model
+    )
+    assert dropped.manifest["counts"]["too_many_tokens"] == 10 and dropped.manifest["counts"]["written"] == 20
+
+
+def test_a_conversation_too_long_ends_after_the_last_answer_that_fits(tmp_path: Path) -> None:
+    def turn(role: str, words: int, i: int) -> dict[str, str]:
+        return {"role": role, "content": " ".join(f"{role}{i}w{k}" for k in range(words))}
+
+    rows = [{"messages": [turn("user", 3, i), turn("assistant", 3, i)]} for i in range(11)]
+    long = [turn("user", 4, 99), turn("assistant", 4, 99), turn("user", 4, 100), turn("assistant", 30, 100)]
+    rows.append({"messages": long})
+    src = write_jsonl(tmp_path / "chat.jsonl", rows)
+    ds = prepare_dataset(DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), max_tokens=20))
+    assert {"messages": long[:2]} in written(ds.path)
+    tl = ds.manifest["token_lengths"]
+    assert tl["truncated_at_turn"] == 1 and ds.manifest["counts"]["truncated"] == 1
+    assert "cut at a turn boundary: 1" in (ds.path / "report.md").read_text()
+
+
+def test_what_lengths_depend_on_is_part_of_the_fingerprint(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "r.jsonl", reviews(12))
+    cfg = DataConfig(path=str(src), output_dir=str(tmp_path / "ds"))
+    models = [
+        ModelConfig(name=str(TOKENIZER)),
+        ModelConfig(name=str(TOKENIZER), task="classification"),
+        ModelConfig(name=str(TOKENIZER), chat_template="chatml"),
+    ]
+    fingerprints = [prepare_dataset(cfg, model=m).manifest["fingerprint"] for m in models]
+    assert len(set(fingerprints)) == 3  # each one prepared again, not reused
+
+
+def test_counting_a_rendering_by_its_parts_equals_counting_it_whole(tmp_path: Path) -> None:
+    import re
+
+    from tuneforge.data.lengths import TokenCounter
+
+    counter = token_counter(ModelConfig(name=str(TOKENIZER)))
+    contents = ["a\nb", "x \n y", "two\n\nlines", " lead", "trail ", "<|im_end|>inside", "12\n34", "é\nü", ""]
+    conversations = [
+        [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        for u in contents
+        for a in contents
+    ]
+    rendered = counter.render(conversations) * 2  # repeated parts are counted once, then from the cache
+    assert counter.count_rendered(rendered) == counter.count(rendered)
+    assert isinstance(counter._splitter, re.Pattern) and counter._segments  # the fast path was taken
+    # An added token that strips the whitespace beside it changes what the parts are: counted whole.
+    folder = shutil.copytree(TOKENIZER, tmp_path / "lstrip")
+    config = json.loads((folder / "tokenizer.json").read_text())
+    for token in config["added_tokens"]:
+        token["lstrip"] = True
+    (folder / "tokenizer.json").write_text(json.dumps(config))
+    stripping = token_counter(ModelConfig(name=str(folder)))
+    assert stripping.count_rendered(rendered) == stripping.count(rendered) and stripping._splitter is None
+    assert TokenCounter().count_rendered(["a b\nc"]) == [3]  # whitespace words
+
+
+def test_a_causal_lm_without_a_chat_template_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from tuneforge.errors import TuneforgeError
+
+    bare = shutil.copytree(TOKENIZER, tmp_path / "bare")
+    (bare / "chat_template.jinja").unlink()
+    src = write_jsonl(tmp_path / "r.jsonl", reviews(12))
+    cfg = DataConfig(path=str(src), output_dir=str(tmp_path / "ds"))
+    with pytest.raises(TuneforgeError) as err:
+        prepare_dataset(cfg, model=ModelConfig(name=str(bare)))
+    assert str(err.value) == (
+        "model.chat_template: the tokenizer has no chat template, and a causal LM learns every "
+        "classification record as a conversation\n  fix: set model.chat_template to a Jinja template or the "
+        "name chatml (or model.task to classification or regression, to train a head)"
+    )
+    assert not (tmp_path / "ds").exists()
+    head = prepare_dataset(cfg, model=ModelConfig(name=str(bare), task="classification"))
+    assert head.manifest["counts"]["written"] == 12

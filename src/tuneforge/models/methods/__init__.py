@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from tuneforge.config import ConfigSource, MethodConfig
+from tuneforge.config import ConfigSource, MethodConfig, short_repr
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.methods import dora, full, ia3, lora, prefix_tuning, prompt_tuning, qlora
 
@@ -64,7 +64,7 @@ def resolve_method(
             else:
                 msg = e["msg"].removeprefix("Value error, ")
                 if e["loc"] and e.get("input") is not None:
-                    msg += f" (got {e['input']!r})"
+                    msg += f" (got {short_repr(e['input'])})"
             lines.append(f"{source.where(key)}: {msg}")
         raise TuneforgeError(
             "invalid method options:\n  " + "\n  ".join(lines),

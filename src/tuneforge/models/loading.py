@@ -141,7 +141,7 @@ def load_model(
     `empty` builds the same model on the meta device, without reading or allocating its weights (FSDP's other
     processes receive theirs from the main one).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from tuneforge.models.methods import load_kwargs
 
@@ -151,6 +151,8 @@ def load_model(
         kwargs.update(load_kwargs(method))
     if empty:
         kwargs["device_map"] = "meta"
+    if cfg.dropout is not None:
+        kwargs.update(dropout_kwargs(_from_pretrained(AutoConfig, path, cfg), cfg.dropout))
     if cfg.task == "causal-lm":
         _refuse_encoder_as_lm(path, cfg)
         model = _from_pretrained(AutoModelForCausalLM, path, cfg, **kwargs)
@@ -168,8 +170,6 @@ def load_model(
         model = _from_pretrained(AutoModelForSequenceClassification, path, cfg, **kwargs)
         if pad_token_id is not None and model.config.pad_token_id is None:
             model.config.pad_token_id = pad_token_id  # decoders need it to find each row's last real token
-    if cfg.dropout is not None:
-        _set_dropout(model, cfg.dropout)
     return model  # type: ignore[no-any-return]
 
 
@@ -191,12 +191,24 @@ def _refuse_encoder_as_lm(path: str, cfg: ModelConfig) -> None:
         )
 
 
-def _set_dropout(model: PreTrainedModel, p: float) -> None:
-    import torch
+# The dropout probabilities a config may carry, by the names architectures use for them. Models read them
+# while being built (Llama's attention passes `config.attention_dropout` to the attention function, not to an
+# nn.Dropout module), so they must reach the config before construction, as `from_pretrained` overrides.
+DROPOUT_KEYS = (
+    "attention_dropout",
+    "hidden_dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "activation_dropout",
+    "attn_pdrop",
+    "resid_pdrop",
+    "embd_pdrop",
+    "summary_first_dropout",
+    "seq_classif_dropout",
+)
 
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout"):
-        if hasattr(model.config, name):
-            setattr(model.config, name, p)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = p
+
+def dropout_kwargs(config: Any, p: float) -> dict[str, float]:
+    """`from_pretrained` overrides that set every dropout probability this architecture's config has to p."""
+    return {name: p for name in DROPOUT_KEYS if isinstance(getattr(config, name, None), int | float)}

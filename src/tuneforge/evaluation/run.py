@@ -12,6 +12,7 @@ from tuneforge.evaluation.metrics import classification_metrics, regression_metr
 from tuneforge.evaluation.predict import head_predictions, lm_loss, score_labels
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.models.encode import encode_for_task
+from tuneforge.models.loading import load_adapter, run_base_path
 from tuneforge.train import reload_config
 
 
@@ -26,12 +27,10 @@ def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
     tok = load_tokenizer(cfg.model, str(run.final))
     labels = list(manifest.get("labels") or [])
     if manifest.get("saves_adapter", True):
-        from peft import PeftModel
-
         base = load_model(
-            cfg.model, labels=labels, path=manifest["base_model_path"], pad_token_id=tok.pad_token_id
+            cfg.model, labels=labels, path=run_base_path(manifest), pad_token_id=tok.pad_token_id
         )
-        model: Any = PeftModel.from_pretrained(base, str(run.final))
+        model: Any = load_adapter(base, run.final)
     else:
         model = load_model(cfg.model, labels=labels, path=str(run.final), pad_token_id=tok.pad_token_id)
     return model, tok
@@ -39,7 +38,7 @@ def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
 
 def load_base(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
     manifest = run.manifest
-    path = manifest["base_model_path"]
+    path = run_base_path(manifest)
     tok = load_tokenizer(cfg.model, path)
     labels = list(manifest.get("labels") or [])
     return load_model(cfg.model, labels=labels, path=path, pad_token_id=tok.pad_token_id), tok

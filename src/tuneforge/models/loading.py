@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from tuneforge import builtin
 from tuneforge.config import MethodConfig, ModelConfig
 from tuneforge.errors import TuneforgeError
+from tuneforge.models.integrity import check_code, check_tokenizer, check_weights
 
 if TYPE_CHECKING:
     import torch
@@ -80,8 +81,12 @@ def _quiet_transformers() -> None:
 
 
 def _from_pretrained(loader: Any, path: str, cfg: ModelConfig, **kwargs: Any) -> Any:
+    from safetensors import SafetensorError
+
     _quiet_transformers()
     local = Path(path).is_dir()
+    if local:
+        check_code(Path(path), cfg)
     try:
         return loader.from_pretrained(
             path,
@@ -94,6 +99,12 @@ def _from_pretrained(loader: Any, path: str, cfg: ModelConfig, **kwargs: Any) ->
         if local:
             raise TuneforgeError(f"could not load a model from {path}: {err}", where="model.name") from None
         raise _hub_error(cfg, err) from None
+    except SafetensorError as err:  # a hub download (local folders are checked before loading)
+        raise TuneforgeError(
+            f"the weights of {cfg.name} are damaged ({err})",
+            where="model.name",
+            fix="delete the model from the hub cache and download it again",
+        ) from None
     except ValueError as err:
         if "safetensors" in str(err) and not cfg.allow_pickle:
             raise TuneforgeError(
@@ -101,13 +112,23 @@ def _from_pretrained(loader: Any, path: str, cfg: ModelConfig, **kwargs: Any) ->
                 where="model.name",
                 fix="set model.allow_pickle=true if you trust this model",
             ) from None
+        if "trust_remote_code" in str(err) or "does not recognize this architecture" in str(err):
+            raise TuneforgeError(
+                f"{cfg.name} needs model code that transformers does not have: {str(err).splitlines()[0]}",
+                where="model.trust_remote_code",
+                fix="set model.trust_remote_code=true only if you trust this model's code, or upgrade "
+                "transformers",
+            ) from None
         raise
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    tok = _from_pretrained(AutoTokenizer, path or resolve_model_path(cfg), cfg)
+    path = path or resolve_model_path(cfg)
+    if Path(path).is_dir():
+        check_tokenizer(Path(path))
+    tok = _from_pretrained(AutoTokenizer, path, cfg)
     if cfg.chat_template:
         tok.chat_template = NAMED_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
     if tok.pad_token is None:
@@ -153,6 +174,8 @@ def load_model(
         kwargs["device_map"] = "meta"
     if cfg.dropout is not None:
         kwargs.update(dropout_kwargs(_from_pretrained(AutoConfig, path, cfg), cfg.dropout))
+    if Path(path).is_dir() and not empty:
+        check_weights(Path(path))
     if cfg.task == "causal-lm":
         _refuse_encoder_as_lm(path, cfg)
         model = _from_pretrained(AutoModelForCausalLM, path, cfg, **kwargs)
@@ -212,3 +235,56 @@ DROPOUT_KEYS = (
 def dropout_kwargs(config: Any, p: float) -> dict[str, float]:
     """`from_pretrained` overrides that set every dropout probability this architecture's config has to p."""
     return {name: p for name in DROPOUT_KEYS if isinstance(getattr(config, name, None), int | float)}
+
+
+def load_adapter(base: Any, folder: Path) -> Any:
+    """A run's PEFT adapter on top of its base model; a damaged adapter file is one clear error."""
+    from peft import PeftModel
+
+    check_weights(
+        folder,
+        what=f"the run's adapter ({folder})",
+        fix="the file was cut short or changed after training: copy the run again, or train it again",
+    )
+    return PeftModel.from_pretrained(base, str(folder))
+
+
+def portable_base(cfg: ModelConfig) -> str:
+    """The base model as another machine can find it: a built-in's hub id (its converted folder is in this
+    machine's cache), a local folder's absolute path, or the hub id as given."""
+    if builtin.is_builtin(cfg.name):
+        return builtin.model_info(cfg.name).hub_id
+    if _looks_like_path(cfg.name):
+        return str(Path(cfg.name).expanduser().resolve())
+    return cfg.name
+
+
+def portable_adapter_config(folder: Path, cfg: ModelConfig) -> None:
+    """After a PEFT save: put the portable base (`portable_base`) in adapter_config.json and the model card.
+
+    PEFT writes the path the base was loaded from, which for a built-in is this machine's cache; tuneforge
+    itself finds the base through the run's manifest (`run_base_path`), so this is for other tools.
+    """
+    import json
+
+    file = folder / "adapter_config.json"
+    if not file.is_file():  # full fine-tuning saves a whole model, no adapter
+        return
+    config = json.loads(file.read_text(encoding="utf-8"))
+    local, portable = config.get("base_model_name_or_path"), portable_base(cfg)
+    config["base_model_name_or_path"] = portable
+    file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    card = folder / "README.md"
+    if local and card.is_file():  # its front matter names the base for the hub's model pages
+        text = card.read_text(encoding="utf-8")
+        text = text.replace(f"base_model: {local}\n", f"base_model: {portable}\n")
+        text = text.replace(f"base_model:adapter:{local}\n", f"base_model:adapter:{portable}\n")
+        card.write_text(text, encoding="utf-8")
+
+
+def run_base_path(manifest: dict[str, Any]) -> str:
+    """The base model of a run on this machine: a built-in resolves here, not at the trainer's cache path."""
+    name = str(manifest.get("base_model") or "")
+    if builtin.is_builtin(name):
+        return str(builtin.resolve(name))
+    return str(manifest["base_model_path"])

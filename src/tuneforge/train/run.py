@@ -15,6 +15,7 @@ from tuneforge.config import ConfigSource, RunConfig, config_from_dict
 from tuneforge.data import prepare_dataset
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve_model_path
+from tuneforge.models.loading import portable_adapter_config
 from tuneforge.models.methods import count_parameters, describe_parameters
 from tuneforge.train.devices import build_accelerator, check_distributed_type
 from tuneforge.train.optimizer import balanced_class_weights, build_optimizer
@@ -327,6 +328,7 @@ def train(
         with atomic_dir(run.final) as tmp:
             unwrapped.save_pretrained(tmp, state_dict=whole, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            portable_adapter_config(tmp, cfg.model)
         plot_loss(run.metrics(), run.path / "loss.png")
         run.update_manifest(
             status="completed",

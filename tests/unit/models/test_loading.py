@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tests.tiny import copy_tree
 from tuneforge.config import ModelConfig
-from tuneforge.models import load_model
+from tuneforge.errors import TuneforgeError
+from tuneforge.models import load_model, load_tokenizer
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -42,3 +46,71 @@ def test_dropout_reaches_bert(tiny_bert: Path, p: float) -> None:
     assert model.config.attention_probs_dropout_prob == p
     same = torch.equal(_train_forward(model, 0), _train_forward(model, 1))
     assert same is (p == 0.0)  # BERT's own default (0.1) would make the two forwards differ
+
+
+def _broken_copy(tiny_llama: Path, tmp_path: Path, name: str) -> Path:
+    return copy_tree(tiny_llama, tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (struct.pack("<Q", 2**62) + b"{}", "header too large"),
+        (struct.pack("<Q", 10) + b"not json!!", "invalid JSON in header: expected ident at line 1 column 2"),
+    ],
+    ids=["huge-length", "garbage-json"],
+)
+def test_a_malicious_safetensors_header_is_one_error(
+    tiny_llama: Path, tmp_path: Path, header: bytes, reason: str
+) -> None:
+    folder = _broken_copy(tiny_llama, tmp_path, "bad-header")
+    (folder / "model.safetensors").write_bytes(header)
+    with pytest.raises(TuneforgeError) as e:
+        load_model(ModelConfig(name=str(folder)))
+    assert e.value.what == (
+        "the weights of the model are damaged: "
+        f"model.safetensors is not a readable safetensors file ({reason})"
+    )
+    assert e.value.where == str(folder / "model.safetensors")
+
+
+def test_a_model_folder_without_tokenizer_is_one_error(tiny_llama: Path, tmp_path: Path) -> None:
+    folder = _broken_copy(tiny_llama, tmp_path, "no-tokenizer")
+    for file in folder.iterdir():
+        if file.name not in ("config.json", "generation_config.json", "model.safetensors"):
+            file.unlink()
+    with pytest.raises(TuneforgeError) as e:
+        load_tokenizer(ModelConfig(name=str(folder)))
+    assert (
+        e.value.what
+        == f"{folder} has no tokenizer (none of tokenizer.json, tokenizer_config.json, tokenizer.model, ...)"
+    )
+
+
+def _edit_config(folder: Path, **changes: Any) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def test_a_model_with_its_own_code_needs_trust_remote_code(tiny_llama: Path, tmp_path: Path) -> None:
+    folder = _broken_copy(tiny_llama, tmp_path, "remote-code")
+    _edit_config(folder, model_type="fancy", auto_map={"AutoModelForCausalLM": "modeling_fancy.Fancy"})
+    for load in (load_tokenizer, load_model):
+        with pytest.raises(TuneforgeError) as e:
+            load(ModelConfig(name=str(folder)))
+        assert e.value.what == (
+            f"{folder} ships its own model code (auto_map in config.json), which would run on this machine"
+        )
+        assert e.value.fix == "set model.trust_remote_code=true only if you trust the code in that folder"
+
+
+def test_an_unknown_model_type_is_one_error(tiny_llama: Path, tmp_path: Path) -> None:
+    import transformers
+
+    folder = _broken_copy(tiny_llama, tmp_path, "unknown-type")
+    _edit_config(folder, model_type="fancy")
+    with pytest.raises(TuneforgeError) as e:
+        load_model(ModelConfig(name=str(folder)))
+    assert e.value.what == (
+        f"{folder}: model type 'fancy' is not one transformers {transformers.__version__} knows"
+    )

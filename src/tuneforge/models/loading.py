@@ -28,10 +28,13 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or Path(name).exists()
 
 
-def resolve_model_path(cfg: ModelConfig) -> str:
-    """A local folder path for local and built-in models, the hub id otherwise."""
+def resolve_model_path(cfg: ModelConfig, *, weights: bool = True) -> str:
+    """A local folder path for local and built-in models, the hub id otherwise.
+
+    `weights=False`: only the tokenizer is needed, which a built-in converts alone on first use.
+    """
     if builtin.is_builtin(cfg.name):
-        return str(builtin.resolve(cfg.name))
+        return str(builtin.resolve(cfg.name, weights=weights))
     if _looks_like_path(cfg.name):
         path = Path(cfg.name).expanduser()
         if not path.is_dir():
@@ -74,6 +77,7 @@ def _quiet_transformers() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    builtin.skip_unused_deepspeed()
     # Raised from inside transformers/peft on every forward with gradient checkpointing, about an API we never
     # call ourselves; nothing a user could act on.
     for deprecated in ("is_gradient_checkpointing", "past_key_values"):
@@ -125,7 +129,7 @@ def _from_pretrained(loader: Any, path: str, cfg: ModelConfig, **kwargs: Any) ->
 def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    path = path or resolve_model_path(cfg)
+    path = path or resolve_model_path(cfg, weights=False)
     if Path(path).is_dir():
         check_tokenizer(Path(path))
     tok = _from_pretrained(AutoTokenizer, path, cfg)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +117,46 @@ def test_an_unknown_model_type_is_one_error(tiny_llama: Path, tmp_path: Path) ->
     assert e.value.what == (
         f"{folder}: model type 'fancy' is not one transformers {transformers.__version__} knows"
     )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
+def test_loading_and_saving_a_model_does_not_import_deepspeed(tiny_llama: Path, tmp_path: Path) -> None:
+    # In a fresh process: accelerate would import DeepSpeed (and DeepSpeed warn about the CPU) on save.
+    script = (
+        "import sys\n"
+        "from tuneforge.config import ModelConfig\n"
+        "from tuneforge.models import load_model\n"
+        f"load_model(ModelConfig(name={str(tiny_llama)!r})).save_pretrained({str(tmp_path / 'saved')!r})\n"
+        "print('deepspeed imported:', 'deepspeed' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "deepspeed imported: False"
+    assert "Setting accelerator" not in r.stderr
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_the_builtin_tokenizer_converts_alone_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tuneforge import builtin
+
+    full = builtin.resolve("builtin:smollm2-135m-instruct")  # the shared cache, weights and all
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    tok = load_tokenizer(ModelConfig())
+    folder = tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "chat_template.jinja",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    assert (folder / "tokenizer.json").read_bytes() == (full / "tokenizer.json").read_bytes()
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).startswith(
+        "<|im_start|>"
+    )
+    err = capsys.readouterr().err
+    assert f"converting the SmolLM2-135M-Instruct tokenizer from GGUF into {folder} (once" in err
+    assert "Setting accelerator" not in err
+    load_tokenizer(ModelConfig())  # the second time from the cache, silently
+    assert "converting" not in capsys.readouterr().err

@@ -156,11 +156,16 @@ def models() -> None:
     from tuneforge import builtin
 
     table = Table(title="built-in models (use as model.name)")
-    for col in ("name", "kind", "description", "install"):
-        table.add_column(col)
+    # The name is what users copy into their config: never folded or cut; the description folds to fit.
+    names = [builtin.PREFIX + m.name for m in builtin.MODELS.values()]
+    table.add_column("name", no_wrap=True, min_width=max(map(len, names)))
+    table.add_column("kind", no_wrap=True)
+    table.add_column("description", overflow="fold")
     for m in builtin.MODELS.values():
-        table.add_row(builtin.PREFIX + m.name, m.kind, m.description, m.pip)
+        table.add_row(builtin.PREFIX + m.name, m.kind, m.description)
     console.print(table)
+    for m in builtin.MODELS.values():  # whole lines, so a command can be copied as it is
+        console.print(f"install {builtin.PREFIX}{m.name}: {m.pip}", soft_wrap=True, highlight=False)
     for name, text in builtin.DATASETS.items():
         console.print(f"dataset {builtin.PREFIX}{name}: {text}")
     console.print("Any local Hugging Face folder or hub id works as model.name too.")

@@ -10,7 +10,7 @@ import hashlib
 import json
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -217,6 +217,9 @@ class TrainConfig(Section):
     """Extra loggers (metrics.jsonl is always written)."""
     progress: bool = True
     """Show a progress bar."""
+    num_threads: Annotated[int, Field(ge=0)] | Literal["auto"] | None = "auto"
+    """CPU threads per process: auto (OMP_NUM_THREADS if set, else the physical cores this process may use,
+    shared by the processes on the machine), a number, or null/0 for torch's own default."""
 
 
 class EvalConfig(Section):
@@ -518,6 +521,25 @@ def load_config(
     return config_from_dict(raw, source), source
 
 
+def type_name(ann: Any) -> str:
+    """A type as a user reads it: `int | 'auto' | None`, not typing's repr of Annotated and Union."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if ann is type(None):
+        return "None"
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", str(ann).replace("typing.", ""))
+
+
 def config_keys() -> list[tuple[str, str, str, str]]:
     """Every config key as (key, type, default, description), for docs and `tuneforge config-keys`."""
     rows: list[tuple[str, str, str, str]] = []
@@ -529,8 +551,8 @@ def config_keys() -> list[tuple[str, str, str, str]]:
                 walk(ann, f"{prefix}{name}.")
                 continue
             default = field.get_default(call_default_factory=True)
-            type_name = str(ann).replace("typing.", "")
-            rows.append((f"{prefix}{name}", type_name, json.dumps(default), field.description or ""))
+            meaning = " ".join((field.description or "").split())  # docstrings may span lines
+            rows.append((f"{prefix}{name}", type_name(ann), json.dumps(default), meaning))
 
     walk(RunConfig, "")
     return rows

@@ -167,3 +167,12 @@ def test_a_huge_bad_method_option_is_shown_shortened(tmp_path: Path) -> None:
         resolve_method(cfg.method, source)
     assert "(method.r): Input should be a valid integer (got [12345, 12345," in str(e.value)
     assert len(str(e.value)) < 600
+
+
+def test_num_threads_takes_auto_a_count_or_null(tmp_path: Path) -> None:
+    assert RunConfig().train.num_threads == "auto"
+    for text, value in (("4", 4), ("0", 0), ("null", None), ("auto", "auto")):
+        cfg, _ = load_config(None, [f"train.num_threads={text}"])
+        assert cfg.train.num_threads == value
+    with pytest.raises(TuneforgeError, match=r"train\.num_threads"):
+        load_config(None, ["train.num_threads=-1"])

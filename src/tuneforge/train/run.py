@@ -17,7 +17,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve_model_path
 from tuneforge.models.loading import portable_adapter_config
 from tuneforge.models.methods import count_parameters, describe_parameters
-from tuneforge.train.devices import build_accelerator, check_distributed_type
+from tuneforge.train.devices import build_accelerator, check_distributed_type, set_num_threads
 from tuneforge.train.optimizer import balanced_class_weights, build_optimizer
 from tuneforge.train.resume import check_resume, check_same_position, open_run_dir
 from tuneforge.train.sharding import check_fsdp
@@ -94,6 +94,7 @@ def train(
     # Validate the method (and whether it can run here) before anything is loaded or written.
     method, options = resolve_method(cfg.method, source, task=cfg.model.task)
     accelerator = build_accelerator(cfg)
+    set_num_threads(cfg.train)
     check_distributed_type(accelerator)
     check_fsdp(cfg, accelerator.num_processes, source.where)
     ds = None

@@ -28,7 +28,7 @@ IDS = torch.arange(3, 19).reshape(2, 8)  # (B, T)
 def _as_builtin(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     """builtin:tiny-llama is the tiny Llama, converted into `folder` (this machine's cache)."""
     monkeypatch.setitem(builtin.MODELS, FAKE.name, FAKE)
-    monkeypatch.setattr(builtin, "resolve", lambda name: folder)
+    monkeypatch.setattr(builtin, "resolve", lambda name, weights=True: folder)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,7 @@ def test_adapter_config_names_the_hub_id_and_the_manifest_the_builtin(
     assert "base_model: tests/tiny-llama\n" in card and str(cache) not in card
     assert run.manifest["base_model"] == "builtin:tiny-llama"
     assert run.manifest["base_model_path"] == str(cache)
+    assert run.manifest["environment"]["torch_threads"] == torch.get_num_threads()  # train.num_threads: auto
 
 
 def test_the_adapter_loads_after_the_cache_moved(

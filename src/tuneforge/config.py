@@ -514,11 +514,37 @@ def load_config(
             )
         raw = loaded
         source = ConfigSource(p, _key_lines(node) if node is not None else {})
-    for text in overrides or []:
+    _apply_overrides(raw, overrides or [], source)
+    return config_from_dict(raw, source), source
+
+
+def with_overrides(
+    cfg: RunConfig, overrides: list[str], *, sections: tuple[str, ...] | None = None, command: str = ""
+) -> RunConfig:
+    """`cfg` with `key.sub=value` overrides on top, validated again; `sections` limits what may change."""
+    if not overrides:
+        return cfg
+    source = ConfigSource(None)
+    raw = cfg.to_dict()
+    for text in overrides:
+        keys, _ = _parse_override(text)
+        if sections is not None and keys[0] not in sections:
+            allowed = ", ".join(f"{s}.*" for s in sections)
+            raise TuneforgeError(
+                f"{command or 'this command'} takes overrides of {allowed} only; "
+                f"{'.'.join(keys)} is fixed by the run",
+                where=f"command-line override {'.'.join(keys)}",
+                fix=f"drop it, or train again with it (tuneforge train CONFIG {text})",
+            )
+    _apply_overrides(raw, overrides, source)
+    return config_from_dict(raw, source)
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: list[str], source: ConfigSource) -> None:
+    for text in overrides:
         keys, value = _parse_override(text)
         _set_dotted(raw, keys, value)
         source.overridden.add(".".join(keys))
-    return config_from_dict(raw, source), source
 
 
 def type_name(ann: Any) -> str:

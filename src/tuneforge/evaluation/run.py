@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.artifacts import DatasetDir, RunDir, write_json_atomic, write_jsonl
-from tuneforge.config import RunConfig
+from tuneforge.config import RunConfig, with_overrides
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.metrics import classification_metrics, regression_metrics
 from tuneforge.evaluation.predict import head_predictions, lm_loss, score_labels
@@ -72,10 +72,14 @@ def evaluate_run(
     split: str | None = None,
     compare_base: bool | None = None,
     max_examples: int | None = None,
+    overrides: list[str] | None = None,
 ) -> Path:
-    """Evaluate a finished run on a split; returns the path of the written eval JSON."""
+    """Evaluate a finished run on a split; returns the path of the written eval JSON.
+
+    `overrides` (`eval.key=value`) apply on top of the config the run was trained with.
+    """
     run = RunDir.open(run_dir)
-    cfg = reload_config(run)
+    cfg = with_overrides(reload_config(run), overrides or [], sections=("eval",), command="evaluate")
     split = split or cfg.eval.split
     compare = cfg.eval.compare_base if compare_base is None else compare_base
     limit = max_examples or cfg.eval.max_examples

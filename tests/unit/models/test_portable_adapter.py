@@ -1,6 +1,6 @@
-"""A run's adapter loads on another machine: adapter_config.json names the built-in's hub id, not this
-machine's cache path, and tuneforge resolves a built-in base where it is installed; a damaged adapter is one
-clear error at evaluate."""
+"""Loading a finished run: its adapter loads on another machine (adapter_config.json names the built-in's hub
+id, not this machine's cache path, and tuneforge resolves a built-in base where it is installed); a damaged
+adapter is one clear error at evaluate; evaluate takes eval.* overrides; train ends with the validation."""
 
 from __future__ import annotations
 
@@ -100,3 +100,33 @@ def test_evaluate_says_a_cut_short_adapter_is_damaged(
     )
     assert e.value.where == str(adapter)
     assert not (copy.path / "eval").exists()
+
+
+def test_evaluate_takes_eval_overrides_on_top_of_the_run(
+    trained: tuple[RunDir, Path, torch.Tensor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, cache, _ = trained
+    _as_builtin(monkeypatch, cache)
+    copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))
+    out = evaluate_run(copy.path, overrides=["eval.max_examples=2", "eval.split=validation"])
+    result = json.loads(out.read_text())
+    assert (out.name, result["split"], result["n"]) == ("validation.json", "validation", 2)
+    with pytest.raises(TuneforgeError) as e:
+        evaluate_run(copy.path, overrides=["train.learning_rate=1"])
+    assert e.value.what == "evaluate takes overrides of eval.* only; train.learning_rate is fixed by the run"
+    with pytest.raises(TuneforgeError, match=r"command-line override eval\.batch_size"):
+        evaluate_run(copy.path, overrides=["eval.batch_size=0"])
+
+
+def test_train_ends_with_the_validation_numbers_of_the_saved_model(
+    trained: tuple[RunDir, Path, torch.Tensor],
+) -> None:
+    from tuneforge.cli import final_validation
+
+    run = trained[0]
+    last = [r for r in run.metrics() if r.get("split") == "validation"][-1]
+    assert last["step"] == run.manifest["step"] == 2
+    assert final_validation(run) == (
+        "validation at step 2 (the saved model): "
+        f"loss {last['loss']:.4g}  perplexity {last['perplexity']:.4g}"
+    )

@@ -63,7 +63,7 @@ def check_tokenizer(folder: Path) -> None:
 
 
 def check_code(folder: Path, cfg: ModelConfig) -> None:
-    """Refuse a model that needs its own Python code (auto_map) or an architecture transformers lacks."""
+    """Refuse an architecture transformers lacks: say whether the folder ships code for it (auto_map)."""
     file = folder / "config.json"
     if not file.is_file() or cfg.trust_remote_code:
         return
@@ -73,19 +73,20 @@ def check_code(folder: Path, cfg: ModelConfig) -> None:
         raise TuneforgeError(f"config.json is not valid JSON ({err})", where=str(file)) from None
     if not isinstance(config, dict):
         raise TuneforgeError("config.json is not a JSON object", where=str(file))
+    from transformers import CONFIG_MAPPING, __version__
+
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type in CONFIG_MAPPING:
+        return  # transformers has the architecture (an auto_map is then ignored: no code of the folder runs)
     if "auto_map" in config:
         raise TuneforgeError(
             f"{folder} ships its own model code (auto_map in config.json), which would run on this machine",
             where="model.trust_remote_code",
             fix="set model.trust_remote_code=true only if you trust the code in that folder",
         )
-    from transformers import CONFIG_MAPPING, __version__
-
-    model_type = config.get("model_type")
-    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
-        raise TuneforgeError(
-            f"{folder}: model type {model_type!r} is not one transformers {__version__} knows",
-            where="model.name",
-            fix="upgrade transformers; if the model comes with its own code, set "
-            "model.trust_remote_code=true only if you trust it",
-        )
+    raise TuneforgeError(
+        f"{folder}: model type {model_type!r} is not one transformers {__version__} knows",
+        where="model.name",
+        fix="upgrade transformers; if the model comes with its own code, set "
+        "model.trust_remote_code=true only if you trust it",
+    )

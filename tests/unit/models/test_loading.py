@@ -160,3 +160,12 @@ def test_the_builtin_tokenizer_converts_alone_and_says_so(
     assert "Setting accelerator" not in err
     load_tokenizer(ModelConfig())  # the second time from the cache, silently
     assert "converting" not in capsys.readouterr().err
+
+
+def test_an_auto_map_beside_a_known_architecture_loads_without_its_code(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    # transformers uses its own Llama and ignores the folder's code unless trust_remote_code is set.
+    folder = _broken_copy(tiny_llama, tmp_path, "known-with-auto-map")
+    _edit_config(folder, auto_map={"AutoModelForCausalLM": "modeling_fancy.Fancy"})
+    assert type(load_model(ModelConfig(name=str(folder)))).__name__ == "LlamaForCausalLM"

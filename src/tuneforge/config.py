@@ -450,9 +450,11 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         )
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
+        value = _compose_bounded(raw, f"command-line override {key.strip()}")[1] if raw != "" else ""
+    except TuneforgeError as err:
+        if not err.what.startswith("not valid YAML"):
+            raise
+        value = raw  # not YAML: the text as it is
     return key.strip().split("."), value
 
 

@@ -176,3 +176,13 @@ def test_num_threads_takes_auto_a_count_or_null(tmp_path: Path) -> None:
         assert cfg.train.num_threads == value
     with pytest.raises(TuneforgeError, match=r"train\.num_threads"):
         load_config(None, ["train.num_threads=-1"])
+
+
+def test_a_yaml_bomb_in_an_override_is_refused_too() -> None:
+    bomb = billion_laughs(key="").strip()
+    with pytest.raises(TuneforgeError) as e:
+        load_config(None, [f"tune.start_with={bomb}"])
+    assert e.value.what == "the YAML expands to more than 100,000 values (through its aliases)"
+    assert e.value.where == "command-line override tune.start_with"
+    cfg, _ = load_config(None, ["data.prompt_template=Text: {text", "data.labels=[a, b]"])
+    assert (cfg.data.prompt_template, cfg.data.labels) == ("Text: {text", ["a", "b"])

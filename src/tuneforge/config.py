@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.safe_yaml import MAX_CONFIG_BYTES, compose_bounded, short_repr
 
 DataFormat = Literal["auto", "text", "instruction", "chat", "classification", "regression", "preference"]
 Task = Literal["causal-lm", "classification", "regression"]
@@ -227,6 +228,9 @@ class TrainConfig(Section):
     """Extra loggers (metrics.jsonl is always written)."""
     progress: bool = True
     """Show a progress bar."""
+    num_threads: Annotated[int, Field(ge=0)] | Literal["auto"] | None = "auto"
+    """CPU threads per process: auto (OMP_NUM_THREADS if set, else the physical cores this process may use,
+    shared by the processes on the machine), a number, or null/0 for torch's own default."""
 
 
 class EvalConfig(Section):
@@ -386,9 +390,11 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         )
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
+        value = compose_bounded(raw, f"command-line override {key.strip()}")[1] if raw != "" else ""
+    except TuneforgeError as err:
+        if not err.what.startswith("not valid YAML"):
+            raise
+        value = raw  # not YAML: the text as it is
     return key.strip().split("."), value
 
 
@@ -416,7 +422,7 @@ def config_from_dict(raw: dict[str, Any], source: ConfigSource | None = None) ->
             else:
                 msg = e["msg"].removeprefix("Value error, ")
                 if e.get("input") is not None and e["type"] not in ("missing",):
-                    msg += f" (got {e['input']!r})"
+                    msg += f" (got {short_repr(e['input'])})"
             problems.append(f"{source.where(key) if key else source.where('')}: {msg}")
         raise TuneforgeError(
             "invalid config:\n  " + "\n  ".join(problems),
@@ -434,14 +440,14 @@ def load_config(
         p = Path(path)
         if not p.is_file():
             raise TuneforgeError(f"config file {p} does not exist", fix="pass the path of a YAML run config")
-        text = p.read_text(encoding="utf-8")
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"{p}:{mark.line + 1}" if mark else str(p)
-            raise TuneforgeError(f"not valid YAML: {getattr(err, 'problem', err)}", where=where) from None
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise TuneforgeError(
+                f"the config is {size:,} bytes; a run config is at most {MAX_CONFIG_BYTES:,}",
+                where=str(p),
+                fix="pass a YAML run config (data, model, method, train, ... sections), not a data file",
+            )
+        node, loaded = compose_bounded(p.read_text(encoding="utf-8"), str(p))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -450,11 +456,56 @@ def load_config(
             )
         raw = loaded
         source = ConfigSource(p, _key_lines(node) if node is not None else {})
-    for text in overrides or []:
+    _apply_overrides(raw, overrides or [], source)
+    return config_from_dict(raw, source), source
+
+
+def with_overrides(
+    cfg: RunConfig, overrides: list[str], *, sections: tuple[str, ...] | None = None, command: str = ""
+) -> RunConfig:
+    """`cfg` with `key.sub=value` overrides on top, validated again; `sections` limits what may change."""
+    if not overrides:
+        return cfg
+    source = ConfigSource(None)
+    raw = cfg.to_dict()
+    for text in overrides:
+        keys, _ = _parse_override(text)
+        if sections is not None and keys[0] not in sections:
+            allowed = ", ".join(f"{s}.*" for s in sections)
+            raise TuneforgeError(
+                f"{command or 'this command'} takes overrides of {allowed} only; "
+                f"{'.'.join(keys)} is fixed by the run",
+                where=f"command-line override {'.'.join(keys)}",
+                fix=f"drop it, or train again with it (tuneforge train CONFIG {text})",
+            )
+    _apply_overrides(raw, overrides, source)
+    return config_from_dict(raw, source)
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: list[str], source: ConfigSource) -> None:
+    for text in overrides:
         keys, value = _parse_override(text)
         _set_dotted(raw, keys, value)
         source.overridden.add(".".join(keys))
-    return config_from_dict(raw, source), source
+
+
+def type_name(ann: Any) -> str:
+    """A type as a user reads it: `int | 'auto' | None`, not typing's repr of Annotated and Union."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if ann is type(None):
+        return "None"
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", str(ann).replace("typing.", ""))
 
 
 def config_keys() -> list[tuple[str, str, str, str]]:
@@ -468,8 +519,8 @@ def config_keys() -> list[tuple[str, str, str, str]]:
                 walk(ann, f"{prefix}{name}.")
                 continue
             default = field.get_default(call_default_factory=True)
-            type_name = str(ann).replace("typing.", "")
-            rows.append((f"{prefix}{name}", type_name, json.dumps(default), field.description or ""))
+            meaning = " ".join((field.description or "").split())  # docstrings may span lines
+            rows.append((f"{prefix}{name}", type_name(ann), json.dumps(default), meaning))
 
     walk(RunConfig, "")
     return rows

@@ -113,3 +113,24 @@ def test_fsdp_in_one_process_says_how_to_launch(project: Path, cli, tiny_llama: 
         "configs/accelerate/multi-gpu.yaml",
     )
     assert not (project / "run").exists()
+
+
+def test_a_yaml_bomb_is_one_error(project: Path, cli) -> None:
+    levels = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    levels += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    (project / "bomb.yaml").write_text("tune:\n  start_with: [{" + ", ".join(levels) + "}]\n")
+    assert_user_error(cli("train", "bomb.yaml"), "the YAML expands to more than 100,000 values")
+
+
+def test_a_damaged_weights_file_is_one_error(project: Path, cli, tiny_llama: Path) -> None:
+    folder = project / "damaged"
+    shutil.copytree(tiny_llama, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    config(project, "./damaged")
+    assert_user_error(
+        cli("train", "run.yaml"),
+        "the weights of the model are damaged: model.safetensors is not a readable safetensors file "
+        "(incomplete metadata, file not fully covered)",
+    )
+    assert not (project / "run").exists()

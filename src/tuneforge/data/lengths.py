@@ -158,7 +158,7 @@ def token_counter(model: ModelConfig | None) -> TokenCounter:
     if model is None:
         return TokenCounter()
     name = model.name
-    location = str(builtin.resolve(name)) if builtin.is_builtin(name) else name
+    location = str(builtin.resolve(name, weights=False)) if builtin.is_builtin(name) else name
     local = Path(location).expanduser().is_dir()
     if not local and name.startswith(("/", "./", "../", "~")):
         raise TuneforgeError(

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.artifacts import DatasetDir, RunDir, write_json_atomic, write_jsonl
-from tuneforge.config import RunConfig
+from tuneforge.config import RunConfig, with_overrides
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.metrics import classification_metrics, regression_metrics
 from tuneforge.evaluation.predict import head_predictions, lm_loss, score_labels
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.models.encode import encode_for_task
+from tuneforge.models.loading import load_adapter, run_base_path
 from tuneforge.train import reload_config
 
 
@@ -26,12 +27,10 @@ def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
     tok = load_tokenizer(cfg.model, str(run.final))
     labels = list(manifest.get("labels") or [])
     if manifest.get("saves_adapter", True):
-        from peft import PeftModel
-
         base = load_model(
-            cfg.model, labels=labels, path=manifest["base_model_path"], pad_token_id=tok.pad_token_id
+            cfg.model, labels=labels, path=run_base_path(manifest), pad_token_id=tok.pad_token_id
         )
-        model: Any = PeftModel.from_pretrained(base, str(run.final))
+        model: Any = load_adapter(base, run.final)
     else:
         model = load_model(cfg.model, labels=labels, path=str(run.final), pad_token_id=tok.pad_token_id)
     return model, tok
@@ -39,7 +38,7 @@ def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
 
 def load_base(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
     manifest = run.manifest
-    path = manifest["base_model_path"]
+    path = run_base_path(manifest)
     tok = load_tokenizer(cfg.model, path)
     labels = list(manifest.get("labels") or [])
     return load_model(cfg.model, labels=labels, path=path, pad_token_id=tok.pad_token_id), tok
@@ -73,10 +72,14 @@ def evaluate_run(
     split: str | None = None,
     compare_base: bool | None = None,
     max_examples: int | None = None,
+    overrides: list[str] | None = None,
 ) -> Path:
-    """Evaluate a finished run on a split; returns the path of the written eval JSON."""
+    """Evaluate a finished run on a split; returns the path of the written eval JSON.
+
+    `overrides` (`eval.key=value`) apply on top of the config the run was trained with.
+    """
     run = RunDir.open(run_dir)
-    cfg = reload_config(run)
+    cfg = with_overrides(reload_config(run), overrides or [], sections=("eval",), command="evaluate")
     split = split or cfg.eval.split
     compare = cfg.eval.compare_base if compare_base is None else compare_base
     limit = max_examples or cfg.eval.max_examples

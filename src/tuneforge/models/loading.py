@@ -10,6 +10,7 @@ from tuneforge import builtin
 from tuneforge.config import MethodConfig, ModelConfig
 from tuneforge.data.chat import template_of  # shared with the data stage, which measures what we render
 from tuneforge.errors import TuneforgeError
+from tuneforge.models.integrity import check_code, check_tokenizer, check_weights
 
 if TYPE_CHECKING:
     import torch
@@ -22,10 +23,13 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or Path(name).exists()
 
 
-def resolve_model_path(cfg: ModelConfig) -> str:
-    """A local folder path for local and built-in models, the hub id otherwise."""
+def resolve_model_path(cfg: ModelConfig, *, weights: bool = True) -> str:
+    """A local folder path for local and built-in models, the hub id otherwise.
+
+    `weights=False`: only the tokenizer is needed, which a built-in converts alone on first use.
+    """
     if builtin.is_builtin(cfg.name):
-        return str(builtin.resolve(cfg.name))
+        return str(builtin.resolve(cfg.name, weights=weights))
     if _looks_like_path(cfg.name):
         path = Path(cfg.name).expanduser()
         if not path.is_dir():
@@ -68,6 +72,7 @@ def _quiet_transformers() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    builtin.skip_unused_deepspeed()
     # Raised from inside transformers/peft on every forward with gradient checkpointing, about an API we never
     # call ourselves; nothing a user could act on.
     for deprecated in ("is_gradient_checkpointing", "past_key_values"):
@@ -75,8 +80,12 @@ def _quiet_transformers() -> None:
 
 
 def _from_pretrained(loader: Any, path: str, cfg: ModelConfig, **kwargs: Any) -> Any:
+    from safetensors import SafetensorError
+
     _quiet_transformers()
     local = Path(path).is_dir()
+    if local:
+        check_code(Path(path), cfg)
     try:
         return loader.from_pretrained(
             path,
@@ -89,6 +98,12 @@ def _from_pretrained(loader: Any, path: str, cfg: ModelConfig, **kwargs: Any) ->
         if local:
             raise TuneforgeError(f"could not load a model from {path}: {err}", where="model.name") from None
         raise _hub_error(cfg, err) from None
+    except SafetensorError as err:  # a hub download (local folders are checked before loading)
+        raise TuneforgeError(
+            f"the weights of {cfg.name} are damaged ({err})",
+            where="model.name",
+            fix="delete the model from the hub cache and download it again",
+        ) from None
     except ValueError as err:
         if "safetensors" in str(err) and not cfg.allow_pickle:
             raise TuneforgeError(
@@ -96,13 +111,23 @@ def _from_pretrained(loader: Any, path: str, cfg: ModelConfig, **kwargs: Any) ->
                 where="model.name",
                 fix="set model.allow_pickle=true if you trust this model",
             ) from None
+        if "trust_remote_code" in str(err) or "does not recognize this architecture" in str(err):
+            raise TuneforgeError(
+                f"{cfg.name} needs model code that transformers does not have: {str(err).splitlines()[0]}",
+                where="model.trust_remote_code",
+                fix="set model.trust_remote_code=true only if you trust this model's code, or upgrade "
+                "transformers",
+            ) from None
         raise
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    tok = _from_pretrained(AutoTokenizer, path or resolve_model_path(cfg), cfg)
+    path = path or resolve_model_path(cfg, weights=False)
+    if Path(path).is_dir():
+        check_tokenizer(Path(path))
+    tok = _from_pretrained(AutoTokenizer, path, cfg)
     if cfg.chat_template:
         tok.chat_template = template_of(cfg.chat_template)
     if tok.pad_token is None:
@@ -136,7 +161,7 @@ def load_model(
     `empty` builds the same model on the meta device, without reading or allocating its weights (FSDP's other
     processes receive theirs from the main one).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from tuneforge.models.methods import load_kwargs
 
@@ -146,6 +171,10 @@ def load_model(
         kwargs.update(load_kwargs(method))
     if empty:
         kwargs["device_map"] = "meta"
+    if cfg.dropout is not None:
+        kwargs.update(dropout_kwargs(_from_pretrained(AutoConfig, path, cfg), cfg.dropout))
+    if Path(path).is_dir() and not empty:
+        check_weights(Path(path))
     if cfg.task == "causal-lm":
         _refuse_encoder_as_lm(path, cfg)
         model = _from_pretrained(AutoModelForCausalLM, path, cfg, **kwargs)
@@ -163,8 +192,6 @@ def load_model(
         model = _from_pretrained(AutoModelForSequenceClassification, path, cfg, **kwargs)
         if pad_token_id is not None and model.config.pad_token_id is None:
             model.config.pad_token_id = pad_token_id  # decoders need it to find each row's last real token
-    if cfg.dropout is not None:
-        _set_dropout(model, cfg.dropout)
     return model  # type: ignore[no-any-return]
 
 
@@ -186,12 +213,77 @@ def _refuse_encoder_as_lm(path: str, cfg: ModelConfig) -> None:
         )
 
 
-def _set_dropout(model: PreTrainedModel, p: float) -> None:
-    import torch
+# The dropout probabilities a config may carry, by the names architectures use for them. Models read them
+# while being built (Llama's attention passes `config.attention_dropout` to the attention function, not to an
+# nn.Dropout module), so they must reach the config before construction, as `from_pretrained` overrides.
+DROPOUT_KEYS = (
+    "attention_dropout",
+    "hidden_dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "activation_dropout",
+    "attn_pdrop",
+    "resid_pdrop",
+    "embd_pdrop",
+    "summary_first_dropout",
+    "seq_classif_dropout",
+)
 
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout"):
-        if hasattr(model.config, name):
-            setattr(model.config, name, p)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = p
+
+def dropout_kwargs(config: Any, p: float) -> dict[str, float]:
+    """`from_pretrained` overrides that set every dropout probability this architecture's config has to p."""
+    return {name: p for name in DROPOUT_KEYS if isinstance(getattr(config, name, None), int | float)}
+
+
+def load_adapter(base: Any, folder: Path) -> Any:
+    """A run's PEFT adapter on top of its base model; a damaged adapter file is one clear error."""
+    from peft import PeftModel
+
+    check_weights(
+        folder,
+        what=f"the run's adapter ({folder})",
+        fix="the file was cut short or changed after training: copy the run again, or train it again",
+    )
+    return PeftModel.from_pretrained(base, str(folder))
+
+
+def portable_base(cfg: ModelConfig) -> str:
+    """The base model as another machine can find it: a built-in's hub id (its converted folder is in this
+    machine's cache), a local folder's absolute path, or the hub id as given."""
+    if builtin.is_builtin(cfg.name):
+        return builtin.model_info(cfg.name).hub_id
+    if _looks_like_path(cfg.name):
+        return str(Path(cfg.name).expanduser().resolve())
+    return cfg.name
+
+
+def portable_adapter_config(folder: Path, cfg: ModelConfig) -> None:
+    """After a PEFT save: put the portable base (`portable_base`) in adapter_config.json and the model card.
+
+    PEFT writes the path the base was loaded from, which for a built-in is this machine's cache; tuneforge
+    itself finds the base through the run's manifest (`run_base_path`), so this is for other tools.
+    """
+    import json
+
+    file = folder / "adapter_config.json"
+    if not file.is_file():  # full fine-tuning saves a whole model, no adapter
+        return
+    config = json.loads(file.read_text(encoding="utf-8"))
+    local, portable = config.get("base_model_name_or_path"), portable_base(cfg)
+    config["base_model_name_or_path"] = portable
+    file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    card = folder / "README.md"
+    if local and card.is_file():  # its front matter names the base for the hub's model pages
+        text = card.read_text(encoding="utf-8")
+        text = text.replace(f"base_model: {local}\n", f"base_model: {portable}\n")
+        text = text.replace(f"base_model:adapter:{local}\n", f"base_model:adapter:{portable}\n")
+        card.write_text(text, encoding="utf-8")
+
+
+def run_base_path(manifest: dict[str, Any]) -> str:
+    """The base model of a run on this machine: a built-in resolves here, not at the trainer's cache path."""
+    name = str(manifest.get("base_model") or "")
+    if builtin.is_builtin(name):
+        return str(builtin.resolve(name))
+    return str(manifest["base_model_path"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tuneforge.config import RunConfig
+from tuneforge.config import RunConfig, TrainConfig
 from tuneforge.errors import TuneforgeError
 
 
@@ -64,3 +64,33 @@ def check_distributed_type(accelerator: Any) -> None:
             fix="launch with configs/accelerate/multi-gpu.yaml and set train.deepspeed (a preset such as "
             "zero2 or zero3, or your DeepSpeed JSON) or train.fsdp: true for sharded training",
         )
+
+
+def set_num_threads(settings: TrainConfig) -> int:
+    """Apply `train.num_threads` to torch; returns the thread count now in use.
+
+    torch's default is every logical CPU, which on a busy machine or with hyper-threading can make a step
+    twice as slow as one thread per physical core.
+    """
+    import torch
+
+    wanted = settings.num_threads
+    if wanted == "auto":
+        wanted = _auto_threads()
+    if wanted:
+        torch.set_num_threads(wanted)
+    return int(torch.get_num_threads())
+
+
+def _auto_threads() -> int:
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:  # the user (or a launcher) chose already
+        return int(env)
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    logical = psutil.cpu_count() or usable
+    physical = psutil.cpu_count(logical=False) or logical
+    # The physical share of the CPUs this process may use (a container or taskset may allow fewer).
+    cores = max(1, usable * physical // logical)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

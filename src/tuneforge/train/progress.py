@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich import get_console
+from rich.console import Console, RenderableType
+from rich.progress import Progress, ProgressBar, ProgressColumn, Task
+from rich.table import Table
+from rich.text import Text
 
 
 def peak_memory_bytes() -> int:
@@ -27,21 +26,72 @@ def peak_memory_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
 
 
-class TrainProgress:
-    def __init__(self, total: int, start: int, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"
-                "  mem {task.fields[mem]}"
+def _clock(seconds: float | None) -> str:
+    return "-:--:--" if seconds is None else str(timedelta(seconds=int(seconds)))
+
+
+class TrainLine(ProgressColumn):
+    """The whole line, laid out for the terminal's width: steps, ETA and loss always, the bar and the other
+    numbers as they fit.
+
+    rich's own columns shrink together when the line is too wide, which at 80 columns cut the step count and
+    the ETA to "1…" and "0:0…"; here the least useful parts go first instead.
+    """
+
+    MIN_BAR, MAX_BAR = 10, 40
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def render(self, task: Task) -> RenderableType:
+        f = task.fields
+        total = int(task.total or 0)
+        must = f"{int(task.completed)}/{total} eta {_clock(task.time_remaining)} loss {f['loss']}"
+        optional = [f"lr {f['lr']}", f"{f['tps']} tok/s", f"mem {f['mem']}", _clock(task.elapsed)]
+        room = self.console.width - len("train ") - len(must) - 1  # rich may need the last column
+        shown = []
+        for part in optional:
+            if room - (len(part) + 1) < self.MIN_BAR + 1:
+                break
+            shown.append(part)
+            room -= len(part) + 1
+        text = Text(" ".join([must, *shown]), no_wrap=True, overflow="ellipsis")
+        line = Table.grid(padding=(0, 1))
+        line.add_row(
+            Text("train", style="bold"),
+            *(
+                []
+                if room < self.MIN_BAR + 1
+                else [
+                    ProgressBar(total=task.total, completed=task.completed, width=min(room - 1, self.MAX_BAR))
+                ]
             ),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            text,
+        )
+        return line
+
+
+class TrainProgress:
+    def __init__(
+        self,
+        total: int,
+        start: int,
+        *,
+        enabled: bool,
+        console: Console | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self.console = console or get_console()  # rich's default, as the other progress bars use
+        self.progress = Progress(
+            TrainLine(self.console),
+            console=self.console,
             disable=not enabled,
+            get_time=clock,
+            # The ETA comes from the steps of the last 5 minutes (rich's default, 30 s, has no estimate at
+            # all while a step takes longer than that).
+            speed_estimate_period=300,
         )
         self.task = self.progress.add_task(
             "train", total=total, completed=start, loss="-", lr="-", tps="-", mem="-"

@@ -15,8 +15,9 @@ from tuneforge.config import ConfigSource, RunConfig, config_from_dict
 from tuneforge.data import prepare_dataset
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve_model_path
+from tuneforge.models.loading import portable_adapter_config
 from tuneforge.models.methods import count_parameters, describe_parameters
-from tuneforge.train.devices import build_accelerator, check_distributed_type
+from tuneforge.train.devices import build_accelerator, check_distributed_type, set_num_threads
 from tuneforge.train.optimizer import balanced_class_weights, build_optimizer
 from tuneforge.train.resume import check_resume, check_same_position, open_run_dir
 from tuneforge.train.sharding import check_fsdp
@@ -93,6 +94,7 @@ def train(
     # Validate the method (and whether it can run here) before anything is loaded or written.
     method, options = resolve_method(cfg.method, source, task=cfg.model.task)
     accelerator = build_accelerator(cfg)
+    set_num_threads(cfg.train)
     check_distributed_type(accelerator)
     check_fsdp(cfg, accelerator.num_processes, source.where)
     ds = None
@@ -328,6 +330,7 @@ def train(
         with atomic_dir(run.final, kind="tuneforge.final") as tmp:
             unwrapped.save_pretrained(tmp, state_dict=whole, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            portable_adapter_config(tmp, cfg.model)
         plot_loss(run.metrics(), run.path / "loss.png")
         run.update_manifest(
             status="completed",

@@ -206,6 +206,7 @@ def environment(accelerator: Any, seed: int) -> dict[str, Any]:
         "device": str(accelerator.device),
         "processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
+        "torch_threads": torch.get_num_threads(),  # train.num_threads as applied
         "seed": seed,
         "git": git_state(Path.cwd()),
     }

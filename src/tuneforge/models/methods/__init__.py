@@ -7,14 +7,16 @@ A method module may also define two optional hooks:
 
 from __future__ import annotations
 
+import json
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from tuneforge.config import ConfigSource, MethodConfig
+from tuneforge.config import ConfigSource, MethodConfig, type_name
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.methods import dora, full, ia3, lora, prefix_tuning, prompt_tuning, qlora
+from tuneforge.safe_yaml import short_repr
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -64,7 +66,7 @@ def resolve_method(
             else:
                 msg = e["msg"].removeprefix("Value error, ")
                 if e["loc"] and e.get("input") is not None:
-                    msg += f" (got {e['input']!r})"
+                    msg += f" (got {short_repr(e['input'])})"
             lines.append(f"{source.where(key)}: {msg}")
         raise TuneforgeError(
             "invalid method options:\n  " + "\n  ".join(lines),
@@ -79,6 +81,21 @@ def resolve_method(
                 err = TuneforgeError(err.what, where=source.where("method.name"), fix=err.fix)
             raise err from None
     return module, options
+
+
+def option_keys() -> list[tuple[str, str, str, str]]:
+    """Every method option as `config-keys` rows (key, type, default, meaning); the key names the methods
+    that take it, e.g. `method.r (lora, qlora, dora)`."""
+    groups: dict[tuple[str, str, str, str], list[str]] = {}
+    for method, module in METHODS.items():
+        for name, field in module.Options.model_fields.items():
+            default = json.dumps(field.get_default(call_default_factory=True))
+            meaning = " ".join((field.description or "").split())
+            groups.setdefault((name, type_name(field.annotation), default, meaning), []).append(method)
+    return [
+        (f"method.{name} ({', '.join(methods)})", kind, default, meaning)
+        for (name, kind, default, meaning), methods in groups.items()
+    ]
 
 
 def load_kwargs(cfg: MethodConfig) -> dict[str, Any]:

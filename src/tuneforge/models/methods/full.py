@@ -10,7 +10,7 @@ SAVES_ADAPTER = False
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 def apply(model: Any, options: Options, task: str) -> Any:

@@ -12,7 +12,7 @@ SAVES_ADAPTER = True
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     target_modules: list[str] | None = None
     """Layers rescaled by IA³ (default: PEFT's choice for the architecture, e.g. k/v/down projections)."""

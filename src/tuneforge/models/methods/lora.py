@@ -12,7 +12,7 @@ SAVES_ADAPTER = True
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     r: int = Field(16, ge=1)
     """Rank of the low-rank update."""

@@ -14,7 +14,7 @@ SAVES_ADAPTER = True
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     num_virtual_tokens: int = Field(20, ge=1)
     """Learned key/value positions per layer."""

@@ -13,7 +13,7 @@ SAVES_ADAPTER = True
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     num_virtual_tokens: int = Field(20, ge=1)
     """Learned tokens put in front of every input."""

@@ -1,0 +1,46 @@
+"""train.num_threads: auto is the physical cores (or OMP_NUM_THREADS when set), a count is applied, 0/null
+leave torch's default."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import torch
+
+from tuneforge.config import TrainConfig
+from tuneforge.train.devices import set_num_threads
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_auto_is_the_physical_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    usable = len(os.sched_getaffinity(0))
+    expected = max(1, usable * psutil.cpu_count(logical=False) // psutil.cpu_count())
+    assert set_num_threads(TrainConfig()) == expected == torch.get_num_threads()
+
+
+def test_auto_follows_omp_num_threads_and_shares_cores_between_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert set_num_threads(TrainConfig()) == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")  # more processes than cores: one thread each
+    assert set_num_threads(TrainConfig()) == 1
+
+
+def test_a_count_is_applied_and_zero_or_null_keep_torchs_default() -> None:
+    assert set_num_threads(TrainConfig(num_threads=3)) == 3 == torch.get_num_threads()
+    torch.set_num_threads(2)
+    assert set_num_threads(TrainConfig(num_threads=0)) == 2
+    assert set_num_threads(TrainConfig(num_threads=None)) == 2

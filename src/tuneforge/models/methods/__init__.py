@@ -1,5 +1,8 @@
 """Fine-tuning approaches. Adding one = one file with `Options` and `apply()` + one line in `METHODS`.
 
+Each method file also declares whether its weights can be sharded (`NOT_SHARDABLE`, `NOT_DEEPSPEED`: None,
+or the reason why not), so train/ never keeps lists of method names.
+
 A method module may also define two optional hooks:
     check(options, task)    raise a TuneforgeError when the approach cannot run this task on this machine
     load_kwargs(options)    extra `from_pretrained` arguments for the base model (e.g. a quantization_config)
@@ -23,6 +26,10 @@ if TYPE_CHECKING:
 class Method(Protocol):
     Options: type[BaseModel]
     SAVES_ADAPTER: bool
+    NOT_SHARDABLE: str | None
+    """Why train.fsdp / ZeRO stage 3 cannot split its weights (None: they can)."""
+    NOT_DEEPSPEED: str | None
+    """Why it cannot train under train.deepspeed (None: it can)."""
 
     def apply(self, model: PreTrainedModel, options: Any, task: str) -> Any: ...
 

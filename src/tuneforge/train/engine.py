@@ -81,20 +81,30 @@ class TorchEngine:
         else:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             grad_norm = as_float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-        if getattr(self.acc, "scaler", None) is None:
-            bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
-            if not bad:
+        overflow = False
+        try:
+            if getattr(self.acc, "scaler", None) is None:
+                bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
+                if not bad:
+                    self.optimizer.step()
+                skipped = bad
+            else:
+                # fp16: the grad scaler skips updates with inf/NaN gradients itself and lowers its scale;
+                # skipping the call would keep the scale too high forever. Overflowing gradients are its
+                # normal business, so only a non-finite loss counts as a bad step.
                 self.optimizer.step()
-            skipped = bad
-        else:
-            # fp16: the grad scaler skips updates with inf/NaN gradients itself and lowers its scale; skipping
-            # the call would keep the scale too high forever. Overflowing gradients are its normal business,
-            # so only a non-finite loss counts as a bad step.
-            self.optimizer.step()
-            skipped = bool(self.acc.optimizer_step_was_skipped)
-            bad = not math.isfinite(loss)
+                skipped = bool(self.acc.optimizer_step_was_skipped)
+                bad = not math.isfinite(loss)
+        except RuntimeError as err:
+            # A step size past float32's range (a learning rate of 1e300): torch refuses it half-way through
+            # the parameters, so the weights are no longer those of any step.
+            if "without overflow" not in str(err):
+                raise
+            overflow, skipped, bad = True, False, False
         self.optimizer.zero_grad(set_to_none=True)
         # Only the trainable parameters can change; every process holds the same ones (or its shard of
         # them, whose norm `as_float` reduces), so all processes reach the same verdict.
-        broke = not skipped and not weights_finite(p for p in self.model.parameters() if p.requires_grad)
+        broke = overflow or (
+            not skipped and not weights_finite(p for p in self.model.parameters() if p.requires_grad)
+        )
         return Update(grad_norm, skipped, bad, broke)

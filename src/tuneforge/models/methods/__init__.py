@@ -10,6 +10,7 @@ A method module may also define two optional hooks:
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,6 +61,13 @@ def resolve_method(
             where=source.where("method.name"),
             fix="choose one of: " + ", ".join(METHODS),
         )
+    for key, value in cfg.options().items():
+        if isinstance(value, float) and not math.isfinite(value):  # as config sections refuse them
+            raise TuneforgeError(
+                f"method.{key} is {value}; a number here must be finite",
+                where=source.where(f"method.{key}"),
+                fix="give a finite number",
+            )
     try:
         options = module.Options.model_validate(cfg.options())
     except ValidationError as err:

@@ -22,7 +22,7 @@ from typing import IO, Any
 from tuneforge.errors import TuneforgeError
 
 MANIFEST = "manifest.json"
-LOCK = ".lock"
+LOCK = "train.lock"
 SPLITS = ("train", "validation", "test")
 
 
@@ -231,7 +231,7 @@ class DatasetDir:
 
 @dataclass(frozen=True)
 class RunDir:
-    """A training run: config.yaml, metrics.jsonl, checkpoints/, final adapter or model, eval/, manifest."""
+    """A training run: config.yaml, metrics.jsonl, checkpoints/, final/, eval/, manifest.json, train.lock."""
 
     path: Path
 

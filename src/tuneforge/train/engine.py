@@ -36,8 +36,8 @@ class StepEngine(Protocol):
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
-    def accumulating(self, last: bool) -> AbstractContextManager[Any]:
-        """The context of one micro-batch's forward and backward; `last` is the step's last micro-batch."""
+    def no_sync(self, last: bool) -> AbstractContextManager[Any]:
+        """The context of one micro-batch's forward and backward: no gradient sync unless it is the `last`."""
         ...
 
     def update(self, loss: float) -> Update:
@@ -71,7 +71,7 @@ class TorchEngine:
     def backward(self, loss: torch.Tensor) -> None:
         self.acc.backward(loss)
 
-    def accumulating(self, last: bool) -> AbstractContextManager[Any]:
+    def no_sync(self, last: bool) -> AbstractContextManager[Any]:
         # DDP reduces gradients after the last micro-batch only.
         return contextlib.nullcontext() if last else self.acc.no_sync(self.model)
 

@@ -9,7 +9,10 @@ A step whose loss or gradient is NaN/inf is skipped: no update, but the step cou
 the learning-rate schedule still advance, so the learning rate stays a pure function of the step (like the
 data position), a run still ends on schedule, and resume stays exact. `train.max_bad_steps` such steps in a
 row stop the run. While a streak lasts the weights are those of an earlier step, so nothing is validated or
-checkpointed and the newest checkpoint stays the last good one.
+checkpointed and the newest checkpoint stays the last good one. An update that was applied and left NaN/inf
+weights (finite loss and gradient, a step far too large) stops the run at once: nothing of it is saved.
+
+How a step's micro-batches become an update (DDP, FSDP or DeepSpeed) is the `engine.StepEngine`'s business.
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ class Loop:
         scale = self.acc.num_processes / max(global_targets, 1)
         total = torch.zeros((), device=device)
         for i, batch in enumerate(batches):
-            with self.engine.accumulating(last=i == len(batches) - 1), self.acc.autocast():
+            with self.engine.no_sync(last=i == len(batches) - 1), self.acc.autocast():
                 loss_sum, _ = batch_loss(self.model, batch, self.task, self.class_weights)
                 self.engine.backward(loss_sum * scale)
             total += loss_sum.detach()

@@ -113,8 +113,12 @@ def open_run_dir(
             )
         lock = run.lock()  # never empty a run another process is writing
         for child in path.iterdir():
-            if child.name != run.lock_path.name:
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if child.name == run.lock_path.name:
+                continue  # the lock file stays: another process may be waiting on this very file
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     elif resume:
         check_resume(run, cfg, data_fingerprint, force, split_files)
         lock = run.lock()

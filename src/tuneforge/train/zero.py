@@ -289,7 +289,7 @@ class ZeroEngine:
         # The loss is already divided by the step's target count (loop.py), so no division by accumulation.
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def accumulating(self, last: bool) -> contextlib.nullcontext[None]:
+    def no_sync(self, last: bool) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()  # DeepSpeed reduces gradients in its step, not in backward
 
     def update(self, loss: float) -> Update:

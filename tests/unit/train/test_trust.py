@@ -253,7 +253,7 @@ def test_a_second_train_process_is_refused_while_the_first_runs(tmp_path: Path, 
             sys.executable,
             "-c",
             "import sys; from pathlib import Path; from tuneforge.artifacts import RunLock; "
-            f"lock = RunLock.take(Path({str(run_path / '.lock')!r})); print('held', flush=True); "
+            f"lock = RunLock.take(Path({str(run_path / 'train.lock')!r})); print('held', flush=True); "
             "sys.stdin.read()",
         ],
         stdin=subprocess.PIPE,
@@ -268,7 +268,7 @@ def test_a_second_train_process_is_refused_while_the_first_runs(tmp_path: Path, 
             train(cfg)
     finally:
         holder.communicate("", timeout=30)
-    assert sorted(p.name for p in run_path.iterdir()) == [".lock"]  # nothing written beside the lock
+    assert sorted(p.name for p in run_path.iterdir()) == ["train.lock"]  # nothing written beside the lock
 
 
 def test_a_tracker_that_fails_to_start_is_one_clear_error_and_the_run_is_failed(

@@ -128,6 +128,7 @@ def test_overwrite_refuses_a_folder_tuneforge_did_not_make(project: Path, cli, t
     (project / "run" / "config.yaml").write_text("not ours\n")
     r = cli("train", "run.yaml", "--overwrite")
     assert_user_error(r, "is not a tuneforge run directory", "refusing to delete it")
+    assert "trainable parameters" not in r.stderr  # refused before the model was loaded
     assert (project / "run" / "config.yaml").read_text() == "not ours\n"
 
 

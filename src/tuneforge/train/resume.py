@@ -104,13 +104,7 @@ def open_run_dir(
     path = Path(cfg.train.output_dir)
     run = RunDir(path)
     if overwrite and not resume and path.exists():
-        if not RunDir.is_run(path) and (not path.is_dir() or any(path.iterdir())):
-            raise TuneforgeError(
-                f"{path} is not a tuneforge run directory (its manifest.json does not say kind "
-                f"{RunDir.KIND}); refusing to delete it",
-                where="train.output_dir",
-                fix="choose another train.output_dir, or remove the folder yourself",
-            )
+        check_output_dir(cfg, resume, overwrite)
         lock = run.lock()  # never empty a run another process is writing
         for child in path.iterdir():
             if child.name == run.lock_path.name:
@@ -139,6 +133,22 @@ def open_run_dir(
         lock.release()
         raise
     return run, lock
+
+
+def check_output_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse a train.output_dir a fresh run may not use, before anything is loaded (see `open_run_dir`)."""
+    path = Path(cfg.train.output_dir)
+    if resume or not path.exists():
+        return
+    if not overwrite:
+        _refuse_a_used_folder(RunDir(path))
+    elif not RunDir.is_run(path) and (not path.is_dir() or any(path.iterdir())):
+        raise TuneforgeError(
+            f"{path} is not a tuneforge run directory (its manifest.json does not say kind "
+            f"{RunDir.KIND}); refusing to delete it",
+            where="train.output_dir",
+            fix="choose another train.output_dir, or remove the folder yourself",
+        )
 
 
 def _refuse_a_used_folder(run: RunDir) -> None:

@@ -19,7 +19,7 @@ from tuneforge.artifacts import DatasetDir, RunDir, RunLock, atomic_dir
 from tuneforge.config import ConfigSource, RunConfig, config_from_dict
 from tuneforge.errors import TuneforgeError
 from tuneforge.train import setup
-from tuneforge.train.resume import check_resume, check_same_position, open_run_dir
+from tuneforge.train.resume import check_output_dir, check_resume, check_same_position, open_run_dir
 
 EXIT_INTERRUPTED = 3
 
@@ -69,7 +69,9 @@ def train(
     plan = setup.plan(cfg, source)
     dataset = setup.load_dataset(cfg, source, plan.accelerator)
     split_files = dataset.verified_split_hashes()
-    if resume:  # refuse a changed config or dataset now, not after loading the model
+    # An output folder that may not be used, or a changed config or dataset: refused before the model loads.
+    check_output_dir(cfg, resume, overwrite)
+    if resume:
         check_resume(
             RunDir(Path(cfg.train.output_dir)), cfg, dataset.manifest.get("fingerprint"), force, split_files
         )

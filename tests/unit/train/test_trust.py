@@ -366,3 +366,29 @@ def test_metrics_jsonl_is_strict_json_and_readers_get_the_nan_back(tmp_path: Pat
         math.isnan(back[0]["loss"]) and back[0]["grad_norm"] == math.inf and back[1]["grad_norm"] == -math.inf
     )
     assert back[1]["loss"] == 0.5 and set(back[0]) == {"step", "loss", "grad_norm", "lr"}
+
+
+def test_disk_full_while_writing_final_fails_the_run_and_leaves_no_final(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import peft
+
+    def save_pretrained(self: Any, folder: str, **_: Any) -> None:
+        (Path(folder) / "adapter_model.safetensors").write_bytes(b"half")
+        raise OSError(
+            errno.ENOSPC, "No space left on device", str(Path(folder) / "adapter_model.safetensors")
+        )
+
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", save_pretrained)
+    cfg = make_config(tmp_path, tiny_llama, SHORT)
+    with pytest.raises(TuneforgeError) as full:
+        train(cfg)
+    run = RunDir(Path(cfg.train.output_dir))
+    assert (
+        str(full.value)
+        .splitlines()[0]
+        .endswith("adapter_model.safetensors after step 4; checkpoint step-00000004 holds step 4")
+    )
+    assert run.manifest["status"] == "failed"
+    assert not run.final.exists() and not [p for p in run.path.iterdir() if p.name.startswith(".final")]
+    assert checkpoint_steps(run) == [2, 4]

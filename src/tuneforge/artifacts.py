@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from typing import IO, Any
 from tuneforge.errors import TuneforgeError
 
 MANIFEST = "manifest.json"
+LOCK = "train.lock"
 SPLITS = ("train", "validation", "test")
 
 
@@ -303,6 +305,30 @@ class DatasetDir:
             )
         return read_jsonl(p)
 
+    def split_hashes(self) -> dict[str, str]:
+        """sha256 of each split file on disk now, keyed like the manifest's `files` (`train.jsonl`, ...)."""
+        return {p.name: sha256_file(p) for p in (self.split_path(s) for s in SPLITS) if p.is_file()}
+
+    def verified_split_hashes(self) -> dict[str, str]:
+        """The split files' hashes, refused when they differ from what `prepare` wrote (a file was edited)."""
+        now = self.split_hashes()
+        written = {
+            k: v for k, v in (self.manifest.get("files") or {}).items() if k.removesuffix(".jsonl") in SPLITS
+        }
+        changed = [
+            f"{name}: {sha[:12]} -> {now.get(name, 'missing')[:12]}"
+            for name, sha in sorted(written.items())
+            if now.get(name) != sha
+        ]
+        if changed:
+            raise TuneforgeError(
+                "split files of the dataset were changed after `tuneforge prepare` wrote them:\n  "
+                + "\n  ".join(changed),
+                where=str(self.path),
+                fix="prepare the dataset again (tuneforge prepare CONFIG) instead of editing its files",
+            )
+        return now
+
     @property
     def format(self) -> str:
         return str(self.manifest["format"])
@@ -314,7 +340,7 @@ class DatasetDir:
 
 @dataclass(frozen=True)
 class RunDir:
-    """A training run: config.yaml, metrics.jsonl, checkpoints/, final adapter or model, eval/, manifest."""
+    """A training run: config.yaml, metrics.jsonl, checkpoints/, final/, eval/, manifest.json, train.lock."""
 
     path: Path
 
@@ -345,6 +371,21 @@ class RunDir:
     def manifest_path(self) -> Path:
         return self.path / MANIFEST
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK
+
+    @staticmethod
+    def is_run(path: Path) -> bool:
+        """Whether `path` holds a manifest that says tuneforge made it as a run (not merely a config.yaml)."""
+        m = Path(path) / MANIFEST
+        if not m.is_file():
+            return False
+        try:
+            return json.loads(m.read_text(encoding="utf-8")).get("kind") == RunDir.KIND
+        except (json.JSONDecodeError, OSError, AttributeError):
+            return False
+
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
         p = Path(path)
@@ -354,6 +395,29 @@ class RunDir:
                 fix="pass the train.output_dir of a run made by `tuneforge train`",
             )
         return cls(p)
+
+    def lock(self) -> RunLock:
+        """Take the run's exclusive lock (held until released or the process ends), or name its holder."""
+        return RunLock.take(self.lock_path)
+
+    def check_split_files(self, dataset: DatasetDir) -> None:
+        """Refuse when a split file differs from the one this run trained on (edited, or prepared again)."""
+        recorded = (self.manifest.get("dataset") or {}).get("files")
+        if not recorded:
+            return  # a run recorded before split files were fingerprinted
+        now = dataset.split_hashes()
+        changed = [
+            f"{name}: {old[:12]} -> {now[name][:12] if name in now else 'missing'}"
+            for name, old in sorted(recorded.items())
+            if now.get(name) != old
+        ]
+        if changed:
+            raise TuneforgeError(
+                f"the dataset's split files changed since run {self.path} trained on them (edited, or "
+                "prepared again at the same path):\n  " + "\n  ".join(changed),
+                where=str(dataset.path),
+                fix="restore the dataset the run was trained on, or train a new run on this one",
+            )
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -368,4 +432,77 @@ class RunDir:
         write_json_atomic(self.manifest_path, m)
 
     def metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []
+        """metrics.jsonl's records, NaN/inf values given back as floats (the file holds null + a flag)."""
+        rows = read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []
+        return [from_json_numbers(r) for r in rows]
+
+
+NONFINITE = "_nonfinite"
+
+
+def to_json_numbers(record: dict[str, Any]) -> dict[str, Any]:
+    """A record that strict JSON can hold: a NaN/inf value becomes null plus `<key>_nonfinite: nan|inf|-inf`.
+
+    Python's json writes bare NaN/Infinity, which is not JSON and which other readers (jq, JavaScript, pandas
+    with a strict parser) refuse.
+    """
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, float) and value != value:
+            out[key], out[key + NONFINITE] = None, "nan"
+        elif isinstance(value, float) and value in (float("inf"), float("-inf")):
+            out[key], out[key + NONFINITE] = None, "inf" if value > 0 else "-inf"
+        else:
+            out[key] = value
+    return out
+
+
+def from_json_numbers(record: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `to_json_numbers`."""
+    out = {k: v for k, v in record.items() if not k.endswith(NONFINITE)}
+    for key, value in record.items():
+        if key.endswith(NONFINITE) and isinstance(value, str):
+            out[key.removesuffix(NONFINITE)] = float(value)
+    return out
+
+
+class RunLock:
+    """An exclusive `flock` on a run's lock file: one `train` process writes a run directory at a time.
+
+    The kernel drops the lock when the process ends however it ends, so a crash never leaves a stale lock.
+    The file keeps the holder's PID so that a refusal can name it.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    @classmethod
+    def take(cls, path: Path) -> RunLock:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise TuneforgeError(
+                f"run directory {path.parent} is in use by another tuneforge process (PID {holder})",
+                where="train.output_dir",
+                fix="wait for it to finish (or stop it), or choose another train.output_dir",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -22,7 +22,11 @@ Task = Literal["causal-lm", "classification", "regression"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    # allow_inf_nan=False: YAML's .nan / .inf in any numeric field is refused (a NaN learning rate trains
+    # nothing and an infinite one breaks the weights), not silently accepted.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class CleanConfig(Section):

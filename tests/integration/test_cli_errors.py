@@ -134,3 +134,32 @@ def test_a_damaged_weights_file_is_one_error(project: Path, cli, tiny_llama: Pat
         "(incomplete metadata, file not fully covered)",
     )
     assert not (project / "run").exists()
+
+
+def test_infinite_learning_rate_is_refused(project: Path, cli, tiny_llama: Path) -> None:
+    config(project, str(tiny_llama))
+    r = cli("train", "run.yaml", "train.learning_rate=.inf")
+    assert_user_error(r, "command-line override train.learning_rate", "finite number")
+    assert not (project / "run").exists()
+
+
+def test_overwrite_refuses_a_folder_tuneforge_did_not_make(project: Path, cli, tiny_llama: Path) -> None:
+    config(project, str(tiny_llama))
+    (project / "run").mkdir()
+    (project / "run" / "config.yaml").write_text("not ours\n")
+    r = cli("train", "run.yaml", "--overwrite")
+    assert_user_error(r, "is not a tuneforge run directory", "refusing to delete it")
+    assert "trainable parameters" not in r.stderr  # refused before the model was loaded
+    assert (project / "run" / "config.yaml").read_text() == "not ours\n"
+
+
+def test_evaluate_split_is_not_a_path(project: Path, cli, tiny_llama: Path) -> None:
+    from tuneforge.config import config_from_dict
+
+    run = project / "run"
+    run.mkdir()
+    raw = {"data": {"path": "data.csv"}, "model": {"name": str(tiny_llama)}, "train": {"output_dir": "run"}}
+    (run / "config.yaml").write_text(config_from_dict(raw).to_yaml())
+    r = cli("evaluate", "run", "--split", "../../x")
+    assert_user_error(r, "--split: unknown split '../../x'", "fix: use one of: train, validation, test")
+    assert not (run / "eval").exists()

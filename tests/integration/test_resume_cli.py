@@ -1,8 +1,9 @@
-"""`tuneforge train --resume` end to end: after `kill -9` mid-checkpoint, and with a changed config."""
+"""`tuneforge train` stopped for real, then `--resume`: SIGTERM, `kill -9` mid-checkpoint, changed config."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,3 +98,48 @@ def test_cli_resume_with_a_changed_config_is_refused(
     )
     assert sorted(p.name for p in run.path.rglob("*")) == before
     assert "trainable parameters" not in done.stderr  # refused before the model was loaded
+
+
+def test_sigterm_checkpoints_exits_3_and_resume_is_bit_identical(tmp_path: Path, tiny_llama: Path) -> None:
+    """A real signal at a moment the process does not choose: it ends its step, checkpoints and exits 3."""
+    longer = {"train.epochs": 4}  # 28 steps: time enough to signal a run that is busy training
+    raw = config_dict(tmp_path, tiny_llama)
+    raw["train"]["epochs"] = 4
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run = RunDir(tmp_path / "run")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge", "train", str(config)],
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    # Polled: what is tested is a signal from outside, at whatever point the run is in by then.
+    while not (run.metrics_path.is_file() and run.metrics_path.read_text().count('"epoch"') >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 2"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 3, err
+    found = re.search(
+        r"error: stopped by SIGTERM after step (\d+); checkpoint step-(\d+) holds step (\d+)", err
+    )
+    assert found, err
+    step = int(found.group(1))
+    assert 2 <= step < 28 and int(found.group(2)) == int(found.group(3)) == step
+    assert f"fix: continue with: tuneforge train {config} --resume" in err
+    assert "SIGTERM: finishing the current step and saving a checkpoint" in err
+    assert checkpoint_steps(run)[-1] == step
+    assert run.manifest["status"] == "interrupted"
+    assert [r["step"] for r in run.metrics() if "split" not in r] == list(range(1, step + 1))
+
+    cfg = make_config(tmp_path, tiny_llama, longer)
+    train(cfg, resume=True)
+    reference = train(make_config(tmp_path, tiny_llama, {**longer, "train.save_every": 0}, name="reference"))
+    assert_same_tensors(final_weights(run), final_weights(reference))
+    assert records(run) == records(reference)
+    assert run.manifest["status"] == "completed"

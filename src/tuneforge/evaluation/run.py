@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneforge.artifacts import DatasetDir, RunDir, write_json_atomic, write_jsonl
+from tuneforge.artifacts import SPLITS, DatasetDir, RunDir, write_json_atomic, write_jsonl
 from tuneforge.config import RunConfig, with_overrides
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.metrics import classification_metrics, regression_metrics
@@ -81,9 +81,14 @@ def evaluate_run(
     run = RunDir.open(run_dir)
     cfg = with_overrides(reload_config(run), overrides or [], sections=("eval",), command="evaluate")
     split = split or cfg.eval.split
+    if split not in SPLITS:  # it names a file: only the dataset's own splits
+        raise TuneforgeError(
+            f"unknown split {split!r}", where="--split", fix="use one of: " + ", ".join(SPLITS)
+        )
     compare = cfg.eval.compare_base if compare_base is None else compare_base
     limit = max_examples or cfg.eval.max_examples
     dataset = DatasetDir.open(run.manifest.get("dataset", {}).get("path", cfg.data.path or ""))
+    run.check_split_files(dataset)  # the data the run trained on, not a re-split under the same path
     records = dataset.records(split)[:limit]
     fmt, labels = dataset.format, dataset.labels
     result: dict[str, Any] = {

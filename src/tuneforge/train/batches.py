@@ -21,3 +21,8 @@ def micro_batches(order: list[int], batch_size: int, rank: int = 0, world: int =
     if not batches and order:  # fewer examples than one global batch: still train on them
         batches = [order]
     return [b[rank::world] for b in batches]
+
+
+def steps_per_epoch(n: int, batch_size: int, accumulation: int, world: int = 1) -> int:
+    """Optimizer steps in one pass over `n` examples (a partial step at the end of an epoch is dropped)."""
+    return max(1, len(micro_batches(list(range(n)), batch_size, 0, world)) // accumulation)

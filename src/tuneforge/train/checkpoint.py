@@ -358,8 +358,42 @@ def rotate(root: Path, keep: int, best_step: int | None) -> list[Path]:
     return deleted
 
 
+def check_finite(tensors: list[torch.Tensor], *, what: str) -> None:
+    """Refuse to save NaN/inf weights: a checkpoint or final/ must always be something worth loading."""
+    from tuneforge.train.engine import weights_finite
+
+    if not weights_finite(tensors):
+        raise TuneforgeError(
+            f"refusing to save {what}: they hold NaN/inf values",
+            where="train.learning_rate",
+            fix="lower train.learning_rate (or set train.max_grad_norm) and resume an earlier checkpoint",
+        )
+
+
 class Checkpointer:
     """Saves the run's checkpoints (once per step, main process only) and rotates them."""
+
+    @classmethod
+    def for_run(
+        cls,
+        run: Any,
+        training: TrainingState,
+        scheduler: Any,
+        settings: Any,
+        full_weights: bool,
+        accelerator: Any,
+    ) -> Checkpointer:
+        """The checkpointer of a run directory, as the run's config and accelerator say."""
+        return cls(
+            run.checkpoints,
+            training=training,
+            scheduler=scheduler,
+            full_weights=full_weights,
+            keep=settings.keep_checkpoints,
+            scaler=getattr(accelerator, "scaler", None),
+            is_main=accelerator.is_main_process,
+            barrier=accelerator.wait_for_everyone,
+        )
 
     def __init__(
         self,
@@ -412,6 +446,7 @@ class Checkpointer:
         rng = rng_states()  # every process's own streams
         self.barrier()
         if self.is_main:
+            check_finite(list(weights.values()), what=f"the checkpoint of step {state.step}")
             save_checkpoint(
                 self.root,
                 weights=weights,

@@ -9,12 +9,14 @@ A step whose loss or gradient is NaN/inf is skipped: no update, but the step cou
 the learning-rate schedule still advance, so the learning rate stays a pure function of the step (like the
 data position), a run still ends on schedule, and resume stays exact. `train.max_bad_steps` such steps in a
 row stop the run. While a streak lasts the weights are those of an earlier step, so nothing is validated or
-checkpointed and the newest checkpoint stays the last good one.
+checkpointed and the newest checkpoint stays the last good one. An update that was applied and left NaN/inf
+weights (finite loss and gradient, a step far too large) stops the run at once: nothing of it is saved.
+
+How a step's micro-batches become an update (DDP, FSDP or DeepSpeed) is the `engine.StepEngine`'s business.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import sys
@@ -31,13 +33,16 @@ from tuneforge.config import TrainConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.collate import collate, input_positions, target_count
 from tuneforge.models.encode import IGNORE, Example
-from tuneforge.train.batches import epoch_order, micro_batches
+from tuneforge.train.batches import epoch_order, micro_batches, steps_per_epoch
 from tuneforge.train.checkpoint import TrainState
-from tuneforge.train.sharding import as_float
-from tuneforge.train.zero import ZeroStep
+from tuneforge.train.engine import StepEngine
 
 # Validation metrics where smaller is better (early stopping and the best checkpoint); any other is maximised.
 LOWER_IS_BETTER = frozenset({"loss", "perplexity", "mse", "mae", "rmse"})
+
+
+class BrokenWeights(TuneforgeError):
+    """An applied update left non-finite weights: they cannot be trained on or saved."""
 
 
 @dataclass
@@ -50,6 +55,8 @@ class StepResult:
     """No update was applied (NaN/inf, or the fp16 grad scaler backed off)."""
     bad: bool
     """The loss or gradient was NaN/inf: counts towards train.max_bad_steps."""
+    broke_weights: bool = False
+    """The update left NaN/inf weights although loss and gradient were finite: the run stops."""
 
 
 def batch_loss(
@@ -87,37 +94,32 @@ class Loop:
         *,
         accelerator: Any,
         model: Any,
-        optimizer: torch.optim.Optimizer,
+        engine: StepEngine,
         scheduler: Any,
         train_examples: Sequence[Example],
         task: str,
         batch_size: int,
         accumulation: int,
-        max_grad_norm: float | None,
         seed: int,
         pad_id: int,
         class_weights: torch.Tensor | None = None,
-        zero: ZeroStep | None = None,
     ) -> None:
         self.acc = accelerator
-        self.zero = zero
         self.model = model
-        self.optimizer = optimizer
+        self.engine = engine
         self.scheduler = scheduler
         self.examples = train_examples
         self.task = task
         self.batch_size = batch_size
         self.accumulation = accumulation
-        self.max_grad_norm = max_grad_norm
         self.seed = seed
         self.pad_id = pad_id
         self.class_weights = class_weights
         self._order_epoch = -1
         self._batches: list[list[int]] = []
-        n_micro = len(
-            micro_batches(list(range(len(train_examples))), batch_size, 0, accelerator.num_processes)
+        self.steps_per_epoch = steps_per_epoch(
+            len(train_examples), batch_size, accumulation, accelerator.num_processes
         )
-        self.steps_per_epoch = max(1, n_micro // accumulation)
 
     def _step_batches(self, step: int) -> list[list[int]]:
         epoch, k = divmod(step, self.steps_per_epoch)
@@ -142,52 +144,26 @@ class Loop:
         global_targets = int(self.acc.reduce(torch.tensor(local_targets, device=device), "sum").item())
         scale = self.acc.num_processes / max(global_targets, 1)
         total = torch.zeros((), device=device)
-        backward = self.acc.backward if self.zero is None else self.zero.backward
         for i, batch in enumerate(batches):
-            # DDP reduces gradients after the last micro-batch only; DeepSpeed reduces them in its step.
-            sync = i == len(batches) - 1 or self.zero is not None
-            ctx = self.acc.no_sync(self.model) if not sync else contextlib.nullcontext()
-            with ctx, self.acc.autocast():
+            with self.engine.no_sync(last=i == len(batches) - 1), self.acc.autocast():
                 loss_sum, _ = batch_loss(self.model, batch, self.task, self.class_weights)
-                backward(loss_sum * scale)
+                self.engine.backward(loss_sum * scale)
             total += loss_sum.detach()
         loss = float(self.acc.reduce(total, "sum").item()) / max(global_targets, 1)
-        if self.zero is not None:
-            # DeepSpeed clips, checks for inf/NaN (then skips the update), steps and zeroes the gradients.
-            grad_norm, applied = self.zero.update()
-            skipped = not applied
-            bad = skipped or not math.isfinite(loss)
-        else:
-            grad_norm, skipped, bad = self._update(loss)
+        update = self.engine.update(loss)
         self.scheduler.step()  # even after a skip: see the module docstring
         # Tokens of the whole global batch, so metrics.jsonl reads the same whatever the process count.
         local_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
         tokens = int(self.acc.reduce(torch.tensor(local_tokens, device=device), "sum").item())
         return StepResult(
-            loss=loss, grad_norm=grad_norm, targets=global_targets, tokens=tokens, skipped=skipped, bad=bad
+            loss=loss,
+            grad_norm=update.grad_norm,
+            targets=global_targets,
+            tokens=tokens,
+            skipped=update.skipped,
+            bad=update.bad,
+            broke_weights=update.broke_weights,
         )
-
-    def _update(self, loss: float) -> tuple[float, bool, bool]:
-        """Clip and step (unless the loss or gradient is inf/NaN); the gradient norm, skipped and bad."""
-        if self.max_grad_norm is not None:
-            grad_norm = as_float(self.acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
-        else:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            grad_norm = as_float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-        if getattr(self.acc, "scaler", None) is None:
-            bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
-            if not bad:
-                self.optimizer.step()
-            skipped = bad
-        else:
-            # fp16: the grad scaler skips updates with inf/NaN gradients itself and lowers its scale; skipping
-            # the call would keep the scale too high forever. Overflowing gradients are its normal business,
-            # so only a non-finite loss counts as a bad step.
-            self.optimizer.step()
-            skipped = bool(self.acc.optimizer_step_was_skipped)
-            bad = not math.isfinite(loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm, skipped, bad
 
     def agree(self, flag: bool) -> bool:
         """True on every process when it is true on any (so all processes stop at the same step)."""
@@ -324,6 +300,14 @@ def fit(
             }
         )
         progress.update(state.step, loss=result.loss, lr=lr, tps=tps)
+        if result.broke_weights:
+            raise BrokenWeights(
+                f"the update of step {state.step} made the weights NaN/inf although its loss and gradient "
+                "were finite (a step far too large); nothing of it is saved",
+                where=where("train.learning_rate"),
+                fix="lower train.learning_rate (or set train.max_grad_norm) and start again, or resume from "
+                "the last good checkpoint with --resume --force",
+            )
         if state.bad_steps >= settings.max_bad_steps:
             raise TuneforgeError(
                 f"{state.bad_steps} optimizer steps in a row had a NaN/inf loss or gradient "

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tuneforge.artifacts import RunDir, write_text_atomic
+from tuneforge.artifacts import RunDir, RunLock, write_text_atomic
 from tuneforge.config import RunConfig
 from tuneforge.errors import TuneforgeError
 
@@ -40,26 +40,45 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return diffs
 
 
-def resume_diff(run: RunDir, cfg: RunConfig, data_fingerprint: str | None) -> list[tuple[str, Any, Any]]:
-    """What differs between a run's recorded config and data and this attempt to resume it."""
+def resume_diff(
+    run: RunDir, cfg: RunConfig, data_fingerprint: str | None, split_files: dict[str, str] | None = None
+) -> list[tuple[str, Any, Any]]:
+    """What differs between a run's recorded config and data and this attempt to resume it.
+
+    The split files themselves are compared too (sha256): an edited file, or a dataset prepared again at the
+    same path with another split, would otherwise resume on different data unnoticed.
+    """
     import yaml
 
     old = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
     diffs = [d for d in config_diff(old, cfg.to_dict()) if not d[0].startswith(RESUMABLE_CHANGES)]
-    recorded = run.manifest.get("dataset", {}).get("fingerprint")
+    recorded_data = run.manifest.get("dataset") or {}
+    recorded = recorded_data.get("fingerprint")
     if recorded is not None and recorded != data_fingerprint:
         diffs.append((DATA_FINGERPRINT, recorded, data_fingerprint))
+    files = recorded_data.get("files") or {}
+    if split_files is not None:
+        for name in sorted(set(files) | set(split_files)):
+            if name in files and files.get(name) != split_files.get(name):
+                now = split_files.get(name)
+                diffs.append((f"dataset file {name} (sha256)", files[name][:12], now[:12] if now else None))
     return diffs
 
 
-def check_resume(run: RunDir, cfg: RunConfig, data_fingerprint: str | None, force: bool) -> None:
-    if not run.config_path.is_file():
+def check_resume(
+    run: RunDir,
+    cfg: RunConfig,
+    data_fingerprint: str | None,
+    force: bool,
+    split_files: dict[str, str] | None = None,
+) -> None:
+    if not run.config_path.is_file() or not RunDir.is_run(run.path):
         raise TuneforgeError(
             f"there is no run to resume in {run.path}",
             where="train.output_dir",
             fix="start it without --resume, or point train.output_dir at the run to continue",
         )
-    diffs = resume_diff(run, cfg, data_fingerprint)
+    diffs = resume_diff(run, cfg, data_fingerprint, split_files)
     if diffs and not force:
         lines = "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
         raise TuneforgeError(
@@ -71,29 +90,74 @@ def check_resume(run: RunDir, cfg: RunConfig, data_fingerprint: str | None, forc
 
 
 def open_run_dir(
-    cfg: RunConfig, resume: bool, force: bool, overwrite: bool, data_fingerprint: str | None = None
-) -> RunDir:
+    cfg: RunConfig,
+    resume: bool,
+    force: bool,
+    overwrite: bool,
+    data_fingerprint: str | None = None,
+    split_files: dict[str, str] | None = None,
+) -> tuple[RunDir, RunLock]:
+    """Create (or reopen) the run directory and take its lock; it holds a manifest from the first moment.
+
+    `--overwrite` only ever empties a folder whose manifest says tuneforge made it as a run.
+    """
     path = Path(cfg.train.output_dir)
     run = RunDir(path)
     if overwrite and not resume and path.exists():
-        if not run.config_path.is_file():
-            raise TuneforgeError(
-                f"{path} is not a tuneforge run directory; refusing to delete it",
-                where="train.output_dir",
-                fix="choose another train.output_dir",
-            )
-        shutil.rmtree(path)
-    if resume:
-        check_resume(run, cfg, data_fingerprint, force)
-    elif path.exists() and any(path.iterdir()):
+        check_output_dir(cfg, resume, overwrite)
+        lock = run.lock()  # never empty a run another process is writing
+        for child in path.iterdir():
+            if child.name == run.lock_path.name:
+                continue  # the lock file stays: another process may be waiting on this very file
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    elif resume:
+        check_resume(run, cfg, data_fingerprint, force, split_files)
+        lock = run.lock()
+    else:
+        _refuse_a_used_folder(run)
+        lock = run.lock()
+        try:
+            _refuse_a_used_folder(run)  # again: another process may have finished a run there meanwhile
+        except TuneforgeError:
+            lock.release()
+            raise
+    try:
+        if not resume:
+            # Written first, so that a run stopped at any later point is still recognised as ours.
+            run.update_manifest(kind=RunDir.KIND, status="starting")
+        write_text_atomic(run.config_path, cfg.to_yaml())
+    except BaseException:
+        lock.release()
+        raise
+    return run, lock
+
+
+def check_output_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse a train.output_dir a fresh run may not use, before anything is loaded (see `open_run_dir`)."""
+    path = Path(cfg.train.output_dir)
+    if resume or not path.exists():
+        return
+    if not overwrite:
+        _refuse_a_used_folder(RunDir(path))
+    elif not RunDir.is_run(path) and (not path.is_dir() or any(path.iterdir())):
         raise TuneforgeError(
-            f"{path} already holds a run",
+            f"{path} is not a tuneforge run directory (its manifest.json does not say kind "
+            f"{RunDir.KIND}); refusing to delete it",
+            where="train.output_dir",
+            fix="choose another train.output_dir, or remove the folder yourself",
+        )
+
+
+def _refuse_a_used_folder(run: RunDir) -> None:
+    if run.path.exists() and any(p.name != run.lock_path.name for p in run.path.iterdir()):
+        raise TuneforgeError(
+            f"{run.path} already holds a run",
             where="train.output_dir",
             fix="pass --resume to continue it, --overwrite to start over, or choose another train.output_dir",
         )
-    path.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run.config_path, cfg.to_yaml())
-    return run
 
 
 def check_same_position(state: Any, loop: Any, force: bool) -> None:

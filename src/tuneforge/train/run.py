@@ -1,26 +1,26 @@
-"""`tuneforge train`: dataset + model + method → a run directory (weights, metrics, checkpoints)."""
+"""`tuneforge train`: dataset + model + method → a run directory (weights, metrics, checkpoints).
+
+`train()` is the recipe, read top to bottom; its steps live in `setup.py` (plan, inputs, model, distribution),
+`loop.py` (the steps) and `checkpoint.py`.
+"""
 
 from __future__ import annotations
 
-import math
+import contextlib
+import errno
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tuneforge import __version__
-from tuneforge.artifacts import DatasetDir, RunDir, atomic_dir
+from tuneforge.artifacts import DatasetDir, RunDir, RunLock, atomic_dir
 from tuneforge.config import ConfigSource, RunConfig, config_from_dict
-from tuneforge.data import prepare_dataset
 from tuneforge.errors import TuneforgeError
-from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve_model_path
 from tuneforge.models.loading import portable_adapter_config
-from tuneforge.models.methods import count_parameters, describe_parameters
-from tuneforge.train.devices import build_accelerator, check_distributed_type, set_num_threads
-from tuneforge.train.optimizer import balanced_class_weights, build_optimizer
-from tuneforge.train.resume import check_resume, check_same_position, open_run_dir
-from tuneforge.train.sharding import check_fsdp
+from tuneforge.train import setup
+from tuneforge.train.resume import check_output_dir, check_resume, check_same_position, open_run_dir
 
 EXIT_INTERRUPTED = 3
 
@@ -61,329 +61,263 @@ def train(
     `on_validation(step, metrics)` is called after every validation; an exception it raises (a hyperparameter
     search pruning the trial) stops the run like any other error.
     """
-    import torch
-    from accelerate.utils import set_seed
-
-    from tuneforge.models.encode import LazyExamples, encode_for_task, encoder, has_targets
-    from tuneforge.train.checkpoint import (
-        Checkpointer,
-        TorchState,
-        TrainingState,
-        TrainState,
-        checkpoint_name,
-        load_weights,
-        restore_rng,
-    )
-    from tuneforge.train.loop import Loop, StopSignals, fit
-    from tuneforge.train.plot import plot_loss
-    from tuneforge.train.progress import TrainProgress, peak_memory_bytes
-    from tuneforge.train.schedule import build_scheduler
-    from tuneforge.train.sharding import is_sharded, shard_from_main
-    from tuneforge.train.tracking import Trackers, check_sinks, environment, truncate_metrics
-    from tuneforge.train.zero import (
-        ZeroState,
-        ZeroStep,
-        check_installed,
-        deepspeed_config,
-        ensure_process_group,
-        initialize,
-    )
+    from tuneforge.train.checkpoint import Checkpointer, TrainState, restore_rng
+    from tuneforge.train.loop import StopSignals, fit
+    from tuneforge.train.progress import TrainProgress
 
     source = source or ConfigSource(None)
-    check_sinks(list(cfg.train.log_to))
-    # Validate the method (and whether it can run here) before anything is loaded or written.
-    method, options = resolve_method(cfg.method, source, task=cfg.model.task)
-    accelerator = build_accelerator(cfg)
-    set_num_threads(cfg.train)
-    check_distributed_type(accelerator)
-    check_fsdp(cfg, accelerator.num_processes, source.where)
-    ds = None
-    if cfg.train.deepspeed is not None:
-        ds = deepspeed_config(
-            cfg,
-            processes=accelerator.num_processes,
-            precision=accelerator.mixed_precision,
-            where=source.where,
+    # 1. Everything a config can get wrong is refused before anything is loaded or written.
+    plan = setup.plan(cfg, source)
+    dataset = setup.load_dataset(cfg, source, plan.accelerator)
+    split_files = dataset.verified_split_hashes()
+    # An output folder that may not be used, or a changed config or dataset: refused before the model loads.
+    check_output_dir(cfg, resume, overwrite)
+    if resume:
+        check_resume(
+            RunDir(Path(cfg.train.output_dir)), cfg, dataset.manifest.get("fingerprint"), force, split_files
         )
-        check_installed()
-    # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
-    with accelerator.main_process_first():
-        dataset = prepare_dataset(cfg.data, model=cfg.model)
-    set_seed(cfg.train.seed)
-    task, fmt, labels = cfg.model.task, dataset.format, dataset.labels
-    _check_task_fits(task, fmt)
-    _check_validation_settings(cfg, source, has_validation=bool(dataset.records("validation")))
-    fingerprint = dataset.manifest.get("fingerprint")
-    if resume:  # refuse a changed config now, not after loading the model
-        check_resume(RunDir(Path(cfg.train.output_dir)), cfg, fingerprint, force)
-
-    model_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, model_path)
-    model = load_model(
-        cfg.model,
-        labels=labels,
-        path=model_path,
-        pad_token_id=tokenizer.pad_token_id,
-        method=cfg.method,
-        empty=cfg.train.fsdp and not accelerator.is_main_process,  # FSDP: only the main process loads
-    )
-    model = method.apply(model, options, task)
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-    trainable, total = count_parameters(model)
-    if accelerator.is_main_process:
-        print(describe_parameters(trainable, total), file=sys.stderr, flush=True)
-
-    encode: dict[str, Any] = {
-        "tok": tokenizer,
-        "task": task,
-        "fmt": fmt,
-        "labels": labels,
-        "max_length": cfg.model.max_length,
-        "template": cfg.data.prompt_template,
-        "truncation": cfg.data.truncation,
-    }
-    train_records = dataset.records("train")
-    train_examples: Sequence[Any]
-    if task == "causal-lm" and fmt == "text" and cfg.train.packing:
-        train_examples, _ = encode_for_task(train_records, **encode)  # packing needs the whole stream
-    else:
-        train_examples = LazyExamples(train_records, encoder(**encode))
-        probe = [train_examples[i] for i in range(min(len(train_examples), 64))]
-        if probe and not any(has_targets(e) for e in probe):
-            raise TuneforgeError(
-                f"none of the first {len(probe)} training examples has a target token within "
-                f"model.max_length={cfg.model.max_length} (the answer is cut off)",
-                where=source.where("model.max_length"),
-                fix="raise model.max_length, or shorten the prompts",
-            )
-    val_records = dataset.records("validation")[: cfg.train.eval_max_examples]
-    val_examples, _ = encode_for_task(val_records, **encode, packing=cfg.train.packing)
-
-    # The run directory is created only once data, model and method are known to be good, so a typo in the
-    # config never leaves a half-made run behind that blocks the next attempt.
-    with accelerator.main_process_first():
-        # Only the main process checks and creates the run directory: the others would find its files and
-        # refuse.
-        main_opens = accelerator.is_main_process
-        run = (
-            open_run_dir(cfg, resume, force, overwrite, fingerprint)
-            if main_opens
-            else RunDir(Path(cfg.train.output_dir))
-        )
-
-    zero = None
-    if ds is not None:
-        # DeepSpeed replaces DDP: its engine partitions the optimizer built here; the scheduler stays ours.
-        ensure_process_group()
-        optimizer = build_optimizer(model, cfg)
-        model = initialize(model, optimizer, ds)
-        zero = ZeroStep(model)
-    elif cfg.train.fsdp:
-        # FSDP replaces DDP: shard first, then build the optimizer over the shards.
-        model = shard_from_main(
-            model,
-            bf16=accelerator.mixed_precision == "bf16",
-            cpu_offload=cfg.train.fsdp_cpu_offload,
-            device=accelerator.device,
-            is_main=accelerator.is_main_process,
-        )
-        optimizer = accelerator.prepare(build_optimizer(model, cfg))
-    else:
-        model, optimizer = accelerator.prepare(model, build_optimizer(model, cfg))
-    weights = None
-    if task == "classification" and cfg.train.class_weights == "balanced":
-        weights = balanced_class_weights(train_records, labels).to(accelerator.device)
-    loop = Loop(
-        accelerator=accelerator,
-        model=model,
-        optimizer=optimizer,
-        scheduler=None,
-        train_examples=train_examples,
-        task=task,
-        batch_size=cfg.train.batch_size,
-        accumulation=cfg.train.gradient_accumulation_steps,
-        max_grad_norm=cfg.train.max_grad_norm,
-        seed=cfg.train.seed,
-        pad_id=int(tokenizer.pad_token_id),
-        class_weights=weights,
-        zero=zero,
-    )
-    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * loop.steps_per_epoch)
-    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
-    loop.scheduler = scheduler
-
-    full_weights = not getattr(method, "SAVES_ADAPTER", True)
-    unwrapped = accelerator.unwrap_model(model)
-    training: TrainingState = (
-        ZeroState(model, is_main=accelerator.is_main_process)
-        if ds is not None
-        else TorchState(unwrapped, getattr(optimizer, "optimizer", optimizer))  # torch's, not accelerate's
-    )
-    checkpoints = Checkpointer(
-        run.checkpoints,
-        training=training,
-        scheduler=scheduler,
-        full_weights=full_weights,
-        keep=cfg.train.keep_checkpoints,
-        scaler=getattr(accelerator, "scaler", None),
-        is_main=accelerator.is_main_process,
-        barrier=accelerator.wait_for_everyone,
-    )
-    state = (checkpoints.resume() if resume else None) or TrainState()
-    check_same_position(state, loop, force)
-    main = accelerator.is_main_process
-    if main and checkpoints.resumed_from is not None:
-        print(f"resuming from {checkpoints.resumed_from}", file=sys.stderr, flush=True)
-    manifest: dict[str, Any] = {
-        "kind": RunDir.KIND,
-        "status": "running",
-        "tuneforge_version": __version__,
-        "base_model": cfg.model.name,
-        "base_model_path": model_path,
-        "task": task,
-        "method": cfg.method.name,
-        "dataset": {"path": str(dataset.path.resolve()), "fingerprint": fingerprint, "format": fmt},
-        "labels": labels,
-        "parameters": {"trainable": trainable, "total": total},
-        "examples": {
-            "train": len(train_examples),
-            "validation": len(val_examples),
-        },
-        # FSDP or DeepSpeed: parameters, gradients and/or optimizer state are split over the processes.
-        "sharded": is_sharded(unwrapped) or ds is not None,
-        "deepspeed": ds,
-        "total_steps": total_steps,
-        "steps_per_epoch": loop.steps_per_epoch,
-        "seed": cfg.train.seed,
-        "config_fingerprint": cfg.fingerprint(),
-        "environment": environment(accelerator, cfg.train.seed),
-        "resumed_from_step": state.step if resume else None,
-    }
-    if main:
-        truncate_metrics(run.metrics_path, state.step)
-        run.update_manifest(**manifest)
-
-    trackers = Trackers(
-        run.path,
-        list(cfg.train.log_to),
-        config=cfg.to_dict(),
-        enabled=main,
-        resume_step=state.step if resume else None,
-    )
-    if checkpoints.resumed_from is not None:
-        # Last, right before the loop, so nothing shifts the random streams.
-        restore_rng(checkpoints.resumed_from, accelerator.process_index)
+    # 2. Model and examples; the run directory exists only once they are known to be good.
+    model = setup.load_trainable_model(cfg, plan, dataset.labels)
+    examples = setup.encode_examples(cfg, source, dataset, model.tokenizer)
+    run, lock = _open_run(cfg, plan, resume, force, overwrite, dataset, split_files)
+    state, checkpoints = TrainState(), None
     try:
-        with (
-            StopSignals() as stop,
-            TrainProgress(total_steps, state.step, enabled=cfg.train.progress and main) as bar,
-        ):
-            outcome = fit(
-                loop,
-                state,
-                settings=cfg.train,
-                total_steps=total_steps,
-                val_examples=val_examples,
-                log=trackers.log,
-                save=checkpoints.save,
-                progress=bar,
-                stop=stop,
-                where=source.where,
-                on_validation=on_validation,
-            )
+        # 3. Distribution, optimizer and schedule, loop, checkpoints.
+        dist = setup.distribute(cfg, plan, model.model)
+        acc, main = plan.accelerator, plan.is_main
+        loop, scheduler, total_steps = setup.build_loop(cfg, plan, dist, examples, dataset, model.tokenizer)
+        checkpoints = Checkpointer.for_run(run, dist.training, scheduler, cfg.train, plan.full_weights, acc)
+        state = (checkpoints.resume() if resume else None) or TrainState()
+        check_same_position(state, loop, force)
+        if main and checkpoints.resumed_from is not None:
+            print(f"resuming from {checkpoints.resumed_from}", file=sys.stderr, flush=True)
+        # 4. The loop, with trackers and signals.
+        with _start_records(
+            run,
+            cfg,
+            plan,
+            dist,
+            model,
+            dataset,
+            examples,
+            split_files,
+            state,
+            resume,
+            total_steps,
+            loop.steps_per_epoch,
+        ) as trackers:
+            if checkpoints.resumed_from is not None:
+                # Last, right before the loop, so nothing shifts the random streams.
+                restore_rng(checkpoints.resumed_from, acc.process_index)
+            with (
+                StopSignals() as stop,
+                TrainProgress(total_steps, state.step, enabled=cfg.train.progress and main) as bar,
+            ):
+                outcome = fit(
+                    loop,
+                    state,
+                    settings=cfg.train,
+                    total_steps=total_steps,
+                    val_examples=examples.validation,
+                    log=trackers.log,
+                    save=checkpoints.save,
+                    progress=bar,
+                    stop=stop,
+                    where=source.where,
+                    on_validation=on_validation,
+                )
         if outcome.signal is not None:
             raise Interrupted(
                 f"stopped by {signal.Signals(outcome.signal).name} after step {state.step}; "
                 + _newest_checkpoint(checkpoints.latest(), state.step),
                 fix=f"continue with: tuneforge train {source.path or run.config_path} --resume",
             )
-    except KeyboardInterrupt:
-        # A second signal: stop at once. A checkpoint being written is abandoned (its temporary folder goes).
-        err = StoppedAtOnce(
-            f"stopped at once by a second signal after step {state.step}; "
-            + _newest_checkpoint(checkpoints.latest(), state.step),
-            fix=f"continue with: tuneforge train {source.path or run.config_path} --resume",
-        )
-        if main:
-            run.update_manifest(status="interrupted", step=state.step, error=str(err)[:500])
-        raise err from None
+        # 5. The final weights (the best checkpoint's when it is not the last step), and the manifest.
+        _finish(run, cfg, plan, dist, model.tokenizer, state, outcome, examples.train)
     except BaseException as err:
-        if main:
-            status = "interrupted" if isinstance(err, Interrupted) else "failed"
-            run.update_manifest(status=status, step=state.step, error=str(err)[:500])
-        raise
+        stopped = _stopped(err, run, state, checkpoints, source, is_main=plan.is_main)
+        if stopped is err:
+            raise
+        raise stopped from None
     finally:
-        trackers.close()
-
-    best = state.best_step
-    if best is not None and best != state.step:
-        load_weights(run.checkpoints / checkpoint_name(best), training)  # rotation always keeps the best
-    # A sharded model is gathered by every process; the main one saves it.
-    whole = training.final_state(adapter_only=not full_weights)
-    # Each process's peak (they differ under FSDP, where only the main process loads the whole model).
-    peak = torch.tensor([peak_memory_bytes()], device=accelerator.device)
-    peaks = [int(x) for x in accelerator.gather(peak)]
-    if main:
-        with atomic_dir(run.final, kind="tuneforge.final") as tmp:
-            unwrapped.save_pretrained(tmp, state_dict=whole, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            portable_adapter_config(tmp, cfg.model)
-        plot_loss(run.metrics(), run.path / "loss.png")
-        run.update_manifest(
-            status="completed",
-            step=state.step,
-            stopped_early=outcome.reason == "stopped-early",
-            best={"metric": cfg.train.metric_for_best, "value": state.best_value, "step": best},
-            final=str(run.final),
-            saves_adapter=not full_weights,
-            tokens=state.tokens,
-            tokens_per_s=round(outcome.tokens_per_s, 1),
-            skipped_steps=state.skipped_steps,
-            # Examples the run met whose answer the chat template pushed past model.max_length.
-            train_no_targets_seen=getattr(train_examples, "no_targets", 0),
-            # Examples the run met that were cut to fit model.max_length, by how (models/encode.py).
-            train_truncated_seen=dict(getattr(train_examples, "truncated", {})),
-            peak_memory_bytes=max(peaks),
-            peak_memory_bytes_per_process=peaks,
-            train_time_s=round(state.elapsed_s, 2),
-        )
-    accelerator.wait_for_everyone()
+        if lock is not None:
+            lock.release()
+    plan.accelerator.wait_for_everyone()
     return run
 
 
-def _check_validation_settings(cfg: RunConfig, source: ConfigSource, *, has_validation: bool) -> None:
-    from tuneforge.train.loop import validation_metrics
-
-    names = validation_metrics(cfg.model.task)
-    if cfg.train.metric_for_best not in names:
-        raise TuneforgeError(
-            f"validation of a {cfg.model.task} model has no metric {cfg.train.metric_for_best!r}",
-            where=source.where("train.metric_for_best"),
-            fix="choose one of: " + ", ".join(names),
-        )
-    if cfg.train.early_stopping_patience is not None and not has_validation:
-        raise TuneforgeError(
-            "early stopping needs validation examples, and the dataset has none",
-            where=source.where("train.early_stopping_patience"),
-            fix="give data.splits a validation fraction, or unset train.early_stopping_patience",
-        )
+def _open_run(
+    cfg: RunConfig,
+    plan: setup.Plan,
+    resume: bool,
+    force: bool,
+    overwrite: bool,
+    dataset: DatasetDir,
+    split_files: dict[str, str],
+) -> tuple[RunDir, RunLock | None]:
+    """Only the main process checks, creates and locks the run directory (the others would find its files)."""
+    with plan.accelerator.main_process_first():
+        if not plan.is_main:
+            return RunDir(Path(cfg.train.output_dir)), None
+        return open_run_dir(cfg, resume, force, overwrite, dataset.manifest.get("fingerprint"), split_files)
 
 
-def _check_task_fits(task: str, fmt: str) -> None:
-    ok = {
-        "causal-lm": ("text", "instruction", "chat", "classification", "preference"),
-        "classification": ("classification",),
-        "regression": ("regression",),
-    }
-    if fmt not in ok[task]:
-        raise TuneforgeError(
-            f"model.task {task} cannot learn from {fmt} records",
-            where="model.task",
-            fix=f"use a dataset of format {' or '.join(ok[task])}, or another task",
+@contextlib.contextmanager
+def _start_records(
+    run: RunDir,
+    cfg: RunConfig,
+    plan: setup.Plan,
+    dist: setup.Distributed,
+    model: setup.Trainable,
+    dataset: DatasetDir,
+    examples: setup.Examples,
+    split_files: dict[str, str],
+    state: Any,
+    resume: bool,
+    total_steps: int,
+    steps_per_epoch: int,
+) -> Iterator[Any]:
+    """Mark the run running in its manifest and open its metrics sinks for the loop."""
+    from tuneforge.train.sharding import is_sharded
+    from tuneforge.train.tracking import Trackers, environment, truncate_metrics
+
+    if plan.is_main:
+        truncate_metrics(run.metrics_path, state.step)
+        run.update_manifest(
+            kind=RunDir.KIND,
+            status="running",
+            error=None,  # a resumed run's earlier stop is history now
+            tuneforge_version=__version__,
+            base_model=cfg.model.name,
+            base_model_path=model.path,
+            task=cfg.model.task,
+            method=cfg.method.name,
+            dataset={
+                "path": str(dataset.path.resolve()),
+                "fingerprint": dataset.manifest.get("fingerprint"),
+                "format": dataset.format,
+                "files": split_files,  # what --resume and evaluate check the split files against
+            },
+            labels=dataset.labels,
+            parameters=model.parameters,
+            examples={"train": len(examples.train), "validation": len(examples.validation)},
+            # FSDP or DeepSpeed: parameters, gradients and/or optimizer state are split over the processes.
+            sharded=is_sharded(dist.unwrapped) or plan.deepspeed is not None,
+            deepspeed=plan.deepspeed,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            seed=cfg.train.seed,
+            config_fingerprint=cfg.fingerprint(),
+            environment=environment(plan.accelerator, cfg.train.seed),
+            resumed_from_step=state.step if resume else None,
         )
+    trackers = Trackers(
+        run.path,
+        list(cfg.train.log_to),
+        config=cfg.to_dict(),
+        enabled=plan.is_main,
+        resume_step=state.step if resume else None,
+    )
+    try:
+        yield trackers
+    finally:
+        trackers.close()
+
+
+def _finish(
+    run: RunDir,
+    cfg: RunConfig,
+    plan: setup.Plan,
+    dist: setup.Distributed,
+    tokenizer: Any,
+    state: Any,
+    outcome: Any,
+    train_examples: Any,
+) -> None:
+    """Write final/ (never with NaN/inf weights) and mark the run completed."""
+    import torch
+
+    from tuneforge.train.checkpoint import check_finite, checkpoint_name, load_weights
+    from tuneforge.train.plot import plot_loss
+    from tuneforge.train.progress import peak_memory_bytes
+
+    best = state.best_step
+    if best is not None and best != state.step:
+        load_weights(run.checkpoints / checkpoint_name(best), dist.training)  # rotation always keeps the best
+    # A sharded model is gathered by every process; the main one saves it.
+    whole = dist.training.final_state(adapter_only=not plan.full_weights)
+    # Each process's peak (they differ under FSDP, where only the main process loads the whole model).
+    acc = plan.accelerator
+    peaks = [int(x) for x in acc.gather(torch.tensor([peak_memory_bytes()], device=acc.device))]
+    if not plan.is_main:
+        return
+    trained = [p for p in dist.unwrapped.parameters() if p.requires_grad]
+    check_finite(list(whole.values()) if whole is not None else trained, what="the final weights")
+    with atomic_dir(run.final, kind="tuneforge.final") as tmp:
+        dist.unwrapped.save_pretrained(tmp, state_dict=whole, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        portable_adapter_config(tmp, cfg.model)
+    plot_loss(run.metrics(), run.path / "loss.png")
+    run.update_manifest(
+        status="completed",
+        error=None,
+        step=state.step,
+        stopped_early=outcome.reason == "stopped-early",
+        best={"metric": cfg.train.metric_for_best, "value": state.best_value, "step": best},
+        final=str(run.final),
+        saves_adapter=not plan.full_weights,
+        tokens=state.tokens,
+        tokens_per_s=round(outcome.tokens_per_s, 1),
+        skipped_steps=state.skipped_steps,
+        # Examples the run met whose answer the chat template pushed past model.max_length.
+        train_no_targets_seen=getattr(train_examples, "no_targets", 0),
+        # Examples the run met that were cut to fit model.max_length, by how (models/encode.py).
+        train_truncated_seen=dict(getattr(train_examples, "truncated", {})),
+        peak_memory_bytes=max(peaks),
+        peak_memory_bytes_per_process=peaks,
+        train_time_s=round(state.elapsed_s, 2),
+    )
+
+
+def _stopped(
+    err: BaseException, run: RunDir, state: Any, checkpoints: Any, source: ConfigSource, *, is_main: bool
+) -> BaseException:
+    """Record how the run ended in its manifest (it never stays `running`); the exception to raise.
+
+    A second signal, a full disk and weights an update broke become one clear line naming the newest
+    checkpoint; other errors pass through unchanged (internal bugs keep their traceback).
+    """
+    from tuneforge.train.loop import BrokenWeights
+
+    latest = _newest_checkpoint(checkpoints.latest() if checkpoints is not None else None, state.step)
+    resume = f"continue with: tuneforge train {source.path or run.config_path} --resume"
+    out: BaseException = err
+    if isinstance(err, KeyboardInterrupt):
+        # A second signal: stop at once. A checkpoint being written is abandoned (its temporary folder goes).
+        out = StoppedAtOnce(
+            f"stopped at once by a second signal after step {state.step}; {latest}", fix=resume
+        )
+    elif _disk_full(err):
+        written = getattr(err, "filename", None) or run.path
+        out = TuneforgeError(
+            f"no space left on the device while writing {written} after step {state.step}; {latest}",
+            where="train.output_dir",
+            fix="free disk space (or lower train.keep_checkpoints), then " + resume,
+        )
+    elif isinstance(err, BrokenWeights):
+        out = TuneforgeError(f"{err.what}; {latest}", where=err.where, fix=err.fix)
+    if is_main and RunDir.is_run(run.path):
+        status = "interrupted" if isinstance(out, Interrupted) else "failed"
+        with contextlib.suppress(OSError):  # a full disk may refuse this too; the message still goes out
+            run.update_manifest(status=status, step=state.step, error=str(out)[:500])
+    return out
+
+
+def _disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    # safetensors' writer (Rust) reports the OS error inside its own exception type.
+    return type(err).__name__ == "SafetensorError" and ("code: 28" in str(err) or "StorageFull" in str(err))
 
 
 def reload_config(run: RunDir) -> RunConfig:

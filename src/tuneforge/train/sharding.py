@@ -19,12 +19,13 @@ from tuneforge.errors import TuneforgeError
 
 M = TypeVar("M", bound=torch.nn.Module)
 
-# Methods whose saved weights PEFT computes from the live module, which FSDP leaves sharded between steps.
-UNSHARDABLE_METHODS = {
-    "qlora": "4-bit weights cannot be sharded this way; QLoRA of a 70B model fits one 80 GB GPU per process",
-    "prompt-tuning": "its few thousand trainable parameters gain nothing from sharding",
-    "prefix-tuning": "its few thousand trainable parameters gain nothing from sharding",
-}
+
+def not_shardable(method_name: str) -> str | None:
+    """Why a method's weights cannot be split over processes, as its own file declares (None: they can)."""
+    from tuneforge.models.methods import METHODS
+
+    module = METHODS.get(method_name)
+    return getattr(module, "NOT_SHARDABLE", None) if module is not None else None
 
 
 def check_fsdp(cfg: RunConfig, processes: int, where: Callable[[str], str]) -> None:
@@ -44,9 +45,10 @@ def check_fsdp(cfg: RunConfig, processes: int, where: Callable[[str], str]) -> N
             fix="launch with: accelerate launch --config_file configs/accelerate/multi-gpu.yaml "
             "-m tuneforge train CONFIG (or set train.fsdp: false)",
         )
-    if cfg.method.name in UNSHARDABLE_METHODS:
+    reason = not_shardable(cfg.method.name)
+    if reason is not None:
         raise TuneforgeError(
-            f"method {cfg.method.name} cannot train with train.fsdp: {UNSHARDABLE_METHODS[cfg.method.name]}",
+            f"method {cfg.method.name} cannot train with train.fsdp: {reason}",
             where=where("train.fsdp"),
             fix="set train.fsdp: false (each process then holds a full copy, as DDP does)",
         )

@@ -15,24 +15,37 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tuneforge.artifacts import read_json, write_json_atomic, write_text_atomic
+from tuneforge.artifacts import read_json, to_json_numbers, write_json_atomic, write_text_atomic
 from tuneforge.errors import TuneforgeError
 
 IDS_FILE = "tracking.json"
 MLFLOW_DB = "mlflow.db"
 
 
-def check_sinks(sinks: list[str]) -> None:
-    """Fail before any work when a configured logger is not installed or not set up."""
+def check_sinks(sinks: list[str], run_dir: str | Path | None = None) -> None:
+    """Fail before any work when a configured logger is not installed or not set up.
+
+    With `run_dir`, MLflow's tracking store is opened too (before the run directory exists): a store that
+    refuses to start is a user error, not a traceback in the middle of a run.
+    """
     if "mlflow" in sinks:
         try:
-            import mlflow  # noqa: F401
+            import mlflow
         except ImportError:
             raise TuneforgeError(
                 "train.log_to names mlflow, but mlflow is not installed",
                 where="train.log_to",
                 fix="pip install 'tuneforge[mlflow]', or remove mlflow from train.log_to",
             ) from None
+        if run_dir is not None:
+            uri = mlflow_uri(Path(run_dir))
+            try:
+                if uri.startswith("sqlite:///"):
+                    Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+                mlflow.set_tracking_uri(uri)
+                mlflow.set_experiment("tuneforge")
+            except Exception as err:  # any store error: MLflow raises many types
+                raise _start_failed("mlflow", err, f" (tracking URI {uri})") from None
     if "wandb" in sinks:
         try:
             import wandb  # noqa: F401
@@ -67,6 +80,16 @@ def mlflow_uri(run_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.resolve().parent / MLFLOW_DB}"
 
 
+def _start_failed(sink: str, err: BaseException, detail: str = "") -> TuneforgeError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    return TuneforgeError(
+        f"the {sink} logger could not start{detail}: {first}",
+        where="train.log_to",
+        fix=f"fix the {sink} setup (for MLflow: MLFLOW_TRACKING_URI, e.g. sqlite:///mlflow.db), or remove "
+        f"{sink} from train.log_to",
+    )
+
+
 class Trackers:
     """Fan each metrics record out to every configured sink (only the main process writes)."""
 
@@ -92,13 +115,29 @@ class Trackers:
             dict(read_json(ids_path)) if resume_step is not None and ids_path.is_file() else {}
         )
         self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        if "tensorboard" in sinks:
+        sink = ""
+        try:
+            for sink in sinks:
+                self._start(sink, run_dir, config, ids, resume_step)
+        except TuneforgeError:
+            self.close()
+            raise
+        except Exception as err:  # a logger's own start-up failure: one line for the user
+            self.close()
+            raise _start_failed(sink, err) from None
+        if ids:
+            write_json_atomic(ids_path, ids)
+
+    def _start(
+        self, sink: str, run_dir: Path, config: dict[str, Any], ids: dict[str, str], resume_step: int | None
+    ) -> None:
+        if sink == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step hides events a crashed run wrote after its last checkpoint: this run redoes them.
             purge = resume_step + 1 if resume_step is not None else None
             self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
-        if "mlflow" in sinks:
+        if sink == "mlflow":
             import mlflow
 
             mlflow.set_tracking_uri(mlflow_uri(run_dir))
@@ -108,7 +147,7 @@ class Trackers:
                 mlflow.log_params(_flatten(config))  # params are immutable in MLflow: log them once per run
             ids["mlflow_run_id"] = active.info.run_id
             self.mlflow = mlflow
-        if "wandb" in sinks:
+        if sink == "wandb":
             import wandb
 
             ids.setdefault("wandb_id", wandb.util.generate_id())
@@ -120,13 +159,11 @@ class Trackers:
                 config=config,
                 dir=str(run_dir),
             )
-        if ids:
-            write_json_atomic(ids_path, ids)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.jsonl is None:
             return
-        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.write(json.dumps(to_json_numbers(record), allow_nan=False) + "\n")
         self.jsonl.flush()
         step = int(record["step"])
         prefix = f"{record['split']}/" if "split" in record else "train/"

@@ -14,6 +14,7 @@ from `train.*` where the DeepSpeed config says "auto" (or nothing), and a differ
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -28,6 +29,7 @@ import torch
 
 from tuneforge.config import RunConfig
 from tuneforge.errors import TuneforgeError
+from tuneforge.train.engine import Update, weights_finite
 
 _ZERO_DEFAULTS = {"overlap_comm": True, "contiguous_gradients": True}
 _OFFLOAD = {"device": "cpu", "pin_memory": True}
@@ -61,8 +63,6 @@ OWNED_SECTIONS = {
     "scheduler": "train.scheduler and train.warmup_ratio",
     "fp16": "train.mixed_precision (fp16 is not supported with DeepSpeed here; use bf16)",
 }
-# Methods whose saved weights PEFT computes from the live module, which ZeRO-3 leaves partitioned.
-NOT_WITH_STAGE_3 = ("prompt-tuning", "prefix-tuning")
 
 
 def _where_file(path: Path | None, key: str) -> str:
@@ -192,16 +192,20 @@ def _check_method(cfg: RunConfig, stage: int, where: str) -> None:
             where=where,
             fix="unset train.fsdp (or train.deepspeed)",
         )
-    if cfg.method.name == "qlora":
+    from tuneforge.models.methods import METHODS
+    from tuneforge.train.sharding import not_shardable
+
+    no_deepspeed = getattr(METHODS.get(cfg.method.name), "NOT_DEEPSPEED", None)
+    if no_deepspeed is not None:
         raise TuneforgeError(
-            "method qlora cannot train under DeepSpeed here: its 4-bit weights are not DeepSpeed's to manage",
+            f"method {cfg.method.name} cannot train under DeepSpeed here: {no_deepspeed}",
             where=where,
-            fix="unset train.deepspeed; QLoRA of a 70B model fits one 80 GB GPU per process (DDP)",
+            fix="unset train.deepspeed",
         )
-    if stage == 3 and cfg.method.name in NOT_WITH_STAGE_3:
+    no_sharding = not_shardable(cfg.method.name)
+    if stage == 3 and no_sharding is not None:
         raise TuneforgeError(
-            f"method {cfg.method.name} cannot train under ZeRO stage 3 (PEFT reads its weights from the "
-            "live, partitioned module); its few thousand parameters gain nothing from it",
+            f"method {cfg.method.name} cannot train under ZeRO stage 3: {no_sharding}",
             where=where,
             fix="use ZeRO stage 1 or 2 (train.deepspeed: zero2), or unset train.deepspeed",
         )
@@ -275,8 +279,8 @@ def offloads_optimizer(ds: dict[str, Any]) -> bool:
     return str(device) != "none"
 
 
-class ZeroStep:
-    """The loop's backward and update under DeepSpeed: accumulate per micro-batch, then one engine step."""
+class ZeroEngine:
+    """The loop's step under DeepSpeed (an `engine.StepEngine`): backward per micro-batch, one engine step."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -285,11 +289,32 @@ class ZeroStep:
         # The loss is already divided by the step's target count (loop.py), so no division by accumulation.
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def update(self) -> tuple[float, bool]:
-        """Reduce, clip, check for inf/NaN, step: the gradient norm (before clipping), and if it stepped."""
+    def no_sync(self, last: bool) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # DeepSpeed reduces gradients in its step, not in backward
+
+    def update(self, loss: float) -> Update:
+        """Reduce, clip, check for inf/NaN (DeepSpeed's overflow check skips the update) and step."""
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return (math.nan if norm is None else float(norm)), bool(self.engine.was_step_applied())
+        grad_norm = math.nan if norm is None else float(norm)
+        skipped = not bool(self.engine.was_step_applied())
+        broke = not skipped and not self._master_weights_finite()
+        return Update(grad_norm, skipped, skipped or not math.isfinite(loss), broke)
+
+    def _master_weights_finite(self) -> bool:
+        """The fp32 master partitions the update wrote (each process checks its own; all agree)."""
+        import torch.distributed as dist
+
+        zero_opt = self.engine.optimizer
+        flats = (
+            getattr(zero_opt, "single_partition_of_fp32_groups", None)  # ZeRO 1/2
+            or getattr(zero_opt, "fp32_partitioned_groups_flat", None)  # ZeRO 3
+            or [p for g in zero_opt.optimizer.param_groups for p in g["params"]]
+        )
+        ok = torch.tensor(int(weights_finite(flats)), device=self.engine.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
 
 
 class ZeroState:

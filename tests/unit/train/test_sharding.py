@@ -62,3 +62,15 @@ def test_the_units_are_the_transformer_blocks_under_an_adapter(tiny_llama: Path)
         BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
     )
     assert "BertLayer" in block_classes(bert)
+
+
+def test_every_method_declares_whether_it_can_be_sharded() -> None:
+    """The method file decides (one file per method); train/ keeps no list of method names."""
+    from tuneforge.models.methods import METHODS
+
+    for name, module in METHODS.items():
+        for attr in ("NOT_SHARDABLE", "NOT_DEEPSPEED"):
+            assert hasattr(module, attr), f"{name} does not declare {attr}"
+    refused = {n for n, m in METHODS.items() if m.NOT_SHARDABLE is not None}
+    assert refused == {"qlora", "prompt-tuning", "prefix-tuning"}
+    assert {n for n, m in METHODS.items() if m.NOT_DEEPSPEED is not None} == {"qlora"}

@@ -1,5 +1,8 @@
 """Fine-tuning approaches. Adding one = one file with `Options` and `apply()` + one line in `METHODS`.
 
+Each method file also declares whether its weights can be sharded (`NOT_SHARDABLE`, `NOT_DEEPSPEED`: None,
+or the reason why not), so train/ never keeps lists of method names.
+
 A method module may also define two optional hooks:
     check(options, task)    raise a TuneforgeError when the approach cannot run this task on this machine
     load_kwargs(options)    extra `from_pretrained` arguments for the base model (e.g. a quantization_config)
@@ -8,6 +11,7 @@ A method module may also define two optional hooks:
 from __future__ import annotations
 
 import json
+import math
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,6 +29,10 @@ if TYPE_CHECKING:
 class Method(Protocol):
     Options: type[BaseModel]
     SAVES_ADAPTER: bool
+    NOT_SHARDABLE: str | None
+    """Why train.fsdp / ZeRO stage 3 cannot split its weights (None: they can)."""
+    NOT_DEEPSPEED: str | None
+    """Why it cannot train under train.deepspeed (None: it can)."""
 
     def apply(self, model: PreTrainedModel, options: Any, task: str) -> Any: ...
 
@@ -55,6 +63,13 @@ def resolve_method(
             where=source.where("method.name"),
             fix="choose one of: " + ", ".join(METHODS),
         )
+    for key, value in cfg.options().items():
+        if isinstance(value, float) and not math.isfinite(value):  # as config sections refuse them
+            raise TuneforgeError(
+                f"method.{key} is {value}; a number here must be finite",
+                where=source.where(f"method.{key}"),
+                fix="give a finite number",
+            )
     try:
         options = module.Options.model_validate(cfg.options())
     except ValidationError as err:

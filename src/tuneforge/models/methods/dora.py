@@ -8,6 +8,10 @@ from tuneforge.models.methods import lora
 from tuneforge.models.methods.peft_wrap import wrap
 
 SAVES_ADAPTER = True
+NOT_SHARDABLE: str | None = None
+"""Why train.fsdp and ZeRO stage 3 cannot split its weights over processes (None: they can)."""
+NOT_DEEPSPEED: str | None = None
+"""Why it cannot train under train.deepspeed at all (None: it can)."""
 
 
 class Options(lora.Options):

@@ -7,6 +7,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 SAVES_ADAPTER = False
+NOT_SHARDABLE: str | None = None
+"""Why train.fsdp and ZeRO stage 3 cannot split its weights over processes (None: they can)."""
+NOT_DEEPSPEED: str | None = None
+"""Why it cannot train under train.deepspeed at all (None: it can)."""
 
 
 class Options(BaseModel):

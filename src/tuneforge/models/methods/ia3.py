@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from tuneforge.models.methods.peft_wrap import task_type, wrap
 
 SAVES_ADAPTER = True
+NOT_SHARDABLE: str | None = None
+"""Why train.fsdp and ZeRO stage 3 cannot split its weights over processes (None: they can)."""
+NOT_DEEPSPEED: str | None = None
+"""Why it cannot train under train.deepspeed at all (None: it can)."""
 
 
 class Options(BaseModel):

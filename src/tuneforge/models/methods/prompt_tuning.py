@@ -10,6 +10,13 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.models.methods.peft_wrap import pools_last_token, task_type, wrap
 
 SAVES_ADAPTER = True
+NOT_SHARDABLE: str | None = (
+    "PEFT computes its saved weights from the live module, which sharding leaves split; its few "
+    "thousand trainable parameters gain nothing from sharding"
+)
+"""Why train.fsdp and ZeRO stage 3 cannot split its weights over processes (None: they can)."""
+NOT_DEEPSPEED: str | None = None
+"""Why it cannot train under train.deepspeed at all (None: it can)."""
 
 
 class Options(BaseModel):

@@ -9,6 +9,15 @@ from tuneforge.models.methods import lora
 from tuneforge.models.methods.peft_wrap import wrap
 
 SAVES_ADAPTER = True
+NOT_SHARDABLE: str | None = (
+    "4-bit weights cannot be sharded this way; QLoRA of a 70B model fits one 80 GB GPU per process"
+)
+"""Why train.fsdp and ZeRO stage 3 cannot split its weights over processes (None: they can)."""
+NOT_DEEPSPEED: str | None = (
+    "its 4-bit weights are not DeepSpeed's to manage; QLoRA of a 70B model fits one 80 GB GPU per "
+    "process (DDP)"
+)
+"""Why it cannot train under train.deepspeed at all (None: it can)."""
 
 
 class Options(lora.Options):

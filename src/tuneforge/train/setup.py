@@ -1,0 +1,266 @@
+"""The steps `train()` is made of, in the order it calls them: plan, inputs, model, examples, distribution.
+
+Each step takes flat arguments and returns what the next needs, like torchtune's recipe setup functions, so
+`run.train` reads as the recipe and each step can be read (and tested) on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from tuneforge.artifacts import DatasetDir
+from tuneforge.config import ConfigSource, RunConfig
+from tuneforge.data import prepare_dataset
+from tuneforge.errors import TuneforgeError
+from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve_model_path
+from tuneforge.models.methods import count_parameters, describe_parameters
+from tuneforge.train.devices import build_accelerator, check_distributed_type, set_num_threads
+from tuneforge.train.optimizer import balanced_class_weights, build_optimizer
+from tuneforge.train.sharding import check_fsdp
+from tuneforge.train.tracking import check_sinks
+
+
+@dataclass
+class Plan:
+    """What the config asks for, checked before anything is loaded or written."""
+
+    method: ModuleType
+    options: Any
+    accelerator: Any
+    deepspeed: dict[str, Any] | None
+    """The filled-in DeepSpeed config, or None (DDP/FSDP/one process)."""
+
+    @property
+    def is_main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    @property
+    def full_weights(self) -> bool:
+        """Checkpoints and final/ hold every weight (full fine-tuning), not an adapter."""
+        return not getattr(self.method, "SAVES_ADAPTER", True)
+
+
+def plan(cfg: RunConfig, source: ConfigSource) -> Plan:
+    """Validate the method, loggers, accelerator and sharding (and whether they can run here)."""
+    from tuneforge.train.zero import check_installed, deepspeed_config
+
+    method, options = resolve_method(cfg.method, source, task=cfg.model.task)
+    accelerator = build_accelerator(cfg)
+    set_num_threads(cfg.train)
+    check_distributed_type(accelerator)
+    check_fsdp(cfg, accelerator.num_processes, source.where)
+    ds = None
+    if cfg.train.deepspeed is not None:
+        ds = deepspeed_config(
+            cfg,
+            processes=accelerator.num_processes,
+            precision=accelerator.mixed_precision,
+            where=source.where,
+        )
+        check_installed()
+    check_sinks(list(cfg.train.log_to), run_dir=cfg.train.output_dir)  # last: it may open MLflow's store
+    return Plan(method, options, accelerator, ds)
+
+
+def load_dataset(cfg: RunConfig, source: ConfigSource, accelerator: Any) -> DatasetDir:
+    """Prepare (or find) the dataset and check that it fits the task and the validation settings."""
+    # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
+    with accelerator.main_process_first():
+        dataset = prepare_dataset(cfg.data, model=cfg.model)
+    _check_task_fits(cfg.model.task, dataset.format)
+    _check_validation_settings(cfg, source, has_validation=bool(dataset.records("validation")))
+    return dataset
+
+
+@dataclass
+class Trainable:
+    tokenizer: Any
+    model: Any
+    path: str
+    """The base model's local folder."""
+    parameters: dict[str, int]
+    """trainable and total parameter counts."""
+
+
+def load_trainable_model(cfg: RunConfig, plan: Plan, labels: list[str]) -> Trainable:
+    """The tokenizer and the base model with the method applied."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)  # before the method initialises its weights
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, model_path)
+    model = load_model(
+        cfg.model,
+        labels=labels,
+        path=model_path,
+        pad_token_id=tokenizer.pad_token_id,
+        method=cfg.method,
+        empty=cfg.train.fsdp and not plan.is_main,  # FSDP: only the main process loads
+    )
+    model = plan.method.apply(model, plan.options, cfg.model.task)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    trainable, total = count_parameters(model)
+    if plan.is_main:
+        print(describe_parameters(trainable, total), file=sys.stderr, flush=True)
+    return Trainable(tokenizer, model, model_path, {"trainable": trainable, "total": total})
+
+
+@dataclass
+class Examples:
+    train: Sequence[Any]
+    validation: list[Any]
+    train_records: list[dict[str, Any]]
+
+
+def encode_examples(cfg: RunConfig, source: ConfigSource, dataset: DatasetDir, tokenizer: Any) -> Examples:
+    """Training examples (encoded lazily, on first use) and the validation examples (encoded now)."""
+    from tuneforge.models.encode import LazyExamples, encode_for_task, encoder, has_targets
+
+    task, fmt = cfg.model.task, dataset.format
+    encode: dict[str, Any] = {
+        "tok": tokenizer,
+        "task": task,
+        "fmt": fmt,
+        "labels": dataset.labels,
+        "max_length": cfg.model.max_length,
+        "template": cfg.data.prompt_template,
+        "truncation": cfg.data.truncation,
+    }
+    train_records = dataset.records("train")
+    train_examples: Sequence[Any]
+    if task == "causal-lm" and fmt == "text" and cfg.train.packing:
+        train_examples, _ = encode_for_task(train_records, **encode)  # packing needs the whole stream
+    else:
+        train_examples = LazyExamples(train_records, encoder(**encode))
+        probe = [train_examples[i] for i in range(min(len(train_examples), 64))]
+        if probe and not any(has_targets(e) for e in probe):
+            raise TuneforgeError(
+                f"none of the first {len(probe)} training examples has a target token within "
+                f"model.max_length={cfg.model.max_length} (the answer is cut off)",
+                where=source.where("model.max_length"),
+                fix="raise model.max_length, or shorten the prompts",
+            )
+    val_records = dataset.records("validation")[: cfg.train.eval_max_examples]
+    val_examples, _ = encode_for_task(val_records, **encode, packing=cfg.train.packing)
+    return Examples(train_examples, val_examples, train_records)
+
+
+@dataclass
+class Distributed:
+    """The model as each process trains it, its optimizer, and how a step and a checkpoint reach them."""
+
+    model: Any
+    unwrapped: Any
+    optimizer: Any
+    engine: Any
+    """An engine.StepEngine."""
+    training: Any
+    """A checkpoint.TrainingState."""
+
+
+def distribute(cfg: RunConfig, plan: Plan, model: Any) -> Distributed:
+    """Wrap the model for DDP, FSDP or DeepSpeed and build the optimizer over what each process holds."""
+    from tuneforge.train.checkpoint import TorchState
+    from tuneforge.train.engine import TorchEngine
+    from tuneforge.train.sharding import shard_from_main
+    from tuneforge.train.zero import ZeroEngine, ZeroState, ensure_process_group, initialize
+
+    acc = plan.accelerator
+    if plan.deepspeed is not None:
+        # DeepSpeed replaces DDP: its engine partitions the optimizer built here; the scheduler stays ours.
+        ensure_process_group()
+        optimizer = build_optimizer(model, cfg)
+        engine = initialize(model, optimizer, plan.deepspeed)
+        return Distributed(
+            engine, engine.module, optimizer, ZeroEngine(engine), ZeroState(engine, is_main=plan.is_main)
+        )
+    if cfg.train.fsdp:
+        # FSDP replaces DDP: shard first, then build the optimizer over the shards.
+        model = shard_from_main(
+            model,
+            bf16=acc.mixed_precision == "bf16",
+            cpu_offload=cfg.train.fsdp_cpu_offload,
+            device=acc.device,
+            is_main=plan.is_main,
+        )
+        optimizer = acc.prepare(build_optimizer(model, cfg))
+    else:
+        model, optimizer = acc.prepare(model, build_optimizer(model, cfg))
+    unwrapped = acc.unwrap_model(model)
+    training = TorchState(unwrapped, getattr(optimizer, "optimizer", optimizer))  # torch's, not accelerate's
+    return Distributed(
+        model, unwrapped, optimizer, TorchEngine(acc, model, optimizer, cfg.train.max_grad_norm), training
+    )
+
+
+def build_loop(
+    cfg: RunConfig, plan: Plan, dist: Distributed, examples: Examples, dataset: DatasetDir, tokenizer: Any
+) -> tuple[Any, Any, int]:
+    """The learning-rate schedule over the run's steps and the loop that takes them; and the step count."""
+    from tuneforge.train.batches import steps_per_epoch
+    from tuneforge.train.loop import Loop
+    from tuneforge.train.schedule import build_scheduler
+
+    acc, settings = plan.accelerator, cfg.train
+    per_epoch = steps_per_epoch(
+        len(examples.train), settings.batch_size, settings.gradient_accumulation_steps, acc.num_processes
+    )
+    total_steps = settings.max_steps or math.ceil(settings.epochs * per_epoch)
+    scheduler = build_scheduler(dist.optimizer, settings, total_steps)
+    weights = None
+    if cfg.model.task == "classification" and settings.class_weights == "balanced":
+        weights = balanced_class_weights(examples.train_records, dataset.labels).to(acc.device)
+    loop = Loop(
+        accelerator=acc,
+        model=dist.model,
+        engine=dist.engine,
+        scheduler=scheduler,
+        train_examples=examples.train,
+        task=cfg.model.task,
+        batch_size=settings.batch_size,
+        accumulation=settings.gradient_accumulation_steps,
+        seed=settings.seed,
+        pad_id=int(tokenizer.pad_token_id),
+        class_weights=weights,
+    )
+    return loop, scheduler, total_steps
+
+
+def _check_validation_settings(cfg: RunConfig, source: ConfigSource, *, has_validation: bool) -> None:
+    from tuneforge.train.loop import validation_metrics
+
+    names = validation_metrics(cfg.model.task)
+    if cfg.train.metric_for_best not in names:
+        raise TuneforgeError(
+            f"validation of a {cfg.model.task} model has no metric {cfg.train.metric_for_best!r}",
+            where=source.where("train.metric_for_best"),
+            fix="choose one of: " + ", ".join(names),
+        )
+    if cfg.train.early_stopping_patience is not None and not has_validation:
+        raise TuneforgeError(
+            "early stopping needs validation examples, and the dataset has none",
+            where=source.where("train.early_stopping_patience"),
+            fix="give data.splits a validation fraction, or unset train.early_stopping_patience",
+        )
+
+
+def _check_task_fits(task: str, fmt: str) -> None:
+    ok = {
+        "causal-lm": ("text", "instruction", "chat", "classification", "preference"),
+        "classification": ("classification",),
+        "regression": ("regression",),
+    }
+    if fmt not in ok[task]:
+        raise TuneforgeError(
+            f"model.task {task} cannot learn from {fmt} records",
+            where="model.task",
+            fix=f"use a dataset of format {' or '.join(ok[task])}, or another task",
+        )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import DiskFull, TuneforgeError
 
 MANIFEST = "manifest.json"
 LOCK = "train.lock"
@@ -211,8 +211,9 @@ def atomic_dir(final: Path, *, kind: str, replace: bool = True) -> Iterator[Path
         except OSError as err:
             if not _disk_full(err):
                 raise
-            raise TuneforgeError(
+            raise DiskFull(
                 f"no space left on the disk while writing {final} ({err.strerror}); nothing was changed",
+                filename=str(err.filename or final),
                 fix="free some disk space, or choose an output path on another disk",
             ) from None
         if final.exists():

@@ -22,3 +22,11 @@ class TuneforgeError(Exception):
         if self.fix:
             text += f"\n  fix: {self.fix}"
         return text
+
+
+class DiskFull(TuneforgeError):
+    """The disk filled up while tuneforge wrote `filename`; what was being written was discarded."""
+
+    def __init__(self, what: str, *, filename: str, fix: str | None = None) -> None:
+        self.filename = filename
+        super().__init__(what, fix=fix)

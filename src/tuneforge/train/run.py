@@ -17,7 +17,7 @@ from typing import Any
 from tuneforge import __version__
 from tuneforge.artifacts import DatasetDir, RunDir, RunLock, atomic_dir
 from tuneforge.config import ConfigSource, RunConfig, config_from_dict
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import DiskFull, TuneforgeError
 from tuneforge.models.loading import portable_adapter_config
 from tuneforge.train import setup
 from tuneforge.train.resume import check_output_dir, check_resume, check_same_position, open_run_dir
@@ -314,6 +314,8 @@ def _stopped(
 
 
 def _disk_full(err: BaseException) -> bool:
+    if isinstance(err, DiskFull):  # artifacts.atomic_dir already discarded the half-written folder
+        return True
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
     # safetensors' writer (Rust) reports the OS error inside its own exception type.

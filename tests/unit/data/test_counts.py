@@ -31,7 +31,9 @@ def test_counts_agree_with_rejected_jsonl(tmp_path: Path) -> None:
     lines[9] = json.dumps({"text": "", "label": "a"})  # missing value (filtered)
     src = write(tmp_path / "d.jsonl", lines)
     ds = prepare_dataset(
-        DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), on_error="drop", max_tokens=20)
+        DataConfig(
+            path=str(src), output_dir=str(tmp_path / "ds"), on_error="drop", max_tokens=20, over_length="drop"
+        )
     )
     m = ds.manifest
     rejected = [json.loads(x) for x in (ds.path / "rejected.jsonl").read_text().splitlines()]

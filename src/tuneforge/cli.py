@@ -129,8 +129,24 @@ def evaluate(
     from tuneforge.evaluation import evaluate_run
 
     out = evaluate_run(run_dir, split=split, compare_base=compare_base or None, max_examples=max_examples)
-    print_comparison(read_json(out))
-    console.print(f"metrics: {out}")
+    result = read_json(out)
+    print_comparison(result)
+    print_verdicts(result)
+    console.print(f"metrics: {out}  and {out.with_name(out.stem + '.predictions.jsonl')}")
+    console.print(f"report:  {Path(result['run']) / 'report.html'}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `tuneforge train`.")],
+) -> None:
+    """A run → RUN_DIR/report.html and report.md (data, model, training, evaluation) and the model card."""
+    from tuneforge.evaluation.report import write_report
+
+    out = write_report(run_dir)
+    console.print(f"[green]report[/green] {out}  and {out.with_name('report.md')}")
+    if (run_dir / "final").is_dir():
+        console.print(f"model card: {run_dir / 'final' / 'README.md'}")
 
 
 @app.command()
@@ -193,7 +209,25 @@ def print_comparison(result: dict[str, Any]) -> None:
     table.add_column("tuned")
     keys = [
         k
-        for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "perplexity", "mse", "mae", "r2")
+        for k in (
+            "accuracy",
+            "macro_f1",
+            "weighted_f1",
+            "ece",
+            "unparseable_rate",
+            "loss",
+            "perplexity",
+            "mse",
+            "mae",
+            "r2",
+            "bleu",
+            "chrf",
+            "ter",
+            "rougeL",
+            "exact_match",
+            "token_f1",
+            "length_ratio",
+        )
         if k in tuned
     ]
     for label in result.get("labels") or []:
@@ -209,6 +243,19 @@ def print_comparison(result: dict[str, Any]) -> None:
         row = [key] + ([value(base)] if base is not None else []) + [value(tuned)]
         table.add_row(*row)
     console.print(table)
+
+
+def print_verdicts(result: dict[str, Any]) -> None:
+    """The paired tests' verdicts and the baselines beside the table."""
+    for metric, test in (result.get("paired") or {}).items():
+        if metric in ("accuracy", "mse", "loss_per_example", "token_f1", "chrf"):
+            console.print(f"  {escape(test['verdict'])}")
+    for name, b in (result.get("baselines") or {}).items():
+        shown = {k: b["metrics"][k] for k in ("accuracy", "macro_f1", "mse") if k in b["metrics"]}
+        console.print(f"  baseline {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    for column, f in (result.get("fairness") or {}).items():
+        for warning in f.get("warnings", []):
+            console.print(f"  [yellow]warning[/yellow] ({column}): {escape(warning)}")
 
 
 def main() -> None:

@@ -229,6 +229,28 @@ class EvalConfig(Section):
     """Also evaluate the untuned base model on the same examples."""
     max_new_tokens: int = Field(64, ge=1)
     """Generation length for generative metrics."""
+    generate: bool = True
+    """Chat/instruction: generate answers and score them against the references (BLEU, ROUGE, F1...)."""
+    temperature: float = Field(0.0, ge=0)
+    """Generation temperature for evaluation (0: greedy, the same answer every time)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling for evaluation (with temperature > 0)."""
+    stop: list[str] = Field(default_factory=list)
+    """Strings that end a generated answer (besides the model's end of turn)."""
+    seed: int = 0
+    """Seed of sampling and of the bootstrap resamples."""
+    decision: Literal["score", "generate"] = "score"
+    """Classification on a causal LM: score every label's answer, or parse a generated answer."""
+    bootstrap: int = Field(1000, ge=0)
+    """Bootstrap resamples for confidence intervals and paired tests (0: none)."""
+    group_columns: list[str] = Field(default_factory=list)
+    """Record fields to break metrics down by (data.group_column's `group` is used without this)."""
+    min_group_size: int = Field(10, ge=1)
+    """Groups with fewer examples are listed but not ranked."""
+    semantic_similarity: bool = False
+    """Also score answers by embedding similarity to the reference with the built-in MiniLM encoder."""
+    baseline: bool = True
+    """Classification/regression: fit majority-class and TF-IDF + linear baselines on the train split."""
 
 
 class ServeConfig(Section):

@@ -8,7 +8,7 @@ label one-vs-rest). Groups too small to say anything about are listed and flagge
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,7 +80,7 @@ def _parity(
 
 def group_report(
     groups: Sequence[str],
-    scores: dict[str, Sequence[float]],
+    scores: Mapping[str, Sequence[float]],
     *,
     y_true: Sequence[str] | None = None,
     y_pred: Sequence[str] | None = None,

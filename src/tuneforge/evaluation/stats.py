@@ -13,7 +13,24 @@ from typing import Any
 import numpy as np
 
 #: Metrics where lower is better (everything else: higher is better).
-LOWER_IS_BETTER = frozenset({"ter", "loss", "perplexity", "mse", "rmse", "mae", "brier", "ece"})
+LOWER_IS_BETTER = frozenset(
+    {
+        "ter",
+        "loss",
+        "loss_per_example",
+        "perplexity",
+        "squared_error",
+        "abs_error",
+        "mse",
+        "rmse",
+        "mae",
+        "brier",
+        "ece",
+    }
+)
+
+#: Metrics where neither direction is better (an answer's length relative to the reference).
+NEITHER = frozenset({"length_ratio"})
 
 Statistic = Callable[[np.ndarray], float]  # indices of a resample → the metric on those examples
 
@@ -88,17 +105,26 @@ def mcnemar(tuned_correct: Sequence[bool], base_correct: Sequence[bool]) -> dict
     return {"only_tuned_correct": only_tuned, "only_base_correct": only_base, "p_value": p}
 
 
-def verdict(metric: str, test: dict[str, Any], alpha: float = 0.05) -> str:
+def verdict(
+    metric: str, test: dict[str, Any], alpha: float = 0.05, names: tuple[str, str] = ("tuned", "base")
+) -> str:
     """The sentence a report shows: which model is better by how much, or that the data cannot tell."""
     diff, lo, hi, p = test["diff"], test["lo"], test["hi"], test["p_value"]
     if not np.isfinite(diff) or p >= alpha or (lo <= 0 <= hi):
         return (
             f"no evidence of a difference in {metric} (diff {diff:+.4g} [{lo:+.4g}, {hi:+.4g}], p = {p:.3g})"
         )
+    if metric in NEITHER:
+        return (
+            f"{names[0]} and {names[1]} differ in {metric} by {diff:+.4g} [{lo:+.4g}, {hi:+.4g}], p = {p:.3g}"
+        )
     better_is_lower = metric in LOWER_IS_BETTER
     tuned_better = (diff < 0) if better_is_lower else (diff > 0)
-    who = "tuned" if tuned_better else "base"
-    return f"{who} is better in {metric} by {abs(diff):.4g} [{lo:+.4g}, {hi:+.4g}], p = {p:.3g}"
+    who = names[0] if tuned_better else names[1]
+    # The interval of the winner's advantage (positive), whichever side and direction that is.
+    sign = 1.0 if (diff > 0) else -1.0
+    a_lo, a_hi = sorted((sign * lo, sign * hi))
+    return f"{who} is better in {metric} by {abs(diff):.4g} [{a_lo:.4g}, {a_hi:.4g}], p = {p:.3g}"
 
 
 def compare(
@@ -109,6 +135,7 @@ def compare(
     n_boot: int = 1000,
     seed: int = 0,
     correct: bool = False,
+    names: tuple[str, str] = ("tuned", "base"),
 ) -> dict[str, Any]:
     """Everything the report needs about one per-example metric: both intervals, the paired test, a verdict.
 
@@ -125,5 +152,5 @@ def compare(
         "tuned": bootstrap_ci(tuned, n_boot=n_boot, seed=seed),
         "base": bootstrap_ci(base, n_boot=n_boot, seed=seed),
         "paired": test,
-        "verdict": verdict(metric, test),
+        "verdict": verdict(metric, test, names=names),
     }

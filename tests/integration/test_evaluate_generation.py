@@ -1,0 +1,78 @@
+"""Evaluation of a chat run in process: generated answers, their per-example scores, and the adapter guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import write_jsonl
+from tuneforge.config import load_config
+from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation import evaluate_run
+from tuneforge.evaluation.text_metrics import token_f1
+from tuneforge.train import train
+
+CONFIG = """\
+data: {{path: chat.jsonl, output_dir: ds}}
+model: {{name: {model}, task: causal-lm, max_length: 96}}
+method: {{name: lora, r: 4}}
+train: {{output_dir: run, max_steps: 3, batch_size: 4, learning_rate: 1.0e-2, eval_every: 0, save_every: 0,
+        progress: false}}
+eval: {{max_examples: 6, bootstrap: 100, max_new_tokens: 6, compare_base: true}}
+"""
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
+    root = tmp_path_factory.mktemp("chat")
+    colours = ["red", "blue", "green", "amber", "violet"]
+    rows = [{"prompt": f"say {c} {i}", "response": f"{c} {c} ok"} for i, c in enumerate(colours * 8)]
+    write_jsonl(root / "chat.jsonl", rows)
+    (root / "run.yaml").write_text(CONFIG.format(model=tiny_llama))
+    cfg, source = load_config(
+        root / "run.yaml", [f"data.output_dir={root / 'ds'}", f"train.output_dir={root / 'run'}"]
+    )
+    cfg.data.path = str(root / "chat.jsonl")
+    return train(cfg, source).path
+
+
+def test_chat_evaluation_writes_answers_and_their_scores(chat_run: Path) -> None:
+    out = evaluate_run(chat_run, report=False)
+    result = json.loads(out.read_text())
+    rows = [
+        json.loads(line) for line in (chat_run / "eval" / "test.predictions.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == result["n"] == 6
+    for row in rows:
+        assert isinstance(row["tuned"], str) and isinstance(row["base"], str)
+        assert row["reference"] == row["record"]["output"]
+        assert row["input"] == row["record"]["instruction"]
+        for side in ("tuned", "base"):
+            assert row["scores"][side]["token_f1"] == pytest.approx(token_f1(row[side], row["reference"]))
+    mean_f1 = sum(r["scores"]["tuned"]["token_f1"] for r in rows) / 6
+    assert result["tuned"]["token_f1"] == pytest.approx(mean_f1)
+    assert result["ci"]["tuned"]["token_f1"]["value"] == pytest.approx(mean_f1)
+    for metric in ("bleu", "chrf", "ter", "rougeL", "exact_match", "loss_per_example"):
+        assert "verdict" in result["paired"][metric]
+    loss = sum(r["scores"]["tuned"]["loss"] for r in rows) / 6
+    assert result["ci"]["tuned"]["loss_per_example"]["value"] == pytest.approx(loss)
+    assert result["guard"]["checked"] and result["guard"]["max_abs_logit_diff"] > 0
+
+
+def test_an_adapter_that_does_not_change_the_model_is_an_error(chat_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "run"
+    shutil.copytree(chat_run, broken, ignore=shutil.ignore_patterns("eval"))
+    weights = broken / "final" / "adapter_model.safetensors"
+    state = {k: (v * 0 if "lora_B" in k else v) for k, v in load_file(weights).items()}
+    save_file(state, weights)
+    with pytest.raises(
+        TuneforgeError, match="the tuned model's outputs equal the base model's on a probe batch"
+    ):
+        evaluate_run(broken, report=False)
+    assert not (broken / "eval").exists()

@@ -149,6 +149,56 @@ def report(
         console.print(f"model card: {run_dir / 'final' / 'README.md'}")
 
 
+human_eval = typer.Typer(help="Blind A/B rating of base vs tuned answers by people.", no_args_is_help=True)
+app.add_typer(human_eval, name="human-eval")
+RunArg = Annotated[Path, typer.Argument(help="A run directory evaluated with --compare-base.")]
+
+
+@human_eval.command("export")
+def human_eval_export(
+    run_dir: RunArg,
+    split: Annotated[str, typer.Option(help="The evaluated split whose answers to rate.")] = "test",
+    raters: Annotated[
+        int, typer.Option(min=1, help="One sheet per rater, each in its own random order.")
+    ] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="Rate only the first N differing answers.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the side randomisation.")] = 0,
+) -> None:
+    """Blind A/B sheets (CSV and JSONL) in RUN_DIR/human-eval/sheets, the key kept apart in key.json."""
+    from tuneforge.evaluation.human import export_sheets
+
+    out = export_sheets(run_dir, split=split, raters=raters, limit=limit, seed=seed)
+    console.print(f"[green]sheets[/green] {out / 'sheets'}  (fill the preference column: 1, 2 or tie)")
+    console.print(f"key:    {out / 'key.json'}  (do not show it to raters)")
+
+
+@human_eval.command("import")
+def human_eval_import(
+    run_dir: RunArg,
+    sheets: Annotated[list[Path], typer.Argument(help="Filled sheets (CSV or JSONL).")],
+) -> None:
+    """Filled sheets → win/tie/loss with intervals, agreement, and a preference dataset ready to train."""
+    from tuneforge.artifacts import read_json
+    from tuneforge.evaluation.human import import_ratings
+
+    out = import_ratings(run_dir, sheets)
+    result = read_json(out)
+    o = result["overall"]
+    console.print(
+        f"tuned vs base over {o['n']} ratings: win {o['win']['value']:.1%} [{o['win']['lo']:.1%}, "
+        f"{o['win']['hi']:.1%}], tie {o['tie']['value']:.1%}, loss {o['loss']['value']:.1%} "
+        f"(sign test p = {o['p_value']:.3g})"
+    )
+    for name in ("cohen_kappa", "krippendorff_alpha"):
+        if result["agreement"].get(name) is not None:
+            console.print(f"agreement: {name} {result['agreement'][name]:.3f}")
+    if result.get("preference_dataset"):
+        console.print(
+            f"preference dataset: {result['preference_dataset']} ({result['preference_pairs']} pairs)"
+        )
+    console.print(f"results: {out}")
+
+
 @app.command()
 def quickstart(
     fast: Annotated[bool, typer.Option(help="A few steps on a handful of examples (for tests).")] = False,

@@ -300,6 +300,35 @@ def _evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+def _human_blocks(h: dict[str, Any]) -> list[Block]:
+    o = h["overall"]
+    rows = [[what, with_ci(o[what]["value"], o[what])] for what in ("win", "tie", "loss")]
+    blocks: list[Block] = [
+        (
+            "p",
+            f"Blind A/B ratings of the {h['split']} answers, from the tuned model's side ({o['n']} ratings; "
+            f"sign test over decided ratings p = {num(o['p_value'])}).",
+        ),
+        ("table", (["tuned vs base", "rate [95% CI]"], rows)),
+    ]
+    per = [
+        [name, r.get("n"), r.get("win", 0), r.get("tie", 0), r.get("loss", 0)]
+        for name, r in h["per_rater"].items()
+    ]
+    blocks.append(("table", (["rater", "ratings", "win", "tie", "loss"], per)))
+    agree = h.get("agreement", {})
+    stats = [
+        f"{k} {num(agree[k])}" for k in ("cohen_kappa", "krippendorff_alpha") if agree.get(k) is not None
+    ]
+    if stats:
+        blocks.append(("p", "Agreement between raters: " + ", ".join(stats) + "."))
+    if h.get("preference_dataset"):
+        blocks.append(
+            ("p", f"{h['preference_pairs']} preference pairs written to {h['preference_dataset']}.")
+        )
+    return blocks
+
+
 def limitations(results: dict[str, dict[str, Any]], run: RunDir) -> list[str]:
     """What the numbers cannot tell, said plainly."""
     out = []
@@ -343,10 +372,9 @@ def build_sections(run: RunDir) -> list[Section]:
     sections: list[Section] = []
     for split, r in results.items():
         sections.append((f"Evaluation ({split})", _evaluation_blocks(run, r)))
-    for name, title in (("human.json", "Human ratings"), ("judge.json", "LLM judge")):
-        path = run.eval_dir / name
-        if path.is_file():
-            sections.append((title, [("pre", path.read_text(encoding="utf-8"))]))
+    human = run.eval_dir / "human.json"
+    if human.is_file():
+        sections.append(("Human ratings", _human_blocks(read_json(human))))
     env = run.manifest.get("environment") or {}
     env_rows = [[k, num(v) if not isinstance(v, dict | list) else str(v)] for k, v in env.items()]
     sections = [

@@ -35,12 +35,13 @@ def chat_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path
         root / "run.yaml", [f"data.output_dir={root / 'ds'}", f"train.output_dir={root / 'run'}"]
     )
     cfg.data.path = str(root / "chat.jsonl")
-    return train(cfg, source).path
+    run = train(cfg, source).path
+    evaluate_run(run, report=False)
+    return run
 
 
 def test_chat_evaluation_writes_answers_and_their_scores(chat_run: Path) -> None:
-    out = evaluate_run(chat_run, report=False)
-    result = json.loads(out.read_text())
+    result = json.loads((chat_run / "eval" / "test.json").read_text())
     rows = [
         json.loads(line) for line in (chat_run / "eval" / "test.predictions.jsonl").read_text().splitlines()
     ]
@@ -76,3 +77,26 @@ def test_an_adapter_that_does_not_change_the_model_is_an_error(chat_run: Path, t
     ):
         evaluate_run(broken, report=False)
     assert not (broken / "eval").exists()
+
+
+def test_bad_sheets_are_errors_naming_file_and_row(chat_run: Path, tmp_path: Path) -> None:
+    from tuneforge.evaluation.human import export_sheets, import_ratings
+
+    sheets = export_sheets(chat_run, raters=1) / "sheets"
+    rows = [json.loads(line) for line in (sheets / "rater-1.jsonl").read_text().splitlines()]
+    assert len(rows) >= 2
+
+    def attempt(edit: dict[str, str], at: int = 1) -> str:
+        bad = [dict(r, preference="tie") for r in rows]
+        bad[at] |= edit
+        path = write_jsonl(tmp_path / "sheet.jsonl", bad)
+        with pytest.raises(TuneforgeError) as err:
+            import_ratings(chat_run, [path])
+        return err.value.render()
+
+    assert f"{tmp_path / 'sheet.jsonl'}:2" in attempt({"row_id": "999"})
+    assert "unknown row id '999'" in attempt({"row_id": "999"})
+    message = attempt({"preference": "5"})
+    assert "rating '5' is outside the scale" in message and f"{tmp_path / 'sheet.jsonl'}:2" in message
+    assert "unknown sheet 'rater-9'" in attempt({"sheet": "rater-9"}, at=0)
+    assert not (chat_run / "eval" / "human.json").exists()  # nothing written by a failed import

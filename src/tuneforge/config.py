@@ -218,6 +218,26 @@ class TrainConfig(Section):
     """Show a progress bar."""
 
 
+JudgeMode = Literal["single", "pairwise"]
+
+
+class JudgeConfig(Section):
+    base_url: str
+    """OpenAI-compatible endpoint of the judge, e.g. http://127.0.0.1:8000/v1 (tuneforge serve works)."""
+    model: str
+    """Model name to send to the judge endpoint."""
+    api_key_env: str | None = None
+    """Environment variable holding the judge's API key (the key itself is never written to disk)."""
+    rubric: str = "helpfulness"
+    """Built-in rubric (helpfulness, correctness) or the path of a text file with your own."""
+    modes: list[JudgeMode] = Field(default_factory=lambda: list[JudgeMode](["single", "pairwise"]))
+    """single: grade each answer 1-10; pairwise: tuned vs base, asked in both orders (no position bias)."""
+    max_examples: int | None = Field(50, ge=1)
+    """Judge at most this many examples (each costs 2-4 requests)."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Seconds to wait for one judge answer."""
+
+
 class EvalConfig(Section):
     split: Literal["train", "validation", "test"] = "test"
     """Split to evaluate."""
@@ -251,6 +271,8 @@ class EvalConfig(Section):
     """Also score answers by embedding similarity to the reference with the built-in MiniLM encoder."""
     baseline: bool = True
     """Classification/regression: fit majority-class and TF-IDF + linear baselines on the train split."""
+    judge: JudgeConfig | None = None
+    """LLM-as-judge over generated answers (off unless set)."""
 
 
 class ServeConfig(Section):

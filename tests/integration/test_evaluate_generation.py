@@ -100,3 +100,40 @@ def test_bad_sheets_are_errors_naming_file_and_row(chat_run: Path, tmp_path: Pat
     assert "rating '5' is outside the scale" in message and f"{tmp_path / 'sheet.jsonl'}:2" in message
     assert "unknown sheet 'rater-9'" in attempt({"sheet": "rater-9"}, at=0)
     assert not (chat_run / "eval" / "human.json").exists()  # nothing written by a failed import
+
+
+def test_the_judge_runs_inside_evaluate(chat_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from tests.unit.evaluation.judge_stub import judge_server
+    from tuneforge.evaluation.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(chat_run, run, ignore=shutil.ignore_patterns("eval"))
+    with judge_server() as stub:
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["eval"]["judge"] = {"base_url": stub["url"], "model": "stub", "modes": ["pairwise"]}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        result = json.loads(evaluate_run(run, report=False).read_text())
+    rows = [json.loads(line) for line in (run / "eval" / "test.predictions.jsonl").read_text().splitlines()]
+    assert stub["requests"] == 2 * 6 and result["judge"]["examples"] == 6
+    # no answer of the tiny model contains GOOD: the stub always says [[A]], which both orders make a tie
+    assert [r["judge"]["pairwise"]["outcome"] for r in rows] == ["tie"] * 6
+    assert result["judge"]["pairwise"]["tie"]["value"] == 1.0
+    write_report(run)
+    assert "LLM judge stub (helpfulness rubric) on 6 examples" in (run / "report.md").read_text()
+    # a rater who says "tie" on the first half and prefers the tuned answer on the rest agrees with the
+    # all-tie judge exactly as often as chance: p_o = 1/2 = p_e, so kappa = 0
+    from tuneforge.evaluation.human import export_sheets, import_ratings
+
+    key_dir = export_sheets(run)
+    key = json.loads((key_dir / "key.json").read_text())["sheets"]["rater-1"]
+    sheet = [json.loads(line) for line in (key_dir / "sheets" / "rater-1.jsonl").read_text().splitlines()]
+    half = len(sheet) // 2
+    for i, s in enumerate(sheet):
+        s["preference"] = "tie" if i < half else ("1" if key[s["row_id"]]["answer_1"] == "tuned" else "2")
+    human = json.loads(import_ratings(run, [write_jsonl(tmp_path / "filled.jsonl", sheet)]).read_text())
+    assert human["judge_agreement"]["rater-1"] == {"n": len(sheet), "cohen_kappa": 0.0}
+    assert human["overall"]["win"]["value"] == pytest.approx((len(sheet) - half) / len(sheet))

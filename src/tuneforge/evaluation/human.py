@@ -182,12 +182,36 @@ def import_ratings(run_dir: str | Path, sheets: list[Path], *, n_boot: int = 100
         },
         "agreement": agreement(dict(by_rater)),
     }
+    judge = _judge_agreement(run, key["split"], by_rater)
+    if judge:
+        result["judge_agreement"] = judge
     pairs = _preference_pairs(key, ratings)
     result["preference_pairs"] = len(pairs)
     if pairs:
         result["preference_dataset"] = str(_write_preferences(run, pairs).resolve())
     out = run.eval_dir / "human.json"
     write_json_atomic(out, result)
+    return out
+
+
+def _judge_agreement(run: RunDir, split: str, by_rater: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Cohen's kappa between the LLM judge's pairwise outcome and each rater's, on the examples both rated."""
+    from tuneforge.evaluation.agreement import cohen_kappa
+
+    path = run.eval_dir / f"{split}.predictions.jsonl"
+    if not path.is_file():
+        return {}
+    judged = {
+        str(r["id"]): r["judge"]["pairwise"]["outcome"]
+        for r in read_jsonl(path)
+        if (r.get("judge") or {}).get("pairwise", {}).get("outcome")
+    }
+    out: dict[str, Any] = {}
+    for rater, outcomes in sorted(by_rater.items()):
+        shared = [i for i in outcomes if i in judged]
+        if len(shared) >= 2:
+            kappa = cohen_kappa([outcomes[i] for i in shared], [judged[i] for i in shared])
+            out[rater] = {"n": len(shared), "cohen_kappa": kappa}
     return out
 
 

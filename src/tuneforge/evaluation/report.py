@@ -271,6 +271,8 @@ def _evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         blocks.append(_confusion("tuned", r["tuned"]))
     if r.get("fairness"):
         blocks += _group_blocks(r["fairness"])
+    if r.get("judge"):
+        blocks += _judge_blocks(r["judge"])
     guard = r.get("guard", {})
     blocks.append(
         (
@@ -300,6 +302,35 @@ def _evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+def _judge_blocks(j: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [
+        (
+            "p",
+            f"LLM judge {j['model']} ({j['rubric']} rubric) on {j['examples']} examples; "
+            f"{j['errors']} failed requests or answers without a verdict "
+            f"({j['examples_with_errors']} examples).",
+        )
+    ]
+    rows = [
+        [f"rating 1-10, {side}", with_ci(j[f"single_{side}"]["value"], j[f"single_{side}"])]
+        for side in ("base", "tuned")
+        if f"single_{side}" in j
+    ]
+    if "pairwise" in j:
+        rows += [
+            [f"pairwise {w} (tuned)", with_ci(j["pairwise"][w]["value"], j["pairwise"][w])]
+            for w in ("win", "tie", "loss")
+        ]
+        rows.append(["verdicts that survive swapping the order", num(j["pairwise"]["order_consistent_rate"])])
+    if rows:
+        blocks.append(("table", (["judge", "value [95% CI]"], rows)))
+    if "single_paired" in j:
+        blocks.append(("p", j["single_paired"]["verdict"]))
+    if j.get("first_error"):
+        blocks.append(("p", f"First judge error: {j['first_error']}"))
+    return blocks
+
+
 def _human_blocks(h: dict[str, Any]) -> list[Block]:
     o = h["overall"]
     rows = [[what, with_ci(o[what]["value"], o[what])] for what in ("win", "tie", "loss")]
@@ -322,6 +353,10 @@ def _human_blocks(h: dict[str, Any]) -> list[Block]:
     ]
     if stats:
         blocks.append(("p", "Agreement between raters: " + ", ".join(stats) + "."))
+    for rater, j in (h.get("judge_agreement") or {}).items():
+        blocks.append(
+            ("p", f"LLM judge vs {rater}: Cohen's kappa {num(j['cohen_kappa'])} over {j['n']} examples.")
+        )
     if h.get("preference_dataset"):
         blocks.append(
             ("p", f"{h['preference_pairs']} preference pairs written to {h['preference_dataset']}.")

@@ -166,6 +166,11 @@ def evaluate_run(
     records = dataset.records(split)[:limit]
     fmt, labels = dataset.format, dataset.labels
     groups = group_columns(records, cfg)
+    if cfg.eval.judge is not None:  # a missing key or rubric is an error before any model is loaded
+        from tuneforge.evaluation.judge import api_key, rubric_text
+
+        api_key(cfg.eval.judge)
+        rubric_text(cfg.eval.judge.rubric)
     from transformers import set_seed
 
     from tuneforge.evaluation.baseline import baselines as fit_baselines
@@ -207,6 +212,12 @@ def evaluate_run(
     result.update(summarize(cfg, fmt, labels, records, tuned, base, baselines, groups))
     result["guard"] = guard
     rows = _rows(records, cfg, fmt, labels, tuned, base, baselines)
+    if cfg.eval.judge is not None and rows and isinstance(rows[0].get("tuned"), str):
+        from tuneforge.evaluation.judge import judge_rows
+
+        result["judge"], verdicts = judge_rows(cfg.eval.judge, rows)
+        for row, verdict in zip(rows, verdicts, strict=False):
+            row["judge"] = verdict
     out = run.eval_dir / f"{split}.json"
     with atomic_file(run.eval_dir / f"{split}.predictions.jsonl", "w") as f:
         for row in rows:

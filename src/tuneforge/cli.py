@@ -163,11 +163,12 @@ def human_eval_export(
     ] = 1,
     limit: Annotated[int | None, typer.Option(min=1, help="Rate only the first N differing answers.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the side randomisation.")] = 0,
+    force: Annotated[bool, typer.Option(help="Export again, replacing the sheets and their key.")] = False,
 ) -> None:
     """Blind A/B sheets (CSV and JSONL) in RUN_DIR/human-eval/sheets, the key kept apart in key.json."""
     from tuneforge.evaluation.human import export_sheets
 
-    out = export_sheets(run_dir, split=split, raters=raters, limit=limit, seed=seed)
+    out = export_sheets(run_dir, split=split, raters=raters, limit=limit, seed=seed, force=force)
     console.print(f"[green]sheets[/green] {out / 'sheets'}  (fill the preference column: 1, 2 or tie)")
     console.print(f"key:    {out / 'key.json'}  (do not show it to raters)")
 

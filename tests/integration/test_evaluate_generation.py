@@ -101,6 +101,13 @@ def test_bad_sheets_are_errors_naming_file_and_row(chat_run: Path, tmp_path: Pat
     assert "unknown sheet 'rater-9'" in attempt({"sheet": "rater-9"}, at=0)
     assert not (chat_run / "eval" / "human.json").exists()  # nothing written by a failed import
 
+    with pytest.raises(TuneforgeError, match="already holds exported sheets and their key"):
+        export_sheets(chat_run)
+    (sheets / "rater-1-filled.csv").write_text("mine")
+    with pytest.raises(TuneforgeError, match=r"holds files export did not write: rater-1-filled\.csv"):
+        export_sheets(chat_run, force=True)
+    assert (sheets / "rater-1-filled.csv").read_text() == "mine"
+
 
 def test_the_judge_runs_inside_evaluate(chat_run: Path, tmp_path: Path) -> None:
     import shutil
@@ -111,7 +118,7 @@ def test_the_judge_runs_inside_evaluate(chat_run: Path, tmp_path: Path) -> None:
     from tuneforge.evaluation.report import write_report
 
     run = tmp_path / "run"
-    shutil.copytree(chat_run, run, ignore=shutil.ignore_patterns("eval"))
+    shutil.copytree(chat_run, run, ignore=shutil.ignore_patterns("eval", "human-eval"))
     with judge_server() as stub:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         cfg["eval"]["judge"] = {"base_url": stub["url"], "model": "stub", "modes": ["pairwise"]}

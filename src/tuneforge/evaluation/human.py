@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import random
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,17 @@ def _predictions(run: RunDir, split: str) -> list[dict[str, Any]]:
 
 
 def export_sheets(
-    run_dir: str | Path, *, split: str = "test", raters: int = 1, limit: int | None = None, seed: int = 0
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    raters: int = 1,
+    limit: int | None = None,
+    seed: int = 0,
+    force: bool = False,
 ) -> Path:
     """Write RUN/human-eval/{sheets/rater-K.csv|jsonl, key.json}; returns the human-eval directory."""
     run = RunDir.open(run_dir)
+    _check_replaceable(run.path / HUMAN_DIR, force)
     rows = [r for r in _predictions(run, split) if r["tuned"].strip() != r["base"].strip()]
     rows = rows[:limit] if limit else rows
     if not rows:
@@ -86,6 +94,28 @@ def export_sheets(
             )
     write_json_atomic(out_dir / "key.json", key)
     return out_dir
+
+
+def _check_replaceable(out_dir: Path, force: bool) -> None:
+    """A new export changes the key: refuse without --force, and never remove files export did not write."""
+    if not (out_dir / "key.json").exists():
+        return
+    if not force:
+        raise TuneforgeError(
+            f"{out_dir} already holds exported sheets and their key; a new export would randomise the sides "
+            "again, and sheets being filled now would no longer match",
+            fix="import the filled sheets first, or pass --force to export again",
+        )
+    sheets = out_dir / "sheets"
+    ours = re.compile(r"rater-\d+\.(csv|jsonl)")
+    foreign = (
+        sorted(p.name for p in sheets.iterdir() if not ours.fullmatch(p.name)) if sheets.is_dir() else []
+    )
+    if foreign:
+        raise TuneforgeError(
+            f"{sheets} holds files export did not write: {', '.join(foreign)}",
+            fix="move them elsewhere (filled sheets can live anywhere) and export again",
+        )
 
 
 def _read_sheet(path: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -19,7 +19,7 @@ model: {{name: {model}, task: causal-lm, max_length: 128}}
 method: {{name: lora, r: 4}}
 train: {{output_dir: run, max_steps: 4, batch_size: 4, learning_rate: 1.0e-2, eval_every: 0, save_every: 0,
         progress: false}}
-eval: {{max_examples: 12, bootstrap: 200, min_group_size: 5, decision: generate, max_new_tokens: 4}}
+eval: {{max_examples: 12, bootstrap: 200, min_group_size: 4, decision: generate, max_new_tokens: 4}}
 """
 
 
@@ -61,10 +61,16 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     for name in ("majority", "tfidf_logreg"):
         acc = sum(row["baselines"][name] == row["label"] for row in rows) / 12
         assert result["baselines"][name]["metrics"]["accuracy"] == pytest.approx(acc)
-    # per-group accuracy equals a direct computation over the rows (north 8, south 4 → south too small)
+    # per-group accuracy (Fairlearn) equals a direct computation over the rows
     fair = result["fairness"]["group"]["tuned"]
-    assert fair["counts"] == {"north": 8, "south": 4} and fair["too_small"] == ["south"]
-    assert fair["metrics"] == {} and "nothing to compare" in fair["note"]
+    assert fair["counts"] == {"north": 8, "south": 4} and fair["too_small"] == []
+    acc = {
+        g: sum(c for c, row in zip(correct, rows, strict=True) if row["group"] == g) / n
+        for g, n in (("north", 8), ("south", 4))
+    }
+    by_group = fair["metrics"]["accuracy"]["by_group"]
+    assert {g: v["value"] for g, v in by_group.items()} == pytest.approx(acc)
+    assert fair["metrics"]["accuracy"]["gap"] == pytest.approx(abs(acc["north"] - acc["south"]))
 
     # the report: every section, the numbers of the eval JSON, the data's sha256, offline HTML
     md = (run / "report.md").read_text()
@@ -87,7 +93,8 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
         f"| accuracy | {with_ci(result['base']['accuracy'], result['ci']['base']['accuracy'])} | {acc_cell} |"
         in md
     )
-    assert "south (4)" in md  # flagged, not ranked
+    south = by_group["south"]
+    assert "| accuracy | south | 4 | " in md and with_ci(south["value"], south) in md
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
 

@@ -271,6 +271,8 @@ class EvalConfig(Section):
     """Also score answers by embedding similarity to the reference with the built-in MiniLM encoder."""
     baseline: bool = True
     """Classification/regression: fit majority-class and TF-IDF + linear baselines on the train split."""
+    threshold_optimizer: Literal["off", "demographic_parity", "equalized_odds"] = "off"
+    """Binary classification heads with groups: Fairlearn per-group thresholds, beside the plain ones."""
     judge: JudgeConfig | None = None
     """LLM-as-judge over generated answers (off unless set)."""
 

@@ -271,6 +271,8 @@ def _evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         blocks.append(_confusion("tuned", r["tuned"]))
     if r.get("fairness"):
         blocks += _group_blocks(r["fairness"])
+    if r.get("threshold_optimizer"):
+        blocks += _threshold_blocks(r["threshold_optimizer"])
     if r.get("judge"):
         blocks += _judge_blocks(r["judge"])
     guard = r.get("guard", {})
@@ -300,6 +302,26 @@ def _evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         ]
         blocks.append(("table", (["row", "input", "reference", "base", "tuned"], rows)))
     return blocks
+
+
+def _threshold_blocks(t: dict[str, Any]) -> list[Block]:
+    """The plain 0.5 threshold beside Fairlearn's per-group thresholds (fitted on validation)."""
+    before, after = t["before"]["groups"], t["after"]["groups"]
+    rows = [["accuracy (all)", num(t["before"]["accuracy"]), num(t["after"]["accuracy"])]]
+    for g, v in before.get("metrics", {}).get("accuracy", {}).get("by_group", {}).items():
+        a = after["metrics"]["accuracy"]["by_group"].get(g, {})
+        rows.append([f"accuracy ({g})", num(v["value"]), num(a.get("value"))])
+    for label, par in before.get("parity", {}).items():
+        for key, value in par.items():
+            rows.append([f"{key.replace('_', ' ')} ({label})", num(value), num(after["parity"][label][key])])
+    return [
+        (
+            "p",
+            f"ThresholdOptimizer ({t['constraint']}, per {t['group_column']}, fitted on the {t['fitted_on']} "
+            "split) beside the plain decision:",
+        ),
+        ("table", (["tuned", "plain threshold", "per-group thresholds"], rows)),
+    ]
 
 
 def _judge_blocks(j: dict[str, Any]) -> list[Block]:

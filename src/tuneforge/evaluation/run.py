@@ -113,6 +113,55 @@ def group_columns(records: list[dict[str, Any]], cfg: RunConfig) -> dict[str, li
     return out
 
 
+def _check_threshold_optimizer(cfg: RunConfig, labels: list[str], groups: dict[str, list[str]]) -> None:
+    if cfg.eval.threshold_optimizer == "off":
+        return
+    if cfg.model.task != "classification" or len(labels) != 2 or not groups:
+        raise TuneforgeError(
+            "the threshold optimizer needs a classification head with two labels and a group column "
+            f"(this run: task {cfg.model.task}, {len(labels)} labels, "
+            f"{'groups ' + ', '.join(groups) if groups else 'no groups'})",
+            where="eval.threshold_optimizer",
+            fix="set it to off, or give a binary classification head data.group_column or eval.group_columns",
+        )
+
+
+def _threshold_optimizer(
+    cfg: RunConfig,
+    dataset: DatasetDir,
+    model: Any,
+    tok: Any,
+    labels: list[str],
+    records: list[dict[str, Any]],
+    tuned: ModelEval,
+    groups: dict[str, list[str]],
+) -> dict[str, Any] | None:
+    """Per-group thresholds fitted on the validation split, applied to the evaluated split (opt-in)."""
+    if cfg.eval.threshold_optimizer == "off" or tuned.probs is None:
+        return None
+    from tuneforge.evaluation.calibration import softmax
+    from tuneforge.evaluation.postprocess import threshold_optimized
+    from tuneforge.evaluation.scores import head_logits
+
+    column = next(iter(groups))
+    val = dataset.records("validation")
+    texts = [str(r.get("text", "")) for r in val]
+    val_p = softmax(head_logits(model, tok, texts, cfg.model.max_length, cfg.eval.batch_size))[:, 1].tolist()
+    val_groups = [str(r.get(column, "(missing)")) for r in val]
+    test_p = [row[1] for row in tuned.probs]
+    gold_val, gold_test = [str(r["label"]) for r in val], [str(r["label"]) for r in records]
+    out = threshold_optimized(
+        cfg.eval.threshold_optimizer,
+        labels,
+        (val_p, gold_val, val_groups),
+        (test_p, gold_test, groups[column]),
+        min_group_size=cfg.eval.min_group_size,
+        seed=cfg.eval.seed,
+    )
+    out["group_column"] = column
+    return out
+
+
 def _rows(
     records: list[dict[str, Any]],
     cfg: RunConfig,
@@ -140,6 +189,11 @@ def _rows(
         if baselines:
             row["baselines"] = {name: b["predictions"][i] for name, b in baselines.items()}
         row["scores"] = scores
+        if tuned.probs is not None:
+            probs = {"tuned": dict(zip(labels, tuned.probs[i], strict=True))}
+            if base is not None and base.probs is not None:
+                probs["base"] = dict(zip(labels, base.probs[i], strict=True))
+            row["probabilities"] = probs
         row["record"] = r
         rows.append(row)
     return rows
@@ -166,6 +220,7 @@ def evaluate_run(
     records = dataset.records(split)[:limit]
     fmt, labels = dataset.format, dataset.labels
     groups = group_columns(records, cfg)
+    _check_threshold_optimizer(cfg, labels, groups)
     if cfg.eval.judge is not None:  # a missing key or rubric is an error before any model is loaded
         from tuneforge.evaluation.judge import api_key, rubric_text
 
@@ -189,6 +244,11 @@ def evaluate_run(
         if not guard["checked"]:
             tuned_probe = probe_logits(model, probe)
     tuned = evaluate_model(model, tok, records, cfg, fmt, labels, _progress("tuned"))
+    post = (
+        _threshold_optimizer(cfg, dataset, model, tok, labels, records, tuned, groups)
+        if tuned.probs
+        else None
+    )
     del model
     base: ModelEval | None = None
     if compare:
@@ -211,6 +271,8 @@ def evaluate_run(
         result["base"] = base.metrics
     result.update(summarize(cfg, fmt, labels, records, tuned, base, baselines, groups))
     result["guard"] = guard
+    if post is not None:
+        result["threshold_optimizer"] = post
     rows = _rows(records, cfg, fmt, labels, tuned, base, baselines)
     if cfg.eval.judge is not None and rows and isinstance(rows[0].get("tuned"), str):
         from tuneforge.evaluation.judge import judge_rows

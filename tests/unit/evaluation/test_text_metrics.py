@@ -52,3 +52,14 @@ def test_corpus_scores_are_sacrebleus_corpus_scores() -> None:
     assert scores["token_f1"] == pytest.approx(sum(r["token_f1"] for r in per) / 3)
     assert scores["length_ratio"] == pytest.approx(12 / 11)  # 5+3+4 answer words over 5+2+4
     assert scores["mean_answer_words"] == pytest.approx(4.0)
+
+
+@pytest.mark.slow
+def test_semantic_similarity_with_the_builtin_minilm() -> None:
+    from tuneforge.evaluation.text_metrics import semantic_similarity
+
+    refs = ["The cat sits on the mat.", "The cat sits on the mat.", "The cat sits on the mat."]
+    preds = ["The cat sits on the mat.", "A cat is sitting on a mat.", "Quarterly revenue rose by four percent."]
+    same, paraphrase, unrelated = semantic_similarity(preds, refs)
+    assert same == pytest.approx(1.0, abs=1e-5)
+    assert paraphrase > 0.7 > unrelated

@@ -59,6 +59,8 @@ def test_chat_evaluation_writes_answers_and_their_scores(chat_run: Path) -> None
         assert "verdict" in result["paired"][metric]
     loss = sum(r["scores"]["tuned"]["loss"] for r in rows) / 6
     assert result["ci"]["tuned"]["loss_per_example"]["value"] == pytest.approx(loss)
+    ci = result["ci"]["tuned"]["loss"]  # per target token, like the headline loss
+    assert ci["value"] == pytest.approx(result["tuned"]["loss"]) and ci["lo"] <= ci["value"] <= ci["hi"]
     assert result["guard"]["checked"] and result["guard"]["max_abs_logit_diff"] > 0
 
 

@@ -87,7 +87,7 @@ def render_card(run: RunDir, results: dict[str, dict[str, Any]]) -> str:
         for name in CARD_METRICS:
             if name in r["tuned"]:
                 ci = r.get("ci", {})
-                key = "loss_per_example" if name == "loss" else name
+                key = name
                 base = with_ci(r["base"][name], ci.get("base", {}).get(key)) if r.get("base") else ""
                 lines.append(
                     f"| {name} | {base} | {with_ci(r['tuned'][name], ci.get('tuned', {}).get(key))} |"

@@ -33,6 +33,8 @@ class ModelEval:
     """Per record, each per-example score (correct, squared_error, loss, bleu, token_f1, ...)."""
     probs: list[list[float]] | None = None
     label_predictions: list[str] = field(default_factory=list)
+    target_tokens: list[int] = field(default_factory=list)
+    """Language models: target tokens per record (the weights of the per-token loss)."""
     """Classification: the label predicted per record ("<unparseable>": a generated answer named none)."""
 
 
@@ -164,7 +166,7 @@ def _language_model(
         losses[i], counts[i] = loss, count
     metrics = _loss_metrics(kept_losses, kept_counts)
     per = {"loss": [loss / c if c else math.nan for loss, c in zip(losses, counts, strict=True)]}
-    out = ModelEval(metrics, [], per)
+    out = ModelEval(metrics, [], per, target_tokens=counts)
     if fmt in ("chat", "instruction") and cfg.eval.generate:
         from tuneforge.evaluation.text_metrics import PER_EXAMPLE, corpus_scores, per_example_scores
 

@@ -62,6 +62,9 @@ def summarize(
                 c = compare(metric, t, b, n_boot=n_boot, seed=seed, correct=name == "correct")
                 ci.setdefault("base", {})[metric] = c["base"]
                 paired[metric] = {**c["paired"], "verdict": c["verdict"]}
+        for side, m in (("tuned", tuned), ("base", base)):
+            if m is not None and m.target_tokens:
+                ci.setdefault(side, {})["loss"] = _token_loss_ci(m, n_boot, seed)
         if fmt == "classification":
             ci["tuned"]["macro_f1"] = _macro_f1_ci(records, tuned, labels, n_boot, seed)
             if base is not None:
@@ -70,6 +73,17 @@ def summarize(
     out["baselines"] = _baselines(fmt, records, tuned, baselines, n_boot, seed)
     out["fairness"] = _fairness(cfg, fmt, labels, records, tuned, base, groups)
     return clean(out)
+
+
+def _token_loss_ci(m: ModelEval, n_boot: int, seed: int) -> dict[str, float]:
+    """The interval of the loss per target token: a ratio over resampled examples, like the headline loss."""
+    tokens = np.asarray(m.target_tokens, dtype=float)
+    per = np.nan_to_num(np.asarray(m.per_example["loss"], dtype=float)) * tokens  # summed loss per example
+
+    def stat(idx: np.ndarray) -> float:
+        return float(per[idx].sum() / max(tokens[idx].sum(), 1.0))
+
+    return bootstrap_statistic_ci(len(tokens), stat, n_boot=n_boot, seed=seed)
 
 
 def _macro_f1_ci(

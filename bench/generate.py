@@ -47,6 +47,16 @@ def main() -> None:
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     eos = sorted(eos_token_ids(model, tok))
 
+    # Warm-up of both paths (first-call allocations and kernel choices are not what is measured).
+    generate(model, tok, prompts[:1], GenerationSettings(max_new_tokens=2))
+    with torch.inference_mode():
+        model.generate(
+            input_ids=torch.tensor(prompts[:1]),
+            max_new_tokens=2,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+
     start = time.perf_counter()
     ours = generate(model, tok, prompts, settings, batch_size=args.batch_size)
     ours_s = time.perf_counter() - start

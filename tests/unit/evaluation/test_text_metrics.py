@@ -59,7 +59,11 @@ def test_semantic_similarity_with_the_builtin_minilm() -> None:
     from tuneforge.evaluation.text_metrics import semantic_similarity
 
     refs = ["The cat sits on the mat.", "The cat sits on the mat.", "The cat sits on the mat."]
-    preds = ["The cat sits on the mat.", "A cat is sitting on a mat.", "Quarterly revenue rose by four percent."]
+    preds = [
+        "The cat sits on the mat.",
+        "A cat is sitting on a mat.",
+        "Quarterly revenue rose by four percent.",
+    ]
     same, paraphrase, unrelated = semantic_similarity(preds, refs)
     assert same == pytest.approx(1.0, abs=1e-5)
     assert paraphrase > 0.7 > unrelated

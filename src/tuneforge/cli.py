@@ -142,8 +142,75 @@ def evaluate(
         max_examples=max_examples,
         overrides=overrides,
     )
-    print_comparison(read_json(out))
-    console.print(f"metrics: {out}")
+    result = read_json(out)
+    print_comparison(result)
+    print_verdicts(result)
+    console.print(f"metrics: {out}  and {out.with_name(out.stem + '.predictions.jsonl')}")
+    console.print(f"report:  {Path(result['run']) / 'report.html'}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `tuneforge train`.")],
+) -> None:
+    """A run → RUN_DIR/report.html and report.md (data, model, training, evaluation) and the model card."""
+    from tuneforge.evaluation.report import write_report
+
+    out = write_report(run_dir)
+    console.print(f"[green]report[/green] {out}  and {out.with_name('report.md')}")
+    if (run_dir / "final").is_dir():
+        console.print(f"model card: {run_dir / 'final' / 'README.md'}")
+
+
+human_eval = typer.Typer(help="Blind A/B rating of base vs tuned answers by people.", no_args_is_help=True)
+app.add_typer(human_eval, name="human-eval")
+RunArg = Annotated[Path, typer.Argument(help="A run directory evaluated with --compare-base.")]
+
+
+@human_eval.command("export")
+def human_eval_export(
+    run_dir: RunArg,
+    split: Annotated[str, typer.Option(help="The evaluated split whose answers to rate.")] = "test",
+    raters: Annotated[
+        int, typer.Option(min=1, help="One sheet per rater, each in its own random order.")
+    ] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="Rate only the first N differing answers.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the side randomisation.")] = 0,
+    force: Annotated[bool, typer.Option(help="Export again, replacing the sheets and their key.")] = False,
+) -> None:
+    """Blind A/B sheets (CSV and JSONL) in RUN_DIR/human-eval/sheets, the key kept apart in key.json."""
+    from tuneforge.evaluation.human import export_sheets
+
+    out = export_sheets(run_dir, split=split, raters=raters, limit=limit, seed=seed, force=force)
+    console.print(f"[green]sheets[/green] {out / 'sheets'}  (fill the preference column: 1, 2 or tie)")
+    console.print(f"key:    {out / 'key.json'}  (do not show it to raters)")
+
+
+@human_eval.command("import")
+def human_eval_import(
+    run_dir: RunArg,
+    sheets: Annotated[list[Path], typer.Argument(help="Filled sheets (CSV or JSONL).")],
+) -> None:
+    """Filled sheets → win/tie/loss with intervals, agreement, and a preference dataset ready to train."""
+    from tuneforge.artifacts import read_json
+    from tuneforge.evaluation.human import import_ratings
+
+    out = import_ratings(run_dir, sheets)
+    result = read_json(out)
+    o = result["overall"]
+    console.print(
+        f"tuned vs base over {o['n']} ratings: win {o['win']['value']:.1%} [{o['win']['lo']:.1%}, "
+        f"{o['win']['hi']:.1%}], tie {o['tie']['value']:.1%}, loss {o['loss']['value']:.1%} "
+        f"(sign test p = {o['p_value']:.3g})"
+    )
+    for name in ("cohen_kappa", "krippendorff_alpha"):
+        if result["agreement"].get(name) is not None:
+            console.print(f"agreement: {name} {result['agreement'][name]:.3f}")
+    if result.get("preference_dataset"):
+        console.print(
+            f"preference dataset: {result['preference_dataset']} ({result['preference_pairs']} pairs)"
+        )
+    console.print(f"results: {out}")
 
 
 @app.command()
@@ -230,7 +297,25 @@ def print_comparison(result: dict[str, Any]) -> None:
     table.add_column("tuned")
     keys = [
         k
-        for k in ("accuracy", "macro_f1", "weighted_f1", "loss", "perplexity", "mse", "mae", "r2")
+        for k in (
+            "accuracy",
+            "macro_f1",
+            "weighted_f1",
+            "ece",
+            "unparseable_rate",
+            "loss",
+            "perplexity",
+            "mse",
+            "mae",
+            "r2",
+            "bleu",
+            "chrf",
+            "ter",
+            "rougeL",
+            "exact_match",
+            "token_f1",
+            "length_ratio",
+        )
         if k in tuned
     ]
     for label in result.get("labels") or []:
@@ -246,6 +331,19 @@ def print_comparison(result: dict[str, Any]) -> None:
         row = [key] + ([value(base)] if base is not None else []) + [value(tuned)]
         table.add_row(*row)
     console.print(table)
+
+
+def print_verdicts(result: dict[str, Any]) -> None:
+    """The paired tests' verdicts and the baselines beside the table."""
+    for metric, test in (result.get("paired") or {}).items():
+        if metric in ("accuracy", "mse", "loss_per_example", "token_f1", "chrf"):
+            console.print(f"  {escape(test['verdict'])}")
+    for name, b in (result.get("baselines") or {}).items():
+        shown = {k: b["metrics"][k] for k in ("accuracy", "macro_f1", "mse") if k in b["metrics"]}
+        console.print(f"  baseline {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    for column, f in (result.get("fairness") or {}).items():
+        for warning in f.get("warnings", []):
+            console.print(f"  [yellow]warning[/yellow] ({column}): {escape(warning)}")
 
 
 def main() -> None:

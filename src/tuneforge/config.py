@@ -237,6 +237,26 @@ class TrainConfig(Section):
     shared by the processes on the machine), a number, or null/0 for torch's own default."""
 
 
+JudgeMode = Literal["single", "pairwise"]
+
+
+class JudgeConfig(Section):
+    base_url: str
+    """OpenAI-compatible endpoint of the judge, e.g. http://127.0.0.1:8000/v1 (tuneforge serve works)."""
+    model: str
+    """Model name to send to the judge endpoint."""
+    api_key_env: str | None = None
+    """Environment variable holding the judge's API key (the key itself is never written to disk)."""
+    rubric: str = "helpfulness"
+    """Built-in rubric (helpfulness, correctness) or the path of a text file with your own."""
+    modes: list[JudgeMode] = Field(default_factory=lambda: list[JudgeMode](["single", "pairwise"]))
+    """single: grade each answer 1-10; pairwise: tuned vs base, asked in both orders (no position bias)."""
+    max_examples: int | None = Field(50, ge=1)
+    """Judge at most this many examples (each costs 2-4 requests)."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Seconds to wait for one judge answer."""
+
+
 class EvalConfig(Section):
     split: Literal["train", "validation", "test"] = "test"
     """Split to evaluate."""
@@ -248,6 +268,32 @@ class EvalConfig(Section):
     """Also evaluate the untuned base model on the same examples."""
     max_new_tokens: int = Field(64, ge=1)
     """Generation length for generative metrics."""
+    generate: bool = True
+    """Chat/instruction: generate answers and score them against the references (BLEU, ROUGE, F1...)."""
+    temperature: float = Field(0.0, ge=0)
+    """Generation temperature for evaluation (0: greedy, the same answer every time)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling for evaluation (with temperature > 0)."""
+    stop: list[str] = Field(default_factory=list)
+    """Strings that end a generated answer (besides the model's end of turn)."""
+    seed: int = 0
+    """Seed of sampling and of the bootstrap resamples."""
+    decision: Literal["score", "generate"] = "score"
+    """Classification on a causal LM: score every label's answer, or parse a generated answer."""
+    bootstrap: int = Field(1000, ge=0)
+    """Bootstrap resamples for confidence intervals and paired tests (0: none)."""
+    group_columns: list[str] = Field(default_factory=list)
+    """Record fields to break metrics down by (data.group_column's `group` is used without this)."""
+    min_group_size: int = Field(10, ge=1)
+    """Groups with fewer examples are listed but not ranked."""
+    semantic_similarity: bool = False
+    """Also score answers by embedding similarity to the reference with the built-in MiniLM encoder."""
+    baseline: bool = True
+    """Classification/regression: fit majority-class and TF-IDF + linear baselines on the train split."""
+    threshold_optimizer: Literal["off", "demographic_parity", "equalized_odds"] = "off"
+    """Binary classification heads with groups: Fairlearn per-group thresholds, beside the plain ones."""
+    judge: JudgeConfig | None = None
+    """LLM-as-judge over generated answers (off unless set)."""
 
 
 class ServeConfig(Section):

@@ -1,29 +1,30 @@
-"""`tuneforge evaluate`: a run (and optionally its untuned base) → metrics in RUN_DIR/eval/<split>.json."""
+"""`tuneforge evaluate`: a run (and optionally its untuned base) → RUN/eval/<split>.json and its predictions.
+
+The JSON holds each model's metrics, bootstrap intervals, the paired base-vs-tuned tests with a verdict, the
+classical baselines, calibration and per-group tables; predictions.jsonl holds the rows behind every number.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from tuneforge.artifacts import SPLITS, DatasetDir, RunDir, write_json_atomic, write_jsonl
+from tuneforge.artifacts import SPLITS, DatasetDir, RunDir, atomic_file, write_json_atomic
 from tuneforge.config import RunConfig, with_overrides
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.metrics import classification_metrics, regression_metrics
-from tuneforge.evaluation.predict import head_predictions, lm_loss, score_labels
+from tuneforge.evaluation.guard import check_adapter_applied, check_differs, probe_batch, probe_logits
+from tuneforge.evaluation.model_eval import ModelEval, evaluate_model, prompt_and_reference
+from tuneforge.evaluation.summary import summarize
 from tuneforge.models import load_model, load_tokenizer
-from tuneforge.models.encode import encode_for_task
+from tuneforge.models.encode import encoder, pack_text
 from tuneforge.models.loading import load_adapter, run_base_path
 from tuneforge.train import reload_config
 
 
 def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
     """The trained model of a run: base + PEFT adapter, or the full fine-tuned folder."""
+    check_finished(run)
     manifest = run.manifest
-    if manifest.get("status") != "completed" or not run.final.is_dir():
-        raise TuneforgeError(
-            f"run {run.path} has not finished training (status: {manifest.get('status', 'unknown')})",
-            fix=f"finish it with: tuneforge train {run.config_path} --resume",
-        )
     tok = load_tokenizer(cfg.model, str(run.final))
     labels = list(manifest.get("labels") or [])
     if manifest.get("saves_adapter", True):
@@ -36,6 +37,15 @@ def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
     return model, tok
 
 
+def check_finished(run: RunDir) -> None:
+    manifest = run.manifest
+    if manifest.get("status") != "completed" or not run.final.is_dir():
+        raise TuneforgeError(
+            f"run {run.path} has not finished training (status: {manifest.get('status', 'unknown')})",
+            fix=f"finish it with: tuneforge train {run.config_path} --resume",
+        )
+
+
 def load_base(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
     manifest = run.manifest
     path = run_base_path(manifest)
@@ -44,26 +54,148 @@ def load_base(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
     return load_model(cfg.model, labels=labels, path=path, pad_token_id=tok.pad_token_id), tok
 
 
-def evaluate_model(
-    model: Any, tok: Any, records: list[dict[str, Any]], cfg: RunConfig, fmt: str, labels: list[str]
-) -> tuple[dict[str, Any], list[Any]]:
-    """Metrics and per-example predictions of one model on one list of records."""
-    task, bs, max_len = cfg.model.task, cfg.eval.batch_size, cfg.model.max_length
-    texts = [str(r.get("text", "")) for r in records]
-    if fmt == "classification" and task in ("classification", "causal-lm"):
-        if task == "classification":
-            ids = head_predictions(model, tok, texts, max_len, bs)
-        else:
-            ids = score_labels(model, tok, texts, labels, cfg.data.prompt_template, max_len, bs)
-        pred = [labels[i] for i in ids]
-        return classification_metrics([str(r["label"]) for r in records], pred, labels), pred
-    if fmt == "regression":
-        values = head_predictions(model, tok, texts, max_len, bs)
-        return regression_metrics([float(r["label"]) for r in records], values), values
-    examples, _ = encode_for_task(
-        records, tok, task=task, fmt=fmt, labels=labels, max_length=max_len, template=cfg.data.prompt_template
+def _probe_inputs(
+    tok: Any, records: list[dict[str, Any]], cfg: RunConfig, fmt: str, labels: list[str]
+) -> Any:
+    head = records[:4]
+    if cfg.model.task == "causal-lm" and fmt == "text":
+        ids = [e["input_ids"] for e in pack_text([r["text"] for r in head], tok, cfg.model.max_length)]
+    elif cfg.model.task == "causal-lm":
+        encode = encoder(
+            tok,
+            task="causal-lm",
+            fmt=fmt,
+            labels=labels,
+            max_length=cfg.model.max_length,
+            template=cfg.data.prompt_template,
+        )
+        ids = [encode(r)["input_ids"] for r in head]
+    else:
+        ids = [
+            list(tok(str(r.get("text", "")), truncation=True, max_length=cfg.model.max_length)["input_ids"])
+            for r in head
+        ]
+    return probe_batch(ids, int(tok.pad_token_id))
+
+
+def _progress(label: str) -> Any:
+    """A stderr progress callback for generation (silent when stderr is not a terminal)."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+
+    def report(done: int, total: int) -> None:
+        print(
+            f"\r{label}: {done}/{total} answers",
+            end="" if done < total else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return report
+
+
+def group_columns(records: list[dict[str, Any]], cfg: RunConfig) -> dict[str, list[str]]:
+    """Group value per record for each grouping: data.group_column's `group` field and eval.group_columns."""
+    names = (["group"] if any("group" in r for r in records) else []) + list(cfg.eval.group_columns)
+    out = {}
+    for name in dict.fromkeys(names):
+        missing = [i for i, r in enumerate(records) if r.get(name) is None]
+        if name != "group" and len(missing) == len(records):
+            raise TuneforgeError(
+                f"no record of the split has a field '{name}'",
+                where="eval.group_columns",
+                fix="name fields the prepared records carry (set data.group_column to keep a column)",
+            )
+        out[name] = [str(r.get(name, "(missing)")) for r in records]
+    return out
+
+
+def _check_threshold_optimizer(cfg: RunConfig, labels: list[str], groups: dict[str, list[str]]) -> None:
+    if cfg.eval.threshold_optimizer == "off":
+        return
+    if cfg.model.task != "classification" or len(labels) != 2 or not groups:
+        raise TuneforgeError(
+            "the threshold optimizer needs a classification head with two labels and a group column "
+            f"(this run: task {cfg.model.task}, {len(labels)} labels, "
+            f"{'groups ' + ', '.join(groups) if groups else 'no groups'})",
+            where="eval.threshold_optimizer",
+            fix="set it to off, or give a binary classification head data.group_column or eval.group_columns",
+        )
+
+
+def _threshold_optimizer(
+    cfg: RunConfig,
+    dataset: DatasetDir,
+    model: Any,
+    tok: Any,
+    labels: list[str],
+    records: list[dict[str, Any]],
+    tuned: ModelEval,
+    groups: dict[str, list[str]],
+) -> dict[str, Any] | None:
+    """Per-group thresholds fitted on the validation split, applied to the evaluated split (opt-in)."""
+    if cfg.eval.threshold_optimizer == "off" or tuned.probs is None:
+        return None
+    from tuneforge.evaluation.calibration import softmax
+    from tuneforge.evaluation.postprocess import threshold_optimized
+    from tuneforge.evaluation.scores import head_logits
+
+    column = next(iter(groups))
+    val = dataset.records("validation")
+    texts = [str(r.get("text", "")) for r in val]
+    val_p = softmax(head_logits(model, tok, texts, cfg.model.max_length, cfg.eval.batch_size))[:, 1].tolist()
+    val_groups = [str(r.get(column, "(missing)")) for r in val]
+    test_p = [row[1] for row in tuned.probs]
+    gold_val, gold_test = [str(r["label"]) for r in val], [str(r["label"]) for r in records]
+    out = threshold_optimized(
+        cfg.eval.threshold_optimizer,
+        labels,
+        (val_p, gold_val, val_groups),
+        (test_p, gold_test, groups[column]),
+        min_group_size=cfg.eval.min_group_size,
+        seed=cfg.eval.seed,
     )
-    return lm_loss(model, examples, int(tok.pad_token_id), bs), []
+    out["group_column"] = column
+    return out
+
+
+def _rows(
+    records: list[dict[str, Any]],
+    cfg: RunConfig,
+    fmt: str,
+    labels: list[str],
+    tuned: ModelEval,
+    base: ModelEval | None,
+    baselines: dict[str, Any],
+) -> list[dict[str, Any]]:
+    rows = []
+    for i, r in enumerate(records):
+        if fmt in ("classification", "regression"):
+            inp, ref = str(r.get("text", "")), r.get("label")
+        else:
+            prompt, ref = prompt_and_reference(r, labels, cfg.data.prompt_template)
+            inp = prompt[-1]["content"] if prompt else ""
+        # The whole record goes under "record": its own fields (an instruction's "input") keep their names.
+        row: dict[str, Any] = {"id": i, "input": inp, "reference": ref}
+        row.update({k: r[k] for k in ("label", "group") if k in r})
+        row["tuned"] = tuned.predictions[i] if tuned.predictions else None
+        scores = {"tuned": {k: v[i] for k, v in tuned.per_example.items()}}
+        if base is not None:
+            row["base"] = base.predictions[i] if base.predictions else None
+            scores["base"] = {k: v[i] for k, v in base.per_example.items()}
+        if baselines:
+            row["baselines"] = {name: b["predictions"][i] for name, b in baselines.items()}
+        row["scores"] = scores
+        if tuned.probs is not None:
+            probs = {"tuned": dict(zip(labels, tuned.probs[i], strict=True))}
+            if base is not None and base.probs is not None:
+                probs["base"] = dict(zip(labels, base.probs[i], strict=True))
+            row["probabilities"] = probs
+        row["record"] = r
+        rows.append(row)
+    return rows
 
 
 def evaluate_run(
@@ -73,11 +205,14 @@ def evaluate_run(
     compare_base: bool | None = None,
     max_examples: int | None = None,
     overrides: list[str] | None = None,
+    report: bool = True,
 ) -> Path:
     """Evaluate a finished run on a split; returns the path of the written eval JSON.
 
     `overrides` (`eval.key=value`) apply on top of the config the run was trained with.
     """
+    import json
+
     run = RunDir.open(run_dir)
     cfg = with_overrides(reload_config(run), overrides or [], sections=("eval",), command="evaluate")
     split = split or cfg.eval.split
@@ -85,12 +220,52 @@ def evaluate_run(
         raise TuneforgeError(
             f"unknown split {split!r}", where="--split", fix="use one of: " + ", ".join(SPLITS)
         )
+    check_finished(run)
     compare = cfg.eval.compare_base if compare_base is None else compare_base
     limit = max_examples or cfg.eval.max_examples
     dataset = DatasetDir.open(run.manifest.get("dataset", {}).get("path", cfg.data.path or ""))
     run.check_split_files(dataset)  # the data the run trained on, not a re-split under the same path
     records = dataset.records(split)[:limit]
     fmt, labels = dataset.format, dataset.labels
+    groups = group_columns(records, cfg)
+    _check_threshold_optimizer(cfg, labels, groups)
+    if cfg.eval.judge is not None:  # a missing key or rubric is an error before any model is loaded
+        from tuneforge.evaluation.judge import api_key, rubric_text
+
+        api_key(cfg.eval.judge)
+        rubric_text(cfg.eval.judge.rubric)
+    from transformers import set_seed
+
+    from tuneforge.evaluation.baseline import baselines as fit_baselines
+
+    baselines = {}
+    if cfg.eval.baseline and fmt in ("classification", "regression") and split != "train":
+        baselines = fit_baselines(fmt, dataset.records("train"), records, labels)
+    # A classification head of the untuned base starts random; seeding makes its baseline reproducible.
+    set_seed(cfg.train.seed)
+    model, tok = load_tuned(run, cfg)
+    probe = _probe_inputs(tok, records, cfg, fmt, labels) if records else None
+    guard: dict[str, Any] = {"checked": False, "reason": "no examples"}
+    tuned_probe = None
+    if probe is not None:
+        guard = check_adapter_applied(model, probe)
+        if not guard["checked"]:
+            tuned_probe = probe_logits(model, probe)
+    tuned = evaluate_model(model, tok, records, cfg, fmt, labels, _progress("tuned"))
+    post = (
+        _threshold_optimizer(cfg, dataset, model, tok, labels, records, tuned, groups)
+        if tuned.probs
+        else None
+    )
+    del model
+    base: ModelEval | None = None
+    if compare:
+        set_seed(cfg.train.seed)
+        base_model, btok = load_base(run, cfg)
+        if tuned_probe is not None and probe is not None:
+            guard = check_differs(tuned_probe, probe_logits(base_model, probe))
+        base = evaluate_model(base_model, btok, records, cfg, fmt, labels, _progress("base"))
+        del base_model
     result: dict[str, Any] = {
         "split": split,
         "n": len(records),
@@ -98,29 +273,32 @@ def evaluate_run(
         "format": fmt,
         "labels": labels,
         "run": str(run.path),
+        "tuned": tuned.metrics,
     }
-    from transformers import set_seed
+    if base is not None:
+        result["base"] = base.metrics
+    result.update(summarize(cfg, fmt, labels, records, tuned, base, baselines, groups))
+    result["guard"] = guard
+    if post is not None:
+        result["threshold_optimizer"] = post
+    rows = _rows(records, cfg, fmt, labels, tuned, base, baselines)
+    if cfg.eval.judge is not None and rows and isinstance(rows[0].get("tuned"), str):
+        from tuneforge.evaluation.judge import judge_rows
 
-    # A classification head of the untuned base starts random; seeding makes its baseline reproducible.
-    set_seed(cfg.train.seed)
-    model, tok = load_tuned(run, cfg)
-    result["tuned"], tuned_pred = evaluate_model(model, tok, records, cfg, fmt, labels)
-    del model
-    base_pred: list[Any] = []
-    if compare:
-        set_seed(cfg.train.seed)
-        base, btok = load_base(run, cfg)
-        result["base"], base_pred = evaluate_model(base, btok, records, cfg, fmt, labels)
+        result["judge"], verdicts = judge_rows(cfg.eval.judge, rows)
+        for row, verdict in zip(rows, verdicts, strict=False):
+            row["judge"] = verdict
     out = run.eval_dir / f"{split}.json"
+    with atomic_file(run.eval_dir / f"{split}.predictions.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=_nan_safe) + "\n")
     write_json_atomic(out, result)
-    if tuned_pred:
-        rows = []
-        for i, r in enumerate(records):
-            row = {**r, "tuned": tuned_pred[i]}
-            if base_pred:
-                row["base"] = base_pred[i]
-            rows.append(row)
-        tmp = run.eval_dir / f".{split}.predictions.jsonl.tmp"
-        write_jsonl(tmp, rows)
-        tmp.replace(run.eval_dir / f"{split}.predictions.jsonl")
+    if report:
+        from tuneforge.evaluation.report import write_report
+
+        write_report(run)
     return out
+
+
+def _nan_safe(x: Any) -> Any:
+    return str(x)

@@ -1,0 +1,209 @@
+"""One model on one list of records: metrics, per-example predictions and per-example scores, per format.
+
+Base and tuned go through this same function with the same settings, so their numbers compare row by row.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tuneforge.config import RunConfig
+from tuneforge.evaluation.calibration import calibration, softmax
+from tuneforge.evaluation.metrics import classification_metrics, regression_metrics
+from tuneforge.evaluation.scores import example_losses, head_logits, label_logprobs
+from tuneforge.models.encode import encode_prompt, encoder, has_targets, pack_text, to_messages
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ModelEval:
+    """What evaluating one model produced."""
+
+    metrics: dict[str, Any]
+    predictions: list[Any] = field(default_factory=list)
+    """Per record: the predicted label / value / generated answer (empty for packed text)."""
+    per_example: dict[str, list[float]] = field(default_factory=dict)
+    """Per record, each per-example score (correct, squared_error, loss, bleu, token_f1, ...)."""
+    probs: list[list[float]] | None = None
+    label_predictions: list[str] = field(default_factory=list)
+    target_tokens: list[int] = field(default_factory=list)
+    """Language models: target tokens per record (the weights of the per-token loss)."""
+    """Classification: the label predicted per record ("<unparseable>": a generated answer named none)."""
+
+
+def prompt_and_reference(record: dict[str, Any], labels: list[str], template: str) -> tuple[list[Any], str]:
+    """The conversation up to the last assistant turn, and that turn's text (the reference answer)."""
+    messages = to_messages(record, labels, template)
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    reference = messages[last]["content"] if last < len(messages) else ""
+    return messages[:last], str(reference)
+
+
+def _norm(s: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
+
+
+def parse_label(answer: str, labels: list[str]) -> str | None:
+    """The label a generated answer names: the whole answer, or the one label it mentions (None: unclear).
+
+    A label inside a longer mentioned label ("positive" in "very positive") does not count separately.
+    """
+    text = _norm(answer)
+    by_norm = {_norm(label): label for label in labels}
+    if text in by_norm:
+        return by_norm[text]
+    found = [n for n in by_norm if n and re.search(rf"\b{re.escape(n)}\b", text)]
+    found = [n for n in found if not any(n != m and n in m for m in found)]
+    return by_norm[found[0]] if len(found) == 1 else None
+
+
+def generation_settings(cfg: RunConfig) -> Any:
+    from tuneforge.models.generate import GenerationSettings
+
+    e = cfg.eval
+    return GenerationSettings(
+        max_new_tokens=e.max_new_tokens,
+        temperature=e.temperature,
+        top_p=e.top_p,
+        stop=list(e.stop),
+        seed=e.seed,
+    )
+
+
+def generate_answers(
+    model: Any, tok: Any, prompts: list[list[Any]], cfg: RunConfig, on_progress: Progress | None = None
+) -> list[str]:
+    """Answers to chat prompts with the shared generation engine; prompts cut from the left to fit."""
+    from tuneforge.models.generate import generate
+
+    room = max(cfg.model.max_length - cfg.eval.max_new_tokens, 1)
+    ids = [encode_prompt(tok, p)[-room:] for p in prompts]
+    out = generate(
+        model, tok, ids, generation_settings(cfg), batch_size=cfg.eval.batch_size, on_progress=on_progress
+    )
+    return [g.text.strip() for g in out]
+
+
+def _classify(
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    cfg: RunConfig,
+    labels: list[str],
+    progress: Progress | None,
+) -> ModelEval:
+    task, bs, max_len = cfg.model.task, cfg.eval.batch_size, cfg.model.max_length
+    texts = [str(r.get("text", "")) for r in records]
+    gold = [str(r["label"]) for r in records]
+    probs: list[list[float]] | None = None
+    extra: dict[str, Any] = {}
+    if task == "classification":
+        probs = softmax(head_logits(model, tok, texts, max_len, bs)).tolist()
+    elif cfg.eval.decision == "score":
+        probs = softmax(
+            label_logprobs(model, tok, texts, labels, cfg.data.prompt_template, max_len, bs)
+        ).tolist()
+    if probs is not None:
+        pred: list[Any] = [labels[max(range(len(labels)), key=row.__getitem__)] for row in probs]
+        outputs = None
+    else:
+        prompts = [prompt_and_reference(r, labels, cfg.data.prompt_template)[0] for r in records]
+        outputs = generate_answers(model, tok, prompts, cfg, progress)
+        pred = [parse_label(o, labels) for o in outputs]
+        extra["unparseable_rate"] = sum(p is None for p in pred) / max(len(pred), 1)
+    decided = [p if p is not None else "<unparseable>" for p in pred]
+    metrics = classification_metrics(gold, decided, labels)
+    metrics.update(extra)
+    if probs is not None and records:
+        cal = calibration(np.asarray(probs), [labels.index(g) for g in gold])
+        metrics.update(ece=cal["ece"], brier=cal["brier"], reliability=cal["bins"])
+    shown = outputs if outputs is not None else pred
+    correct = [float(p == g) for p, g in zip(pred, gold, strict=True)]
+    return ModelEval(metrics, shown, {"correct": correct}, probs, decided)
+
+
+def _regress(model: Any, tok: Any, records: list[dict[str, Any]], cfg: RunConfig) -> ModelEval:
+    texts = [str(r.get("text", "")) for r in records]
+    values = [row[0] for row in head_logits(model, tok, texts, cfg.model.max_length, cfg.eval.batch_size)]
+    gold = [float(r["label"]) for r in records]
+    per = {
+        "squared_error": [(v - g) ** 2 for v, g in zip(values, gold, strict=True)],
+        "abs_error": [abs(v - g) for v, g in zip(values, gold, strict=True)],
+    }
+    return ModelEval(regression_metrics(gold, values), values, per)
+
+
+def _language_model(
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    cfg: RunConfig,
+    fmt: str,
+    labels: list[str],
+    progress: Progress | None,
+) -> ModelEval:
+    """Loss and perplexity per target token; for chat/instruction also generated answers and their scores."""
+    pad, bs, max_len = int(tok.pad_token_id), cfg.eval.batch_size, cfg.model.max_length
+    if fmt == "text":  # packed into full blocks, as in training
+        examples = pack_text([r["text"] for r in records], tok, max_len)
+        losses, counts = example_losses(model, examples, pad, bs)
+        return ModelEval(_loss_metrics(losses, counts))
+    encode = encoder(
+        tok, task="causal-lm", fmt=fmt, labels=labels, max_length=max_len, template=cfg.data.prompt_template
+    )
+    examples = [encode(r) for r in records]
+    kept = [i for i, e in enumerate(examples) if has_targets(e)]
+    kept_losses, kept_counts = example_losses(model, [examples[i] for i in kept], pad, bs)
+    losses, counts = [math.nan] * len(records), [0] * len(records)
+    for i, loss, count in zip(kept, kept_losses, kept_counts, strict=True):
+        losses[i], counts[i] = loss, count
+    metrics = _loss_metrics(kept_losses, kept_counts)
+    per = {"loss": [loss / c if c else math.nan for loss, c in zip(losses, counts, strict=True)]}
+    out = ModelEval(metrics, [], per, target_tokens=counts)
+    if fmt in ("chat", "instruction") and cfg.eval.generate:
+        from tuneforge.evaluation.text_metrics import PER_EXAMPLE, corpus_scores, per_example_scores
+
+        pairs = [prompt_and_reference(r, labels, cfg.data.prompt_template) for r in records]
+        answers = generate_answers(model, tok, [p for p, _ in pairs], cfg, progress)
+        refs = [ref for _, ref in pairs]
+        metrics.update(corpus_scores(answers, refs))
+        scores = per_example_scores(answers, refs)
+        for name in PER_EXAMPLE:
+            per[name] = [row[name] for row in scores]
+        if cfg.eval.semantic_similarity:
+            from tuneforge.evaluation.text_metrics import semantic_similarity
+
+            per["semantic_similarity"] = semantic_similarity(answers, refs)
+            metrics["semantic_similarity"] = sum(per["semantic_similarity"]) / max(len(answers), 1)
+        out.predictions = answers
+    return out
+
+
+def _loss_metrics(losses: list[float], counts: list[int]) -> dict[str, Any]:
+    n = sum(counts)
+    loss = sum(losses) / max(n, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "target_tokens": n}
+
+
+def evaluate_model(
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    cfg: RunConfig,
+    fmt: str,
+    labels: list[str],
+    progress: Progress | None = None,
+) -> ModelEval:
+    """Metrics, predictions and per-example scores of one model on one list of records."""
+    if fmt == "classification" and cfg.model.task in ("classification", "causal-lm"):
+        return _classify(model, tok, records, cfg, labels, progress)
+    if fmt == "regression":
+        return _regress(model, tok, records, cfg)
+    return _language_model(model, tok, records, cfg, fmt, labels, progress)

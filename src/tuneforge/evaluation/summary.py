@@ -1,0 +1,178 @@
+"""The evidence around the metrics: intervals, paired tests, baselines compared with tuned, group tables."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tuneforge.config import RunConfig
+from tuneforge.evaluation.fairness import group_report, widened_gaps
+from tuneforge.evaluation.model_eval import ModelEval
+from tuneforge.evaluation.stats import bootstrap_ci, bootstrap_statistic_ci, compare
+
+#: Per-example score → the headline metric it is the mean of (as the report names it).
+HEADLINE = {"correct": "accuracy", "squared_error": "mse", "abs_error": "mae", "loss": "loss_per_example"}
+
+
+def clean(obj: Any) -> Any:
+    """NaN/inf → None, numpy scalars → Python: the eval JSON stays strict JSON."""
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _finite_pairs(a: list[float], b: list[float]) -> tuple[list[float], list[float]]:
+    keep = [i for i in range(len(a)) if math.isfinite(a[i]) and math.isfinite(b[i])]
+    return [a[i] for i in keep], [b[i] for i in keep]
+
+
+def _finite(a: list[float]) -> list[float]:
+    return [x for x in a if math.isfinite(x)]
+
+
+def summarize(
+    cfg: RunConfig,
+    fmt: str,
+    labels: list[str],
+    records: list[dict[str, Any]],
+    tuned: ModelEval,
+    base: ModelEval | None,
+    baselines: dict[str, Any],
+    groups: dict[str, list[str]],
+) -> dict[str, Any]:
+    """ci, paired (with verdicts), baselines (with tuned vs each) and fairness sections of the eval JSON."""
+    n_boot, seed = cfg.eval.bootstrap, cfg.eval.seed
+    out: dict[str, Any] = {"bootstrap": {"resamples": n_boot, "level": 0.95, "seed": seed}}
+    ci: dict[str, dict[str, Any]] = {"tuned": {}}
+    paired: dict[str, Any] = {}
+    if n_boot > 0:
+        for name, values in tuned.per_example.items():
+            metric = HEADLINE.get(name, name)
+            ci["tuned"][metric] = bootstrap_ci(_finite(values), n_boot=n_boot, seed=seed)
+            if base is not None:
+                t, b = _finite_pairs(values, base.per_example[name])
+                c = compare(metric, t, b, n_boot=n_boot, seed=seed, correct=name == "correct")
+                ci.setdefault("base", {})[metric] = c["base"]
+                paired[metric] = {**c["paired"], "verdict": c["verdict"]}
+        for side, m in (("tuned", tuned), ("base", base)):
+            if m is not None and m.target_tokens:
+                ci.setdefault(side, {})["loss"] = _token_loss_ci(m, n_boot, seed)
+        if fmt == "classification":
+            ci["tuned"]["macro_f1"] = _macro_f1_ci(records, tuned, labels, n_boot, seed)
+            if base is not None:
+                ci["base"]["macro_f1"] = _macro_f1_ci(records, base, labels, n_boot, seed)
+    out["ci"], out["paired"] = ci, paired
+    out["baselines"] = _baselines(fmt, records, tuned, baselines, n_boot, seed)
+    out["fairness"] = _fairness(cfg, fmt, labels, records, tuned, base, groups)
+    return clean(out)
+
+
+def _token_loss_ci(m: ModelEval, n_boot: int, seed: int) -> dict[str, float]:
+    """The interval of the loss per target token: a ratio over resampled examples, like the headline loss."""
+    tokens = np.asarray(m.target_tokens, dtype=float)
+    per = np.nan_to_num(np.asarray(m.per_example["loss"], dtype=float)) * tokens  # summed loss per example
+
+    def stat(idx: np.ndarray) -> float:
+        return float(per[idx].sum() / max(tokens[idx].sum(), 1.0))
+
+    return bootstrap_statistic_ci(len(tokens), stat, n_boot=n_boot, seed=seed)
+
+
+def _macro_f1_ci(
+    records: list[dict[str, Any]], m: ModelEval, labels: list[str], n_boot: int, seed: int
+) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    gold = np.asarray([str(r["label"]) for r in records])
+    pred = np.asarray([str(p) for p in m.label_predictions])
+
+    def stat(idx: np.ndarray) -> float:
+        return float(f1_score(gold[idx], pred[idx], labels=labels, average="macro", zero_division=0))
+
+    return bootstrap_statistic_ci(len(gold), stat, n_boot=min(n_boot, 500), seed=seed)
+
+
+def _baselines(
+    fmt: str,
+    records: list[dict[str, Any]],
+    tuned: ModelEval,
+    baselines: dict[str, Any],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, b in baselines.items():
+        entry: dict[str, Any] = {"metrics": b["metrics"]}
+        if fmt == "classification":
+            theirs = [
+                float(str(p) == str(r["label"])) for p, r in zip(b["predictions"], records, strict=True)
+            ]
+            mine, metric = tuned.per_example["correct"], "accuracy"
+        else:
+            theirs = [
+                (float(p) - float(r["label"])) ** 2 for p, r in zip(b["predictions"], records, strict=True)
+            ]
+            mine, metric = tuned.per_example["squared_error"], "mse"
+        if n_boot > 0 and records:
+            c = compare(
+                metric,
+                mine,
+                theirs,
+                n_boot=n_boot,
+                seed=seed,
+                correct=metric == "accuracy",
+                names=("tuned", name),
+            )
+            entry["vs_tuned"] = {**c["paired"], "verdict": c["verdict"]}
+        out[name] = entry
+    return out
+
+
+def _fairness(
+    cfg: RunConfig,
+    fmt: str,
+    labels: list[str],
+    records: list[dict[str, Any]],
+    tuned: ModelEval,
+    base: ModelEval | None,
+    groups: dict[str, list[str]],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    classify = fmt == "classification"
+    gold = [str(r["label"]) for r in records] if classify else None
+    for column, values in groups.items():
+
+        def one(m: ModelEval, values: list[str] = values) -> dict[str, Any]:
+            keep = [i for i in range(len(values)) if all(math.isfinite(v[i]) for v in m.per_example.values())]
+            scores = {HEADLINE.get(k, k): [v[i] for i in keep] for k, v in m.per_example.items()}
+            kwargs: dict[str, Any] = {}
+            if classify and gold is not None:
+                preds = m.label_predictions
+                kwargs = {
+                    "y_true": [gold[i] for i in keep],
+                    "y_pred": [str(preds[i]) for i in keep],
+                    "labels": labels,
+                }
+            return group_report(
+                [values[i] for i in keep],
+                scores,
+                min_group_size=cfg.eval.min_group_size,
+                n_boot=min(cfg.eval.bootstrap, 200),
+                seed=cfg.eval.seed,
+                **kwargs,
+            )
+
+        entry: dict[str, Any] = {"tuned": one(tuned)}
+        if base is not None:
+            entry["base"] = one(base)
+            entry["warnings"] = widened_gaps(entry["base"], entry["tuned"])
+        out[column] = entry
+    return out

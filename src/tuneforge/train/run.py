@@ -15,6 +15,7 @@ from tuneforge.config import ConfigSource, RunConfig, config_from_dict
 from tuneforge.data import prepare_dataset
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve_model_path
+from tuneforge.models.estimate import check_fits
 from tuneforge.models.methods import count_parameters, describe_parameters
 from tuneforge.train.devices import build_accelerator, check_distributed_type
 from tuneforge.train.optimizer import balanced_class_weights, build_optimizer
@@ -54,6 +55,7 @@ def train(
     force: bool = False,
     overwrite: bool = False,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
+    memory_check: bool = True,
 ) -> RunDir:
     """Run (or resume) training as the config says and return the run directory.
 
@@ -111,6 +113,8 @@ def train(
     task, fmt, labels = cfg.model.task, dataset.format, dataset.labels
     _check_task_fits(task, fmt)
     _check_validation_settings(cfg, source, has_validation=bool(dataset.records("validation")))
+    if memory_check:  # refuse, with the numbers, a run estimated not to fit (models/estimate.py)
+        check_fits(cfg, dataset.manifest, processes=accelerator.num_processes)
     fingerprint = dataset.manifest.get("fingerprint")
     if resume:  # refuse a changed config now, not after loading the model
         check_resume(RunDir(Path(cfg.train.output_dir)), cfg, fingerprint, force)

@@ -7,7 +7,8 @@ Memory per process, in bytes (the terms are printed, so a user sees what to shri
     gradients    one per trainable parameter; they grow while activations are freed during backward, so the
                  peak holds the larger of the two, not their sum (measured: see README, Choosing a model)
     activations  what autograd saves in forward, counted on the meta device (shape.py) for this batch and
-                 length, LoRA dropout copies and the attention implementation included; with gradient
+                 length, LoRA dropout copies and the attention implementation included, plus the
+                 gradients of BACKWARD_BLOCKS blocks' activations during backward; with gradient
                  checkpointing only each block's input plus one block being recomputed
     logits       causal LM: the (B, T, vocab) logits in the model dtype, their float32 log-softmax and its
                  gradients (LOGITS_FULL_COPIES of them); often the largest term. A loop that projects only the
@@ -39,6 +40,9 @@ LOGITS = "full"
 """How the training loop computes causal-LM logits: "full" (every position projected onto the vocabulary,
 what the loop did when this estimate was calibrated) or "targets" (only positions with a target)."""
 LOGITS_FULL_COPIES = 6  # (B,T,V) logits + the gathered rows' log-softmax, its two grads, two scattered grads
+BACKWARD_BLOCKS = (
+    1.5  # block-activation gradients alive at once during backward, in units of one block's saved
+)
 ALLOCATOR_SLACK = {"cpu": 1.2, "cuda": 1.1}
 CPU_FIXED_OVERHEAD = (
     40 * 2**20
@@ -265,6 +269,8 @@ def estimate(
     if cfg.train.gradient_checkpointing:
         # Only each block's input stays; one block's activations exist again while it is recomputed.
         inside = shape.layers * b * length * shape.hidden * width + inside // max(shape.layers, 1)
+    # Backward of a block holds the gradients of its activations while its saved tensors are still alive.
+    backward = int(BACKWARD_BLOCKS * inside / max(shape.layers, 1))
     logit_bytes = 0
     if cfg.model.task == "causal-lm":
         rows_tokens = b * length
@@ -272,7 +278,7 @@ def estimate(
             logit_bytes = rows_tokens * shape.vocab * (width + 3 * 4)
         else:
             logit_bytes = rows_tokens * shape.vocab * (3 * width + (LOGITS_FULL_COPIES - 3) * 4)
-    transient = inside + outside + logit_bytes
+    transient = inside + outside + backward + logit_bytes
 
     # Sharding (per process).
     n = max(processes, 1)
@@ -294,7 +300,7 @@ def estimate(
         "trainable": int(trainable),
         "optimizer": int(optimizer),
         "gradients": int(grads),
-        "activations": int(inside + outside),
+        "activations": int(inside + outside + backward),
         "logits": int(logit_bytes),
         "overhead": overhead,
     }

@@ -166,12 +166,29 @@ def saved_activation_bytes(shape: ModelShape, batch: int, length: int) -> tuple[
         handles.append(block.register_forward_pre_hook(lambda *_: depth.__setitem__(0, depth[0] + 1)))
         handles.append(block.register_forward_hook(lambda *_: depth.__setitem__(0, depth[0] - 1)))
     ids = torch.zeros((batch, length), dtype=torch.long, device="meta")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def fused_attention(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *a: Any, **kw: Any
+    ) -> torch.Tensor:
+        # On meta tensors torch picks SDPA's math kernel, which keeps the (T, T) scores; on CPUs and GPUs the
+        # fused kernels keep only q, k, v, the output and a float32 log-sum-exp per query.
+        for t in (q, k, v):
+            pack(t)
+        out = q.narrow(-1, 0, v.shape[-1]) * 1.0  # (B, heads, T, dv): a result that still requires grad
+        inside[0 if depth[0] else 1] += out.numel() * out.element_size() + out[..., 0].numel() * 4
+        return out
+
+    fused = getattr(model.config, "_attn_implementation", None) == "sdpa"
     try:
+        if fused:
+            torch.nn.functional.scaled_dot_product_attention = fused_attention
         # No attention mask: with one, transformers inspects its values (impossible on meta); a full mask is
         # what packed and equal-length batches have anyway.
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(input_ids=ids)
     finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
         for h in handles:
             h.remove()
     return inside[0], inside[1]

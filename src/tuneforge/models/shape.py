@@ -76,8 +76,10 @@ def build_meta(cfg: ModelConfig, method: MethodConfig, *, labels: int = 2, dtype
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from tuneforge.models.loading import _quiet_transformers
     from tuneforge.models.methods import count_parameters, lora, resolve_method
 
+    _quiet_transformers()  # the same silence as a real load: no deprecation chatter before our own output
     config, source = load_config(cfg)
     module, options = resolve_method(method)
     if method.name == "qlora":
@@ -182,7 +184,7 @@ def saved_activation_bytes(shape: ModelShape, batch: int, length: int) -> tuple[
     fused = getattr(model.config, "_attn_implementation", None) == "sdpa"
     try:
         if fused:
-            torch.nn.functional.scaled_dot_product_attention = fused_attention
+            torch.nn.functional.scaled_dot_product_attention = fused_attention  # type: ignore[assignment]
         # No attention mask: with one, transformers inspects its values (impossible on meta); a full mask is
         # what packed and equal-length batches have anyway.
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -51,7 +51,12 @@ def test_activations_counted_on_meta_match_a_real_forward(tiny_llama: Path, meth
 def run_cfg(tmp_path: Path, model: Path, **train: object) -> dict:
     data = write_csv(tmp_path / "data.csv", sentiment_rows(30))
     return {
-        "data": {"path": str(data), "format": "classification", "min_examples": 5},
+        "data": {
+            "path": str(data),
+            "format": "classification",
+            "min_examples": 5,
+            "output_dir": str(tmp_path / "ds"),
+        },
         "model": {"name": str(model), "max_length": 64, "dtype": "float32"},
         "method": {"name": "full"},
         "train": {"output_dir": str(tmp_path / "run"), "batch_size": 4, "progress": False, **train},

@@ -130,6 +130,69 @@ def estimate(
 
 
 @app.command()
+def recommend(
+    dataset_dir: Annotated[Path, typer.Argument(help="A dataset directory made by `tuneforge prepare`.")],
+    gpu: Annotated[
+        str | None, typer.Option(help="Recommend for a GPU: a name (H100, L4) or a size (24GB).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu: recommend for this machine's CPU.")] = None,
+    budget_hours: Annotated[float | None, typer.Option(help="Training time available, in hours.")] = None,
+    commercial: Annotated[
+        bool, typer.Option("--commercial", help="Only models licensed for commercial use.")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Folder the ready run configs are written to.")] = Path(
+        "recommended"
+    ),
+) -> None:
+    """A ranked short list of model + method + settings for a dataset, estimated, written as run configs."""
+    import yaml
+
+    from tuneforge.artifacts import DatasetDir, write_text_atomic
+    from tuneforge.models.estimate import GIB, fmt_seconds, resolve_device
+    from tuneforge.models.recommend import recommend as run_recommend
+
+    if gpu and device:
+        raise TuneforgeError("give --gpu or --device, not both", where="--device")
+    ds = DatasetDir.open(dataset_dir)
+    if device not in (None, "cpu"):
+        raise TuneforgeError(
+            f"unknown device {device!r}", where="--device", fix="use --device cpu or --gpu NAME"
+        )
+    dev = resolve_device(gpu or device)
+    recs = run_recommend(str(dataset_dir), ds.manifest, dev, budget_hours=budget_hours, commercial=commercial)
+    if not recs:
+        raise TuneforgeError(
+            f"no catalog model fits {dev.name} ({dev.memory / GIB:.0f} GiB) within the budget",
+            fix="a bigger GPU (--gpu), a larger --budget-hours, or a shorter model.max_length in prepare",
+        )
+    table = Table(title=f"recommended for {dataset_dir} on {dev.name}")
+    for col in ("#", "model", "method", "settings", "peak", "time", "why", "config"):
+        table.add_column(col, overflow="fold")
+    for i, r in enumerate(recs, 1):
+        path = out / f"{i}-{r.model.split('/')[-1].removeprefix('builtin:')}-{r.method}.yaml"
+        write_text_atomic(path, yaml.safe_dump(r.config, sort_keys=False))
+        t, m = r.config["train"], r.config["method"]
+        settings = (
+            f"lr {t['learning_rate']:g}, batch {t['batch_size']}x{t.get('gradient_accumulation_steps', 1)}"
+        )
+        settings += f", {t['epochs']} epochs, max_length {r.config['model']['max_length']}"
+        settings += f", r {m['r']}" if "r" in m else ""
+        hours = "?" if r.hours is None else fmt_seconds(r.hours * 3600)
+        table.add_row(
+            str(i),
+            r.model,
+            r.method,
+            settings,
+            f"{r.estimate.peak / GIB:.1f} GiB",
+            hours,
+            "; ".join(r.reasons),
+            str(path),
+        )
+    console.print(table)
+    console.print(f"train one with: tuneforge train {out}/1-....yaml")
+
+
+@app.command()
 def tune(
     config: ConfigArg,
     overrides: Overrides = None,

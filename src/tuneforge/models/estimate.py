@@ -236,7 +236,7 @@ def estimate(
 
     from tuneforge.models.shape import build_meta, saved_activation_bytes
 
-    dev = _device(device)
+    dev = resolve_device(device)
     if manifest is None:
         manifest = _dataset_manifest(cfg)
     logits = logits or LOGITS
@@ -352,7 +352,7 @@ def _zero_stage(cfg: RunConfig) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _device(device: Device | str | None) -> Device:
+def resolve_device(device: Device | str | None) -> Device:
     if isinstance(device, Device):
         return device
     if device is None:

@@ -108,7 +108,7 @@ def build_meta(cfg: ModelConfig, method: MethodConfig, *, labels: int = 2, dtype
     heads = int(text.num_attention_heads)
     return ModelShape(
         name=cfg.name,
-        kind="decoder" if cfg.task == "causal-lm" or _is_decoder(text) else "encoder",
+        kind="decoder" if cfg.task == "causal-lm" or not _is_encoder(text) else "encoder",
         layers=int(text.num_hidden_layers),
         hidden=int(text.hidden_size),
         heads=heads,
@@ -123,10 +123,11 @@ def build_meta(cfg: ModelConfig, method: MethodConfig, *, labels: int = 2, dtype
     )
 
 
-def _is_decoder(config: Any) -> bool:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+def _is_encoder(config: Any) -> bool:
+    """Bidirectional models are those with a masked-LM head (BERT also has a causal head class, unused)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def _blocks(model: Any, layers: int) -> list[Any]:

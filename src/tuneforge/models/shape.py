@@ -71,8 +71,20 @@ def load_config(cfg: ModelConfig) -> tuple[Any, str]:
     return config, "hub config.json"
 
 
+_BUILT: dict[str, ModelShape] = {}  # meta models are weightless: keep the last few for repeated estimates
+
+
 def build_meta(cfg: ModelConfig, method: MethodConfig, *, labels: int = 2, dtype: Any = None) -> ModelShape:
     """The model tuneforge would train (head and adapter included), on the meta device."""
+    key = f"{cfg.model_dump_json()}|{method.model_dump_json()}|{labels}|{dtype}"
+    if key not in _BUILT:
+        if len(_BUILT) >= 8:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[key] = _build_meta(cfg, method, labels=labels, dtype=dtype)
+    return _BUILT[key]
+
+
+def _build_meta(cfg: ModelConfig, method: MethodConfig, *, labels: int, dtype: Any) -> ModelShape:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 

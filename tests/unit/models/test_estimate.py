@@ -149,11 +149,15 @@ def test_estimate_within_20_percent_of_measured_cpu_peak(tmp_path: Path) -> None
         "data": {"path": str(write_corpus(tmp_path / "c.txt", 300)), "format": "text", "dedup": "none"},
         "model": {"name": str(model), "max_length": 256, "dtype": "float32"},
         "method": {"name": "lora"},
-        # 8 rows: activations, not the fixed costs of a process, make most of the peak.
-        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 8, "progress": False},
+        # 16 rows: activations, not the (noisy, ~±30 MiB) fixed costs of a process, make most of the peak.
+        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 16, "progress": False},
     }
     raw["data"]["output_dir"] = str(tmp_path / "ds")
     cfg = config_from_dict(raw)
     got = est.measure(cfg)
     e = est.estimate(cfg, device="cpu")
-    assert e.peak == pytest.approx(got["peak"], rel=0.2)
+    assert e.peak == pytest.approx(got["peak"], rel=0.2), (
+        e.peak >> 20,
+        got["peak"] >> 20,
+        got["baseline"] >> 20,
+    )

@@ -74,19 +74,125 @@ def train(
     overwrite: Annotated[
         bool, typer.Option(help="Delete an existing run in train.output_dir first.")
     ] = False,
+    ignore_memory_check: Annotated[
+        bool, typer.Option(help="Start even if the run is estimated not to fit in memory.")
+    ] = False,
 ) -> None:
     """Dataset + model + method → a run directory (adapter or weights, metrics, checkpoints)."""
     from tuneforge.config import load_config
     from tuneforge.train import train as run_training
 
     cfg, source = load_config(config, overrides)
-    run = run_training(cfg, source, resume=resume, force=force, overwrite=overwrite)
+    run = run_training(
+        cfg, source, resume=resume, force=force, overwrite=overwrite, memory_check=not ignore_memory_check
+    )
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, once rather than once per process
         m = run.manifest
         console.print(f"[green]run[/green] {run.path}  steps={m.get('step')}  final={m.get('final')}")
         line = final_validation(run)
         if line:
             console.print(line, highlight=False)
+
+
+@app.command()
+def estimate(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    gpu: Annotated[
+        str | None, typer.Option(help="Estimate for a GPU: a name (H100, L4, RTX 4090) or a size (24GB).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu: estimate for this machine's CPU.")] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Processes (GPUs) the run is launched with.")] = 1,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Also train 3 real steps and print measured beside estimated.")
+    ] = False,
+) -> None:
+    """Peak memory (by term) and time per step and epoch of the run CONFIG describes, before any download."""
+    from tuneforge.config import load_config
+    from tuneforge.models.estimate import GIB, fmt_seconds
+    from tuneforge.models.estimate import estimate as run_estimate
+    from tuneforge.models.estimate import measure as run_measure
+
+    if gpu and device:
+        raise TuneforgeError("give --gpu or --device, not both", where="--device")
+    if device not in (None, "cpu"):
+        raise TuneforgeError(
+            f"unknown device {device!r}", where="--device", fix="use --device cpu or --gpu NAME"
+        )
+    cfg, _ = load_config(config, overrides)
+    est = run_estimate(cfg, device=gpu or device, processes=processes)
+    for line in est.lines():
+        console.print(escape(line), highlight=False)
+    if measure:
+        got = run_measure(cfg)
+        console.print(
+            f"measured (3 steps): peak {got['peak'] / GIB:.2f} GiB (estimated {est.peak / GIB:.2f}, "
+            f"{(est.peak - got['peak']) / max(got['peak'], 1):+.0%}), "
+            f"{fmt_seconds(got['step_s'])} per step (estimated {fmt_seconds(est.step_s)})"
+        )
+
+
+@app.command()
+def recommend(
+    dataset_dir: Annotated[Path, typer.Argument(help="A dataset directory made by `tuneforge prepare`.")],
+    gpu: Annotated[
+        str | None, typer.Option(help="Recommend for a GPU: a name (H100, L4) or a size (24GB).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu: recommend for this machine's CPU.")] = None,
+    budget_hours: Annotated[float | None, typer.Option(help="Training time available, in hours.")] = None,
+    commercial: Annotated[
+        bool, typer.Option("--commercial", help="Only models licensed for commercial use.")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Folder the ready run configs are written to.")] = Path(
+        "recommended"
+    ),
+) -> None:
+    """A ranked short list of model + method + settings for a dataset, estimated, written as run configs."""
+    import yaml
+
+    from tuneforge.artifacts import DatasetDir, write_text_atomic
+    from tuneforge.models.estimate import GIB, fmt_seconds, resolve_device
+    from tuneforge.models.recommend import recommend as run_recommend
+
+    if gpu and device:
+        raise TuneforgeError("give --gpu or --device, not both", where="--device")
+    ds = DatasetDir.open(dataset_dir)
+    if device not in (None, "cpu"):
+        raise TuneforgeError(
+            f"unknown device {device!r}", where="--device", fix="use --device cpu or --gpu NAME"
+        )
+    dev = resolve_device(gpu or device)
+    recs = run_recommend(str(dataset_dir), ds.manifest, dev, budget_hours=budget_hours, commercial=commercial)
+    if not recs:
+        raise TuneforgeError(
+            f"no catalog model fits {dev.name} ({dev.memory / GIB:.0f} GiB) within the budget",
+            fix="a bigger GPU (--gpu), a larger --budget-hours, or a shorter model.max_length in prepare",
+        )
+    table = Table(title=f"recommended for {dataset_dir} on {dev.name}")
+    for col in ("#", "model", "method", "settings", "peak", "time", "why", "config"):
+        table.add_column(col, overflow="fold")
+    for i, r in enumerate(recs, 1):
+        path = out / f"{i}-{r.model.split('/')[-1].removeprefix('builtin:')}-{r.method}.yaml"
+        write_text_atomic(path, yaml.safe_dump(r.config, sort_keys=False))
+        t, m = r.config["train"], r.config["method"]
+        settings = (
+            f"lr {t['learning_rate']:g}, batch {t['batch_size']}x{t.get('gradient_accumulation_steps', 1)}"
+        )
+        settings += f", {t['epochs']} epochs, max_length {r.config['model']['max_length']}"
+        settings += f", r {m['r']}" if "r" in m else ""
+        hours = "?" if r.hours is None else fmt_seconds(r.hours * 3600)
+        table.add_row(
+            str(i),
+            r.model,
+            r.method,
+            settings,
+            f"{r.estimate.peak / GIB:.1f} GiB",
+            hours,
+            "; ".join(r.reasons),
+            str(path),
+        )
+    console.print(table)
+    console.print(f"train one with: tuneforge train {out}/1-....yaml")
 
 
 @app.command()
@@ -231,7 +337,21 @@ def quickstart(
 
 
 @app.command()
-def models() -> None:
+def models(
+    all_models: Annotated[
+        bool, typer.Option("--all", help="List the catalog of common open models too.")
+    ] = False,
+    max_params: Annotated[str | None, typer.Option(help="With --all: at most this size (8B, 500M).")] = None,
+    license: Annotated[
+        str | None, typer.Option(help="With --all: only this licence (apache-2.0, mit).")
+    ] = None,
+    commercial: Annotated[
+        bool, typer.Option("--commercial", help="With --all: only licences that allow commercial use.")
+    ] = False,
+    task: Annotated[
+        str | None, typer.Option(help="With --all: models for causal-lm, classification or regression.")
+    ] = None,
+) -> None:
     """The built-in models and datasets, and the packages they come from."""
     from tuneforge import builtin
 
@@ -249,6 +369,31 @@ def models() -> None:
     for name, text in builtin.DATASETS.items():
         console.print(f"dataset {builtin.PREFIX}{name}: {text}")
     console.print("Any local Hugging Face folder or hub id works as model.name too.")
+    if all_models:
+        print_catalog(max_params=max_params, license=license, commercial=commercial, task=task)
+
+
+def print_catalog(*, max_params: str | None, license: str | None, commercial: bool, task: str | None) -> None:
+    """The offline catalog, filtered, as a table (hub ids work as model.name)."""
+    from tuneforge.models.catalog import describe, parse_count, select
+
+    if task not in (None, "causal-lm", "classification", "regression"):
+        raise TuneforgeError(
+            f"unknown task {task!r}", where="--task", fix="causal-lm, classification or regression"
+        )
+    try:
+        limit = parse_count(max_params) if max_params else None
+    except ValueError:
+        raise TuneforgeError(
+            f"not a size: {max_params!r}", where="--max-params", fix="e.g. 8B or 500M"
+        ) from None
+    rows = select(max_params=limit, commercial=commercial, license=license, task=task)
+    table = Table(title=f"catalog: {len(rows)} models (sized offline; `tuneforge estimate` tells what fits)")
+    for col in ("name", "hub id", "params", "kind", "context", "licence", "languages", "strengths"):
+        table.add_column(col, overflow="fold")
+    for m in rows:
+        table.add_row(*describe(m))
+    console.print(table)
 
 
 @app.command("config-keys")

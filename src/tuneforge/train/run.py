@@ -18,6 +18,7 @@ from tuneforge import __version__
 from tuneforge.artifacts import DatasetDir, RunDir, RunLock, atomic_dir
 from tuneforge.config import ConfigSource, RunConfig, config_from_dict
 from tuneforge.errors import DiskFull, TuneforgeError
+from tuneforge.models.estimate import check_fits
 from tuneforge.models.loading import portable_adapter_config
 from tuneforge.train import setup
 from tuneforge.train.resume import check_output_dir, check_resume, check_same_position, open_run_dir
@@ -54,6 +55,7 @@ def train(
     resume: bool = False,
     force: bool = False,
     overwrite: bool = False,
+    memory_check: bool = True,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
 ) -> RunDir:
     """Run (or resume) training as the config says and return the run directory.
@@ -69,6 +71,8 @@ def train(
     # 1. Everything a config can get wrong is refused before anything is loaded or written.
     plan = setup.plan(cfg, source)
     dataset = setup.load_dataset(cfg, source, plan.accelerator)
+    if memory_check:  # refuse, with the numbers, a run estimated not to fit (models/estimate.py)
+        check_fits(cfg, dataset.manifest, processes=plan.accelerator.num_processes)
     split_files = dataset.verified_split_hashes()
     # An output folder that may not be used, or a changed config or dataset: refused before the model loads.
     check_output_dir(cfg, resume, overwrite)

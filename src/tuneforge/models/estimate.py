@@ -1,0 +1,469 @@
+"""Will it fit, and how long will it take? Peak memory and step/epoch time of a run, before anything loads.
+
+Memory per process, in bytes (the terms are printed, so a user sees what to shrink):
+    weights      frozen parameters in the model dtype (4-bit NF4 linear layers for qlora: ~0.5625 byte each)
+    trainable    trainable parameters (PEFT keeps adapters in float32)
+    optimizer    AdamW: 2 states per trainable parameter, in its dtype (adamw-8bit: 2 bytes)
+    gradients    one per trainable parameter; they grow while activations are freed during backward, so the
+                 peak holds the larger of the two, not their sum (measured: see README, Choosing a model)
+    activations  what autograd saves in forward, counted on the meta device (shape.py) for this batch and
+                 length, LoRA dropout copies and the attention implementation included, plus the
+                 gradients of BACKWARD_BLOCKS blocks' activations during backward; with gradient
+                 checkpointing only each block's input plus one block being recomputed
+    logits       causal LM: the (B, T, vocab) logits in the model dtype, their float32 log-softmax and its
+                 gradients (LOGITS_FULL_COPIES of them); often the largest term. A loop that projects only the
+                 target positions ("targets") keeps (N, vocab) copies instead
+    overhead     CPU: a fixed part (tokenizer, data, Python objects) and the allocator's slack on the
+                 transient terms (ALLOCATOR_SLACK, measured on CPU); GPU: the caching allocator (~10%)
+FSDP divides weights, gradients and optimizer state by the process count; DeepSpeed ZeRO-1/2/3 the optimizer
+state / also gradients / also weights.
+
+Time per step = training FLOPs / (device throughput x utilisation). FLOPs per token: 2 x N (forward) for
+every matmul parameter N, x3 for full fine-tuning (gradients for inputs and weights), x2 for frozen weights
+(LoRA: no weight gradients) plus the adapter's own 6 x trainable; attention adds 4 x layers x T x width.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneforge.config import RunConfig
+from tuneforge.errors import TuneforgeError
+
+GIB = 2**30
+LOGITS = "full"
+"""How the training loop computes causal-LM logits: "full" (every position projected onto the vocabulary,
+what the loop did when this estimate was calibrated) or "targets" (only positions with a target)."""
+LOGITS_FULL_COPIES = 6  # (B,T,V) logits + the gathered rows' log-softmax, its two grads, two scattered grads
+BACKWARD_BLOCKS = (
+    1.5  # block-activation gradients alive at once during backward, in units of one block's saved
+)
+ALLOCATOR_SLACK = {"cpu": 1.2, "cuda": 1.1}
+CPU_FIXED_OVERHEAD = (
+    40 * 2**20
+)  # tokenizer, records, Python objects: measured with bench/estimate_calibration.py
+UTILISATION = {"cpu": 0.5, "cuda": 0.4}
+TEMPLATE_TOKENS = 32  # a chat template's role markers and system prompt, not in the dataset's content lengths
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    kind: str
+    """cpu or cuda."""
+    memory: int
+    """Bytes one process may use."""
+    flops: float
+    """Dense matmul throughput in FLOP/s (bf16 on GPUs, float32 on the CPU)."""
+    bf16: bool = True
+
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets; memory as sold.
+GPUS: dict[str, tuple[float, float, bool]] = {
+    "H200": (141, 989e12, True),
+    "H100": (80, 989e12, True),
+    "A100-80GB": (80, 312e12, True),
+    "A100": (40, 312e12, True),
+    "L40S": (48, 362e12, True),
+    "A10G": (24, 125e12, True),
+    "L4": (24, 121e12, True),
+    "RTX 4090": (24, 165e12, True),
+    "RTX 3090": (24, 71e12, True),
+    "V100": (32, 125e12, False),
+    "T4": (16, 65e12, False),
+}
+
+
+def parse_gpu(text: str) -> Device:
+    """A declared GPU: a name from GPUS (H100, L4, ...) or a memory size like 24GB (A10G-class speed)."""
+    key = text.strip().upper().replace("_", " ")
+    for name, (gb, flops, bf16) in GPUS.items():
+        if key == name.upper() or key == name.upper().replace(" ", ""):
+            return Device(name, "cuda", int(gb * 1e9), flops, bf16)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(GB|GIB|G)?", key)
+    if m is None:
+        raise TuneforgeError(
+            f"unknown GPU {text!r}",
+            where="--gpu",
+            fix="give a memory size (24GB) or one of: " + ", ".join(GPUS),
+        )
+    return Device(f"{m.group(1)} GB GPU", "cuda", int(float(m.group(1)) * 1e9), GPUS["A10G"][1], True)
+
+
+def available_cpu_memory() -> int:
+    """Memory a new allocation can get now: psutil's `available` (MemAvailable on Linux)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def cpu_flops(seconds: float = 0.2) -> float:
+    """Float32 matmul FLOP/s of this CPU with torch's current thread count (a short measurement)."""
+    import time
+
+    import torch
+
+    n = 512
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        done += 1
+    return 2 * n**3 * done / (time.perf_counter() - start)
+
+
+def detect_device(*, measure_flops: bool = True) -> Device:
+    """This machine's device: the first CUDA GPU (its total memory), else the CPU (its available memory)."""
+    import torch
+
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        known = next((v for k, v in GPUS.items() if k.upper().replace(" ", "") in p.name.upper()), None)
+        flops = known[1] if known else GPUS["A10G"][1]
+        return Device(p.name, "cuda", int(p.total_memory), flops, torch.cuda.is_bf16_supported())
+    return Device("CPU", "cpu", available_cpu_memory(), cpu_flops() if measure_flops else 1e10)
+
+
+@dataclass
+class Estimate:
+    model: str
+    method: str
+    device: Device
+    total_params: int
+    trainable_params: int
+    batch: int
+    length: int
+    """Tokens per row of the largest micro-batch (what the peak is computed at)."""
+    breakdown: dict[str, int]
+    peak: int
+    step_s: float
+    steps_per_epoch: int | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak <= self.device.memory
+
+    @property
+    def epoch_s(self) -> float | None:
+        return None if self.steps_per_epoch is None else self.step_s * self.steps_per_epoch
+
+    def lines(self) -> list[str]:
+        """The estimate for people: the terms, the peak against the device, the time."""
+        out = [
+            f"{self.model} + {self.method}: {self.trainable_params:,} of {self.total_params:,} parameters "
+            f"train; micro-batch {self.batch} x {self.length} tokens",
+        ]
+        for name, value in sorted(self.breakdown.items(), key=lambda kv: -kv[1]):
+            out.append(f"  {name:<12}{value / GIB:>9.2f} GiB")
+        verdict = "fits" if self.fits else "does NOT fit"
+        out.append(
+            f"  {'peak':<12}{self.peak / GIB:>9.2f} GiB of {self.device.memory / GIB:.1f} GiB on "
+            f"{self.device.name}: {verdict}"
+        )
+        epoch = (
+            f", {fmt_seconds(self.epoch_s)} per epoch ({self.steps_per_epoch:,} steps)"
+            if self.epoch_s
+            else ""
+        )
+        out.append(f"  time: {fmt_seconds(self.step_s)} per step{epoch} (rough: FLOPs / throughput)")
+        out += [f"  note: {n}" for n in self.notes]
+        return out
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    if s < 120:
+        return f"{s:.2g} s" if s < 10 else f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def sequence_lengths(cfg: RunConfig, manifest: dict[str, Any] | None) -> tuple[int, int, int | None]:
+    """(tokens per row for memory, tokens per row for time, training rows) from the dataset's real lengths.
+
+    Packed text fills every row to model.max_length. Otherwise the longest row sets the peak and a high
+    percentile the typical padded width; unknown lengths (a raw file not prepared yet) mean max_length.
+    """
+    cap = cfg.model.max_length
+    if manifest is None:
+        return cap, cap, None
+    stats = (manifest.get("token_lengths") or {}).get("train") or {}
+    fmt = manifest.get("format")
+    rows = (manifest.get("splits") or {}).get("train")
+    if cfg.model.task == "causal-lm" and fmt == "text" and cfg.train.packing and stats.get("total"):
+        return cap, cap, max(1, int(stats["total"]) // cap)
+    if not stats.get("count"):
+        return cap, cap, rows
+    extra = TEMPLATE_TOKENS if cfg.model.task == "causal-lm" else 2  # chat template, or [CLS]/[SEP]
+    if cfg.model.task == "causal-lm" and fmt == "classification":
+        extra += 32  # the prompt template around the text
+    peak = min(cap, int(stats["max"]) + extra)
+    typical = min(cap, int(stats.get("p90", stats["max"])) + extra)
+    return peak, typical, rows
+
+
+def _dtype_bytes(cfg: RunConfig, device: Device) -> tuple[int, str]:
+    """Bytes per weight of the model dtype as tuneforge loads it (auto: bf16 on GPUs that have it)."""
+    name = cfg.model.dtype
+    if name == "auto":
+        name = "bfloat16" if device.kind == "cuda" and device.bf16 else "float32"
+    return (4 if name == "float32" else 2), name
+
+
+def estimate(
+    cfg: RunConfig,
+    *,
+    device: Device | str | None = None,
+    manifest: dict[str, Any] | None = None,
+    processes: int = 1,
+    logits: str | None = None,
+) -> Estimate:
+    """Peak memory per process and time of the run `cfg` describes (no weights read, nothing allocated).
+
+    `device`: a Device, "cpu", a GPU name or size ("H100", "24GB"), or None for this machine's.
+    `manifest`: the prepared dataset's manifest (real token lengths); read from data.path when it is one.
+    """
+    import torch
+
+    from tuneforge.models.shape import build_meta, saved_activation_bytes
+
+    dev = resolve_device(device)
+    if manifest is None:
+        manifest = _dataset_manifest(cfg)
+    logits = logits or LOGITS
+    width, bytes_name = _dtype_bytes(cfg, dev)
+    labels = len(manifest.get("labels") or []) if manifest else 0
+    shape = build_meta(cfg.model, cfg.method, labels=max(labels, 2), dtype=getattr(torch, bytes_name))
+    b, accum = cfg.train.batch_size, cfg.train.gradient_accumulation_steps
+    length, typical, rows = sequence_lengths(cfg, manifest)
+    notes: list[str] = []
+    if shape.source == "catalog":
+        notes.append("sized from the catalog's architecture numbers (the model is not on disk)")
+
+    full = cfg.method.name == "full"
+    frozen = shape.total - shape.trainable
+    weights = frozen * width
+    if cfg.method.name == "qlora":
+        weights = int(min(shape.linear, frozen) * 0.5625 + max(frozen - shape.linear, 0) * width)
+    train_width = width if full else 4  # PEFT casts adapters to float32
+    trainable = shape.trainable * train_width
+    grads = shape.trainable * train_width
+    per_state = 1 if cfg.train.optimizer == "adamw-8bit" else train_width
+    optimizer = 2 * shape.trainable * per_state
+
+    try:
+        inside, outside = saved_activation_bytes(shape, b, length)
+    except Exception as err:  # an architecture whose forward needs real values: fall back to a formula
+        per_token_layer = 4 * (16 * shape.hidden) if width == 4 else 2 * (16 * shape.hidden)
+        inside, outside = per_token_layer * shape.layers * b * length, 0
+        notes.append(f"activations from a formula ({type(err).__name__} on the meta device)")
+    if cfg.train.gradient_checkpointing:
+        # Only each block's input stays; one block's activations exist again while it is recomputed.
+        inside = shape.layers * b * length * shape.hidden * width + inside // max(shape.layers, 1)
+    # Backward of a block holds the gradients of its activations while its saved tensors are still alive.
+    backward = int(BACKWARD_BLOCKS * inside / max(shape.layers, 1))
+    logit_bytes = 0
+    if cfg.model.task == "causal-lm":
+        rows_tokens = b * length
+        if logits == "targets":
+            logit_bytes = rows_tokens * shape.vocab * (width + 3 * 4)
+        else:
+            logit_bytes = rows_tokens * shape.vocab * (3 * width + (LOGITS_FULL_COPIES - 3) * 4)
+    transient = inside + outside + backward + logit_bytes
+
+    # Sharding (per process).
+    n = max(processes, 1)
+    stage = _zero_stage(cfg)
+    if cfg.train.fsdp or stage == 3:
+        weights, trainable, grads, optimizer = weights // n, trainable // n, grads // n, optimizer // n
+    elif stage in (1, 2):
+        optimizer //= n
+        grads = grads // n if stage == 2 else grads
+    if cfg.train.fsdp_cpu_offload or (cfg.train.deepspeed or "").endswith("offload"):
+        notes.append("optimizer state (and shards) offloaded to CPU memory: not counted on the GPU")
+        optimizer = 0
+
+    slack = ALLOCATOR_SLACK[dev.kind]
+    peak_transient = max(transient, grads)
+    overhead = int((slack - 1) * peak_transient) + (CPU_FIXED_OVERHEAD if dev.kind == "cpu" else 0)
+    breakdown = {
+        "weights": int(weights),
+        "trainable": int(trainable),
+        "optimizer": int(optimizer),
+        "gradients": int(grads),
+        "activations": int(inside + outside + backward),
+        "logits": int(logit_bytes),
+        "overhead": overhead,
+    }
+    peak = weights + trainable + optimizer + peak_transient + overhead
+    if grads > transient:
+        notes.append("gradients outweigh activations: the peak holds gradients, not both")
+
+    tokens_step = b * typical * accum * n
+    step_s = _flops_per_token(shape, cfg, typical) * tokens_step / (dev.flops * UTILISATION[dev.kind] * n)
+    steps = None
+    if rows is not None:
+        passes = cfg.train.max_steps or None
+        per_epoch = max(1, math.ceil(rows / (b * accum * n)))
+        steps = per_epoch if passes is None else min(per_epoch, passes)
+    return Estimate(
+        model=cfg.model.name,
+        method=cfg.method.name,
+        device=dev,
+        total_params=shape.total,
+        trainable_params=shape.trainable,
+        batch=b,
+        length=length,
+        breakdown=breakdown,
+        peak=int(peak),
+        step_s=step_s,
+        steps_per_epoch=steps,
+        notes=notes,
+    )
+
+
+def _flops_per_token(shape: Any, cfg: RunConfig, length: int) -> float:
+    matmul = shape.total - shape.embedding - (shape.trainable if cfg.method.name != "full" else 0)
+    if cfg.model.task != "causal-lm":
+        matmul -= shape.vocab * shape.hidden if shape.kind == "decoder" else 0
+    attention = 4 * shape.layers * length * shape.heads * shape.head_dim / 2  # causal: half the scores
+    forward = 2 * matmul + attention
+    passes = 3.0 if cfg.method.name == "full" else 2.0
+    if cfg.train.gradient_checkpointing:
+        passes += 1
+    adapter = 0.0 if cfg.method.name == "full" else 6.0 * shape.trainable
+    return forward * passes + adapter
+
+
+def _zero_stage(cfg: RunConfig) -> int | None:
+    ds = cfg.train.deepspeed
+    if ds is None:
+        return None
+    m = re.match(r"zero(\d)", ds)
+    return int(m.group(1)) if m else None
+
+
+def resolve_device(device: Device | str | None) -> Device:
+    if isinstance(device, Device):
+        return device
+    if device is None:
+        return detect_device()
+    if device == "cpu":
+        return Device("CPU", "cpu", available_cpu_memory(), cpu_flops())
+    return parse_gpu(device)
+
+
+def _dataset_manifest(cfg: RunConfig) -> dict[str, Any] | None:
+    from pathlib import Path
+
+    from tuneforge.artifacts import DatasetDir
+
+    if cfg.data.path and DatasetDir.is_dataset(Path(cfg.data.path)):
+        return DatasetDir(Path(cfg.data.path)).manifest
+    return None
+
+
+def check_fits(
+    cfg: RunConfig, manifest: dict[str, Any] | None = None, *, processes: int = 1, where: str = "memory check"
+) -> Estimate | None:
+    """Refuse, before the model loads, a run whose estimated peak exceeds this machine's memory.
+
+    Returns the estimate (None when the model cannot be sized offline: loading will say why). The message
+    holds the numbers and what to change; `tuneforge train --ignore-memory-check` tries anyway.
+    """
+    try:
+        est = estimate(cfg, device=detect_device(measure_flops=False), manifest=manifest, processes=processes)
+    except TuneforgeError:
+        return None
+    except Exception as err:  # a model the estimate cannot size must not stop a run that may well fit
+        print(f"memory check skipped: {type(err).__name__}: {str(err)[:200]}", file=sys.stderr)
+        return None
+    dev = est.device
+    if dev.kind == "cpu":
+        # The processes of one machine share its memory.
+        dev = Device(dev.name, dev.kind, dev.memory // max(processes, 1), dev.flops)
+        est.device = dev
+    if est.fits:
+        return est
+    raise TuneforgeError(
+        "this run is estimated to need more memory than this machine has:\n  " + "\n  ".join(est.lines()),
+        where=where,
+        fix="; ".join(suggestions(cfg, est))
+        + " (see `tuneforge estimate CONFIG`; `tuneforge train --ignore-memory-check` tries anyway)",
+    )
+
+
+def suggestions(cfg: RunConfig, est: Estimate) -> list[str]:
+    """What would shrink the largest terms of this estimate, biggest first."""
+    out = []
+    t = cfg.train
+    big = est.breakdown["activations"] + est.breakdown["logits"]
+    if big > est.breakdown["gradients"] and t.batch_size > 1:
+        out.append(
+            f"a smaller micro-batch: train.batch_size={max(1, t.batch_size // 2)} "
+            f"train.gradient_accumulation_steps={t.gradient_accumulation_steps * 2} (same effective batch)"
+        )
+    if est.breakdown["activations"] > est.breakdown["weights"] / 4 and not t.gradient_checkpointing:
+        out.append("train.gradient_checkpointing=true")
+    if est.length > 256:
+        out.append(f"a shorter model.max_length (now {cfg.model.max_length}, peak rows {est.length} tokens)")
+    if cfg.method.name == "full":
+        out.append("method.name=lora (no gradients or optimizer state for the frozen weights)")
+    if cfg.method.name in ("lora", "dora") and est.device.kind == "cuda":
+        out.append("method.name=qlora (4-bit base weights)")
+    if t.optimizer == "adamw" and est.device.kind == "cuda" and est.breakdown["optimizer"] > GIB:
+        out.append("train.optimizer=adamw-8bit")
+    return out or ["a smaller model"]
+
+
+def measure(cfg: RunConfig, steps: int = 3, timeout: float = 3600) -> dict[str, Any]:
+    """Train `steps` real steps in a subprocess (temporary output dir) and read its peak memory and time.
+
+    On CPU the peak is the growth of resident memory above an idle process that imported the same libraries,
+    which is what the estimate predicts; on CUDA `torch.cuda.max_memory_allocated`, from the run manifest.
+    """
+    import json
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="tuneforge-measure-") as tmp:
+        raw = cfg.to_dict()
+        raw["train"] |= {"output_dir": str(Path(tmp) / "run"), "max_steps": steps, "eval_every": 0}
+        raw["train"] |= {"save_every": 0, "progress": False, "eval_max_examples": 1, "log_to": []}
+        path = Path(tmp) / "measure.yaml"
+        path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        command = [sys.executable, "-m", "tuneforge", "train", str(path), "--ignore-memory-check"]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+        if done.returncode:
+            raise TuneforgeError(f"the measuring run failed:\n{done.stderr[-2000:]}", where="--measure")
+        m = json.loads((Path(tmp) / "run" / "manifest.json").read_text(encoding="utf-8"))
+    base = 0
+    import torch
+
+    if not torch.cuda.is_available():
+        code = (
+            "import resource, torch, transformers, peft, accelerate, tuneforge.train.run;"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+        )
+        idle = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
+        base = int(idle.stdout.strip().splitlines()[-1])
+    return {
+        "peak": int(m["peak_memory_bytes"]) - base,
+        "step_s": float(m["train_time_s"]) / max(int(m["step"]), 1),
+        "baseline": base,
+    }

@@ -1,0 +1,310 @@
+"""Which model, which method, which settings: ranked, estimated run configs from a dataset and a device.
+
+The rules are plain functions of the dataset manifest (format, size, token lengths, labels) and the
+device; each recommendation carries the reasons it was made, and the README's "Choosing a model" section lists
+the rules with their sources. `defaults_for` applies the same rules to the keys a user left unset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneforge.config import RunConfig, config_from_dict
+from tuneforge.models.catalog import CatalogModel, catalog, find
+from tuneforge.models.estimate import GIB, Device, Estimate, estimate
+
+SMALL_DATA = 10_000  # below this many examples: adapters, not full fine-tuning (LoRA, QLoRA papers)
+LARGE_DATA = 100_000  # from here full fine-tuning can pay off (Biderman et al. 2024), memory permitting
+MEMORY_MARGIN = 0.85  # plan for 85% of the device: fragmentation, evaluation, longer-than-seen rows
+EFFECTIVE_BATCH = 16
+CPU_DECODER = "builtin:smollm2-135m-instruct"
+CPU_ENCODER = "builtin:minilm-l6"
+
+
+@dataclass
+class Recommendation:
+    model: str
+    method: str
+    config: dict[str, Any]
+    estimate: Estimate
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def hours(self) -> float | None:
+        epoch = self.estimate.epoch_s
+        return None if epoch is None else epoch * float(self.config["train"]["epochs"]) / 3600
+
+
+def epochs_for(rows: int, task: str) -> int:
+    """Small sets need more passes (Mosbach et al. 2021); large ones one or two (QLoRA: 1 epoch on OASST1)."""
+    if task != "causal-lm":
+        return 10 if rows < 1_000 else 5 if rows < SMALL_DATA else 3
+    return 3 if rows < SMALL_DATA else 2 if rows < LARGE_DATA else 1
+
+
+def max_length_for(manifest: dict[str, Any], task: str, context: int) -> int:
+    """The 99th percentile of the training lengths plus the template, rounded up to 64, within the context."""
+    stats = (manifest.get("token_lengths") or {}).get("train") or {}
+    p99 = int(stats.get("p99", stats.get("max", 448)))
+    extra = 32 if task == "causal-lm" else 2
+    return int(min(context, 4096, max(64, math.ceil((p99 + extra) / 64) * 64)))
+
+
+def learning_rate(method: str, task: str, params: int) -> float:
+    """Full encoder fine-tuning 5e-5 (BERT); adapters 2e-4, 1e-4 beyond 20B (QLoRA); encoder adapters 5e-4."""
+    if method == "full":
+        return 5e-5 if task != "causal-lm" else 1e-5
+    if task != "causal-lm":
+        return 5e-4
+    return 1e-4 if params > 20e9 else 2e-4
+
+
+def build_config(
+    dataset: str, model: str, method: str, task: str, manifest: dict[str, Any], context: int, params: int
+) -> dict[str, Any]:
+    """A complete run config for one recommendation (what the user can `tuneforge train`)."""
+    rows = int((manifest.get("splits") or {}).get("train") or 0)
+    epochs = epochs_for(rows, task)
+    method_section: dict[str, Any] = {"name": method}
+    if method != "full":
+        r = 16 if task == "causal-lm" else 8
+        method_section |= {"r": r, "alpha": 2 * r}
+    train: dict[str, Any] = {
+        "output_dir": f"runs/{model.split('/')[-1].removeprefix('builtin:')}-{method}",
+        "epochs": epochs,
+        "batch_size": 8,
+        "learning_rate": learning_rate(method, task, params),
+        "warmup_ratio": 0.06,
+    }
+    if task != "causal-lm":
+        train |= {"metric_for_best": "accuracy" if task == "classification" else "loss"}
+        train |= {"early_stopping_patience": 3, "weight_decay": 0.01}
+    return {
+        "data": {"path": dataset},
+        "model": {"name": model, "task": task, "max_length": max_length_for(manifest, task, context)},
+        "method": method_section,
+        "train": train,
+    }
+
+
+def fit_batch(cfg: RunConfig, device: Device, manifest: dict[str, Any]) -> Estimate | None:
+    """The largest micro-batch (a power of two up to 8; accumulation keeps the effective batch) that fits.
+
+    The transient terms grow linearly with the micro-batch, so two estimates (1 and 8 rows) locate it;
+    a third confirms it. Gradient checkpointing is switched on when even one row does not fit.
+    """
+    budget = int(device.memory * MEMORY_MARGIN)
+
+    def at(batch: int) -> Estimate:
+        cfg.train.batch_size = batch
+        cfg.train.gradient_accumulation_steps = max(1, EFFECTIVE_BATCH // batch)
+        return estimate(cfg, device=device, manifest=manifest)
+
+    one = at(1)
+    if one.peak > budget:
+        cfg.train.gradient_checkpointing = True
+        one = at(1)
+        if one.peak > budget:
+            return None
+    per_row = (at(8).peak - one.peak) / 7
+    batch = 8
+    while batch > 1 and one.peak + (batch - 1) * per_row > budget:
+        batch //= 2
+    return one if batch == 1 else at(batch)
+
+
+def _candidates(task: str, device: Device, commercial: bool) -> list[CatalogModel]:
+    kind = "decoder" if task == "causal-lm" else "encoder"
+    pool = [m for m in catalog() if m.kind == kind and (m.commercial or not commercial)]
+    if device.kind == "cpu":  # beyond a few hundred million parameters a CPU step takes minutes
+        pool = [m for m in pool if m.params <= 4e8]
+    return sorted(pool, key=lambda m: -m.params)
+
+
+def _model_id(m: CatalogModel) -> str:
+    return m.builtin or m.hub_id
+
+
+def recommend(
+    dataset: str,
+    manifest: dict[str, Any],
+    device: Device,
+    *,
+    budget_hours: float | None = None,
+    commercial: bool = False,
+    limit: int = 3,
+) -> list[Recommendation]:
+    """A ranked short list for this dataset on this device (best first), each estimated and explained."""
+    fmt = manifest.get("format")
+    rows = int((manifest.get("splits") or {}).get("train") or 0)
+    labels = manifest.get("labels") or []
+    task = {"classification": "classification", "regression": "regression"}.get(str(fmt), "causal-lm")
+    out: list[Recommendation] = []
+    if task != "causal-lm":
+        out += _heads(dataset, manifest, device, task, rows, labels, commercial, budget_hours)
+    heads = len(out)
+    out += _decoders(dataset, manifest, device, task, rows, commercial, budget_hours, limit)
+    if 0 < heads < len(out):
+        ratio = out[heads].estimate.step_s / out[0].estimate.step_s
+        out[0].reasons.append(f"{ratio:.0f}x less compute per step than {out[heads].model} with a head")
+    return out[:limit]
+
+
+def _within_budget(rec: Recommendation, budget_hours: float | None) -> bool:
+    if budget_hours is None or rec.hours is None or rec.hours <= budget_hours:
+        return True
+    # Fewer epochs first: the budget decides how many passes the data gets.
+    epochs = math.floor(budget_hours / rec.hours * float(rec.config["train"]["epochs"]))
+    if epochs < 1:
+        return False
+    rec.config["train"]["epochs"] = epochs
+    rec.reasons.append(f"{epochs} epoch(s) to stay within the {budget_hours:g} h budget")
+    return True
+
+
+def _try(
+    dataset: str, m: CatalogModel, method: str, task: str, manifest: dict[str, Any], device: Device
+) -> Recommendation | None:
+    per_weight = {"full": 16, "qlora": 0.6}.get(method, 2)  # a lower bound, before the (slower) estimate
+    if m.params * per_weight > device.memory:
+        return None
+    raw = build_config(dataset, _model_id(m), method, task, manifest, m.context, m.params)
+    cfg = config_from_dict(raw)
+    est = fit_batch(cfg, device, manifest)
+    if est is None:
+        return None
+    raw["train"] |= {"batch_size": cfg.train.batch_size}
+    raw["train"] |= {"gradient_accumulation_steps": cfg.train.gradient_accumulation_steps}
+    if cfg.train.gradient_checkpointing:
+        raw["train"]["gradient_checkpointing"] = True
+    return Recommendation(_model_id(m), method, raw, est)
+
+
+def _heads(
+    dataset: str,
+    manifest: dict[str, Any],
+    device: Device,
+    task: str,
+    rows: int,
+    labels: list[str],
+    commercial: bool,
+    budget: float | None,
+) -> list[Recommendation]:
+    """Encoders with a head: the first choice for classification and regression."""
+    names = ["minilm-l6"] if device.kind == "cpu" else ["deberta-v3-base", "modernbert-base", "minilm-l12"]
+    method = "full" if rows < SMALL_DATA or device.kind == "cuda" else "lora"
+    out = []
+    for name in names:
+        m = find(name)
+        if m is None or (commercial and not m.commercial):
+            continue
+        rec = _try(dataset, m, method, task, manifest, device)
+        if rec is None or not _within_budget(rec, budget):
+            continue
+        what = f"classification with {len(labels)} labels" if task == "classification" else "regression"
+        rec.reasons.append(
+            f"{what}: an encoder with a head ({m.params / 1e6:.0f}M parameters) is the cheap, "
+            "accurate choice; fine-tuned encoders match or beat LLMs on such tasks"
+        )
+        rec.reasons.append(
+            f"{rows:,} examples: full fine-tuning of a small encoder at lr 5e-5 with early stopping"
+            if method == "full"
+            else f"{rows:,} examples on a CPU: LoRA (r=8) with the head trained"
+        )
+        out.append(rec)
+    return out
+
+
+def _decoders(
+    dataset: str,
+    manifest: dict[str, Any],
+    device: Device,
+    task: str,
+    rows: int,
+    commercial: bool,
+    budget: float | None,
+    limit: int,
+) -> list[Recommendation]:
+    """The largest decoders that fit (LoRA, else QLoRA on a GPU), then full fine-tuning for large sets."""
+    out: list[Recommendation] = []
+    pool = _candidates("causal-lm", device, commercial)
+    if device.kind == "cpu":
+        pool = [m for m in pool if m.builtin] or pool  # offline and small
+    for m in pool:
+        methods = ["lora"] + (["qlora"] if device.kind == "cuda" else [])
+        for method in methods:
+            rec = _try(dataset, m, method, task, manifest, device)
+            if rec is None or not _within_budget(rec, budget):
+                continue
+            size = f"{rows:,} examples"
+            rec.reasons.append(
+                f"{size}: LoRA, not full fine-tuning (matches full fine-tuning with far fewer trainable "
+                "parameters and does not overfit a small set)"
+                if rows < LARGE_DATA
+                else f"{size}: adapters train fast; full fine-tuning may gain a little at this size"
+            )
+            if method == "qlora":
+                rec.reasons.append(
+                    f"{device.memory / GIB:.0f} GiB {device.name}: QLoRA (4-bit base) is what makes "
+                    f"{m.params / 1e9:.1f}B fit"
+                )
+            else:
+                rec.reasons.append(f"the largest catalog model whose LoRA run fits {device.name}")
+            if task != "causal-lm":
+                rec.reasons.append(
+                    "a decoder with a head: more knowledge, many times the compute of an encoder"
+                )
+            out.append(rec)
+            break
+        if len(out) >= (1 if task != "causal-lm" else limit - 1):
+            break
+    if task == "causal-lm" and rows >= LARGE_DATA and out:
+        small = find("qwen2.5-0.5b") if device.kind == "cuda" else find("smollm2-135m")
+        if small is not None:
+            rec = _try(dataset, small, "full", task, manifest, device)
+            if rec is not None and _within_budget(rec, budget):
+                rec.reasons.append(f"{rows:,} examples: enough data for full fine-tuning of a small model")
+                out.append(rec)
+    return out
+
+
+def defaults_for(cfg: RunConfig, manifest: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """Settings the rules above choose for this task, model and dataset, for the dotted keys not in `given`.
+
+    `given` holds the keys the user set (a ConfigSource's lines and overrides). Applying the result to the
+    config before training (and printing it) gives a user who wrote only data, model.name and model.task the
+    recipe `recommend` would write: e.g. encoder classification on 1,500 examples gets lr 5e-4 with LoRA
+    (5e-5 full), 5 epochs and early stopping on validation accuracy.
+    """
+    task = cfg.model.task
+    rows = int((manifest.get("splits") or {}).get("train") or 0)
+    entry = find(cfg.model.name)
+    params = entry.params if entry is not None else 0
+    chosen: dict[str, Any] = {
+        "train.epochs": epochs_for(rows, task),
+        "train.learning_rate": learning_rate(cfg.method.name, task, params),
+    }
+    if task != "causal-lm":
+        has_validation = bool((manifest.get("splits") or {}).get("validation"))
+        if has_validation:
+            chosen["train.early_stopping_patience"] = 3
+            if task == "classification":
+                chosen["train.metric_for_best"] = "accuracy"
+        chosen["train.warmup_ratio"] = 0.06
+        if cfg.method.name != "full":
+            chosen["method.r"] = 8
+            chosen["method.alpha"] = 16
+    if manifest.get("token_lengths"):
+        context = entry.context if entry is not None else 4096
+        chosen["model.max_length"] = max_length_for(manifest, task, context)
+    return {k: v for k, v in chosen.items() if k not in given}
+
+
+def describe_defaults(cfg: RunConfig, manifest: dict[str, Any], chosen: dict[str, Any]) -> str:
+    """One line for the start of a run: which defaults, for what."""
+    rows = int((manifest.get("splits") or {}).get("train") or 0)
+    kind = "encoder" if cfg.model.task != "causal-lm" else "causal-lm"
+    settings = ", ".join(f"{k}={v}" for k, v in chosen.items())
+    return f"defaults for {kind} {cfg.model.task}, {rows:,} examples: {settings}"

@@ -1,0 +1,163 @@
+"""The estimate: counted activations against a real forward, the memory terms, refusal before launch, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.tiny import sentiment_rows, write_csv
+from tuneforge.config import MethodConfig, ModelConfig, config_from_dict
+from tuneforge.errors import TuneforgeError
+from tuneforge.models import estimate as est
+from tuneforge.models.shape import build_meta, saved_activation_bytes
+
+CPU = est.Device("test CPU", "cpu", 64 * 2**30, 1e10)
+
+
+def real_saved_bytes(path: Path, method: str, batch: int, length: int) -> int:
+    """What autograd saves in a real CPU forward, counted once per storage (the independent measurement)."""
+    from tuneforge.models import load_model
+    from tuneforge.models.methods import apply_method
+
+    model = apply_method(load_model(ModelConfig(name=str(path))), MethodConfig(name=method), "causal-lm")
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    ids = torch.randint(3, 300, (batch, length))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_activations_counted_on_meta_match_a_real_forward(tiny_llama: Path, method: str) -> None:
+    shape = build_meta(ModelConfig(name=str(tiny_llama)), MethodConfig(name=method), dtype=torch.float32)
+    inside, outside = saved_activation_bytes(shape, 4, 64)
+    real = real_saved_bytes(tiny_llama, method, 4, 64)
+    assert inside + outside == pytest.approx(real, rel=0.1)
+    assert inside > outside  # the blocks hold most of it
+
+
+def run_cfg(tmp_path: Path, model: Path, **train: object) -> dict:
+    data = write_csv(tmp_path / "data.csv", sentiment_rows(30))
+    return {
+        "data": {
+            "path": str(data),
+            "format": "classification",
+            "min_examples": 5,
+            "output_dir": str(tmp_path / "ds"),
+        },
+        "model": {"name": str(model), "max_length": 64, "dtype": "float32"},
+        "method": {"name": "full"},
+        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 4, "progress": False, **train},
+    }
+
+
+def test_full_fine_tuning_terms_follow_adamw(tmp_path: Path, tiny_llama: Path) -> None:
+    cfg = config_from_dict(run_cfg(tmp_path, tiny_llama))
+    e = est.estimate(cfg, device=CPU)
+    n = e.total_params
+    assert e.trainable_params == n
+    assert e.breakdown["trainable"] == 4 * n and e.breakdown["gradients"] == 4 * n
+    assert e.breakdown["optimizer"] == 2 * 4 * n and e.breakdown["weights"] == 0
+    # logits: (B, T, V) copies at max_length (a raw file: no real lengths yet)
+    assert e.length == 64 and e.breakdown["logits"] == 4 * 64 * 384 * (3 * 4 + 3 * 4)
+    targets = est.estimate(cfg, device=CPU, logits="targets")
+    assert targets.breakdown["logits"] == 4 * 64 * 384 * (4 + 3 * 4)
+    cfg.train.gradient_checkpointing = True
+    assert est.estimate(cfg, device=CPU).breakdown["activations"] < e.breakdown["activations"]
+
+
+def test_lengths_come_from_the_dataset_manifest(tmp_path: Path, tiny_llama: Path) -> None:
+    cfg = config_from_dict(run_cfg(tmp_path, tiny_llama))
+    manifest = {
+        "format": "chat",
+        "splits": {"train": 1000},
+        "token_lengths": {"train": {"count": 1000, "total": 40_000, "max": 20, "p90": 10}},
+    }
+    peak, typical, rows = est.sequence_lengths(cfg, manifest)
+    assert (peak, typical, rows) == (20 + est.TEMPLATE_TOKENS, 10 + est.TEMPLATE_TOKENS, 1000)
+    e = est.estimate(cfg, device=CPU, manifest=manifest)
+    assert e.length == 52 and e.steps_per_epoch == 250
+    cfg.model.max_length = 16
+    assert est.sequence_lengths(cfg, manifest)[:2] == (16, 16)
+
+
+def test_gpu_declarations() -> None:
+    assert est.parse_gpu("24GB").memory == 24e9
+    h100 = est.parse_gpu("h100")
+    assert (h100.name, h100.memory, h100.kind) == ("H100", 80e9, "cuda")
+    with pytest.raises(TuneforgeError, match="unknown GPU 'B9000'"):
+        est.parse_gpu("B9000")
+
+
+def test_qlora_counts_four_bit_weights() -> None:
+    base = {"model": {"name": "llama-3.1-8b"}, "train": {"batch_size": 1}, "method": {"name": "lora"}}
+    lora = est.estimate(config_from_dict(base), device="H100")
+    q = est.estimate(config_from_dict({**base, "method": {"name": "qlora"}}), device="H100")
+    assert lora.breakdown["weights"] == 8_030_261_248 * 2  # bf16 on an H100
+    # NF4 (0.5625 bytes with its constants) for the 32 x 7 block projections; embeddings, lm_head stay bf16.
+    linear = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    assert q.breakdown["weights"] == int(linear * 0.5625 + (8_030_261_248 - linear) * 2)
+    assert lora.trainable_params == q.trainable_params == 41_943_040  # r=16 on all 7 projections x 32 layers
+
+
+def test_train_refuses_a_run_that_cannot_fit_before_anything_is_written(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneforge.train import train
+
+    monkeypatch.setattr(est, "available_cpu_memory", lambda: 8 * 2**20)  # an 8 MiB machine
+    cfg = config_from_dict(run_cfg(tmp_path, tiny_llama))
+    with pytest.raises(TuneforgeError) as err:
+        train(cfg)
+    text = err.value.render()
+    assert "estimated to need more memory than this machine has" in text
+    assert "of 0.0 GiB on CPU: does NOT fit" in text and "optimizer" in text
+    assert "train.batch_size=2 train.gradient_accumulation_steps=2" in text
+    assert "method.name=lora" in text and "--ignore-memory-check" in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_estimate_cli(tmp_path: Path, tiny_llama: Path, cli) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(run_cfg(tmp_path, tiny_llama)))
+    done = cli("estimate", str(path), "--gpu", "L4")
+    assert done.returncode == 0, done.stderr
+    assert "GiB on L4: fits" in done.stdout and "per step" in done.stdout
+    bad = cli("estimate", str(path), "--gpu", "L4", "--device", "cpu")
+    assert bad.returncode != 0 and "give --gpu or --device, not both" in bad.stderr
+
+
+@pytest.mark.slow
+def test_estimate_within_20_percent_of_measured_cpu_peak(tmp_path: Path) -> None:
+    """3 real steps of a small Llama (packed text, so every row is max_length long) against the estimate."""
+    from bench.estimate_calibration import make_small_llama, write_corpus
+
+    model = make_small_llama(tmp_path / "model")
+    raw = {
+        "data": {"path": str(write_corpus(tmp_path / "c.txt", 300)), "format": "text", "dedup": "none"},
+        "model": {"name": str(model), "max_length": 256, "dtype": "float32"},
+        "method": {"name": "lora"},
+        # 16 rows: activations, not the (noisy, ~±30 MiB) fixed costs of a process, make most of the peak.
+        "train": {"output_dir": str(tmp_path / "run"), "batch_size": 16, "progress": False},
+    }
+    raw["data"]["output_dir"] = str(tmp_path / "ds")
+    cfg = config_from_dict(raw)
+    got = est.measure(cfg)
+    e = est.estimate(cfg, device="cpu")
+    assert e.peak == pytest.approx(got["peak"], rel=0.2), (
+        e.peak >> 20,
+        got["peak"] >> 20,
+        got["baseline"] >> 20,
+    )

@@ -107,7 +107,7 @@ def _check_replaceable(out_dir: Path, force: bool) -> None:
             fix="import the filled sheets first, or pass --force to export again",
         )
     sheets = out_dir / "sheets"
-    ours = re.compile(r"rater-\d+\.(csv|jsonl)")
+    ours = re.compile(r"rater-\d+\.(csv|jsonl)|\.tuneforge")  # .tuneforge: atomic_dir's marker
     foreign = (
         sorted(p.name for p in sheets.iterdir() if not ours.fullmatch(p.name)) if sheets.is_dir() else []
     )

@@ -183,6 +183,86 @@ def config_keys() -> None:
     console.print(table)
 
 
+@app.command()
+def serve(
+    targets: Annotated[
+        list[str], typer.Argument(help="Run directories (adapters of one base) or a model folder / built-in.")
+    ],
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A YAML file whose serve: section sets the options.")
+    ] = None,
+    keys: Annotated[Path | None, typer.Option(help="API keys file (default: serve.keys_file).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Allow binding beyond localhost without API keys.")] = False,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="serve.key=value, e.g. --set serve.log_db=null.")
+    ] = None,
+) -> None:
+    """Runs → an OpenAI-compatible HTTP server (chat, completions, classify, streaming, keys, metrics)."""
+    from tuneforge.serve.server import run_server
+
+    cfg = _serve_config(config, overrides)
+    updates: dict[str, Any] = {"host": host, "port": port, "keys_file": str(keys) if keys else None}
+    for name, value in updates.items():
+        if value is not None:
+            setattr(cfg, name, value)
+    run_server(list(targets), cfg, insecure=insecure)
+
+
+def _serve_config(config: Path | None, overrides: list[str] | None) -> Any:
+    from tuneforge.config import load_config
+
+    bad = [o for o in overrides or [] if not o.startswith("serve.")]
+    if bad:
+        raise TuneforgeError(
+            f"{bad[0]} is not a serve option", where="--set", fix="use --set serve.KEY=VALUE"
+        )
+    cfg, _ = load_config(config, overrides)
+    return cfg.serve
+
+
+keys_app = typer.Typer(help="API keys of the server: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+KeysFile = Annotated[Path | None, typer.Option("--keys", help="Keys file (default: serve.keys_file).")]
+
+
+def _key_file(path: Path | None) -> Any:
+    from tuneforge.config import ServeConfig
+    from tuneforge.serve.keys import KeyFile
+
+    return KeyFile(path or ServeConfig().keys_file)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who the key is for.")], keys: KeysFile = None
+) -> None:
+    """A new API key; the key is printed once and only its hash is stored."""
+    file = _key_file(keys)
+    plain = file.create(name)
+    err_console.print(f"key {name!r} created in {file.path}; it is shown once, store it now:")
+    print(plain)
+
+
+@keys_app.command("list")
+def keys_list(keys: KeysFile = None) -> None:
+    """Names, creation times and revocations (never the keys)."""
+    table = Table()
+    for col in ("name", "created", "revoked"):
+        table.add_column(col)
+    for k in _key_file(keys).load():
+        table.add_row(k.name, k.created, k.revoked or "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")], keys: KeysFile = None) -> None:
+    """Revoke a key (a running server notices at its next request)."""
+    _key_file(keys).revoke(name)
+    console.print(f"revoked {name!r}")
+
+
 def print_comparison(result: dict[str, Any]) -> None:
     """Base vs tuned metrics as a table."""
     tuned, base = result.get("tuned", {}), result.get("base")

@@ -208,6 +208,11 @@ def serve(
         if value is not None:
             setattr(cfg, name, value)
     run_server(list(targets), cfg, insecure=insecure)
+    # The log is flushed and the socket closed; skip the seconds the interpreter spends freeing the models
+    # (a process manager waiting on SIGTERM sees the exit at once).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _serve_config(config: Path | None, overrides: list[str] | None) -> Any:

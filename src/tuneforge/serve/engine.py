@@ -56,8 +56,6 @@ class Engine(Protocol):
 
 def resolve_targets(targets: list[str]) -> list[ServedModel]:
     """`tuneforge serve` arguments → the models to serve, checked before anything heavy is loaded."""
-    from tuneforge.train import reload_config
-
     served: list[ServedModel] = []
     for target in targets:
         path = Path(target).expanduser()
@@ -69,7 +67,7 @@ def resolve_targets(targets: list[str]) -> list[ServedModel]:
                     f"run {run.path} has not finished training (status: {m.get('status', 'unknown')})",
                     fix=f"finish it with: tuneforge train {run.config_path} --resume",
                 )
-            cfg = reload_config(run)
+            cfg = _run_config(run)
             kind: Kind = "generate" if cfg.model.task == "causal-lm" else "classify"
             adapter = path.resolve().name if m.get("saves_adapter", True) else None
             served.append(
@@ -95,6 +93,16 @@ def resolve_targets(targets: list[str]) -> list[ServedModel]:
             fix="serve runs whose directories have different names",
         )
     return served
+
+
+def _run_config(run: RunDir) -> RunConfig:
+    """The config a run was trained with (what train.reload_config does, without importing torch)."""
+    import yaml
+
+    from tuneforge.config import ConfigSource, config_from_dict
+
+    raw = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
+    return config_from_dict(raw, ConfigSource(run.config_path))
 
 
 def _plain_model(target: str) -> ServedModel:

@@ -268,6 +268,31 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")], ke
     console.print(f"revoked {name!r}")
 
 
+@app.command("export-model")
+def export_model(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    out: Annotated[Path, typer.Option("--out", help="The folder to write (a new one).")],
+    merge: Annotated[
+        bool, typer.Option(help="Merge the LoRA/DoRA/IA3 adapter into the base weights.")
+    ] = True,
+    dequantize: Annotated[
+        bool, typer.Option(help="QLoRA: merge into the base loaded in full precision.")
+    ] = False,
+    to: Annotated[
+        str, typer.Option("--to", help="hf (safetensors folder) or gguf (needs llama.cpp).")
+    ] = "hf",
+) -> None:
+    """A run → a plain Hugging Face model folder (adapter merged), ready for transformers, vLLM or the hub."""
+    from tuneforge.serve.export import export_model as run_export
+
+    manifest = run_export(run_dir, out, merge=merge, dequantize=dequantize, to=to)
+    what = "merged" if manifest["merged"] else "copied"
+    console.print(
+        f"[green]exported[/green] {out}  ({manifest['method']} {what}; "
+        f"probe logit difference {manifest['probe_max_abs_logit_diff']:.2g})"
+    )
+
+
 def print_comparison(result: dict[str, Any]) -> None:
     """Base vs tuned metrics as a table."""
     tuned, base = result.get("tuned", {}), result.get("base")

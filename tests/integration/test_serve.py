@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,8 @@ import torch
 
 from tests.conftest import run_cli
 from tests.tiny import sentiment_rows, write_csv
+from tuneforge.errors import TuneforgeError
+from tuneforge.serve.export import export_model
 
 RUN_CONFIG = """\
 data:
@@ -61,7 +64,7 @@ def free_port() -> int:
 
 
 def make_runs(root: Path, tiny_llama: Path) -> dict[str, Path]:
-    """Two chat adapters and a classification head, trained a few steps each on the tiny Llama."""
+    """Two chat adapters, a classification head and a prompt-tuning run on the tiny Llama (3 steps each)."""
     from tuneforge.config import load_config
     from tuneforge.data import prepare_dataset
     from tuneforge.train import train
@@ -72,11 +75,13 @@ def make_runs(root: Path, tiny_llama: Path) -> dict[str, Path]:
         ("support", "causal-lm", 0.05, 1),
         ("sales", "causal-lm", 0.05, 2),
         ("sentiment", "classification", 0.01, 3),
+        ("prompted", "causal-lm", 0.05, 4),
     ]:
         path = root / f"{name}.yaml"
-        path.write_text(
-            RUN_CONFIG.format(root=root, model=tiny_llama, task=task, name=name, lr=lr, seed=seed)
-        )
+        text = RUN_CONFIG.format(root=root, model=tiny_llama, task=task, name=name, lr=lr, seed=seed)
+        if name == "prompted":
+            text = text.replace("name: lora\n  r: 4\n  alpha: 8", "name: prompt-tuning")
+        path.write_text(text)
         cfg, source = load_config(path)
         prepare_dataset(cfg.data, model=cfg.model)
         runs[name] = train(cfg, source).path
@@ -149,7 +154,7 @@ def chat(client: openai.OpenAI, model: str, **kw: Any) -> Any:
 
 def test_models_are_the_runs_and_their_base(world) -> None:
     ids = {m.id: m for m in world["client"].models.list().data}
-    assert set(ids) == {"tiny-llama", "support", "sales", "sentiment"}
+    assert set(ids) == {"tiny-llama", "support", "sales", "sentiment", "prompted"}
 
 
 def test_chat_answers_like_the_adapter_loaded_directly(world) -> None:
@@ -168,6 +173,16 @@ def test_two_adapters_on_one_base_answer_differently(world) -> None:
     }
     assert len(set(answers.values())) == 3, answers
     assert answers["sales"] == _local_answer(world["runs"]["sales"], HELLO, 12)[0]
+
+
+def test_a_prompt_tuning_run_is_served_unmerged(world) -> None:
+    got = chat(world["client"], "prompted", max_tokens=10, temperature=0)
+    assert got.choices[0].message.content == _local_answer(world["runs"]["prompted"], HELLO, 10)[0]
+    chunks = list(chat(world["client"], "prompted", max_tokens=10, temperature=0, stream=True))
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == got.choices[0].message.content
+    )
 
 
 def test_a_request_cannot_bring_its_own_chat_template(world) -> None:
@@ -449,3 +464,79 @@ def test_startup_errors_are_one_line_and_non_zero(world, tmp_path: Path) -> None
             timeout=120,
         )
     assert r.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+TEXTS = ["my phone is broken", "great quick order, thanks"]
+
+
+def _adapter_logits(run: Path) -> torch.Tensor:
+    from tuneforge.artifacts import RunDir
+    from tuneforge.evaluation.run import load_tuned
+    from tuneforge.train import reload_config
+
+    rd = RunDir.open(run)
+    model, tok = load_tuned(rd, reload_config(rd))
+    with torch.inference_mode():
+        return model(**tok(TEXTS, padding=True, return_tensors="pt")).logits
+
+
+@pytest.mark.parametrize(
+    ("kind", "auto"),
+    [("support", "AutoModelForCausalLM"), ("sentiment", "AutoModelForSequenceClassification")],
+)
+def test_merged_export_reloads_in_plain_transformers_with_equal_logits(
+    world, tmp_path: Path, kind: str, auto: str
+) -> None:
+    import transformers
+
+    out = tmp_path / "merged"
+    export_model(world["runs"][kind], out)  # in-process: each CLI start costs seconds of imports
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not (out / "adapter_config.json").exists()
+    model = getattr(transformers, auto).from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    with torch.inference_mode():
+        merged = model(**tok(TEXTS, padding=True, return_tensors="pt")).logits
+    expected = _adapter_logits(world["runs"][kind])
+    mask = tok(TEXTS, padding=True, return_tensors="pt")["attention_mask"].bool()
+    if merged.dim() == 3:
+        merged, expected = merged[mask], expected[mask]
+    assert torch.allclose(merged, expected, atol=1e-4), (merged - expected).abs().max()
+    if kind == "support":
+        assert (out / "generation_config.json").is_file()
+        assert json.loads((out / "manifest.json").read_text())["merged"] is True
+
+
+def test_export_never_overwrites_a_foreign_folder_but_replaces_its_own(world, tmp_path: Path) -> None:
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(TuneforgeError, match="was not written by `tuneforge export-model`"):
+        export_model(world["runs"]["support"], foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    out = tmp_path / "exp"
+    export_model(world["runs"]["support"], out)
+    (out / "stale.txt").write_text("from before")
+    export_model(world["runs"]["support"], out)
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+
+
+def test_export_refusals_are_clear(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = run_cli("export-model", str(world["runs"]["prompted"]), "--out", str(tmp_path / "p"), cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "prompt-tuning learns virtual tokens" in r.stderr and "serve the run unmerged" in r.stderr
+    qlora = tmp_path / "qlora-run"
+    shutil.copytree(world["runs"]["support"], qlora)
+    cfg = (qlora / "config.yaml").read_text()
+    (qlora / "config.yaml").write_text(cfg.replace("name: lora", "name: qlora", 1))
+    with pytest.raises(TuneforgeError, match="merging into 4-bit weights") as err:
+        export_model(qlora, tmp_path / "q")
+    assert "--dequantize" in err.value.render()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    with pytest.raises(TuneforgeError, match=r"convert_hf_to_gguf\.py"):
+        export_model(world["runs"]["support"], tmp_path / "g", to="gguf")
+    for name in ("p", "q", "g"):
+        assert not (tmp_path / name).exists()

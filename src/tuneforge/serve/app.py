@@ -122,6 +122,16 @@ def create_app(state: AppState) -> Any:
             resp.headers["Retry-After"] = str(err.retry_after)
         return resp
 
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, err: Exception) -> JSONResponse:
+        import traceback
+
+        traceback.print_exception(err)  # a bug of ours: the traceback goes to the server's log
+        state.metrics.errors.labels("500").inc()
+        return _error(
+            500, f"internal error: {type(err).__name__}", code="internal_error", type_="server_error"
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         state.metrics.errors.labels("422").inc()

@@ -20,7 +20,14 @@ from typing import Any
 from tuneforge.config import ModelConfig, ServeConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.encode import encode_prompt
-from tuneforge.models.generate import DecodeBatch, Generation, GenerationSettings, StepEvent
+from tuneforge.models.generate import (
+    DecodeBatch,
+    Generation,
+    GenerationSettings,
+    StepEvent,
+    generate,
+    is_prompt_learning,
+)
 from tuneforge.serve.engine import ServedModel
 
 PROMPT_LEARNING = ("prompt-tuning", "prefix-tuning")
@@ -33,7 +40,42 @@ class _Slot:
     served: ServedModel
     model: Any
     tokenizer: Any
-    batch: DecodeBatch | None
+    batch: DecodeBatch | WholeAnswers | None
+
+
+@dataclass
+class _Waiting:
+    request_id: Any
+    prompt: list[int]
+    settings: GenerationSettings
+
+
+class WholeAnswers:
+    """DecodeBatch's interface for prompt/prefix-tuned models, answered through PEFT's generate.
+
+    PEFT re-injects the virtual tokens at every step, which the cached engine cannot do; such requests are
+    batched per step (same settings together) and each answer arrives as one event (one streamed chunk).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int) -> None:
+        self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
+        self.pending: list[_Waiting] = []
+        self.rows: list[_Waiting] = []
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def add(self, request_id: Any, prompt: list[int], settings: GenerationSettings) -> None:
+        self.pending.append(_Waiting(request_id, prompt, settings))
+
+    def cancel(self, request_id: Any) -> None:
+        self.pending = [w for w in self.pending if w.request_id != request_id]
+
+    def step(self) -> list[StepEvent]:
+        same = [w for w in self.pending if w.settings == self.pending[0].settings][: self.max_batch_size]
+        self.pending = [w for w in self.pending if w not in same]
+        gens = generate(self.model, self.tokenizer, [w.prompt for w in same], same[0].settings)
+        return [StepEvent(w.request_id, g.text, None, g) for w, g in zip(same, gens, strict=True)]
 
 
 class _Waiter:
@@ -67,13 +109,12 @@ class TransformersEngine:
     def _load(self, served: list[ServedModel]) -> None:
         from tuneforge.models import load_model, load_tokenizer
 
-        adapters = [s for s in served if s.kind == "generate" and s.adapter is not None]
-        for s in adapters:
-            if s.method in PROMPT_LEARNING:
-                raise TuneforgeError(
-                    f"run {s.name} uses {s.method}: the batching engine cannot serve virtual tokens yet",
-                    fix="serve a lora, dora or ia3 run (prompt/prefix tuning cannot be merged either)",
-                )
+        # Prompt/prefix tuning cannot share a PEFT model with weight adapters: those runs load on their own.
+        adapters = [
+            s
+            for s in served
+            if s.kind == "generate" and s.adapter is not None and s.method not in PROMPT_LEARNING
+        ]
         bases = sorted({s.base_path for s in adapters})
         if len(bases) > 1:
             raise TuneforgeError(
@@ -113,11 +154,11 @@ class TransformersEngine:
             self._add(s, m.eval(), tok)
 
     def _add(self, served: ServedModel, model: Any, tok: Any) -> None:
-        batch = (
-            DecodeBatch(model, tok, max_batch_size=self.cfg.max_batch_size)
-            if served.kind == "generate"
-            else None
-        )
+        batch: Any = None
+        if served.kind == "generate" and is_prompt_learning(model):
+            batch = WholeAnswers(model, tok, max_batch_size=self.cfg.max_batch_size)
+        elif served.kind == "generate":
+            batch = DecodeBatch(model, tok, max_batch_size=self.cfg.max_batch_size)
         self.slots[served.name] = _Slot(served, model, tok, batch)
 
     # -- Engine protocol ------------------------------------------------------------------------------------
@@ -186,8 +227,8 @@ class TransformersEngine:
 
     # -- the scheduler thread -------------------------------------------------------------------------------
 
-    def _batches(self) -> list[DecodeBatch]:
-        seen: dict[int, DecodeBatch] = {}
+    def _batches(self) -> list[DecodeBatch | WholeAnswers]:
+        seen: dict[int, DecodeBatch | WholeAnswers] = {}
         for s in self.slots.values():
             if s.batch is not None:
                 seen[id(s.batch)] = s.batch
@@ -214,9 +255,10 @@ class TransformersEngine:
             with self._adapter(slot):
                 events = slot.batch.step()
         except Exception as err:  # a failed forward fails its requests, not the server
-            for rid in [r.request_id for r in slot.batch.rows + slot.batch.pending]:
+            rows: list[Any] = [*slot.batch.rows, *slot.batch.pending]
+            for rid in [r.request_id for r in rows]:
                 slot.batch.cancel(rid)
-                waiter = self.waiters.get(int(rid))  # type: ignore[call-overload]
+                waiter = self.waiters.get(rid)
                 if waiter is not None:
                     waiter.put(err)
             return
@@ -226,13 +268,14 @@ class TransformersEngine:
                 waiter.put(event)
 
     def _adapter(self, slot: _Slot) -> contextlib.AbstractContextManager[Any]:
-        model = slot.model
-        if not hasattr(model, "peft_config"):
-            return contextlib.nullcontext()
-        if slot.served.adapter is None:
+        """Switch the shared PEFT model to this slot's adapter (or off, for the base)."""
+        model, adapter = slot.model, slot.served.adapter
+        adapters = getattr(model, "peft_config", {})
+        if adapter is not None and adapter in adapters:
+            model.set_adapter(adapter)
+        elif adapter is None and adapters:
             return model.disable_adapter()  # type: ignore[no-any-return]
-        model.set_adapter(slot.served.adapter)
-        return contextlib.nullcontext()
+        return contextlib.nullcontext()  # a model of its own: nothing to switch
 
     def _classify(self, slot: _Slot, texts: list[str]) -> list[dict[str, float]]:
         import torch

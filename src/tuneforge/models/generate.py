@@ -12,6 +12,7 @@ still transformers' own; only the scheduling around them is written here.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -102,6 +103,10 @@ class DecodeBatch:
         self.eos = eos_token_ids(model, tokenizer)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.max_positions = int(getattr(_config(model), "max_position_embeddings", 0) or 0)
+        # The prefill needs only the last position's logits: (B, V) instead of (B, T, V) through the LM head.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        takes = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self.last_logits_only: dict[str, Any] = {"logits_to_keep": 1} if takes else {}
         self.pending: list[_Row] = []
         self.rows: list[_Row] = []
         self.cache: Any = None
@@ -182,6 +187,7 @@ class DecodeBatch:
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
             use_cache=True,
+            **self.last_logits_only,
         )
         self._merge(joining, out.past_key_values, mask.to(device))
         return self._advance(joining, out.logits[:, -1, :])

@@ -3,7 +3,9 @@
 SmolLM2-135M-Instruct on CPU, the same chat prompts and greedy settings for both; prints generated tokens/s
 of each, their ratio (goal ≥ 4×) and whether every answer is identical token for token.
 
-    python bench/generate.py [--prompts 16] [--max-new-tokens 32] [--batch-size 16]
+    OMP_NUM_THREADS=1 python bench/generate.py [--prompts 16] [--max-new-tokens 32] [--batch-size 16]
+
+One thread on a shared machine: multi-threaded CPU GEMMs stall when their threads are descheduled.
 """
 
 from __future__ import annotations

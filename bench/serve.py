@@ -5,7 +5,9 @@ real `tuneforge serve builtin:smollm2-135m-instruct` process, driven by the offi
 threads at once. Prints generated tokens/s of each and their ratio (goal ≥ 4×), p50/p95 time to first token,
 and the server's peak RSS (VmHWM).
 
-    python bench/serve.py [--clients 16] [--max-new-tokens 32]
+    OMP_NUM_THREADS=1 python bench/serve.py [--clients 16] [--max-new-tokens 32]
+
+One thread per process on a shared machine: multi-threaded CPU GEMMs stall when their threads are descheduled.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import schemathesis
 import torch
+from hypothesis import HealthCheck, settings
 
 from tests.conftest import run_cli
 from tests.tiny import sentiment_rows, write_csv
@@ -370,6 +372,28 @@ def test_metrics_count_requests_tokens_and_errors(world) -> None:
     assert (
         "tuneforge_request_latency_seconds_bucket" in text and "tuneforge_time_to_first_token_seconds" in text
     )
+
+
+def test_fuzzed_requests_never_get_a_5xx(world) -> None:
+    """schemathesis cases from the server's own OpenAPI schema, a few per operation (pytest plugin not used:
+    it does not run under pytest 9)."""
+    from hypothesis import given
+
+    schema = schemathesis.openapi.from_url(f"{world['server'].url}/openapi.json")
+    headers = {"Authorization": f"Bearer {world['key']}"}
+    seen: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        def check(case: Any) -> None:
+            response = case.call(headers=headers, timeout=60)
+            assert response.status_code < 500, (case.path, case.body, response.text)
+
+        check()
+        seen.append(operation.label)
+    assert "POST /v1/chat/completions" in seen and len(seen) >= 8
 
 
 def test_feedback_and_disconnect_then_sigterm_mid_stream_finishes_and_flushes(world) -> None:

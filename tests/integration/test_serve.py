@@ -447,7 +447,8 @@ def test_feedback_and_disconnect_then_sigterm_mid_stream_finishes_and_flushes(wo
     assert any(r["status"] == 499 and r["model"] == "sales" for r in rows)
     assert {r["status"] for r in rows} >= {200, 400, 404, 429}
     fb = read_table(url, "feedback")
-    assert [(f["request_id"], f["rating"], f["key_name"]) for f in fb] == [(answer.id, 1, "alice")]
+    mine = [(f["rating"], f["key_name"], f["comment"]) for f in fb if f["request_id"] == answer.id]
+    assert mine == [(1, "alice", "mail me at a@b.com")]  # the fuzzing test above adds rows of its own
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health")
 

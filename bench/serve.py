@@ -80,6 +80,8 @@ def served(questions: list[str], max_new: int) -> tuple[int, float, list[float],
         "--set",
         "serve.log_db=null",
     ]
+    limits = [f"serve.max_concurrent_per_key={len(questions)}", f"serve.max_queue={len(questions)}"]
+    cmd += [arg for limit in limits for arg in ("--set", limit)]  # every client admitted at once
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     proc.stdout.readline()  # "serving ..." once the model is loaded

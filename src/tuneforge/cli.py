@@ -432,6 +432,116 @@ def final_validation(run: Any) -> str | None:
     return f"validation at step {chosen['step']} (the saved model): {numbers}"
 
 
+@app.command()
+def serve(
+    targets: Annotated[
+        list[str], typer.Argument(help="Run directories (adapters of one base) or a model folder / built-in.")
+    ],
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A YAML file whose serve: section sets the options.")
+    ] = None,
+    keys: Annotated[Path | None, typer.Option(help="API keys file (default: serve.keys_file).")] = None,
+    insecure: Annotated[bool, typer.Option(help="Allow binding beyond localhost without API keys.")] = False,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="serve.key=value, e.g. --set serve.log_db=null.")
+    ] = None,
+) -> None:
+    """Runs → an OpenAI-compatible HTTP server (chat, completions, classify, streaming, keys, metrics)."""
+    from tuneforge.serve.server import run_server
+
+    cfg = _serve_config(config, overrides)
+    updates: dict[str, Any] = {"host": host, "port": port, "keys_file": str(keys) if keys else None}
+    for name, value in updates.items():
+        if value is not None:
+            setattr(cfg, name, value)
+    run_server(list(targets), cfg, insecure=insecure)
+    # The log is flushed and the socket closed; skip the seconds the interpreter spends freeing the models
+    # (a process manager waiting on SIGTERM sees the exit at once).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _serve_config(config: Path | None, overrides: list[str] | None) -> Any:
+    from tuneforge.config import load_config
+
+    bad = [o for o in overrides or [] if not o.startswith("serve.")]
+    if bad:
+        raise TuneforgeError(
+            f"{bad[0]} is not a serve option", where="--set", fix="use --set serve.KEY=VALUE"
+        )
+    cfg, _ = load_config(config, overrides)
+    return cfg.serve
+
+
+keys_app = typer.Typer(help="API keys of the server: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+KeysFile = Annotated[Path | None, typer.Option("--keys", help="Keys file (default: serve.keys_file).")]
+
+
+def _key_file(path: Path | None) -> Any:
+    from tuneforge.config import ServeConfig
+    from tuneforge.serve.keys import KeyFile
+
+    return KeyFile(path or ServeConfig().keys_file)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who the key is for.")], keys: KeysFile = None
+) -> None:
+    """A new API key; the key is printed once and only its hash is stored."""
+    file = _key_file(keys)
+    plain = file.create(name)
+    err_console.print(f"key {name!r} created in {file.path}; it is shown once, store it now:")
+    print(plain)
+
+
+@keys_app.command("list")
+def keys_list(keys: KeysFile = None) -> None:
+    """Names, creation times and revocations (never the keys)."""
+    table = Table()
+    for col in ("name", "created", "revoked"):
+        table.add_column(col)
+    for k in _key_file(keys).load():
+        table.add_row(k.name, k.created, k.revoked or "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")], keys: KeysFile = None) -> None:
+    """Revoke a key (a running server notices at its next request)."""
+    _key_file(keys).revoke(name)
+    console.print(f"revoked {name!r}")
+
+
+@app.command("export-model")
+def export_model(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    out: Annotated[Path, typer.Option("--out", help="The folder to write (a new one).")],
+    merge: Annotated[
+        bool, typer.Option(help="Merge the LoRA/DoRA/IA3 adapter into the base weights.")
+    ] = True,
+    dequantize: Annotated[
+        bool, typer.Option(help="QLoRA: merge into the base loaded in full precision.")
+    ] = False,
+    to: Annotated[
+        str, typer.Option("--to", help="hf (safetensors folder) or gguf (needs llama.cpp).")
+    ] = "hf",
+) -> None:
+    """A run → a plain Hugging Face model folder (adapter merged), ready for transformers, vLLM or the hub."""
+    from tuneforge.serve.export import export_model as run_export
+
+    manifest = run_export(run_dir, out, merge=merge, dequantize=dequantize, to=to)
+    what = "merged" if manifest["merged"] else "copied"
+    console.print(
+        f"[green]exported[/green] {out}  ({manifest['method']} {what}; "
+        f"probe logit difference {manifest['probe_max_abs_logit_diff']:.2g})"
+    )
+
+
 def print_comparison(result: dict[str, Any]) -> None:
     """Base vs tuned metrics as a table."""
     tuned, base = result.get("tuned", {}), result.get("base")

@@ -301,6 +301,34 @@ class ServeConfig(Section):
     """Address the OpenAI-compatible server binds to."""
     port: int = Field(8000, ge=1, le=65535)
     """Port the server listens on."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """Generation engine: transformers (CPU and GPU, continuous batching) or vllm (CUDA, `[vllm]` extra)."""
+    keys_file: str = "~/.config/tuneforge/keys.json"
+    """API keys (hashed) made by `tuneforge keys create`; when it holds keys, every request needs one."""
+    log_db: str | None = "serve.sqlite"
+    """Request log: a SQLite file path or any SQLAlchemy URL (postgresql://...); null turns logging off."""
+    log_text: bool = True
+    """Keep prompts and answers in the request log (false: only ids, timings, token counts, status)."""
+    redact_pii: list[Literal["email", "url", "ip", "credit_card", "phone"]] = Field(default_factory=list)
+    """PII kinds replaced by placeholders in logged prompts and answers (the data stage's redaction)."""
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    """Largest request body accepted (413 above it), checked before the body is parsed or tokenized."""
+    max_prompt_tokens: int = Field(4096, ge=1)
+    """Longest prompt accepted (400 above it)."""
+    max_new_tokens: int = Field(512, ge=1)
+    """Most tokens one answer may ask for (max_tokens above it is refused with 400)."""
+    max_batch_size: int = Field(16, ge=1)
+    """Rows decoded together in one forward (continuous batching)."""
+    max_queue: int = Field(64, ge=1)
+    """Requests waiting or running at once; beyond it 429 with Retry-After."""
+    max_concurrent_per_key: int = Field(8, ge=1)
+    """Requests one API key may have in flight at once (429 beyond it)."""
+    request_timeout_s: float = Field(120.0, gt=0)
+    """A request still generating after this many seconds is stopped (504)."""
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    """On SIGTERM, how long in-flight requests may take to finish before the server exits."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """vllm engine: GPUs one model is split over."""
 
 
 class SearchParam(Section):

@@ -1,0 +1,1 @@
+"""Serve: run → OpenAI-compatible endpoint (engine, HTTP app, keys, limits, request log, export)."""

@@ -1,0 +1,462 @@
+"""The OpenAI-compatible HTTP app: request schemas and routes (the work is done by the engine).
+
+Chat templates come from the model folder only: no request field can supply one (template injection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneforge.config import ServeConfig
+from tuneforge.models.generate import Generation, GenerationSettings, StepEvent
+from tuneforge.serve.engine import Engine, error_body
+from tuneforge.serve.keys import KeyChecker
+from tuneforge.serve.limits import Admission, BodySizeLimit, LimitError, check_tokens
+from tuneforge.serve.metrics import ServerMetrics
+from tuneforge.serve.store import RequestLog
+
+Stop = str | Annotated[list[str], Field(max_length=4)] | None
+
+
+class _Request(BaseModel):
+    # Unknown OpenAI parameters (logprobs, penalties, user...) are accepted and ignored, as clients send them.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=8)
+    stop: Stop = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(_Request):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=16)]
+
+
+class ClassifyRequest(BaseModel):
+    model: str
+    input: str | Annotated[list[str], Field(min_length=1, max_length=64)]
+
+
+class FeedbackRequest(BaseModel):
+    request_id: str = Field(min_length=1, max_length=64)
+    rating: int = Field(ge=-1, le=5)
+    """-1/1 for thumbs down/up, or a 1-5 scale; 0 for a comment without a rating."""
+    comment: str | None = Field(None, max_length=10_000)
+
+
+@dataclass
+class AppState:
+    engine: Engine
+    cfg: ServeConfig
+    keys: KeyChecker
+    log: RequestLog | None
+    admission: Admission
+    metrics: ServerMetrics
+    shutting_down: bool = False
+    started: float = field(default_factory=time.time)
+
+
+def caller(request: Request) -> str:
+    """The API key's name (401 without a valid key once keys exist; "anonymous" while there are none)."""
+    keys = request.app.state.s.keys
+    name: str | None = keys.name_of(request.headers.get("authorization"))
+    if name is None and keys.required:
+        raise LimitError(
+            401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key"
+        )
+    return name or "anonymous"
+
+
+Caller = Annotated[str, Depends(caller)]
+
+
+def _error(status: int, message: str, *, code: str, type_: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse(error_body(message, type_=type_, code=code), status_code=status)
+
+
+def create_app(state: AppState) -> Any:
+    """The FastAPI app wrapped in the body-size guard (which runs before any parsing)."""
+    app = FastAPI(title="tuneforge", version="1")
+    app.state.s = state
+
+    @app.exception_handler(LimitError)
+    async def _limit(request: Request, err: LimitError) -> JSONResponse:
+        state.metrics.errors.labels(str(err.status)).inc()
+        if state.log is not None and request.url.path.startswith("/v1/"):
+            state.log.log_request(
+                id=f"err-{uuid.uuid4().hex}", endpoint=request.url.path, status=err.status, error=err.code
+            )
+        resp = _error(err.status, err.message, code=err.code)
+        if err.retry_after is not None:
+            resp.headers["Retry-After"] = str(err.retry_after)
+        return resp
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, err: Exception) -> JSONResponse:
+        import traceback
+
+        traceback.print_exception(err)  # a bug of ours: the traceback goes to the server's log
+        state.metrics.errors.labels("500").inc()
+        return _error(
+            500, f"internal error: {type(err).__name__}", code="internal_error", type_="server_error"
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        state.metrics.errors.labels("422").inc()
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}", code="invalid_request")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        if state.shutting_down:
+            return _error(503, "shutting down", code="shutting_down", type_="server_error")
+        return JSONResponse({"status": "ready", "models": list(state.engine.models)})
+
+    @app.get("/metrics")
+    async def metrics(_: Caller) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models(_: Caller) -> dict[str, Any]:
+        created = int(state.started)
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "tuneforge", "kind": m.kind}
+            for name, m in state.engine.models.items()
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, key: Caller) -> Response:
+        messages = [{"role": _role(m.role), "content": _text(m.content)} for m in body.messages]
+        max_new = body.max_completion_tokens or body.max_tokens or state.cfg.max_new_tokens
+        text = json.dumps(messages, ensure_ascii=False)
+        return await _answer(
+            state, "chat", body, key, max_new, lambda e: e.encode_chat(body.model, messages), text
+        )
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, key: Caller) -> Response:
+        if isinstance(body.prompt, list) and len(body.prompt) > 1:
+            raise LimitError(400, "one prompt per request (send several requests)", code="unsupported")
+        text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        max_new = body.max_tokens or 16  # OpenAI's default for completions
+        return await _answer(
+            state, "completion", body, key, max_new, lambda e: e.encode_text(body.model, text), text
+        )
+
+    @app.post("/v1/classify")
+    async def classify(body: ClassifyRequest, key: Caller) -> Response:
+        model = _model(state, body.model, "classify")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        state.admission.enter(key)
+        start = time.perf_counter()
+        try:
+            results = await state.engine.classify(body.model, texts)
+        finally:
+            state.admission.leave(key)
+        data = []
+        for i, probs in enumerate(results):
+            item: dict[str, Any] = {"index": i}
+            if model.labels:
+                item["label"] = max(probs, key=lambda k: probs[k])
+                item["probabilities"] = probs
+            else:
+                item["value"] = probs["value"]
+            data.append(item)
+        rid = f"cls-{uuid.uuid4().hex}"
+        _record(
+            state,
+            rid,
+            key,
+            body.model,
+            "classify",
+            200,
+            start,
+            prompt=json.dumps(texts),
+            response=json.dumps(data),
+        )
+        return JSONResponse({"id": rid, "object": "classification", "model": body.model, "data": data})
+
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackRequest, key: Caller) -> dict[str, Any]:
+        if state.log is not None:
+            state.log.log_feedback(
+                request_id=body.request_id, key_name=key, rating=body.rating, comment=body.comment
+            )
+        return {"status": "recorded" if state.log is not None else "logging is off"}
+
+    return BodySizeLimit(app, state.cfg.max_body_bytes), app
+
+
+def _role(role: str) -> str:
+    return "system" if role == "developer" else role
+
+
+def _text(content: str | list[TextPart]) -> str:
+    return content if isinstance(content, str) else "".join(p.text for p in content)
+
+
+def _model(state: AppState, name: str, kind: str) -> Any:
+    model = state.engine.models.get(name)
+    if model is None:
+        raise LimitError(
+            404, f"The model '{name}' does not exist; see GET /v1/models", code="model_not_found"
+        )
+    if model.kind != kind:
+        what = "generation" if kind == "generate" else "classification"
+        raise LimitError(
+            400, f"model '{name}' is a {model.kind} model, not a {what} model", code="wrong_model_kind"
+        )
+    return model
+
+
+async def _answer(
+    state: AppState, endpoint: str, body: _Request, key: str, max_new: int, encode: Any, text: str
+) -> Response:
+    """Common path of chat and completions: limits, encoding, generation (streamed or not), logging."""
+    _model(state, body.model, "generate")
+    cfg = state.cfg
+    if max_new > cfg.max_new_tokens:
+        check_tokens(
+            0, max_new, max_prompt=cfg.max_prompt_tokens, max_new_allowed=cfg.max_new_tokens, context=0
+        )
+    state.admission.enter(key)
+    start = time.perf_counter()
+    try:
+        prompt: list[int] = await asyncio.to_thread(encode, state.engine)
+        check_tokens(
+            len(prompt),
+            max_new,
+            max_prompt=cfg.max_prompt_tokens,
+            max_new_allowed=cfg.max_new_tokens,
+            context=state.engine.context_length(body.model),
+        )
+    except BaseException:
+        state.admission.leave(key)
+        raise
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    settings = [
+        GenerationSettings(
+            max_new, body.temperature, body.top_p, stops, None if body.seed is None else body.seed + i
+        )
+        for i in range(body.n)
+    ]
+    rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    run = _Run(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
+    if body.stream:
+        usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(run.sse(prompt, settings, usage), media_type="text/event-stream")
+    try:
+        async with asyncio.timeout(cfg.request_timeout_s):
+            gens = await asyncio.gather(*(state.engine.generate(body.model, prompt, s) for s in settings))
+    except TimeoutError:
+        run.finish(504, [], error="timeout")
+        raise LimitError(
+            504, f"the answer took longer than {cfg.request_timeout_s:g} s", code="timeout"
+        ) from None
+    finally:
+        state.admission.leave(key)
+    run.finish(200, gens)
+    return JSONResponse(run.body(gens))
+
+
+@dataclass
+class _Run:
+    """One generation request in flight: its response shapes and its log row."""
+
+    state: AppState
+    endpoint: str
+    model: str
+    rid: str
+    key: str
+    start: float
+    prompt_tokens: int
+    n: int
+    prompt_text: str
+    ttft: float | None = None
+
+    def _choice(self, i: int, text: str | None, reason: str | None, *, delta: bool) -> dict[str, Any]:
+        if self.endpoint == "completion":
+            return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": None}
+        key = "delta" if delta else "message"
+        content: dict[str, Any] = {} if text is None else {"content": text}
+        if not delta:
+            content = {"role": "assistant", "content": text or ""}
+        return {"index": i, key: content, "finish_reason": reason, "logprobs": None}
+
+    def _envelope(self, choices: list[dict[str, Any]], *, chunk: bool) -> dict[str, Any]:
+        obj = "chat.completion" if self.endpoint == "chat" else "text_completion"
+        return {
+            "id": self.rid,
+            "object": obj + (".chunk" if chunk and self.endpoint == "chat" else ""),
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+
+    def _usage(self, gens: list[Generation]) -> dict[str, int]:
+        done = sum(g.completion_tokens for g in gens)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": done,
+            "total_tokens": self.prompt_tokens + done,
+        }
+
+    def body(self, gens: list[Generation]) -> dict[str, Any]:
+        out = self._envelope(
+            [self._choice(i, g.text, g.finish_reason, delta=False) for i, g in enumerate(gens)], chunk=False
+        )
+        out["usage"] = self._usage(gens)
+        return out
+
+    async def sse(
+        self, prompt: list[int], settings: list[GenerationSettings], usage: bool
+    ) -> AsyncIterator[str]:
+        engine, state = self.state.engine, self.state
+        merged: asyncio.Queue[tuple[int, StepEvent | BaseException | None]] = asyncio.Queue()
+
+        async def pump(i: int, s: GenerationSettings) -> None:
+            try:
+                async for event in engine.stream(self.model, prompt, s):
+                    await merged.put((i, event))
+            except Exception as err:
+                await merged.put((i, err))
+
+        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(settings)]
+        gens: dict[int, Generation] = {}
+        status, error = 200, None
+        try:
+            if self.endpoint == "chat":
+                first = [
+                    self._choice(i, None, None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
+                    for i in range(self.n)
+                ]
+                yield _sse(self._envelope(first, chunk=True))
+            async with asyncio.timeout(state.cfg.request_timeout_s):
+                while len(gens) < self.n:
+                    i, item = await merged.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    assert item is not None
+                    if self.ttft is None:
+                        self.ttft = time.perf_counter() - self.start
+                    if item.delta:
+                        yield _sse(
+                            self._envelope([self._choice(i, item.delta, None, delta=True)], chunk=True)
+                        )
+                    if item.done is not None:
+                        gens[i] = item.done
+                        end = self._choice(
+                            i, None if self.endpoint == "chat" else "", item.done.finish_reason, delta=True
+                        )
+                        yield _sse(self._envelope([end], chunk=True))
+            if usage:
+                final = self._envelope([], chunk=True)
+                final["usage"] = self._usage(list(gens.values()))
+                yield _sse(final)
+            yield "data: [DONE]\n\n"
+        except TimeoutError:
+            status, error = 504, "timeout"
+            yield _sse(error_body("the answer took too long", type_="server_error", code="timeout"))
+        except asyncio.CancelledError:
+            status, error = 499, "client disconnected"
+            raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            state.admission.leave(self.key)
+            self.finish(status, [gens[i] for i in sorted(gens)], error=error, stream=True)
+
+    def finish(
+        self, status: int, gens: list[Generation], *, error: str | None = None, stream: bool = False
+    ) -> None:
+        state = self.state
+        latency = time.perf_counter() - self.start
+        m = state.metrics
+        m.requests.labels(self.endpoint, self.model, str(status)).inc()
+        m.latency.labels(self.endpoint).observe(latency)
+        if status >= 400:
+            m.errors.labels(str(status)).inc()
+        completion = sum(g.completion_tokens for g in gens)
+        m.tokens.labels(self.model, "prompt").inc(self.prompt_tokens)
+        m.tokens.labels(self.model, "completion").inc(completion)
+        if self.ttft is not None:
+            m.ttft.observe(self.ttft)
+        if state.log is not None:
+            state.log.log_request(
+                id=self.rid,
+                key_name=self.key,
+                model=self.model,
+                endpoint=self.endpoint,
+                status=status,
+                finish_reason=",".join(g.finish_reason for g in gens) or None,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=completion,
+                latency_ms=latency * 1000,
+                ttft_ms=None if self.ttft is None else self.ttft * 1000,
+                stream=stream,
+                prompt=self.prompt_text,
+                response=json.dumps([g.text for g in gens], ensure_ascii=False),
+                error=error,
+            )
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _record(
+    state: AppState, rid: str, key: str, model: str, endpoint: str, status: int, start: float, **row: Any
+) -> None:
+    state.metrics.requests.labels(endpoint, model, str(status)).inc()
+    state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+    if state.log is not None:
+        state.log.log_request(
+            id=rid,
+            key_name=key,
+            model=model,
+            endpoint=endpoint,
+            status=status,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            **row,
+        )

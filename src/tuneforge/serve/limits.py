@@ -1,0 +1,139 @@
+"""Request limits: body size (before parsing), token counts, per-key concurrency, a bounded queue, timeouts.
+
+Everything here answers with a 4xx a client can act on, before the model spends time on the request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class LimitError(Exception):
+    """A request refused by a limit; the app turns it into an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, *, code: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length or while it streams in.
+
+    Runs before FastAPI reads the body, so a multi-megabyte prompt is never parsed nor tokenized.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _too_large(send, self.max_bytes)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.max_bytes)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    import json
+
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"request body is larger than {limit} bytes (serve.max_body_bytes)",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "request_too_large",
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Admission:
+    """At most `max_queue` requests in the server and `per_key` per API key; beyond that 429 + Retry-After."""
+
+    def __init__(self, max_queue: int, per_key: int, retry_after: int = 1) -> None:
+        self.max_queue, self.per_key, self.retry_after = max_queue, per_key, retry_after
+        self.lock = threading.Lock()
+        self.total = 0
+        self.by_key: Counter[str] = Counter()
+
+    def enter(self, key: str) -> None:
+        with self.lock:
+            if self.total >= self.max_queue:
+                raise LimitError(
+                    429, "the server is busy; retry shortly", code="queue_full", retry_after=self.retry_after
+                )
+            if self.by_key[key] >= self.per_key:
+                raise LimitError(
+                    429,
+                    f"too many concurrent requests for this key (at most {self.per_key})",
+                    code="too_many_concurrent_requests",
+                    retry_after=self.retry_after,
+                )
+            self.total += 1
+            self.by_key[key] += 1
+
+    def leave(self, key: str) -> None:
+        with self.lock:
+            self.total -= 1
+            self.by_key[key] -= 1
+
+
+def check_tokens(
+    prompt_tokens: int, max_new: int, *, max_prompt: int, max_new_allowed: int, context: int
+) -> None:
+    """400 for a prompt or an answer length the deployment does not allow."""
+    if prompt_tokens > max_prompt:
+        raise LimitError(
+            400,
+            f"the prompt has {prompt_tokens} tokens; this server accepts at most {max_prompt}",
+            code="context_length_exceeded",
+        )
+    if max_new > max_new_allowed:
+        raise LimitError(
+            400, f"max_tokens is {max_new}; this server allows at most {max_new_allowed}", code="max_tokens"
+        )
+    if context and prompt_tokens + 1 > context:
+        raise LimitError(
+            400,
+            f"the prompt has {prompt_tokens} tokens; the model's context is {context}",
+            code="context_length_exceeded",
+        )

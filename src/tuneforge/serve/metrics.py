@@ -1,0 +1,35 @@
+"""Prometheus metrics of one server (its own registry, so several apps in one process do not collide)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class ServerMetrics:
+    def __init__(self, queue_depth: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tuneforge_requests", "Requests answered", ["endpoint", "model", "status"], registry=r
+        )
+        self.errors = Counter("tuneforge_errors", "Error responses by status code", ["code"], registry=r)
+        self.latency = Histogram(
+            "tuneforge_request_latency_seconds",
+            "Time from request to last byte",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tuneforge_time_to_first_token_seconds",
+            "Time from request to the first generated token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("tuneforge_tokens", "Tokens processed", ["model", "kind"], registry=r)
+        self.queue = Gauge("tuneforge_queue_depth", "Requests waiting or generating", registry=r)
+        self.queue.set_function(queue_depth)

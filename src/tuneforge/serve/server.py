@@ -1,0 +1,122 @@
+"""`tuneforge serve`: check everything cheap, bind the port, load the models, serve until SIGTERM.
+
+On SIGTERM uvicorn stops accepting, in-flight requests get `serve.shutdown_grace_s` to finish, then the
+request log is flushed and the process exits 0 (uvicorn would re-raise the signal and die of it: `_Server`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+from types import FrameType
+from typing import Any
+
+from tuneforge.config import ServeConfig
+from tuneforge.errors import TuneforgeError
+from tuneforge.serve.engine import resolve_targets
+from tuneforge.serve.keys import KeyChecker, KeyFile
+
+LOCAL_HOSTS = {"localhost"}
+
+
+def is_local(host: str) -> bool:
+    if host in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, opened before any model loads so a taken port fails in a second."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise TuneforgeError(
+            f"cannot listen on {host}:{port} ({err.strerror or err})",
+            where="serve.port",
+            fix="stop what uses the port or pick another with --port",
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_engine(targets: list[str], cfg: ServeConfig) -> Any:
+    served = resolve_targets(targets)
+    if cfg.engine == "vllm":
+        from tuneforge.serve.engine_vllm import VllmEngine
+
+        return VllmEngine(served, cfg)
+    from tuneforge.serve.engine_transformers import TransformersEngine
+
+    return TransformersEngine(served, cfg)
+
+
+def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) -> None:
+    import uvicorn
+
+    from tuneforge.serve.app import AppState, create_app
+    from tuneforge.serve.limits import Admission
+    from tuneforge.serve.metrics import ServerMetrics
+    from tuneforge.serve.store import RequestLog, database_url
+
+    checker = KeyChecker(KeyFile(cfg.keys_file))
+    if not checker.required and not is_local(cfg.host) and not insecure:
+        raise TuneforgeError(
+            f"refusing to serve on {cfg.host} without API keys (anyone who can reach it could use the model)",
+            where="serve.host",
+            fix="create a key first (tuneforge keys create NAME), bind to 127.0.0.1, or pass --insecure",
+        )
+    resolve_targets(targets)  # unknown or unfinished runs fail before the port and the weights
+    sock = bind(cfg.host, cfg.port)
+    engine = build_engine(targets, cfg)
+    log = None
+    if cfg.log_db:
+        log = RequestLog(database_url(cfg.log_db), keep_text=cfg.log_text, redact=list(cfg.redact_pii))
+    state = AppState(
+        engine=engine,
+        cfg=cfg,
+        keys=checker,
+        log=log,
+        admission=Admission(cfg.max_queue, cfg.max_concurrent_per_key),
+        metrics=ServerMetrics(lambda: float(engine.queue_depth())),
+    )
+    asgi, _ = create_app(state)
+    config = uvicorn.Config(
+        asgi,
+        log_level="warning",
+        timeout_graceful_shutdown=int(cfg.shutdown_grace_s) or None,
+        lifespan="off",
+    )
+    server = _Server(config, state)
+    print(f"serving {', '.join(engine.models)} on http://{cfg.host}:{cfg.port}/v1", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        engine.close()
+        if log is not None:
+            log.close()
+
+
+class _Server:
+    """uvicorn.Server whose SIGTERM ends in exit 0 after a graceful shutdown, marking /ready 503 at once."""
+
+    def __new__(cls, config: Any, state: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                state.shutting_down = True
+                if sig == signal.SIGTERM:
+                    self.should_exit = True  # not recorded: uvicorn would re-raise it after shutting down
+                    return
+                super().handle_exit(sig, frame)
+
+        return Server(config)

@@ -1,0 +1,106 @@
+"""The request log: rows arrive through the writer thread, all of them by close(); SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tuneforge.serve.store import RequestLog, database_url, read_table
+
+
+def _fill(log: RequestLog, n: int) -> None:
+    for i in range(n):
+        log.log_request(
+            id=f"r{i}",
+            key_name="alice",
+            model="support",
+            endpoint="chat",
+            status=200,
+            finish_reason="stop",
+            prompt_tokens=i,
+            completion_tokens=2 * i,
+            latency_ms=1.5,
+            prompt=f"mail me at x{i}@example.com",
+            response="call +1 415 555 0100",
+        )
+    log.log_feedback(request_id="r1", key_name="alice", rating=1, comment="reach me at bob@example.com")
+
+
+def test_every_row_is_written_by_close_with_pii_redacted(tmp_path: Path) -> None:
+    url = database_url(str(tmp_path / "log.sqlite"))
+    log = RequestLog(url, redact=["email", "phone"])
+    _fill(log, 300)
+    log.close()
+    rows = read_table(url)
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(300)]
+    assert rows[7]["prompt_tokens"] == 7 and rows[7]["completion_tokens"] == 14
+    assert "@" not in rows[3]["prompt"] and "555" not in rows[3]["response"]
+    fb = read_table(url, "feedback")
+    assert [(f["request_id"], f["rating"]) for f in fb] == [("r1", 1)] and "@" not in fb[0]["comment"]
+    assert log.dropped == 0
+
+
+def test_text_can_be_left_out_and_a_full_queue_never_blocks(tmp_path: Path) -> None:
+    url = database_url(str(tmp_path / "log.sqlite"))
+    log = RequestLog(url, keep_text=False, max_queue=1)
+    log.queue.put(None)  # the writer stops at once, so the queue fills and stays full
+    log.thread.join()
+    log.log_request(id="a", status=200, prompt="secret")
+    log.log_request(id="b", status=200)  # queue full: dropped and counted, the caller is not held up
+    assert log.dropped == 1
+    _, row = log.queue.get_nowait()  # type: ignore[misc]
+    assert row["prompt"] is None
+
+
+def test_plain_paths_become_sqlite_urls_and_urls_pass_through(tmp_path: Path) -> None:
+    assert database_url(str(tmp_path / "x.db")) == f"sqlite:///{tmp_path / 'x.db'}"
+    assert database_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL server (skipped where the binaries are not installed: Debian `postgresql`)."""
+    pg_ctl, initdb = shutil.which("pg_ctl"), shutil.which("initdb")
+    if not pg_ctl or not initdb:
+        pytest.skip("PostgreSQL binaries (pg_ctl, initdb) are not installed")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="tf-pg-"))
+    root.chmod(0o777)
+    data = root / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+    )
+    opts = f"-p {port} -k {root} -c listen_addresses=''"
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-w", "start", "-l", str(root / "log")],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_same_store_on_postgresql(postgres: str) -> None:
+    log = RequestLog(postgres, redact=["email"])
+    _fill(log, 20)
+    log.close()
+    rows = read_table(postgres)
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(20)] and "@" not in rows[0]["prompt"]
+    assert read_table(postgres, "feedback")[0]["rating"] == 1

@@ -207,6 +207,7 @@ def train(
         pad_id=int(tokenizer.pad_token_id),
         class_weights=weights,
         zero=zero,
+        pack_examples=cfg.train.pack_examples,
     )
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * loop.steps_per_epoch)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)

@@ -33,7 +33,7 @@ from tuneforge.models.collate import collate, target_count, token_count
 from tuneforge.models.encode import Example
 from tuneforge.models.lm_loss import full_logits_loss, summed_target_loss
 from tuneforge.models.packing import cannot_pack, enable_packed_attention, pack
-from tuneforge.train.batches import epoch_order, micro_batches
+from tuneforge.train.batches import GROUP_WINDOW, epoch_order, length_grouped_batches, micro_batches
 from tuneforge.train.checkpoint import TrainState
 from tuneforge.train.sharding import as_float
 from tuneforge.train.zero import ZeroStep
@@ -103,6 +103,7 @@ class Loop:
         class_weights: torch.Tensor | None = None,
         zero: ZeroStep | None = None,
         pack_examples: bool = False,
+        group_by_length: bool = False,
     ) -> None:
         self.acc = accelerator
         self.zero = zero
@@ -118,6 +119,8 @@ class Loop:
         self.pad_id = pad_id
         self.class_weights = class_weights
         self._order_epoch = -1
+        self.group_by_length = group_by_length
+        self._windows: dict[tuple[int, int], list[list[int]]] = {}
         # Packing (train.pack_examples) where it is exact for this model; `packing_off` says why it is not.
         unwrapped = accelerator.unwrap_model(model)
         self.packing_off = cannot_pack(unwrapped, task) if pack_examples else "train.pack_examples is false"
@@ -132,13 +135,32 @@ class Loop:
 
     def _step_batches(self, step: int) -> list[list[int]]:
         epoch, k = divmod(step, self.steps_per_epoch)
+        rank, world = self.acc.process_index, self.acc.num_processes
         if epoch != self._order_epoch:
-            order = epoch_order(len(self.examples), self.seed, epoch)
-            self._batches = micro_batches(
-                order, self.batch_size, self.acc.process_index, self.acc.num_processes
-            )
+            self._order = epoch_order(len(self.examples), self.seed, epoch)
+            self._batches = micro_batches(self._order, self.batch_size, rank, world)
             self._order_epoch = epoch
-        return self._batches[k * self.accumulation : (k + 1) * self.accumulation]
+        wanted = range(k * self.accumulation, (k + 1) * self.accumulation)
+        if not self.group_by_length:
+            return [self._batches[i] for i in wanted]
+        out = []
+        for i in wanted:
+            window, j = divmod(i, GROUP_WINDOW)
+            if (epoch, window) not in self._windows:
+                self._windows = {
+                    (epoch, window): length_grouped_batches(
+                        self._order,
+                        lambda x: len(self.examples[x]["input_ids"]),
+                        self.batch_size,
+                        window,
+                        seed=self.seed,
+                        epoch=epoch,
+                        rank=rank,
+                        world=world,
+                    )
+                }
+            out.append(self._windows[(epoch, window)][j])
+        return out
 
     def micro_batch(self, examples: list[Example]) -> dict[str, Any]:
         """The model inputs of a micro-batch on the device: one packed row, or right-padded rows."""

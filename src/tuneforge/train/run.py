@@ -208,6 +208,7 @@ def train(
         class_weights=weights,
         zero=zero,
         pack_examples=cfg.train.pack_examples,
+        group_by_length=cfg.train.group_by_length,
     )
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * loop.steps_per_epoch)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)

@@ -16,6 +16,8 @@ lever on its own, measured as tuneforge with only that lever changed (`--levers`
 
     python bench/train_speed.py [--steps 3] [--rounds 2] [--threads 1] [--levers all|none|a,b]
 
+`--rounds 0` measures only the levers (against one tuneforge run, without the baseline).
+
 Goal (CPU): >= 2.5x the baseline's useful tokens/s at <= 1/3 of its peak memory, same losses.
 """
 
@@ -281,7 +283,13 @@ def measure(
     cmd += ["--variant", json.dumps(variant), "--steps", str(steps), "--threads", str(threads)]
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)})
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=1200)
+    except subprocess.TimeoutExpired:
+        if fatal:
+            raise
+        print(f"  {name}: no result within 20 minutes", flush=True)
+        return None
     lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         if fatal:
@@ -301,7 +309,9 @@ def rates(result: dict[str, Any], per_step: list[dict[str, int]]) -> tuple[float
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=3, help="timed steps per run (one more runs as a warm-up)")
-    p.add_argument("--rounds", type=int, default=2, help="A/B alternations of baseline and tuneforge")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="A/B alternations of baseline and tuneforge (0: levers only)"
+    )
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of every run")
     p.add_argument("--levers", default="all", help="all, none, or comma-separated lever names (substrings)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -332,17 +342,22 @@ def main() -> None:
                 assert result is not None
                 results[name].append(result)
                 print(f"  round {r + 1}: {name} done", file=sys.stderr, flush=True)
-        report(results, steps)
+        if args.rounds:
+            report(results, steps)
+        else:  # levers only: one tuneforge run as their reference, no baseline
+            ref = measure(work, {}, "tuneforge", args.steps, args.threads)
+            assert ref is not None
+            results["tuneforge"].append(ref)
         chosen = {} if args.levers == "none" else LEVERS
         if args.levers not in ("all", "none"):
             wanted = args.levers.split(",")
             chosen = {k: v for k, v in LEVERS.items() if any(w in k for w in wanted)}
         if chosen:
-            base = statistics.median(rates(x, steps)[0] for x in results["hf"])
+            base = statistics.median(rates(x, steps)[0] for x in results["hf"]) if args.rounds else math.nan
             mine = statistics.median(rates(x, steps)[0] for x in results["tuneforge"])
             print(f"\nlevers, one run each ({'useful tokens/s':>15}, x HF, x tuneforge, peak RSS):")
-            for label, variant in chosen.items():
-                res = measure(work, variant, "lever", args.steps, args.threads, fatal=False)
+            for i, (label, variant) in enumerate(chosen.items()):
+                res = measure(work, variant, f"lever-{i}", args.steps, args.threads, fatal=False)
                 if res is None:
                     continue
                 useful = rates(res, steps)[0]

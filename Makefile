@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/prepare_memory.py
 	$(BIN)/python bench/fsdp_memory.py
+	$(BIN)/python bench/train_speed.py
 
 clean:
 	rm -rf $(VENV) runs datasets .pytest_cache .ruff_cache .mypy_cache

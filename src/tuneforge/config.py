@@ -224,6 +224,12 @@ class TrainConfig(Section):
     """Classification: weight the loss by inverse class frequency."""
     packing: bool = True
     """Text task: pack documents into full max_length blocks."""
+    pack_examples: bool = True
+    """Causal LM: run each micro-batch as one row of whole examples without padding, attention kept inside
+    each example (same loss per target token). Off by itself where not exact: prompt/prefix tuning, heads."""
+    group_by_length: bool = False
+    """Put examples of similar length in the same micro-batch (sorted within shuffled windows of 64 batches):
+    less padding where examples are not packed (heads, prompt/prefix tuning). Changes the data order."""
     max_bad_steps: int = Field(5, ge=1)
     """Consecutive NaN/inf steps tolerated before the run stops."""
     seed: int = 42

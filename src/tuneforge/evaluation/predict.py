@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from tuneforge.models.collate import collate, input_positions
+from tuneforge.models.collate import collate
 from tuneforge.models.encode import IGNORE, encode_chat, to_messages
+from tuneforge.models.lm_loss import target_logprobs
 
 
 @torch.no_grad()
@@ -42,17 +43,8 @@ def _sequence_logprobs(
     scores: list[float] = []
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size], pad_id)
-        ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        logits = input_positions(logits, ids)[:, :-1]  # (B, T-1, V)
-        labels = batch["labels"][:, 1:].to(model.device)  # (B, T-1)
-        taught = labels != IGNORE
-        # Softmax only where there is a target (a few answer tokens), not over every position's vocabulary.
-        logp = torch.log_softmax(logits[taught].float(), dim=-1)  # (N, V)
-        picked = logp.gather(-1, labels[taught].unsqueeze(-1)).squeeze(-1)  # (N,)
-        row = torch.arange(len(labels), device=labels.device).unsqueeze(1).expand_as(labels)[taught]
-        per_example = torch.zeros(len(labels), device=labels.device).index_add_(0, row, picked)
-        scores.extend(per_example.tolist())
+        # Only positions with a target (a few answer tokens) go through the output layer and the softmax.
+        scores.extend(target_logprobs(model, {k: v.to(model.device) for k, v in batch.items()}).tolist())
     return scores
 
 
@@ -87,11 +79,15 @@ def _can_share_prompt(model: Any) -> bool:
 
 def _cache_kwarg(model: Any) -> str | None:
     """The forward argument that takes a KV cache: `cache` in newer transformers, `past_key_values` before."""
+    return next((name for name in ("cache", "past_key_values") if _takes(model, name)), None)
+
+
+def _takes(model: Any, argument: str) -> bool:
+    """Whether the (base) model's forward has this argument."""
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
-    return next((name for name in ("cache", "past_key_values") if name in params), None)
+    return argument in inspect.signature(base.forward).parameters
 
 
 @torch.no_grad()
@@ -131,7 +127,9 @@ def _shared_prompt_logprobs(
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in group], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        # Only the last prompt position predicts anything here: project just that one (not (B, T, V)).
+        keep = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
         first_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
         for j in range(k):

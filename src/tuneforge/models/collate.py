@@ -41,6 +41,13 @@ def target_count(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["label"].shape[0])
 
 
+def token_count(batch: dict[str, torch.Tensor]) -> int:
+    """Real (non-padding) tokens of a padded or a packed micro-batch."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
 def input_positions(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """The LM logits of the input's own positions: (B, P+T, V) → (B, T, V).
 

@@ -31,9 +31,17 @@ import torch.nn.functional as F
 
 from tuneforge.config import TrainConfig
 from tuneforge.errors import TuneforgeError
-from tuneforge.models.collate import collate, input_positions, target_count
-from tuneforge.models.encode import IGNORE, Example
-from tuneforge.train.batches import epoch_order, micro_batches, steps_per_epoch
+from tuneforge.models.collate import collate, target_count, token_count
+from tuneforge.models.encode import Example
+from tuneforge.models.lm_loss import full_logits_loss, summed_target_loss
+from tuneforge.models.packing import cannot_pack, enable_packed_attention, pack
+from tuneforge.train.batches import (
+    GROUP_WINDOW,
+    epoch_order,
+    length_grouped_batches,
+    micro_batches,
+    steps_per_epoch,
+)
 from tuneforge.train.checkpoint import TrainState
 from tuneforge.train.engine import StepEngine
 
@@ -61,17 +69,19 @@ class StepResult:
 
 def batch_loss(
     model: Any, batch: dict[str, torch.Tensor], task: str, class_weights: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed loss of a micro-batch (divide by the target count to get the mean), and the logits."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed loss of a micro-batch (divide by the target count to get the mean), and the head's logits.
+
+    Causal LMs project only the positions that have a target through the output layer (models/lm_loss.py),
+    so no logits come back for them; a padded or a packed batch gives the same loss per target token.
+    """
     if task == "causal-lm":
-        # Position t predicts token t+1. Only positions with a target go through the softmax: in chat SFT
-        # most are masked, and a (B, T, vocab) float copy is the biggest tensor of the step.
-        shift_logits = input_positions(logits, batch["input_ids"])[:, :-1, :]  # (B, T-1, V)
-        shift_labels = batch["labels"][:, 1:]  # (B, T-1)
-        taught = shift_labels != IGNORE
-        loss = F.cross_entropy(shift_logits[taught].float(), shift_labels[taught], reduction="sum")  # (N, V)
-    elif task == "classification":
+        loss = summed_target_loss(model, batch)
+        if loss is None:  # prompt/prefix tuning, a distributed wrapper: the model's own forward
+            loss, _ = full_logits_loss(model, batch)
+        return loss, None
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    if task == "classification":
         loss = F.cross_entropy(
             logits.float(), batch["label"], weight=class_weights, reduction="sum"
         )  # (B, C)
@@ -103,6 +113,8 @@ class Loop:
         seed: int,
         pad_id: int,
         class_weights: torch.Tensor | None = None,
+        pack_examples: bool = False,
+        group_by_length: bool = False,
     ) -> None:
         self.acc = accelerator
         self.model = model
@@ -116,6 +128,14 @@ class Loop:
         self.pad_id = pad_id
         self.class_weights = class_weights
         self._order_epoch = -1
+        self.group_by_length = group_by_length
+        self._windows: dict[tuple[int, int], list[list[int]]] = {}
+        # Packing (train.pack_examples) where it is exact for this model; `packing_off` says why it is not.
+        unwrapped = accelerator.unwrap_model(model)
+        self.packing_off = cannot_pack(unwrapped, task) if pack_examples else "train.pack_examples is false"
+        self.packing = self.packing_off is None
+        if self.packing:
+            enable_packed_attention(unwrapped)
         self._batches: list[list[int]] = []
         self.steps_per_epoch = steps_per_epoch(
             len(train_examples), batch_size, accumulation, accelerator.num_processes
@@ -123,20 +143,43 @@ class Loop:
 
     def _step_batches(self, step: int) -> list[list[int]]:
         epoch, k = divmod(step, self.steps_per_epoch)
+        rank, world = self.acc.process_index, self.acc.num_processes
         if epoch != self._order_epoch:
-            order = epoch_order(len(self.examples), self.seed, epoch)
-            self._batches = micro_batches(
-                order, self.batch_size, self.acc.process_index, self.acc.num_processes
-            )
+            self._order = epoch_order(len(self.examples), self.seed, epoch)
+            self._batches = micro_batches(self._order, self.batch_size, rank, world)
             self._order_epoch = epoch
-        return self._batches[k * self.accumulation : (k + 1) * self.accumulation]
+        wanted = range(k * self.accumulation, (k + 1) * self.accumulation)
+        if not self.group_by_length:
+            return [self._batches[i] for i in wanted]
+        out = []
+        for i in wanted:
+            window, j = divmod(i, GROUP_WINDOW)
+            if (epoch, window) not in self._windows:
+                self._windows = {
+                    (epoch, window): length_grouped_batches(
+                        self._order,
+                        lambda x: len(self.examples[x]["input_ids"]),
+                        self.batch_size,
+                        window,
+                        seed=self.seed,
+                        epoch=epoch,
+                        rank=rank,
+                        world=world,
+                    )
+                }
+            out.append(self._windows[(epoch, window)][j])
+        return out
+
+    def micro_batch(self, examples: list[Example]) -> dict[str, Any]:
+        """The model inputs of a micro-batch on the device: one packed row, or right-padded rows."""
+        batch = pack(examples) if self.packing else collate(examples, self.pad_id)
+        return {k: v.to(self.acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def step(self, state: TrainState) -> StepResult:
         self.model.train()
         device = self.acc.device
         batches = [
-            {k: v.to(device) for k, v in collate([self.examples[i] for i in idx], self.pad_id).items()}
-            for idx in self._step_batches(state.step)
+            self.micro_batch([self.examples[i] for i in idx]) for idx in self._step_batches(state.step)
         ]
         local_targets = sum(target_count(b) for b in batches)
         # Every process divides by the global target count; DDP (and ZeRO) then average gradients over
@@ -153,7 +196,7 @@ class Loop:
         update = self.engine.update(loss)
         self.scheduler.step()  # even after a skip: see the module docstring
         # Tokens of the whole global batch, so metrics.jsonl reads the same whatever the process count.
-        local_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        local_tokens = sum(token_count(b) for b in batches)
         tokens = int(self.acc.reduce(torch.tensor(local_tokens, device=device), "sum").item())
         return StepResult(
             loss=loss,
@@ -184,14 +227,14 @@ class Loop:
         rounds = math.ceil(math.ceil(len(examples) / world) / batch_size)
         for r in range(rounds):
             part = mine[r * batch_size : (r + 1) * batch_size]
-            batch = collate([examples[i] for i in part or mine[-batch_size:] or [0]], self.pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = self.micro_batch([examples[i] for i in part or mine[-batch_size:] or [0]])
             with self.acc.autocast():
                 loss, logits = batch_loss(self.model, batch, self.task)
             if not part:
                 continue
             loss_sum += float(loss)
             if self.task == "classification":
+                assert logits is not None
                 correct += int((logits.argmax(-1) == batch["label"]).sum())
             targets += target_count(batch)
         totals = self.acc.reduce(torch.tensor([loss_sum, targets, correct], device=device), "sum").tolist()

@@ -230,6 +230,8 @@ def build_loop(
         seed=settings.seed,
         pad_id=int(tokenizer.pad_token_id),
         class_weights=weights,
+        pack_examples=settings.pack_examples,
+        group_by_length=settings.group_by_length,
     )
     return loop, scheduler, total_steps
 

@@ -43,7 +43,9 @@ def poison(
         if torch.is_grad_enabled() and current["step"] in loss_at:
             loss = loss * float("nan")
         if torch.is_grad_enabled() and current["step"] in grad_at:
-            logits.register_hook(lambda g: g * float("nan"))
+            # A finite loss whose gradient is NaN (causal LMs return no logits: only target positions are
+            # projected).
+            loss.register_hook(lambda g: g * float("nan"))
         return loss, logits
 
     monkeypatch.setattr(loop_module.Loop, "step", step)

@@ -42,6 +42,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/prepare_memory.py
 	$(BIN)/python bench/fsdp_memory.py
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/prepare_lengths.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/generate.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/serve.py
+	$(BIN)/python bench/estimate_calibration.py
 
 clean:
 	rm -rf $(VENV) runs datasets .pytest_cache .ruff_cache .mypy_cache

@@ -105,10 +105,12 @@ def _classify(
     probs: list[list[float]] | None = None
     extra: dict[str, Any] = {}
     if task == "classification":
-        probs = softmax(head_logits(model, tok, texts, max_len, bs)).tolist()
+        probs = softmax(head_logits(model, tok, texts, max_len, bs, cfg.data.truncation)).tolist()
     elif cfg.eval.decision == "score":
         probs = softmax(
-            label_logprobs(model, tok, texts, labels, cfg.data.prompt_template, max_len, bs)
+            label_logprobs(
+                model, tok, texts, labels, cfg.data.prompt_template, max_len, bs, cfg.data.truncation
+            )
         ).tolist()
     if probs is not None:
         pred: list[Any] = [labels[max(range(len(labels)), key=row.__getitem__)] for row in probs]
@@ -131,7 +133,12 @@ def _classify(
 
 def _regress(model: Any, tok: Any, records: list[dict[str, Any]], cfg: RunConfig) -> ModelEval:
     texts = [str(r.get("text", "")) for r in records]
-    values = [row[0] for row in head_logits(model, tok, texts, cfg.model.max_length, cfg.eval.batch_size)]
+    values = [
+        row[0]
+        for row in head_logits(
+            model, tok, texts, cfg.model.max_length, cfg.eval.batch_size, cfg.data.truncation
+        )
+    ]
     gold = [float(r["label"]) for r in records]
     per = {
         "squared_error": [(v - g) ** 2 for v, g in zip(values, gold, strict=True)],

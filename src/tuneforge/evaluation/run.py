@@ -145,7 +145,9 @@ def _threshold_optimizer(
     column = next(iter(groups))
     val = dataset.records("validation")
     texts = [str(r.get("text", "")) for r in val]
-    val_p = softmax(head_logits(model, tok, texts, cfg.model.max_length, cfg.eval.batch_size))[:, 1].tolist()
+    val_p = softmax(
+        head_logits(model, tok, texts, cfg.model.max_length, cfg.eval.batch_size, cfg.data.truncation)
+    )[:, 1].tolist()
     val_groups = [str(r.get(column, "(missing)")) for r in val]
     test_p = [row[1] for row in tuned.probs]
     gold_val, gold_test = [str(r["label"]) for r in val], [str(r["label"]) for r in records]

@@ -12,15 +12,27 @@ import torch
 
 from tuneforge.evaluation.predict import _can_share_prompt, _sequence_logprobs, _shared_prompt_logprobs
 from tuneforge.models.collate import collate
-from tuneforge.models.encode import IGNORE, encode_chat, to_messages
+from tuneforge.models.encode import IGNORE, encode_classification_prompt, encode_text
 
 
 def label_logprobs(
-    model: Any, tok: Any, texts: list[str], labels: list[str], template: str, max_length: int, batch_size: int
+    model: Any,
+    tok: Any,
+    texts: list[str],
+    labels: list[str],
+    template: str,
+    max_length: int,
+    batch_size: int,
+    truncation: str = "head",
 ) -> list[list[float]]:
-    """(N, K) log-likelihood of each label's whole answer after each prompt (the label-scoring rule)."""
+    """(N, K) log-likelihood of each label's whole answer after each prompt (the label-scoring rule).
+
+    An over-long text is cut the way training cut it (data.truncation), never the label being scored.
+    """
     examples = [
-        encode_chat(tok, to_messages({"text": t, "label": label}, labels, template), max_length)
+        encode_classification_prompt(
+            tok, t, label, labels=labels, template=template, max_length=max_length, truncation=truncation
+        )
         for t in texts
         for label in labels
     ]
@@ -34,14 +46,14 @@ def label_logprobs(
 
 @torch.no_grad()
 def head_logits(
-    model: Any, tok: Any, texts: list[str], max_length: int, batch_size: int
+    model: Any, tok: Any, texts: list[str], max_length: int, batch_size: int, truncation: str = "head"
 ) -> list[list[float]]:
     """(N, C) logits of a sequence-classification or regression head (C = 1 for regression)."""
     model.eval()
     out: list[list[float]] = []
     for start in range(0, len(texts), batch_size):
         enc = [
-            {"input_ids": tok(t, truncation=True, max_length=max_length)["input_ids"], "label": 0}
+            {"input_ids": encode_text(tok, t, max_length, truncation)[0], "label": 0}
             for t in texts[start : start + batch_size]
         ]
         batch = collate(enc, int(tok.pad_token_id))

@@ -409,7 +409,7 @@ def test_feedback_and_disconnect_then_sigterm_mid_stream_finishes_and_flushes(wo
         == 200
     )
     # A client that goes away after the first chunk: its generation stops (logged as 499).
-    gone = chat(client, "sales", stream=True, max_tokens=48, temperature=0)
+    gone = chat(client, "sales", stream=True, max_tokens=160, temperature=0)  # long: outlives the close
     next(iter(gone))
     gone.close()
     stream = chat(
@@ -543,9 +543,14 @@ def test_export_never_overwrites_a_foreign_folder_but_replaces_its_own(world, tm
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     out = tmp_path / "exp"
     export_model(world["runs"]["support"], out)
-    (out / "stale.txt").write_text("from before")
-    export_model(world["runs"]["support"], out)
-    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    first = (out / "model.safetensors").stat().st_mtime_ns
+    (out / "notes.txt").write_text("a file the user added")  # the folder is no longer only ours
+    with pytest.raises(TuneforgeError, match=r"holds files tuneforge did not write \(notes.txt\)"):
+        export_model(world["runs"]["support"], out)
+    assert (out / "notes.txt").read_text() == "a file the user added"
+    (out / "notes.txt").unlink()
+    export_model(world["runs"]["support"], out)  # our own export, untouched since: replaced as a whole
+    assert (out / "model.safetensors").stat().st_mtime_ns != first
 
 
 def test_export_refusals_are_clear(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,13 +51,12 @@ def loop(group: bool) -> Loop:
     return Loop(
         accelerator=accelerator,
         model=None,
-        optimizer=None,  # type: ignore[arg-type]
+        engine=None,  # type: ignore[arg-type]
         scheduler=None,
         train_examples=examples,
         task="classification",
         batch_size=4,
         accumulation=2,
-        max_grad_norm=None,
         seed=5,
         pad_id=0,
         group_by_length=group,

@@ -75,7 +75,9 @@ def train(
         check_fits(cfg, dataset.manifest, processes=plan.accelerator.num_processes)
     split_files = dataset.verified_split_hashes()
     # An output folder that may not be used, or a changed config or dataset: refused before the model loads.
-    check_output_dir(cfg, resume, overwrite)
+    # Only by the main process: it creates the folder, which another process checking later would then find.
+    if plan.is_main:
+        check_output_dir(cfg, resume, overwrite)
     if resume:
         check_resume(
             RunDir(Path(cfg.train.output_dir)), cfg, dataset.manifest.get("fingerprint"), force, split_files

@@ -78,7 +78,7 @@ def test_packed_row_gives_per_example_losses_and_gradients(model: Any) -> None:
     for e in exs:
         loss = plain_loss(model, collate([e], 0))
         loss.backward()
-        one_by_one.append(float(loss))
+        one_by_one.append(float(loss.detach()))
         per_example_grads.append(grads(model))
     expected_grads = {n: sum(g[n] for g in per_example_grads) for n in per_example_grads[0]}
 

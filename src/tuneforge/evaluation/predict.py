@@ -1,4 +1,4 @@
-"""Predictions from a base or tuned model: class heads, label scoring for causal LMs, and loss/perplexity."""
+"""Target log-probabilities without full-vocabulary logits: per sequence, shared-prompt, and LM loss."""
 
 from __future__ import annotations
 
@@ -8,30 +8,8 @@ from typing import Any
 import torch
 
 from tuneforge.models.collate import collate
-from tuneforge.models.encode import IGNORE, encode_chat, to_messages
+from tuneforge.models.encode import IGNORE
 from tuneforge.models.lm_loss import target_logprobs
-
-
-@torch.no_grad()
-def head_predictions(model: Any, tok: Any, texts: list[str], max_length: int, batch_size: int) -> list[Any]:
-    """Class ids (classification) or values (regression) from a sequence-classification head."""
-    model.eval()
-    out: list[Any] = []
-    for start in range(0, len(texts), batch_size):
-        enc = [
-            {"input_ids": tok(t, truncation=True, max_length=max_length)["input_ids"], "label": 0}
-            for t in texts[start : start + batch_size]
-        ]
-        batch = collate(enc, int(tok.pad_token_id))
-        logits = model(
-            input_ids=batch["input_ids"].to(model.device),
-            attention_mask=batch["attention_mask"].to(model.device),
-        ).logits  # (B, C)
-        if logits.shape[-1] == 1:
-            out.extend(logits.squeeze(-1).float().tolist())
-        else:
-            out.extend(logits.argmax(-1).tolist())
-    return out
 
 
 @torch.no_grad()
@@ -46,27 +24,6 @@ def _sequence_logprobs(
         # Only positions with a target (a few answer tokens) go through the output layer and the softmax.
         scores.extend(target_logprobs(model, {k: v.to(model.device) for k, v in batch.items()}).tolist())
     return scores
-
-
-def score_labels(
-    model: Any, tok: Any, texts: list[str], labels: list[str], template: str, max_length: int, batch_size: int
-) -> list[int]:
-    """Generative classification: the label whose whole answer (label + end of turn) is most likely wins.
-
-    Scoring every label is more robust than parsing free generation (an untuned model may ramble), and it is
-    the same decision rule for the base and the tuned model, so the comparison is fair.
-    """
-    examples = [
-        encode_chat(tok, to_messages({"text": t, "label": label}, labels, template), max_length)
-        for t in texts
-        for label in labels
-    ]
-    k = len(labels)
-    if _can_share_prompt(model):
-        scores = _shared_prompt_logprobs(model, examples, k, int(tok.pad_token_id), batch_size)
-    else:
-        scores = _sequence_logprobs(model, examples, int(tok.pad_token_id), batch_size)
-    return [max(range(k), key=lambda j: scores[i * k + j]) for i in range(len(texts))]
 
 
 def _can_share_prompt(model: Any) -> bool:

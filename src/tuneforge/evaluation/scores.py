@@ -1,6 +1,6 @@
 """Per-example raw scores (label log-likelihoods, head logits, answer losses) that metrics and tests share.
 
-`predict.py` decides (argmax); this module keeps the numbers behind each decision, which the calibration,
+`model_eval.py` decides (argmax); this module keeps the numbers behind each decision, which the calibration,
 the bootstrap intervals and the paired tests need.
 """
 

@@ -15,8 +15,8 @@ from tuneforge.evaluation.predict import (
     _can_share_prompt,
     _sequence_logprobs,
     _shared_prompt_logprobs,
-    score_labels,
 )
+from tuneforge.evaluation.scores import label_logprobs
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.models.encode import encode_chat, to_messages
 
@@ -78,7 +78,8 @@ def test_score_labels_picks_the_most_likely_answer(llama) -> None:  # type: igno
     labels = list(LABELS)
     full = _sequence_logprobs(model, examples(tok, labels), int(tok.pad_token_id), batch_size=64)
     expected = [max(range(3), key=lambda j: full[i * 3 + j]) for i in range(len(TEXTS))]
-    assert score_labels(model, tok, TEXTS, labels, TEMPLATE, 256, batch_size=6) == expected
+    scores = label_logprobs(model, tok, TEXTS, labels, TEMPLATE, 256, batch_size=6)
+    assert [max(range(3), key=row.__getitem__) for row in scores] == expected
 
 
 def test_prompt_learning_methods_do_not_share_a_cache(llama) -> None:  # type: ignore[no-untyped-def]

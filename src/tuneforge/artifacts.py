@@ -87,6 +87,15 @@ def read_json(path: Path) -> Any:
         raise TuneforgeError(f"{path} does not exist") from None
     except json.JSONDecodeError as err:
         raise TuneforgeError(f"not valid JSON: {err.msg}", where=f"{path}:{err.lineno}") from None
+    except RecursionError:
+        raise TuneforgeError("JSON nested too deeply to read", where=str(path), fix=_DEEP_FIX) from None
+
+
+# json.loads recurses once per nesting level; a hand-edited or hostile file nested thousands deep would
+# otherwise end the command with a RecursionError traceback instead of naming the file.
+_DEEP_FIX = (
+    "no tuneforge file nests more than a few levels: restore the file from the run or dataset that wrote it"
+)
 
 
 def fsync_tree(root: Path) -> None:
@@ -260,6 +269,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise TuneforgeError(f"not valid JSON: {err.msg}", where=f"{path}:{lineno}") from None
+            except RecursionError:
+                raise TuneforgeError(
+                    "JSON nested too deeply to read", where=f"{path}:{lineno}", fix=_DEEP_FIX
+                ) from None
     return rows
 
 

@@ -154,3 +154,14 @@ def test_an_empty_folder_made_for_the_output_is_used(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     publish(tmp_path / "out", {"a.txt": "1"})
     assert tree(tmp_path / "out")["a.txt"] == "1"
+
+
+@pytest.mark.parametrize("jsonl", [False, True])
+def test_deeply_nested_json_is_a_clear_error_naming_the_file(tmp_path: Path, jsonl: bool) -> None:
+    from tuneforge.artifacts import read_json, read_jsonl
+
+    p = tmp_path / ("rows.jsonl" if jsonl else "manifest.json")
+    p.write_text('{"ok": 1}\n' * jsonl + "[" * 200_000 + "]" * 200_000 + "\n")
+    with pytest.raises(TuneforgeError, match="nested too deeply") as err:
+        (read_jsonl if jsonl else read_json)(p)
+    assert err.value.where == (f"{p}:2" if jsonl else str(p))

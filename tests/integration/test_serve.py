@@ -396,6 +396,82 @@ def test_fuzzed_requests_never_get_a_5xx(world) -> None:
     assert "POST /v1/chat/completions" in seen and len(seen) >= 8
 
 
+def test_feedback_must_name_a_logged_request_even_one_still_streaming(world) -> None:
+    unknown = _post(world, "/v1/feedback", json={"request_id": "chatcmpl-never-served", "rating": 1})
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["error"] == {
+        "message": "no request with id 'chatcmpl-never-served' was logged by this deployment",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_not_found",
+    }
+    # The first chunk shows the id while the answer is still being generated: its row is not even queued.
+    stream = chat(world["client"], "sales", stream=True, max_tokens=30, temperature=0)
+    first = next(iter(stream))
+    live = _post(world, "/v1/feedback", json={"request_id": first.id, "rating": -1, "comment": "mid-stream"})
+    assert live.status_code == 200 and live.json() == {"status": "recorded"}
+    rest = list(stream)
+    assert {c.id for c in rest} == {first.id}
+    world["streamed_feedback_id"] = first.id
+
+
+def test_refused_requests_are_logged_with_what_is_known_never_the_key(world, tmp_path: Path) -> None:
+    """Own server and log, so the rows can be read after its shutdown flush (no polling)."""
+    db = tmp_path / "refused.sqlite"
+    server = Server(
+        tmp_path,
+        str(world["runs"]["support"]),
+        "--keys",
+        str(world["keys"].path),
+        "--set",
+        f"serve.log_db={db}",
+        "--set",
+        "serve.max_body_bytes=2000",
+        "--set",
+        "serve.max_prompt_tokens=20",
+    )
+    alice = {"Authorization": f"Bearer {world['key']}"}
+    secret = "tf-a-key-nobody-made"
+    cases = [  # (headers, body, expected status)
+        ({"Authorization": f"Bearer {secret}"}, {"model": "support", "messages": HELLO}, 401),
+        ({}, {"model": "support", "messages": HELLO}, 401),
+        (alice, {"model": "nope", "messages": HELLO}, 404),
+        (alice, {"model": "support", "messages": []}, 422),
+        (alice, {"model": "support", "messages": [{"role": "user", "content": "road " * 60}]}, 400),
+        (alice, {"model": "support", "messages": [{"role": "user", "content": "x" * 3000}]}, 413),
+    ]
+    try:
+        for headers, body, status in cases:
+            r = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+            assert r.status_code == status, r.text
+        garbled = httpx.post(
+            f"{server.url}/v1/completions",
+            content=b'{"model": "support", "prompt": ',
+            headers={**alice, "content-type": "application/json"},
+        )
+        assert garbled.status_code == 422
+    finally:
+        assert server.stop() == 0
+    from tuneforge.serve.store import read_table
+
+    rows = read_table(f"sqlite:///{db}")
+    got = [(r["status"], r["key_name"], r["model"], r["endpoint"], r["error"].split(":")[0]) for r in rows]
+    assert got == [
+        (401, None, "support", "chat", "invalid_api_key"),
+        (401, None, "support", "chat", "invalid_api_key"),
+        (404, "alice", "nope", "chat", "model_not_found"),
+        (422, "alice", "support", "chat", "invalid_request"),
+        (400, "alice", "support", "chat", "context_length_exceeded"),
+        (413, "alice", None, "chat", "request_too_large"),  # the body is never read: model unknown
+        (422, "alice", None, "completion", "invalid_request"),  # not JSON: model unknown
+    ]
+    assert rows[3]["error"] == (
+        "invalid_request: messages: List should have at least 1 item after validation, not 0"
+    )
+    stored = json.dumps([list(map(str, r.values())) for r in rows])
+    assert secret not in stored and world["key"] not in stored
+
+
 def test_feedback_and_disconnect_then_sigterm_mid_stream_finishes_and_flushes(world) -> None:
     """Last in the module: it stops the shared server."""
     client, server = world["client"], world["server"]
@@ -458,9 +534,14 @@ def test_feedback_and_disconnect_then_sigterm_mid_stream_finishes_and_flushes(wo
     if gone_row["finish_reason"] != "stop":
         assert gone_row["status"] == 499, gone_row
     assert {r["status"] for r in rows} >= {200, 400, 404, 429}
+    flooded = {(r["key_name"], r["model"], r["endpoint"]) for r in rows if r["status"] == 429}
+    assert flooded == {("alice", "support", "completion")}
     fb = read_table(url, "feedback")
     mine = [(f["rating"], f["key_name"], f["comment"]) for f in fb if f["request_id"] == answer.id]
     assert mine == [(1, "alice", "mail me at a@b.com")]  # the fuzzing test above adds rows of its own
+    streamed = world["streamed_feedback_id"]
+    assert [(f["rating"], f["comment"]) for f in fb if f["request_id"] == streamed] == [(-1, "mid-stream")]
+    assert by_id[streamed]["status"] == 200  # and the streamed request it names was logged after all
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health")
 

@@ -112,10 +112,14 @@ def create_app(state: AppState) -> Any:
 
     @app.exception_handler(LimitError)
     async def _limit(request: Request, err: LimitError) -> JSONResponse:
-        state.metrics.errors.labels(str(err.status)).inc()
-        if state.log is not None and request.url.path.startswith("/v1/"):
-            state.log.log_request(
-                id=f"err-{uuid.uuid4().hex}", endpoint=request.url.path, status=err.status, error=err.code
+        if not err.logged:
+            _refused(
+                state,
+                request.url.path,
+                request.headers.get("authorization"),
+                err.status,
+                f"{err.code}: {err.message}",
+                await _requested_model(request),
             )
         resp = _error(err.status, err.message, code=err.code)
         if err.retry_after is not None:
@@ -133,11 +137,19 @@ def create_app(state: AppState) -> Any:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        state.metrics.errors.labels("422").inc()
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return _error(422, f"{where}: {first.get('msg', 'invalid request')}", code="invalid_request")
+        message = f"{where}: {first.get('msg', 'invalid request')}"  # never the input: it may be secret
+        _refused(
+            state,
+            request.url.path,
+            request.headers.get("authorization"),
+            422,
+            f"invalid_request: {message}",
+            await _requested_model(request),
+        )
+        return _error(422, message, code="invalid_request")
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -218,13 +230,70 @@ def create_app(state: AppState) -> Any:
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, key: Caller) -> dict[str, Any]:
-        if state.log is not None:
-            state.log.log_feedback(
-                request_id=body.request_id, key_name=key, rating=body.rating, comment=body.comment
+        if state.log is None:
+            return {"status": "logging is off"}
+        known = await asyncio.to_thread(state.log.has_request, body.request_id)
+        if known is None:
+            raise LimitError(503, "the request log cannot be read right now; retry", code="log_unavailable")
+        if not known:
+            raise LimitError(
+                404,
+                f"no request with id {body.request_id!r} was logged by this deployment",
+                code="request_not_found",
             )
-        return {"status": "recorded" if state.log is not None else "logging is off"}
+        state.log.log_feedback(
+            request_id=body.request_id, key_name=key, rating=body.rating, comment=body.comment
+        )
+        return {"status": "recorded"}
 
-    return BodySizeLimit(app, state.cfg.max_body_bytes), app
+    def too_large(scope: Any) -> None:
+        auth = dict(scope.get("headers") or []).get(b"authorization")
+        reason = f"request_too_large: body over {state.cfg.max_body_bytes} bytes"
+        # The body is not read, so the model it names stays unknown.
+        _refused(state, scope.get("path", ""), auth.decode("latin-1") if auth else None, 413, reason, None)
+
+    return BodySizeLimit(app, state.cfg.max_body_bytes, too_large), app
+
+
+ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/classify": "classify",
+    "/v1/feedback": "feedback",
+    "/v1/models": "models",
+}
+"""Route → the endpoint name the request log and metrics use for it."""
+
+
+def _refused(
+    state: AppState, path: str, authorization: str | None, status: int, reason: str, model: str | None
+) -> None:
+    """Count and log a refused request with what is known of it: its key's name, never the key itself."""
+    state.metrics.errors.labels(str(status)).inc()
+    if state.log is None or not path.startswith("/v1/"):
+        return
+    keys = state.keys
+    key_name = keys.name_of(authorization) or (None if keys.required else "anonymous")
+    state.log.log_request(
+        id=f"err-{uuid.uuid4().hex}",
+        key_name=key_name,
+        model=model,
+        endpoint=ENDPOINTS.get(path, path[:64]),
+        status=status,
+        error=reason,
+    )
+
+
+async def _requested_model(request: Request) -> str | None:
+    """The `model` field of a JSON body FastAPI already read (None when it did not parse)."""
+    if request.method != "POST":
+        return None
+    try:
+        body = await request.json()  # cached by FastAPI's own read: the body is not received twice
+    except Exception:  # not JSON, or not UTF-8: the model stays unknown
+        return None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model[:200] if isinstance(model, str) else None  # the column's width
 
 
 def _role(role: str) -> str:
@@ -282,6 +351,8 @@ async def _answer(
     ]
     rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
     run = _Run(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
+    if state.log is not None:
+        state.log.remember(rid)  # a stream shows its id (for feedback) before its row is logged
     if body.stream:
         usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(run.sse(prompt, settings, usage), media_type="text/event-stream")
@@ -291,7 +362,7 @@ async def _answer(
     except TimeoutError:
         run.finish(504, [], error="timeout")
         raise LimitError(
-            504, f"the answer took longer than {cfg.request_timeout_s:g} s", code="timeout"
+            504, f"the answer took longer than {cfg.request_timeout_s:g} s", code="timeout", logged=True
         ) from None
     finally:
         state.admission.leave(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ model:
   name: {model}
   task: {task}
   max_length: 128
+  dtype: {dtype}
 method:
   name: lora
   r: 4
@@ -65,7 +67,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_runs(root: Path, tiny_llama: Path) -> dict[str, Path]:
+def make_runs(root: Path, tiny_llama: Path, dtype: str = "auto") -> dict[str, Path]:
     """Two chat adapters, a classification head and a prompt-tuning run on the tiny Llama (3 steps each)."""
     from tuneforge.config import load_config
     from tuneforge.data import prepare_dataset
@@ -80,7 +82,9 @@ def make_runs(root: Path, tiny_llama: Path) -> dict[str, Path]:
         ("prompted", "causal-lm", 0.05, 4),
     ]:
         path = root / f"{name}.yaml"
-        text = RUN_CONFIG.format(root=root, model=tiny_llama, task=task, name=name, lr=lr, seed=seed)
+        text = RUN_CONFIG.format(
+            root=root, model=tiny_llama, task=task, name=name, lr=lr, seed=seed, dtype=dtype
+        )
         if name == "prompted":
             text = text.replace("name: lora\n  r: 4\n  alpha: 8", "name: prompt-tuning")
         path.write_text(text)
@@ -91,27 +95,31 @@ def make_runs(root: Path, tiny_llama: Path) -> dict[str, Path]:
 
 
 class Server:
-    """A `tuneforge serve` subprocess on a free port."""
+    """A `tuneforge serve` subprocess on a free port (stderr to a file: a chatty engine never blocks)."""
 
     def __init__(self, root: Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuneforge", "serve", *args, "--port", str(self.port)],
-            cwd=root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # printed once the models are loaded and the port is bound
-        if "serving" not in line:
-            self.proc.kill()
-            raise RuntimeError(
-                f"server did not start: {line}{self.proc.stderr.read() if self.proc.stderr else ''}"
+        self.log = root / f"server-{self.port}.log"
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tuneforge", "serve", *args, "--port", str(self.port)],
+                cwd=root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
             )
+        assert self.proc.stdout is not None
+        # "serving ..." is printed once the models are loaded and the port is bound; stdout ends if it dies.
+        lines = []
+        for line in self.proc.stdout:
+            lines.append(line)
+            if line.startswith("serving "):
+                return
+        self.proc.kill()
+        raise RuntimeError(f"server did not start: {''.join(lines)}{self.log.read_text()}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -563,6 +571,11 @@ def test_startup_errors_are_one_line_and_non_zero(world, tmp_path: Path) -> None
             str(tmp_path / "none.json"),
         ],
     }
+    vllm_args = [str(run), "--set", "serve.engine=vllm", "--keys", str(tmp_path / "none.json")]
+    if importlib.util.find_spec("vllm") is None:
+        cases["serve.engine: serve.engine=vllm needs vLLM, which is not installed"] = vllm_args
+    elif not torch.cuda.is_available():
+        cases["serve.engine: serve.engine=vllm needs a CUDA GPU and this machine has none"] = vllm_args
     for expected, args in cases.items():
         r = run_cli("serve", *args, cwd=tmp_path, timeout=120)
         assert r.returncode != 0
@@ -582,6 +595,37 @@ def test_startup_errors_are_one_line_and_non_zero(world, tmp_path: Path) -> None
             timeout=120,
         )
     assert r.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+def test_vllm_plan_of_real_runs_and_what_must_be_merged_first(
+    world, tiny_llama: Path, tmp_path: Path
+) -> None:
+    """What the vllm engine would load, decided without vLLM (the GPU tests run it)."""
+    from tuneforge.serve.engine import resolve_targets
+    from tuneforge.serve.engine_vllm import plan_vllm
+
+    runs = world["runs"]
+    plan = plan_vllm(resolve_targets([str(runs["support"]), str(runs["sales"])]))
+    assert [a.name for a in plan.adapters] == ["support", "sales"]
+    assert (plan.base, plan.max_lora_rank, plan.dtype) == (str(tiny_llama), 8, "auto")  # r=4 rounds up to 8
+    refused = {
+        "sentiment": "sentiment is a classification/regression run; the vllm engine serves generation only",
+        "prompted": "prompted: vLLM cannot apply this adapter (prompt-tuning is not LoRA)",
+    }
+    for name, what in refused.items():
+        with pytest.raises(TuneforgeError) as err:
+            plan_vllm(resolve_targets([str(runs[name])]))
+        assert err.value.what == what
+    embedded = tmp_path / "embedded"
+    shutil.copytree(runs["support"], embedded)
+    adapter = embedded / "final" / "adapter_config.json"
+    adapter.write_text(json.dumps({**json.loads(adapter.read_text()), "modules_to_save": ["embed_tokens"]}))
+    with pytest.raises(TuneforgeError) as err:
+        plan_vllm(resolve_targets([str(embedded)]))
+    assert (
+        err.value.what == "embedded: vLLM cannot apply this adapter (fully trained modules ['embed_tokens'])"
+    )
+    assert f"tuneforge export-model {embedded} --merge --out DIR" in str(err.value.fix)
 
 
 TEXTS = ["my phone is broken", "great quick order, thanks"]

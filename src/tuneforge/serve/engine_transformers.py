@@ -14,7 +14,6 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tuneforge.config import ModelConfig, ServeConfig
@@ -28,7 +27,7 @@ from tuneforge.models.generate import (
     generate,
     is_prompt_learning,
 )
-from tuneforge.serve.engine import ServedModel
+from tuneforge.serve.engine import ServedModel, base_model_name
 
 PROMPT_LEARNING = ("prompt-tuning", "prefix-tuning")
 
@@ -131,9 +130,7 @@ class TransformersEngine:
             for s in adapters[1:]:
                 model.load_adapter(s.path, adapter_name=s.adapter)
             model.eval()
-            base_name = str(first.run.manifest.get("base_model") or "base")
-            if not base_name.startswith("builtin:"):
-                base_name = Path(base_name).name  # a folder's name, not the whole path
+            base_name = base_model_name(first)
             base_tok = load_tokenizer(first.config.model, first.base_path)
             if base_name not in {s.name for s in served}:
                 self._add(ServedModel(base_name, "generate", path=first.base_path), model, base_tok)

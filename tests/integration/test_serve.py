@@ -327,6 +327,35 @@ def test_limits_answer_with_clear_4xx(world) -> None:
     assert long.status_code == 400 and long.json()["error"]["code"] == "context_length_exceeded"
     many = _post(world, "/v1/completions", json={"model": "support", "prompt": "hi", "max_tokens": 1000})
     assert many.status_code == 400 and "at most 120" in many.json()["error"]["message"]
+    empty = _post(world, "/v1/completions", json={"model": "support", "prompt": ""})
+    assert empty.status_code == 400 and empty.json()["error"]["code"] == "empty_prompt"
+    after = _post(world, "/v1/completions", json={"model": "support", "prompt": "hi", "max_tokens": 2})
+    assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_a_request_the_engine_refuses_fails_alone(world) -> None:
+    """The scheduler thread all requests depend on survives a request it cannot take (one used to kill it)."""
+    import asyncio
+
+    from tuneforge.config import ServeConfig
+    from tuneforge.models.generate import GenerationSettings
+    from tuneforge.serve.engine import resolve_targets
+    from tuneforge.serve.engine_transformers import TransformersEngine
+
+    engine = TransformersEngine(resolve_targets([str(world["runs"]["support"])]), ServeConfig())
+    settings = GenerationSettings(max_new_tokens=3)
+
+    async def go() -> int:
+        with pytest.raises(ValueError, match="a prompt needs at least one token"):
+            await engine.generate("support", [], settings)
+        # Bounded: with a dead scheduler thread the answer never comes.
+        answer = await asyncio.wait_for(engine.generate("support", [5, 6, 7], settings), timeout=30)
+        return answer.completion_tokens
+
+    try:
+        assert asyncio.run(go()) >= 1 and engine.thread.is_alive()
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,8 @@ def create_app(state: AppState) -> Any:
                 f"{err.code}: {err.message}",
                 await _requested_model(request),
             )
-        resp = _error(err.status, err.message, code=err.code)
+        kind = "server_error" if err.status >= 500 else "invalid_request_error"
+        resp = _error(err.status, err.message, code=err.code, type_=kind)
         if err.retry_after is not None:
             resp.headers["Retry-After"] = str(err.retry_after)
         return resp
@@ -332,6 +333,8 @@ async def _answer(
     start = time.perf_counter()
     try:
         prompt: list[int] = await asyncio.to_thread(encode, state.engine)
+        if not prompt:
+            raise LimitError(400, "the prompt is empty (it has no tokens)", code="empty_prompt")
         check_tokens(
             len(prompt),
             max_new,

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import queue
 import threading
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -188,7 +189,14 @@ class TransformersEngine:
         rid = next(self.ids)
         waiter = _Waiter(asyncio.get_running_loop())
         self.waiters[rid] = waiter
-        self.inbox.put(lambda: batch.add(rid, prompt, settings))
+
+        def add() -> None:
+            try:
+                batch.add(rid, prompt, settings)
+            except Exception as err:  # a request the batch refuses fails alone
+                waiter.put(err)
+
+        self.inbox.put(add)
         try:
             while True:
                 item = await waiter.queue.get()
@@ -242,6 +250,9 @@ class TransformersEngine:
                 continue  # take every queued command before the next forward
             except queue.Empty:
                 pass
+            except Exception:  # a bug in one command must not stop the thread every request depends on
+                traceback.print_exc()
+                continue
             for slot in self.slots.values():
                 if slot.batch is not None and len(slot.batch):
                     self._step(slot)

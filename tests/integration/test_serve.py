@@ -736,3 +736,62 @@ def test_export_refusals_are_clear(world, tmp_path: Path, monkeypatch: pytest.Mo
         export_model(world["runs"]["support"], tmp_path / "g", to="gguf")
     for name in ("p", "q", "g"):
         assert not (tmp_path / name).exists()
+
+
+FAKE_CONVERTER = """\
+import sys
+from pathlib import Path
+
+import gguf
+from safetensors.numpy import load_file
+
+folder, out = Path(sys.argv[1]), Path(sys.argv[sys.argv.index("--outfile") + 1])
+writer = gguf.GGUFWriter(out, "llama")
+for name, array in sorted(load_file(folder / "model.safetensors").items()):
+    writer.add_tensor(name, array)
+writer.write_header_to_file()
+writer.write_kv_data_to_file()
+writer.write_tensors_to_file()
+writer.close()
+"""
+FAILING_CONVERTER = """\
+import sys
+print("INFO:hf-to-gguf:Loading model", file=sys.stderr)
+print("NotImplementedError: BPE pre-tokenizer was not recognized - update get_vocab_base_pre()",
+      file=sys.stderr)
+sys.exit(1)
+"""
+
+
+def test_gguf_export_runs_llamas_converter_inside_the_atomic_folder(
+    world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in for llama.cpp's converter writes the HF tensors with the `gguf` package (the real one does
+    not know the tiny test tokenizer; the README says how it is used)."""
+    import gguf
+    from safetensors import safe_open
+
+    llama = tmp_path / "llama.cpp"
+    llama.mkdir()
+    (llama / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(llama))
+    out = tmp_path / "g"
+    manifest = export_model(world["runs"]["support"], out, to="gguf")
+    assert manifest["gguf"] == "model.gguf" and (out / "config.json").is_file()
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = sorted(f.keys())
+    reader = gguf.GGUFReader(out / "model.gguf")
+    assert [t.name for t in reader.tensors] == names and len(
+        names
+    ) == 2 * 9 + 3  # 2 layers, embed, norm, head
+    export_model(world["runs"]["support"], out, to="gguf")  # model.gguf is ours: the folder is replaced whole
+    (llama / "convert_hf_to_gguf.py").write_text(FAILING_CONVERTER)
+    failed = tmp_path / "failed"
+    with pytest.raises(TuneforgeError) as err:
+        export_model(world["runs"]["support"], failed, to="gguf")
+    assert err.value.what == (
+        "llama.cpp's converter failed: NotImplementedError: BPE pre-tokenizer was not recognized - update "
+        "get_vocab_base_pre()"
+    )
+    assert not failed.exists() and not list(tmp_path.glob(".failed*"))  # nothing half-written

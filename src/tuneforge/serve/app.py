@@ -367,6 +367,9 @@ async def _answer(
         raise LimitError(
             504, f"the answer took longer than {cfg.request_timeout_s:g} s", code="timeout", logged=True
         ) from None
+    except asyncio.CancelledError:  # the server's shutdown grace ran out: still one row in the log
+        run.finish(499, [], error="cancelled")
+        raise
     finally:
         state.admission.leave(key)
     run.finish(200, gens)

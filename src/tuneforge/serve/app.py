@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -178,23 +178,21 @@ def create_app(state: AppState) -> Any:
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest, key: Caller) -> Response:
+    async def chat(body: ChatCompletionRequest, key: Caller, request: Request) -> Response:
         messages = [{"role": _role(m.role), "content": _text(m.content)} for m in body.messages]
         max_new = body.max_completion_tokens or body.max_tokens or state.cfg.max_new_tokens
         text = json.dumps(messages, ensure_ascii=False)
-        return await _answer(
-            state, "chat", body, key, max_new, lambda e: e.encode_chat(body.model, messages), text
-        )
+        encode = lambda e: e.encode_chat(body.model, messages)  # noqa: E731
+        return await _answer(state, "chat", body, key, max_new, encode, text, request.receive)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, key: Caller) -> Response:
+    async def completions(body: CompletionRequest, key: Caller, request: Request) -> Response:
         if isinstance(body.prompt, list) and len(body.prompt) > 1:
             raise LimitError(400, "one prompt per request (send several requests)", code="unsupported")
         text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         max_new = body.max_tokens or 16  # OpenAI's default for completions
-        return await _answer(
-            state, "completion", body, key, max_new, lambda e: e.encode_text(body.model, text), text
-        )
+        encode = lambda e: e.encode_text(body.model, text)  # noqa: E731
+        return await _answer(state, "completion", body, key, max_new, encode, text, request.receive)
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, key: Caller) -> Response:
@@ -320,9 +318,19 @@ def _model(state: AppState, name: str, kind: str) -> Any:
 
 
 async def _answer(
-    state: AppState, endpoint: str, body: _Request, key: str, max_new: int, encode: Any, text: str
+    state: AppState,
+    endpoint: str,
+    body: _Request,
+    key: str,
+    max_new: int,
+    encode: Any,
+    text: str,
+    receive: Callable[[], Awaitable[Any]],
 ) -> Response:
-    """Common path of chat and completions: limits, encoding, generation (streamed or not), logging."""
+    """Common path of chat and completions: limits, encoding, generation (streamed or not), logging.
+
+    `receive` is the request's ASGI receive: with the body read, it returns only when the client goes away.
+    """
     _model(state, body.model, "generate")
     cfg = state.cfg
     if max_new > cfg.max_new_tokens:
@@ -359,18 +367,31 @@ async def _answer(
     if body.stream:
         usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(run.sse(prompt, settings, usage), media_type="text/event-stream")
+    generation: asyncio.Future[list[Generation]] = asyncio.ensure_future(
+        asyncio.gather(*(state.engine.generate(body.model, prompt, s) for s in settings))
+    )
+    gone: asyncio.Future[None] = asyncio.ensure_future(_client_gone(receive))
+    first: list[asyncio.Future[Any]] = [generation, gone]
     try:
         async with asyncio.timeout(cfg.request_timeout_s):
-            gens = await asyncio.gather(*(state.engine.generate(body.model, prompt, s) for s in settings))
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not generation.done():  # the client went away: its answers stop at the engine's next step
+            generation.cancel()
+            run.finish(499, [], error="client disconnected")
+            return Response(status_code=499)  # nobody reads it; uvicorn drops it
+        gens = generation.result()
     except TimeoutError:
+        generation.cancel()
         run.finish(504, [], error="timeout")
         raise LimitError(
             504, f"the answer took longer than {cfg.request_timeout_s:g} s", code="timeout", logged=True
         ) from None
     except asyncio.CancelledError:  # the server's shutdown grace ran out: still one row in the log
+        generation.cancel()
         run.finish(499, [], error="cancelled")
         raise
     finally:
+        gone.cancel()
         state.admission.leave(key)
     run.finish(200, gens)
     return JSONResponse(run.body(gens))
@@ -516,6 +537,12 @@ class _Run:
                 response=json.dumps([g.text for g in gens], ensure_ascii=False),
                 error=error,
             )
+
+
+async def _client_gone(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Returns once the client has disconnected (Starlette does not stop a plain response's handler)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _sse(obj: dict[str, Any]) -> str:

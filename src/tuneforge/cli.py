@@ -443,7 +443,9 @@ def serve(
         Path | None, typer.Option("--config", help="A YAML file whose serve: section sets the options.")
     ] = None,
     keys: Annotated[Path | None, typer.Option(help="API keys file (default: serve.keys_file).")] = None,
-    insecure: Annotated[bool, typer.Option(help="Allow binding beyond localhost without API keys.")] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow binding beyond localhost without API keys.")
+    ] = False,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="serve.key=value, e.g. --set serve.log_db=null.")
     ] = None,
@@ -525,7 +527,7 @@ def export_model(
         bool, typer.Option(help="Merge the LoRA/DoRA/IA3 adapter into the base weights.")
     ] = True,
     dequantize: Annotated[
-        bool, typer.Option(help="QLoRA: merge into the base loaded in full precision.")
+        bool, typer.Option("--dequantize", help="QLoRA: merge into the base loaded in full precision.")
     ] = False,
     to: Annotated[
         str, typer.Option("--to", help="hf (safetensors folder) or gguf (needs llama.cpp).")
@@ -540,6 +542,8 @@ def export_model(
         f"[green]exported[/green] {out}  ({manifest['method']} {what}; "
         f"probe logit difference {manifest['probe_max_abs_logit_diff']:.2g})"
     )
+    if manifest.get("gguf"):
+        console.print(f"GGUF for llama.cpp / Ollama: {Path(out) / manifest['gguf']}")
 
 
 def print_comparison(result: dict[str, Any]) -> None:

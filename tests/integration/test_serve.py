@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ model:
   name: {model}
   task: {task}
   max_length: 128
+  dtype: {dtype}
 method:
   name: lora
   r: 4
@@ -65,7 +67,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_runs(root: Path, tiny_llama: Path) -> dict[str, Path]:
+def make_runs(root: Path, tiny_llama: Path, dtype: str = "auto") -> dict[str, Path]:
     """Two chat adapters, a classification head and a prompt-tuning run on the tiny Llama (3 steps each)."""
     from tuneforge.config import load_config
     from tuneforge.data import prepare_dataset
@@ -80,7 +82,9 @@ def make_runs(root: Path, tiny_llama: Path) -> dict[str, Path]:
         ("prompted", "causal-lm", 0.05, 4),
     ]:
         path = root / f"{name}.yaml"
-        text = RUN_CONFIG.format(root=root, model=tiny_llama, task=task, name=name, lr=lr, seed=seed)
+        text = RUN_CONFIG.format(
+            root=root, model=tiny_llama, task=task, name=name, lr=lr, seed=seed, dtype=dtype
+        )
         if name == "prompted":
             text = text.replace("name: lora\n  r: 4\n  alpha: 8", "name: prompt-tuning")
         path.write_text(text)
@@ -91,27 +95,31 @@ def make_runs(root: Path, tiny_llama: Path) -> dict[str, Path]:
 
 
 class Server:
-    """A `tuneforge serve` subprocess on a free port."""
+    """A `tuneforge serve` subprocess on a free port (stderr to a file: a chatty engine never blocks)."""
 
     def __init__(self, root: Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuneforge", "serve", *args, "--port", str(self.port)],
-            cwd=root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # printed once the models are loaded and the port is bound
-        if "serving" not in line:
-            self.proc.kill()
-            raise RuntimeError(
-                f"server did not start: {line}{self.proc.stderr.read() if self.proc.stderr else ''}"
+        self.log = root / f"server-{self.port}.log"
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tuneforge", "serve", *args, "--port", str(self.port)],
+                cwd=root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
             )
+        assert self.proc.stdout is not None
+        # "serving ..." is printed once the models are loaded and the port is bound; stdout ends if it dies.
+        lines = []
+        for line in self.proc.stdout:
+            lines.append(line)
+            if line.startswith("serving "):
+                return
+        self.proc.kill()
+        raise RuntimeError(f"server did not start: {''.join(lines)}{self.log.read_text()}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -319,6 +327,35 @@ def test_limits_answer_with_clear_4xx(world) -> None:
     assert long.status_code == 400 and long.json()["error"]["code"] == "context_length_exceeded"
     many = _post(world, "/v1/completions", json={"model": "support", "prompt": "hi", "max_tokens": 1000})
     assert many.status_code == 400 and "at most 120" in many.json()["error"]["message"]
+    empty = _post(world, "/v1/completions", json={"model": "support", "prompt": ""})
+    assert empty.status_code == 400 and empty.json()["error"]["code"] == "empty_prompt"
+    after = _post(world, "/v1/completions", json={"model": "support", "prompt": "hi", "max_tokens": 2})
+    assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_a_request_the_engine_refuses_fails_alone(world) -> None:
+    """The scheduler thread all requests depend on survives a request it cannot take (one used to kill it)."""
+    import asyncio
+
+    from tuneforge.config import ServeConfig
+    from tuneforge.models.generate import GenerationSettings
+    from tuneforge.serve.engine import resolve_targets
+    from tuneforge.serve.engine_transformers import TransformersEngine
+
+    engine = TransformersEngine(resolve_targets([str(world["runs"]["support"])]), ServeConfig())
+    settings = GenerationSettings(max_new_tokens=3)
+
+    async def go() -> int:
+        with pytest.raises(ValueError, match="a prompt needs at least one token"):
+            await engine.generate("support", [], settings)
+        # Bounded: with a dead scheduler thread the answer never comes.
+        answer = await asyncio.wait_for(engine.generate("support", [5, 6, 7], settings), timeout=30)
+        return answer.completion_tokens
+
+    try:
+        assert asyncio.run(go()) >= 1 and engine.thread.is_alive()
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize(
@@ -396,6 +433,82 @@ def test_fuzzed_requests_never_get_a_5xx(world) -> None:
     assert "POST /v1/chat/completions" in seen and len(seen) >= 8
 
 
+def test_feedback_must_name_a_logged_request_even_one_still_streaming(world) -> None:
+    unknown = _post(world, "/v1/feedback", json={"request_id": "chatcmpl-never-served", "rating": 1})
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["error"] == {
+        "message": "no request with id 'chatcmpl-never-served' was logged by this deployment",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_not_found",
+    }
+    # The first chunk shows the id while the answer is still being generated: its row is not even queued.
+    stream = chat(world["client"], "sales", stream=True, max_tokens=30, temperature=0)
+    first = next(iter(stream))
+    live = _post(world, "/v1/feedback", json={"request_id": first.id, "rating": -1, "comment": "mid-stream"})
+    assert live.status_code == 200 and live.json() == {"status": "recorded"}
+    rest = list(stream)
+    assert {c.id for c in rest} == {first.id}
+    world["streamed_feedback_id"] = first.id
+
+
+def test_refused_requests_are_logged_with_what_is_known_never_the_key(world, tmp_path: Path) -> None:
+    """Own server and log, so the rows can be read after its shutdown flush (no polling)."""
+    db = tmp_path / "refused.sqlite"
+    server = Server(
+        tmp_path,
+        str(world["runs"]["support"]),
+        "--keys",
+        str(world["keys"].path),
+        "--set",
+        f"serve.log_db={db}",
+        "--set",
+        "serve.max_body_bytes=2000",
+        "--set",
+        "serve.max_prompt_tokens=20",
+    )
+    alice = {"Authorization": f"Bearer {world['key']}"}
+    secret = "tf-a-key-nobody-made"
+    cases = [  # (headers, body, expected status)
+        ({"Authorization": f"Bearer {secret}"}, {"model": "support", "messages": HELLO}, 401),
+        ({}, {"model": "support", "messages": HELLO}, 401),
+        (alice, {"model": "nope", "messages": HELLO}, 404),
+        (alice, {"model": "support", "messages": []}, 422),
+        (alice, {"model": "support", "messages": [{"role": "user", "content": "road " * 60}]}, 400),
+        (alice, {"model": "support", "messages": [{"role": "user", "content": "x" * 3000}]}, 413),
+    ]
+    try:
+        for headers, body, status in cases:
+            r = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+            assert r.status_code == status, r.text
+        garbled = httpx.post(
+            f"{server.url}/v1/completions",
+            content=b'{"model": "support", "prompt": ',
+            headers={**alice, "content-type": "application/json"},
+        )
+        assert garbled.status_code == 422
+    finally:
+        assert server.stop() == 0
+    from tuneforge.serve.store import read_table
+
+    rows = read_table(f"sqlite:///{db}")
+    got = [(r["status"], r["key_name"], r["model"], r["endpoint"], r["error"].split(":")[0]) for r in rows]
+    assert got == [
+        (401, None, "support", "chat", "invalid_api_key"),
+        (401, None, "support", "chat", "invalid_api_key"),
+        (404, "alice", "nope", "chat", "model_not_found"),
+        (422, "alice", "support", "chat", "invalid_request"),
+        (400, "alice", "support", "chat", "context_length_exceeded"),
+        (413, "alice", None, "chat", "request_too_large"),  # the body is never read: model unknown
+        (422, "alice", None, "completion", "invalid_request"),  # not JSON: model unknown
+    ]
+    assert rows[3]["error"] == (
+        "invalid_request: messages: List should have at least 1 item after validation, not 0"
+    )
+    stored = json.dumps([list(map(str, r.values())) for r in rows])
+    assert secret not in stored and world["key"] not in stored
+
+
 def test_feedback_and_disconnect_then_sigterm_mid_stream_finishes_and_flushes(world) -> None:
     """Last in the module: it stops the shared server."""
     client, server = world["client"], world["server"]
@@ -458,9 +571,14 @@ def test_feedback_and_disconnect_then_sigterm_mid_stream_finishes_and_flushes(wo
     if gone_row["finish_reason"] != "stop":
         assert gone_row["status"] == 499, gone_row
     assert {r["status"] for r in rows} >= {200, 400, 404, 429}
+    flooded = {(r["key_name"], r["model"], r["endpoint"]) for r in rows if r["status"] == 429}
+    assert flooded == {("alice", "support", "completion")}
     fb = read_table(url, "feedback")
     mine = [(f["rating"], f["key_name"], f["comment"]) for f in fb if f["request_id"] == answer.id]
     assert mine == [(1, "alice", "mail me at a@b.com")]  # the fuzzing test above adds rows of its own
+    streamed = world["streamed_feedback_id"]
+    assert [(f["rating"], f["comment"]) for f in fb if f["request_id"] == streamed] == [(-1, "mid-stream")]
+    assert by_id[streamed]["status"] == 200  # and the streamed request it names was logged after all
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health")
 
@@ -482,6 +600,11 @@ def test_startup_errors_are_one_line_and_non_zero(world, tmp_path: Path) -> None
             str(tmp_path / "none.json"),
         ],
     }
+    vllm_args = [str(run), "--set", "serve.engine=vllm", "--keys", str(tmp_path / "none.json")]
+    if importlib.util.find_spec("vllm") is None:
+        cases["serve.engine: serve.engine=vllm needs vLLM, which is not installed"] = vllm_args
+    elif not torch.cuda.is_available():
+        cases["serve.engine: serve.engine=vllm needs a CUDA GPU and this machine has none"] = vllm_args
     for expected, args in cases.items():
         r = run_cli("serve", *args, cwd=tmp_path, timeout=120)
         assert r.returncode != 0
@@ -501,6 +624,37 @@ def test_startup_errors_are_one_line_and_non_zero(world, tmp_path: Path) -> None
             timeout=120,
         )
     assert r.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+def test_vllm_plan_of_real_runs_and_what_must_be_merged_first(
+    world, tiny_llama: Path, tmp_path: Path
+) -> None:
+    """What the vllm engine would load, decided without vLLM (the GPU tests run it)."""
+    from tuneforge.serve.engine import resolve_targets
+    from tuneforge.serve.engine_vllm import plan_vllm
+
+    runs = world["runs"]
+    plan = plan_vllm(resolve_targets([str(runs["support"]), str(runs["sales"])]))
+    assert [a.name for a in plan.adapters] == ["support", "sales"]
+    assert (plan.base, plan.max_lora_rank, plan.dtype) == (str(tiny_llama), 8, "auto")  # r=4 rounds up to 8
+    refused = {
+        "sentiment": "sentiment is a classification/regression run; the vllm engine serves generation only",
+        "prompted": "prompted: vLLM cannot apply this adapter (prompt-tuning is not LoRA)",
+    }
+    for name, what in refused.items():
+        with pytest.raises(TuneforgeError) as err:
+            plan_vllm(resolve_targets([str(runs[name])]))
+        assert err.value.what == what
+    embedded = tmp_path / "embedded"
+    shutil.copytree(runs["support"], embedded)
+    adapter = embedded / "final" / "adapter_config.json"
+    adapter.write_text(json.dumps({**json.loads(adapter.read_text()), "modules_to_save": ["embed_tokens"]}))
+    with pytest.raises(TuneforgeError) as err:
+        plan_vllm(resolve_targets([str(embedded)]))
+    assert (
+        err.value.what == "embedded: vLLM cannot apply this adapter (fully trained modules ['embed_tokens'])"
+    )
+    assert f"tuneforge export-model {embedded} --merge --out DIR" in str(err.value.fix)
 
 
 TEXTS = ["my phone is broken", "great quick order, thanks"]
@@ -582,3 +736,62 @@ def test_export_refusals_are_clear(world, tmp_path: Path, monkeypatch: pytest.Mo
         export_model(world["runs"]["support"], tmp_path / "g", to="gguf")
     for name in ("p", "q", "g"):
         assert not (tmp_path / name).exists()
+
+
+FAKE_CONVERTER = """\
+import sys
+from pathlib import Path
+
+import gguf
+from safetensors.numpy import load_file
+
+folder, out = Path(sys.argv[1]), Path(sys.argv[sys.argv.index("--outfile") + 1])
+writer = gguf.GGUFWriter(out, "llama")
+for name, array in sorted(load_file(folder / "model.safetensors").items()):
+    writer.add_tensor(name, array)
+writer.write_header_to_file()
+writer.write_kv_data_to_file()
+writer.write_tensors_to_file()
+writer.close()
+"""
+FAILING_CONVERTER = """\
+import sys
+print("INFO:hf-to-gguf:Loading model", file=sys.stderr)
+print("NotImplementedError: BPE pre-tokenizer was not recognized - update get_vocab_base_pre()",
+      file=sys.stderr)
+sys.exit(1)
+"""
+
+
+def test_gguf_export_runs_llamas_converter_inside_the_atomic_folder(
+    world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in for llama.cpp's converter writes the HF tensors with the `gguf` package (the real one does
+    not know the tiny test tokenizer; the README says how it is used)."""
+    import gguf
+    from safetensors import safe_open
+
+    llama = tmp_path / "llama.cpp"
+    llama.mkdir()
+    (llama / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(llama))
+    out = tmp_path / "g"
+    manifest = export_model(world["runs"]["support"], out, to="gguf")
+    assert manifest["gguf"] == "model.gguf" and (out / "config.json").is_file()
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = sorted(f.keys())
+    reader = gguf.GGUFReader(out / "model.gguf")
+    assert [t.name for t in reader.tensors] == names and len(
+        names
+    ) == 2 * 9 + 3  # 2 layers, embed, norm, head
+    export_model(world["runs"]["support"], out, to="gguf")  # model.gguf is ours: the folder is replaced whole
+    (llama / "convert_hf_to_gguf.py").write_text(FAILING_CONVERTER)
+    failed = tmp_path / "failed"
+    with pytest.raises(TuneforgeError) as err:
+        export_model(world["runs"]["support"], failed, to="gguf")
+    assert err.value.what == (
+        "llama.cpp's converter failed: NotImplementedError: BPE pre-tokenizer was not recognized - update "
+        "get_vocab_base_pre()"
+    )
+    assert not failed.exists() and not list(tmp_path.glob(".failed*"))  # nothing half-written

@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneforge.config import ServeConfig
-from tuneforge.models.generate import Generation, GenerationSettings, StepEvent
+from tuneforge.models.generate import Generation, GenerationSettings
+from tuneforge.serve.answer import Answer, record_answer
 from tuneforge.serve.engine import Engine, error_body
 from tuneforge.serve.keys import KeyChecker
 from tuneforge.serve.limits import Admission, BodySizeLimit, LimitError, check_tokens
@@ -112,12 +113,17 @@ def create_app(state: AppState) -> Any:
 
     @app.exception_handler(LimitError)
     async def _limit(request: Request, err: LimitError) -> JSONResponse:
-        state.metrics.errors.labels(str(err.status)).inc()
-        if state.log is not None and request.url.path.startswith("/v1/"):
-            state.log.log_request(
-                id=f"err-{uuid.uuid4().hex}", endpoint=request.url.path, status=err.status, error=err.code
+        if not err.logged:
+            _refused(
+                state,
+                request.url.path,
+                request.headers.get("authorization"),
+                err.status,
+                f"{err.code}: {err.message}",
+                await _requested_model(request),
             )
-        resp = _error(err.status, err.message, code=err.code)
+        kind = "server_error" if err.status >= 500 else "invalid_request_error"
+        resp = _error(err.status, err.message, code=err.code, type_=kind)
         if err.retry_after is not None:
             resp.headers["Retry-After"] = str(err.retry_after)
         return resp
@@ -133,11 +139,19 @@ def create_app(state: AppState) -> Any:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        state.metrics.errors.labels("422").inc()
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        return _error(422, f"{where}: {first.get('msg', 'invalid request')}", code="invalid_request")
+        message = f"{where}: {first.get('msg', 'invalid request')}"  # never the input: it may be secret
+        _refused(
+            state,
+            request.url.path,
+            request.headers.get("authorization"),
+            422,
+            f"invalid_request: {message}",
+            await _requested_model(request),
+        )
+        return _error(422, message, code="invalid_request")
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -165,23 +179,21 @@ def create_app(state: AppState) -> Any:
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest, key: Caller) -> Response:
+    async def chat(body: ChatCompletionRequest, key: Caller, request: Request) -> Response:
         messages = [{"role": _role(m.role), "content": _text(m.content)} for m in body.messages]
         max_new = body.max_completion_tokens or body.max_tokens or state.cfg.max_new_tokens
         text = json.dumps(messages, ensure_ascii=False)
-        return await _answer(
-            state, "chat", body, key, max_new, lambda e: e.encode_chat(body.model, messages), text
-        )
+        encode = lambda e: e.encode_chat(body.model, messages)  # noqa: E731
+        return await _answer(state, "chat", body, key, max_new, encode, text, request.receive)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, key: Caller) -> Response:
+    async def completions(body: CompletionRequest, key: Caller, request: Request) -> Response:
         if isinstance(body.prompt, list) and len(body.prompt) > 1:
             raise LimitError(400, "one prompt per request (send several requests)", code="unsupported")
         text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         max_new = body.max_tokens or 16  # OpenAI's default for completions
-        return await _answer(
-            state, "completion", body, key, max_new, lambda e: e.encode_text(body.model, text), text
-        )
+        encode = lambda e: e.encode_text(body.model, text)  # noqa: E731
+        return await _answer(state, "completion", body, key, max_new, encode, text, request.receive)
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, key: Caller) -> Response:
@@ -203,7 +215,7 @@ def create_app(state: AppState) -> Any:
                 item["value"] = probs["value"]
             data.append(item)
         rid = f"cls-{uuid.uuid4().hex}"
-        _record(
+        record_answer(
             state,
             rid,
             key,
@@ -218,13 +230,70 @@ def create_app(state: AppState) -> Any:
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, key: Caller) -> dict[str, Any]:
-        if state.log is not None:
-            state.log.log_feedback(
-                request_id=body.request_id, key_name=key, rating=body.rating, comment=body.comment
+        if state.log is None:
+            return {"status": "logging is off"}
+        known = await asyncio.to_thread(state.log.has_request, body.request_id)
+        if known is None:
+            raise LimitError(503, "the request log cannot be read right now; retry", code="log_unavailable")
+        if not known:
+            raise LimitError(
+                404,
+                f"no request with id {body.request_id!r} was logged by this deployment",
+                code="request_not_found",
             )
-        return {"status": "recorded" if state.log is not None else "logging is off"}
+        state.log.log_feedback(
+            request_id=body.request_id, key_name=key, rating=body.rating, comment=body.comment
+        )
+        return {"status": "recorded"}
 
-    return BodySizeLimit(app, state.cfg.max_body_bytes), app
+    def too_large(scope: Any) -> None:
+        auth = dict(scope.get("headers") or []).get(b"authorization")
+        reason = f"request_too_large: body over {state.cfg.max_body_bytes} bytes"
+        # The body is not read, so the model it names stays unknown.
+        _refused(state, scope.get("path", ""), auth.decode("latin-1") if auth else None, 413, reason, None)
+
+    return BodySizeLimit(app, state.cfg.max_body_bytes, too_large), app
+
+
+ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/classify": "classify",
+    "/v1/feedback": "feedback",
+    "/v1/models": "models",
+}
+"""Route → the endpoint name the request log and metrics use for it."""
+
+
+def _refused(
+    state: AppState, path: str, authorization: str | None, status: int, reason: str, model: str | None
+) -> None:
+    """Count and log a refused request with what is known of it: its key's name, never the key itself."""
+    state.metrics.errors.labels(str(status)).inc()
+    if state.log is None or not path.startswith("/v1/"):
+        return
+    keys = state.keys
+    key_name = keys.name_of(authorization) or (None if keys.required else "anonymous")
+    state.log.log_request(
+        id=f"err-{uuid.uuid4().hex}",
+        key_name=key_name,
+        model=model,
+        endpoint=ENDPOINTS.get(path, path[:64]),
+        status=status,
+        error=reason,
+    )
+
+
+async def _requested_model(request: Request) -> str | None:
+    """The `model` field of a JSON body FastAPI already read (None when it did not parse)."""
+    if request.method != "POST":
+        return None
+    try:
+        body = await request.json()  # cached by FastAPI's own read: the body is not received twice
+    except Exception:  # not JSON, or not UTF-8: the model stays unknown
+        return None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model[:200] if isinstance(model, str) else None  # the column's width
 
 
 def _role(role: str) -> str:
@@ -250,9 +319,19 @@ def _model(state: AppState, name: str, kind: str) -> Any:
 
 
 async def _answer(
-    state: AppState, endpoint: str, body: _Request, key: str, max_new: int, encode: Any, text: str
+    state: AppState,
+    endpoint: str,
+    body: _Request,
+    key: str,
+    max_new: int,
+    encode: Any,
+    text: str,
+    receive: Callable[[], Awaitable[Any]],
 ) -> Response:
-    """Common path of chat and completions: limits, encoding, generation (streamed or not), logging."""
+    """Common path of chat and completions: limits, encoding, generation (streamed or not), logging.
+
+    `receive` is the request's ASGI receive: with the body read, it returns only when the client goes away.
+    """
     _model(state, body.model, "generate")
     cfg = state.cfg
     if max_new > cfg.max_new_tokens:
@@ -263,6 +342,8 @@ async def _answer(
     start = time.perf_counter()
     try:
         prompt: list[int] = await asyncio.to_thread(encode, state.engine)
+        if not prompt:
+            raise LimitError(400, "the prompt is empty (it has no tokens)", code="empty_prompt")
         check_tokens(
             len(prompt),
             max_new,
@@ -281,182 +362,43 @@ async def _answer(
         for i in range(body.n)
     ]
     rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-    run = _Run(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
+    run = Answer(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
+    if state.log is not None:
+        state.log.remember(rid)  # a stream shows its id (for feedback) before its row is logged
     if body.stream:
         usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(run.sse(prompt, settings, usage), media_type="text/event-stream")
+    generation: asyncio.Future[list[Generation]] = asyncio.ensure_future(
+        asyncio.gather(*(state.engine.generate(body.model, prompt, s) for s in settings))
+    )
+    gone: asyncio.Future[None] = asyncio.ensure_future(_client_gone(receive))
+    first: list[asyncio.Future[Any]] = [generation, gone]
     try:
         async with asyncio.timeout(cfg.request_timeout_s):
-            gens = await asyncio.gather(*(state.engine.generate(body.model, prompt, s) for s in settings))
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not generation.done():  # the client went away: its answers stop at the engine's next step
+            generation.cancel()
+            run.finish(499, [], error="client disconnected")
+            return Response(status_code=499)  # nobody reads it; uvicorn drops it
+        gens = generation.result()
     except TimeoutError:
+        generation.cancel()
         run.finish(504, [], error="timeout")
         raise LimitError(
-            504, f"the answer took longer than {cfg.request_timeout_s:g} s", code="timeout"
+            504, f"the answer took longer than {cfg.request_timeout_s:g} s", code="timeout", logged=True
         ) from None
+    except asyncio.CancelledError:  # the server's shutdown grace ran out: still one row in the log
+        generation.cancel()
+        run.finish(499, [], error="cancelled")
+        raise
     finally:
+        gone.cancel()
         state.admission.leave(key)
     run.finish(200, gens)
     return JSONResponse(run.body(gens))
 
 
-@dataclass
-class _Run:
-    """One generation request in flight: its response shapes and its log row."""
-
-    state: AppState
-    endpoint: str
-    model: str
-    rid: str
-    key: str
-    start: float
-    prompt_tokens: int
-    n: int
-    prompt_text: str
-    ttft: float | None = None
-
-    def _choice(self, i: int, text: str | None, reason: str | None, *, delta: bool) -> dict[str, Any]:
-        if self.endpoint == "completion":
-            return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": None}
-        key = "delta" if delta else "message"
-        content: dict[str, Any] = {} if text is None else {"content": text}
-        if not delta:
-            content = {"role": "assistant", "content": text or ""}
-        return {"index": i, key: content, "finish_reason": reason, "logprobs": None}
-
-    def _envelope(self, choices: list[dict[str, Any]], *, chunk: bool) -> dict[str, Any]:
-        obj = "chat.completion" if self.endpoint == "chat" else "text_completion"
-        return {
-            "id": self.rid,
-            "object": obj + (".chunk" if chunk and self.endpoint == "chat" else ""),
-            "created": int(time.time()),
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": choices,
-        }
-
-    def _usage(self, gens: list[Generation]) -> dict[str, int]:
-        done = sum(g.completion_tokens for g in gens)
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": done,
-            "total_tokens": self.prompt_tokens + done,
-        }
-
-    def body(self, gens: list[Generation]) -> dict[str, Any]:
-        out = self._envelope(
-            [self._choice(i, g.text, g.finish_reason, delta=False) for i, g in enumerate(gens)], chunk=False
-        )
-        out["usage"] = self._usage(gens)
-        return out
-
-    async def sse(
-        self, prompt: list[int], settings: list[GenerationSettings], usage: bool
-    ) -> AsyncIterator[str]:
-        engine, state = self.state.engine, self.state
-        merged: asyncio.Queue[tuple[int, StepEvent | BaseException | None]] = asyncio.Queue()
-
-        async def pump(i: int, s: GenerationSettings) -> None:
-            try:
-                async for event in engine.stream(self.model, prompt, s):
-                    await merged.put((i, event))
-            except Exception as err:
-                await merged.put((i, err))
-
-        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(settings)]
-        gens: dict[int, Generation] = {}
-        status, error = 200, None
-        try:
-            if self.endpoint == "chat":
-                first = [
-                    self._choice(i, None, None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
-                    for i in range(self.n)
-                ]
-                yield _sse(self._envelope(first, chunk=True))
-            async with asyncio.timeout(state.cfg.request_timeout_s):
-                while len(gens) < self.n:
-                    i, item = await merged.get()
-                    if isinstance(item, BaseException):
-                        raise item
-                    assert item is not None
-                    if self.ttft is None:
-                        self.ttft = time.perf_counter() - self.start
-                    if item.delta:
-                        yield _sse(
-                            self._envelope([self._choice(i, item.delta, None, delta=True)], chunk=True)
-                        )
-                    if item.done is not None:
-                        gens[i] = item.done
-                        end = self._choice(
-                            i, None if self.endpoint == "chat" else "", item.done.finish_reason, delta=True
-                        )
-                        yield _sse(self._envelope([end], chunk=True))
-            if usage:
-                final = self._envelope([], chunk=True)
-                final["usage"] = self._usage(list(gens.values()))
-                yield _sse(final)
-            yield "data: [DONE]\n\n"
-        except TimeoutError:
-            status, error = 504, "timeout"
-            yield _sse(error_body("the answer took too long", type_="server_error", code="timeout"))
-        except asyncio.CancelledError:
-            status, error = 499, "client disconnected"
-            raise
-        finally:
-            for t in tasks:
-                t.cancel()
-            state.admission.leave(self.key)
-            self.finish(status, [gens[i] for i in sorted(gens)], error=error, stream=True)
-
-    def finish(
-        self, status: int, gens: list[Generation], *, error: str | None = None, stream: bool = False
-    ) -> None:
-        state = self.state
-        latency = time.perf_counter() - self.start
-        m = state.metrics
-        m.requests.labels(self.endpoint, self.model, str(status)).inc()
-        m.latency.labels(self.endpoint).observe(latency)
-        if status >= 400:
-            m.errors.labels(str(status)).inc()
-        completion = sum(g.completion_tokens for g in gens)
-        m.tokens.labels(self.model, "prompt").inc(self.prompt_tokens)
-        m.tokens.labels(self.model, "completion").inc(completion)
-        if self.ttft is not None:
-            m.ttft.observe(self.ttft)
-        if state.log is not None:
-            state.log.log_request(
-                id=self.rid,
-                key_name=self.key,
-                model=self.model,
-                endpoint=self.endpoint,
-                status=status,
-                finish_reason=",".join(g.finish_reason for g in gens) or None,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=completion,
-                latency_ms=latency * 1000,
-                ttft_ms=None if self.ttft is None else self.ttft * 1000,
-                stream=stream,
-                prompt=self.prompt_text,
-                response=json.dumps([g.text for g in gens], ensure_ascii=False),
-                error=error,
-            )
-
-
-def _sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-def _record(
-    state: AppState, rid: str, key: str, model: str, endpoint: str, status: int, start: float, **row: Any
-) -> None:
-    state.metrics.requests.labels(endpoint, model, str(status)).inc()
-    state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-    if state.log is not None:
-        state.log.log_request(
-            id=rid,
-            key_name=key,
-            model=model,
-            endpoint=endpoint,
-            status=status,
-            latency_ms=(time.perf_counter() - start) * 1000,
-            **row,
-        )
+async def _client_gone(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Returns once the client has disconnected (Starlette does not stop a plain response's handler)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

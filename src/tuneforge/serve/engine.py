@@ -55,6 +55,13 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def base_model_name(adapter_run: ServedModel) -> str:
+    """The name the shared base of adapter runs is served under: its folder's name, or its built-in name."""
+    assert adapter_run.run is not None
+    name = str(adapter_run.run.manifest.get("base_model") or "base")
+    return name if name.startswith("builtin:") else Path(name).name
+
+
 def resolve_targets(targets: list[str]) -> list[ServedModel]:
     """`tuneforge serve` arguments → the models to serve, checked before anything heavy is loaded."""
     served: list[ServedModel] = []

@@ -12,9 +12,9 @@ import contextlib
 import itertools
 import queue
 import threading
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tuneforge.config import ModelConfig, ServeConfig
@@ -28,7 +28,7 @@ from tuneforge.models.generate import (
     generate,
     is_prompt_learning,
 )
-from tuneforge.serve.engine import ServedModel
+from tuneforge.serve.engine import ServedModel, base_model_name
 
 PROMPT_LEARNING = ("prompt-tuning", "prefix-tuning")
 
@@ -131,9 +131,7 @@ class TransformersEngine:
             for s in adapters[1:]:
                 model.load_adapter(s.path, adapter_name=s.adapter)
             model.eval()
-            base_name = str(first.run.manifest.get("base_model") or "base")
-            if not base_name.startswith("builtin:"):
-                base_name = Path(base_name).name  # a folder's name, not the whole path
+            base_name = base_model_name(first)
             base_tok = load_tokenizer(first.config.model, first.base_path)
             if base_name not in {s.name for s in served}:
                 self._add(ServedModel(base_name, "generate", path=first.base_path), model, base_tok)
@@ -191,7 +189,14 @@ class TransformersEngine:
         rid = next(self.ids)
         waiter = _Waiter(asyncio.get_running_loop())
         self.waiters[rid] = waiter
-        self.inbox.put(lambda: batch.add(rid, prompt, settings))
+
+        def add() -> None:
+            try:
+                batch.add(rid, prompt, settings)
+            except Exception as err:  # a request the batch refuses fails alone
+                waiter.put(err)
+
+        self.inbox.put(add)
         try:
             while True:
                 item = await waiter.queue.get()
@@ -245,6 +250,9 @@ class TransformersEngine:
                 continue  # take every queued command before the next forward
             except queue.Empty:
                 pass
+            except Exception:  # a bug in one command must not stop the thread every request depends on
+                traceback.print_exc()
+                continue
             for slot in self.slots.values():
                 if slot.batch is not None and len(slot.batch):
                     self._step(slot)

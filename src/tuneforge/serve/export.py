@@ -19,6 +19,7 @@ from tuneforge.errors import TuneforgeError
 KIND = "tuneforge.export"
 MERGEABLE = ("lora", "dora", "ia3", "qlora")
 PROMPT_LEARNING = ("prompt-tuning", "prefix-tuning")
+GGUF_FILE = "model.gguf"
 PROBE = ["The order arrived late and the box was broken.", "Hello! How are you today?", "great road"]
 # float32 merges differ from the unmerged forward only by summation order; bf16/fp16 weights round the sum.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
@@ -98,10 +99,12 @@ def export_model(
             "probe_max_abs_logit_diff": diff,
             "task": cfg.model.task,
         }
+        if to == "gguf":
+            manifest["gguf"] = GGUF_FILE
         write_text_atomic(tmp / "README.md", _card(manifest))
         write_json_atomic(tmp / "manifest.json", manifest)
-    if to == "gguf":
-        _to_gguf(out)
+        if to == "gguf":
+            _to_gguf(tmp)  # inside the temporary folder: a failed conversion leaves nothing behind
     return manifest
 
 
@@ -144,7 +147,9 @@ def _card(manifest: dict[str, Any]) -> str:
 
 
 def _gguf_converter() -> list[str]:
-    """llama.cpp's own converter (the least fragile path: it tracks every architecture llama.cpp supports)."""
+    """llama.cpp's own converter: the least fragile path, as it follows every architecture and tokenizer
+    llama.cpp supports (the `gguf` package alone writes the format, not the tensor layout or vocab llama.cpp
+    expects of each model)."""
     script = shutil.which("convert_hf_to_gguf.py")
     home = os.environ.get("LLAMA_CPP_DIR")
     if script is None and home and (Path(home) / "convert_hf_to_gguf.py").is_file():
@@ -153,18 +158,23 @@ def _gguf_converter() -> list[str]:
         raise TuneforgeError(
             "GGUF export needs llama.cpp's convert_hf_to_gguf.py, which was not found",
             where="--to gguf",
-            fix="clone https://github.com/ggml-org/llama.cpp, pip install its requirements (gguf), and set "
-            "LLAMA_CPP_DIR to it; or export the HF folder and convert it yourself",
+            fix="clone https://github.com/ggml-org/llama.cpp, pip install -r "
+            "requirements/requirements-convert_hf_to_gguf.txt from it, and set LLAMA_CPP_DIR to it; "
+            "or export the HF folder (--to hf) and convert it yourself",
         )
     return [sys.executable, script]
 
 
-def _to_gguf(out: Path) -> None:
-    cmd = [*_gguf_converter(), str(out), "--outfile", str(out / "model.gguf")]
+def _to_gguf(folder: Path) -> None:
+    """Convert the HF folder just written into `folder/model.gguf` (llama.cpp picks the tensor types)."""
+    cmd = [*_gguf_converter(), str(folder), "--outfile", str(folder / GGUF_FILE)]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
+    if result.returncode != 0 or not (folder / GGUF_FILE).is_file():
+        lines = (result.stderr or result.stdout).strip().splitlines()
         raise TuneforgeError(
-            f"llama.cpp's converter failed: {result.stderr.strip().splitlines()[-1:]}",
+            f"llama.cpp's converter failed: {lines[-1] if lines else f'exit status {result.returncode}'}",
             where="--to gguf",
-            fix="the HF folder was written; check that llama.cpp supports this architecture",
+            fix="nothing was written; check that llama.cpp supports this architecture and tokenizer (a "
+            "tokenizer it does not know fails as 'BPE pre-tokenizer was not recognized'), or export with "
+            "--to hf and convert it yourself",
         )

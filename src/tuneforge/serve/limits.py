@@ -20,19 +20,26 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class LimitError(Exception):
     """A request refused by a limit; the app turns it into an OpenAI-style error body."""
 
-    def __init__(self, status: int, message: str, *, code: str, retry_after: int | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, code: str, retry_after: int | None = None, logged: bool = False
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
+        self.logged = logged
+        """True when the request's own row (with its timings) is already in the request log."""
 
 
 class BodySizeLimit:
     """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length or while it streams in.
 
     Runs before FastAPI reads the body, so a multi-megabyte prompt is never parsed nor tokenized.
+    `on_refused(scope)` is told of each refusal (the request log and metrics).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, on_refused: Callable[[Scope], None] | None = None
+    ) -> None:
+        self.app, self.max_bytes, self.on_refused = app, max_bytes, on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,7 +48,7 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _too_large(send, self.max_bytes)
+            await self._refuse(scope, send)
             return
         seen = 0
 
@@ -56,7 +63,12 @@ class BodySizeLimit:
         try:
             await self.app(scope, counted, send)
         except _BodyTooLarge:
-            await _too_large(send, self.max_bytes)
+            await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        if self.on_refused is not None:
+            self.on_refused(scope)
+        await _too_large(send, self.max_bytes)
 
 
 class _BodyTooLarge(Exception):

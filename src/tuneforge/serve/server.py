@@ -48,6 +48,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_engine(targets: list[str], cfg: ServeConfig) -> None:
+    """What the chosen engine needs (vLLM, GPUs, servable runs), checked before the port and the weights."""
+    served = resolve_targets(targets)
+    if cfg.engine == "vllm":
+        from tuneforge.serve.engine_vllm import plan_vllm, require_vllm
+
+        require_vllm(cfg)
+        plan_vllm(served)
+
+
 def build_engine(targets: list[str], cfg: ServeConfig) -> Any:
     served = resolve_targets(targets)
     if cfg.engine == "vllm":
@@ -74,7 +84,7 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
             where="serve.host",
             fix="create a key first (tuneforge keys create NAME), bind to 127.0.0.1, or pass --insecure",
         )
-    resolve_targets(targets)  # unknown or unfinished runs fail before the port and the weights
+    check_engine(targets, cfg)  # unknown or unfinished runs, a missing vLLM: before the port and the weights
     sock = bind(cfg.host, cfg.port)
     engine = build_engine(targets, cfg)
     log = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,8 @@ import sqlalchemy as sa
 from tuneforge.data.clean import PII_STEPS
 
 metadata = sa.MetaData()
+BURST = 500
+"""Most rows the writer puts in one transaction."""
 
 requests_table = sa.Table(
     "requests",
@@ -83,6 +86,12 @@ class RequestLog:
         self.redact = redactor(redact or [])
         self.queue: queue.Queue[tuple[sa.Table, dict[str, Any]] | None] = queue.Queue(max_queue)
         self.dropped = 0
+        # Ids this process logged (or is streaming), so feedback on an answer whose row the writer has not yet
+        # written is accepted. Bounded well above the queue plus a write burst (with room for answers still
+        # streaming): an id that has left this memory has also left the queue, so the database answers for it.
+        self.recent: OrderedDict[str, None] = OrderedDict()
+        self.recent_max = 2 * (max_queue + BURST)
+        self.recent_lock = threading.Lock()
         self.thread = threading.Thread(target=self._write_loop, name="request-log", daemon=True)
         self.thread.start()
 
@@ -92,7 +101,34 @@ class RequestLog:
         for field in ("prompt", "response"):
             if row.get(field) is not None:
                 row[field] = self.redact(row[field]) if self.keep_text else None
-        self._put(requests_table, row)
+        self.remember(row["id"])
+        if not self._put(requests_table, row):
+            with self.recent_lock:
+                self.recent.pop(row["id"], None)
+
+    def remember(self, request_id: str) -> None:
+        """Count an id as logged from now on (a streamed answer shows its id before its row is queued)."""
+        with self.recent_lock:
+            self.recent[request_id] = None
+            self.recent.move_to_end(request_id)
+            while len(self.recent) > self.recent_max:
+                self.recent.popitem(last=False)
+
+    def has_request(self, request_id: str) -> bool | None:
+        """Whether a request with this id was logged: by this process (queued or written), or in the database.
+
+        None when the database cannot be read. A row another replica still holds in its queue is not found.
+        """
+        with self.recent_lock:
+            if request_id in self.recent:
+                return True
+        t = requests_table
+        try:
+            with self.engine.connect() as conn:
+                found = conn.execute(sa.select(t.c.id).where(t.c.id == request_id)).first()
+        except sa.exc.OperationalError:
+            return None
+        return found is not None
 
     def log_feedback(self, **row: Any) -> None:
         row.setdefault("time", datetime.now(UTC))
@@ -100,11 +136,13 @@ class RequestLog:
             row["comment"] = self.redact(row["comment"])
         self._put(feedback_table, row)
 
-    def _put(self, table: sa.Table, row: dict[str, Any]) -> None:
+    def _put(self, table: sa.Table, row: dict[str, Any]) -> bool:
         try:
             self.queue.put_nowait((table, row))
         except queue.Full:
             self.dropped += 1
+            return False
+        return True
 
     def _write_loop(self) -> None:
         while True:
@@ -112,7 +150,7 @@ class RequestLog:
             if item is None:
                 return
             batch = [item]
-            while len(batch) < 500:  # one transaction per burst, not per row
+            while len(batch) < BURST:  # one transaction per burst, not per row
                 try:
                     nxt = self.queue.get_nowait()
                 except queue.Empty:
@@ -132,6 +170,14 @@ class RequestLog:
                 return
             except sa.exc.OperationalError:  # a locked SQLite file or a dropped connection: retry briefly
                 time.sleep(0.2 * (attempt + 1))
+            except sa.exc.SQLAlchemyError:
+                # A row the database refuses (a value too long for a PostgreSQL column, a repeated id) takes
+                # neither its burst nor the writer thread down with it: rows one by one, refused ones dropped.
+                if len(batch) == 1:
+                    break
+                for one in batch:
+                    self._write([one])
+                return
         self.dropped += len(batch)
 
     def close(self, timeout: float = 30.0) -> None:

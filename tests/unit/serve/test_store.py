@@ -7,12 +7,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tuneforge.serve.store import RequestLog, database_url, read_table
+from tuneforge.serve.store import RequestLog, database_url, read_table, requests_table
 
 
 def _fill(log: RequestLog, n: int) -> None:
@@ -57,6 +59,59 @@ def test_text_can_be_left_out_and_a_full_queue_never_blocks(tmp_path: Path) -> N
     assert log.dropped == 1
     _, row = log.queue.get_nowait()  # type: ignore[misc]
     assert row["prompt"] is None
+
+
+def _hold_writer(log: RequestLog, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Keep the writer from writing until the event is set: rows stay queued, as under a slow database."""
+    release = threading.Event()
+    write = log._write
+
+    def held(batch: list) -> None:  # type: ignore[type-arg]
+        release.wait(30)
+        write(batch)
+
+    monkeypatch.setattr(log, "_write", held)
+    return release
+
+
+def test_an_id_still_queued_is_known_and_later_only_the_database_knows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = database_url(str(tmp_path / "log.sqlite"))
+    log = RequestLog(url)
+    release = _hold_writer(log, monkeypatch)
+    log.log_request(id="chatcmpl-a", status=200)
+    log.remember("chatcmpl-streaming")  # a stream's id, shown before its row is queued
+    assert read_table(url) == []  # nothing written yet: the database alone would say "unknown"
+    assert log.has_request("chatcmpl-a") is True and log.has_request("chatcmpl-streaming") is True
+    assert log.has_request("chatcmpl-other") is False
+    release.set()
+    log.close()
+    restarted = RequestLog(url)  # a new process (or another replica): only the database answers
+    try:
+        assert restarted.has_request("chatcmpl-a") is True
+        assert restarted.has_request("chatcmpl-streaming") is False  # never logged
+    finally:
+        restarted.close()
+
+
+def test_a_dropped_row_is_not_known(tmp_path: Path) -> None:
+    log = RequestLog(database_url(str(tmp_path / "log.sqlite")), max_queue=1)
+    log.queue.put(None)  # the writer stops at once, so the queue fills and stays full
+    log.thread.join()
+    log.log_request(id="kept", status=200)
+    log.log_request(id="dropped", status=200)
+    assert log.has_request("kept") is True and log.has_request("dropped") is False
+
+
+def test_a_row_the_database_refuses_loses_only_itself(tmp_path: Path) -> None:
+    url = database_url(str(tmp_path / "log.sqlite"))
+    log = RequestLog(url)
+    now = datetime.now(UTC)
+    burst = [(requests_table, {"id": rid, "time": now, "status": 200}) for rid in ("a", "a", "b")]
+    log._write(burst)  # one transaction, refused for the repeated id
+    log.close()
+    assert [r["id"] for r in read_table(url)] == ["a", "b"] and log.dropped == 1
 
 
 def test_plain_paths_become_sqlite_urls_and_urls_pass_through(tmp_path: Path) -> None:

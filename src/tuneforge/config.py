@@ -12,13 +12,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.safe_yaml import MAX_CONFIG_BYTES, compose_bounded, short_repr
 
 DataFormat = Literal["auto", "text", "instruction", "chat", "classification", "regression", "preference"]
 Task = Literal["causal-lm", "classification", "regression"]
+# DPO is chosen by the data, not by a task or method name: both spellings of other tools get this answer.
+PREFERENCE_IS_DATA = (
+    "DPO is chosen by the data: a causal-lm model trained on a preference dataset (prompt/chosen/rejected) "
+    "learns with the DPO loss; write model.task: causal-lm, an adapter method (method.name: lora), "
+    "data.format: preference, and train.dpo_beta for beta"
+)
 
 
 class Section(BaseModel):
@@ -154,6 +160,13 @@ class ModelConfig(Section):
     dropout: float | None = Field(None, ge=0, lt=1)
     """Override the model's own dropout probability."""
 
+    @field_validator("task", mode="before")
+    @classmethod
+    def _preference_is_data(cls, value: Any) -> Any:
+        if value == "preference":
+            raise ValueError(PREFERENCE_IS_DATA)
+        return value
+
 
 class MethodConfig(BaseModel):
     """Fine-tuning approach; its options are validated by the approach itself (see models/methods)."""
@@ -165,6 +178,13 @@ class MethodConfig(BaseModel):
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _dpo_is_data(cls, value: Any) -> Any:
+        if value == "dpo":
+            raise ValueError(PREFERENCE_IS_DATA)
+        return value
 
 
 class TrainConfig(Section):
@@ -238,6 +258,8 @@ class TrainConfig(Section):
     """Extra loggers (metrics.jsonl is always written)."""
     progress: bool = True
     """Show a progress bar."""
+    dpo_beta: float = Field(0.1, gt=0)
+    """Preference data (DPO): how far the tuned model may move from the base; higher keeps it closer."""
     num_threads: Annotated[int, Field(ge=0)] | Literal["auto"] | None = "auto"
     """CPU threads per process: auto (OMP_NUM_THREADS if set, else the physical cores this process may use,
     shared by the processes on the machine), a number, or null/0 for torch's own default."""
@@ -599,12 +621,29 @@ def config_keys() -> list[tuple[str, str, str, str]]:
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
             ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
-                continue
-            default = field.get_default(call_default_factory=True)
             meaning = " ".join((field.description or "").split())  # docstrings may span lines
-            rows.append((f"{prefix}{name}", type_name(ann), json.dumps(default), meaning))
+            section = _section_type(ann)
+            if section is not None:  # a section: its own keys; an optional one (eval.judge) says so first
+                if not field.is_required() and field.get_default() is None:
+                    rows.append((f"{prefix}{name}", "section | None", "null", meaning))
+                walk(section, f"{prefix}{name}.")
+                continue
+            default = (
+                "required"
+                if field.is_required()
+                else json.dumps(field.get_default(call_default_factory=True))
+            )
+            rows.append((f"{prefix}{name}", type_name(ann), default, meaning))
 
     walk(RunConfig, "")
     return rows
+
+
+def _section_type(ann: Any) -> type[BaseModel] | None:
+    """The section model of a field typed `Section` or `Section | None` (None: a plain value)."""
+    import typing
+
+    candidates = [a for a in typing.get_args(ann) if a is not type(None)] if typing.get_args(ann) else [ann]
+    if len(candidates) == 1 and isinstance(candidates[0], type) and issubclass(candidates[0], BaseModel):
+        return candidates[0]
+    return None

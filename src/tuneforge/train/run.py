@@ -70,7 +70,7 @@ def train(
     source = source or ConfigSource(None)
     # 1. Everything a config can get wrong is refused before anything is loaded or written.
     plan = setup.plan(cfg, source)
-    dataset = setup.load_dataset(cfg, source, plan.accelerator)
+    dataset = setup.load_dataset(cfg, source, plan)
     if memory_check:  # refuse, with the numbers, a run estimated not to fit (models/estimate.py)
         check_fits(cfg, dataset.manifest, processes=plan.accelerator.num_processes)
     split_files = dataset.verified_split_hashes()
@@ -198,6 +198,8 @@ def _start_records(
             base_model_path=model.path,
             task=cfg.model.task,
             method=cfg.method.name,
+            # How the run learns: DPO on preference pairs, or the supervised loss of its task.
+            objective="dpo" if setup.is_preference(cfg, dataset.format) else "supervised",
             dataset={
                 "path": str(dataset.path.resolve()),
                 "fingerprint": dataset.manifest.get("fingerprint"),

@@ -67,14 +67,47 @@ def plan(cfg: RunConfig, source: ConfigSource) -> Plan:
     return Plan(method, options, accelerator, ds)
 
 
-def load_dataset(cfg: RunConfig, source: ConfigSource, accelerator: Any) -> DatasetDir:
-    """Prepare (or find) the dataset and check that it fits the task and the validation settings."""
+def load_dataset(cfg: RunConfig, source: ConfigSource, plan: Plan) -> DatasetDir:
+    """Prepare (or find) the dataset; check that it fits the task, the method and the validation settings."""
     # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
-    with accelerator.main_process_first():
+    with plan.accelerator.main_process_first():
         dataset = prepare_dataset(cfg.data, model=cfg.model)
     _check_task_fits(cfg.model.task, dataset.format)
-    _check_validation_settings(cfg, source, has_validation=bool(dataset.records("validation")))
+    if is_preference(cfg, dataset.format):
+        _check_preference(cfg, source, plan)
+    _check_validation_settings(
+        cfg,
+        source,
+        has_validation=bool(dataset.records("validation")),
+        preference=is_preference(cfg, dataset.format),
+    )
     return dataset
+
+
+def is_preference(cfg: RunConfig, fmt: str) -> bool:
+    """A causal LM on preference records learns with the DPO objective (models/preference.py)."""
+    return cfg.model.task == "causal-lm" and fmt == "preference"
+
+
+def _check_preference(cfg: RunConfig, source: ConfigSource, plan: Plan) -> None:
+    """DPO needs an adapter to switch off for its reference, and runs without sharding."""
+    if plan.full_weights:
+        # A full fine-tune has no adapter: its reference would be a second copy of the model in memory (or
+        # a pass over the whole split before step 1, kept per example); neither is worth it next to LoRA.
+        raise TuneforgeError(
+            "DPO on a preference dataset takes its reference from the base model with the adapter switched "
+            f"off, and method {cfg.method.name} trains no adapter",
+            where=source.where("method.name"),
+            fix="use an adapter method (method.name: lora, qlora, dora, ia3, ...)",
+        )
+    for key, on in (("train.fsdp", cfg.train.fsdp), ("train.deepspeed", cfg.train.deepspeed is not None)):
+        if on:
+            raise TuneforgeError(
+                "DPO (a preference dataset) does not run sharded yet: its reference forward switches the "
+                "adapter off on the unwrapped model, which sharded engines do not support",
+                where=source.where(key),
+                fix=f"unset {key}: an adapter's gradients and optimizer state are small (DDP works)",
+            )
 
 
 @dataclass
@@ -232,17 +265,21 @@ def build_loop(
         class_weights=weights,
         pack_examples=settings.pack_examples,
         group_by_length=settings.group_by_length,
+        dpo_beta=settings.dpo_beta if is_preference(cfg, dataset.format) else None,
     )
     return loop, scheduler, total_steps
 
 
-def _check_validation_settings(cfg: RunConfig, source: ConfigSource, *, has_validation: bool) -> None:
+def _check_validation_settings(
+    cfg: RunConfig, source: ConfigSource, *, has_validation: bool, preference: bool
+) -> None:
     from tuneforge.train.loop import validation_metrics
 
-    names = validation_metrics(cfg.model.task)
+    names = validation_metrics(cfg.model.task, preference)
     if cfg.train.metric_for_best not in names:
+        what = "DPO run (a preference dataset)" if preference else f"{cfg.model.task} model"
         raise TuneforgeError(
-            f"validation of a {cfg.model.task} model has no metric {cfg.train.metric_for_best!r}",
+            f"validation of a {what} has no metric {cfg.train.metric_for_best!r}",
             where=source.where("train.metric_for_best"),
             fix="choose one of: " + ", ".join(names),
         )

@@ -213,4 +213,56 @@ def evaluate_model(
         return _classify(model, tok, records, cfg, labels, progress)
     if fmt == "regression":
         return _regress(model, tok, records, cfg)
+    if fmt == "preference" and cfg.model.task == "causal-lm":
+        return _preferences(model, tok, records, cfg)
     return _language_model(model, tok, records, cfg, fmt, labels, progress)
+
+
+def _preferences(model: Any, tok: Any, records: list[dict[str, Any]], cfg: RunConfig) -> ModelEval:
+    """Preference pairs (a DPO run): how often the model gives the chosen answer the higher log-probability.
+
+    Any model has `accuracy` (chosen more likely than rejected) and `logp_margin`, so base and tuned compare
+    row by row; a model with an adapter also gets DPO's reward metrics against its adapter-off reference.
+    """
+    import torch
+
+    from tuneforge.models.encode import encode_preference
+    from tuneforge.models.lm_loss import example_logprobs
+    from tuneforge.models.preference import pair_batch, preference_metrics, reference_logprobs
+
+    pairs = [
+        encode_preference(
+            tok,
+            r["prompt"],
+            r["chosen"],
+            r["rejected"],
+            max_length=cfg.model.max_length,
+            truncation=cfg.data.truncation,
+        )
+        for r in records
+    ]
+    has_reference = hasattr(model, "disable_adapter")
+    model.eval()
+    margins, rewards = [], []
+    for i in range(0, len(pairs), cfg.eval.batch_size):
+        batch = pair_batch(pairs[i : i + cfg.eval.batch_size], int(tok.pad_token_id), packed=False)
+        batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        p = batch["pairs"]
+        with torch.no_grad():
+            logp = example_logprobs(model, batch)  # (2P,)
+        margins += (logp[:p] - logp[p:]).tolist()
+        if has_reference:
+            reward = (cfg.train.dpo_beta * (logp - reference_logprobs(model, batch))).tolist()
+            rewards += list(zip(reward[:p], reward[p:], strict=True))
+    correct = [float(m > 0) for m in margins]
+    n = len(pairs)
+    metrics: dict[str, Any] = {
+        "accuracy": sum(correct) / max(n, 1),
+        "logp_margin": sum(margins) / max(n, 1),
+        "pairs": n,
+    }
+    if has_reference:
+        sums = [sum(c for c, _ in rewards), sum(r for _, r in rewards), sum(float(c > r) for c, r in rewards)]
+        dpo = preference_metrics(0.0, sums, n)
+        metrics.update({k: v for k, v in dpo.items() if k != "loss"})
+    return ModelEval(metrics, [], {"correct": correct, "logp_margin": margins})

@@ -69,7 +69,8 @@ def _probe_inputs(
             max_length=cfg.model.max_length,
             template=cfg.data.prompt_template,
         )
-        ids = [encode(r)["input_ids"] for r in head]
+        # A preference pair probes with its chosen side.
+        ids = [(e.get("chosen") or e)["input_ids"] for e in map(encode, head)]
     else:
         ids = [
             list(tok(str(r.get("text", "")), truncation=True, max_length=cfg.model.max_length)["input_ids"])

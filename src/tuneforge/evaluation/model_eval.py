@@ -219,14 +219,15 @@ def evaluate_model(
 
 
 def _preferences(model: Any, tok: Any, records: list[dict[str, Any]], cfg: RunConfig) -> ModelEval:
-    """Preference pairs (a DPO run): how often the model gives the chosen answer the higher log-probability.
+    """Preference pairs (a DPO run): how often the model finds the chosen answer the more likely one.
 
-    Any model has `accuracy` (chosen more likely than rejected) and `logp_margin`, so base and tuned compare
+    Any model gets `accuracy` and `logp_margin` from the mean log-probability per answer token (summed, a long
+    chosen answer would lose to a short rejected one whatever the model prefers), so base and tuned compare
     row by row; a model with an adapter also gets DPO's reward metrics against its adapter-off reference.
     """
     import torch
 
-    from tuneforge.models.encode import encode_preference
+    from tuneforge.models.encode import IGNORE, encode_preference
     from tuneforge.models.lm_loss import example_logprobs
     from tuneforge.models.preference import pair_batch, preference_metrics, reference_logprobs
 
@@ -243,14 +244,22 @@ def _preferences(model: Any, tok: Any, records: list[dict[str, Any]], cfg: RunCo
     ]
     has_reference = hasattr(model, "disable_adapter")
     model.eval()
-    margins, rewards = [], []
+    margins: list[float] = []
+    rewards: list[tuple[float, float]] = []
     for i in range(0, len(pairs), cfg.eval.batch_size):
-        batch = pair_batch(pairs[i : i + cfg.eval.batch_size], int(tok.pad_token_id), packed=False)
+        part = pairs[i : i + cfg.eval.batch_size]
+        batch = pair_batch(part, int(tok.pad_token_id), packed=False)
         batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         p = batch["pairs"]
         with torch.no_grad():
-            logp = example_logprobs(model, batch)  # (2P,)
-        margins += (logp[:p] - logp[p:]).tolist()
+            logp = example_logprobs(model, batch)  # (2P,) summed over each answer's tokens
+        tokens = [
+            max(sum(y != IGNORE for y in e[side]["labels"][1:]), 1)
+            for side in ("chosen", "rejected")
+            for e in part
+        ]
+        mean = logp.cpu() / torch.tensor(tokens, dtype=torch.float32)
+        margins += (mean[:p] - mean[p:]).tolist()
         if has_reference:
             reward = (cfg.train.dpo_beta * (logp - reference_logprobs(model, batch))).tolist()
             rewards += list(zip(reward[:p], reward[p:], strict=True))
@@ -263,6 +272,5 @@ def _preferences(model: Any, tok: Any, records: list[dict[str, Any]], cfg: RunCo
     }
     if has_reference:
         sums = [sum(c for c, _ in rewards), sum(r for _, r in rewards), sum(float(c > r) for c, r in rewards)]
-        dpo = preference_metrics(0.0, sums, n)
-        metrics.update({k: v for k, v in dpo.items() if k != "loss"})
+        metrics.update({k: v for k, v in preference_metrics(0.0, sums, n).items() if k != "loss"})
     return ModelEval(metrics, [], {"correct": correct, "logp_margin": margins})

@@ -166,3 +166,47 @@ def test_the_reference_is_the_base_model_with_the_adapter_off(tiny_llama: Path, 
     peft.eval()
     policy = example_logprobs(peft, batch).detach()
     assert (policy - ref).abs().min() > 1e-3
+
+
+def test_evaluate_scores_pairs_by_mean_log_prob_per_answer_token(tiny_llama: Path, tok) -> None:  # type: ignore[no-untyped-def]
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.config import RunConfig
+    from tuneforge.evaluation.model_eval import evaluate_model
+
+    records = [
+        {"prompt": "how are you?", "chosen": "fine thanks", "rejected": "go away"},
+        {"prompt": "hello", "chosen": "good day to you", "rejected": "no"},
+        {"prompt": "is it broken?", "chosen": "no, it works", "rejected": "yes"},
+    ]
+    cfg = RunConfig.model_validate({"model": {"max_length": 128}, "eval": {"batch_size": 2}})
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    pairs = [encode_preference(tok, r["prompt"], r["chosen"], r["rejected"], max_length=128) for r in records]
+
+    def per_token(e: dict) -> float:
+        return _independent_logprobs(base, e) / sum(y != IGNORE for y in e["labels"])
+
+    expected = [per_token(p["chosen"]) - per_token(p["rejected"]) for p in pairs]
+    plain = evaluate_model(base, tok, records, cfg, "preference", [])
+    assert plain.per_example["logp_margin"] == pytest.approx(expected, rel=1e-4)
+    assert plain.per_example["correct"] == [float(m > 0) for m in expected]
+    assert (
+        plain.metrics["accuracy"] == sum(m > 0 for m in expected) / 3 and "reward_margin" not in plain.metrics
+    )
+
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear"))
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    tuned = evaluate_model(peft, tok, records, cfg, "preference", [])
+    policy = example_logprobs(peft.eval(), pair_batch(pairs, tok.pad_token_id, packed=False)).detach()
+    with peft.disable_adapter():
+        ref = example_logprobs(peft, pair_batch(pairs, tok.pad_token_id, packed=False)).detach()
+    rewards = 0.1 * (policy - ref)  # train.dpo_beta's default
+    assert tuned.metrics["reward_margin"] == pytest.approx(
+        float((rewards[:3] - rewards[3:]).mean()), rel=1e-4
+    )
+    assert tuned.metrics["reward_accuracy"] == pytest.approx(
+        float((rewards[:3] > rewards[3:]).float().mean())
+    )

@@ -145,3 +145,19 @@ def test_other_tools_spellings_say_what_to_write(tmp_path: Path, key: str) -> No
         "train.dpo_beta for beta "
         f"(got '{key.split('=')[1]}')\n  fix: see `tuneforge config-keys` for every key, its type and default"
     )
+
+
+def test_the_shipped_dpo_example_data_is_what_its_script_writes() -> None:
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    script_path = ROOT / "configs" / "data" / "make_support_preferences.py"
+    spec = importlib.util.spec_from_file_location("make_support_preferences", script_path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = script.pairs()
+    assert len(rows) == 80 and all(r["chosen"] != r["rejected"] for r in rows)
+    expected = "".join(json.dumps(r) + "\n" for r in rows)
+    assert (ROOT / "configs" / "data" / "support-preferences.jsonl").read_text(encoding="utf-8") == expected

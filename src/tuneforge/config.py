@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.safe_yaml import MAX_CONFIG_BYTES, compose_bounded, short_repr
@@ -25,6 +26,17 @@ PREFERENCE_IS_DATA = (
     "learns with the DPO loss; write model.task: causal-lm, an adapter method (method.name: lora), "
     "data.format: preference, and train.dpo_beta for beta"
 )
+
+
+def _not_spelled(spelling: str) -> Callable[[Any], Any]:
+    """A validator refusing another tool's spelling of DPO with what to write instead."""
+
+    def check(value: Any) -> Any:
+        if value == spelling:
+            raise ValueError(PREFERENCE_IS_DATA)
+        return value
+
+    return check
 
 
 class Section(BaseModel):
@@ -143,8 +155,8 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = "builtin:smollm2-135m-instruct"
     """A local Hugging Face folder, a hub id, or builtin:<name> (see `tuneforge models`)."""
-    task: Task = "causal-lm"
-    """causal-lm (SFT / generative classification), classification (head) or regression (head)."""
+    task: Annotated[Task, BeforeValidator(_not_spelled("preference"))] = "causal-lm"
+    """causal-lm (SFT, generative classification, DPO on preference data), classification or regression."""
     revision: str | None = None
     """Hub revision (branch, tag or commit)."""
     trust_remote_code: bool = False
@@ -160,31 +172,17 @@ class ModelConfig(Section):
     dropout: float | None = Field(None, ge=0, lt=1)
     """Override the model's own dropout probability."""
 
-    @field_validator("task", mode="before")
-    @classmethod
-    def _preference_is_data(cls, value: Any) -> Any:
-        if value == "preference":
-            raise ValueError(PREFERENCE_IS_DATA)
-        return value
-
 
 class MethodConfig(BaseModel):
     """Fine-tuning approach; its options are validated by the approach itself (see models/methods)."""
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
 
-    name: str = "lora"
+    name: Annotated[str, BeforeValidator(_not_spelled("dpo"))] = "lora"
     """full, lora, qlora, dora, prompt-tuning, prefix-tuning or ia3."""
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _dpo_is_data(cls, value: Any) -> Any:
-        if value == "dpo":
-            raise ValueError(PREFERENCE_IS_DATA)
-        return value
 
 
 class TrainConfig(Section):

@@ -166,6 +166,9 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     assert json.loads((dpo / "manifest.json").read_text())["objective"] == "dpo"
     steps = [row for row in map(json.loads, (dpo / "metrics.jsonl").read_text().splitlines())]
     assert len(steps) == 3 and all("reward_margin" in row for row in steps)
+    r = cli("evaluate", "dpo")  # fewer than 20 pairs: the import put them all in train
+    assert r.returncode != 0 and not (dpo / "eval").exists()
+    assert f"--split: the test split of {prefs} holds no preference pairs" in r.stderr
     r = cli("evaluate", "dpo", "--split", "train", "--compare-base")
     assert r.returncode == 0, r.stderr
     result = json.loads((dpo / "eval" / "train.json").read_text())

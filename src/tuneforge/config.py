@@ -23,7 +23,7 @@ Task = Literal["causal-lm", "classification", "regression"]
 # DPO is chosen by the data, not by a task or method name: both spellings of other tools get this answer.
 PREFERENCE_IS_DATA = (
     "DPO is chosen by the data: a causal-lm model trained on a preference dataset (prompt/chosen/rejected) "
-    "learns with the DPO loss; write model.task: causal-lm, an adapter method (method.name: lora), "
+    "learns with the DPO loss; write model.task: causal-lm, a method (e.g. method.name: lora), "
     "data.format: preference, and train.dpo_beta for beta"
 )
 

@@ -3,6 +3,8 @@
 The reference policy is the same model with its adapter switched off (peft's `disable_adapter()`), so no
 second model is held in memory; its log-probabilities are taken in eval mode (no dropout), without gradient,
 in the same micro-batch as the policy's, so a step is a pure function of its batch and resume stays exact.
+A model without an adapter (full fine-tuning) has nothing to switch off: its reference log-probabilities are
+taken once, before the first update, for every pair (`reference_table`), and travel with each batch.
 
 Written by hand rather than taken from TRL: our own loop owns batching, packing and exact resume, and the loss
 itself is a few lines. The formulation is TRL's `sigmoid` loss: summed completion log-probabilities, loss
@@ -11,6 +13,7 @@ itself is a few lines. The formulation is TRL's `sigmoid` loss: summed completio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -58,6 +61,32 @@ def reference_logprobs(model: Any, batch: dict[str, Any]) -> torch.Tensor:
         model.train(was_training)
 
 
+@torch.no_grad()
+def reference_table(
+    model: Any, pairs: Sequence[Example], pad_id: int, batch_size: int, device: Any
+) -> torch.Tensor:
+    """Summed target log-probabilities (N, 2) of every pair's chosen and rejected answer, in eval mode.
+
+    For a model without an adapter, before training changes it: then the model itself is the reference.
+    """
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(pairs), batch_size):
+        batch = pair_batch(list(pairs[i : i + batch_size]), pad_id, packed=False)
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        logp = example_logprobs(model, batch)  # (2P,)
+        out.append(torch.stack([logp[: batch["pairs"]], logp[batch["pairs"] :]], dim=1))  # (P, 2)
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros((0, 2), device=device)
+
+
+def with_reference(batch: dict[str, Any], table: torch.Tensor, indices: list[int]) -> dict[str, Any]:
+    """`batch` (pairs `indices`) carrying its rows of a `reference_table`, ordered as its rows (2P,)."""
+    rows = table[indices]  # (P, 2)
+    return {**batch, "reference": torch.cat([rows[:, 0], rows[:, 1]])}
+
+
 def preference_loss(
     model: Any, reference: Any, batch: dict[str, Any], beta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +95,7 @@ def preference_loss(
     `model` is what trains (possibly wrapped for distribution); `reference` is the same model unwrapped,
     whose adapter can be switched off.
     """
-    ref = reference_logprobs(reference, batch)  # (2P,)
+    ref = batch["reference"] if "reference" in batch else reference_logprobs(reference, batch)  # (2P,)
     policy = example_logprobs(model, batch)  # (2P,)
     p = int(batch["pairs"])
     losses, chosen, rejected = dpo_loss(policy[:p], policy[p:], ref[:p], ref[p:], beta)

@@ -39,7 +39,7 @@ from tuneforge.models.collate import collate, target_count, token_count
 from tuneforge.models.encode import Example, example_length
 from tuneforge.models.lm_loss import full_logits_loss, summed_target_loss
 from tuneforge.models.packing import cannot_pack, enable_packed_attention, pack
-from tuneforge.models.preference import STATS, pair_batch, preference_loss, preference_metrics
+from tuneforge.models.preference import STATS, pair_batch, preference_loss, preference_metrics, with_reference
 from tuneforge.train.batches import (
     GROUP_WINDOW,
     epoch_order,
@@ -125,6 +125,7 @@ class Loop:
         pack_examples: bool = False,
         group_by_length: bool = False,
         dpo_beta: float | None = None,
+        reference_tables: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.acc = accelerator
         self.model = model
@@ -138,6 +139,8 @@ class Loop:
         self.pad_id = pad_id
         self.class_weights = class_weights
         self.dpo_beta = dpo_beta
+        # DPO of a full fine-tune: the reference log-probs of every pair, per split (train/reference.py).
+        self.reference_tables = reference_tables
         self._order_epoch = -1
         self.group_by_length = group_by_length
         self._windows: dict[tuple[int, int], list[list[int]]] = {}
@@ -182,10 +185,17 @@ class Loop:
             out.append(self._windows[(epoch, window)][j])
         return out
 
-    def micro_batch(self, examples: list[Example]) -> dict[str, Any]:
-        """The model inputs of a micro-batch on the device: one packed row, or right-padded rows."""
+    def micro_batch(
+        self, examples: list[Example], split: str = "", indices: list[int] | None = None
+    ) -> dict[str, Any]:
+        """The model inputs of a micro-batch on the device: one packed row, or right-padded rows.
+
+        With fixed DPO reference tables, `indices` (the examples' positions in `split`) pick their rows.
+        """
         if self.dpo_beta is not None:
             batch = pair_batch(examples, self.pad_id, self.packing)
+            if self.reference_tables is not None and indices is not None:
+                batch = with_reference(batch, self.reference_tables[split], indices)
         else:
             batch = pack(examples) if self.packing else collate(examples, self.pad_id)
         return {k: v.to(self.acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -194,7 +204,8 @@ class Loop:
         self.model.train()
         device = self.acc.device
         batches = [
-            self.micro_batch([self.examples[i] for i in idx]) for idx in self._step_batches(state.step)
+            self.micro_batch([self.examples[i] for i in idx], "train", idx)
+            for idx in self._step_batches(state.step)
         ]
         local_targets = sum(target_count(b) for b in batches)
         # Every process divides by the global target count; DDP (and ZeRO) then average gradients over
@@ -257,7 +268,8 @@ class Loop:
         rounds = math.ceil(math.ceil(len(examples) / world) / batch_size)
         for r in range(rounds):
             part = mine[r * batch_size : (r + 1) * batch_size]
-            batch = self.micro_batch([examples[i] for i in part or mine[-batch_size:] or [0]])
+            used = part or mine[-batch_size:] or [0]
+            batch = self.micro_batch([examples[i] for i in used], "validation", used)
             with self.acc.autocast():
                 if self.dpo_beta is not None:
                     loss, stats = preference_loss(self.model, self.reference, batch, self.dpo_beta)

@@ -74,7 +74,7 @@ def load_dataset(cfg: RunConfig, source: ConfigSource, plan: Plan) -> DatasetDir
         dataset = prepare_dataset(cfg.data, model=cfg.model)
     _check_task_fits(cfg.model.task, dataset.format)
     if is_preference(cfg, dataset.format):
-        _check_preference(cfg, source, plan)
+        _check_preference(cfg, source)
     _check_validation_settings(
         cfg,
         source,
@@ -89,24 +89,16 @@ def is_preference(cfg: RunConfig, fmt: str) -> bool:
     return cfg.model.task == "causal-lm" and fmt == "preference"
 
 
-def _check_preference(cfg: RunConfig, source: ConfigSource, plan: Plan) -> None:
-    """DPO needs an adapter to switch off for its reference, and runs without sharding."""
-    if plan.full_weights:
-        # A full fine-tune has no adapter: its reference would be a second copy of the model in memory (or
-        # a pass over the whole split before step 1, kept per example); neither is worth it next to LoRA.
-        raise TuneforgeError(
-            "DPO on a preference dataset takes its reference from the base model with the adapter switched "
-            f"off, and method {cfg.method.name} trains no adapter",
-            where=source.where("method.name"),
-            fix="use an adapter method (method.name: lora, qlora, dora, ia3, ...)",
-        )
+def _check_preference(cfg: RunConfig, source: ConfigSource) -> None:
+    """DPO runs without sharding: its reference forward needs the whole (unwrapped) model."""
     for key, on in (("train.fsdp", cfg.train.fsdp), ("train.deepspeed", cfg.train.deepspeed is not None)):
         if on:
             raise TuneforgeError(
-                "DPO (a preference dataset) does not run sharded yet: its reference forward switches the "
-                "adapter off on the unwrapped model, which sharded engines do not support",
+                "DPO (a preference dataset) does not run sharded yet: its reference forward runs on the "
+                "unwrapped model (the adapter switched off, or the whole model before step 1), which "
+                "sharded engines do not support",
                 where=source.where(key),
-                fix=f"unset {key}: an adapter's gradients and optimizer state are small (DDP works)",
+                fix=f"unset {key} (several processes with DDP work)",
             )
 
 
@@ -235,7 +227,13 @@ def distribute(cfg: RunConfig, plan: Plan, model: Any) -> Distributed:
 
 
 def build_loop(
-    cfg: RunConfig, plan: Plan, dist: Distributed, examples: Examples, dataset: DatasetDir, tokenizer: Any
+    cfg: RunConfig,
+    plan: Plan,
+    dist: Distributed,
+    examples: Examples,
+    dataset: DatasetDir,
+    tokenizer: Any,
+    reference_tables: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, int]:
     """The learning-rate schedule over the run's steps and the loop that takes them; and the step count."""
     from tuneforge.train.batches import steps_per_epoch
@@ -266,6 +264,7 @@ def build_loop(
         pack_examples=settings.pack_examples,
         group_by_length=settings.group_by_length,
         dpo_beta=settings.dpo_beta if is_preference(cfg, dataset.format) else None,
+        reference_tables=reference_tables,
     )
     return loop, scheduler, total_steps
 

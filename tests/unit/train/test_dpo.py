@@ -113,14 +113,57 @@ def test_dpo_stop_and_resume_is_bit_identical(
     assert records(run) == records(reference)
 
 
-def test_dpo_needs_an_adapter_and_a_preference_metric(tmp_path: Path, tiny_llama: Path) -> None:
-    with pytest.raises(TuneforgeError) as err:
-        train(dpo_config(tmp_path, tiny_llama, {"method": {"name": "full"}}))
-    assert str(err.value) == (
-        "config key method.name: DPO on a preference dataset takes its reference from the base model "
-        "with the adapter switched off, and method full trains no adapter\n"
-        "  fix: use an adapter method (method.name: lora, qlora, dora, ia3, ...)"
+FULL = {"method": {"name": "full"}, "model.dropout": 0.1, "train.learning_rate": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def reference_full(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> RunDir:
+    return train(dpo_config(tmp_path_factory.mktemp("dpo-full"), tiny_llama, FULL | {"train.save_every": 0}))
+
+
+def test_full_fine_tuning_scores_its_reference_once_and_resumes_exactly(
+    tmp_path: Path, tiny_llama: Path, reference_full: RunDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.config import ModelConfig
+    from tuneforge.models import load_tokenizer
+    from tuneforge.models.encode import encode_preference
+    from tuneforge.models.lm_loss import example_logprobs
+    from tuneforge.models.preference import pair_batch
+
+    # The reference is the base model's log-probs of every pair, taken before step 1, in data order.
+    table = load_file(reference_full.path / "reference_logprobs.safetensors")
+    assert table["train"].shape == (28, 2) and table["validation"].shape == (6, 2)
+    tok = load_tokenizer(ModelConfig(name=str(tiny_llama)))
+    dataset = reference_full.path.parent / "dataset"
+    first = [json.loads(line) for line in (dataset / "train.jsonl").open()][:3]
+    pairs = [encode_preference(tok, r["prompt"], r["chosen"], r["rejected"], max_length=64) for r in first]
+    with torch.no_grad():
+        logp = example_logprobs(
+            AutoModelForCausalLM.from_pretrained(tiny_llama).eval(), pair_batch(pairs, 0, False)
+        )
+    torch.testing.assert_close(
+        table["train"][:3], torch.stack([logp[:3], logp[3:]], dim=1), rtol=1e-5, atol=1e-4
     )
+
+    rows = reference_full.metrics()
+    # The model is its own reference at first; only dropout (in the policy's forward alone) moves step 1.
+    assert rows[0]["loss"] != math.log(2) and rows[0]["loss"] == pytest.approx(math.log(2), abs=0.01)
+    validation = [r for r in rows if r.get("split") == "validation"]
+    assert validation[-1]["reward_margin"] > validation[0]["reward_margin"] > 0
+
+    cfg = dpo_config(tmp_path, tiny_llama, FULL)
+    table_file = interrupted_at(cfg, monkeypatch, 5).path / "reference_logprobs.safetensors"
+    written = table_file.stat().st_ino
+    run = train(cfg, resume=True)
+    assert table_file.stat().st_ino == written  # read back, not scored again
+    assert_same_tensors(final_weights(run), final_weights(reference_full))
+    assert records(run) == records(reference_full)
+
+
+def test_dpo_validation_names_its_own_metrics(tmp_path: Path, tiny_llama: Path) -> None:
     with pytest.raises(TuneforgeError) as err:
         train(dpo_config(tmp_path, tiny_llama, {"train.metric_for_best": "perplexity"}))
     assert str(err.value) == (
@@ -141,7 +184,7 @@ def test_other_tools_spellings_say_what_to_write(tmp_path: Path, key: str) -> No
     assert str(err.value) == (
         f"invalid config:\n  command-line override {name}: DPO is chosen by the data: a causal-lm model "
         "trained on a preference dataset (prompt/chosen/rejected) learns with the DPO loss; write "
-        "model.task: causal-lm, an adapter method (method.name: lora), data.format: preference, and "
+        "model.task: causal-lm, a method (e.g. method.name: lora), data.format: preference, and "
         "train.dpo_beta for beta "
         f"(got '{key.split('=')[1]}')\n  fix: see `tuneforge config-keys` for every key, its type and default"
     )

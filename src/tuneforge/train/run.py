@@ -70,7 +70,7 @@ def train(
     source = source or ConfigSource(None)
     # 1. Everything a config can get wrong is refused before anything is loaded or written.
     plan = setup.plan(cfg, source)
-    dataset = setup.load_dataset(cfg, source, plan)
+    dataset = setup.load_dataset(cfg, source, plan.accelerator)
     if memory_check:  # refuse, with the numbers, a run estimated not to fit (models/estimate.py)
         check_fits(cfg, dataset.manifest, processes=plan.accelerator.num_processes)
     split_files = dataset.verified_split_hashes()

@@ -67,10 +67,10 @@ def plan(cfg: RunConfig, source: ConfigSource) -> Plan:
     return Plan(method, options, accelerator, ds)
 
 
-def load_dataset(cfg: RunConfig, source: ConfigSource, plan: Plan) -> DatasetDir:
+def load_dataset(cfg: RunConfig, source: ConfigSource, accelerator: Any) -> DatasetDir:
     """Prepare (or find) the dataset; check that it fits the task, the method and the validation settings."""
     # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
-    with plan.accelerator.main_process_first():
+    with accelerator.main_process_first():
         dataset = prepare_dataset(cfg.data, model=cfg.model)
     _check_task_fits(cfg.model.task, dataset.format)
     if is_preference(cfg, dataset.format):

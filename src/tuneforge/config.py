@@ -8,17 +8,35 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.safe_yaml import MAX_CONFIG_BYTES, compose_bounded, short_repr
 
 DataFormat = Literal["auto", "text", "instruction", "chat", "classification", "regression", "preference"]
 Task = Literal["causal-lm", "classification", "regression"]
+# DPO is chosen by the data, not by a task or method name: both spellings of other tools get this answer.
+PREFERENCE_IS_DATA = (
+    "DPO is chosen by the data: a causal-lm model trained on a preference dataset (prompt/chosen/rejected) "
+    "learns with the DPO loss; write model.task: causal-lm, a method (e.g. method.name: lora), "
+    "data.format: preference, and train.dpo_beta for beta"
+)
+
+
+def _not_spelled(spelling: str) -> Callable[[Any], Any]:
+    """A validator refusing another tool's spelling of DPO with what to write instead."""
+
+    def check(value: Any) -> Any:
+        if value == spelling:
+            raise ValueError(PREFERENCE_IS_DATA)
+        return value
+
+    return check
 
 
 class Section(BaseModel):
@@ -137,8 +155,8 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = "builtin:smollm2-135m-instruct"
     """A local Hugging Face folder, a hub id, or builtin:<name> (see `tuneforge models`)."""
-    task: Task = "causal-lm"
-    """causal-lm (SFT / generative classification), classification (head) or regression (head)."""
+    task: Annotated[Task, BeforeValidator(_not_spelled("preference"))] = "causal-lm"
+    """causal-lm (SFT, generative classification, DPO on preference data), classification or regression."""
     revision: str | None = None
     """Hub revision (branch, tag or commit)."""
     trust_remote_code: bool = False
@@ -160,7 +178,7 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
 
-    name: str = "lora"
+    name: Annotated[str, BeforeValidator(_not_spelled("dpo"))] = "lora"
     """full, lora, qlora, dora, prompt-tuning, prefix-tuning or ia3."""
 
     def options(self) -> dict[str, Any]:
@@ -238,6 +256,8 @@ class TrainConfig(Section):
     """Extra loggers (metrics.jsonl is always written)."""
     progress: bool = True
     """Show a progress bar."""
+    dpo_beta: float = Field(0.1, gt=0)
+    """Preference data (DPO): how far the tuned model may move from the base; higher keeps it closer."""
     num_threads: Annotated[int, Field(ge=0)] | Literal["auto"] | None = "auto"
     """CPU threads per process: auto (OMP_NUM_THREADS if set, else the physical cores this process may use,
     shared by the processes on the machine), a number, or null/0 for torch's own default."""
@@ -599,12 +619,29 @@ def config_keys() -> list[tuple[str, str, str, str]]:
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
             ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
-                continue
-            default = field.get_default(call_default_factory=True)
             meaning = " ".join((field.description or "").split())  # docstrings may span lines
-            rows.append((f"{prefix}{name}", type_name(ann), json.dumps(default), meaning))
+            section = _section_type(ann)
+            if section is not None:  # a section: its own keys; an optional one (eval.judge) says so first
+                if not field.is_required() and field.get_default() is None:
+                    rows.append((f"{prefix}{name}", "section | None", "null", meaning))
+                walk(section, f"{prefix}{name}.")
+                continue
+            default = (
+                "required"
+                if field.is_required()
+                else json.dumps(field.get_default(call_default_factory=True))
+            )
+            rows.append((f"{prefix}{name}", type_name(ann), default, meaning))
 
     walk(RunConfig, "")
     return rows
+
+
+def _section_type(ann: Any) -> type[BaseModel] | None:
+    """The section model of a field typed `Section` or `Section | None` (None: a plain value)."""
+    import typing
+
+    candidates = [a for a in typing.get_args(ann) if a is not type(None)] if typing.get_args(ann) else [ann]
+    if len(candidates) == 1 and isinstance(candidates[0], type) and issubclass(candidates[0], BaseModel):
+        return candidates[0]
+    return None

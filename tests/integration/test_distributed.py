@@ -111,6 +111,37 @@ def test_two_processes_match_one(tmp_path: Path, tiny_llama: Path, cli) -> None:
     assert not [p.name for p in two_dir.iterdir() if p.name.startswith(".")]
 
 
+def test_dpo_in_two_processes_matches_one(tmp_path: Path, tiny_llama: Path, cli) -> None:
+    """Preference pairs (DPO): losses, rewards and adapter agree; each process runs its own reference."""
+    from tests.unit.train.test_dpo import preference_rows
+
+    write_config(tmp_path, tiny_llama, LORA)
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in preference_rows(60)))
+    data = ["data.path=pairs.jsonl", "data.format=preference", "model.max_length=64"]
+    one = cli("train", "cfg.yaml", *data, "train.output_dir=one", "train.batch_size=4")
+    assert one.returncode == 0, one.stderr
+    two = launch_two(tmp_path, *data, "train.output_dir=two", "train.batch_size=2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows1, rows2 = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [(r["step"], r.get("split")) for r in rows2] == [(r["step"], r.get("split")) for r in rows1]
+    for a, b in zip(rows1, rows2, strict=True):
+        for key in ("loss", "reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    assert rows1[-1]["reward_margin"] > 0.05  # the pairs were learned, so agreement means something
+    _same_adapter(tmp_path / "one", tmp_path / "two")
+
+
+def _same_adapter(one_dir: Path, two_dir: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    w1 = load_file(one_dir / "final" / "adapter_model.safetensors")
+    w2 = load_file(two_dir / "final" / "adapter_model.safetensors")
+    assert sorted(w1) == sorted(w2)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+
+
 EXPECTED_ENV: dict[str, dict[str, str]] = {"multi-gpu.yaml": {}}
 EXPECTED_TYPE = {"multi-gpu.yaml": "MULTI_GPU"}
 

@@ -1,4 +1,5 @@
-"""`tuneforge train → evaluate → report → human-eval export/import` end to end on the tiny Llama.
+"""`tuneforge train → evaluate → report → human-eval export/import → DPO train → evaluate` end to end on the
+tiny Llama.
 
 Every number checked here is recomputed from the rows of predictions.jsonl (or the key), not read back.
 """
@@ -20,6 +21,16 @@ method: {{name: lora, r: 4}}
 train: {{output_dir: run, max_steps: 4, batch_size: 4, learning_rate: 1.0e-2, eval_every: 0, save_every: 0,
         progress: false}}
 eval: {{max_examples: 12, bootstrap: 200, min_group_size: 4, decision: generate, max_new_tokens: 4}}
+"""
+
+
+# Preference tuning of the same base on the pairs the raters decided (DPO).
+DPO_CONFIG = """\
+data: {{path: {prefs}}}
+model: {{name: {model}, max_length: 128}}
+method: {{name: lora, r: 4}}
+train: {{output_dir: dpo, max_steps: 3, batch_size: 2, learning_rate: 1.0e-2, dpo_beta: 0.1, eval_every: 0,
+        save_every: 0, progress: false}}
 """
 
 
@@ -146,3 +157,29 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     r = cli("report", "run")
     assert r.returncode == 0, r.stderr
     assert "\n## Human ratings\n" in (run / "report.md").read_text()
+
+    # DPO on the preference dataset the import wrote: the same base, its adapter trained on the pairs
+    (project / "dpo.yaml").write_text(DPO_CONFIG.format(model=manifest["base_model"], prefs=prefs))
+    r = cli("train", "dpo.yaml")
+    assert r.returncode == 0, r.stderr
+    dpo = project / "dpo"
+    assert json.loads((dpo / "manifest.json").read_text())["objective"] == "dpo"
+    steps = [row for row in map(json.loads, (dpo / "metrics.jsonl").read_text().splitlines())]
+    assert len(steps) == 3 and all("reward_margin" in row for row in steps)
+    r = cli("evaluate", "dpo")  # fewer than 20 pairs: the import put them all in train
+    assert r.returncode != 0 and not (dpo / "eval").exists()
+    assert f"--split: the test split of {prefs} holds no preference pairs" in r.stderr
+    r = cli("evaluate", "dpo", "--split", "train", "--compare-base")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((dpo / "eval" / "train.json").read_text())
+    rows = [json.loads(line) for line in (dpo / "eval" / "train.predictions.jsonl").read_text().splitlines()]
+    pairs = [json.loads(line) for line in (prefs / "train.jsonl").read_text().splitlines()]
+    assert [row["record"] for row in rows] == pairs and result["tuned"]["pairs"] == len(pairs)
+    for side in ("tuned", "base"):
+        margin = [row["scores"][side]["logp_margin"] for row in rows]
+        assert [row["scores"][side]["correct"] for row in rows] == [float(m > 0) for m in margin]
+        assert result[side]["accuracy"] == pytest.approx(sum(m > 0 for m in margin) / len(rows))
+        assert result[side]["logp_margin"] == pytest.approx(sum(margin) / len(rows))
+    assert result["tuned"]["reward_margin"] > 0  # trained on these very pairs
+    assert "reward_margin" not in result["base"]  # the base has no adapter to switch off: no reference
+    assert result["paired"]["accuracy"]["test"] == "mcnemar-exact"

@@ -42,3 +42,20 @@ def test_config_keys_lists_every_method_option_with_its_docstring(capsys: pytest
         for name, field in module.Options.model_fields.items():
             assert field.description, f"{method}.{name} has no docstring"
             assert any(k.startswith(f"method.{name} (") and method in k for k in keys), (method, name)
+
+
+def test_config_keys_lists_the_keys_of_an_optional_section_and_dpo_beta(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli.config_keys()
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        "eval.judge  (section | None, default null)  LLM-as-judge over generated answers (off unless set)."
+        in lines
+    )
+    assert "eval.judge.model  (str, default required)  Model name to send to the judge endpoint." in lines
+    assert "eval.judge.timeout_s  (float, default 60.0)  Seconds to wait for one judge answer." in lines
+    assert (
+        "train.dpo_beta  (float, default 0.1)  Preference data (DPO): how far the tuned model may move "
+        "from the base; higher keeps it closer." in lines
+    )

@@ -213,4 +213,64 @@ def evaluate_model(
         return _classify(model, tok, records, cfg, labels, progress)
     if fmt == "regression":
         return _regress(model, tok, records, cfg)
+    if fmt == "preference" and cfg.model.task == "causal-lm":
+        return _preferences(model, tok, records, cfg)
     return _language_model(model, tok, records, cfg, fmt, labels, progress)
+
+
+def _preferences(model: Any, tok: Any, records: list[dict[str, Any]], cfg: RunConfig) -> ModelEval:
+    """Preference pairs (a DPO run): how often the model finds the chosen answer the more likely one.
+
+    Any model gets `accuracy` and `logp_margin` from the mean log-probability per answer token (summed, a long
+    chosen answer would lose to a short rejected one whatever the model prefers), so base and tuned compare
+    row by row; a model with an adapter also gets DPO's reward metrics against its adapter-off reference.
+    """
+    import torch
+
+    from tuneforge.models.encode import IGNORE, encode_preference
+    from tuneforge.models.lm_loss import example_logprobs
+    from tuneforge.models.preference import pair_batch, preference_metrics, reference_logprobs
+
+    pairs = [
+        encode_preference(
+            tok,
+            r["prompt"],
+            r["chosen"],
+            r["rejected"],
+            max_length=cfg.model.max_length,
+            truncation=cfg.data.truncation,
+        )
+        for r in records
+    ]
+    has_reference = hasattr(model, "disable_adapter")
+    model.eval()
+    margins: list[float] = []
+    rewards: list[tuple[float, float]] = []
+    for i in range(0, len(pairs), cfg.eval.batch_size):
+        part = pairs[i : i + cfg.eval.batch_size]
+        batch = pair_batch(part, int(tok.pad_token_id), packed=False)
+        batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        p = batch["pairs"]
+        with torch.no_grad():
+            logp = example_logprobs(model, batch)  # (2P,) summed over each answer's tokens
+        tokens = [
+            max(sum(y != IGNORE for y in e[side]["labels"][1:]), 1)
+            for side in ("chosen", "rejected")
+            for e in part
+        ]
+        mean = logp.cpu() / torch.tensor(tokens, dtype=torch.float32)
+        margins += (mean[:p] - mean[p:]).tolist()
+        if has_reference:
+            reward = (cfg.train.dpo_beta * (logp - reference_logprobs(model, batch))).tolist()
+            rewards += list(zip(reward[:p], reward[p:], strict=True))
+    correct = [float(m > 0) for m in margins]
+    n = len(pairs)
+    metrics: dict[str, Any] = {
+        "accuracy": sum(correct) / max(n, 1),
+        "logp_margin": sum(margins) / max(n, 1),
+        "pairs": n,
+    }
+    if has_reference:
+        sums = [sum(c for c, _ in rewards), sum(r for _, r in rewards), sum(float(c > r) for c, r in rewards)]
+        metrics.update({k: v for k, v in preference_metrics(0.0, sums, n).items() if k != "loss"})
+    return ModelEval(metrics, [], {"correct": correct, "logp_margin": margins})

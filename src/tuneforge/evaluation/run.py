@@ -69,7 +69,8 @@ def _probe_inputs(
             max_length=cfg.model.max_length,
             template=cfg.data.prompt_template,
         )
-        ids = [encode(r)["input_ids"] for r in head]
+        # A preference pair probes with its chosen side.
+        ids = [(e.get("chosen") or e)["input_ids"] for e in map(encode, head)]
     else:
         ids = [
             list(tok(str(r.get("text", "")), truncation=True, max_length=cfg.model.max_length)["input_ids"])
@@ -229,6 +230,13 @@ def evaluate_run(
     run.check_split_files(dataset)  # the data the run trained on, not a re-split under the same path
     records = dataset.records(split)[:limit]
     fmt, labels = dataset.format, dataset.labels
+    if not records and fmt == "preference":  # e.g. human-eval import keeps every pair in train when few
+        raise TuneforgeError(
+            f"the {split} split of {dataset.path} holds no preference pairs",
+            where="--split",
+            fix="evaluate a split that has pairs (--split train shows how well the run fits them), "
+            "or prepare the pairs with a test fraction in data.splits",
+        )
     groups = group_columns(records, cfg)
     _check_threshold_optimizer(cfg, labels, groups)
     if cfg.eval.judge is not None:  # a missing key or rubric is an error before any model is loaded

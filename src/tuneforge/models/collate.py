@@ -34,8 +34,11 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def target_count(batch: dict[str, torch.Tensor]) -> int:
-    """How many loss terms a micro-batch contributes: predicted tokens for causal-LM, rows for heads."""
+def target_count(batch: dict[str, Any]) -> int:
+    """How many loss terms a micro-batch contributes: predicted tokens for causal-LM, rows for heads, and
+    pairs for preference (DPO) batches, whose loss is one term per pair."""
+    if "pairs" in batch:
+        return int(batch["pairs"])
     if "labels" in batch:
         return int((batch["labels"][:, 1:] != IGNORE).sum())
     return int(batch["label"].shape[0])

@@ -1,10 +1,12 @@
 """Records → token examples for each task, with the causal-LM loss only on what the assistant says.
 
 An example is a dict: `input_ids` (list[int]), and either `labels` (list[int], -100 where no loss) for
-causal-lm or `label` (int class id / float target) for the heads. An example cut to fit model.max_length
-says how in `truncated`: "text" (a text, or the text inside a classification prompt, was cut as
-data.truncation says), "turns" (a conversation ends after the last assistant turn that fits) or "answer"
-(not even the first answer fits, so it is cut: the one case where the model learns a partial answer).
+causal-lm or `label` (int class id / float target) for the heads. A preference record becomes a pair
+`{"chosen": example, "rejected": example}` of two such causal-LM examples sharing one prompt. An example cut
+to fit model.max_length says how in `truncated`: "text" (a text, or the text inside a classification prompt,
+was cut as data.truncation says), "prompt" (a preference prompt was cut so both answers fit), "turns" (a
+conversation ends after the last assistant turn that fits) or "answer" (not even the first answer fits, so it
+is cut: the one case where the model learns a partial answer).
 """
 
 from __future__ import annotations
@@ -195,6 +197,37 @@ def _cut_text(tok: PreTrainedTokenizerBase, text: str, keep: int, truncation: st
     return left + right if joined else f"{left} {right}"
 
 
+def _cut_to_fit(
+    tok: PreTrainedTokenizerBase,
+    text: str,
+    build: Callable[[str, int], list[Example]],
+    max_length: int,
+    truncation: str,
+) -> tuple[list[Example], str | None]:
+    """`build(text, limit)`'s examples, `text` cut (as `truncation` says) until the longest fits max_length.
+
+    Returns the examples and None (they fit as they are), "cut" (the text was cut) or "empty" (nothing of
+    the text fits: built from an empty text with limit=max_length, so what is still too long is cut by
+    `build` itself). Re-tokenizing a cut text can merge tokens differently at the cut, so the cut is repeated
+    with the remaining overflow until it fits.
+    """
+    unlimited = 2**62
+    examples = build(text, unlimited)
+    over = max(len(e["input_ids"]) for e in examples) - max_length
+    if over <= 0:
+        return examples, None
+    keep = len(tok(text, add_special_tokens=False)["input_ids"]) - over
+    for _ in range(8):
+        if keep <= 0:
+            break
+        examples = build(_cut_text(tok, text, keep, truncation), unlimited)
+        over = max(len(e["input_ids"]) for e in examples) - max_length
+        if over <= 0:
+            return examples, "cut"
+        keep -= over
+    return build("", max_length), "empty"
+
+
 def encode_classification_prompt(
     tok: PreTrainedTokenizerBase,
     text: str,
@@ -208,28 +241,47 @@ def encode_classification_prompt(
     """A classification record as a prompt and its label for a causal LM, fitted into max_length.
 
     What is cut is the text inside the prompt (as `truncation` says), never the template or the answer.
-    Re-tokenizing a cut text can merge tokens differently at the cut, so the cut is repeated with the
-    remaining overflow until it fits.
     """
-    record = {"text": text, "label": label}
-    example = encode_chat(tok, to_messages(record, labels, template), 2**62)
-    over = len(example["input_ids"]) - max_length
-    if over <= 0:
+
+    def build(t: str, limit: int) -> list[Example]:
+        return [encode_chat(tok, to_messages({"text": t, "label": label}, labels, template), limit)]
+
+    [example], how = _cut_to_fit(tok, text, build, max_length, truncation)
+    if how is None or "truncated" in example:  # "truncated" here: not even the answer fits, and is cut
         return example
-    keep = len(tok(text, add_special_tokens=False)["input_ids"]) - over
-    for _ in range(8):
-        if keep <= 0:
-            break
-        record["text"] = _cut_text(tok, text, keep, truncation)
-        example = encode_chat(tok, to_messages(record, labels, template), 2**62)
-        over = len(example["input_ids"]) - max_length
-        if over <= 0:
-            return {**example, "truncated": "text"}
-        keep -= over
-    # Nothing of the text fits; if the answer does not fit either, encode_chat cuts it and says so.
-    record["text"] = ""
-    example = encode_chat(tok, to_messages(record, labels, template), max_length)
-    return example if "truncated" in example else {**example, "truncated": "text"}
+    return {**example, "truncated": "text"}
+
+
+def encode_preference(
+    tok: PreTrainedTokenizerBase,
+    prompt: str,
+    chosen: str,
+    rejected: str,
+    *,
+    max_length: int,
+    truncation: str = "head",
+) -> Example:
+    """A preference record as two conversations (prompt + chosen, prompt + rejected) fitted into max_length.
+
+    Each is encoded as chat SFT is (the chat template; labels on the answer and its end of turn only), so
+    DPO scores exactly the tokens SFT would teach. The prompt is cut first (as `truncation` says), the same
+    cut for both so they share one prompt, until the longer answer fits; only when no prompt leaves room is
+    an answer itself cut.
+    """
+
+    def build(p: str, limit: int) -> list[Example]:
+        return [
+            encode_chat(tok, [{"role": "user", "content": p}, {"role": "assistant", "content": a}], limit)
+            for a in (chosen, rejected)
+        ]
+
+    (good, bad), how = _cut_to_fit(tok, prompt, build, max_length, truncation)
+    pair: Example = {"chosen": good, "rejected": bad}
+    if "truncated" in good or "truncated" in bad:
+        pair["truncated"] = "answer"
+    elif how is not None:
+        pair["truncated"] = "prompt"
+    return pair
 
 
 def encoder(
@@ -261,6 +313,15 @@ def encoder(
                     max_length=max_length,
                     truncation=truncation,
                 )
+            if fmt == "preference":
+                return encode_preference(
+                    tok,
+                    r["prompt"],
+                    r["chosen"],
+                    r["rejected"],
+                    max_length=max_length,
+                    truncation=truncation,
+                )
             return encode_chat(tok, to_messages(r, labels, template), max_length)
         ids, cut = encode_text(tok, r["text"], max_length, truncation)
         label = labels.index(str(r["label"])) if task == "classification" else float(r["label"])
@@ -270,8 +331,20 @@ def encoder(
 
 
 def has_targets(example: Example) -> bool:
-    """False for a causal-LM example whose every label is masked (nothing to learn from it)."""
+    """False for a causal-LM example whose every label is masked (nothing to learn from it).
+
+    A preference pair needs targets on both sides: DPO compares the two answers.
+    """
+    if "chosen" in example:
+        return has_targets(example["chosen"]) and has_targets(example["rejected"])
     return "labels" not in example or any(x != IGNORE for x in example["labels"])
+
+
+def example_length(example: Example) -> int:
+    """Tokens of an example (a preference pair: its longer side, the width it pads a batch to)."""
+    if "chosen" in example:
+        return max(len(example["chosen"]["input_ids"]), len(example["rejected"]["input_ids"]))
+    return len(example["input_ids"])
 
 
 def encode_for_task(

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tuneforge.models.collate import input_positions
 from tuneforge.models.encode import IGNORE
-from tuneforge.models.packing import forward_kwargs
+from tuneforge.models.packing import forward_kwargs, is_packed
 
 # Positions projected at once: 1024 x 49k fp32 logits is ~200 MB, the size of a few activations.
 CHUNK = 1024
@@ -123,26 +123,49 @@ def full_logits_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.
     return loss, logits
 
 
+def _chunk_logprobs(head: torch.nn.Module | None, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of the targets `y` (n,): hidden states (n, D) through `head`, or logits (n, V)."""
+    logits = head(x) if head is not None else x  # (n, V) for this chunk only
+    return -F.cross_entropy(logits.float(), y, reduction="none")
+
+
+def example_logprobs(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """Per-example sum of the log-probabilities of its target tokens (E,), differentiable.
+
+    E is the number of rows of a padded batch, or of examples in a packed row (told apart by its
+    `cu_seq_lens_q`). Only target positions are projected, a chunk at a time, each chunk recomputed in the
+    backward pass, as for `summed_target_loss`.
+    """
+    labels = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    taught = labels != IGNORE
+    if is_packed(batch):
+        bounds = batch["cu_seq_lens_q"].long()  # (E+1,) where each example starts in the row
+        # The owner of a target is the example its token (position t+1) lies in.
+        tokens = torch.arange(1, labels.shape[1] + 1, device=labels.device).expand_as(labels)[taught]
+        owners, n_examples = torch.searchsorted(bounds[1:], tokens, right=True), len(bounds) - 1
+    else:
+        rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)
+        owners, n_examples = rows[taught], labels.shape[0]
+    picked = target_hidden(model, batch)
+    head: torch.nn.Module | None
+    if picked is None:  # prompt/prefix tuning, a distributed wrapper: the model's own forward
+        logits = model(**forward_kwargs(batch)).logits
+        x, head = input_positions(logits, batch["input_ids"])[:, :-1][taught], None  # (N, V)
+    else:
+        x, _, _, head = picked  # (N, D)
+    y = labels[taught]
+    if torch.is_grad_enabled() and len(y) > CHUNK:
+        parts = [
+            checkpoint(_chunk_logprobs, head, x[i : i + CHUNK], y[i : i + CHUNK], use_reentrant=False)
+            for i in range(0, len(y), CHUNK)
+        ]
+    else:
+        parts = [_chunk_logprobs(head, x[i : i + CHUNK], y[i : i + CHUNK]) for i in range(0, len(y), CHUNK)]
+    logp = torch.cat(parts) if parts else x.sum() * 0.0 + torch.zeros(0, device=y.device)  # (N,)
+    return torch.zeros(n_examples, device=y.device).index_add(0, owners, logp)
+
+
 @torch.no_grad()
 def target_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-row sum of the log-probabilities of the target tokens (B,), projecting only target positions."""
-    n_rows = batch["input_ids"].shape[0]
-    picked = target_hidden(model, batch)
-    if picked is None:
-        logits = model(**forward_kwargs(batch)).logits
-        logits = input_positions(logits, batch["input_ids"])[:, :-1]  # (B, T-1, V)
-        labels = batch["labels"][:, 1:]  # (B, T-1)
-        taught = labels != IGNORE
-        rows = torch.arange(n_rows, device=labels.device).unsqueeze(1).expand_as(labels)[taught]
-        h_logits, y = logits[taught], labels[taught]
-        chunks = [(h_logits, y, rows)]
-        project = None
-    else:
-        h, y, rows, project = picked
-        chunks = [(h[i : i + CHUNK], y[i : i + CHUNK], rows[i : i + CHUNK]) for i in range(0, len(y), CHUNK)]
-    out = torch.zeros(n_rows, device=batch["input_ids"].device)
-    for x, yy, rr in chunks:
-        logits = project(x) if project is not None else x  # (n, V)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        out.index_add_(0, rr, logp.gather(-1, yy.unsqueeze(-1)).squeeze(-1))
-    return out
+    return example_logprobs(model, batch)

@@ -13,6 +13,10 @@ checkpointed and the newest checkpoint stays the last good one. An update that w
 weights (finite loss and gradient, a step far too large) stops the run at once: nothing of it is saved.
 
 How a step's micro-batches become an update (DDP, FSDP or DeepSpeed) is the `engine.StepEngine`'s business.
+
+Preference data (DPO, `dpo_beta` set): each example is a pair, a micro-batch of P pairs runs as 2P rows
+(models/preference.py), its loss counts one term per pair, and every step and validation also reports the
+mean chosen/rejected rewards, their margin and the reward accuracy.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,9 +36,10 @@ import torch.nn.functional as F
 from tuneforge.config import TrainConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.collate import collate, target_count, token_count
-from tuneforge.models.encode import Example
+from tuneforge.models.encode import Example, example_length
 from tuneforge.models.lm_loss import full_logits_loss, summed_target_loss
 from tuneforge.models.packing import cannot_pack, enable_packed_attention, pack
+from tuneforge.models.preference import STATS, pair_batch, preference_loss, preference_metrics, with_reference
 from tuneforge.train.batches import (
     GROUP_WINDOW,
     epoch_order,
@@ -65,6 +70,8 @@ class StepResult:
     """The loss or gradient was NaN/inf: counts towards train.max_bad_steps."""
     broke_weights: bool = False
     """The update left NaN/inf weights although loss and gradient were finite: the run stops."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """Further per-step metrics (DPO: rewards, margin, accuracy)."""
 
 
 def batch_loss(
@@ -90,8 +97,10 @@ def batch_loss(
     return loss, logits
 
 
-def validation_metrics(task: str) -> tuple[str, ...]:
+def validation_metrics(task: str, preference: bool = False) -> tuple[str, ...]:
     """The metrics `Loop.validate()` returns for a task (what train.metric_for_best may name)."""
+    if preference:
+        return ("loss", "reward_margin", "reward_accuracy", "reward_chosen", "reward_rejected")
     extra = {"causal-lm": ("perplexity",), "classification": ("accuracy",)}.get(task, ())
     return ("loss", *extra)
 
@@ -115,6 +124,8 @@ class Loop:
         class_weights: torch.Tensor | None = None,
         pack_examples: bool = False,
         group_by_length: bool = False,
+        dpo_beta: float | None = None,
+        reference_tables: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.acc = accelerator
         self.model = model
@@ -127,11 +138,15 @@ class Loop:
         self.seed = seed
         self.pad_id = pad_id
         self.class_weights = class_weights
+        self.dpo_beta = dpo_beta
+        # DPO of a full fine-tune: the reference log-probs of every pair, per split (train/reference.py).
+        self.reference_tables = reference_tables
         self._order_epoch = -1
         self.group_by_length = group_by_length
         self._windows: dict[tuple[int, int], list[list[int]]] = {}
         # Packing (train.pack_examples) where it is exact for this model; `packing_off` says why it is not.
         unwrapped = accelerator.unwrap_model(model)
+        self.reference = unwrapped  # DPO: the same model, its adapter switched off for the reference
         self.packing_off = cannot_pack(unwrapped, task) if pack_examples else "train.pack_examples is false"
         self.packing = self.packing_off is None
         if self.packing:
@@ -158,7 +173,7 @@ class Loop:
                 self._windows = {
                     (epoch, window): length_grouped_batches(
                         self._order,
-                        lambda x: len(self.examples[x]["input_ids"]),
+                        lambda x: example_length(self.examples[x]),
                         self.batch_size,
                         window,
                         seed=self.seed,
@@ -170,29 +185,47 @@ class Loop:
             out.append(self._windows[(epoch, window)][j])
         return out
 
-    def micro_batch(self, examples: list[Example]) -> dict[str, Any]:
-        """The model inputs of a micro-batch on the device: one packed row, or right-padded rows."""
-        batch = pack(examples) if self.packing else collate(examples, self.pad_id)
+    def micro_batch(
+        self, examples: list[Example], split: str = "", indices: list[int] | None = None
+    ) -> dict[str, Any]:
+        """The model inputs of a micro-batch on the device: one packed row, or right-padded rows.
+
+        With fixed DPO reference tables, `indices` (the examples' positions in `split`) pick their rows.
+        """
+        if self.dpo_beta is not None:
+            batch = pair_batch(examples, self.pad_id, self.packing)
+            if self.reference_tables is not None and indices is not None:
+                batch = with_reference(batch, self.reference_tables[split], indices)
+        else:
+            batch = pack(examples) if self.packing else collate(examples, self.pad_id)
         return {k: v.to(self.acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def step(self, state: TrainState) -> StepResult:
         self.model.train()
         device = self.acc.device
         batches = [
-            self.micro_batch([self.examples[i] for i in idx]) for idx in self._step_batches(state.step)
+            self.micro_batch([self.examples[i] for i in idx], "train", idx)
+            for idx in self._step_batches(state.step)
         ]
         local_targets = sum(target_count(b) for b in batches)
         # Every process divides by the global target count; DDP (and ZeRO) then average gradients over
         # processes, so we scale by the process count to get the true global mean.
         global_targets = int(self.acc.reduce(torch.tensor(local_targets, device=device), "sum").item())
         scale = self.acc.num_processes / max(global_targets, 1)
-        total = torch.zeros((), device=device)
+        total = torch.zeros(1 + len(STATS), device=device)  # loss sum, then DPO's STATS sums
         for i, batch in enumerate(batches):
             with self.engine.no_sync(last=i == len(batches) - 1), self.acc.autocast():
-                loss_sum, _ = batch_loss(self.model, batch, self.task, self.class_weights)
+                loss_sum, stats = self.loss(batch)
                 self.engine.backward(loss_sum * scale)
-            total += loss_sum.detach()
-        loss = float(self.acc.reduce(total, "sum").item()) / max(global_targets, 1)
+            total[0] += loss_sum.detach()
+            if stats is not None:
+                total[1:] += stats
+        sums = self.acc.reduce(total, "sum").tolist()
+        loss = sums[0] / max(global_targets, 1)
+        extra = {}
+        if self.dpo_beta is not None:
+            extra = preference_metrics(sums[0], sums[1:], global_targets)
+            del extra["loss"]
         update = self.engine.update(loss)
         self.scheduler.step()  # even after a skip: see the module docstring
         # Tokens of the whole global batch, so metrics.jsonl reads the same whatever the process count.
@@ -206,7 +239,14 @@ class Loop:
             skipped=update.skipped,
             bad=update.bad,
             broke_weights=update.broke_weights,
+            extra=extra,
         )
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Summed loss of a training micro-batch, and (DPO) its reward sums."""
+        if self.dpo_beta is not None:
+            return preference_loss(self.model, self.reference, batch, self.dpo_beta)
+        return batch_loss(self.model, batch, self.task, self.class_weights)[0], None
 
     def agree(self, flag: bool) -> bool:
         """True on every process when it is true on any (so all processes stop at the same step)."""
@@ -216,10 +256,11 @@ class Loop:
 
     @torch.no_grad()
     def validate(self, examples: list[Example], batch_size: int) -> dict[str, float]:
-        """Mean validation loss (per target), plus accuracy for classification heads."""
+        """Mean validation loss (per target), plus accuracy for classification heads (DPO: rewards)."""
         self.model.eval()
         device = self.acc.device
         loss_sum, targets, correct = 0.0, 0, 0
+        pair_stats = torch.zeros(len(STATS), device=device)
         rank, world = self.acc.process_index, self.acc.num_processes
         mine = list(range(len(examples)))[rank::world]
         # Every process runs the same number of forward passes (an FSDP forward is collective): a process
@@ -227,18 +268,29 @@ class Loop:
         rounds = math.ceil(math.ceil(len(examples) / world) / batch_size)
         for r in range(rounds):
             part = mine[r * batch_size : (r + 1) * batch_size]
-            batch = self.micro_batch([examples[i] for i in part or mine[-batch_size:] or [0]])
+            used = part or mine[-batch_size:] or [0]
+            batch = self.micro_batch([examples[i] for i in used], "validation", used)
             with self.acc.autocast():
-                loss, logits = batch_loss(self.model, batch, self.task)
+                if self.dpo_beta is not None:
+                    loss, stats = preference_loss(self.model, self.reference, batch, self.dpo_beta)
+                    logits = None
+                else:
+                    loss, logits = batch_loss(self.model, batch, self.task)
             if not part:
                 continue
             loss_sum += float(loss)
+            if self.dpo_beta is not None:
+                pair_stats += stats
             if self.task == "classification":
                 assert logits is not None
                 correct += int((logits.argmax(-1) == batch["label"]).sum())
             targets += target_count(batch)
         totals = self.acc.reduce(torch.tensor([loss_sum, targets, correct], device=device), "sum").tolist()
         metrics = {"loss": totals[0] / max(totals[1], 1)}
+        if self.dpo_beta is not None:
+            stats_sums = self.acc.reduce(pair_stats, "sum").tolist()
+            self.model.train()
+            return preference_metrics(totals[0], stats_sums, int(totals[1]))
         if self.task == "causal-lm":
             metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
         if self.task == "classification":
@@ -340,6 +392,7 @@ def fit(
                 "tokens_per_s": round(tps, 1),
                 "time_s": round(state.elapsed_s, 2),
                 "skipped": result.skipped,
+                **result.extra,
             }
         )
         progress.update(state.step, loss=result.loss, lr=lr, tps=tps)

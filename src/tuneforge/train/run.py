@@ -91,7 +91,22 @@ def train(
         # 3. Distribution, optimizer and schedule, loop, checkpoints.
         dist = setup.distribute(cfg, plan, model.model)
         acc, main = plan.accelerator, plan.is_main
-        loop, scheduler, total_steps = setup.build_loop(cfg, plan, dist, examples, dataset, model.tokenizer)
+        references = None
+        if plan.full_weights and setup.is_preference(cfg, dataset.format):  # DPO with nothing to switch off
+            from tuneforge.train.reference import fixed_reference
+
+            references = fixed_reference(
+                run,
+                dist.unwrapped,
+                {"train": examples.train, "validation": examples.validation},
+                pad_id=int(model.tokenizer.pad_token_id),
+                batch_size=cfg.train.batch_size,
+                accelerator=acc,
+                resume=resume,
+            )
+        loop, scheduler, total_steps = setup.build_loop(
+            cfg, plan, dist, examples, dataset, model.tokenizer, references
+        )
         checkpoints = Checkpointer.for_run(run, dist.training, scheduler, cfg.train, plan.full_weights, acc)
         state = (checkpoints.resume() if resume else None) or TrainState()
         check_same_position(state, loop, force)
@@ -198,6 +213,8 @@ def _start_records(
             base_model_path=model.path,
             task=cfg.model.task,
             method=cfg.method.name,
+            # How the run learns: DPO on preference pairs, or the supervised loss of its task.
+            objective="dpo" if setup.is_preference(cfg, dataset.format) else "supervised",
             dataset={
                 "path": str(dataset.path.resolve()),
                 "fingerprint": dataset.manifest.get("fingerprint"),

@@ -68,13 +68,38 @@ def plan(cfg: RunConfig, source: ConfigSource) -> Plan:
 
 
 def load_dataset(cfg: RunConfig, source: ConfigSource, accelerator: Any) -> DatasetDir:
-    """Prepare (or find) the dataset and check that it fits the task and the validation settings."""
+    """Prepare (or find) the dataset; check that it fits the task, the method and the validation settings."""
     # The main process prepares (or finds) the dataset first; the others then reuse it instead of racing it.
     with accelerator.main_process_first():
         dataset = prepare_dataset(cfg.data, model=cfg.model)
     _check_task_fits(cfg.model.task, dataset.format)
-    _check_validation_settings(cfg, source, has_validation=bool(dataset.records("validation")))
+    if is_preference(cfg, dataset.format):
+        _check_preference(cfg, source)
+    _check_validation_settings(
+        cfg,
+        source,
+        has_validation=bool(dataset.records("validation")),
+        preference=is_preference(cfg, dataset.format),
+    )
     return dataset
+
+
+def is_preference(cfg: RunConfig, fmt: str) -> bool:
+    """A causal LM on preference records learns with the DPO objective (models/preference.py)."""
+    return cfg.model.task == "causal-lm" and fmt == "preference"
+
+
+def _check_preference(cfg: RunConfig, source: ConfigSource) -> None:
+    """DPO runs without sharding: its reference forward needs the whole (unwrapped) model."""
+    for key, on in (("train.fsdp", cfg.train.fsdp), ("train.deepspeed", cfg.train.deepspeed is not None)):
+        if on:
+            raise TuneforgeError(
+                "DPO (a preference dataset) does not run sharded yet: its reference forward runs on the "
+                "unwrapped model (the adapter switched off, or the whole model before step 1), which "
+                "sharded engines do not support",
+                where=source.where(key),
+                fix=f"unset {key} (several processes with DDP work)",
+            )
 
 
 @dataclass
@@ -202,7 +227,13 @@ def distribute(cfg: RunConfig, plan: Plan, model: Any) -> Distributed:
 
 
 def build_loop(
-    cfg: RunConfig, plan: Plan, dist: Distributed, examples: Examples, dataset: DatasetDir, tokenizer: Any
+    cfg: RunConfig,
+    plan: Plan,
+    dist: Distributed,
+    examples: Examples,
+    dataset: DatasetDir,
+    tokenizer: Any,
+    reference_tables: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, int]:
     """The learning-rate schedule over the run's steps and the loop that takes them; and the step count."""
     from tuneforge.train.batches import steps_per_epoch
@@ -232,17 +263,22 @@ def build_loop(
         class_weights=weights,
         pack_examples=settings.pack_examples,
         group_by_length=settings.group_by_length,
+        dpo_beta=settings.dpo_beta if is_preference(cfg, dataset.format) else None,
+        reference_tables=reference_tables,
     )
     return loop, scheduler, total_steps
 
 
-def _check_validation_settings(cfg: RunConfig, source: ConfigSource, *, has_validation: bool) -> None:
+def _check_validation_settings(
+    cfg: RunConfig, source: ConfigSource, *, has_validation: bool, preference: bool
+) -> None:
     from tuneforge.train.loop import validation_metrics
 
-    names = validation_metrics(cfg.model.task)
+    names = validation_metrics(cfg.model.task, preference)
     if cfg.train.metric_for_best not in names:
+        what = "DPO run (a preference dataset)" if preference else f"{cfg.model.task} model"
         raise TuneforgeError(
-            f"validation of a {cfg.model.task} model has no metric {cfg.train.metric_for_best!r}",
+            f"validation of a {what} has no metric {cfg.train.metric_for_best!r}",
             where=source.where("train.metric_for_best"),
             fix="choose one of: " + ", ".join(names),
         )

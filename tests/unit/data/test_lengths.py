@@ -79,7 +79,9 @@ def test_counted_length_is_the_encoded_length(
     tok = load_tokenizer(model)
     encode = encoder(tok, task=task, fmt=fmt, labels=LABELS, max_length=10**6, template=PROMPT)
     record = RECORDS[fmt]
-    expected = len(encode(record)["input_ids"])
+    example = encode(record)
+    # A preference record encodes as a pair; the data stage measures its chosen side (prompt + chosen).
+    expected = len(example.get("chosen", example)["input_ids"])
     assert meter.lengths([record], fmt, LABELS) == [expected]
     if which == "wrapped" and task != "causal-lm":  # the special tokens around the text count
         assert expected == len(tok(record["text"], add_special_tokens=False)["input_ids"]) + 2

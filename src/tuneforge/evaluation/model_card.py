@@ -64,7 +64,7 @@ def render_card(run: RunDir, results: dict[str, dict[str, Any]]) -> str:
     """The card's text: metadata, how it was made, the results with intervals, how to load it."""
     from huggingface_hub import ModelCard
 
-    from tuneforge.evaluation.report import num, with_ci
+    from tuneforge.evaluation.render import num, with_ci
 
     data = card_data(run, results)
     m = run.manifest

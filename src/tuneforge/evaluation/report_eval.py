@@ -134,35 +134,22 @@ def _examples_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
             ("table", (["row", "input", "reference", "base", "tuned", f"{key} base → tuned"], rows)),
         ]
     path = run.eval_dir / f"{r['split']}.predictions.jsonl"
-    rows_all = read_jsonl(path) if path.is_file() else []
+    first = read_jsonl(path)[:10] if path.is_file() else []
+    if not first or not isinstance(first[0].get("tuned"), str):
+        return []
     if r.get("base") is not None:
-        return [
-            ("p", "Base and tuned scored the same on every example, so no example is shown side by side.")
-        ]
-    if rows_all and isinstance(rows_all[0].get("tuned"), str):
-        first = rows_all[:10]
-        return [
-            (
-                "p",
-                f"The tuned model's answers on the first {len(first)} examples (the base was not evaluated):",
-            ),
-            (
-                "table",
-                (
-                    ["row", "input", "reference", "tuned"],
-                    [
-                        [
-                            d["id"],
-                            _clip(d.get("input")),
-                            _clip(d.get("reference"), 120),
-                            _clip(d.get("tuned")),
-                        ]
-                        for d in first
-                    ],
-                ),
-            ),
-        ]
-    return []
+        what = f"Base and tuned scored alike on every example; the first {len(first)} side by side:"
+        header = ["row", "input", "reference", "base", "tuned"]
+    else:
+        what = f"The tuned model's answers on the first {len(first)} examples (the base was not evaluated):"
+        header = ["row", "input", "reference", "tuned"]
+    rows = [
+        [d["id"], _clip(d.get("input")), _clip(d.get("reference"), 120)]
+        + ([_clip(d.get("base"))] if "base" in header else [])
+        + [_clip(d.get("tuned"))]
+        for d in first
+    ]
+    return [("p", what), ("table", (header, rows))]
 
 
 def _guard_text(guard: dict[str, Any]) -> str:

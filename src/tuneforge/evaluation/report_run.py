@@ -90,11 +90,12 @@ def training_section(run: RunDir) -> list[Block]:
     if not train:
         return [("p", "No training metrics were logged (metrics.jsonl is empty or missing).")]
     text = f"{len(train)} logged steps; train loss {num(train[0][1])} → {num(train[-1][1])}"
-    text += (
-        f"; validation loss {num(val[0][1])} → {num(val[-1][1])}."
-        if val
-        else "; no validation loss was logged (train.eval_every is 0 or there is no validation split)."
-    )
+    if len(val) > 1:
+        text += f"; validation loss {num(val[0][1])} → {num(val[-1][1])} over {len(val)} evaluations."
+    elif val:
+        text += f"; validation loss {num(val[0][1])} (evaluated once, at step {val[0][0]})."
+    else:
+        text += "; no validation loss was logged (train.eval_every is 0 or there is no validation split)."
     ylabel = LOSS_UNIT.get(str(run.manifest.get("task")), "loss")
     png = plot_png(lambda ax: draw_loss_curves(ax, train, val, ylabel))
     return [("p", text), ("img", ("training and validation loss against optimizer steps", png))]

@@ -28,6 +28,9 @@ def draw_loss_curves(ax: Any, train: Series, val: Series, ylabel: str = "loss") 
         ax.plot(steps[k - 1 :], smooth, color="C0", linewidth=1.6, label=f"train loss, mean of {k} steps")
     if val:
         ax.plot(*zip(*val, strict=True), marker="o", color="C1", label="validation loss")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no "1.2" ticks on short runs
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -61,6 +61,7 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     for name in ("majority", "tfidf_logreg"):
         acc = sum(row["baselines"][name] == row["label"] for row in rows) / 12
         assert result["baselines"][name]["metrics"]["accuracy"] == pytest.approx(acc)
+        assert result["baselines"][name]["ci"]["accuracy"]["value"] == pytest.approx(acc)
     # per-group accuracy (Fairlearn) equals a direct computation over the rows
     fair = result["fairness"]["group"]["tuned"]
     assert fair["counts"] == {"north": 8, "south": 4} and fair["too_small"] == []

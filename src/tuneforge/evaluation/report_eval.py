@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from tuneforge.artifacts import RunDir, read_jsonl
-from tuneforge.evaluation.render import Block, num, visible, with_ci
+from tuneforge.evaluation.render import Block, num, plot_png, visible, with_ci
 from tuneforge.evaluation.report_groups import group_blocks, threshold_blocks
 from tuneforge.evaluation.report_ratings import judge_blocks
 
@@ -62,7 +62,7 @@ def comparison_table(r: dict[str, Any]) -> Block:
         if base:
             row.append(with_ci(base.get(key), ci_b.get(key)))
         row.append(with_ci(tuned.get(key), ci_t.get(key)))
-        row += [num(b["metrics"].get(key, "")) for b in baselines.values()]
+        row += [with_ci(b["metrics"].get(key, ""), b.get("ci", {}).get(key)) for b in baselines.values()]
         rows.append([*row, better, scale])
     return ("table", (header, rows))
 
@@ -81,6 +81,37 @@ def confusion(label: str, m: dict[str, Any]) -> Block:
         for g, row, n in zip(cm["labels"], cm["rows_gold_cols_pred"], missing, strict=True)
     ]
     return ("table", ([f"{label}: gold \\ predicted", *cm["labels"], *extra], rows))
+
+
+def reliability_blocks(r: dict[str, Any]) -> list[Block]:
+    """Calibration: per confidence bin, how often the predicted label was right (the diagonal is perfect)."""
+    sides = [
+        (side, r[side]["reliability"]) for side in ("base", "tuned") if (r.get(side) or {}).get("reliability")
+    ]
+
+    def draw(ax: Any) -> None:
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+        for side, bins in sides:
+            full = [b for b in bins if b["n"]]
+            ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], marker="o", label=side)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (probability of the predicted label)")
+        ax.set_ylabel("share right")
+        ax.grid(alpha=0.3)
+        ax.legend()
+
+    rows = [
+        [side, f"({b['lo']:.1f}, {b['hi']:.1f}]", b["n"], num(b["confidence"]), num(b["accuracy"])]
+        for side, bins in sides
+        for b in bins
+        if b["n"]
+    ]
+    return [
+        ("p", "Calibration: how often the predicted label was right, per confidence bin."),
+        ("img", ("reliability diagram", plot_png(draw, size=(5, 4)))),
+        ("table", (["model", "confidence bin", "n", "mean confidence", "share right"], rows)),
+    ]
 
 
 def ranking_key(row: dict[str, Any]) -> str | None:
@@ -202,6 +233,8 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         if r.get("base"):
             blocks.append(confusion("base", r["base"]))
         blocks.append(confusion("tuned", r["tuned"]))
+    if r["tuned"].get("reliability"):
+        blocks += reliability_blocks(r)
     if r.get("fairness"):
         blocks += group_blocks(r["fairness"])
     if r.get("threshold_optimizer"):

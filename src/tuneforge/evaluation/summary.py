@@ -132,6 +132,7 @@ def _baselines(
                 names=("tuned", name),
             )
             entry["vs_tuned"] = {**c["paired"], "verdict": c["verdict"]}
+            entry["ci"] = {metric: c["base"]}  # the baseline's own interval, beside base's and tuned's
         out[name] = entry
     return out
 

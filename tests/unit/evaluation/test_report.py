@@ -7,10 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tuneforge.artifacts import atomic_dir, check_replaceable, write_json_atomic
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.calibration import calibration
 from tuneforge.evaluation.metrics import classification_metrics
 from tuneforge.evaluation.render import with_ci
 from tuneforge.evaluation.report import write_report
@@ -77,6 +79,17 @@ def classification_run(tmp_path: Path) -> Path:
         "guard": {"checked": True, "how": "adapter on vs off", "max_abs_logit_diff": 0.5},
     }
     result["tuned"]["unparseable_rate"] = 0.0
+    probs = np.asarray(
+        [[0.9, 0.05, 0.05], [0.3, 0.6, 0.1], [0.2, 0.7, 0.1]] + [[0.1, 0.1, 0.8]] * 2 + [[0.5, 0.3, 0.2]]
+    )
+    result["tuned"]["reliability"] = calibration(probs, [LABELS.index(g) for g in gold])["bins"]
+    result["baselines"] = {
+        "majority": {
+            "metrics": {"accuracy": 0.5},
+            "ci": {"accuracy": {"value": 0.5, "lo": 0.125, "hi": 0.875}},
+            "vs_tuned": {"verdict": "no evidence of a difference in accuracy"},
+        }
+    }
     return make_run(tmp_path, "classification", result, rows)
 
 
@@ -92,8 +105,21 @@ def test_classification_report_shows_what_the_eval_json_holds(classification_run
     assert result["paired"]["accuracy"]["verdict"] in summary
     # every metric row says which way is better and on what scale
     acc = [with_ci(result[side]["accuracy"], result["ci"][side]["accuracy"]) for side in ("base", "tuned")]
-    assert f"| accuracy | {acc[0]} | {acc[1]} | higher | share of examples right, 0-1 |" in md
-    assert "| unparseable_rate | 0.5 | 0 | lower | share of answers naming no label |" in md
+    assert (
+        f"| accuracy | {acc[0]} | {acc[1]} | 0.5 [0.125, 0.875] | higher | share of examples right, 0-1 |"
+        in md
+    )
+    # calibration: per (lo, hi] bin of the predicted label's probability, how many and how many right (by hand
+    # from the six rows: 0.9 right, 0.6 wrong, 0.7 right, 0.8 right twice, 0.5 wrong)
+    for bin_, n, conf, right in (
+        ("(0.4, 0.5]", 1, 0.5, 0),
+        ("(0.5, 0.6]", 1, 0.6, 0),
+        ("(0.6, 0.7]", 1, 0.7, 1),
+    ):
+        assert f"| tuned | {bin_} | {n} | {conf} | {right} |" in md
+    assert "| tuned | (0.7, 0.8] | 2 | 0.8 | 1 |" in md and "| tuned | (0.8, 0.9] | 1 | 0.9 | 1 |" in md
+    assert "alt='reliability diagram'" in html
+    assert "| unparseable_rate | 0.5 | 0 |  | lower | share of answers naming no label |" in md
     # the base's answers that named no label: a column of their own, counted from the rows
     rows = [json.loads(line) for line in (classification_run / "eval" / "test.predictions.jsonl").open()]
     for label in LABELS:
@@ -230,3 +256,24 @@ def test_loss_png_and_the_report_plot_the_same_series(tmp_path: Path) -> None:
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_loss([{"step": 1, "split": "validation", "loss": 1.0}], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_answers_are_shown_even_when_base_and_tuned_never_differ(tmp_path: Path) -> None:
+    rows = [
+        {
+            "id": i,
+            "input": f"q{i}",
+            "reference": "r",
+            "tuned": "same",
+            "base": "same",
+            "scores": {"tuned": {"token_f1": 0.0}, "base": {"token_f1": 0.0}},
+        }
+        for i in range(12)
+    ]
+    run = make_run(
+        tmp_path, "chat", {"tuned": {"token_f1": 0.0}, "base": {"token_f1": 0.0}, "guard": {}}, rows
+    )
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "Base and tuned scored alike on every example; the first 10 side by side:" in md
+    assert "| 9 | q9 | r | same | same |" in md and "| 10 | q10 |" not in md

@@ -146,4 +146,10 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     )  # the two raters agreed on these; the rest is a 1–1 split and left out
     r = cli("report", "run")
     assert r.returncode == 0, r.stderr
-    assert "\n## Human ratings\n" in (run / "report.md").read_text()
+    md = (run / "report.md").read_text()
+    assert "\n## Human ratings\n" in md
+    win = human["overall"]["win"]
+    assert (
+        f"- Human raters ({2 * n} blind ratings), tuned vs base: win {with_ci(win['value'], win)}, tie 0,"
+        in md
+    )

@@ -1,7 +1,8 @@
 """One report document → Markdown and self-contained HTML, so both show the very same numbers.
 
 A document is a list of sections; a section is a title and blocks: ("p", text), ("table", (header, rows))
-where a header of None makes a key/value table, ("pre", text), ("fold", (summary, text)) for long text the
+where a header of None makes a key/value table, ("cards", (header, rows)) a table that a narrow screen shows
+as one card per row (examples side by side), ("pre", text), ("fold", (summary, text)) for long text the
 HTML shows folded, ("img", (alt, base64 PNG)) and ("list", items). Plots are inlined as data URIs (offline).
 """
 
@@ -101,7 +102,7 @@ def to_markdown(title: str, sections: list[Section]) -> str:
                 out += ["```", str(text).rstrip(), "```", ""]
             elif kind == "img":
                 out += [f"*({value[0]}: see report.html)*", ""]
-            elif kind == "table":
+            elif kind in ("table", "cards"):
                 header, rows = value
                 header = header or ["", ""]
                 out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
@@ -125,7 +126,7 @@ def _cell(c: Any, label: str = "") -> str:
     return f"<td{cls}{data}>{html.escape(text)}</td>"
 
 
-def _table(header: list[Any] | None, rows: list[list[Any]]) -> str:
+def _table(header: list[Any] | None, rows: list[list[Any]], cards: bool = False) -> str:
     e = html.escape
     if header is None:  # key/value: the key is the row's header cell, no empty header row above
         body = "".join(
@@ -138,8 +139,6 @@ def _table(header: list[Any] | None, rows: list[list[Any]]) -> str:
     body = "".join(
         "<tr>" + "".join(_cell(c, h) for c, h in zip(row, labels, strict=False)) + "</tr>" for row in rows
     )
-    # A wide table of long texts (examples side by side) becomes one card per row on a narrow screen.
-    cards = len(header) >= 4 and any(len(str(c)) > 60 for row in rows for c in row)
     cls = " class='cards'" if cards else ""
     return f"<div class='table'><table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
@@ -172,7 +171,7 @@ def to_html(title: str, sections: list[Section]) -> str:
                 )
             elif kind == "img":
                 parts.append(f"<img alt='{e(value[0])}' src='data:image/png;base64,{value[1]}'>")
-            elif kind == "table":
-                parts.append(_table(*value))
+            elif kind in ("table", "cards"):
+                parts.append(_table(value[0], value[1], cards=kind == "cards"))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -81,12 +81,29 @@ def summary_section(run: RunDir, results: dict[str, dict[str, Any]]) -> Section:
     items += [headline(r) for r in results.values()]
     if not results:
         items.append("Not evaluated yet: run `tuneforge evaluate RUN` for the numbers.")
+    for r in results.values():
+        pair = (r.get("judge") or {}).get("pairwise")
+        if pair:
+            items.append(f"LLM judge on {r['split']}, tuned vs base: {_rates(pair)}.")
+    human = run.eval_dir / "human.json"
+    if human.is_file():
+        o = read_json(human)["overall"]
+        items.append(
+            f"Human raters ({o['n']} blind ratings), tuned vs base: {_rates(o)}; "
+            f"sign test p = {num(o['p_value'])}."
+        )
     warnings = sum(
         len(f.get("warnings", [])) for r in results.values() for f in r.get("fairness", {}).values()
     )
     if warnings:
         items.append(f"{warnings} per-group warnings: see the evaluation and the known limitations.")
     return ("Summary", [("list", items)])
+
+
+def _rates(d: dict[str, Any]) -> str:
+    """Win (with its interval), tie and loss rates of the tuned model's side of an A/B comparison."""
+    win, tie, loss = d["win"], d["tie"]["value"], d["loss"]["value"]
+    return f"win {with_ci(win['value'], win)}, tie {num(tie)}, loss {num(loss)}"
 
 
 def build_sections(run: RunDir) -> list[Section]:

@@ -162,7 +162,7 @@ def _examples_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         ]
         return [
             ("p", f"The {len(diff)} examples where base and tuned differ most (by {key}):"),
-            ("table", (["row", "input", "reference", "base", "tuned", f"{key} base → tuned"], rows)),
+            ("cards", (["row", "input", "reference", "base", "tuned", f"{key} base → tuned"], rows)),
         ]
     path = run.eval_dir / f"{r['split']}.predictions.jsonl"
     first = read_jsonl(path)[:10] if path.is_file() else []
@@ -180,7 +180,7 @@ def _examples_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         + [_clip(d.get("tuned"))]
         for d in first
     ]
-    return [("p", what), ("table", (header, rows))]
+    return [("p", what), ("cards", (header, rows))]
 
 
 def _guard_text(guard: dict[str, Any]) -> str:

@@ -55,18 +55,21 @@ def group_blocks(fairness: dict[str, Any]) -> list[Block]:
                 for label, par in parity.items()
             ]
             sides = ["base", "tuned"] if base else ["tuned"]
-            header = ["label (one vs rest)", *[f"{PARITY[k]}, {s}" for s in sides for k in PARITY]]
-            blocks.append(("p", f"Parity gaps across {column} (0 = equal treatment; higher is a wider gap):"))
+            header = ["label (one vs rest)", *[f"{PARITY[k]} {side}" for side in sides for k in PARITY]]
+            blocks.append(
+                (
+                    "p",
+                    f"Parity gaps across {column}: DP is the demographic parity difference, EO the "
+                    "equalized odds difference (0 = equal treatment; higher is a wider gap):",
+                )
+            )
             blocks.append(("table", (header, rows)))
         if entry.get("warnings"):
             blocks.append(("list", [f"WARNING: {w}" for w in entry["warnings"]]))
     return blocks
 
 
-PARITY = {
-    "demographic_parity_difference": "demographic parity difference",
-    "equalized_odds_difference": "equalized odds difference",
-}
+PARITY = {"demographic_parity_difference": "DP", "equalized_odds_difference": "EO"}
 
 
 def threshold_blocks(t: dict[str, Any]) -> list[Block]:

@@ -141,6 +141,9 @@ def most_different(run: RunDir, split: str, k: int = 10) -> list[dict[str, Any]]
 
 
 def _clip(s: Any, n: int = 300) -> str:
+    """A cell of the examples table: one line, at most n characters; a predicted value at 4 digits."""
+    if isinstance(s, float):
+        return num(s)
     s = " ".join(visible(s if s is not None else "").split())
     return s if len(s) <= n else s[: n - 1] + "…"
 

@@ -277,3 +277,22 @@ def test_answers_are_shown_even_when_base_and_tuned_never_differ(tmp_path: Path)
     md = (run / "report.md").read_text()
     assert "Base and tuned scored alike on every example; the first 10 side by side:" in md
     assert "| 9 | q9 | r | same | same |" in md and "| 10 | q10 |" not in md
+
+
+def test_regression_examples_print_predicted_values_at_four_digits(tmp_path: Path) -> None:
+    rows = [
+        {
+            "id": 0,
+            "input": "t",
+            "reference": 5.0,
+            "base": -0.023314306512475014,
+            "tuned": 0.07355169951915741,
+            "scores": {"tuned": {"abs_error": 4.926448300480843}, "base": {"abs_error": 5.023314306512475}},
+        }
+    ]
+    result = {"tuned": {"mse": 24.27}, "base": {"mse": 25.23}, "guard": {}}
+    run = make_run(tmp_path, "regression", result, rows, task="regression")
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "| 0 | t | 5 | -0.02331 | 0.07355 | 5.023 → 4.926 |" in md
+    assert "| mse | 25.23 | 24.27 | lower | mean squared error, label units squared |" in md

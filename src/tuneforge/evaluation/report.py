@@ -64,6 +64,12 @@ def limitations(results: dict[str, dict[str, Any]], run: RunDir) -> list[str]:
             )
     if not results:
         out.append("The run has not been evaluated (run `tuneforge evaluate RUN`).")
+    status = run.manifest.get("status")
+    if status != "completed":
+        out.append(
+            f"The run's status is {status or 'unknown'}: it did not finish, so final/ may be missing and the "
+            "curves stop where it stopped (`tuneforge train CONFIG --resume` continues it)."
+        )
     out.append(
         "Metrics measure agreement with the references of this dataset; they do not measure safety, "
         "factuality beyond the references, or behaviour on other data."

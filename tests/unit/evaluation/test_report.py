@@ -296,3 +296,14 @@ def test_regression_examples_print_predicted_values_at_four_digits(tmp_path: Pat
     md = (run / "report.md").read_text()
     assert "| 0 | t | 5 | -0.02331 | 0.07355 | 5.023 → 4.926 |" in md
     assert "| mse | 25.23 | 24.27 | lower | mean squared error, label units squared |" in md
+
+
+def test_a_run_that_did_not_finish_and_was_not_evaluated_says_so(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "chat", {"tuned": {}, "guard": {}}, [], status="failed")
+    for p in (run / "eval").iterdir():
+        p.unlink()
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "- Not evaluated yet: run `tuneforge evaluate RUN` for the numbers." in md
+    assert "- The run's status is failed: it did not finish" in md
+    assert "\n## Evaluation" not in md and not (run / "final").exists()  # no card for a run without final/

@@ -94,8 +94,8 @@ def reliability_blocks(r: dict[str, Any]) -> list[Block]:
         for side, bins in sides:
             full = [b for b in bins if b["n"]]
             ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], marker="o", label=side)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        ax.set_xlim(0, 1.03)  # room for a point at confidence 1
+        ax.set_ylim(0, 1.03)
         ax.set_xlabel("confidence (probability of the predicted label)")
         ax.set_ylabel("share right")
         ax.grid(alpha=0.3)

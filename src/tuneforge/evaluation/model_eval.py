@@ -136,8 +136,12 @@ def _classify(
         cal = calibration(np.asarray(probs), [labels.index(g) for g in gold])
         metrics.update(ece=cal["ece"], brier=cal["brier"], reliability=cal["bins"])
     shown = outputs if outputs is not None else pred
-    correct = [float(p == g) for p, g in zip(pred, gold, strict=True)]
-    return ModelEval(metrics, shown, {"correct": correct}, probs, decided)
+    per = {"correct": [float(p == g) for p, g in zip(pred, gold, strict=True)]}
+    if probs is not None and records:
+        # Brier is a mean over examples, so its per-example terms give it an interval and a paired test too.
+        onehot = np.eye(len(labels))[[labels.index(g) for g in gold]]
+        per["brier"] = ((np.asarray(probs) - onehot) ** 2).sum(axis=1).tolist()
+    return ModelEval(metrics, shown, per, probs, decided)
 
 
 def _regress(model: Any, tok: Any, records: list[dict[str, Any]], cfg: RunConfig) -> ModelEval:

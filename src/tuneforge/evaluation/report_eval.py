@@ -186,6 +186,17 @@ def _examples_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
     return [("p", what), ("cards", (header, rows))]
 
 
+def _test_cells(p: dict[str, Any]) -> list[str]:
+    """A paired test as table cells; the result says who is better, or that the data cannot tell."""
+    diff = f"{p['diff']:+.4g} [{p['lo']:+.4g}, {p['hi']:+.4g}]" if p.get("diff") is not None else ""
+    verdict = str(p.get("verdict", ""))
+    if " is better in " in verdict:
+        result = verdict.split(" is better in ")[0] + " is better"
+    else:
+        result = "no evidence of a difference" if verdict.startswith("no evidence") else "they differ"
+    return [diff, num(p.get("p_value")), str(p.get("test", "")), result]
+
+
 def _guard_text(guard: dict[str, Any]) -> str:
     if guard.get("checked"):
         return (
@@ -224,14 +235,23 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         ),
         comparison_table(r),
     ]
-    verdicts = [f"{m}: {p['verdict']}" for m, p in r.get("paired", {}).items()]
-    if verdicts:
-        blocks += [("p", "Paired tests, base vs tuned on the same examples:"), ("list", verdicts)]
-    vs = [
-        f"{name}: {b['vs_tuned']['verdict']}" for name, b in r.get("baselines", {}).items() if "vs_tuned" in b
-    ]
+    paired = r.get("paired", {})
+    if paired:
+        rows = [[m, *_test_cells(p)] for m, p in paired.items()]
+        blocks += [
+            ("p", "Paired tests, base vs tuned on the same examples (difference = tuned - base):"),
+            ("table", (["metric", "difference [95% CI]", "p", "test", "result"], rows)),
+        ]
+    vs = {name: b["vs_tuned"] for name, b in r.get("baselines", {}).items() if "vs_tuned" in b}
     if vs:
-        blocks += [("p", "Tuned vs the classical baselines (fitted on the train split):"), ("list", vs)]
+        rows = [[name, *_test_cells(p)] for name, p in vs.items()]
+        blocks += [
+            (
+                "p",
+                "Tuned vs the classical baselines fitted on the train split (difference = tuned - baseline):",
+            ),
+            ("table", (["baseline", "difference [95% CI]", "p", "test", "result"], rows)),
+        ]
     if "confusion_matrix" in r["tuned"]:
         if r.get("base"):
             blocks.append(confusion("base", r["base"]))

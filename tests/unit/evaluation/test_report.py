@@ -14,7 +14,7 @@ from tuneforge.artifacts import atomic_dir, check_replaceable, write_json_atomic
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.calibration import calibration
 from tuneforge.evaluation.metrics import classification_metrics
-from tuneforge.evaluation.render import with_ci
+from tuneforge.evaluation.render import num, with_ci
 from tuneforge.evaluation.report import write_report
 from tuneforge.evaluation.stats import compare
 
@@ -120,6 +120,11 @@ def test_classification_report_shows_what_the_eval_json_holds(classification_run
     assert "| tuned | (0.7, 0.8] | 2 | 0.8 | 1 |" in md and "| tuned | (0.8, 0.9] | 1 | 0.9 | 1 |" in md
     assert "alt='reliability diagram'" in html
     assert "| unparseable_rate | 0.5 | 0 |  | lower | share of answers naming no label |" in md
+    # the paired test as a row: difference tuned - base with its interval, p, the test, who is better
+    p = result["paired"]["accuracy"]
+    diff = f"{p['diff']:+.4g} [{p['lo']:+.4g}, {p['hi']:+.4g}]"
+    who = "tuned is better" if p["verdict"].startswith("tuned is better") else "no evidence of a difference"
+    assert f"| accuracy | {diff} | {num(p['p_value'])} | mcnemar-exact | {who} |" in md
     # the base's answers that named no label: a column of their own, counted from the rows
     rows = [json.loads(line) for line in (classification_run / "eval" / "test.predictions.jsonl").open()]
     for label in LABELS:

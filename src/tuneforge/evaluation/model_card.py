@@ -97,14 +97,44 @@ def _results_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     return lines or ["Not evaluated yet.", ""]
 
 
+def _training_lines(run: RunDir) -> list[str]:
+    """The data and the hyperparameters a reader of the card needs to judge or redo the training."""
+    import yaml
+
+    m = run.manifest
+    cfg = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) if run.config_path.is_file() else {}
+    method, train, model = (
+        (cfg or {}).get("method") or {},
+        (cfg or {}).get("train") or {},
+        (cfg or {}).get("model") or {},
+    )
+    data, examples = m.get("dataset") or {}, m.get("examples") or {}
+    settings = ", ".join(f"{k} {v}" for k, v in method.items() if k != "name")
+    counts = ", ".join(f"{n:,} {split}" for split, n in examples.items())
+    keys = ("max_steps", "epochs", "batch_size", "gradient_accumulation_steps", "learning_rate", "scheduler")
+    hyper = ", ".join(
+        f"{k} {train[k]}" for k in (*keys, "warmup_ratio", "weight_decay", "seed") if k in train
+    )
+    return [
+        "## Training",
+        "",
+        f"- data: a {data.get('format', '?')} dataset (fingerprint {str(data.get('fingerprint', ''))[:16]}), "
+        f"examples: {counts or 'not recorded'}",
+        f"- method: {m.get('method')}" + (f" ({settings})" if settings else ""),
+        f"- model: task {m.get('task')}, max_length {model.get('max_length', '?')}",
+        f"- training: {hyper or 'not recorded'}; {m.get('step')} optimizer steps",
+        "",
+    ]
+
+
 def render_card(run: RunDir, results: dict[str, dict[str, Any]]) -> str:
-    """The card's text: metadata, how it was made, the results with intervals, how to load it."""
+    """The card's text: metadata, how it was made (data, hyperparameters), results with intervals, use."""
     from huggingface_hub import ModelCard
 
     data = card_data(run, results)
     m = run.manifest
     params = m.get("parameters") or {}
-    made = f"Fine-tuned from `{m.get('base_model')}` with {m.get('method')} by tuneforge"
+    made = f"Fine-tuned from `{data.base_model or m.get('base_model')}` with {m.get('method')} by tuneforge"
     if params:
         made += f" ({params.get('trainable', 0):,} of {params.get('total', 0):,} parameters trained"
         made += f", {m.get('step')} steps)"
@@ -118,6 +148,7 @@ def render_card(run: RunDir, results: dict[str, dict[str, Any]]) -> str:
         "Before uploading, add `license:` (the base model's and the training data's terms decide it) and, "
         "if the data is on the Hub, `datasets:` to the metadata above.",
         "",
+        *_training_lines(run),
         "## Evaluation",
         "",
         *_results_lines(results),

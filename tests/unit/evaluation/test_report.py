@@ -206,8 +206,18 @@ def test_model_card_metadata_is_a_valid_hub_card_with_the_eval_numbers(tmp_path:
     run = make_run(tmp_path, "chat", result, rows, base_model="builtin:smollm2-135m-instruct")
     config = json.dumps({"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"})
     final = _final(run, {"adapter_config.json": config})
+    (run / "config.yaml").write_text(
+        "model: {max_length: 128}\nmethod: {name: lora, r: 8, alpha: 16}\n"
+        "train: {max_steps: 4, batch_size: 2, learning_rate: 2.0e-4, seed: 7}\n"
+    )
     write_report(run)
     card = ModelCard.load(final / "README.md")
+    # how it was made: the data, the method's settings and the hyperparameters of config.yaml
+    assert "- method: lora (r 8, alpha 16)\n- model: task causal-lm, max_length 128\n" in card.text
+    assert (
+        "- training: max_steps 4, batch_size 2, learning_rate 0.0002, seed 7; 4 optimizer steps" in card.text
+    )
+    assert "Fine-tuned from `HuggingFaceTB/SmolLM2-135M-Instruct` with lora" in card.text
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"
     assert card.data.license is None and card.data.datasets is None  # never guessed

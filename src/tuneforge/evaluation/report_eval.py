@@ -35,7 +35,7 @@ SHOWN: dict[str, tuple[str, str]] = {
     "length_ratio": ("near 1", "answer words / reference words"),
     "semantic_similarity": ("higher", "cosine similarity of MiniLM embeddings, -1-1"),
 }
-# The split's main per-example score, in order of preference: it ranks the examples and heads the summary.
+# The per-example score that ranks the examples where base and tuned differ, in order of preference.
 RANKING = ("correct", "token_f1", "chrf", "abs_error", "loss")
 PAIRED_NAME = {"loss": "loss_per_example"}  # the paired test runs on per-example loss
 

@@ -322,3 +322,16 @@ def test_a_run_that_did_not_finish_and_was_not_evaluated_says_so(tmp_path: Path)
     assert "- Not evaluated yet: run `tuneforge evaluate RUN` for the numbers." in md
     assert "- The run's status is failed: it did not finish" in md
     assert "\n## Evaluation" not in md and not (run / "final").exists()  # no card for a run without final/
+
+
+def test_the_report_does_not_load_torch(classification_run: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tuneforge.evaluation.report import write_report; "
+        f"write_report({str(classification_run)!r}); "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"  # train/plot.py draws the curve without train/'s torch imports

@@ -241,6 +241,23 @@ def atomic_dir(final: Path, *, kind: str, replace: bool = True) -> Iterator[Path
         raise
 
 
+def write_text_into(folder: Path, name: str, text: str) -> None:
+    """Add a file to a folder atomic_dir published (a model card into final/), naming it in the marker first.
+
+    A file written later without that would count as foreign, so the next replace of the folder (a resumed
+    training writing final/ again) would refuse. The marker is updated before the file: a crash in between
+    leaves a name without its file, which blocks nothing.
+    """
+    marker = folder / MARKER
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None  # a folder from before the marker existed: it was never replaceable, nothing to record
+    if isinstance(data, dict) and isinstance(data.get("entries"), list) and name not in data["entries"]:
+        write_json_atomic(marker, {**data, "entries": sorted([*map(str, data["entries"]), name])})
+    write_text_atomic(folder / name, text)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -132,7 +132,9 @@ def test_the_judge_runs_inside_evaluate(chat_run: Path, tmp_path: Path) -> None:
     assert [r["judge"]["pairwise"]["outcome"] for r in rows] == ["tie"] * 6
     assert result["judge"]["pairwise"]["tie"]["value"] == 1.0
     write_report(run)
-    assert "LLM judge stub (helpfulness rubric) on 6 examples" in (run / "report.md").read_text()
+    md = (run / "report.md").read_text()
+    assert "LLM judge stub (helpfulness rubric) on 6 examples" in md
+    assert "- LLM judge on test, tuned vs base: win 0 [0, 0], tie 1, loss 0.\n" in md  # in the summary
     # a rater who says "tie" on the first half and prefers the tuned answer on the rest agrees with the
     # all-tie judge exactly as often as chance: p_o = 1/2 = p_e, so kappa = 0
     from tuneforge.evaluation.human import export_sheets, import_ratings

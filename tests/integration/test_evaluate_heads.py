@@ -66,6 +66,14 @@ def test_binary_head_calibration_and_threshold_optimizer(tmp_path: Path, tiny_be
     gold = [labels.index(r["label"]) for r in preds]
     assert result["tuned"]["ece"] == pytest.approx(expected_calibration_error(probs, gold))
     assert result["tuned"]["brier"] == pytest.approx(brier_score(probs, gold))
+    # Brier per example: its mean is the headline, so it has an interval and a paired test; ECE bins first, so
+    # its interval resamples examples and brackets the headline value
+    per = [r["scores"]["tuned"]["brier"] for r in preds]
+    assert per == pytest.approx([brier_score(p[None], [g]) for p, g in zip(probs, gold, strict=True)])
+    assert result["ci"]["tuned"]["brier"]["value"] == pytest.approx(result["tuned"]["brier"])
+    assert "verdict" in result["paired"]["brier"]
+    ece = result["ci"]["tuned"]["ece"]
+    assert ece["value"] == pytest.approx(result["tuned"]["ece"]) and ece["lo"] <= ece["value"] <= ece["hi"]
     assert [r["tuned"] for r in preds] == [labels[int(np.argmax(p))] for p in probs]
     post = result["threshold_optimizer"]
     assert post["constraint"] == "demographic_parity" and post["group_column"] == "group"

@@ -2,30 +2,48 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
-from tuneforge.artifacts import RunDir, write_text_atomic
+from tuneforge.artifacts import RunDir, write_text_into
+from tuneforge.evaluation.render import num, with_ci
+from tuneforge.evaluation.report_eval import intervals
 
-CARD_METRICS = (
-    "accuracy",
-    "macro_f1",
-    "mse",
-    "mae",
-    "loss",
-    "perplexity",
-    "bleu",
-    "chrf",
-    "rougeL",
-    "token_f1",
-)
+# Eval JSON metric → (Hub metric id, display name, args): model-index wants the metric ids of
+# huggingface.co/metrics, so macro-F1 is `f1` with its averaging and ROUGE-L is `rouge`.
+CARD_METRICS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+    "accuracy": ("accuracy", "Accuracy", None),
+    "macro_f1": ("f1", "Macro F1", {"average": "macro"}),
+    "mse": ("mse", "MSE", None),
+    "mae": ("mae", "MAE", None),
+    "loss": ("loss", "Loss (nats per target token)", None),
+    "perplexity": ("perplexity", "Perplexity", None),
+    "bleu": ("bleu", "BLEU", None),
+    "chrf": ("chrf", "chrF", None),
+    "rougeL": ("rouge", "ROUGE-L", {"rouge_type": "rougeL"}),
+    "token_f1": ("f1", "Token F1 (SQuAD)", {"normalization": "squad"}),
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _task_type(result: dict[str, Any]) -> str:
-    return (
-        "text-classification"
-        if result.get("format") in ("classification", "regression")
-        else "text-generation"
-    )
+def _task_type(fmt: Any) -> str:
+    return "text-classification" if fmt in ("classification", "regression") else "text-generation"
+
+
+def hub_base_model(run: RunDir) -> str | None:
+    """The base as the Hub names it (a built-in's hub id, as adapter_config.json records it), or None for a
+    local folder: the Hub rejects a `base_model` that is not a model id."""
+    name = str(run.manifest.get("base_model") or "")
+    adapter = run.final / "adapter_config.json"
+    if adapter.is_file():
+        name = str(json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path") or name)
+    elif name.startswith("builtin:"):
+        from tuneforge import builtin
+
+        name = builtin.model_info(name).hub_id
+    return name if HUB_ID.match(name) and not Path(name).expanduser().exists() else None
 
 
 def card_data(run: RunDir, results: dict[str, dict[str, Any]]) -> Any:
@@ -35,71 +53,108 @@ def card_data(run: RunDir, results: dict[str, dict[str, Any]]) -> Any:
     dataset = str(m.get("dataset", {}).get("path", "dataset")).rstrip("/").split("/")[-1]
     evals = [
         EvalResult(
-            task_type=_task_type(r),
+            task_type=_task_type(r.get("format")),
             dataset_type=dataset,
             dataset_name=dataset,
             dataset_split=split,
-            metric_type=name,
-            metric_name=name,
+            metric_type=hub_id,
+            metric_name=display,
+            metric_args=args,
             metric_value=float(r["tuned"][name]),
         )
         for split, r in results.items()
-        for name in CARD_METRICS
+        for name, (hub_id, display, args) in CARD_METRICS.items()
         if isinstance(r["tuned"].get(name), int | float)
     ]
     adapter = m.get("saves_adapter", True)
+    # No `license` and no `datasets`: tuneforge knows neither the base's license nor a Hub id for a local
+    # dataset, and a guessed value on an upload is worse than the blank the card's text points out.
     return ModelCardData(
-        base_model=str(m.get("base_model")),
+        base_model=hub_base_model(run),
         library_name="peft" if adapter else "transformers",
-        license=m.get("license") or "other",
-        datasets=[dataset],
         tags=["tuneforge", str(m.get("method")), str(m.get("task"))],
-        pipeline_tag=_task_type(next(iter(results.values()))) if results else None,
+        pipeline_tag="text-generation" if m.get("task") == "causal-lm" else "text-classification",
         model_name=run.path.name,
         eval_results=evals or None,
     )
 
 
-def render_card(run: RunDir, results: dict[str, dict[str, Any]]) -> str:
-    """The card's text: metadata, how it was made, the results with intervals, how to load it."""
-    from huggingface_hub import ModelCard
+def _results_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for split, r in results.items():
+        lines += [f"{split} split, {r['n']} examples (95% bootstrap intervals in brackets):", ""]
+        lines += ["| metric | base | tuned |", "|---|---|---|"]
+        ci_t, ci_b = intervals(r, "tuned"), intervals(r, "base")
+        for name in CARD_METRICS:
+            if name in r["tuned"]:
+                base = with_ci(r["base"].get(name), ci_b.get(name)) if r.get("base") else ""
+                lines.append(f"| {name} | {base} | {with_ci(r['tuned'][name], ci_t.get(name))} |")
+        lines += [""] + [f"- {p['verdict']}" for p in r.get("paired", {}).values()] + [""]
+        for bname, b in r.get("baselines", {}).items():
+            key = "accuracy" if "accuracy" in b["metrics"] else "mse"
+            lines.append(f"- baseline {bname}: {key} {num(b['metrics'].get(key))}")
+        lines.append("")
+    return lines or ["Not evaluated yet.", ""]
 
-    from tuneforge.evaluation.report import num, with_ci
+
+def _training_lines(run: RunDir) -> list[str]:
+    """The data and the hyperparameters a reader of the card needs to judge or redo the training."""
+    import yaml
+
+    m = run.manifest
+    cfg = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) if run.config_path.is_file() else {}
+    method, train, model = (
+        (cfg or {}).get("method") or {},
+        (cfg or {}).get("train") or {},
+        (cfg or {}).get("model") or {},
+    )
+    data, examples = m.get("dataset") or {}, m.get("examples") or {}
+    settings = ", ".join(f"{k} {v}" for k, v in method.items() if k != "name")
+    counts = ", ".join(f"{n:,} {split}" for split, n in examples.items())
+    keys = ("max_steps", "epochs", "batch_size", "gradient_accumulation_steps", "learning_rate", "scheduler")
+    hyper = ", ".join(
+        f"{k} {train[k]}" for k in (*keys, "warmup_ratio", "weight_decay", "seed") if k in train
+    )
+    return [
+        "## Training",
+        "",
+        f"- data: a {data.get('format', '?')} dataset (fingerprint {str(data.get('fingerprint', ''))[:16]}), "
+        f"examples: {counts or 'not recorded'}",
+        f"- method: {m.get('method')}" + (f" ({settings})" if settings else ""),
+        f"- model: task {m.get('task')}, max_length {model.get('max_length', '?')}",
+        f"- training: {hyper or 'not recorded'}; {m.get('step')} optimizer steps",
+        "",
+    ]
+
+
+def render_card(run: RunDir, results: dict[str, dict[str, Any]]) -> str:
+    """The card's text: metadata, how it was made (data, hyperparameters), results with intervals, use."""
+    from huggingface_hub import ModelCard
 
     data = card_data(run, results)
     m = run.manifest
     params = m.get("parameters") or {}
-    lines = [
-        f"# {run.path.name}",
+    made = f"Fine-tuned from `{data.base_model or m.get('base_model')}` with {m.get('method')} by tuneforge"
+    if params:
+        made += f" ({params.get('trainable', 0):,} of {params.get('total', 0):,} parameters trained"
+        made += f", {m.get('step')} steps)"
+    lines = [f"# {run.path.name}", "", made + ".", ""]
+    if data.base_model is None:
+        lines += [
+            f"The base `{m.get('base_model')}` is a local folder, so the metadata names no base_model.",
+            "",
+        ]
+    lines += [
+        "Before uploading, add `license:` (the base model's and the training data's terms decide it) and, "
+        "if the data is on the Hub, `datasets:` to the metadata above.",
         "",
-        f"Fine-tuned from `{m.get('base_model')}` with {m.get('method')} by tuneforge "
-        f"({params.get('trainable', 0):,} of {params.get('total', 0):,} parameters trained, "
-        f"{m.get('step')} steps)."
-        if params
-        else f"Fine-tuned from `{m.get('base_model')}` with {m.get('method')} by tuneforge.",
-        "",
+        *_training_lines(run),
         "## Evaluation",
         "",
+        *_results_lines(results),
+        "See report.html in the run directory for the data, training curves and per-group results.",
+        "",
     ]
-    for split, r in results.items():
-        lines += [f"{split} split, {r['n']} examples (95% bootstrap intervals):", ""]
-        lines += ["| metric | base | tuned |", "|---|---|---|"]
-        for name in CARD_METRICS:
-            if name in r["tuned"]:
-                ci = r.get("ci", {})
-                key = name
-                base = with_ci(r["base"][name], ci.get("base", {}).get(key)) if r.get("base") else ""
-                lines.append(
-                    f"| {name} | {base} | {with_ci(r['tuned'][name], ci.get('tuned', {}).get(key))} |"
-                )
-        lines += [""] + [f"- {p['verdict']}" for p in r.get("paired", {}).values()] + [""]
-        for bname, b in r.get("baselines", {}).items():
-            acc = b["metrics"].get("accuracy", b["metrics"].get("mse"))
-            lines.append(f"- baseline {bname}: {num(acc)}")
-        lines.append("")
-    if not results:
-        lines += ["Not evaluated yet.", ""]
-    lines += ["See report.html in the run directory for the data, training curves and per-group results.", ""]
     if m.get("saves_adapter", True):
         auto = (
             "AutoPeftModelForCausalLM"
@@ -119,4 +174,4 @@ def render_card(run: RunDir, results: dict[str, dict[str, Any]]) -> str:
 
 
 def write_model_card(run: RunDir, results: dict[str, dict[str, Any]]) -> None:
-    write_text_atomic(run.final / "README.md", render_card(run, results))
+    write_text_into(run.final, "README.md", render_card(run, results))

@@ -33,9 +33,9 @@ class ModelEval:
     """Per record, each per-example score (correct, squared_error, loss, bleu, token_f1, ...)."""
     probs: list[list[float]] | None = None
     label_predictions: list[str] = field(default_factory=list)
+    """Classification: the label predicted per record ("<unparseable>": a generated answer named none)."""
     target_tokens: list[int] = field(default_factory=list)
     """Language models: target tokens per record (the weights of the per-token loss)."""
-    """Classification: the label predicted per record ("<unparseable>": a generated answer named none)."""
 
 
 def prompt_and_reference(record: dict[str, Any], labels: list[str], template: str) -> tuple[list[Any], str]:
@@ -78,17 +78,27 @@ def generation_settings(cfg: RunConfig) -> Any:
 
 
 def generate_answers(
-    model: Any, tok: Any, prompts: list[list[Any]], cfg: RunConfig, on_progress: Progress | None = None
-) -> list[str]:
-    """Answers to chat prompts with the shared generation engine; prompts cut from the left to fit."""
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    cfg: RunConfig,
+    labels: list[str],
+    on_progress: Progress | None = None,
+) -> tuple[list[str], list[str]]:
+    """Each record's generated answer and its reference, with the shared generation engine.
+
+    Classification (decision: generate) and chat/instruction evaluation both go through here, so a label is
+    parsed from exactly the answer a chat run would be scored on. Prompts are cut from the left to fit.
+    """
     from tuneforge.models.generate import generate
 
+    pairs = [prompt_and_reference(r, labels, cfg.data.prompt_template) for r in records]
     room = max(cfg.model.max_length - cfg.eval.max_new_tokens, 1)
-    ids = [encode_prompt(tok, p)[-room:] for p in prompts]
+    ids = [encode_prompt(tok, prompt)[-room:] for prompt, _ in pairs]
     out = generate(
         model, tok, ids, generation_settings(cfg), batch_size=cfg.eval.batch_size, on_progress=on_progress
     )
-    return [g.text.strip() for g in out]
+    return [g.text.strip() for g in out], [ref for _, ref in pairs]
 
 
 def _classify(
@@ -116,8 +126,7 @@ def _classify(
         pred: list[Any] = [labels[max(range(len(labels)), key=row.__getitem__)] for row in probs]
         outputs = None
     else:
-        prompts = [prompt_and_reference(r, labels, cfg.data.prompt_template)[0] for r in records]
-        outputs = generate_answers(model, tok, prompts, cfg, progress)
+        outputs, _ = generate_answers(model, tok, records, cfg, labels, progress)
         pred = [parse_label(o, labels) for o in outputs]
         extra["unparseable_rate"] = sum(p is None for p in pred) / max(len(pred), 1)
     decided = [p if p is not None else "<unparseable>" for p in pred]
@@ -127,8 +136,12 @@ def _classify(
         cal = calibration(np.asarray(probs), [labels.index(g) for g in gold])
         metrics.update(ece=cal["ece"], brier=cal["brier"], reliability=cal["bins"])
     shown = outputs if outputs is not None else pred
-    correct = [float(p == g) for p, g in zip(pred, gold, strict=True)]
-    return ModelEval(metrics, shown, {"correct": correct}, probs, decided)
+    per = {"correct": [float(p == g) for p, g in zip(pred, gold, strict=True)]}
+    if probs is not None and records:
+        # Brier is a mean over examples, so its per-example terms give it an interval and a paired test too.
+        onehot = np.eye(len(labels))[[labels.index(g) for g in gold]]
+        per["brier"] = ((np.asarray(probs) - onehot) ** 2).sum(axis=1).tolist()
+    return ModelEval(metrics, shown, per, probs, decided)
 
 
 def _regress(model: Any, tok: Any, records: list[dict[str, Any]], cfg: RunConfig) -> ModelEval:
@@ -177,9 +190,7 @@ def _language_model(
     if fmt in ("chat", "instruction") and cfg.eval.generate:
         from tuneforge.evaluation.text_metrics import PER_EXAMPLE, corpus_scores, per_example_scores
 
-        pairs = [prompt_and_reference(r, labels, cfg.data.prompt_template) for r in records]
-        answers = generate_answers(model, tok, [p for p, _ in pairs], cfg, progress)
-        refs = [ref for _, ref in pairs]
+        answers, refs = generate_answers(model, tok, records, cfg, labels, progress)
         metrics.update(corpus_scores(answers, refs))
         scores = per_example_scores(answers, refs)
         for name in PER_EXAMPLE:

@@ -1,7 +1,9 @@
 """One report document → Markdown and self-contained HTML, so both show the very same numbers.
 
-A document is a list of sections; a section is a title and blocks: ("p", text), ("table", (header, rows)),
-("pre", text), ("img", (alt, base64 PNG)), ("list", items). Plots are inlined as data URIs (offline).
+A document is a list of sections; a section is a title and blocks: ("p", text), ("table", (header, rows))
+where a header of None makes a key/value table, ("cards", (header, rows)) a table that a narrow screen shows
+as one card per row (examples side by side), ("pre", text), ("fold", (summary, text)) for long text the
+HTML shows folded, ("img", (alt, base64 PNG)) and ("list", items). Plots are inlined as data URIs (offline).
 """
 
 from __future__ import annotations
@@ -9,20 +11,62 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
+import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 Block = tuple[str, Any]
 Section = tuple[str, list[Block]]
 
+# Tables sit in a scrolling box, so a phone-width window scrolls one wide table sideways instead of the whole
+# page; only a cell holding a very long word (a hash, a path) may break inside it, since breaking every cell
+# anywhere lets the browser squeeze columns to a letter wide.
 CSS = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.2em;font-size:14px}
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;
+line-height:1.4}
+.table{overflow-x:auto;margin:.5em 0 1.2em}
+table{border-collapse:collapse;font-size:14px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;max-width:420px}
-th{background:#f3f3f3} pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:13px}
-h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em} img{max-width:100%}
-.verdict{font-weight:600} li{margin:.2em 0}
+td.long{overflow-wrap:anywhere;min-width:14em}
+thead th{background:#f3f3f3} tbody th{font-weight:normal;background:#fafafa;white-space:nowrap}
+@media (min-width:601px){td.num{white-space:nowrap}}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:13px}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em} img{max-width:100%;height:auto}
+nav{font-size:14px} nav a{margin-right:.8em;white-space:nowrap} li{margin:.2em 0}
+details summary{cursor:pointer;color:#555}
+@media (max-width:600px){body{margin:1em auto} th,td{padding:2px 4px;font-size:13px}
+table.cards,.cards tbody,.cards tr,.cards td{display:block;max-width:none} .cards thead{display:none}
+.cards tr{border:1px solid #ccc;margin-bottom:.6em} .cards td{border:0;border-top:1px solid #eee}
+.cards td::before{content:attr(data-label) ": ";font-weight:600}}
 """
+
+
+def num(x: Any) -> str:
+    """A number as the report prints it: 4 significant digits, nan for a missing float, '' for None."""
+    if isinstance(x, bool) or x is None:
+        return "" if x is None else str(x)
+    if isinstance(x, float):
+        return "nan" if math.isnan(x) else f"{x:.4g}"
+    return str(x)
+
+
+def with_ci(value: Any, ci: dict[str, Any] | None) -> str:
+    """`value [lo, hi]` when the interval exists, else the value alone."""
+    if ci is None or ci.get("lo") is None:
+        return num(value)
+    return f"{num(value)} [{num(ci['lo'])}, {num(ci['hi'])}]"
+
+
+def visible(text: Any) -> str:
+    """Text with control characters (a tiny or broken model emits them) shown as \\xNN instead of boxes."""
+    s = str(text)
+    if not any(unicodedata.category(c) == "Cc" for c in s):
+        return s
+    return "".join(
+        f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" and c not in "\n\t" else c for c in s
+    )
 
 
 def plot_png(draw: Callable[[Any], None], size: tuple[float, float] = (7, 3.5)) -> str:
@@ -41,7 +85,7 @@ def plot_png(draw: Callable[[Any], None], size: tuple[float, float] = (7, 3.5)) 
 
 
 def _md_cell(x: Any) -> str:
-    return " ".join(str(x).split()).replace("|", "\\|")
+    return " ".join(visible(x).split()).replace("|", "\\|")
 
 
 def to_markdown(title: str, sections: list[Section]) -> str:
@@ -53,12 +97,14 @@ def to_markdown(title: str, sections: list[Section]) -> str:
                 out += [str(value), ""]
             elif kind == "list":
                 out += [f"- {item}" for item in value] + [""]
-            elif kind == "pre":
-                out += ["```", str(value).rstrip(), "```", ""]
+            elif kind in ("pre", "fold"):
+                text = value[1] if kind == "fold" else value
+                out += ["```", str(text).rstrip(), "```", ""]
             elif kind == "img":
                 out += [f"*({value[0]}: see report.html)*", ""]
-            elif kind == "table":
+            elif kind in ("table", "cards"):
                 header, rows = value
+                header = header or ["", ""]
                 out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
                 out.append("|" + "---|" * len(header))
                 out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
@@ -66,29 +112,66 @@ def to_markdown(title: str, sections: list[Section]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+_NUMERIC = re.compile(r"^[-+]?(\d[\d,.]*(e[-+]?\d+)?%?|nan|inf)( \[.*\])?$")
+
+
+def _cell(c: Any, label: str = "") -> str:
+    text = visible(c)
+    # Numbers with their interval stay on one line; text wraps at spaces, a very long word anywhere.
+    if _NUMERIC.match(text):
+        cls = " class='num'"
+    else:
+        cls = " class='long'" if any(len(w) > 32 for w in text.split()) else ""
+    data = f" data-label='{html.escape(label)}'" if label else ""
+    return f"<td{cls}{data}>{html.escape(text)}</td>"
+
+
+def _table(header: list[Any] | None, rows: list[list[Any]], cards: bool = False) -> str:
+    e = html.escape
+    if header is None:  # key/value: the key is the row's header cell, no empty header row above
+        body = "".join(
+            f"<tr><th scope='row'>{e(visible(row[0]))}</th>{''.join(_cell(c) for c in row[1:])}</tr>"
+            for row in rows
+        )
+        return f"<div class='table'><table><tbody>{body}</tbody></table></div>"
+    head = "".join(f"<th>{e(str(h))}</th>" for h in header)
+    labels = [str(h) for h in header]
+    body = "".join(
+        "<tr>" + "".join(_cell(c, h) for c, h in zip(row, labels, strict=False)) + "</tr>" for row in rows
+    )
+    cls = " class='cards'" if cards else ""
+    return f"<div class='table'><table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _anchor(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def to_html(title: str, sections: list[Section]) -> str:
     e = html.escape
+    nav = "".join(f"<a href='#{_anchor(name)}'>{e(name)}</a>" for name, _ in sections)
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-        f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{e(title)}</title><style>{CSS}</style></head><body><h1>{e(title)}</h1>",
+        f"<nav>{nav}</nav>",
     ]
     for name, blocks in sections:
-        parts.append(f"<h2>{e(name)}</h2>")
+        parts.append(f"<h2 id='{_anchor(name)}'>{e(name)}</h2>")
         for kind, value in blocks:
             if kind == "p":
-                parts.append(f"<p>{e(str(value))}</p>")
+                parts.append(f"<p>{e(visible(value))}</p>")
             elif kind == "list":
-                parts.append("<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in value) + "</ul>")
+                parts.append("<ul>" + "".join(f"<li>{e(visible(i))}</li>" for i in value) + "</ul>")
             elif kind == "pre":
                 parts.append(f"<pre>{e(str(value))}</pre>")
+            elif kind == "fold":
+                parts.append(
+                    f"<details><summary>{e(value[0])}</summary><pre>{e(str(value[1]))}</pre></details>"
+                )
             elif kind == "img":
                 parts.append(f"<img alt='{e(value[0])}' src='data:image/png;base64,{value[1]}'>")
-            elif kind == "table":
-                header, rows = value
-                head = "".join(f"<th>{e(str(h))}</th>" for h in header)
-                body = "".join(
-                    "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows
-                )
-                parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            elif kind in ("table", "cards"):
+                parts.append(_table(value[0], value[1], cards=kind == "cards"))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -66,9 +66,12 @@ def summarize(
             if m is not None and m.target_tokens:
                 ci.setdefault(side, {})["loss"] = _token_loss_ci(m, n_boot, seed)
         if fmt == "classification":
-            ci["tuned"]["macro_f1"] = _macro_f1_ci(records, tuned, labels, n_boot, seed)
-            if base is not None:
-                ci["base"]["macro_f1"] = _macro_f1_ci(records, base, labels, n_boot, seed)
+            for side, m in (("tuned", tuned), ("base", base)):
+                if m is None:
+                    continue
+                ci.setdefault(side, {})["macro_f1"] = _macro_f1_ci(records, m, labels, n_boot, seed)
+                if m.probs:
+                    ci[side]["ece"] = _ece_ci(records, m, labels, n_boot, seed)
     out["ci"], out["paired"] = ci, paired
     out["baselines"] = _baselines(fmt, records, tuned, baselines, n_boot, seed)
     out["fairness"] = _fairness(cfg, fmt, labels, records, tuned, base, groups)
@@ -96,6 +99,21 @@ def _macro_f1_ci(
 
     def stat(idx: np.ndarray) -> float:
         return float(f1_score(gold[idx], pred[idx], labels=labels, average="macro", zero_division=0))
+
+    return bootstrap_statistic_ci(len(gold), stat, n_boot=min(n_boot, 500), seed=seed)
+
+
+def _ece_ci(
+    records: list[dict[str, Any]], m: ModelEval, labels: list[str], n_boot: int, seed: int
+) -> dict[str, float]:
+    """ECE is not a mean of per-example terms (it bins first), so its interval resamples whole examples."""
+    from tuneforge.evaluation.calibration import expected_calibration_error
+
+    probs = np.asarray(m.probs, dtype=float)
+    gold = np.asarray([labels.index(str(r["label"])) for r in records])
+
+    def stat(idx: np.ndarray) -> float:
+        return expected_calibration_error(probs[idx], gold[idx])
 
     return bootstrap_statistic_ci(len(gold), stat, n_boot=min(n_boot, 500), seed=seed)
 
@@ -132,6 +150,7 @@ def _baselines(
                 names=("tuned", name),
             )
             entry["vs_tuned"] = {**c["paired"], "verdict": c["verdict"]}
+            entry["ci"] = {metric: c["base"]}  # the baseline's own interval, beside base's and tuned's
         out[name] = entry
     return out
 

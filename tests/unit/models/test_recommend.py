@@ -37,7 +37,7 @@ def test_small_classification_set_gets_an_encoder_with_a_head() -> None:
     first = recs[0]
     assert (first.model, first.method) == ("builtin:minilm-l6", "full")
     assert first.config["model"]["task"] == "classification"
-    assert first.config["train"]["learning_rate"] == 5e-5 and first.config["train"]["epochs"] == 10
+    assert first.config["train"]["learning_rate"] == 1e-4 and first.config["train"]["epochs"] == 10
     assert first.config["train"]["early_stopping_patience"] == 3
     assert first.config["model"]["max_length"] == 128  # p99 100 + [CLS]/[SEP], rounded up to 64
     assert "classification with 5 labels: an encoder with a head" in first.reasons[0]
@@ -101,22 +101,22 @@ GIVEN = {"model.name", "model.task", "data.path"}
 
 
 def test_defaults_for_encoder_classification_by_dataset_size() -> None:
-    """A trained head: full fine-tuning, epochs by size, validation twice an epoch, early stopping."""
+    """A trained head: full fine-tuning, epochs by size, validation once an epoch, early stopping."""
     cfg = config_from_dict(MINILM)
     chosen = rec.defaults_for(cfg, manifest("classification", 1_500, labels=4), GIVEN)
     assert chosen == {
         "method.name": "full",
         "train.epochs": 5,
-        "train.learning_rate": 5e-5,
+        "train.learning_rate": 1e-4,  # a small encoder (22M parameters)
         "train.warmup_ratio": 0.06,
         "train.weight_decay": 0.01,
-        "train.eval_every": 94,  # 1,500 rows / batch 8 = 188 steps an epoch, halved
+        "train.eval_every": 188,  # 1,500 rows / batch 8: once an epoch
         "train.early_stopping_patience": 3,
         "train.metric_for_best": "accuracy",
         "model.max_length": 128,  # p99 100 + [CLS]/[SEP], rounded up to 64
     }
     tiny = rec.defaults_for(cfg, manifest("classification", 120, labels=3, p99=40), GIVEN)
-    assert (tiny["train.epochs"], tiny["train.eval_every"], tiny["model.max_length"]) == (10, 10, 64)
+    assert (tiny["train.epochs"], tiny["train.eval_every"], tiny["model.max_length"]) == (10, 15, 64)
     # 50,000 rows on a CPU: LoRA (method.name's own default) with the head trained, full on a GPU
     large = rec.defaults_for(cfg, manifest("classification", 50_000, labels=2), GIVEN)
     assert "method.name" not in large  # a default equal to the field's own is not listed
@@ -125,7 +125,7 @@ def test_defaults_for_encoder_classification_by_dataset_size() -> None:
         "method.alpha": 16,
         "train.learning_rate": 5e-4,
     }
-    assert large["train.epochs"] == 3 and large["train.eval_every"] == 3125
+    assert large["train.epochs"] == 3 and large["train.eval_every"] == 6250
     on_gpu = rec.defaults_for(cfg, manifest("classification", 50_000, labels=2), GIVEN, cuda=True)
     assert on_gpu["method.name"] == "full" and "method.r" not in on_gpu
     # no validation split: neither early stopping nor a best-by-accuracy checkpoint to stop on
@@ -170,7 +170,7 @@ def test_defaults_never_touch_keys_the_user_set(tmp_path: Path) -> None:
     }  # fmt: skip
     chosen = rec.defaults_for(cfg, m, source.given)
     assert not {"train.learning_rate", "train.epochs", "method.name", "train.batch_size"} & set(chosen)
-    assert chosen["method.r"] == 8 and chosen["train.eval_every"] == 47  # 1,500 / 16 = 94 steps, halved
+    assert chosen["method.r"] == 8 and chosen["train.eval_every"] == 94  # 1,500 rows / batch 16
     applied = rec.apply_settings(cfg, chosen)
     assert (applied.train.learning_rate, applied.train.epochs, applied.method.name) == (1e-4, 2, "lora")
     # options of the user's own make the method theirs: no r or alpha on top

@@ -36,7 +36,7 @@ def test_train_fills_unset_keys_prints_records_and_resumes_with_them(
         "method.name": "full",
         "train.warmup_ratio": 0.06,
         "train.weight_decay": 0.01,
-        "train.eval_every": 10,  # 42 rows / batch 8: validated twice an epoch, every 10 steps at the least
+        "train.eval_every": 10,  # 42 rows / batch 8: once an epoch (6 steps), every 10 steps at the least
         "train.early_stopping_patience": 3,
         "train.metric_for_best": "accuracy",
         "model.max_length": 64,
@@ -55,6 +55,12 @@ def test_train_fills_unset_keys_prints_records_and_resumes_with_them(
     assert saved["train"]["learning_rate"] == 1e-3 and saved["train"]["epochs"] == 2
     assert saved["method"] == {"name": "full"} and saved["model"]["max_length"] == 64
     assert (run / "final" / "model.safetensors").is_file()  # full fine-tuning: every weight
+
+    # `tuneforge estimate` sizes the run train would do on a prepared dataset: the recipe included.
+    sized = cli("estimate", str(config), f"data.path={tmp_path / 'ds'}", "train.epochs=2", "--device", "cpu")
+    assert sized.returncode == 0, sized.stderr
+    assert line in sized.stdout.splitlines()
+    assert f"{tiny_bert} + full:" in sized.stdout
 
     # --resume applies what the run recorded, not what the rules say now (here: something else entirely).
     from tuneforge.train import train

@@ -166,6 +166,7 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     )
 
     # DPO on the preference dataset the import wrote: the same base, its adapter trained on the pairs
+    manifest = json.loads((run / "manifest.json").read_text())
     (project / "dpo.yaml").write_text(DPO_CONFIG.format(model=manifest["base_model"], prefs=prefs))
     r = cli("train", "dpo.yaml")
     assert r.returncode == 0, r.stderr

@@ -18,8 +18,8 @@ WORDS = {
 }
 
 
-def make_llama(out: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama (hidden 32) with the tiny tokenizer, saved as a safetensors folder."""
+def make_llama(out: Path, seed: int = 0, hidden: int = 32) -> Path:
+    """A 2-layer Llama (hidden 32: 4 heads of 8) with the tiny tokenizer, saved as a safetensors folder."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -27,8 +27,8 @@ def make_llama(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -32,7 +32,7 @@ from tests.integration.test_serve import (  # noqa: F401  (collected again, here
     test_two_adapters_on_one_base_answer_differently,
     test_unknown_model_is_an_openai_404,
 )
-from tests.tiny import TOKENIZER
+from tests.tiny import make_llama
 
 ENGINE = os.environ.get("TUNEFORGE_TEST_ENGINE", "vllm")
 
@@ -46,27 +46,9 @@ pytestmark = [
 
 
 def make_llama_h32(out: Path) -> Path:
-    """tests.tiny.make_llama's model with head size 32 (hidden 128, 4 heads, 2 KV heads)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-        tie_word_embeddings=False,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    """tests.tiny.make_llama's model with head size 32 (hidden 128, 4 heads, 2 KV heads): vLLM's Triton
+    attention refuses heads under 32."""
+    return make_llama(out, hidden=128)
 
 
 @pytest.fixture(scope="module")

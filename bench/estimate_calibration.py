@@ -3,8 +3,8 @@
 Each grid point trains 3 steps with `tuneforge train` in a subprocess (packed text, so every micro-batch is
 exactly batch x max_length tokens; CPU, float32) and reads the peak resident memory from the run manifest. The
 measured number is the growth above an idle process that imported what training imports (python, torch,
-transformers, peft, accelerate, tuneforge), which is what the estimate predicts. Taken with the loop that
-projects every position onto the vocabulary (`logits: full` in the estimate).
+transformers, peft, accelerate, tuneforge), which is what the estimate predicts. Training projects only the
+target positions onto the vocabulary, and the estimate follows it (`logits_mode`).
 
     python bench/estimate_calibration.py [--out results.json] [--reuse results.json] [--only smollm2]
 

@@ -119,7 +119,8 @@ def estimate(
         raise TuneforgeError(
             f"unknown device {device!r}", where="--device", fix="use --device cpu or --gpu NAME"
         )
-    cfg, _ = load_config(config, overrides)
+    cfg, source = load_config(config, overrides)
+    cfg = _with_recipe_defaults(cfg, source, cuda=gpu is not None, processes=processes)
     est = run_estimate(cfg, device=gpu or device, processes=processes)
     for line in est.lines():
         console.print(escape(line), highlight=False)
@@ -130,6 +131,20 @@ def estimate(
             f"{(est.peak - got['peak']) / max(got['peak'], 1):+.0%}), "
             f"{fmt_seconds(got['step_s'])} per step (estimated {fmt_seconds(est.step_s)})"
         )
+
+
+def _with_recipe_defaults(cfg: Any, source: Any, *, cuda: bool, processes: int) -> Any:
+    """The config as `tuneforge train` will run it: the recipe fills the unset keys (prepared data only)."""
+    from tuneforge.artifacts import DatasetDir
+    from tuneforge.models.recommend import apply_settings, defaults_for, describe_defaults
+
+    if not cfg.data.path or not DatasetDir.is_dataset(Path(cfg.data.path)):
+        return cfg  # a raw file: its size and lengths are known only once `prepare` has run
+    manifest = DatasetDir(Path(cfg.data.path)).manifest
+    chosen = defaults_for(cfg, manifest, source.given, cuda=cuda, processes=processes)
+    if chosen:
+        console.print(escape(describe_defaults(cfg, manifest, chosen)), highlight=False, soft_wrap=True)
+    return apply_settings(cfg, chosen, source) if chosen else cfg
 
 
 @app.command()

@@ -466,12 +466,23 @@ def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
 
 
 class ConfigSource:
-    """Where a config came from, to point errors at file:line."""
+    """Where a config came from, to point errors at file:line, and which keys the user set."""
 
-    def __init__(self, path: Path | None, lines: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, path: Path | None, lines: dict[str, int] | None = None, given: set[str] | None = None
+    ) -> None:
         self.path = path
         self.lines = lines or {}
         self.overridden: set[str] = set()
+        self.given = given
+        """Dotted keys the YAML file or an override set; None for a config built in code, whose every key
+        counts as set (so `tuneforge train`'s recipe defaults only ever fill what a user left out)."""
+
+    def with_given(self, keys: set[str]) -> ConfigSource:
+        """The same source, with `keys` counted as set too (a search's sampled keys, say)."""
+        out = ConfigSource(self.path, self.lines, None if self.given is None else self.given | keys)
+        out.overridden = set(self.overridden)
+        return out
 
     def where(self, key: str) -> str:
         if key in self.overridden:
@@ -500,6 +511,17 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
             raise
         value = raw  # not YAML: the text as it is
     return key.strip().split("."), value
+
+
+def given_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted keys of every value a raw config sets (mappings are walked, lists are values)."""
+    keys: set[str] = set()
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            keys |= given_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
 
 
 def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any) -> None:
@@ -561,6 +583,7 @@ def load_config(
         raw = loaded
         source = ConfigSource(p, _key_lines(node) if node is not None else {})
     _apply_overrides(raw, overrides or [], source)
+    source.given = given_keys(raw)
     return config_from_dict(raw, source), source
 
 

@@ -10,9 +10,11 @@ Memory per process, in bytes (the terms are printed, so a user sees what to shri
                  length, LoRA dropout copies and the attention implementation included, plus the
                  gradients of BACKWARD_BLOCKS blocks' activations during backward; with gradient
                  checkpointing only each block's input plus one block being recomputed
-    logits       causal LM: the (B, T, vocab) logits in the model dtype, their float32 log-softmax and its
-                 gradients (LOGITS_FULL_COPIES of them); often the largest term. A loop that projects only the
-                 target positions ("targets") keeps (N, vocab) copies instead
+    logits       causal LM, as training computes them (models/lm_loss.py): only the positions with a target
+                 go through the output layer, CHUNK of them at a time, so (min(N, CHUNK), vocab) logits with
+                 their float32 log-softmax and gradients ("targets"); where that is not exact (prompt/prefix
+                 tuning, logit soft-capping, DDP/FSDP/DeepSpeed wrappers) every position's (B, T, vocab)
+                 logits in LOGITS_FULL_COPIES copies ("full"), often the largest term
     overhead     CPU: a fixed part (tokenizer, data, Python objects) and the allocator's slack on the
                  transient terms (ALLOCATOR_SLACK, measured on CPU); GPU: the caching allocator (~10%)
 FSDP divides weights, gradients and optimizer state by the process count; DeepSpeed ZeRO-1/2/3 the optimizer
@@ -36,9 +38,7 @@ from tuneforge.config import RunConfig
 from tuneforge.errors import TuneforgeError
 
 GIB = 2**30
-LOGITS = "full"
-"""How the training loop computes causal-LM logits: "full" (every position projected onto the vocabulary,
-what the loop did when this estimate was calibrated) or "targets" (only positions with a target)."""
+LABEL_TOKENS = 8  # target tokens of a label answer (a causal LM learning a classification set), EOS included
 LOGITS_FULL_COPIES = 6  # (B,T,V) logits + the gathered rows' log-softmax, its two grads, two scattered grads
 BACKWARD_BLOCKS = (
     1.5  # block-activation gradients alive at once during backward, in units of one block's saved
@@ -208,7 +208,35 @@ def sequence_lengths(cfg: RunConfig, manifest: dict[str, Any] | None) -> tuple[i
         extra += 32  # the prompt template around the text
     peak = min(cap, int(stats["max"]) + extra)
     typical = min(cap, int(stats.get("p90", stats["max"])) + extra)
+    if packs_examples(cfg) and stats.get("total"):  # one row of whole examples: no padding is computed
+        typical = min(cap, math.ceil(int(stats["total"]) / int(stats["count"])) + extra)
     return peak, typical, rows
+
+
+def packs_examples(cfg: RunConfig) -> bool:
+    """Whether training runs each micro-batch as one packed row (train.pack_examples, where it is exact)."""
+    prompt_learning = cfg.method.name in ("prompt-tuning", "prefix-tuning")
+    return cfg.model.task == "causal-lm" and cfg.train.pack_examples and not prompt_learning
+
+
+def logits_mode(cfg: RunConfig, model_config: Any, processes: int) -> str:
+    """How training computes causal-LM logits (models/lm_loss.py): "targets" or, where not exact, "full"."""
+    from tuneforge.models.lm_loss import LOGIT_POSTPROCESSING
+
+    if cfg.method.name in ("prompt-tuning", "prefix-tuning"):  # virtual tokens: the model's own forward
+        return "full"
+    if processes > 1 or cfg.train.fsdp or cfg.train.deepspeed:  # wrappers whose hooks need their forward
+        return "full"
+    if any(getattr(model_config, k, None) not in (None, 1, 1.0) for k in LOGIT_POSTPROCESSING):
+        return "full"
+    return "targets"
+
+
+def target_positions(cfg: RunConfig, manifest: dict[str, Any] | None, batch: int, length: int) -> int:
+    """Positions of a micro-batch that carry a target: a label's few tokens, else (at most) every position."""
+    if cfg.model.task == "causal-lm" and (manifest or {}).get("format") == "classification":
+        return batch * min(LABEL_TOKENS, length)
+    return batch * length  # text: every position; chat/instruction: the answers, which may fill a row
 
 
 def _dtype_bytes(cfg: RunConfig, device: Device) -> tuple[int, str]:
@@ -231,6 +259,7 @@ def estimate(
 
     `device`: a Device, "cpu", a GPU name or size ("H100", "24GB"), or None for this machine's.
     `manifest`: the prepared dataset's manifest (real token lengths); read from data.path when it is one.
+    `logits`: "targets" or "full" to override how training is taken to compute the logits (`logits_mode`).
     """
     import torch
 
@@ -239,7 +268,6 @@ def estimate(
     dev = resolve_device(device)
     if manifest is None:
         manifest = _dataset_manifest(cfg)
-    logits = logits or LOGITS
     width, bytes_name = _dtype_bytes(cfg, dev)
     labels = len(manifest.get("labels") or []) if manifest else 0
     shape = build_meta(cfg.model, cfg.method, labels=max(labels, 2), dtype=getattr(torch, bytes_name))
@@ -273,11 +301,15 @@ def estimate(
     backward = int(BACKWARD_BLOCKS * inside / max(shape.layers, 1))
     logit_bytes = 0
     if cfg.model.task == "causal-lm":
-        rows_tokens = b * length
-        if logits == "targets":
-            logit_bytes = rows_tokens * shape.vocab * (width + 3 * 4)
+        from tuneforge.models.lm_loss import CHUNK
+
+        mode = logits or logits_mode(cfg, getattr(shape.model, "config", None), processes)
+        if mode == "targets":
+            # One chunk's logits, their float32 log-softmax and its two gradients exist at once.
+            projected = min(target_positions(cfg, manifest, b, length), CHUNK)
+            logit_bytes = projected * shape.vocab * (width + 3 * 4)
         else:
-            logit_bytes = rows_tokens * shape.vocab * (3 * width + (LOGITS_FULL_COPIES - 3) * 4)
+            logit_bytes = b * length * shape.vocab * (3 * width + (LOGITS_FULL_COPIES - 3) * 4)
     transient = inside + outside + backward + logit_bytes
 
     # Sharding (per process).

@@ -52,13 +52,71 @@ def max_length_for(manifest: dict[str, Any], task: str, context: int) -> int:
     return int(min(context, 4096, max(64, math.ceil((p99 + extra) / 64) * 64)))
 
 
+SMALL_ENCODER = 100e6  # below this, compact encoders (MiniLM, BERT-small) fine-tune best at a higher rate
+
+
 def learning_rate(method: str, task: str, params: int) -> float:
-    """Full encoder fine-tuning 5e-5 (BERT); adapters 2e-4, 1e-4 beyond 20B (QLoRA); encoder adapters 5e-4."""
+    """Full head fine-tuning 5e-5 (BERT), 1e-4 below 100M parameters (Turc et al. 2019); adapters 2e-4, 1e-4
+    beyond 20B (QLoRA); adapters with a head 5e-4."""
     if method == "full":
-        return 5e-5 if task != "causal-lm" else 1e-5
+        if task != "causal-lm":
+            return 1e-4 if params < SMALL_ENCODER else 5e-5
+        return 1e-5
     if task != "causal-lm":
         return 5e-4
     return 1e-4 if params > 20e9 else 2e-4
+
+
+def head_method(rows: int, *, cuda: bool) -> str:
+    """An encoder with a head: full fine-tuning below 10,000 examples or on a GPU, else LoRA (CPU time)."""
+    return "full" if rows < SMALL_DATA or cuda else "lora"
+
+
+LORA_LIKE = ("lora", "qlora", "dora")  # the methods with a rank r and a scale alpha
+
+
+def recipe(
+    *,
+    task: str,
+    method: str,
+    rows: int,
+    params: int,
+    manifest: dict[str, Any],
+    context: int,
+    steps_per_epoch: int,
+) -> dict[str, Any]:
+    """The settings the rules choose for one task, method and dataset, as dotted config keys.
+
+    `recommend` writes them into its configs and `defaults_for` fills a user's unset keys with them, so the
+    two never disagree.
+    """
+    chosen: dict[str, Any] = {
+        "train.epochs": epochs_for(rows, task),
+        "train.learning_rate": learning_rate(method, task, params),
+    }
+    if method in LORA_LIKE:
+        r = 16 if task == "causal-lm" else 8
+        chosen |= {"method.r": r, "method.alpha": 2 * r}
+    if task != "causal-lm":
+        chosen |= {"train.warmup_ratio": 0.06, "train.weight_decay": 0.01}
+        if (manifest.get("splits") or {}).get("validation"):
+            # Validate once an epoch: early stopping's patience of 3 is then 3 epochs at any size, enough for
+            # a head that starts at the majority class to leave it (Mosbach et al. 2021: train long enough).
+            chosen |= {"train.eval_every": max(10, steps_per_epoch)}
+            chosen |= {"train.early_stopping_patience": 3}
+            if task == "classification":
+                chosen |= {"train.metric_for_best": "accuracy"}
+    if manifest.get("token_lengths") and manifest.get("format") != "text":  # packed text fills max_length
+        chosen["model.max_length"] = max_length_for(manifest, task, context)
+    return chosen
+
+
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        section, name = key.split(".", 1)
+        tree.setdefault(section, {})[name] = value
+    return tree
 
 
 def build_config(
@@ -66,26 +124,26 @@ def build_config(
 ) -> dict[str, Any]:
     """A complete run config for one recommendation (what the user can `tuneforge train`)."""
     rows = int((manifest.get("splits") or {}).get("train") or 0)
-    epochs = epochs_for(rows, task)
-    method_section: dict[str, Any] = {"name": method}
-    if method != "full":
-        r = 16 if task == "causal-lm" else 8
-        method_section |= {"r": r, "alpha": 2 * r}
-    train: dict[str, Any] = {
+    chosen = _nest(
+        recipe(
+            task=task,
+            method=method,
+            rows=rows,
+            params=params,
+            manifest=manifest,
+            context=context,
+            steps_per_epoch=math.ceil(rows / EFFECTIVE_BATCH),
+        )
+    )
+    train = {
         "output_dir": f"runs/{model.split('/')[-1].removeprefix('builtin:')}-{method}",
-        "epochs": epochs,
         "batch_size": 8,
-        "learning_rate": learning_rate(method, task, params),
-        "warmup_ratio": 0.06,
     }
-    if task != "causal-lm":
-        train |= {"metric_for_best": "accuracy" if task == "classification" else "loss"}
-        train |= {"early_stopping_patience": 3, "weight_decay": 0.01}
     return {
         "data": {"path": dataset},
-        "model": {"name": model, "task": task, "max_length": max_length_for(manifest, task, context)},
-        "method": method_section,
-        "train": train,
+        "model": {"name": model, "task": task, **chosen.get("model", {})},
+        "method": {"name": method, **chosen.get("method", {})},
+        "train": {**train, **chosen["train"]},
     }
 
 
@@ -194,7 +252,7 @@ def _heads(
 ) -> list[Recommendation]:
     """Encoders with a head: the first choice for classification and regression."""
     names = ["minilm-l6"] if device.kind == "cpu" else ["deberta-v3-base", "modernbert-base", "minilm-l12"]
-    method = "full" if rows < SMALL_DATA or device.kind == "cuda" else "lora"
+    method = head_method(rows, cuda=device.kind == "cuda")
     out = []
     for name in names:
         m = find(name)
@@ -209,7 +267,8 @@ def _heads(
             "accurate choice; fine-tuned encoders match or beat LLMs on such tasks"
         )
         rec.reasons.append(
-            f"{rows:,} examples: full fine-tuning of a small encoder at lr 5e-5 with early stopping"
+            f"{rows:,} examples: full fine-tuning of a small encoder at lr "
+            f"{rec.config['train']['learning_rate']:g} with early stopping"
             if method == "full"
             else f"{rows:,} examples on a CPU: LoRA (r=8) with the head trained"
         )
@@ -270,41 +329,85 @@ def _decoders(
     return out
 
 
-def defaults_for(cfg: RunConfig, manifest: dict[str, Any], given: set[str]) -> dict[str, Any]:
+def model_kind(cfg: RunConfig) -> str:
+    """encoder or decoder: the catalog's word for it, else its config.json's (no weights are read)."""
+    if cfg.model.task == "causal-lm":
+        return "decoder"
+    entry = find(cfg.model.name)
+    if entry is not None:
+        return entry.kind
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.models.shape import is_encoder, load_config
+
+    try:
+        config, _ = load_config(cfg.model)
+    except TuneforgeError:
+        return "encoder"  # not sizeable offline: the loader will say so; heads are mostly encoders
+    return "encoder" if is_encoder(getattr(config, "text_config", None) or config) else "decoder"
+
+
+def defaults_for(
+    cfg: RunConfig, manifest: dict[str, Any], given: set[str], *, cuda: bool = False, processes: int = 1
+) -> dict[str, Any]:
     """Settings the rules above choose for this task, model and dataset, for the dotted keys not in `given`.
 
-    `given` holds the keys the user set (a ConfigSource's lines and overrides). Applying the result to the
-    config before training (and printing it) gives a user who wrote only data, model.name and model.task the
-    recipe `recommend` would write: e.g. encoder classification on 1,500 examples gets lr 5e-4 with LoRA
-    (5e-5 full), 5 epochs and early stopping on validation accuracy.
+    `given` holds the keys the user set (a ConfigSource's `given`). Applied before training (and printed),
+    they give a user who wrote only data, model.name and model.task the recipe `recommend` would write: an
+    encoder with a head is fully fine-tuned (MiniLM at lr 1e-4, head included) for 10 epochs below 1,000
+    examples, validated once an epoch, stopped early on validation accuracy and ended on its best checkpoint.
     """
     task = cfg.model.task
     rows = int((manifest.get("splits") or {}).get("train") or 0)
     entry = find(cfg.model.name)
-    params = entry.params if entry is not None else 0
-    chosen: dict[str, Any] = {
-        "train.epochs": epochs_for(rows, task),
-        "train.learning_rate": learning_rate(cfg.method.name, task, params),
-    }
-    if task != "causal-lm":
-        has_validation = bool((manifest.get("splits") or {}).get("validation"))
-        if has_validation:
-            chosen["train.early_stopping_patience"] = 3
-            if task == "classification":
-                chosen["train.metric_for_best"] = "accuracy"
-        chosen["train.warmup_ratio"] = 0.06
-        if cfg.method.name != "full":
-            chosen["method.r"] = 8
-            chosen["method.alpha"] = 16
-    if manifest.get("token_lengths"):
-        context = entry.context if entry is not None else 4096
-        chosen["model.max_length"] = max_length_for(manifest, task, context)
-    return {k: v for k, v in chosen.items() if k not in given}
+    method = cfg.method.name
+    chosen: dict[str, Any] = {}
+    method_given = any(k == "method" or k.startswith("method.") for k in given)
+    if task != "causal-lm" and not method_given and model_kind(cfg) == "encoder":
+        method = head_method(rows, cuda=cuda)
+        chosen["method.name"] = method
+    per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps * processes
+    chosen |= recipe(
+        task=task,
+        method=method,
+        rows=rows,
+        params=entry.params if entry is not None else 0,
+        manifest=manifest,
+        context=entry.context if entry is not None else 4096,
+        steps_per_epoch=math.ceil(rows / per_step),
+    )
+    if any(k.startswith("method.") and k != "method.name" for k in given):
+        chosen = {k: v for k, v in chosen.items() if not k.startswith("method.")}  # the user's own options
+    if "train.max_steps" in given:  # epochs would not count
+        chosen.pop("train.epochs", None)
+    chosen = {k: v for k, v in chosen.items() if k not in given}
+    return {k: v for k, v in chosen.items() if _differs(cfg, method, k, v)}
+
+
+def _differs(cfg: RunConfig, method: str, key: str, value: Any) -> bool:
+    """Whether `key=value` changes the config (a default equal to the field's own is not worth printing)."""
+    from tuneforge.config import MethodConfig
+    from tuneforge.models.methods import resolve_method
+
+    section, name = key.split(".", 1)
+    if section == "method" and name != "name":  # the option's default in the method's own Options
+        _, options = resolve_method(MethodConfig(name=method, **cfg.method.options()))
+        return bool(getattr(options, name, None) != value)
+    return bool(getattr(getattr(cfg, section), name) != value)
+
+
+def apply_settings(cfg: RunConfig, settings: dict[str, Any], source: Any = None) -> RunConfig:
+    """`cfg` with dotted `settings` set, validated again (method options by the method, later, as always)."""
+    raw = cfg.to_dict()
+    for key, value in settings.items():
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = value
+    return config_from_dict(raw, source)
 
 
 def describe_defaults(cfg: RunConfig, manifest: dict[str, Any], chosen: dict[str, Any]) -> str:
-    """One line for the start of a run: which defaults, for what."""
+    """The lines printed at the start of a run: which defaults were chosen, for what, and how to override."""
     rows = int((manifest.get("splits") or {}).get("train") or 0)
-    kind = "encoder" if cfg.model.task != "causal-lm" else "causal-lm"
-    settings = ", ".join(f"{k}={v}" for k, v in chosen.items())
-    return f"defaults for {kind} {cfg.model.task}, {rows:,} examples: {settings}"
+    kind = model_kind(cfg)
+    what = "causal LM" if cfg.model.task == "causal-lm" else f"{kind} {cfg.model.task}"
+    settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
+    return f"defaults for {what}, {rows:,} examples: {settings} (set any of these keys to override)"

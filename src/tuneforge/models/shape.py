@@ -120,7 +120,7 @@ def _build_meta(cfg: ModelConfig, method: MethodConfig, *, labels: int, dtype: A
     heads = int(text.num_attention_heads)
     return ModelShape(
         name=cfg.name,
-        kind="decoder" if cfg.task == "causal-lm" or not _is_encoder(text) else "encoder",
+        kind="decoder" if cfg.task == "causal-lm" or not is_encoder(text) else "encoder",
         layers=int(text.num_hidden_layers),
         hidden=int(text.hidden_size),
         heads=heads,
@@ -135,7 +135,7 @@ def _build_meta(cfg: ModelConfig, method: MethodConfig, *, labels: int, dtype: A
     )
 
 
-def _is_encoder(config: Any) -> bool:
+def is_encoder(config: Any) -> bool:
     """Bidirectional models are those with a masked-LM head (BERT also has a causal head class, unused)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 

@@ -71,6 +71,9 @@ def train(
     # 1. Everything a config can get wrong is refused before anything is loaded or written.
     plan = setup.plan(cfg, source)
     dataset = setup.load_dataset(cfg, source, plan.accelerator)
+    cfg, plan = setup.apply_defaults(
+        cfg, source, plan, dataset, resume=resume
+    )  # the keys the user left unset
     if memory_check:  # refuse, with the numbers, a run estimated not to fit (models/estimate.py)
         check_fits(cfg, dataset.manifest, processes=plan.accelerator.num_processes)
     split_files = dataset.verified_split_hashes()
@@ -231,6 +234,7 @@ def _start_records(
             steps_per_epoch=steps_per_epoch,
             seed=cfg.train.seed,
             config_fingerprint=cfg.fingerprint(),
+            defaults=plan.defaults,  # what --resume applies again, rather than deriving them anew
             environment=environment(plan.accelerator, cfg.train.seed),
             resumed_from_step=state.step if resume else None,
         )

@@ -359,7 +359,9 @@ def _run_trial(trial: optuna.Trial, cfg: RunConfig, source: ConfigSource, run_di
         if trial.should_prune():
             raise optuna.TrialPruned(f"{metric}={value:.6g} at step {step} is worse than the median")
 
-    train(tcfg, source, overwrite=True, on_validation=on_validation)
+    # The sampled keys (and what trial_config sets) are the trial's own: recipe defaults fill only the rest.
+    given = set(values) | {"train.output_dir", "train.metric_for_best"}
+    train(tcfg, source.with_given(given), overwrite=True, on_validation=on_validation)
     if not reported:
         raise _StudyError(
             "the trial ran no validation, so there is nothing to compare trials by",

@@ -6,14 +6,16 @@ Each step takes flat arguments and returns what the next needs, like torchtune's
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tuneforge.artifacts import DatasetDir
+from tuneforge.artifacts import DatasetDir, RunDir
 from tuneforge.config import ConfigSource, RunConfig
 from tuneforge.data import prepare_dataset
 from tuneforge.errors import TuneforgeError
@@ -34,6 +36,8 @@ class Plan:
     accelerator: Any
     deepspeed: dict[str, Any] | None
     """The filled-in DeepSpeed config, or None (DDP/FSDP/one process)."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """The recipe's settings for the keys the user left unset (dotted key -> value), as recorded."""
 
     @property
     def is_main(self) -> bool:
@@ -100,6 +104,34 @@ def _check_preference(cfg: RunConfig, source: ConfigSource) -> None:
                 where=source.where(key),
                 fix=f"unset {key} (several processes with DDP work)",
             )
+
+
+def apply_defaults(
+    cfg: RunConfig, source: ConfigSource, plan: Plan, dataset: DatasetDir, *, resume: bool
+) -> tuple[RunConfig, Plan]:
+    """Fill the keys the user left unset with the recipe `recommend` uses (models/recommend.py), and say so.
+
+    A resumed run takes the values its manifest recorded, never newly derived ones, so it goes on exactly as
+    it started. A config built in code (source.given None) is taken as it is.
+    """
+    from tuneforge.models.recommend import apply_settings, defaults_for, describe_defaults
+
+    if source.given is None:
+        return cfg, plan
+    recorded = RunDir(Path(cfg.train.output_dir)).manifest.get("defaults") if resume else None
+    if recorded is not None:
+        chosen = {k: v for k, v in recorded.items() if k not in source.given}
+    else:
+        cuda = getattr(plan.accelerator.device, "type", "cpu") == "cuda"
+        procs = plan.accelerator.num_processes
+        chosen = defaults_for(cfg, dataset.manifest, source.given, cuda=cuda, processes=procs)
+    if not chosen:
+        return cfg, plan
+    cfg = apply_settings(cfg, chosen, source)
+    if plan.is_main and recorded is None:
+        print(describe_defaults(cfg, dataset.manifest, chosen), file=sys.stderr, flush=True)
+    method, options = resolve_method(cfg.method, source, task=cfg.model.task)
+    return cfg, dataclasses.replace(plan, method=method, options=options, defaults=chosen)
 
 
 @dataclass

@@ -71,10 +71,11 @@ def test_full_fine_tuning_terms_follow_adamw(tmp_path: Path, tiny_llama: Path) -
     assert e.trainable_params == n
     assert e.breakdown["trainable"] == 4 * n and e.breakdown["gradients"] == 4 * n
     assert e.breakdown["optimizer"] == 2 * 4 * n and e.breakdown["weights"] == 0
-    # logits: (B, T, V) copies at max_length (a raw file: no real lengths yet)
-    assert e.length == 64 and e.breakdown["logits"] == 4 * 64 * 384 * (3 * 4 + 3 * 4)
-    targets = est.estimate(cfg, device=CPU, logits="targets")
-    assert targets.breakdown["logits"] == 4 * 64 * 384 * (4 + 3 * 4)
+    # logits: training projects the target positions only; with no manifest (a raw file: no real lengths
+    # or format yet) every position of max_length may be one; (B, T, V) copies where it projects them all
+    assert e.length == 64 and e.breakdown["logits"] == 4 * 64 * 384 * (4 + 3 * 4)
+    full = est.estimate(cfg, device=CPU, logits="full")
+    assert full.breakdown["logits"] == 4 * 64 * 384 * (3 * 4 + 3 * 4)
     cfg.train.gradient_checkpointing = True
     assert est.estimate(cfg, device=CPU).breakdown["activations"] < e.breakdown["activations"]
 
@@ -84,14 +85,59 @@ def test_lengths_come_from_the_dataset_manifest(tmp_path: Path, tiny_llama: Path
     manifest = {
         "format": "chat",
         "splits": {"train": 1000},
-        "token_lengths": {"train": {"count": 1000, "total": 40_000, "max": 20, "p90": 10}},
+        "token_lengths": {"train": {"count": 1000, "total": 8_000, "max": 20, "p90": 10}},
     }
-    peak, typical, rows = est.sequence_lengths(cfg, manifest)
-    assert (peak, typical, rows) == (20 + est.TEMPLATE_TOKENS, 10 + est.TEMPLATE_TOKENS, 1000)
+    peak, typical, rows = est.sequence_lengths(cfg, manifest)  # packed rows: the mean length is computed
+    assert (peak, typical, rows) == (20 + est.TEMPLATE_TOKENS, 8 + est.TEMPLATE_TOKENS, 1000)
+    cfg.train.pack_examples = False  # padded rows: the typical batch's width
+    assert est.sequence_lengths(cfg, manifest)[1] == 10 + est.TEMPLATE_TOKENS
     e = est.estimate(cfg, device=CPU, manifest=manifest)
     assert e.length == 52 and e.steps_per_epoch == 250
     cfg.model.max_length = 16
     assert est.sequence_lengths(cfg, manifest)[:2] == (16, 16)
+
+
+def chat_manifest(rows: int = 100, total: int = 2_000, longest: int = 60) -> dict:
+    lengths = {"count": rows, "total": total, "max": longest, "p90": longest - 10}
+    return {"format": "chat", "splits": {"train": rows}, "token_lengths": {"train": lengths}}
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_logits_term_follows_target_only_projection(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch, packed: bool
+) -> None:
+    """Packed or padded, training projects only target positions, CHUNK at a time (models/lm_loss.py)."""
+    from tuneforge.models import lm_loss
+
+    raw = {
+        "model": {"name": str(tiny_llama), "max_length": 256, "dtype": "float32"},
+        "train": {"batch_size": 4, "pack_examples": packed},
+    }
+    cfg = config_from_dict(raw)
+    vocab = 384
+    e = est.estimate(cfg, device=CPU, manifest=chat_manifest())
+    assert e.length == 60 + est.TEMPLATE_TOKENS  # the longest row sets the peak, packed or not
+    assert e.breakdown["logits"] == 4 * 92 * vocab * (4 + 3 * 4)  # 368 targets at most: one chunk
+    monkeypatch.setattr(lm_loss, "CHUNK", 100)  # more targets than a chunk: one chunk's logits at a time
+    assert est.estimate(cfg, device=CPU, manifest=chat_manifest()).breakdown["logits"] == 100 * vocab * 16
+    # a label answer has a few target tokens, whatever the length of the prompt
+    labels = {**chat_manifest(), "format": "classification"}
+    assert est.estimate(cfg, device=CPU, manifest=labels).breakdown["logits"] == 4 * 8 * vocab * 16
+    # the time follows the tokens computed: the mean length packed, the padded width (p90) otherwise
+    assert est.sequence_lengths(cfg, chat_manifest())[1] == (20 if packed else 50) + est.TEMPLATE_TOKENS
+
+
+def test_logits_term_projects_every_position_where_training_does(tiny_llama: Path) -> None:
+    """Prompt tuning and distributed wrappers run the model's own forward: (B, T, V) logits, packed or not."""
+    base = {"model": {"name": str(tiny_llama), "max_length": 256, "dtype": "float32"}}
+    full_copies = 3 * 4 + (est.LOGITS_FULL_COPIES - 3) * 4
+    for raw, processes in (
+        ({**base, "method": {"name": "prompt-tuning"}, "train": {"batch_size": 4}}, 1),
+        ({**base, "train": {"batch_size": 4}}, 2),
+    ):
+        e = est.estimate(config_from_dict(raw), device=CPU, manifest=chat_manifest(), processes=processes)
+        assert e.breakdown["logits"] == 4 * 92 * 384 * full_copies, raw
+    assert not est.packs_examples(config_from_dict({**base, "method": {"name": "prefix-tuning"}}))
 
 
 def test_gpu_declarations() -> None:

@@ -37,7 +37,7 @@ def test_small_classification_set_gets_an_encoder_with_a_head() -> None:
     first = recs[0]
     assert (first.model, first.method) == ("builtin:minilm-l6", "full")
     assert first.config["model"]["task"] == "classification"
-    assert first.config["train"]["learning_rate"] == 5e-5 and first.config["train"]["epochs"] == 10
+    assert first.config["train"]["learning_rate"] == 1e-4 and first.config["train"]["epochs"] == 10
     assert first.config["train"]["early_stopping_patience"] == 3
     assert first.config["model"]["max_length"] == 128  # p99 100 + [CLS]/[SEP], rounded up to 64
     assert "classification with 5 labels: an encoder with a head" in first.reasons[0]
@@ -96,20 +96,114 @@ def test_written_config_loads_and_trains_on_a_tiny_model(tmp_path: Path, tiny_be
     assert (run / "final" / "model.safetensors").is_file()
 
 
-def test_defaults_for_fill_only_unset_keys() -> None:
-    cfg = config_from_dict({"model": {"name": "builtin:minilm-l6", "task": "classification"}})
-    m = manifest("classification", 1_500, labels=4)
-    chosen = rec.defaults_for(cfg, m, given={"model.name", "model.task", "data.path"})
+MINILM = {"model": {"name": "builtin:minilm-l6", "task": "classification"}}
+GIVEN = {"model.name", "model.task", "data.path"}
+
+
+def test_defaults_for_encoder_classification_by_dataset_size() -> None:
+    """A trained head: full fine-tuning, epochs by size, validation once an epoch, early stopping."""
+    cfg = config_from_dict(MINILM)
+    chosen = rec.defaults_for(cfg, manifest("classification", 1_500, labels=4), GIVEN)
     assert chosen == {
+        "method.name": "full",
         "train.epochs": 5,
-        "train.learning_rate": 5e-4,
+        "train.learning_rate": 1e-4,  # a small encoder (22M parameters)
+        "train.warmup_ratio": 0.06,
+        "train.weight_decay": 0.01,
+        "train.eval_every": 188,  # 1,500 rows / batch 8: once an epoch
         "train.early_stopping_patience": 3,
         "train.metric_for_best": "accuracy",
-        "train.warmup_ratio": 0.06,
+        "model.max_length": 128,  # p99 100 + [CLS]/[SEP], rounded up to 64
+    }
+    tiny = rec.defaults_for(cfg, manifest("classification", 120, labels=3, p99=40), GIVEN)
+    assert (tiny["train.epochs"], tiny["train.eval_every"], tiny["model.max_length"]) == (10, 15, 64)
+    # 50,000 rows on a CPU: LoRA (method.name's own default) with the head trained, full on a GPU
+    large = rec.defaults_for(cfg, manifest("classification", 50_000, labels=2), GIVEN)
+    assert "method.name" not in large  # a default equal to the field's own is not listed
+    assert {k: large[k] for k in ("method.r", "method.alpha", "train.learning_rate")} == {
         "method.r": 8,
         "method.alpha": 16,
-        "model.max_length": 128,
+        "train.learning_rate": 5e-4,
     }
-    assert "train.learning_rate" not in rec.defaults_for(cfg, m, given={"train.learning_rate"})
-    line = rec.describe_defaults(cfg, m, chosen)
-    assert line.startswith("defaults for encoder classification, 1,500 examples: train.epochs=5")
+    assert large["train.epochs"] == 3 and large["train.eval_every"] == 6250
+    on_gpu = rec.defaults_for(cfg, manifest("classification", 50_000, labels=2), GIVEN, cuda=True)
+    assert on_gpu["method.name"] == "full" and "method.r" not in on_gpu
+    # no validation split: neither early stopping nor a best-by-accuracy checkpoint to stop on
+    no_val = manifest("classification", 1_500, labels=4)
+    no_val["splits"]["validation"] = 0
+    assert not {"train.early_stopping_patience", "train.eval_every"} & set(
+        rec.defaults_for(cfg, no_val, GIVEN)
+    )
+
+
+def test_defaults_for_decoders() -> None:
+    """A decoder with a head keeps LoRA (r=8, lr 5e-4); a causal LM gets epochs and length by size."""
+    head = config_from_dict({"model": {"name": "builtin:smollm2-135m-instruct", "task": "classification"}})
+    chosen = rec.defaults_for(head, manifest("classification", 800, labels=5), GIVEN)
+    assert "method.name" not in chosen
+    assert (chosen["method.r"], chosen["method.alpha"], chosen["train.learning_rate"]) == (8, 16, 5e-4)
+    assert chosen["train.epochs"] == 10 and chosen["train.metric_for_best"] == "accuracy"
+    lm = config_from_dict({"model": {"name": "builtin:smollm2-135m-instruct"}})
+    # lr 2e-4 and r=16 are the fields' own defaults already: only what changes is listed
+    assert rec.defaults_for(lm, manifest("chat", 5_000, p99=300), {"data.path"}) == {
+        "train.epochs": 3,
+        "model.max_length": 384,  # p99 300 + the chat template, rounded up to 64
+    }
+    assert "train.epochs" not in rec.defaults_for(lm, manifest("chat", 500_000), {"data.path"})  # 1: as is
+    # packed text fills model.max_length whatever the documents' lengths: no length default
+    assert "model.max_length" not in rec.defaults_for(lm, manifest("text", 5_000), {"data.path"})
+
+
+def test_defaults_never_touch_keys_the_user_set(tmp_path: Path) -> None:
+    from tuneforge.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "data: {path: ds}\nmodel: {name: 'builtin:minilm-l6', task: classification}\n"
+        "train: {learning_rate: 1.0e-4, batch_size: 16}\n"
+    )
+    m = manifest("classification", 1_500, labels=4)
+    cfg, source = load_config(path, ["train.epochs=2", "method.name=lora"])
+    assert source.given == {
+        "data.path", "model.name", "model.task", "train.learning_rate", "train.batch_size", "train.epochs",
+        "method.name",
+    }  # fmt: skip
+    chosen = rec.defaults_for(cfg, m, source.given)
+    assert not {"train.learning_rate", "train.epochs", "method.name", "train.batch_size"} & set(chosen)
+    assert chosen["method.r"] == 8 and chosen["train.eval_every"] == 94  # 1,500 rows / batch 16
+    applied = rec.apply_settings(cfg, chosen)
+    assert (applied.train.learning_rate, applied.train.epochs, applied.method.name) == (1e-4, 2, "lora")
+    # options of the user's own make the method theirs: no r or alpha on top
+    cfg, source = load_config(path, ["method.name=ia3", "method.target_modules=[query]"])
+    assert not any(k.startswith("method.") for k in rec.defaults_for(cfg, m, source.given))
+    # train.max_steps given: epochs would not count, so none is chosen
+    cfg, source = load_config(path, ["train.max_steps=10"])
+    assert "train.epochs" not in rec.defaults_for(cfg, m, source.given)
+
+
+def test_describe_defaults_names_every_key_to_override() -> None:
+    cfg = config_from_dict(MINILM)
+    m = manifest("classification", 1_500, labels=4)
+    chosen = {"method.name": "full", "train.learning_rate": 5e-5, "train.epochs": 5}
+    assert rec.describe_defaults(cfg, m, chosen) == (
+        "defaults for encoder classification, 1,500 examples: method.name=full, train.learning_rate=5e-05, "
+        "train.epochs=5 (set any of these keys to override)"
+    )
+    lm = config_from_dict({"model": {"name": "builtin:smollm2-135m-instruct"}})
+    assert rec.describe_defaults(lm, manifest("chat", 20_000), {"train.epochs": 2}).startswith(
+        "defaults for causal LM, 20,000 examples: train.epochs=2 ("
+    )
+
+
+def test_recommend_writes_the_defaults_recipe() -> None:
+    """recommend and defaults_for share one rule book: a recommended config holds the same settings."""
+    m = manifest("classification", 800, labels=5)
+    first = rec.recommend("ds", m, CPU)[0]
+    cfg = config_from_dict({**MINILM, "method": {"name": first.method}})
+    chosen = rec.defaults_for(cfg, m, GIVEN | {"method.name"})
+    written = first.config
+    for key, value in chosen.items():
+        section, name = key.split(".", 1)
+        if key == "train.eval_every":  # steps per epoch follow the recommended batch (effective 16)
+            continue
+        assert written[section][name] == value, key

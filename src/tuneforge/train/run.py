@@ -89,6 +89,8 @@ def train(
     model = setup.load_trainable_model(cfg, plan, dataset.labels)
     examples = setup.encode_examples(cfg, source, dataset, model.tokenizer)
     run, lock = _open_run(cfg, plan, resume, force, overwrite, dataset, split_files)
+    if plan.defaults_line:  # only now: every refusal above prints its error first
+        print(plan.defaults_line, file=sys.stderr, flush=True)
     state, checkpoints = TrainState(), None
     try:
         # 3. Distribution, optimizer and schedule, loop, checkpoints.

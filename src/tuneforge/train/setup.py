@@ -38,6 +38,8 @@ class Plan:
     """The filled-in DeepSpeed config, or None (DDP/FSDP/one process)."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """The recipe's settings for the keys the user left unset (dotted key -> value), as recorded."""
+    defaults_line: str = ""
+    """What to print once the run starts (after every check, so an error is still the first line)."""
 
     @property
     def is_main(self) -> bool:
@@ -128,10 +130,9 @@ def apply_defaults(
     if not chosen:
         return cfg, plan
     cfg = apply_settings(cfg, chosen, source)
-    if plan.is_main and recorded is None:
-        print(describe_defaults(cfg, dataset.manifest, chosen), file=sys.stderr, flush=True)
+    line = describe_defaults(cfg, dataset.manifest, chosen) if plan.is_main and recorded is None else ""
     method, options = resolve_method(cfg.method, source, task=cfg.model.task)
-    return cfg, dataclasses.replace(plan, method=method, options=options, defaults=chosen)
+    return cfg, dataclasses.replace(plan, method=method, options=options, defaults=chosen, defaults_line=line)
 
 
 @dataclass

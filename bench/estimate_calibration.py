@@ -37,7 +37,11 @@ GRID: list[tuple[str, str, int, int]] = [
     ("smollm2", "lora", 4, 256),
     ("smollm2", "full", 2, 128),
     ("small-llama", "lora", 4, 256),
+    ("small-llama", "lora", 8, 512),
+    ("small-llama", "full", 2, 256),
     ("small-llama", "full", 4, 256),
+    ("small-llama", "full", 8, 256),
+    ("small-llama", "full", 8, 512),
 ]
 VOCABULARY = (
     "the of and to in is was for on that with as by at from his her an were are which this be or have had "

@@ -366,13 +366,14 @@ def defaults_for(
         method = head_method(rows, cuda=cuda)
         chosen["method.name"] = method
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps * processes
+    params, context = (entry.params, entry.context) if entry is not None else _size_from_config(cfg)
     chosen |= recipe(
         task=task,
         method=method,
         rows=rows,
-        params=entry.params if entry is not None else 0,
+        params=params,
         manifest=manifest,
-        context=entry.context if entry is not None else 4096,
+        context=context,
         steps_per_epoch=math.ceil(rows / per_step),
     )
     if any(k.startswith("method.") and k != "method.name" for k in given):
@@ -381,6 +382,22 @@ def defaults_for(
         chosen.pop("train.epochs", None)
     chosen = {k: v for k, v in chosen.items() if k not in given}
     return {k: v for k, v in chosen.items() if _differs(cfg, method, k, v)}
+
+
+def _size_from_config(cfg: RunConfig) -> tuple[int, int]:
+    """Parameters and context of a model outside the catalog, from its config.json on the meta device (no
+    weights read); a model that cannot be sized offline counts as large (the cautious learning rate)."""
+    from tuneforge.config import MethodConfig
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.models.shape import build_meta, load_config
+
+    try:
+        config, _ = load_config(cfg.model)
+        shape = build_meta(cfg.model, MethodConfig(name="full"))
+    except (TuneforgeError, OSError, ValueError, TypeError, RuntimeError):
+        return int(1e9), 4096
+    config = getattr(config, "text_config", None) or config
+    return shape.total, int(getattr(config, "max_position_embeddings", None) or 4096)
 
 
 def _differs(cfg: RunConfig, method: str, key: str, value: Any) -> bool:

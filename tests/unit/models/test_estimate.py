@@ -190,7 +190,8 @@ def test_estimate_cli(tmp_path: Path, tiny_llama: Path, cli) -> None:
 # allocator and page cache are shared); alone it agrees within 5%. It runs on request, like bench/.
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("TUNEFORGE_CALIBRATE"), reason="set TUNEFORGE_CALIBRATE=1 to measure")
-def test_estimate_within_20_percent_of_measured_cpu_peak(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_estimate_within_20_percent_of_measured_cpu_peak(tmp_path: Path, method: str) -> None:
     """3 real steps of a small Llama (packed text, so every row is max_length long) against the estimate."""
     from bench.estimate_calibration import make_small_llama, write_corpus
 
@@ -198,7 +199,7 @@ def test_estimate_within_20_percent_of_measured_cpu_peak(tmp_path: Path) -> None
     raw = {
         "data": {"path": str(write_corpus(tmp_path / "c.txt", 300)), "format": "text", "dedup": "none"},
         "model": {"name": str(model), "max_length": 256, "dtype": "float32"},
-        "method": {"name": "lora"},
+        "method": {"name": method},
         # 16 rows: activations, not the (noisy, ~±30 MiB) fixed costs of a process, make most of the peak.
         "train": {"output_dir": str(tmp_path / "run"), "batch_size": 16, "progress": False},
     }

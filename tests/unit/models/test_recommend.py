@@ -154,6 +154,33 @@ def test_defaults_for_decoders() -> None:
     assert "model.max_length" not in rec.defaults_for(lm, manifest("text", 5_000), {"data.path"})
 
 
+def test_defaults_for_a_local_model_outside_the_catalog_size_it_from_its_config(tmp_path: Path) -> None:
+    """Only config.json (no weights): a BERT-large shape is 335M parameters, so the rate for large encoders
+    (not the small-encoder 1e-4), and its 512-position context caps the length default."""
+    from transformers import BertConfig
+
+    big = tmp_path / "bert-large-like"
+    BertConfig(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    ).save_pretrained(big)
+    cfg = config_from_dict({"model": {"name": str(big), "task": "classification"}})
+    chosen = rec.defaults_for(cfg, manifest("classification", 1_500, labels=4, p99=900), GIVEN)
+    assert chosen["train.learning_rate"] == 5e-5
+    assert chosen.get("model.max_length", cfg.model.max_length) == 512  # not 960: the context is 512
+    small = tmp_path / "bert-small-like"
+    BertConfig(
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024
+    ).save_pretrained(small)
+    cfg = config_from_dict({"model": {"name": str(small), "task": "classification"}})
+    assert (
+        rec.defaults_for(cfg, manifest("classification", 1_500, labels=4), GIVEN)["train.learning_rate"]
+        == 1e-4
+    )
+    # not sizeable offline (no such folder, no hub): the cautious rate of a large model
+    cfg = config_from_dict({"model": {"name": str(tmp_path / "missing"), "task": "classification"}})
+    assert rec._size_from_config(cfg) == (int(1e9), 4096)
+
+
 def test_defaults_never_touch_keys_the_user_set(tmp_path: Path) -> None:
     from tuneforge.config import load_config
 

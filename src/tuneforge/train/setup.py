@@ -120,7 +120,9 @@ def apply_defaults(
 
     if source.given is None:
         return cfg, plan
-    recorded = RunDir(Path(cfg.train.output_dir)).manifest.get("defaults") if resume else None
+    started = RunDir(Path(cfg.train.output_dir)).manifest if resume else {}
+    # A run whose manifest predates recorded defaults started without any: resume it so, unchanged.
+    recorded = started.get("defaults", {}) if started else None
     if recorded is not None:
         chosen = {k: v for k, v in recorded.items() if k not in source.given}
     else:

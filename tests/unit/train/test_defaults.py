@@ -74,6 +74,35 @@ def test_train_fills_unset_keys_prints_records_and_resumes_with_them(
     assert recommend.defaults_for(cfg, ds, source.given)["train.warmup_ratio"] == 0.5
 
 
+def test_a_run_from_before_recorded_defaults_resumes_without_any(tmp_path: Path, tiny_bert: Path) -> None:
+    """A manifest with no "defaults" key (an older release's run) started with none: none are added on
+    --resume (deriving them anew would change the config and have the resume refused)."""
+    from tuneforge.artifacts import RunDir
+    from tuneforge.train import setup
+
+    data = write_csv(tmp_path / "data.csv", sentiment_rows(60))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"path": str(data), "output_dir": str(tmp_path / "ds")},
+                "model": {"name": str(tiny_bert), "task": "classification"},
+                "train": {"output_dir": str(tmp_path / "run")},
+            }
+        )
+    )
+    cfg, source = load_config(config)
+    plan = setup.plan(cfg, source)
+    dataset = setup.load_dataset(cfg, source, plan.accelerator)
+    fresh, fresh_plan = setup.apply_defaults(cfg, source, plan, dataset, resume=False)
+    assert fresh is not cfg and fresh_plan.defaults["method.name"] == "full"  # a new run gets the recipe
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    (run.manifest_path).write_text(json.dumps({"kind": "run", "step": 3}))
+    resumed, resumed_plan = setup.apply_defaults(cfg, source, plan, dataset, resume=True)
+    assert resumed is cfg and resumed_plan.defaults == {} and resumed_plan.defaults_line == ""
+
+
 def test_a_config_built_in_code_is_taken_as_it_is() -> None:
     """ConfigSource(None) (quickstart, tests, an API caller): every key counts as set, nothing is filled."""
     from tuneforge.train import setup

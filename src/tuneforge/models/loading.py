@@ -166,33 +166,53 @@ def load_model(
     from tuneforge.models.methods import load_kwargs
 
     path = path or resolve_model_path(cfg)
-    kwargs: dict[str, Any] = {"dtype": pick_dtype(cfg), "use_safetensors": None if cfg.allow_pickle else True}
-    if method is not None:
-        kwargs.update(load_kwargs(method))
-    if empty:
-        kwargs["device_map"] = "meta"
+    # Overrides of config.json (head size, dropout) apart from how the weights load: the empty model is built
+    # from the config alone.
+    config_kwargs: dict[str, Any] = {}
     if cfg.dropout is not None:
-        kwargs.update(dropout_kwargs(_from_pretrained(AutoConfig, path, cfg), cfg.dropout))
-    if Path(path).is_dir() and not empty:
-        check_weights(Path(path))
+        config_kwargs.update(dropout_kwargs(_from_pretrained(AutoConfig, path, cfg), cfg.dropout))
     if cfg.task == "causal-lm":
         _refuse_encoder_as_lm(path, cfg)
-        model = _from_pretrained(AutoModelForCausalLM, path, cfg, **kwargs)
+        loader: Any = AutoModelForCausalLM
     else:
         if cfg.task == "classification":
             if not labels:
                 raise TuneforgeError("a classification model needs the dataset's labels", where="model.task")
-            kwargs.update(
+            config_kwargs.update(
                 num_labels=len(labels),
                 id2label=dict(enumerate(labels)),
                 label2id={label: i for i, label in enumerate(labels)},
             )
         else:
-            kwargs.update(num_labels=1, problem_type="regression")
-        model = _from_pretrained(AutoModelForSequenceClassification, path, cfg, **kwargs)
-        if pad_token_id is not None and model.config.pad_token_id is None:
-            model.config.pad_token_id = pad_token_id  # decoders need it to find each row's last real token
+            config_kwargs.update(num_labels=1, problem_type="regression")
+        loader = AutoModelForSequenceClassification
+    if empty:
+        model = _empty_model(loader, path, cfg, config_kwargs)
+    else:
+        kwargs: dict[str, Any] = {"dtype": pick_dtype(cfg), "use_safetensors": None if cfg.allow_pickle else True}
+        if method is not None:
+            kwargs.update(load_kwargs(method))
+        if Path(path).is_dir():
+            check_weights(Path(path))
+        model = _from_pretrained(loader, path, cfg, **config_kwargs, **kwargs)
+    if cfg.task != "causal-lm" and pad_token_id is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id  # decoders need it to find each row's last real token
     return model  # type: ignore[no-any-return]
+
+
+def _empty_model(loader: Any, path: str, cfg: ModelConfig, config_kwargs: dict[str, Any]) -> Any:
+    """The model's structure on the meta device, built from its config: no weights read or allocated.
+
+    Built with `from_config` under `torch.device("meta")` rather than `from_pretrained(device_map="meta")`:
+    the latter goes through whatever loading integrations a transformers release switches on (hub kernels
+    refuse the meta device from 5.25 on), while the config alone is stable across releases.
+    """
+    import torch
+    from transformers import AutoConfig
+
+    config = _from_pretrained(AutoConfig, path, cfg, **config_kwargs)
+    with torch.device("meta"):
+        return loader.from_config(config, dtype=pick_dtype(cfg), trust_remote_code=cfg.trust_remote_code)
 
 
 def _refuse_encoder_as_lm(path: str, cfg: ModelConfig) -> None:

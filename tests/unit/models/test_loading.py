@@ -169,3 +169,29 @@ def test_an_auto_map_beside_a_known_architecture_loads_without_its_code(
     folder = _broken_copy(tiny_llama, tmp_path, "known-with-auto-map")
     _edit_config(folder, auto_map={"AutoModelForCausalLM": "modeling_fancy.Fancy"})
     assert type(load_model(ModelConfig(name=str(folder)))).__name__ == "LlamaForCausalLM"
+
+
+@pytest.mark.parametrize("task", ["causal-lm", "classification"])
+def test_an_empty_model_has_the_loaded_models_structure_on_the_meta_device(
+    tiny_llama: Path, tmp_path: Path, task: str
+) -> None:
+    """FSDP's other processes build the model without weights; it must not depend on which loading
+    integrations a transformers release switches on (from 5.25, `device_map="meta"` in `from_pretrained` goes
+    through hub kernels, which refuse the meta device)."""
+    from unittest import mock
+
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cfg = ModelConfig(name=str(tiny_llama), task=task, dropout=0.25)
+    labels = ["neg", "pos"] if task == "classification" else None
+    loaded = load_model(cfg, labels=labels, pad_token_id=0)
+    loader = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    # The empty model reads no weights: from_pretrained of the model class is never called.
+    with mock.patch.object(loader, "from_pretrained", side_effect=AssertionError("weights were loaded")):
+        empty = load_model(cfg, labels=labels, pad_token_id=0, empty=True)
+    assert {p.device.type for p in empty.parameters()} == {"meta"}
+    shapes = {name: (p.shape, p.dtype) for name, p in loaded.named_parameters()}
+    assert {name: (p.shape, p.dtype) for name, p in empty.named_parameters()} == shapes
+    assert empty.config.attention_dropout == loaded.config.attention_dropout == 0.25
+    assert empty.config.num_labels == loaded.config.num_labels
+    assert empty.config.pad_token_id == loaded.config.pad_token_id

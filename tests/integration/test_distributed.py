@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 from tests.tiny import sentiment_rows, write_csv
 
 ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
@@ -196,6 +196,33 @@ def test_accelerate_config_parses(name: str) -> None:
         assert env[key] == value, key
 
 
+def write_sharding_config(folder: Path, model: Path, task: str, method: dict) -> float:
+    """The config of the FSDP/DeepSpeed equality tests; returns its learning rate."""
+    lr = 0.05 if method["name"] == "lora" else 0.002
+    # 5 validation examples over 2 processes of batch 2: one process has a batch fewer, and must still run it.
+    write_config(folder, model, method, task, max_steps=4, eval_max_examples=5, learning_rate=lr)
+    return lr
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path):
+    """The one-process run each sharded run must equal, trained once per (task, method) and only read after:
+    FSDP and DeepSpeed are compared with the same three baselines."""
+    runs: dict[str, Path] = {}
+
+    def baseline(task: str, method: dict) -> Path:
+        key = json.dumps([task, method], sort_keys=True)
+        if key not in runs:
+            folder = tmp_path_factory.mktemp("one-process")
+            write_sharding_config(folder, tiny_llama, task, method)
+            one = run_cli("train", "cfg.yaml", "train.output_dir=one", "train.batch_size=4", cwd=folder)
+            assert one.returncode == 0, one.stderr
+            runs[key] = folder / "one"
+        return runs[key]
+
+    return baseline
+
+
 @pytest.mark.parametrize(
     ("task", "method", "final_file"),
     [
@@ -206,19 +233,15 @@ def test_accelerate_config_parses(name: str) -> None:
     ids=["lora", "full", "lora-classifier"],
 )
 def test_fsdp_matches_one_process_and_resumes_exactly(
-    tmp_path: Path, tiny_llama: Path, cli, task: str, method: dict, final_file: str
+    tmp_path: Path, tiny_llama: Path, one_process_run, task: str, method: dict, final_file: str
 ) -> None:
     """FSDP over 2 processes trains what 1 process does (only the main one reads the model; the others get
     their shards from it); its checkpoints are whole and resume bit-exactly."""
-    lr = 0.05 if method["name"] == "lora" else 0.002
-    # 5 validation examples over 2 processes of batch 2: one process has a batch fewer, and must still run it.
-    write_config(tmp_path, tiny_llama, method, task, max_steps=4, eval_max_examples=5, learning_rate=lr)
-    one = cli("train", "cfg.yaml", "train.output_dir=one", "train.batch_size=4")
-    assert one.returncode == 0, one.stderr
+    lr = write_sharding_config(tmp_path, tiny_llama, task, method)
     sharded = launch_two(tmp_path, "train.output_dir=fsdp", "train.batch_size=2", "train.fsdp=true")
     assert sharded.returncode == 0, sharded.stderr[-3000:]
 
-    one_dir, fsdp_dir = tmp_path / "one", tmp_path / "fsdp"
+    one_dir, fsdp_dir = one_process_run(task, method), tmp_path / "fsdp"
     assert json.loads((fsdp_dir / "manifest.json").read_text())["sharded"] is True
     assert json.loads((one_dir / "manifest.json").read_text())["sharded"] is False
     assert_trains_like_one_process(one_dir, fsdp_dir, final_file, lr)
@@ -237,18 +260,15 @@ def test_fsdp_matches_one_process_and_resumes_exactly(
     ids=["zero2-lora", "zero3-full", "zero3-offload-lora-classifier"],
 )
 def test_deepspeed_matches_one_process_and_resumes_exactly(
-    tmp_path: Path, tiny_llama: Path, cli, preset: str, task: str, method: dict, final_file: str
+    tmp_path: Path, tiny_llama: Path, one_process_run, preset: str, task: str, method: dict, final_file: str
 ) -> None:
     """DeepSpeed ZeRO over 2 processes trains what 1 process does; its checkpoints are the same safetensors
     (whole tensors named as one process names them) and a resume under DeepSpeed ends bit-identical."""
-    lr = 0.05 if method["name"] == "lora" else 0.002
-    write_config(tmp_path, tiny_llama, method, task, max_steps=4, eval_max_examples=5, learning_rate=lr)
-    one = cli("train", "cfg.yaml", "train.output_dir=one", "train.batch_size=4")
-    assert one.returncode == 0, one.stderr
+    lr = write_sharding_config(tmp_path, tiny_llama, task, method)
     zero = launch_two(tmp_path, "train.output_dir=zero", "train.batch_size=2", f"train.deepspeed={preset}")
     assert zero.returncode == 0, zero.stderr[-3000:]
 
-    one_dir, zero_dir = tmp_path / "one", tmp_path / "zero"
+    one_dir, zero_dir = one_process_run(task, method), tmp_path / "zero"
     manifest = json.loads((zero_dir / "manifest.json").read_text())
     assert manifest["sharded"] is True
     assert manifest["deepspeed"]["zero_optimization"]["stage"] == (2 if preset == "zero2" else 3)

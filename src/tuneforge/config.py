@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,6 +38,21 @@ def _not_spelled(spelling: str) -> Callable[[Any], Any]:
         return value
 
     return check
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds from '90s', '30m', '1h30m', '2h' or a plain number of seconds; anything else is left to the
+    field's own type check (which then names what was given)."""
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        parts = re.fullmatch(r"((\d+(\.\d+)?)[smhd])+", text)
+        if parts is None:
+            raise ValueError("a duration is a number of seconds or e.g. 90s, 30m, 1h30m, 2h")
+        return sum(float(n) * DURATION_UNITS[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)([smhd])", text))
+    return value
 
 
 class Section(BaseModel):
@@ -255,7 +271,10 @@ class TrainConfig(Section):
     log_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
     """Extra loggers (metrics.jsonl is always written)."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar (where stderr is no terminal: a plain progress line every minute)."""
+    time_budget: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] | None = None
+    """Training time allowed (30m, 2h, 1h30m, or seconds): once spent, the run validates, saves and ends as
+    an early stop does (the best checkpoint is the final model); the manifest says it stopped on budget."""
     dpo_beta: float = Field(0.1, gt=0)
     """Preference data (DPO): how far the tuned model may move from the base; higher keeps it closer."""
     num_threads: Annotated[int, Field(ge=0)] | Literal["auto"] | None = "auto"

@@ -415,7 +415,12 @@ def _dataset_manifest(cfg: RunConfig) -> dict[str, Any] | None:
 
 
 def check_fits(
-    cfg: RunConfig, manifest: dict[str, Any] | None = None, *, processes: int = 1, where: str = "memory check"
+    cfg: RunConfig,
+    manifest: dict[str, Any] | None = None,
+    *,
+    processes: int = 1,
+    where: str = "memory check",
+    measure_flops: bool = False,
 ) -> Estimate | None:
     """Refuse, before the model loads, a run whose estimated peak exceeds this machine's memory.
 
@@ -423,7 +428,8 @@ def check_fits(
     holds the numbers and what to change; `tuneforge train --ignore-memory-check` tries anyway.
     """
     try:
-        est = estimate(cfg, device=detect_device(measure_flops=False), manifest=manifest, processes=processes)
+        device = detect_device(measure_flops=measure_flops)
+        est = estimate(cfg, device=device, manifest=manifest, processes=processes)
     except TuneforgeError:
         return None
     except Exception as err:  # a model the estimate cannot size must not stop a run that may well fit
@@ -441,6 +447,14 @@ def check_fits(
         where=where,
         fix="; ".join(suggestions(cfg, est))
         + " (see `tuneforge estimate CONFIG`; `tuneforge train --ignore-memory-check` tries anyway)",
+    )
+
+
+def time_line(est: Estimate, steps: int) -> str:
+    """The wall time this estimate gives a run of `steps` steps, said as the rough figure it is."""
+    return (
+        f"estimated time: about {fmt_seconds(est.step_s * steps)} for {steps:,} steps on {est.device.name} "
+        "(rough: FLOPs / measured throughput; re-estimated after the first steps)"
     )
 
 

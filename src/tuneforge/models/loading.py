@@ -189,7 +189,10 @@ def load_model(
     if empty:
         model = _empty_model(loader, path, cfg, config_kwargs)
     else:
-        kwargs: dict[str, Any] = {"dtype": pick_dtype(cfg), "use_safetensors": None if cfg.allow_pickle else True}
+        kwargs: dict[str, Any] = {
+            "dtype": pick_dtype(cfg),
+            "use_safetensors": None if cfg.allow_pickle else True,
+        }
         if method is not None:
             kwargs.update(load_kwargs(method))
         if Path(path).is_dir():

@@ -350,7 +350,7 @@ class StopSignals:
 @dataclass
 class Outcome:
     reason: str
-    """completed, stopped-early or interrupted."""
+    """completed, stopped-early, time-budget or interrupted."""
     signal: int | None
     tokens_per_s: float
 
@@ -425,6 +425,14 @@ def fit(
             if state.bad_steps == 0:
                 save(state)  # once per step: a no-op when this step is already saved
             return Outcome("interrupted", stop.received, speed.rate())
+        # The budget ends a run as early stopping does: validated at this step, saved, the best kept.
+        budget = settings.time_budget
+        if budget is not None and not last and loop.agree(state.elapsed_s >= budget):
+            if state.bad_steps == 0:
+                if val_examples and not (settings.eval_every and state.step % settings.eval_every == 0):
+                    _validate(loop, state, settings, val_examples, log, save, on_validation)
+                save(state)
+            return Outcome("time-budget", None, speed.rate())
     early = state.stopped_early and state.step < total_steps
     return Outcome("stopped-early" if early else "completed", None, speed.rate())
 

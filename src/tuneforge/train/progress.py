@@ -1,8 +1,9 @@
-"""The training progress bar (step, loss, learning rate, tokens/s, memory, ETA; drawn by rich), memory use."""
+"""The training progress (a rich bar, or plain lines where there is no terminal), time left, memory use."""
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -72,7 +73,36 @@ class TrainLine(ProgressColumn):
         return line
 
 
+def remaining_line(seconds_per_step: float, steps_left: int, budget_s: float | None) -> str:
+    """What the measured speed means for the rest of the run, and how to make it fit half an hour."""
+    left = seconds_per_step * steps_left
+    line = (
+        f"measured {seconds_per_step:.3g} s/step: about {_duration(left)} for the {steps_left:,} steps left"
+    )
+    if budget_s is not None and left > budget_s:
+        line += f"; train.time_budget stops it after about {int(budget_s / seconds_per_step):,} of them"
+    elif budget_s is None and left > HALF_HOUR:
+        line += "; train.time_budget=30m to fit half an hour (the best checkpoint is kept)"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+
+
+HALF_HOUR = 1800.0
+MEASURED_STEPS = 3
+"""Steps timed (after the first, which warms up) before the remaining time is re-estimated."""
+
+
 class TrainProgress:
+    """The bar on a terminal; elsewhere (stderr to a file, a CI log) a plain line every `every_s` seconds.
+    Both re-estimate the remaining time once the first steps are measured."""
+
     def __init__(
         self,
         total: int,
@@ -81,13 +111,21 @@ class TrainProgress:
         enabled: bool,
         console: Console | None = None,
         clock: Callable[[], float] | None = None,
+        every_s: float = 60.0,
+        budget_s: float | None = None,
     ) -> None:
         self.enabled = enabled
         self.console = console or get_console()  # rich's default, as the other progress bars use
+        self.plain = enabled and not self.console.is_terminal
+        self.total, self.every_s, self.budget_s = total, every_s, budget_s
+        self.clock = clock or time.monotonic
+        self.first: tuple[int, float] | None = None  # (step, time) once the first step ended
+        self.measured = False
+        self.last_line = self.clock()
         self.progress = Progress(
             TrainLine(self.console),
             console=self.console,
-            disable=not enabled,
+            disable=not enabled or self.plain,
             get_time=clock,
             # The ETA comes from the steps of the last 5 minutes (rich's default, 30 s, has no estimate at
             # all while a step takes longer than that).
@@ -107,7 +145,31 @@ class TrainProgress:
     def update(self, step: int, *, loss: float, lr: float, tps: float) -> None:
         if not self.enabled:
             return
+        now = self.clock()
+        if self.first is None:
+            self.first = (step, now)
+        elif not self.measured and step - self.first[0] >= MEASURED_STEPS:
+            self.measured = True
+            per_step = (now - self.first[1]) / (step - self.first[0])
+            if step < self.total:
+                _say(remaining_line(per_step, self.total - step, self.budget_s))
+        if self.plain:
+            if now - self.last_line >= self.every_s or step == self.total:
+                self.last_line = now
+                left = self._eta(step, now)
+                eta = f" eta {_duration(left)}" if left is not None else ""
+                _say(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} {tps:,.0f} tok/s{eta}")
+            return
         mem = f"{peak_memory_bytes() / 2**30:.2f} GiB"
         self.progress.update(
             self.task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", tps=f"{tps:,.0f}", mem=mem
         )
+
+    def _eta(self, step: int, now: float) -> float | None:
+        if self.first is None or step <= self.first[0]:
+            return None
+        return (now - self.first[1]) / (step - self.first[0]) * (self.total - step)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

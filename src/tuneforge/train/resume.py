@@ -22,6 +22,7 @@ RESUMABLE_CHANGES = (
     "train.save_every",
     "train.keep_checkpoints",
     "train.max_bad_steps",
+    "train.time_budget",  # where a run stops, like a signal; each step computes the same
     "eval.",
     "serve.",
     "tune.",

@@ -18,7 +18,7 @@ from tuneforge import __version__
 from tuneforge.artifacts import DatasetDir, RunDir, RunLock, atomic_dir
 from tuneforge.config import ConfigSource, RunConfig, config_from_dict
 from tuneforge.errors import DiskFull, TuneforgeError
-from tuneforge.models.estimate import check_fits
+from tuneforge.models.estimate import check_fits, time_line
 from tuneforge.models.loading import portable_adapter_config
 from tuneforge.train import setup
 from tuneforge.train.resume import check_output_dir, check_resume, check_same_position, open_run_dir
@@ -74,8 +74,11 @@ def train(
     cfg, plan = setup.apply_defaults(
         cfg, source, plan, dataset, resume=resume
     )  # the keys the user left unset
+    estimate = None
     if memory_check:  # refuse, with the numbers, a run estimated not to fit (models/estimate.py)
-        check_fits(cfg, dataset.manifest, processes=plan.accelerator.num_processes)
+        estimate = check_fits(
+            cfg, dataset.manifest, processes=plan.accelerator.num_processes, measure_flops=plan.is_main
+        )
     split_files = dataset.verified_split_hashes()
     # An output folder that may not be used, or a changed config or dataset: refused before the model loads.
     # Only by the main process: it creates the folder, which another process checking later would then find.
@@ -117,6 +120,8 @@ def train(
         check_same_position(state, loop, force)
         if main and checkpoints.resumed_from is not None:
             print(f"resuming from {checkpoints.resumed_from}", file=sys.stderr, flush=True)
+        if main and estimate is not None and state.step < total_steps:
+            print(time_line(estimate, total_steps - state.step), file=sys.stderr, flush=True)
         # 4. The loop, with trackers and signals.
         with _start_records(
             run,
@@ -137,7 +142,12 @@ def train(
                 restore_rng(checkpoints.resumed_from, acc.process_index)
             with (
                 StopSignals() as stop,
-                TrainProgress(total_steps, state.step, enabled=cfg.train.progress and main) as bar,
+                TrainProgress(
+                    total_steps,
+                    state.step,
+                    enabled=cfg.train.progress and main,
+                    budget_s=cfg.train.time_budget,
+                ) as bar,
             ):
                 outcome = fit(
                     loop,
@@ -291,7 +301,9 @@ def _finish(
         status="completed",
         error=None,
         step=state.step,
-        stopped_early=outcome.reason == "stopped-early",
+        stopped_early=outcome.reason in ("stopped-early", "time-budget"),
+        # Why the run ended before its last planned step, if it did.
+        stop_reason={"stopped-early": "early-stopping", "time-budget": "time-budget"}.get(outcome.reason),
         best={"metric": cfg.train.metric_for_best, "value": state.best_value, "step": best},
         final=str(run.final),
         saves_adapter=not plan.full_weights,

@@ -77,11 +77,17 @@ def train(
     ignore_memory_check: Annotated[
         bool, typer.Option(help="Start even if the run is estimated not to fit in memory.")
     ] = False,
+    time_budget: Annotated[
+        str | None,
+        typer.Option(help="Training time allowed, e.g. 30m or 2h (= train.time_budget): then it stops."),
+    ] = None,
 ) -> None:
     """Dataset + model + method → a run directory (adapter or weights, metrics, checkpoints)."""
     from tuneforge.config import load_config
     from tuneforge.train import train as run_training
 
+    if time_budget is not None:
+        overrides = [*(overrides or []), f"train.time_budget={time_budget}"]
     cfg, source = load_config(config, overrides)
     run = run_training(
         cfg, source, resume=resume, force=force, overwrite=overwrite, memory_check=not ignore_memory_check

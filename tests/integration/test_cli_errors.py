@@ -163,3 +163,12 @@ def test_evaluate_split_is_not_a_path(project: Path, cli, tiny_llama: Path) -> N
     r = cli("evaluate", "run", "--split", "../../x")
     assert_user_error(r, "--split: unknown split '../../x'", "fix: use one of: train, validation, test")
     assert not (run / "eval").exists()
+
+
+def test_a_time_budget_that_is_no_duration(project: Path, cli) -> None:
+    config(project, "builtin:smollm2-135m-instruct")
+    assert_user_error(
+        cli("train", "run.yaml", "--time-budget", "soon"),
+        "train.time_budget: a duration is a number of seconds or e.g. 90s, 30m, 1h30m, 2h (got 'soon')",
+    )
+    assert not (project / "ds").exists() and not (project / "run").exists()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tuneforge.config import TrainConfig
+from tuneforge.train import devices
 from tuneforge.train.devices import set_num_threads
 
 
@@ -21,7 +22,12 @@ def _restore_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def test_auto_is_the_physical_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "_load_average", lambda: 0.2)
+
+
+def test_auto_is_the_physical_cores(monkeypatch: pytest.MonkeyPatch, quiet_machine: None) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     usable = len(os.sched_getaffinity(0))
@@ -29,8 +35,26 @@ def test_auto_is_the_physical_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set_num_threads(TrainConfig()) == expected == torch.get_num_threads()
 
 
+def test_auto_leaves_the_cores_other_jobs_keep_busy(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 8 if logical else 4)
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(devices, "_load_average", lambda: 2.6)  # about 3 cores busy elsewhere
+    assert set_num_threads(TrainConfig()) == 1 == torch.get_num_threads()
+    assert capsys.readouterr().err == (
+        "threads: 1 of 4 cores (other jobs keep 3 busy: load 2.6); train.num_threads sets a number\n"
+    )
+    monkeypatch.setattr(devices, "_load_average", lambda: 9.0)  # never fewer than one thread
+    assert set_num_threads(TrainConfig()) == 1
+    assert "keep 3 busy: load 9.0" in capsys.readouterr().err
+    monkeypatch.setattr(devices, "_load_average", lambda: 0.4)
+    assert set_num_threads(TrainConfig()) == 4
+    assert capsys.readouterr().err == ""
+
+
 def test_auto_follows_omp_num_threads_and_shares_cores_between_processes(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, quiet_machine: None
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert set_num_threads(TrainConfig()) == 3

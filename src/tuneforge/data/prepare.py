@@ -33,7 +33,14 @@ from tuneforge.data.lengths import LengthMeter, measure_key, token_counter
 from tuneforge.data.near_dup import NearDuplicateIndex, connected_clusters
 from tuneforge.data.output import check_output, default_output_dir
 from tuneforge.data.progress import Passes
-from tuneforge.data.records import RowProblem, detect_format, record_text, resolve_columns, to_record
+from tuneforge.data.records import (
+    RowProblem,
+    detect_format,
+    group_value,
+    record_text,
+    resolve_columns,
+    to_record,
+)
 from tuneforge.data.rejected import FIX_ON_ERROR, MAX_LISTED_PROBLEMS, Dropped, problem_summary
 from tuneforge.data.report import write_reports
 from tuneforge.data.sources import describe_source, read_rows
@@ -179,7 +186,7 @@ class _Run:
             fields = self.cleaner.fill_missing(row.fields, self.mapping)
             record = self.cleaner.record(to_record(fields, self.fmt, self.mapping))
             split = self._user_split(row)
-            group = None if cfg.group_column is None else _group_value(row.fields.get(cfg.group_column))
+            group = None if cfg.group_column is None else group_value(row.fields.get(cfg.group_column))
             if self.allowed is not None and "label" in record and str(record["label"]) not in self.allowed:
                 raise RowProblem(
                     "unknown_label", f"label {record['label']!r} is not in data.labels {cfg.labels}"
@@ -558,10 +565,6 @@ class _Run:
         ).hexdigest()
         self.report_extras = extras
         return manifest
-
-
-def _group_value(value: Any) -> str:
-    return "(missing)" if value is None or value == "" else str(value).strip()
 
 
 _MANIFEST_ORDER = (

@@ -21,6 +21,18 @@ from tuneforge.config import DataConfig
 from tuneforge.errors import TuneforgeError
 
 FORMATS = ("text", "instruction", "chat", "classification", "regression", "preference")
+MISSING_GROUP = "(missing)"
+# How a missing value arrives in a group column: empty or blank, a float NaN, or the text a writer made of
+# one (pandas writes NaN as "nan"/"NaN", Python's str(None) is "None", SQL and JSON say null).
+MISSING_SPELLINGS = frozenset({"", "nan", "none", "null", "<na>", "n/a", MISSING_GROUP})
+
+
+def group_value(value: Any) -> str:
+    """A group column's value as one name: every spelling of "no value" becomes MISSING_GROUP."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING_GROUP
+    text = str(value).strip()
+    return MISSING_GROUP if text.casefold() in MISSING_SPELLINGS else text
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
     "human": "user",

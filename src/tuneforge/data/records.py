@@ -71,6 +71,7 @@ PROBLEMS: dict[str, str] = {
     "too_short": "the text is shorter than data.clean.min_chars",
     "too_long": "the text is longer than data.clean.max_chars",
     "empty_after_cleaning": "nothing is left of the text after cleaning",
+    "identical_answers": "a preference pair's chosen and rejected answers are the same (nothing to prefer)",
     "too_many_tokens": "the example has more tokens than data.max_tokens (data.over_length=drop)",
     "no_trainable_tokens": "truncation would leave no answer tokens to learn from",
     "unknown_split": "the data.split_column value is not train, validation or test",

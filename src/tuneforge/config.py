@@ -313,7 +313,7 @@ class EvalConfig(Section):
     min_group_size: int = Field(10, ge=1)
     """Groups with fewer examples are listed but not ranked."""
     rank_missing_group: bool = False
-    """Rank examples without a group value ('', NaN, None) as a group of their own (default: reported apart)."""
+    """Rank rows without a group value ('', NaN, None) as a group of their own (default: reported apart)."""
     semantic_similarity: bool = False
     """Also score answers by embedding similarity to the reference with the built-in MiniLM encoder."""
     baseline: bool = True

@@ -205,7 +205,10 @@ class _Run:
         elif cfg.clean.max_chars is not None and len(text) > cfg.clean.max_chars:
             reason = ("too_long", f"text longer than data.clean.max_chars={cfg.clean.max_chars}")
         elif self.fmt == "preference" and _same_answer(record["chosen"], record["rejected"]):
-            reason = ("identical_answers", "chosen and rejected are the same answer: there is nothing to prefer")
+            reason = (
+                "identical_answers",
+                "chosen and rejected are the same answer: there is nothing to prefer",
+            )
         if reason:
             self.dropped.add(row.where, *reason, row.fields, invalid=False)
             return
@@ -333,7 +336,10 @@ class _Run:
         """Whether both answers of an over-long pair fit once its prompt is cut, as encoding cuts it (the
         prompt first, the same cut for both); else the pair is dropped and reported, never learnt cut."""
         assert self.max_tokens is not None
-        bare = [[{"role": "user", "content": ""}, {"role": "assistant", "content": record[k]}] for k in PAIR_ANSWERS]
+        bare = [
+            [{"role": "user", "content": ""}, {"role": "assistant", "content": record[k]}]
+            for k in PAIR_ANSWERS
+        ]
         longest = max(self.meter.conversation_lengths(bare))
         if longest <= self.max_tokens:
             return True

@@ -33,6 +33,8 @@ def group_value(value: Any) -> str:
         return MISSING_GROUP
     text = str(value).strip()
     return MISSING_GROUP if text.casefold() in MISSING_SPELLINGS else text
+
+
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
     "human": "user",

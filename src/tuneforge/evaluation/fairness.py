@@ -113,9 +113,9 @@ def group_report(
     }
     if apart:
         gone = [i for i, g in enumerate(groups) if g == MISSING_GROUP]
-        values = {name: float(np.mean([float(v[i]) for i in gone])) for name, v in scores.items()}
-        report["missing"] = {"count": len(gone), "values": values}
-        shown = ", ".join(f"{name} {value:.3g}" for name, value in values.items())
+        means = {name: float(np.mean([float(v[i]) for i in gone])) for name, v in scores.items()}
+        report["missing"] = {"count": len(gone), "values": means}
+        shown = ", ".join(f"{name} {value:.3g}" for name, value in means.items())
         report["warnings"] = [
             f"{len(gone)} of {len(groups)} examples have no group value ('', blank, NaN or None): reported "
             f"apart as {MISSING_GROUP} ({shown}) and left out of the gaps (eval.rank_missing_group: true "

@@ -99,7 +99,9 @@ def parse_gpu(text: str) -> Device:
         )
     if not float(m.group(1)) > 0:
         raise TuneforgeError(
-            f"a GPU of {text!r} has no memory to train in", where="--gpu", fix="give its memory, e.g. --gpu 24GB"
+            f"a GPU of {text!r} has no memory to train in",
+            where="--gpu",
+            fix="give its memory, e.g. --gpu 24GB",
         )
     return Device(f"{m.group(1)} GB GPU", "cuda", int(float(m.group(1)) * 1e9), GPUS["A10G"][1], True)
 
@@ -434,7 +436,8 @@ def check_max_length(cfg: RunConfig) -> None:
     context = model_context(cfg)
     if context is not None and cfg.model.max_length > context:
         raise TuneforgeError(
-            f"model.max_length={cfg.model.max_length} is beyond {cfg.model.name}'s context of {context} tokens",
+            f"model.max_length={cfg.model.max_length} is beyond {cfg.model.name}'s context of "
+            f"{context} tokens",
             where="model.max_length",
             fix=f"set model.max_length to at most {context}",
         )

@@ -37,7 +37,11 @@ RECORDS: dict[str, dict[str, Any]] = {
     },
     "instruction": {"instruction": "Say hello", "input": "to the world", "output": "hello world"},
     "classification": {"text": "the phone is great and the battery lasts", "label": "positive"},
-    "preference": {"prompt": "Which is better?", "chosen": "the quick fox", "rejected": "the lazy dog, twice"},
+    "preference": {
+        "prompt": "Which is better?",
+        "chosen": "the quick fox",
+        "rejected": "the lazy dog, twice",
+    },
     "text": {"text": "The quick brown fox jumps over the lazy dog."},
     "regression": {"text": "the service was terrible", "label": 0.25},
 }
@@ -257,7 +261,10 @@ def test_an_over_long_pair_loses_prompt_tokens_first_and_identical_pairs_are_dro
     def words(tag: str, n: int, i: int) -> str:
         return " ".join(f"{tag}{i}w{k}" for k in range(n))
 
-    rows = [{"prompt": words("p", 3, i), "chosen": words("c", 3, i), "rejected": words("r", 3, i)} for i in range(12)]
+    rows = [
+        {"prompt": words("p", 3, i), "chosen": words("c", 3, i), "rejected": words("r", 3, i)}
+        for i in range(12)
+    ]
     long_prompt = {"prompt": words("p", 40, 50), "chosen": words("c", 4, 50), "rejected": words("r", 5, 50)}
     long_answer = {"prompt": words("p", 2, 60), "chosen": words("c", 2, 60), "rejected": words("r", 30, 60)}
     same = [
@@ -274,8 +281,9 @@ def test_an_over_long_pair_loses_prompt_tokens_first_and_identical_pairs_are_dro
     counts = ds.manifest["counts"]
     assert counts["answer_too_long"] == 1 and counts["identical_answers"] == 2 and counts["written"] == 13
     assert counts["truncated"] == 1  # the long-prompt pair, cut when encoded
-    assert "2 preference pairs had the same chosen and rejected answer (nothing to prefer) and were dropped" in (
-        ds.manifest["warnings"]
+    assert (
+        "2 preference pairs had the same chosen and rejected answer (nothing to prefer) and were dropped"
+        in (ds.manifest["warnings"])
     )
     problems = [json.loads(line)["problem"] for line in (ds.path / "rejected.jsonl").read_text().splitlines()]
     assert sorted(problems) == ["answer_too_long", "identical_answers", "identical_answers"]

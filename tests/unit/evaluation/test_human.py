@@ -20,7 +20,7 @@ from tuneforge.evaluation.human import (
     spreadsheet_safe,
 )
 
-HOSTILE = ["=HYPERLINK(\"http://x\",\"y\")", "+1+2", "-3", "@SUM(A1)", "\tx", "\rx", "'=quoted", "''", "'plain"]
+HOSTILE = ['=HYPERLINK("http://x","y")', "+1+2", "-3", "@SUM(A1)", "\tx", "\rx", "'=quoted", "''", "'plain"]
 
 
 def fake_run(root: Path, n: int = 6) -> Path:
@@ -60,7 +60,9 @@ def test_exported_csv_holds_no_formula_and_import_gives_the_text_back(tmp_path: 
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
     assert rows[0]["prompt"] == "'" + HOSTILE[0]
     assert [from_spreadsheet(r["prompt"]) for r in rows] == HOSTILE[:6]  # "\r" inside a cell too
-    assert {from_spreadsheet(r["answer_1"]) for r in rows} | {from_spreadsheet(r["answer_2"]) for r in rows} == {
+    assert {from_spreadsheet(r["answer_1"]) for r in rows} | {
+        from_spreadsheet(r["answer_2"]) for r in rows
+    } == {
         *(f"-tuned {i}" for i in range(6)),
         *(f"=base {i}" for i in range(6)),
     }
@@ -110,7 +112,9 @@ def test_a_sheet_of_an_earlier_export_is_refused(tmp_path: Path) -> None:
         f"{old}:1: the sheet comes from export {old_id}, but the key is from export {new_id}"
     )
     rows = [json.loads(line) for line in old.read_text().splitlines()]
-    no_id = write_jsonl(tmp_path / "no-id.jsonl", [{k: v for k, v in r.items() if k != "export_id"} for r in rows])
+    no_id = write_jsonl(
+        tmp_path / "no-id.jsonl", [{k: v for k, v in r.items() if k != "export_id"} for r in rows]
+    )
     with pytest.raises(TuneforgeError, match="the sheet row has no export_id"):
         import_ratings(run, [no_id])
     assert not (run / "eval" / "human.json").exists()
@@ -119,7 +123,10 @@ def test_a_sheet_of_an_earlier_export_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda k: k["sheets"]["rater-1"]["0"].update(answer_1="Tuned"), "the key is damaged (sheets.rater-1.0"),
+        (
+            lambda k: k["sheets"]["rater-1"]["0"].update(answer_1="Tuned"),
+            "the key is damaged (sheets.rater-1.0",
+        ),
         (lambda k: k["sheets"]["rater-1"]["0"].pop("answer_1"), "the key is damaged (sheets.rater-1.0"),
         (lambda k: k.pop("prompts"), "the key is damaged (prompts: Field required)"),
         (lambda k: k.update(sheets=[]), "the key is damaged (sheets: Input should be a valid dictionary)"),
@@ -140,7 +147,10 @@ def test_a_damaged_or_edited_key_is_refused_in_one_line(tmp_path: Path, edit, me
     (out / "key.json").write_text(json.dumps(key))
     filled = write_jsonl(
         tmp_path / "f.jsonl",
-        [dict(json.loads(x), preference="1") for x in (out / "sheets" / "rater-1.jsonl").read_text().splitlines()],
+        [
+            dict(json.loads(x), preference="1")
+            for x in (out / "sheets" / "rater-1.jsonl").read_text().splitlines()
+        ],
     )
     with pytest.raises(TuneforgeError) as err:
         import_ratings(run, [filled])
@@ -162,7 +172,9 @@ def test_ratings_of_one_item_are_not_independent_trials() -> None:
 def test_item_bootstrap_interval_is_wider_than_per_rating_one() -> None:
     # Items are either won or lost by every one of 5 raters: the spread is between items.
     ratings = [
-        {"rater": f"r{j}", "id": str(i), "outcome": "win" if i % 2 else "loss"} for i in range(20) for j in range(5)
+        {"rater": f"r{j}", "id": str(i), "outcome": "win" if i % 2 else "loss"}
+        for i in range(20)
+        for j in range(5)
     ]
     o = item_statistics(ratings, n_boot=2000, seed=0)
     assert o["win"]["value"] == 0.5

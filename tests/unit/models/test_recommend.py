@@ -260,7 +260,7 @@ def test_out_folder_follows_prepares_rule(tmp_path: Path, monkeypatch: pytest.Mo
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    with pytest.raises(TuneforgeError, match="is not a tuneforge.recommended folder made by tuneforge"):
+    with pytest.raises(TuneforgeError, match=r"is not a tuneforge\.recommended folder made by tuneforge"):
         rec.write_configs(mine, fake_recs())
     for where in (Path("/"), tmp_path, Path(".")):
         with pytest.raises(TuneforgeError, match="is the current folder or one above it"):
@@ -276,4 +276,6 @@ def test_recommend_refuses_nonsense_before_any_work(tmp_path: Path, cli) -> None
     assert hours.returncode == 2
     assert hours.stderr.startswith("error: --budget-hours: -1 hours is not a training time"), hours.stderr
     gpu = cli("recommend", nowhere, "--gpu", "0GB")
-    assert gpu.returncode == 2 and gpu.stderr.startswith("error: --gpu: a GPU of '0GB' has no memory"), gpu.stderr
+    assert gpu.returncode == 2 and gpu.stderr.startswith("error: --gpu: a GPU of '0GB' has no memory"), (
+        gpu.stderr
+    )

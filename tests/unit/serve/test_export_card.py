@@ -18,7 +18,9 @@ def card_meta(tmp_path: Path, base: str, adapter_base: str | None = None) -> tup
     (run / "config.yaml").write_text("{}\n")
     (run / "manifest.json").write_text(json.dumps({"kind": "tuneforge.run", "base_model": base}))
     if adapter_base is not None:
-        (run / "final" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": adapter_base}))
+        (run / "final" / "adapter_config.json").write_text(
+            json.dumps({"base_model_name_or_path": adapter_base})
+        )
     manifest = {"run": str(run), "method": "lora", "merged": True, "probe_max_abs_logit_diff": 0.0}
     text = export_card(RunDir.open(run), manifest)
     assert text.startswith("---\n")
@@ -36,9 +38,13 @@ def test_a_local_base_path_never_reaches_the_metadata(tmp_path: Path, base: str)
 
 
 def test_a_hub_base_is_named_by_its_id(tmp_path: Path) -> None:
-    meta, _ = card_meta(tmp_path, "builtin:smollm2-135m-instruct", adapter_base="HuggingFaceTB/SmolLM2-135M-Instruct")
+    meta, _ = card_meta(
+        tmp_path, "builtin:smollm2-135m-instruct", adapter_base="HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    meta, _ = card_meta(tmp_path / "full", "builtin:smollm2-135m-instruct")  # full fine-tune: no adapter config
+    meta, _ = card_meta(
+        tmp_path / "full", "builtin:smollm2-135m-instruct"
+    )  # full fine-tune: no adapter config
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 

@@ -115,7 +115,7 @@ def estimate(
 ) -> None:
     """Peak memory (by term) and time per step and epoch of the run CONFIG describes, before any download."""
     from tuneforge.config import load_config
-    from tuneforge.models.estimate import GIB, fmt_seconds
+    from tuneforge.models.estimate import GIB, check_data_path, check_max_length, fmt_seconds, parse_gpu
     from tuneforge.models.estimate import estimate as run_estimate
     from tuneforge.models.estimate import measure as run_measure
 
@@ -125,8 +125,12 @@ def estimate(
         raise TuneforgeError(
             f"unknown device {device!r}", where="--device", fix="use --device cpu or --gpu NAME"
         )
+    if gpu:
+        parse_gpu(gpu)
     cfg, source = load_config(config, overrides)
+    check_data_path(cfg)
     cfg = _with_recipe_defaults(cfg, source, cuda=gpu is not None, processes=processes)
+    check_max_length(cfg)
     est = run_estimate(cfg, device=gpu or device, processes=processes)
     for line in est.lines():
         console.print(escape(line), highlight=False)
@@ -169,14 +173,22 @@ def recommend(
     ),
 ) -> None:
     """A ranked short list of model + method + settings for a dataset, estimated, written as run configs."""
-    import yaml
-
-    from tuneforge.artifacts import DatasetDir, write_text_atomic
-    from tuneforge.models.estimate import GIB, fmt_seconds, resolve_device
+    from tuneforge.artifacts import DatasetDir
+    from tuneforge.models.estimate import GIB, fmt_seconds, parse_gpu, resolve_device
+    from tuneforge.models.recommend import check_out, write_configs
     from tuneforge.models.recommend import recommend as run_recommend
 
+    if budget_hours is not None and not budget_hours > 0:
+        raise TuneforgeError(
+            f"{budget_hours:g} hours is not a training time",
+            where="--budget-hours",
+            fix="give the hours available for training, more than 0 (e.g. --budget-hours 2)",
+        )
+    check_out(out)  # before the estimates: a refused --out is said at once
     if gpu and device:
         raise TuneforgeError("give --gpu or --device, not both", where="--device")
+    if gpu:
+        parse_gpu(gpu)  # a nonsense GPU is refused before the dataset is read
     ds = DatasetDir.open(dataset_dir)
     if device not in (None, "cpu"):
         raise TuneforgeError(
@@ -192,9 +204,8 @@ def recommend(
     table = Table(title=f"recommended for {dataset_dir} on {dev.name}")
     for col in ("#", "model", "method", "settings", "peak", "time", "why", "config"):
         table.add_column(col, overflow="fold")
-    for i, r in enumerate(recs, 1):
-        path = out / f"{i}-{r.model.split('/')[-1].removeprefix('builtin:')}-{r.method}.yaml"
-        write_text_atomic(path, yaml.safe_dump(r.config, sort_keys=False))
+    paths = write_configs(out, recs)
+    for i, (r, path) in enumerate(zip(recs, paths, strict=True), 1):
         t, m = r.config["train"], r.config["method"]
         settings = (
             f"lr {t['learning_rate']:g}, batch {t['batch_size']}x{t.get('gradient_accumulation_steps', 1)}"
@@ -327,8 +338,9 @@ def human_eval_import(
     o = result["overall"]
     console.print(
         f"tuned vs base over {o['n']} ratings: win {o['win']['value']:.1%} [{o['win']['lo']:.1%}, "
-        f"{o['win']['hi']:.1%}], tie {o['tie']['value']:.1%}, loss {o['loss']['value']:.1%} "
-        f"(sign test p = {o['p_value']:.3g})"
+        f"{o['win']['hi']:.1%}], tie {o['tie']['value']:.1%}, loss {o['loss']['value']:.1%}; "
+        f"net preference {o['net']['value']:+.1%} [{o['net']['lo']:+.1%}, {o['net']['hi']:+.1%}] "
+        f"({o['test']}: p = {o['p_value']:.3g})"
     )
     for name in ("cohen_kappa", "krippendorff_alpha"):
         if result["agreement"].get(name) is not None:

@@ -331,6 +331,8 @@ class EvalConfig(Section):
     """Record fields to break metrics down by (data.group_column's `group` is used without this)."""
     min_group_size: int = Field(10, ge=1)
     """Groups with fewer examples are listed but not ranked."""
+    rank_missing_group: bool = False
+    """Rank rows without a group value ('', NaN, None) as a group of their own (default: reported apart)."""
     semantic_similarity: bool = False
     """Also score answers by embedding similarity to the reference with the built-in MiniLM encoder."""
     baseline: bool = True

@@ -257,7 +257,17 @@ class LengthMeter:
         return self.task == "causal-lm" and fmt in CHAT_FORMATS
 
     def lengths(self, records: list[dict[str, Any]], fmt: str, labels: list[str]) -> list[int]:
-        """Token counts of `records`; `labels` fill {labels} of the classification prompt."""
+        """Token counts of `records`; `labels` fill {labels} of the classification prompt.
+
+        A preference pair is as long as its longer side (prompt + chosen, or prompt + rejected).
+        """
+        if fmt == "preference":
+            chosen = self._lengths(records, fmt, labels)
+            rejected = self._lengths([{**r, "chosen": r["rejected"]} for r in records], fmt, labels)
+            return [max(c, r) for c, r in zip(chosen, rejected, strict=True)]
+        return self._lengths(records, fmt, labels)
+
+    def _lengths(self, records: list[dict[str, Any]], fmt: str, labels: list[str]) -> list[int]:
         if self.counter.tokenizer is None:
             return self.counter.count([record_text(r) for r in records])
         if self.is_chat(fmt):

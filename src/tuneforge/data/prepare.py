@@ -33,7 +33,14 @@ from tuneforge.data.lengths import LengthMeter, measure_key, token_counter
 from tuneforge.data.near_dup import NearDuplicateIndex, connected_clusters
 from tuneforge.data.output import check_output, default_output_dir
 from tuneforge.data.progress import Passes
-from tuneforge.data.records import RowProblem, detect_format, record_text, resolve_columns, to_record
+from tuneforge.data.records import (
+    RowProblem,
+    detect_format,
+    group_value,
+    record_text,
+    resolve_columns,
+    to_record,
+)
 from tuneforge.data.rejected import FIX_ON_ERROR, MAX_LISTED_PROBLEMS, Dropped, problem_summary
 from tuneforge.data.report import write_reports
 from tuneforge.data.sources import describe_source, read_rows
@@ -44,6 +51,7 @@ from tuneforge.errors import TuneforgeError
 if TYPE_CHECKING:
     from tuneforge.config import ModelConfig
 
+PAIR_ANSWERS = ("chosen", "rejected")
 BATCH = 2048  # rows tokenized, hashed and spilled together
 
 
@@ -179,7 +187,7 @@ class _Run:
             fields = self.cleaner.fill_missing(row.fields, self.mapping)
             record = self.cleaner.record(to_record(fields, self.fmt, self.mapping))
             split = self._user_split(row)
-            group = None if cfg.group_column is None else _group_value(row.fields.get(cfg.group_column))
+            group = None if cfg.group_column is None else group_value(row.fields.get(cfg.group_column))
             if self.allowed is not None and "label" in record and str(record["label"]) not in self.allowed:
                 raise RowProblem(
                     "unknown_label", f"label {record['label']!r} is not in data.labels {cfg.labels}"
@@ -196,6 +204,11 @@ class _Run:
             reason = ("too_short", f"text shorter than data.clean.min_chars={cfg.clean.min_chars}")
         elif cfg.clean.max_chars is not None and len(text) > cfg.clean.max_chars:
             reason = ("too_long", f"text longer than data.clean.max_chars={cfg.clean.max_chars}")
+        elif self.fmt == "preference" and _same_answer(record["chosen"], record["rejected"]):
+            reason = (
+                "identical_answers",
+                "chosen and rejected are the same answer: there is nothing to prefer",
+            )
         if reason:
             self.dropped.add(row.where, *reason, row.fields, invalid=False)
             return
@@ -248,6 +261,9 @@ class _Run:
                 self.dropped.add(row.where, "too_many_tokens", message, row.fields, invalid=False)
             elif not self.meter.is_chat(self.fmt) or self.fmt == "classification":
                 keep.append(i)  # kept whole: cut when encoded (data.truncation); the report counts it
+            elif self.fmt == "preference":
+                if self._answers_fit(record, row):
+                    keep.append(i)  # the prompt is cut when encoded (data.truncation), answers whole
             else:
                 fitted = self._truncate(record, row, lengths[i])
                 if fitted is not None:
@@ -315,6 +331,27 @@ class _Run:
         if len(self.over_length) < MAX_LISTED_PROBLEMS:
             self.over_length.append({"where": where, "problem": "too_many_tokens", "message": message})
         self.counts["too_many_tokens"] += 1
+
+    def _answers_fit(self, record: dict[str, Any], row: RawRow) -> bool:
+        """Whether both answers of an over-long pair fit once its prompt is cut, as encoding cuts it (the
+        prompt first, the same cut for both); else the pair is dropped and reported, never learnt cut."""
+        assert self.max_tokens is not None
+        bare = [
+            [{"role": "user", "content": ""}, {"role": "assistant", "content": record[k]}]
+            for k in PAIR_ANSWERS
+        ]
+        longest = max(self.meter.conversation_lengths(bare))
+        if longest <= self.max_tokens:
+            return True
+        self.dropped.add(
+            row.where,
+            "answer_too_long",
+            f"{longest} tokens for the longer answer even with no prompt, more than "
+            f"data.max_tokens={self.max_tokens}: the pair cannot fit whole answers",
+            row.fields,
+            invalid=False,
+        )
+        return False
 
     def _truncate(self, record: dict[str, Any], row: RawRow, length: int) -> int | None:
         """End an over-long conversation after its last assistant turn that fits; None (dropped) if none does.
@@ -560,10 +597,6 @@ class _Run:
         return manifest
 
 
-def _group_value(value: Any) -> str:
-    return "(missing)" if value is None or value == "" else str(value).strip()
-
-
 _MANIFEST_ORDER = (
     "kind",
     "tuneforge_version",
@@ -583,3 +616,8 @@ def _ordered(manifest: dict[str, Any]) -> dict[str, Any]:
     """The headline keys first, so the manifest reads top-down."""
     head = {k: manifest[k] for k in _MANIFEST_ORDER if k in manifest}
     return {**head, **{k: v for k, v in manifest.items() if k not in head}}
+
+
+def _same_answer(chosen: Any, rejected: Any) -> bool:
+    """Chosen and rejected say the same (only whitespace may differ): a DPO pair with no preference in it."""
+    return " ".join(str(chosen).split()) == " ".join(str(rejected).split())

@@ -21,6 +21,20 @@ from tuneforge.config import DataConfig
 from tuneforge.errors import TuneforgeError
 
 FORMATS = ("text", "instruction", "chat", "classification", "regression", "preference")
+MISSING_GROUP = "(missing)"
+# How a missing value arrives in a group column: empty or blank, a float NaN, or the text a writer made of
+# one (pandas writes NaN as "nan"/"NaN", Python's str(None) is "None", SQL and JSON say null).
+MISSING_SPELLINGS = frozenset({"", "nan", "none", "null", "<na>", "n/a", MISSING_GROUP})
+
+
+def group_value(value: Any) -> str:
+    """A group column's value as one name: every spelling of "no value" becomes MISSING_GROUP."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING_GROUP
+    text = str(value).strip()
+    return MISSING_GROUP if text.casefold() in MISSING_SPELLINGS else text
+
+
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
     "human": "user",
@@ -59,6 +73,7 @@ PROBLEMS: dict[str, str] = {
     "too_short": "the text is shorter than data.clean.min_chars",
     "too_long": "the text is longer than data.clean.max_chars",
     "empty_after_cleaning": "nothing is left of the text after cleaning",
+    "identical_answers": "a preference pair's chosen and rejected answers are the same (nothing to prefer)",
     "too_many_tokens": "the example has more tokens than data.max_tokens (data.over_length=drop)",
     "no_trainable_tokens": "truncation would leave no answer tokens to learn from",
     "unknown_split": "the data.split_column value is not train, validation or test",

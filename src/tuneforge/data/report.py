@@ -32,7 +32,7 @@ TOP_CLUSTERS = 10
 CLUSTER_EXAMPLES = 3
 SNIPPET = 300  # characters of an example text shown
 
-CLEAN_REASONS = ("missing_value", "empty_after_cleaning", "too_short", "too_long")
+CLEAN_REASONS = ("missing_value", "empty_after_cleaning", "too_short", "too_long", "identical_answers")
 LENGTH_REASONS = ("too_many_tokens", "answer_too_long")
 
 
@@ -278,6 +278,12 @@ def _warnings(m: dict[str, Any], cfg: DataConfig) -> list[str]:
         out.append(
             f"{cut} of {written} rows ({cut / written:.0%}) are longer than max_tokens={tl['max_tokens']} "
             f"({tl['measured_as']}) and are cut when encoded (data.truncation: {tl['truncation']})"
+        )
+    same = m["counts"].get("identical_answers", 0)
+    if same:
+        out.append(
+            f"{same} preference pairs had the same chosen and rejected answer (nothing to prefer) and were "
+            "dropped"
         )
     leak = m["leakage"]
     if leak["dropped"]:

@@ -2,7 +2,9 @@
 
 Per group: each metric with its bootstrap interval (Fairlearn ≥ 0.15 draws them), the largest gap and ratio
 between groups, and for classification the demographic-parity and equalized-odds differences (binary, or per
-label one-vs-rest). Groups too small to say anything about are listed and flagged, never ranked.
+label one-vs-rest). Groups too small to say anything about are listed and flagged, never ranked. Examples
+without a group value ('', blanks, NaN, None: `group_value`) are one "(missing)" group, reported apart and
+left out of the gaps unless asked (eval.rank_missing_group): "no value" is not a group of people.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from tuneforge.data.records import MISSING_GROUP, group_value
 
 MIN_GROUP_SIZE = 10
 CI_QUANTILES = [0.025, 0.975]
@@ -88,24 +92,39 @@ def group_report(
     min_group_size: int = MIN_GROUP_SIZE,
     n_boot: int = 200,
     seed: int = 0,
+    rank_missing: bool = False,
 ) -> dict[str, Any]:
     """Per-group values of per-example scores (and for classification F1 and parity) for one model.
 
-    Groups with fewer than `min_group_size` examples are left out of the gaps and listed under `too_small`.
+    Groups with fewer than `min_group_size` examples are left out of the gaps and listed under `too_small`;
+    examples without a group value are the "(missing)" group, reported under `missing` and left out of the
+    gaps unless `rank_missing`.
     """
-    counts = Counter(str(g) for g in groups)
-    big = {g for g, c in counts.items() if c >= min_group_size}
-    keep = [i for i, g in enumerate(groups) if str(g) in big]
+    groups = [group_value(g) for g in groups]
+    counts = Counter(groups)
+    apart = {MISSING_GROUP} if MISSING_GROUP in counts and not rank_missing else set()
+    big = {g for g, c in counts.items() if c >= min_group_size} - apart
+    keep = [i for i, g in enumerate(groups) if g in big]
     report: dict[str, Any] = {
         "counts": dict(counts),
         "min_group_size": min_group_size,
-        "too_small": sorted(set(counts) - big),
+        "too_small": sorted(set(counts) - big - apart),
         "metrics": {},
     }
+    if apart:
+        gone = [i for i, g in enumerate(groups) if g == MISSING_GROUP]
+        means = {name: float(np.mean([float(v[i]) for i in gone])) for name, v in scores.items()}
+        report["missing"] = {"count": len(gone), "values": means}
+        shown = ", ".join(f"{name} {value:.3g}" for name, value in means.items())
+        report["warnings"] = [
+            f"{len(gone)} of {len(groups)} examples have no group value ('', blank, NaN or None): reported "
+            f"apart as {MISSING_GROUP} ({shown}) and left out of the gaps (eval.rank_missing_group: true "
+            "ranks them as a group)"
+        ]
     if len(big) < 2:
         report["note"] = f"fewer than two groups with at least {min_group_size} examples: nothing to compare"
         return report
-    kept_groups = [str(groups[i]) for i in keep]
+    kept_groups = [groups[i] for i in keep]
     for name, values in scores.items():
         vals = [float(values[i]) for i in keep]
         report["metrics"].update(

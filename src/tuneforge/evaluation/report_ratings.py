@@ -39,11 +39,17 @@ def judge_blocks(j: dict[str, Any]) -> list[Block]:
 def human_blocks(h: dict[str, Any]) -> list[Block]:
     o = h["overall"]
     rows = [[what, with_ci(o[what]["value"], o[what])] for what in ("win", "tie", "loss")]
+    if "net" in o:  # results imported before intervals were clustered by item have no net preference
+        rows.append(["net preference (win − loss)", with_ci(o["net"]["value"], o["net"])])
+    items = f" of {o['items']} items" if "items" in o else ""
+    test = o.get("test", "sign test over decided ratings")
     blocks: list[Block] = [
         (
             "p",
-            f"Blind A/B ratings of the {h['split']} answers, from the tuned model's side ({o['n']} ratings; "
-            f"sign test over decided ratings p = {num(o['p_value'])}).",
+            f"Blind A/B ratings of the {h['split']} answers, from the tuned model's side ({o['n']} ratings"
+            f"{items}; {test}: p = {num(o['p_value'])}). An item's ratings by several raters are not "
+            "independent: the intervals resample items, and the net preference's interval is the one its "
+            "test does not reject, so the two agree.",
         ),
         ("table", (["tuned vs base", "rate [95% CI]"], rows)),
     ]

@@ -186,12 +186,14 @@ def _fairness(
                 min_group_size=cfg.eval.min_group_size,
                 n_boot=min(cfg.eval.bootstrap, 200),
                 seed=cfg.eval.seed,
+                rank_missing=cfg.eval.rank_missing_group,
                 **kwargs,
             )
 
         entry: dict[str, Any] = {"tuned": one(tuned)}
+        entry["warnings"] = list(entry["tuned"].get("warnings", []))  # the "(missing)" group, said once
         if base is not None:
             entry["base"] = one(base)
-            entry["warnings"] = widened_gaps(entry["base"], entry["tuned"])
+            entry["warnings"] += widened_gaps(entry["base"], entry["tuned"])
         out[column] = entry
     return out

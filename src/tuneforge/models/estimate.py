@@ -97,6 +97,12 @@ def parse_gpu(text: str) -> Device:
             where="--gpu",
             fix="give a memory size (24GB) or one of: " + ", ".join(GPUS),
         )
+    if not float(m.group(1)) > 0:
+        raise TuneforgeError(
+            f"a GPU of {text!r} has no memory to train in",
+            where="--gpu",
+            fix="give its memory, e.g. --gpu 24GB",
+        )
     return Device(f"{m.group(1)} GB GPU", "cuda", int(float(m.group(1)) * 1e9), GPUS["A10G"][1], True)
 
 
@@ -392,6 +398,49 @@ def _zero_stage(cfg: RunConfig) -> int | None:
         return None
     m = re.match(r"zero(\d)", ds)
     return int(m.group(1)) if m else None
+
+
+def check_data_path(cfg: RunConfig) -> None:
+    """An estimate needs the data it is for: sizes and lengths come from it (`tuneforge estimate`)."""
+    from pathlib import Path
+
+    if not cfg.data.path:
+        raise TuneforgeError(
+            "data.path is not set: the estimate needs the data's size and token lengths",
+            where="data.path",
+            fix="set data.path to the prepared dataset (or the raw file) the run will train on",
+        )
+    if not Path(cfg.data.path).exists():
+        raise TuneforgeError(
+            f"{cfg.data.path} does not exist",
+            where="data.path",
+            fix="point data.path at the prepared dataset (tuneforge prepare) or the raw file",
+        )
+
+
+def model_context(cfg: RunConfig) -> int | None:
+    """The longest input the model's positions allow (max_position_embeddings), None if it does not say."""
+    from tuneforge.models.shape import load_config
+
+    config, _ = load_config(cfg.model)
+    text = getattr(config, "text_config", None) or config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_max_length(cfg: RunConfig) -> None:
+    """Refuse a model.max_length beyond the model's context: such rows cannot run (or run past training)."""
+    context = model_context(cfg)
+    if context is not None and cfg.model.max_length > context:
+        raise TuneforgeError(
+            f"model.max_length={cfg.model.max_length} is beyond {cfg.model.name}'s context of "
+            f"{context} tokens",
+            where="model.max_length",
+            fix=f"set model.max_length to at most {context}",
+        )
 
 
 def resolve_device(device: Device | str | None) -> Device:

@@ -7,11 +7,15 @@ the rules with their sources. `defaults_for` applies the same rules to the keys 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from tuneforge.artifacts import MANIFEST, atomic_dir, check_replaceable, read_json, sha256_file
 from tuneforge.config import RunConfig, config_from_dict
+from tuneforge.errors import TuneforgeError
 from tuneforge.models.catalog import CatalogModel, catalog, find
 from tuneforge.models.estimate import GIB, Device, Estimate, estimate
 
@@ -208,6 +212,60 @@ def recommend(
         ratio = out[heads].estimate.step_s / out[0].estimate.step_s
         out[0].reasons.append(f"{ratio:.0f}x less compute per step than {out[heads].model} with a head")
     return out[:limit]
+
+
+KIND = "tuneforge.recommended"
+
+
+def config_name(rank: int, rec: Recommendation) -> str:
+    return f"{rank}-{rec.model.split('/')[-1].removeprefix('builtin:')}-{rec.method}.yaml"
+
+
+def write_configs(out: Path, recs: list[Recommendation]) -> list[Path]:
+    """Each recommendation as a run config in `out`, a folder of its own, published at once.
+
+    `prepare`'s folder rule: `out` is absent, empty, or a folder an earlier `recommend` wrote holding nothing
+    else (never the current folder or one above it); a config edited since it was written is left alone.
+    """
+    import yaml
+
+    out = Path(out)
+    check_out(out)
+    names = [config_name(i, r) for i, r in enumerate(recs, 1)]
+    with atomic_dir(out, kind=KIND) as tmp:
+        for name, r in zip(names, recs, strict=True):
+            (tmp / name).write_text(yaml.safe_dump(r.config, sort_keys=False), encoding="utf-8")
+        digests = {name: sha256_file(tmp / name) for name in names}
+        (tmp / MANIFEST).write_text(json.dumps({"kind": KIND, "sha256": digests}, indent=2) + "\n")
+        _check_unedited(out)  # again just before the rename: an edit made while we estimated counts too
+    return [out / name for name in names]
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out folder `write_configs` would not replace, before any estimate is made."""
+    check_replaceable(out, KIND)
+    _check_unedited(out)
+
+
+def _check_unedited(out: Path) -> None:
+    """Refuse to replace a config of an earlier `recommend` that someone has edited since."""
+    manifest = out / MANIFEST
+    if not manifest.is_file() or out.is_symlink():
+        return  # nothing of ours to compare; atomic_dir refuses folders tuneforge did not make
+    data = read_json(manifest)
+    written = data.get("sha256") if isinstance(data, dict) and data.get("kind") == KIND else None
+    edited = sorted(
+        name
+        for name, digest in (written if isinstance(written, dict) else {}).items()
+        if (out / str(name)).is_file() and sha256_file(out / str(name)) != digest
+    )
+    if edited:
+        raise TuneforgeError(
+            f"{out} holds configs edited since `recommend` wrote them ({', '.join(edited)}); "
+            "they are left as they are",
+            where="--out",
+            fix="choose another --out folder, or move the edited configs elsewhere first",
+        )
 
 
 def _within_budget(rec: Recommendation, budget_hours: float | None) -> bool:

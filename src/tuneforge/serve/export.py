@@ -101,7 +101,7 @@ def export_model(
         }
         if to == "gguf":
             manifest["gguf"] = GGUF_FILE
-        write_text_atomic(tmp / "README.md", _card(manifest))
+        write_text_atomic(tmp / "README.md", export_card(run, manifest))
         write_json_atomic(tmp / "manifest.json", manifest)
         if to == "gguf":
             _to_gguf(tmp)  # inside the temporary folder: a failed conversion leaves nothing behind
@@ -134,14 +134,25 @@ def _merge_checked(model: Any, tok: Any, max_length: int) -> tuple[Any, float]:
     return merged, diff
 
 
-def _card(manifest: dict[str, Any]) -> str:
-    base = manifest.get("base_model") or ""
-    tags = f"tags:\n- tuneforge\n- {manifest['method']}\n"
-    meta = f"---\nlibrary_name: transformers\nbase_model: {base}\n{tags}---\n"
+def export_card(run: RunDir, manifest: dict[str, Any]) -> str:
+    """The exported folder's model card. Its metadata goes through huggingface_hub's YAML dumper, never string
+    formatting (a base path holding ': ' or a newline would break or inject front matter), and names
+    `base_model` only as a Hub id, as evaluate's card does (`hub_base_model`): never a local path."""
+    from huggingface_hub import ModelCardData
+
+    from tuneforge.evaluation.model_card import hub_base_model
+
+    data = ModelCardData(
+        base_model=hub_base_model(run),
+        library_name="transformers",
+        tags=["tuneforge", str(manifest["method"])],
+    )
     how = "merged into the base weights" if manifest["merged"] else "fully fine-tuned"
+    # The run path is data too: one line, so it cannot start a block of its own in the text.
+    where = " ".join(str(manifest["run"]).split())
     return (
-        f"{meta}\n# Exported tuneforge run\n\nFrom run `{manifest['run']}`: {manifest['method']} {how}. "
-        f"Largest logit difference merged vs adapter on the probe batch: "
+        f"---\n{data.to_yaml()}\n---\n\n# Exported tuneforge run\n\nFrom run `{where}`: {manifest['method']} "
+        f"{how}. Largest logit difference merged vs adapter on the probe batch: "
         f"{manifest['probe_max_abs_logit_diff']:.3g}.\n"
     )
 

@@ -37,7 +37,11 @@ RECORDS: dict[str, dict[str, Any]] = {
     },
     "instruction": {"instruction": "Say hello", "input": "to the world", "output": "hello world"},
     "classification": {"text": "the phone is great and the battery lasts", "label": "positive"},
-    "preference": {"prompt": "Which is better?", "chosen": "the quick fox", "rejected": "the lazy dog"},
+    "preference": {
+        "prompt": "Which is better?",
+        "chosen": "the quick fox",
+        "rejected": "the lazy dog, twice",
+    },
     "text": {"text": "The quick brown fox jumps over the lazy dog."},
     "regression": {"text": "the service was terrible", "label": 0.25},
 }
@@ -80,8 +84,8 @@ def test_counted_length_is_the_encoded_length(
     encode = encoder(tok, task=task, fmt=fmt, labels=LABELS, max_length=10**6, template=PROMPT)
     record = RECORDS[fmt]
     example = encode(record)
-    # A preference record encodes as a pair; the data stage measures its chosen side (prompt + chosen).
-    expected = len(example.get("chosen", example)["input_ids"])
+    # A preference record encodes as a pair; the data stage measures its longer side.
+    expected = max(len(example.get(side, example)["input_ids"]) for side in ("chosen", "rejected"))
     assert meter.lengths([record], fmt, LABELS) == [expected]
     if which == "wrapped" and task != "causal-lm":  # the special tokens around the text count
         assert expected == len(tok(record["text"], add_special_tokens=False)["input_ids"]) + 2
@@ -251,3 +255,35 @@ def test_a_causal_lm_without_a_chat_template_is_refused_before_anything_is_writt
     assert not (tmp_path / "ds").exists()
     head = prepare_dataset(cfg, model=ModelConfig(name=str(bare), task="classification"))
     assert head.manifest["counts"]["written"] == 12
+
+
+def test_an_over_long_pair_loses_prompt_tokens_first_and_identical_pairs_are_dropped(tmp_path: Path) -> None:
+    def words(tag: str, n: int, i: int) -> str:
+        return " ".join(f"{tag}{i}w{k}" for k in range(n))
+
+    rows = [
+        {"prompt": words("p", 3, i), "chosen": words("c", 3, i), "rejected": words("r", 3, i)}
+        for i in range(12)
+    ]
+    long_prompt = {"prompt": words("p", 40, 50), "chosen": words("c", 4, 50), "rejected": words("r", 5, 50)}
+    long_answer = {"prompt": words("p", 2, 60), "chosen": words("c", 2, 60), "rejected": words("r", 30, 60)}
+    same = [
+        {"prompt": words("p", 3, 70), "chosen": "fine, thanks", "rejected": "fine, thanks"},
+        {"prompt": words("p", 3, 71), "chosen": "fine,  thanks ", "rejected": "fine, thanks"},
+    ]
+    src = write_jsonl(tmp_path / "pairs.jsonl", [*rows, long_prompt, long_answer, *same])
+    ds = prepare_dataset(
+        DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), format="preference", max_tokens=20)
+    )
+    kept = written(ds.path)
+    assert long_prompt in kept  # whole: encoding cuts its prompt (data.truncation), never its answers
+    assert long_answer not in kept and not any(r["chosen"].startswith("fine") for r in kept)
+    counts = ds.manifest["counts"]
+    assert counts["answer_too_long"] == 1 and counts["identical_answers"] == 2 and counts["written"] == 13
+    assert counts["truncated"] == 1  # the long-prompt pair, cut when encoded
+    assert (
+        "2 preference pairs had the same chosen and rejected answer (nothing to prefer) and were dropped"
+        in (ds.manifest["warnings"])
+    )
+    problems = [json.loads(line)["problem"] for line in (ds.path / "rejected.jsonl").read_text().splitlines()]
+    assert sorted(problems) == ["answer_too_long", "identical_answers", "identical_answers"]

@@ -212,3 +212,26 @@ def test_estimate_within_20_percent_of_measured_cpu_peak(tmp_path: Path, method:
         got["peak"] >> 20,
         got["baseline"] >> 20,
     )
+
+
+def test_estimate_refuses_nonsense(tmp_path: Path, tiny_llama: Path, cli) -> None:
+    cfg = run_cfg(tmp_path, tiny_llama)
+    path = tmp_path / "cfg.yaml"
+
+    def attempt(c: dict, *args: str) -> str:
+        path.write_text(yaml.safe_dump(c))
+        done = cli("estimate", str(path), *args)
+        assert done.returncode == 2, done.stdout
+        return done.stderr
+
+    no_data = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "path"}}
+    assert attempt(no_data).startswith("error: data.path: data.path is not set")
+    gone = {**cfg, "data": {**cfg["data"], "path": str(tmp_path / "gone.csv")}}
+    assert attempt(gone).startswith(f"error: data.path: {tmp_path / 'gone.csv'} does not exist")
+    long = {**cfg, "model": {**cfg["model"], "max_length": 4096}}
+    assert attempt(long).startswith(
+        f"error: model.max_length: model.max_length=4096 is beyond {tiny_llama}'s context of 256 tokens"
+    )
+    assert attempt(cfg, "--gpu", "0GB").startswith("error: --gpu: a GPU of '0GB' has no memory to train in")
+    with pytest.raises(TuneforgeError, match="has no memory"):
+        est.parse_gpu("0 GB")

@@ -234,3 +234,48 @@ def test_recommend_writes_the_defaults_recipe() -> None:
         if key == "train.eval_every":  # steps per epoch follow the recommended batch (effective 16)
             continue
         assert written[section][name] == value, key
+
+
+def fake_recs() -> list[rec.Recommendation]:
+    config = {"model": {"name": "builtin:minilm-l6"}, "train": {"epochs": 3}}
+    return [rec.Recommendation("builtin:minilm-l6", "full", config, estimate=None)]  # type: ignore[arg-type]
+
+
+def test_out_folder_follows_prepares_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneforge.errors import TuneforgeError
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "rec"
+    [written] = rec.write_configs(out, fake_recs())
+    assert written == out / "1-minilm-l6-full.yaml"
+    assert yaml.safe_load(written.read_text())["train"] == {"epochs": 3}
+    rec.write_configs(out, fake_recs())  # its own earlier output is replaced
+    written.write_text("# tuned by hand\n" + written.read_text())
+    with pytest.raises(TuneforgeError) as err:
+        rec.write_configs(out, fake_recs())
+    assert err.value.render().startswith(
+        f"--out: {out} holds configs edited since `recommend` wrote them (1-minilm-l6-full.yaml)"
+    )
+    assert written.read_text().startswith("# tuned by hand")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(TuneforgeError, match=r"is not a tuneforge\.recommended folder made by tuneforge"):
+        rec.write_configs(mine, fake_recs())
+    for where in (Path("/"), tmp_path, Path(".")):
+        with pytest.raises(TuneforgeError, match="is the current folder or one above it"):
+            rec.write_configs(where, fake_recs())
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_recommend_refuses_nonsense_before_any_work(tmp_path: Path, cli) -> None:
+    nowhere = str(tmp_path / "no-dataset")
+    root = cli("recommend", nowhere, "--device", "cpu", "--out", "/")
+    assert root.returncode == 2 and "/ is the current folder or one above it" in root.stderr
+    hours = cli("recommend", nowhere, "--budget-hours", "-1")
+    assert hours.returncode == 2
+    assert hours.stderr.startswith("error: --budget-hours: -1 hours is not a training time"), hours.stderr
+    gpu = cli("recommend", nowhere, "--gpu", "0GB")
+    assert gpu.returncode == 2 and gpu.stderr.startswith("error: --gpu: a GPU of '0GB' has no memory"), (
+        gpu.stderr
+    )

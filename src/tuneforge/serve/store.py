@@ -262,9 +262,7 @@ class RequestLog:
             self.identity = None
             self.engine.dispose()
         try:
-            if now is not None and not {"requests", "feedback"} <= set(
-                sa.inspect(self.engine).get_table_names()
-            ):
+            if now is not None and not {"requests", "feedback"} <= _tables(self.engine):
                 self._set_problem(
                     f"{self.sqlite_path} is not a tuneforge request log (it replaced the log while serving); "
                     "rows are not written until it is moved away"
@@ -309,6 +307,13 @@ def _open(url: str) -> sa.Engine:
             "turn the log off with --set serve.log_db=null",
         ) from None
     return engine
+
+
+def _tables(engine: sa.Engine) -> set[str]:
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    except sa.exc.SQLAlchemyError:  # not a database at all
+        return set()
 
 
 def _reason(err: BaseException) -> str:

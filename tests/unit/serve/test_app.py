@@ -192,17 +192,29 @@ def test_malformed_bodies_get_openai_errors_and_rows(served: dict[str, Any]) -> 
     cases = [  # (body, status, message)
         (b'{"model": "echo", "prompt": "\xff\xfe"}', 400, "the request body is not valid UTF-8"),
         (b'{"model": "echo", "prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested too deeply"),
-        (b'{"model": "echo", "prompt": "\\ud800"}', 422, "prompt: Value error, the text holds a lone surrogate"),
-        (b'{"model": "echo", "prompt": "ok", "stop": ["\\udfff"]}', 422, "Value error, the text holds a lone"),
+        (
+            b'{"model": "echo", "prompt": "\\ud800"}',
+            422,
+            "prompt: Value error, the text holds a lone surrogate",
+        ),
+        (
+            b'{"model": "echo", "prompt": "ok", "stop": ["\\udfff"]}',
+            422,
+            "Value error, the text holds a lone",
+        ),
     ]
     for body, status, message in cases:
         r = client.post("/v1/completions", content=body, headers=json_type)
         assert r.status_code == status, (body[:60], r.text)
-        assert message in r.json()["error"]["message"] and r.json()["error"]["type"] == "invalid_request_error"
+        assert (
+            message in r.json()["error"]["message"] and r.json()["error"]["type"] == "invalid_request_error"
+        )
     nul = client.post("/v1/completions", json={"model": "echo", "prompt": "a\x00\u202eb"}, headers=alice)
     assert nul.status_code == 200 and nul.json()["choices"][0]["text"] == "a\x00"
     empty = client.post("/v1/classify", json={"model": "heads", "input": ["fine", "  "]}, headers=alice)
-    assert empty.status_code == 400 and empty.json()["error"]["message"] == "input 1 is empty (it has no tokens)"
+    assert (
+        empty.status_code == 400 and empty.json()["error"]["message"] == "input 1 is empty (it has no tokens)"
+    )
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the cap is found while the body streams in
         yield b'{"model": "echo", "prompt": "'

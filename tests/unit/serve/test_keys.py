@@ -103,6 +103,6 @@ def test_the_checker_fails_closed(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_a_name_must_be_one_printable_line(tmp_path: Path) -> None:
     file = KeyFile(tmp_path / "keys.json")
     for name in ("", "  ", "a\nb", "x" * 65):
-        with pytest.raises(TuneforgeError, match="a key needs a name|printable and at most 64"):
+        with pytest.raises(TuneforgeError, match=r"a key needs a name|printable and at most 64"):
             file.create(name)
     assert not file.path.exists()

@@ -179,7 +179,9 @@ def test_an_unusable_log_is_one_line_at_start(tmp_path: Path) -> None:
     cases = {
         str(tmp_path / "missing" / "log.sqlite"): "(unable to open database file)",
         str(tmp_path / "not-a-db"): "(file is not a database)",
-        "postgresql+nosuchdriver://u:secret@h/db": "(Can't load plugin: sqlalchemy.dialects:postgresql.nosuchdriver)",
+        "postgresql+nosuchdriver://u:secret@h/db": (
+            "(Can't load plugin: sqlalchemy.dialects:postgresql.nosuchdriver)"
+        ),
     }
     for log_db, reason in cases.items():
         with pytest.raises(TuneforgeError) as err:

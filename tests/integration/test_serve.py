@@ -597,7 +597,9 @@ def test_edge_strings_in_every_string_field_and_deep_or_broken_json_are_4xx(worl
                 where = (route, path, edge, r.text)
                 assert r.status_code < 500, where
                 if edge == "\ud800":
-                    assert r.status_code == 422 and "lone surrogate" in r.json()["error"]["message"], where
+                    message = r.json()["error"]["message"]  # a Literal field (role, type): pydantic's words
+                    assert r.status_code == 422, where
+                    assert "lone surrogate" in message or "unable to parse raw data as a unicode" in message
                 if r.status_code >= 400:
                     assert set(r.json()["error"]) == {"message", "type", "param", "code"}, where
                 seen += 1

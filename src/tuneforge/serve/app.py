@@ -209,7 +209,7 @@ def create_app(state: AppState) -> Any:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         # Of a union's branch errors the deepest is the telling one (stop: ["\udfff"] is a list, not a str).
-        first = max(err.errors(), key=lambda e: len(e.get("loc", ())), default={})
+        first: dict[str, Any] = max(err.errors(), key=lambda e: len(e.get("loc", ())), default={})
         # Without pydantic's union-branch tags ("function-after[...]"): the field's path is what helps.
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body" and "[" not in str(x))
         message = f"{where}: {first.get('msg', 'invalid request')}"  # never the input: it may be secret

@@ -509,6 +509,127 @@ def test_refused_requests_are_logged_with_what_is_known_never_the_key(world, tmp
     assert secret not in stored and world["key"] not in stored
 
 
+def test_a_hostile_request_in_a_batch_changes_no_innocent_answer(world) -> None:
+    """Requests one batch decodes together: hostile ones (an empty stop string, a temperature whose logits
+    overflow) used to raise inside the shared step and fail every request beside them with a 500."""
+    innocent = [{"prompt": p, "max_tokens": 20} for p in ("the phone", "great road", "my order")]
+    hostile = [
+        {"prompt": "awful", "max_tokens": 20, "stop": ""},
+        {"prompt": "love it", "max_tokens": 20, "stop": [""], "temperature": 1e-300, "seed": 1},
+    ]  # five in flight: within the fixture's queue (6) whatever a previous test leaves behind
+
+    def ask(body: dict[str, Any]) -> httpx.Response:
+        return _post(world, "/v1/completions", json={"model": "support", "temperature": 0, **body})
+
+    alone = [ask(b).json()["choices"][0]["text"] for b in innocent]
+    start = threading.Barrier(len(innocent) + len(hostile))
+    got: dict[int, httpx.Response] = {}
+
+    def one(i: int, body: dict[str, Any]) -> None:
+        start.wait()
+        got[i] = ask(body)
+
+    threads = [threading.Thread(target=one, args=(i, b)) for i, b in enumerate(innocent + hostile)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 for r in got.values()), {i: r.text for i, r in got.items()}
+    assert [got[i].json()["choices"][0]["text"] for i in range(len(innocent))] == alone
+    # An empty stop string stops nothing; the overflowing temperature decodes greedily (its limit).
+    assert (
+        got[3].json()["choices"][0]["text"]
+        == ask({"prompt": "awful", "max_tokens": 20}).json()["choices"][0]["text"]
+    )
+
+
+EDGE_STRINGS = ["", "\ud800", "a\x00b", "\u202eevil\u200f", "\ufeff"]
+"""Empty, a lone surrogate (not Unicode), NUL, right-to-left override and mark, a byte-order mark."""
+
+
+def _string_paths(body: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(body, str):
+        yield path
+    elif isinstance(body, dict):
+        for k, v in body.items():
+            yield from _string_paths(v, (*path, k))
+    elif isinstance(body, list):
+        for i, v in enumerate(body):
+            yield from _string_paths(v, (*path, i))
+
+
+def _replaced(body: Any, path: tuple[Any, ...], value: str) -> Any:
+    copy = json.loads(json.dumps(body))
+    target = copy
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    return copy
+
+
+def test_edge_strings_in_every_string_field_and_deep_or_broken_json_are_4xx(world) -> None:
+    """The schemathesis run above draws from the schema; these are the cases it rarely draws, sent through
+    its cases too: every string field of every body set to each edge string, then bodies that are not JSON."""
+    schema = schemathesis.openapi.from_url(f"{world['server'].url}/openapi.json")
+    headers = {"Authorization": f"Bearer {world['key']}"}
+    mine = chat(world["client"], "support", max_tokens=1).id
+    bodies = {
+        "/v1/chat/completions": {
+            "model": "support",
+            "max_tokens": 2,
+            "stop": ["zz"],
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+            ],
+        },
+        "/v1/completions": {"model": "support", "prompt": ["the phone"], "stop": "zz", "max_tokens": 2},
+        "/v1/classify": {"model": "sentiment", "input": ["great", "awful"]},
+        "/v1/feedback": {"request_id": mine, "rating": 1, "comment": "fine"},
+    }
+    seen = 0
+    for route, body in bodies.items():
+        operation = schema[route]["POST"]
+        for path in _string_paths(body):
+            for edge in EDGE_STRINGS:
+                case = operation.Case(body=_replaced(body, path, edge), media_type="application/json")
+                r = case.call(headers=headers, timeout=60)
+                where = (route, path, edge, r.text)
+                assert r.status_code < 500, where
+                if edge == "\ud800":
+                    message = r.json()["error"]["message"]  # a Literal field (role, type): pydantic's words
+                    assert r.status_code == 422, where
+                    assert "lone surrogate" in message or "unable to parse raw data as a unicode" in message
+                if r.status_code >= 400:
+                    assert set(r.json()["error"]) == {"message", "type", "param", "code"}, where
+                seen += 1
+        broken = {
+            "nested too deeply": b'{"model": "support", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            "not valid UTF-8": b'{"model": "support", "prompt": "\xff"}',
+        }
+        for message, raw in broken.items():
+            r = _post(world, route, content=raw, headers={"content-type": "application/json"})
+            assert r.status_code == 400 and message in r.json()["error"]["message"], (route, r.text)
+    assert seen == 5 * (7 + 3 + 3 + 2)
+
+
+def test_a_vanished_keys_file_refuses_everyone_until_it_is_back(world) -> None:
+    url, path = world["server"].url, world["keys"].path
+    moved = path.with_name("moved.json")
+    path.rename(moved)
+    try:
+        for headers in ({}, {"Authorization": f"Bearer {world['key']}"}):
+            r = httpx.get(f"{url}/v1/models", headers=headers)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "keys_unavailable", r.text
+        assert httpx.get(f"{url}/ready").status_code == 503
+    finally:
+        moved.rename(path)
+    lower = httpx.get(f"{url}/v1/models", headers={"Authorization": f"bearer {world['key']}"})
+    assert lower.status_code == 200 and httpx.get(f"{url}/v1/models").status_code == 401
+    log = world["server"].log.read_text()
+    assert f"tuneforge serve: the keys file {path} is missing: every request is refused" in log
+
+
 def test_feedback_and_disconnect_then_sigterm_mid_stream_finishes_and_flushes(world) -> None:
     """Last in the module: it stops the shared server."""
     client, server = world["client"], world["server"]
@@ -592,6 +713,13 @@ def test_startup_errors_are_one_line_and_non_zero(world, tmp_path: Path) -> None
     cases = {
         "has not finished training": [str(unfinished)],
         "is neither a run directory nor a model folder": [str(tmp_path / "missing")],
+        "serve.log_db: cannot open the request log": [  # before the model loads, in one line
+            str(run),
+            "--set",
+            f"serve.log_db={tmp_path / 'no-such-folder' / 'log.sqlite'}",
+            "--keys",
+            str(tmp_path / "none.json"),
+        ],
         "refusing to serve on 0.0.0.0 without API keys": [
             str(run),
             "--host",

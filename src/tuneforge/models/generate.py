@@ -60,6 +60,8 @@ class StepEvent:
     delta: str
     token_id: int | None
     done: Generation | None = None
+    error: Exception | None = None
+    """Set when this request failed on its own (it left the batch; the other rows go on)."""
 
 
 @dataclass
@@ -137,6 +139,12 @@ class DecodeBatch:
         if len(keep) != len(self.rows):
             self._select(keep)
 
+    def reset(self) -> list[Hashable]:
+        """Drop every request, running or waiting (after a failed shared forward); returns their ids."""
+        ids = [r.request_id for r in [*self.rows, *self.pending]]
+        self.rows, self.pending, self.cache, self.mask = [], [], None, None
+        return ids
+
     def step(self) -> list[StepEvent]:
         """One decode forward for the running rows, then prefill of waiting requests that fit."""
         import torch
@@ -148,7 +156,22 @@ class DecodeBatch:
             room = self.max_batch_size - len(self.rows)
             if room > 0 and self.pending:
                 joining, self.pending = self.pending[:room], self.pending[room:]
-                events += self._prefill(joining)
+                events += self._prefill_isolated(joining)
+        return events
+
+    def _prefill_isolated(self, joining: list[_Row]) -> list[StepEvent]:
+        """Prefill the joining rows together; if that fails, one by one, so a row that raises fails alone.
+
+        A failed prefill changes nothing (its rows join the batch only at the end), so retrying is safe.
+        """
+        try:
+            return self._prefill(joining)
+        except Exception as err:
+            if len(joining) == 1:
+                return [StepEvent(joining[0].request_id, "", None, error=err)]
+        events: list[StepEvent] = []
+        for r in joining:
+            events += self._prefill_isolated([r])
         return events
 
     # -- forwards -------------------------------------------------------------------------------------------
@@ -193,55 +216,62 @@ class DecodeBatch:
         return self._advance(joining, out.logits[:, -1, :])
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> list[StepEvent]:
-        """Sample one token per row, report its text, retire finished rows."""
-        chosen = self._sample(rows, logits)
-        events, finished = [], set()
-        for r, token in zip(rows, chosen, strict=True):
-            event = self._take(r, token)
+        """Sample one token per row, report its text, retire finished rows.
+
+        Per row: a row whose own sampling or text raises is retired with its error; the others go on.
+        """
+        greedy = logits.argmax(dim=-1).tolist()  # (B,)
+        events, retired = [], set()
+        for i, r in enumerate(rows):
+            try:
+                event = self._take(r, self._sample(r, logits[i], int(greedy[i])))
+            except Exception as err:
+                event = StepEvent(r.request_id, "", None, error=err)
             events.append(event)
-            if event.done is not None:
-                finished.add(id(r))
-        if finished:
-            self._select([i for i, r in enumerate(self.rows) if id(r) not in finished])
+            if event.done is not None or event.error is not None:
+                retired.add(id(r))
+        if retired:
+            self._select([i for i, r in enumerate(self.rows) if id(r) not in retired])
         return events
 
-    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+    def _sample(self, r: _Row, logits: torch.Tensor, greedy: int) -> int:
         import torch
 
-        chosen = logits.argmax(dim=-1).tolist()  # greedy for every row; sampled rows overwrite theirs
-        for i, r in enumerate(rows):
-            s = r.settings
-            if s.temperature <= 0:
-                continue
-            probs = torch.softmax(logits[i].float().cpu() / s.temperature, dim=-1)  # (V,)
-            if s.top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                # Keep the smallest head of the distribution whose mass reaches top_p (always the top token).
-                drop = sorted_p.cumsum(0) - sorted_p >= s.top_p
-                sorted_p[drop] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-            chosen[i] = int(torch.multinomial(probs, 1, generator=r.generator).item())
-        return [int(c) for c in chosen]
+        s = r.settings
+        if s.temperature <= 0:
+            return greedy
+        probs = torch.softmax(logits.float().cpu() / s.temperature, dim=-1)  # (V,)
+        if not bool(torch.isfinite(probs).all()):
+            # A temperature so close to 0 that the scaled logits overflow: its limit, greedy decoding.
+            return greedy
+        if s.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            # Keep the smallest head of the distribution whose mass reaches top_p (always the top token).
+            drop = sorted_p.cumsum(0) - sorted_p >= s.top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        return int(torch.multinomial(probs, 1, generator=r.generator).item())
 
     def _take(self, r: _Row, token: int) -> StepEvent:
         """Record one sampled token of a row; decide whether the row is done."""
         s = r.settings
+        stops = [x for x in s.stop if x]  # an empty stop string would match everywhere: it stops nothing
         if token in self.eos:
             return self._finish(r, self._text(r), "stop", counted=len(r.generated) + 1, token=token)
         r.generated.append(token)
         r.next_token = token
         text = self._text(r)
-        if s.stop:
-            longest = max(len(x) for x in s.stop)
+        if stops:
+            longest = max(len(x) for x in stops)
             start = max(0, r.emitted - longest)
-            hits = [i for i in (text.find(x, start) for x in s.stop if x) if i >= 0]
+            hits = [i for i in (text.find(x, start) for x in stops) if i >= 0]
             if hits:
                 return self._finish(r, text[: min(hits)], "stop", counted=len(r.generated), token=token)
         too_long = 0 < self.max_positions <= len(r.prompt) + len(r.generated)
         if len(r.generated) >= s.max_new_tokens or too_long:
             return self._finish(r, text, "length", counted=len(r.generated), token=token)
         # Hold back what could still become a stop string, and a half-decoded multi-byte character.
-        safe = len(text) - (max((len(x) for x in s.stop), default=1) - 1)
+        safe = len(text) - (max((len(x) for x in stops), default=1) - 1)
         while safe > r.emitted and text[safe - 1] == "\ufffd":
             safe -= 1
         delta = text[r.emitted : safe] if safe > r.emitted else ""
@@ -355,6 +385,8 @@ def generate(
     results: dict[Hashable, Generation] = {}
     while len(batch):
         for event in batch.step():
+            if event.error is not None:
+                raise event.error
             if event.done is not None:
                 results[event.request_id] = event.done
                 if on_progress is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,10 @@ class Answer:
         except asyncio.CancelledError:
             status, error = 499, "client disconnected"
             raise
+        except Exception as err:  # this answer's own failure (the engine fails a row alone): logged as a 500
+            traceback.print_exception(err)
+            status, error = 500, f"internal error: {type(err).__name__}"
+            yield sse_event(error_body(error, type_="server_error", code="internal_error"))
         finally:
             for t in tasks:
                 t.cancel()

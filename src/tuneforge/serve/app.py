@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,24 +18,32 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.config import ServeConfig
 from tuneforge.models.generate import Generation, GenerationSettings
 from tuneforge.serve.answer import Answer, record_answer
 from tuneforge.serve.engine import Engine, error_body
 from tuneforge.serve.keys import KeyChecker
-from tuneforge.serve.limits import Admission, BodySizeLimit, LimitError, check_tokens
+from tuneforge.serve.limits import TOO_LARGE, Admission, BodySizeLimit, LimitError, check_tokens
 from tuneforge.serve.metrics import ServerMetrics
 from tuneforge.serve.store import RequestLog
+from tuneforge.serve.validation import (
+    INTERNAL_PREFIX,
+    Text,
+    answer_id,
+    may_give_feedback,
+    stop_strings,
+)
 
-Stop = str | Annotated[list[str], Field(max_length=4)] | None
+Stop = Text | Annotated[list[Text], Field(max_length=4)] | None
 
 
 class _Request(BaseModel):
     # Unknown OpenAI parameters (logprobs, penalties, user...) are accepted and ignored, as clients send them.
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    model: Text
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -47,12 +56,12 @@ class _Request(BaseModel):
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
 
 
 class ChatCompletionRequest(_Request):
@@ -61,19 +70,19 @@ class ChatCompletionRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=16)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=16)]
 
 
 class ClassifyRequest(BaseModel):
-    model: str
-    input: str | Annotated[list[str], Field(min_length=1, max_length=64)]
+    model: Text
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=64)]
 
 
 class FeedbackRequest(BaseModel):
-    request_id: str = Field(min_length=1, max_length=64)
+    request_id: Text = Field(min_length=1, max_length=64)
     rating: int = Field(ge=-1, le=5)
     """-1/1 for thumbs down/up, or a 1-5 scale; 0 for a comment without a rating."""
-    comment: str | None = Field(None, max_length=10_000)
+    comment: Text | None = Field(None, max_length=10_000)
 
 
 @dataclass
@@ -89,9 +98,18 @@ class AppState:
 
 
 def caller(request: Request) -> str:
-    """The API key's name (401 without a valid key once keys exist; "anonymous" while there are none)."""
+    """The API key's name (401 without a valid key once keys exist; "anonymous" while there are none).
+
+    Fails closed: while the keys file cannot be read, every request is refused (503, the log says why).
+    """
     keys = request.app.state.s.keys
     name: str | None = keys.name_of(request.headers.get("authorization"))
+    if keys.problem is not None:
+        raise LimitError(
+            503,
+            "the server cannot read its API keys file; requests are refused until it can (see its log)",
+            code="keys_unavailable",
+        )
     if name is None and keys.required:
         raise LimitError(
             401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key"
@@ -104,6 +122,28 @@ Caller = Annotated[str, Depends(caller)]
 
 def _error(status: int, message: str, *, code: str, type_: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse(error_body(message, type_=type_, code=code), status_code=status)
+
+
+def _log_writable(state: AppState) -> None:
+    """Refuse work whose log row would be lost (the log file is gone and cannot be reopened, writes fail)."""
+    if state.log is not None and state.log.problem is not None:
+        raise LimitError(
+            503,
+            "the request log cannot be written; requests are refused until it can (see the server log)",
+            code="log_unavailable",
+        )
+
+
+def _body_error(err: StarletteHTTPException) -> tuple[str, str]:
+    """(message, code) of FastAPI's 400 for a body it could not parse, from what made it fail."""
+    cause = err.__cause__
+    if isinstance(cause, UnicodeError):
+        return "the request body is not valid UTF-8", "invalid_request"
+    if isinstance(cause, RecursionError):
+        return "the request body's JSON is nested too deeply", "invalid_request"
+    if cause is not None:
+        return f"the request body is not valid JSON ({type(cause).__name__})", "invalid_request"
+    return str(err.detail), "invalid_request"
 
 
 def create_app(state: AppState) -> Any:
@@ -129,19 +169,49 @@ def create_app(state: AppState) -> Any:
         return resp
 
     @app.exception_handler(Exception)
-    async def _bug(_: Request, err: Exception) -> JSONResponse:
-        import traceback
-
+    async def _bug(request: Request, err: Exception) -> JSONResponse:
         traceback.print_exception(err)  # a bug of ours: the traceback goes to the server's log
-        state.metrics.errors.labels("500").inc()
-        return _error(
-            500, f"internal error: {type(err).__name__}", code="internal_error", type_="server_error"
+        message = f"internal error: {type(err).__name__}"
+        _refused(  # a 500 gets its log row like any other answer
+            state,
+            request.url.path,
+            request.headers.get("authorization"),
+            500,
+            f"internal_error: {message}",
+            await _requested_model(request),
         )
+        return _error(500, message, code="internal_error", type_="server_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> Response:
+        """FastAPI's own refusals (a body that is not UTF-8 or nests too deep, an unknown route): OpenAI's
+        error body and a log row, like every other refusal."""
+        if request.scope.get(TOO_LARGE):  # the body-size guard answers (413) and logs this one
+            return Response(status_code=413)
+        if err.status_code == 400:
+            message, code = _body_error(err)
+        else:
+            message, code = str(err.detail), str(err.detail).lower().replace(" ", "_")
+        _refused(
+            state,
+            request.url.path,
+            request.headers.get("authorization"),
+            err.status_code,
+            f"{code}: {message}",
+            None,  # the body is not (valid) JSON, or no route reads it
+        )
+        kind = "server_error" if err.status_code >= 500 else "invalid_request_error"
+        resp = _error(err.status_code, message, code=code, type_=kind)
+        for name, value in (err.headers or {}).items():
+            resp.headers[name] = value
+        return resp
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        # Of a union's branch errors the deepest is the telling one (stop: ["\udfff"] is a list, not a str).
+        first: dict[str, Any] = max(err.errors(), key=lambda e: len(e.get("loc", ())), default={})
+        # Without pydantic's union-branch tags ("function-after[...]"): the field's path is what helps.
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body" and "[" not in str(x))
         message = f"{where}: {first.get('msg', 'invalid request')}"  # never the input: it may be secret
         _refused(
             state,
@@ -161,7 +231,19 @@ def create_app(state: AppState) -> Any:
     async def ready() -> Response:
         if state.shutting_down:
             return _error(503, "shutting down", code="shutting_down", type_="server_error")
-        return JSONResponse({"status": "ready", "models": list(state.engine.models)})
+        state.keys.refresh()
+        if state.keys.problem is not None:  # the reasons (file paths) go to the server log, not to callers
+            return _error(
+                503, "the API keys file cannot be read", code="keys_unavailable", type_="server_error"
+            )
+        body: dict[str, Any] = {"status": "ready", "models": list(state.engine.models)}
+        if state.log is not None:
+            if state.log.problem is not None:
+                return _error(
+                    503, "the request log cannot be written", code="log_unavailable", type_="server_error"
+                )
+            body["request_log"] = {"rows_dropped": state.log.dropped, "reopened": state.log.reopened}
+        return JSONResponse(body)
 
     @app.get("/metrics")
     async def metrics(_: Caller) -> Response:
@@ -197,11 +279,15 @@ def create_app(state: AppState) -> Any:
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, key: Caller) -> Response:
+        _log_writable(state)
         model = _model(state, body.model, "classify")
         texts = [body.input] if isinstance(body.input, str) else body.input
         state.admission.enter(key)
         start = time.perf_counter()
         try:
+            for i, text in enumerate(texts):
+                if not await asyncio.to_thread(state.engine.encode_text, body.model, text):
+                    raise LimitError(400, f"input {i} is empty (it has no tokens)", code="empty_input")
             results = await state.engine.classify(body.model, texts)
         finally:
             state.admission.leave(key)
@@ -230,20 +316,46 @@ def create_app(state: AppState) -> Any:
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, key: Caller) -> dict[str, Any]:
-        if state.log is None:
+        """Feedback on one's own answers, once each: what a key may store is bounded by what it may ask."""
+        log = state.log
+        if log is None:
             return {"status": "logging is off"}
-        known = await asyncio.to_thread(state.log.has_request, body.request_id)
-        if known is None:
-            raise LimitError(503, "the request log cannot be read right now; retry", code="log_unavailable")
-        if not known:
-            raise LimitError(
-                404,
-                f"no request with id {body.request_id!r} was logged by this deployment",
-                code="request_not_found",
-            )
-        state.log.log_feedback(
-            request_id=body.request_id, key_name=key, rating=body.rating, comment=body.comment
+        _log_writable(state)
+        unreadable = LimitError(
+            503, "the request log cannot be read right now; retry", code="log_unavailable"
         )
+        state.admission.enter(key)  # the per-key limits of every other route
+        try:
+            found = await asyncio.to_thread(log.find_request, body.request_id)
+            if found is None:
+                raise unreadable
+            if not found[0] or not answer_id(body.request_id):
+                raise LimitError(
+                    404,
+                    f"no request with id {body.request_id!r} was logged by this deployment",
+                    code="request_not_found",
+                )
+            if not may_give_feedback(key, found[1]):
+                raise LimitError(
+                    403,
+                    f"request {body.request_id!r} was made with another API key; feedback comes from the key "
+                    "that asked",
+                    code="not_your_request",
+                )
+            claimed = await asyncio.to_thread(log.claim_feedback, body.request_id, key)
+            if claimed is None:
+                raise unreadable
+            if not claimed:
+                raise LimitError(
+                    409,
+                    f"feedback on request {body.request_id!r} was already recorded for this key",
+                    code="feedback_exists",
+                )
+            log.log_feedback(
+                request_id=body.request_id, key_name=key, rating=body.rating, comment=body.comment
+            )
+        finally:
+            state.admission.leave(key)
         return {"status": "recorded"}
 
     def too_large(scope: Any) -> None:
@@ -273,9 +385,9 @@ def _refused(
     if state.log is None or not path.startswith("/v1/"):
         return
     keys = state.keys
-    key_name = keys.name_of(authorization) or (None if keys.required else "anonymous")
+    key_name = keys.name_of(authorization) or (None if keys.required or keys.problem else "anonymous")
     state.log.log_request(
-        id=f"err-{uuid.uuid4().hex}",
+        id=f"{INTERNAL_PREFIX}{uuid.uuid4().hex}",
         key_name=key_name,
         model=model,
         endpoint=ENDPOINTS.get(path, path[:64]),
@@ -332,6 +444,7 @@ async def _answer(
 
     `receive` is the request's ASGI receive: with the body read, it returns only when the client goes away.
     """
+    _log_writable(state)
     _model(state, body.model, "generate")
     cfg = state.cfg
     if max_new > cfg.max_new_tokens:
@@ -354,7 +467,7 @@ async def _answer(
     except BaseException:
         state.admission.leave(key)
         raise
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    stops = stop_strings(body.stop)
     settings = [
         GenerationSettings(
             max_new, body.temperature, body.top_p, stops, None if body.seed is None else body.seed + i
@@ -364,7 +477,7 @@ async def _answer(
     rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
     run = Answer(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
     if state.log is not None:
-        state.log.remember(rid)  # a stream shows its id (for feedback) before its row is logged
+        state.log.remember(rid, key)  # a stream shows its id (for feedback) before its row is logged
     if body.stream:
         usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(run.sse(prompt, settings, usage), media_type="text/event-stream")
@@ -391,6 +504,12 @@ async def _answer(
         generation.cancel()
         run.finish(499, [], error="cancelled")
         raise
+    except Exception as err:  # this request's own failure (the engine fails a row alone): 500 with its row
+        generation.cancel()
+        traceback.print_exception(err)
+        message = f"internal error: {type(err).__name__}"
+        run.finish(500, [], error=message)
+        raise LimitError(500, message, code="internal_error", logged=True) from None
     finally:
         gone.cancel()
         state.admission.leave(key)

@@ -71,10 +71,24 @@ class WholeAnswers:
     def cancel(self, request_id: Any) -> None:
         self.pending = [w for w in self.pending if w.request_id != request_id]
 
+    def reset(self) -> list[Any]:
+        ids = [w.request_id for w in self.pending]
+        self.pending = []
+        return ids
+
     def step(self) -> list[StepEvent]:
         same = [w for w in self.pending if w.settings == self.pending[0].settings][: self.max_batch_size]
         self.pending = [w for w in self.pending if w not in same]
-        gens = generate(self.model, self.tokenizer, [w.prompt for w in same], same[0].settings)
+        return self._answer(same)
+
+    def _answer(self, same: list[_Waiting]) -> list[StepEvent]:
+        """Answers of one group; if the group fails, each request alone, so one that raises fails alone."""
+        try:
+            gens = generate(self.model, self.tokenizer, [w.prompt for w in same], same[0].settings)
+        except Exception as err:
+            if len(same) == 1:
+                return [StepEvent(same[0].request_id, "", None, error=err)]
+            return [event for w in same for event in self._answer([w])]
         return [StepEvent(w.request_id, g.text, None, g) for w, g in zip(same, gens, strict=True)]
 
 
@@ -255,25 +269,28 @@ class TransformersEngine:
                 continue
             for slot in self.slots.values():
                 if slot.batch is not None and len(slot.batch):
-                    self._step(slot)
+                    try:
+                        self._step(slot)
+                    except Exception:  # nor a bug in a step: the requests it concerned get no answer
+                        traceback.print_exc()
 
     def _step(self, slot: _Slot) -> None:
         assert slot.batch is not None
         try:
             with self._adapter(slot):
                 events = slot.batch.step()
-        except Exception as err:  # a failed forward fails its requests, not the server
-            rows: list[Any] = [*slot.batch.rows, *slot.batch.pending]
-            for rid in [r.request_id for r in rows]:
-                slot.batch.cancel(rid)
-                waiter = self.waiters.get(rid)
+        except Exception as err:
+            # The batch isolates what one row does (its sampling, its text, its prefill); a failure of the
+            # forward they share cannot be pinned on one row: those requests fail, the batch starts clean.
+            for rid in slot.batch.reset():
+                waiter = self.waiters.get(rid)  # type: ignore[arg-type]
                 if waiter is not None:
                     waiter.put(err)
             return
         for event in events:
             waiter = self.waiters.get(event.request_id)  # type: ignore[call-overload]
             if waiter is not None:
-                waiter.put(event)
+                waiter.put(event.error if event.error is not None else event)
 
     def _adapter(self, slot: _Slot) -> contextlib.AbstractContextManager[Any]:
         """Switch the shared PEFT model to this slot's adapter (or off, for the base)."""

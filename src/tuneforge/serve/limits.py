@@ -5,6 +5,7 @@ Everything here answers with a 4xx a client can act on, before the model spends 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -29,6 +30,10 @@ class LimitError(Exception):
         """True when the request's own row (with its timings) is already in the request log."""
 
 
+TOO_LARGE = "tuneforge.body_too_large"
+"""Scope key set once a streamed body passed the limit: the app's own answer to it is replaced by the 413."""
+
+
 class BodySizeLimit:
     """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length or while it streams in.
 
@@ -51,18 +56,29 @@ class BodySizeLimit:
             await self._refuse(scope, send)
             return
         seen = 0
+        started = False
 
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
+                scope[TOO_LARGE] = True
                 raise _BodyTooLarge
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _BodyTooLarge:
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            # A chunked body (no Content-Length) over the limit: FastAPI turns the error raised while it reads
+            # the body into its own 400; that answer is dropped and the 413 below goes out instead.
+            if scope.get(TOO_LARGE) and not started:
+                return
+            started = True
+            await send(message)
+
+        with contextlib.suppress(_BodyTooLarge):
+            await self.app(scope, counted, guarded)
+        if scope.get(TOO_LARGE) and not started:
             await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:

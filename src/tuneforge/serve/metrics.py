@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from tuneforge.serve.store import RequestLog
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -33,3 +37,17 @@ class ServerMetrics:
         self.tokens = Counter("tuneforge_tokens", "Tokens processed", ["model", "kind"], registry=r)
         self.queue = Gauge("tuneforge_queue_depth", "Requests waiting or generating", registry=r)
         self.queue.set_function(queue_depth)
+
+    def watch_log(self, log: RequestLog) -> None:
+        """The request log's health, read at each scrape: rows lost or a file replaced are never silent."""
+        r = self.registry
+        up = Gauge(
+            "tuneforge_request_log_up", "1 while request log rows are being written, else 0", registry=r
+        )
+        up.set_function(lambda: float(log.problem is None))
+        dropped = Gauge("tuneforge_request_log_dropped_rows", "Request log rows lost since start", registry=r)
+        dropped.set_function(lambda: float(log.dropped))
+        reopened = Gauge(
+            "tuneforge_request_log_reopened", "Times the log file was reopened after it vanished", registry=r
+        )
+        reopened.set_function(lambda: float(log.reopened))

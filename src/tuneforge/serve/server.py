@@ -85,18 +85,26 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
             fix="create a key first (tuneforge keys create NAME), bind to 127.0.0.1, or pass --insecure",
         )
     check_engine(targets, cfg)  # unknown or unfinished runs, a missing vLLM: before the port and the weights
-    sock = bind(cfg.host, cfg.port)
-    engine = build_engine(targets, cfg)
     log = None
-    if cfg.log_db:
+    if cfg.log_db:  # an unusable log stops the server with one line, before the minutes of loading
         log = RequestLog(database_url(cfg.log_db), keep_text=cfg.log_text, redact=list(cfg.redact_pii))
+    try:
+        sock = bind(cfg.host, cfg.port)
+        engine = build_engine(targets, cfg)
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
+    metrics = ServerMetrics(lambda: float(engine.queue_depth()))
+    if log is not None:
+        metrics.watch_log(log)
     state = AppState(
         engine=engine,
         cfg=cfg,
         keys=checker,
         log=log,
         admission=Admission(cfg.max_queue, cfg.max_concurrent_per_key),
-        metrics=ServerMetrics(lambda: float(engine.queue_depth())),
+        metrics=metrics,
     )
     asgi, _ = create_app(state)
     config = uvicorn.Config(

@@ -2,13 +2,19 @@
 
 SQLite by default, any SQLAlchemy URL (PostgreSQL for several replicas). Writes go through a bounded queue to
 one writer thread, so a slow database never delays a response; `close()` drains the queue (clean shutdown).
+A kill -9 loses what is still queued: the writer takes each row as soon as it arrives, so that is the rows of
+the last moment. Nothing is lost silently otherwise: a dropped row is counted, and a SQLite file deleted or
+replaced under the server, or writes that keep failing, set `problem` (the server's /ready, /metrics and log).
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,10 +24,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from tuneforge.data.clean import PII_STEPS
+from tuneforge.errors import TuneforgeError
 
 metadata = sa.MetaData()
 BURST = 500
 """Most rows the writer puts in one transaction."""
+CHECK_EVERY_S = 1.0
+"""How often an idle writer checks that its SQLite file is still the one on disk."""
 
 requests_table = sa.Table(
     "requests",
@@ -80,18 +89,27 @@ class RequestLog:
     def __init__(
         self, url: str, *, keep_text: bool = True, redact: list[str] | None = None, max_queue: int = 10_000
     ) -> None:
-        self.engine = sa.create_engine(url)
-        metadata.create_all(self.engine)
+        self.url = url
+        self.engine = _open(url)
+        self.sqlite_path = _sqlite_path(url)
+        self.identity = _identity(self.sqlite_path)
+        """(device, inode) of the SQLite file the writer opened: another file at the path is not ours."""
+        self.problem: str | None = None
+        """Why rows are not being written right now (None while all is well)."""
+        self.reopened = 0
         self.keep_text = keep_text
         self.redact = redactor(redact or [])
         self.queue: queue.Queue[tuple[sa.Table, dict[str, Any]] | None] = queue.Queue(max_queue)
         self.dropped = 0
-        # Ids this process logged (or is streaming), so feedback on an answer whose row the writer has not yet
-        # written is accepted. Bounded well above the queue plus a write burst (with room for answers still
-        # streaming): an id that has left this memory has also left the queue, so the database answers for it.
-        self.recent: OrderedDict[str, None] = OrderedDict()
+        # Ids this process logged (or is streaming) with the key that asked, so feedback on an answer whose
+        # row the writer has not yet written is accepted. Bounded well above the queue plus a write burst (and
+        # answers still streaming): an id that has left this memory has also left the queue, so the
+        # database answers for it. Feedback given, by (request id, key), likewise.
+        self.recent: OrderedDict[str, str | None] = OrderedDict()
+        self.recent_feedback: OrderedDict[tuple[str, str | None], None] = OrderedDict()
         self.recent_max = 2 * (max_queue + BURST)
         self.recent_lock = threading.Lock()
+        self.feedback_lock = threading.Lock()
         self.thread = threading.Thread(target=self._write_loop, name="request-log", daemon=True)
         self.thread.start()
 
@@ -101,34 +119,56 @@ class RequestLog:
         for field in ("prompt", "response"):
             if row.get(field) is not None:
                 row[field] = self.redact(row[field]) if self.keep_text else None
-        self.remember(row["id"])
+        self.remember(row["id"], row.get("key_name"))
         if not self._put(requests_table, row):
             with self.recent_lock:
                 self.recent.pop(row["id"], None)
 
-    def remember(self, request_id: str) -> None:
+    def remember(self, request_id: str, key_name: str | None = None) -> None:
         """Count an id as logged from now on (a streamed answer shows its id before its row is queued)."""
-        with self.recent_lock:
-            self.recent[request_id] = None
-            self.recent.move_to_end(request_id)
-            while len(self.recent) > self.recent_max:
-                self.recent.popitem(last=False)
+        _remember(self.recent, request_id, key_name, self.recent_lock, self.recent_max)
 
-    def has_request(self, request_id: str) -> bool | None:
-        """Whether a request with this id was logged: by this process (queued or written), or in the database.
+    def find_request(self, request_id: str) -> tuple[bool, str | None] | None:
+        """(found, the name of the key that made it) for a request this process or the database logged.
 
         None when the database cannot be read. A row another replica still holds in its queue is not found.
         """
         with self.recent_lock:
             if request_id in self.recent:
-                return True
+                return True, self.recent[request_id]
         t = requests_table
         try:
             with self.engine.connect() as conn:
-                found = conn.execute(sa.select(t.c.id).where(t.c.id == request_id)).first()
-        except sa.exc.OperationalError:
+                found = conn.execute(sa.select(t.c.key_name).where(t.c.id == request_id)).first()
+        except sa.exc.SQLAlchemyError:
             return None
-        return found is not None
+        return (False, None) if found is None else (True, found.key_name)
+
+    def has_request(self, request_id: str) -> bool | None:
+        """Whether a request with this id was logged (None when the database cannot be read)."""
+        found = self.find_request(request_id)
+        return None if found is None else found[0]
+
+    def claim_feedback(self, request_id: str, key_name: str | None) -> bool | None:
+        """True (and remembered) unless this key already gave feedback on this request; None: unreadable.
+
+        One row per request and key bounds what one key can store by what it may ask (the per-key limits).
+        """
+        pair = (request_id, key_name)
+        with self.feedback_lock:  # two concurrent calls for one pair: only the first gets True
+            with self.recent_lock:
+                if pair in self.recent_feedback:
+                    return False
+            t = feedback_table
+            try:
+                with self.engine.connect() as conn:
+                    query = sa.select(t.c.id).where(t.c.request_id == request_id, t.c.key_name == key_name)
+                    if conn.execute(query.limit(1)).first() is not None:
+                        return False
+            except sa.exc.SQLAlchemyError:
+                return None
+            _remember(self.recent_feedback, pair, None, self.recent_lock, self.recent_max)
+            return True
 
     def log_feedback(self, **row: Any) -> None:
         row.setdefault("time", datetime.now(UTC))
@@ -138,7 +178,7 @@ class RequestLog:
 
     def _put(self, table: sa.Table, row: dict[str, Any]) -> bool:
         try:
-            self.queue.put_nowait((table, row))
+            self.queue.put_nowait((table, {k: _storable(v) for k, v in row.items()}))
         except queue.Full:
             self.dropped += 1
             return False
@@ -146,7 +186,11 @@ class RequestLog:
 
     def _write_loop(self) -> None:
         while True:
-            item = self.queue.get()
+            try:
+                item = self.queue.get(timeout=CHECK_EVERY_S)
+            except queue.Empty:
+                self._guarded(self._check_file)  # an idle server notices a deleted file too
+                continue
             if item is None:
                 return
             batch = [item]
@@ -156,35 +200,161 @@ class RequestLog:
                 except queue.Empty:
                     break
                 if nxt is None:
-                    self._write(batch)
+                    self._guarded(self._write_checked, batch)
                     return
                 batch.append(nxt)
-            self._write(batch)
+            self._guarded(self._write_checked, batch)
 
-    def _write(self, batch: list[tuple[sa.Table, dict[str, Any]]]) -> None:
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        """The writer thread outlives any bug of its own: the rows of that moment are counted as dropped."""
+        try:
+            fn(*args)
+        except Exception as err:
+            traceback.print_exc()
+            if args:
+                self.dropped += len(args[0])
+            self._set_problem(f"the request log writer failed ({type(err).__name__})")
+
+    def _write_checked(self, batch: list[tuple[sa.Table, dict[str, Any]]]) -> None:
+        self._check_file()
+        if self.sqlite_path is not None and self.identity is None:  # no usable file: nowhere to write
+            self.dropped += len(batch)
+            return
+        if self._write(batch):
+            self._set_problem(None)
+        else:
+            self._set_problem(f"writes to the request log {self._shown()} fail")
+
+    def _write(self, batch: list[tuple[sa.Table, dict[str, Any]]]) -> bool:
+        """Write a burst; False when the database itself failed (not merely refused a row)."""
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
                     for table, row in batch:
                         conn.execute(table.insert().values(**row))
-                return
+                return True
             except sa.exc.OperationalError:  # a locked SQLite file or a dropped connection: retry briefly
                 time.sleep(0.2 * (attempt + 1))
             except sa.exc.SQLAlchemyError:
                 # A row the database refuses (a value too long for a PostgreSQL column, a repeated id) takes
                 # neither its burst nor the writer thread down with it: rows one by one, refused ones dropped.
                 if len(batch) == 1:
-                    break
-                for one in batch:
-                    self._write([one])
-                return
+                    self.dropped += 1
+                    return True
+                return all([self._write([one]) for one in batch])
         self.dropped += len(batch)
+        return False
+
+    def _check_file(self) -> None:
+        """Is the SQLite file the writer opened still the one at its path? If not, reopen the path or stop.
+
+        A deleted (or moved) log is started anew at its path; a file put in its place is written only if it
+        is a tuneforge request log itself. Rows never go on into a file nobody can see any more.
+        """
+        if self.sqlite_path is None:
+            return
+        now = _identity(self.sqlite_path)
+        if now is not None and now == self.identity:
+            return
+        if self.identity is not None:
+            what = "deleted or moved" if now is None else "replaced by another file"
+            _say(f"the request log {self.sqlite_path} was {what} while serving")
+            self.identity = None
+            self.engine.dispose()
+        try:
+            if now is not None and not {"requests", "feedback"} <= _tables(self.engine):
+                self._set_problem(
+                    f"{self.sqlite_path} is not a tuneforge request log (it replaced the log while serving); "
+                    "rows are not written until it is moved away"
+                )
+                return
+            metadata.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as err:
+            self._set_problem(f"the request log {self.sqlite_path} cannot be reopened ({_reason(err)})")
+            return
+        self.identity = _identity(self.sqlite_path)
+        self.reopened += 1
+        _say(f"the request log {self.sqlite_path} was reopened; rows are written there again")
+        self._set_problem(None)
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem != self.problem and problem is not None:
+            _say(f"{problem}: /ready answers 503 and requests are refused until it is resolved")
+        self.problem = problem
+
+    def _shown(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued, then stop the writer."""
         self.queue.put(None)
         self.thread.join(timeout)
         self.engine.dispose()
+
+
+def _open(url: str) -> sa.Engine:
+    """The database with its tables, or one line saying why not (before the server loads any model)."""
+    shown = url
+    try:
+        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+        engine = sa.create_engine(url)
+        metadata.create_all(engine)
+    except (sa.exc.SQLAlchemyError, ImportError) as err:
+        raise TuneforgeError(
+            f"cannot open the request log {shown} ({_reason(err)})",
+            where="serve.log_db",
+            fix="point serve.log_db at a SQLite file in a writable folder or a reachable database URL, or "
+            "turn the log off with --set serve.log_db=null",
+        ) from None
+    return engine
+
+
+def _tables(engine: sa.Engine) -> set[str]:
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    except sa.exc.SQLAlchemyError:  # not a database at all
+        return set()
+
+
+def _reason(err: BaseException) -> str:
+    orig = getattr(err, "orig", None)  # the driver's own message, without SQLAlchemy's SQL echo
+    return (str(orig or err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).resolve()
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _storable(value: Any) -> Any:
+    """Text any database keeps: UTF-8 has no lone surrogates, PostgreSQL text no NUL (either lost the row)."""
+    if not isinstance(value, str):
+        return value
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
+def _remember(memory: OrderedDict[Any, Any], key: Any, value: Any, lock: threading.Lock, most: int) -> None:
+    with lock:
+        memory[key] = value
+        memory.move_to_end(key)
+        while len(memory) > most:
+            memory.popitem(last=False)
+
+
+def _say(line: str) -> None:
+    print(f"tuneforge serve: {line}", file=sys.stderr, flush=True)
 
 
 def read_table(url: str, table: str = "requests") -> list[dict[str, Any]]:

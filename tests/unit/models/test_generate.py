@@ -194,3 +194,37 @@ def test_prompt_tuning_goes_through_peft_generate(lm, tiny_llama: Path) -> None:
     assert ours.token_ids == ref[: len(ours.token_ids)] and len(ref) == 6
     with pytest.raises(NotImplementedError, match="virtual tokens"):
         DecodeBatch(peft_model, tok)
+
+
+def test_a_row_that_fails_leaves_the_batch_alone_and_the_others_unchanged(lm) -> None:
+    """One request's own fault (its stop strings, its sampling) ends that request only; the rows beside it
+    answer exactly as they would alone."""
+    model, tok = lm
+    prompts = [_ids(tok, p) for p in PROMPTS]
+    settings = GenerationSettings(max_new_tokens=8)
+    alone = [generate(model, tok, [p], settings)[0].token_ids for p in prompts]
+    batch = DecodeBatch(model, tok, max_batch_size=8)
+    batch.add("broken", prompts[0], GenerationSettings(max_new_tokens=8, stop=[3]))  # type: ignore[list-item]
+    batch.add("empty-stop", prompts[1], GenerationSettings(max_new_tokens=8, stop=[""]))
+    batch.add(
+        "tiny-temperature", prompts[2], GenerationSettings(max_new_tokens=8, temperature=1e-300, seed=1)
+    )
+    for i, p in enumerate(prompts):
+        batch.add(i, p, settings)
+    done: dict[object, list[int]] = {}
+    errors: dict[object, str] = {}
+    while len(batch):
+        for e in batch.step():
+            if e.error is not None:
+                errors[e.request_id] = type(e.error).__name__
+            elif e.done is not None:
+                done[e.request_id] = e.done.token_ids
+    assert errors == {"broken": "TypeError"}
+    assert done == {
+        0: alone[0],
+        1: alone[1],
+        2: alone[2],
+        3: alone[3],
+        "empty-stop": alone[1],  # an empty stop string stops nothing
+        "tiny-temperature": alone[2],  # a temperature whose logits overflow is its limit: greedy
+    }

@@ -58,3 +58,24 @@ def test_admission_limits_per_key_and_in_total() -> None:
     a.leave("alice")
     a.enter("carol")
     assert a.total == 3 and a.by_key["alice"] == 1
+
+
+async def _turns_read_errors_into_400(scope: Any, receive: Any, send: Any) -> None:
+    """What FastAPI does with an error raised while it reads the body: its own 400."""
+    try:
+        while (await receive()).get("more_body"):
+            pass
+        status = 200
+    except Exception:
+        status = 400
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b"parse error"})
+
+
+def test_a_chunked_body_over_the_cap_is_413_even_when_the_app_answers_first() -> None:
+    refused: list[Any] = []
+    app = BodySizeLimit(_turns_read_errors_into_400, max_bytes=100, on_refused=refused.append)
+    sent = _call(app, [b"x" * 60, b"x" * 60], [])
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [413]
+    assert b"request_too_large" in sent[1]["body"] and len(refused) == 1
+    assert _call(app, [b"x" * 60], [])[0]["status"] == 200

@@ -159,3 +159,51 @@ def test_the_same_store_on_postgresql(postgres: str) -> None:
     rows = read_table(postgres)
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(20)] and "@" not in rows[0]["prompt"]
     assert read_table(postgres, "feedback")[0]["rating"] == 1
+
+
+def test_text_no_database_can_hold_costs_neither_the_row_nor_the_writer(tmp_path: Path) -> None:
+    url = database_url(str(tmp_path / "log.sqlite"))
+    log = RequestLog(url)
+    log.log_request(id="a", status=422, model="m\ud800", prompt="x\x00y", key_name="alice")
+    log.log_request(id="b", status=200)
+    log.close()
+    rows = read_table(url)
+    assert [(r["id"], r["model"], r["prompt"]) for r in rows] == [("a", "m?", "x\ufffdy"), ("b", None, None)]
+    assert log.dropped == 0 and log.problem is None
+
+
+def test_an_unusable_log_is_one_line_at_start(tmp_path: Path) -> None:
+    from tuneforge.errors import TuneforgeError
+
+    (tmp_path / "not-a-db").write_text("hello\n")
+    cases = {
+        str(tmp_path / "missing" / "log.sqlite"): "(unable to open database file)",
+        str(tmp_path / "not-a-db"): "(file is not a database)",
+        "postgresql+nosuchdriver://u:secret@h/db": (
+            "(Can't load plugin: sqlalchemy.dialects:postgresql.nosuchdriver)"
+        ),
+    }
+    for log_db, reason in cases.items():
+        with pytest.raises(TuneforgeError) as err:
+            RequestLog(database_url(log_db))
+        assert err.value.where == "serve.log_db" and err.value.what.endswith(reason), err.value.what
+        assert "\n" not in err.value.what and "secret" not in err.value.what
+    assert (tmp_path / "not-a-db").read_text() == "hello\n"
+
+
+def test_the_log_knows_which_key_made_a_request_and_takes_feedback_once(tmp_path: Path) -> None:
+    url = database_url(str(tmp_path / "log.sqlite"))
+    log = RequestLog(url)
+    log.log_request(id="chatcmpl-a", status=200, key_name="alice")
+    assert log.find_request("chatcmpl-a") == (True, "alice") and log.find_request("x") == (False, None)
+    assert log.claim_feedback("chatcmpl-a", "alice") is True
+    assert log.claim_feedback("chatcmpl-a", "alice") is False
+    log.log_feedback(request_id="chatcmpl-a", key_name="alice", rating=1)
+    log.close()
+    restarted = RequestLog(url)  # the database alone remembers both
+    try:
+        assert restarted.find_request("chatcmpl-a") == (True, "alice")
+        assert restarted.claim_feedback("chatcmpl-a", "alice") is False
+        assert restarted.claim_feedback("chatcmpl-a", "bob") is True
+    finally:
+        restarted.close()

@@ -1,0 +1,265 @@
+"""The HTTP app over a stand-in engine (no model): what fails closed, what is refused, what is logged.
+
+The real server is driven as a process in tests/integration/test_serve.py; these are the cases that need a
+fault no tiny model produces on demand (an engine that raises, a keys file or log file that vanishes).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tuneforge.config import ServeConfig
+from tuneforge.models.generate import Generation, GenerationSettings, StepEvent
+from tuneforge.serve.app import AppState, create_app
+from tuneforge.serve.engine import ServedModel
+from tuneforge.serve.keys import KeyChecker, KeyFile
+from tuneforge.serve.limits import Admission
+from tuneforge.serve.metrics import ServerMetrics
+from tuneforge.serve.store import RequestLog, database_url, read_table
+
+
+class FakeEngine:
+    """Echoes the prompt's characters; a prompt holding "boom" raises inside the engine."""
+
+    def __init__(self) -> None:
+        self.models = {
+            "echo": ServedModel("echo", "generate"),
+            "heads": ServedModel("heads", "classify", labels=["no", "yes"]),
+        }
+
+    def encode_chat(self, model: str, messages: list[dict[str, str]]) -> list[int]:
+        return [ord(c) for m in messages for c in m["content"]]
+
+    def encode_text(self, model: str, text: str) -> list[int]:
+        return [ord(c) for c in text.strip()]
+
+    def context_length(self, model: str) -> int:
+        return 1000
+
+    def queue_depth(self) -> int:
+        return 0
+
+    async def generate(self, model: str, prompt: list[int], settings: GenerationSettings) -> Generation:
+        text = "".join(map(chr, prompt))
+        if "boom" in text:
+            raise RuntimeError("the engine failed this request")
+        return Generation(prompt[:2], text[:2], "length", len(prompt), 2)
+
+    async def stream(
+        self, model: str, prompt: list[int], settings: GenerationSettings
+    ) -> AsyncIterator[StepEvent]:
+        yield StepEvent(0, "a", 97)
+        if "boom" in "".join(map(chr, prompt)):
+            raise RuntimeError("the engine failed this request")
+        yield StepEvent(0, "b", 98, Generation([97, 98], "ab", "length", len(prompt), 2))
+
+    async def classify(self, model: str, texts: list[str]) -> list[dict[str, float]]:
+        return [{"no": 0.25, "yes": 0.75} for _ in texts]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    keys = KeyFile(tmp_path / "keys.json")
+    alice, bob = keys.create("alice"), keys.create("bob")
+    url = database_url(str(tmp_path / "log.sqlite"))
+    log = RequestLog(url)
+    engine = FakeEngine()
+    metrics = ServerMetrics(lambda: 0.0)
+    metrics.watch_log(log)
+    state = AppState(
+        engine=engine,  # type: ignore[arg-type]
+        cfg=ServeConfig(max_body_bytes=20_000),
+        keys=KeyChecker(keys),
+        log=log,
+        admission=Admission(8, 4),
+        metrics=metrics,
+    )
+    asgi, _ = create_app(state)
+    with TestClient(asgi, raise_server_exceptions=False) as client:
+        yield {
+            "client": client,
+            "keys": keys,
+            "alice": {"Authorization": f"Bearer {alice}"},
+            "bob": {"Authorization": f"Bearer {bob}"},
+            "log": log,
+            "url": url,
+            "path": tmp_path,
+        }
+    log.close()
+
+
+def _rows(served: dict[str, Any], n: int, table: str = "requests") -> list[dict[str, Any]]:
+    """The log's rows once the writer has written at least n of them."""
+    for _ in range(1000):  # up to 20 s on a loaded machine
+        rows = read_table(served["url"], table)
+        if len(rows) >= n:
+            return rows
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {n} rows: {rows}")
+
+
+def _chat(content: str, **kw: Any) -> dict[str, Any]:
+    return {"model": "echo", "messages": [{"role": "user", "content": content}], **kw}
+
+
+def test_authentication_fails_closed_when_the_keys_file_goes(served: dict[str, Any]) -> None:
+    client, alice, path = served["client"], served["alice"], served["keys"].path
+    lower = "bearer" + alice["Authorization"][len("Bearer") :]  # the scheme is case-insensitive (RFC 7235)
+    assert client.get("/v1/models", headers={"Authorization": lower}).status_code == 200
+    saved = path.read_bytes()
+    path.unlink()  # moved or deleted while serving: nobody gets in, not even without a key
+    for headers in ({}, alice):
+        r = client.get("/v1/models", headers=headers)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "keys_unavailable", r.text
+    assert client.get("/ready").status_code == 503
+    path.write_text("{not json")
+    assert client.post("/v1/chat/completions", json=_chat("hi")).status_code == 503
+    path.write_text('{"keys": []}')  # readable, and no key at all: everyone is refused, never let in
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers=alice).status_code == 401
+    path.write_bytes(saved)
+    assert client.get("/v1/models", headers=alice).status_code == 200
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/ready").status_code == 200
+
+
+def test_a_failing_request_gets_a_500_body_and_a_row(served: dict[str, Any]) -> None:
+    client, alice = served["client"], served["alice"]
+    r = client.post("/v1/chat/completions", json=_chat("boom"), headers=alice)
+    assert r.status_code == 500 and r.json()["error"] == {
+        "message": "internal error: RuntimeError",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    streamed = client.post("/v1/chat/completions", json=_chat("boom", stream=True), headers=alice)
+    events = [json.loads(x[6:]) for x in streamed.text.split("\n\n") if x.startswith("data: {")]
+    assert events[-1]["error"]["code"] == "internal_error" and "[DONE]" not in streamed.text
+    ok = client.post("/v1/chat/completions", json=_chat("fine"), headers=alice)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "fi"
+    rows = _rows(served, 3)
+    assert [(r["status"], r["stream"], r["error"]) for r in rows] == [
+        (500, False, "internal error: RuntimeError"),
+        (500, True, "internal error: RuntimeError"),
+        (200, False, None),
+    ]
+
+
+def test_feedback_only_on_ones_own_answers_once(served: dict[str, Any]) -> None:
+    client, alice, bob = served["client"], served["alice"], served["bob"]
+    rid = client.post("/v1/chat/completions", json=_chat("hello"), headers=alice).json()["id"]
+    refused = client.post("/v1/chat/completions", json={"model": "nope", "messages": []}, headers=alice)
+    assert refused.status_code == 422
+    internal = _rows(served, 2)[1]["id"]
+    assert internal.startswith("err-")
+
+    def give(headers: dict[str, str], request_id: str, comment: str = "x" * 9000) -> Any:
+        return client.post(
+            "/v1/feedback", json={"request_id": request_id, "rating": 1, "comment": comment}, headers=headers
+        )
+
+    theirs = give(bob, rid)
+    assert theirs.status_code == 403 and theirs.json()["error"] == {
+        "message": f"request {rid!r} was made with another API key; feedback comes from the key that asked",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "not_your_request",
+    }
+    assert give(bob, internal).status_code == 404
+    assert give(alice, internal).json()["error"]["code"] == "request_not_found"
+    assert give(alice, rid, "first").status_code == 200
+    again = [give(alice, rid).status_code for _ in range(20)]  # a flood of comments stores nothing more
+    assert again == [409] * 20
+    _rows(served, 1, "feedback")
+    time.sleep(0.2)  # a second row, had one been queued, would be written by now
+    fb = read_table(served["url"], "feedback")
+    assert [(f["request_id"], f["key_name"], f["comment"]) for f in fb] == [(rid, "alice", "first")]
+
+
+def test_malformed_bodies_get_openai_errors_and_rows(served: dict[str, Any]) -> None:
+    client, alice = served["client"], served["alice"]
+    json_type = {**alice, "content-type": "application/json"}
+    cases = [  # (body, status, message)
+        (b'{"model": "echo", "prompt": "\xff\xfe"}', 400, "the request body is not valid UTF-8"),
+        (b'{"model": "echo", "prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested too deeply"),
+        (
+            b'{"model": "echo", "prompt": "\\ud800"}',
+            422,
+            "prompt: Value error, the text holds a lone surrogate",
+        ),
+        (
+            b'{"model": "echo", "prompt": "ok", "stop": ["\\udfff"]}',
+            422,
+            "Value error, the text holds a lone",
+        ),
+    ]
+    for body, status, message in cases:
+        r = client.post("/v1/completions", content=body, headers=json_type)
+        assert r.status_code == status, (body[:60], r.text)
+        assert (
+            message in r.json()["error"]["message"] and r.json()["error"]["type"] == "invalid_request_error"
+        )
+    nul = client.post("/v1/completions", json={"model": "echo", "prompt": "a\x00\u202eb"}, headers=alice)
+    assert nul.status_code == 200 and nul.json()["choices"][0]["text"] == "a\x00"
+    empty = client.post("/v1/classify", json={"model": "heads", "input": ["fine", "  "]}, headers=alice)
+    assert (
+        empty.status_code == 400 and empty.json()["error"]["message"] == "input 1 is empty (it has no tokens)"
+    )
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the cap is found while the body streams in
+        yield b'{"model": "echo", "prompt": "'
+        for _ in range(10):
+            yield b"x" * 3000
+        yield b'"}'
+
+    chunked = client.post("/v1/completions", content=chunks(), headers=json_type)
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
+    rows = _rows(served, 7)
+    assert [(r["status"], r["error"].split(":")[0] if r["error"] else None) for r in rows] == [
+        (400, "invalid_request"),
+        (400, "invalid_request"),
+        (422, "invalid_request"),
+        (422, "invalid_request"),
+        (200, None),
+        (400, "empty_input"),
+        (413, "request_too_large"),
+    ]
+
+
+def test_a_deleted_log_is_reopened_and_a_foreign_one_refuses(served: dict[str, Any]) -> None:
+    client, alice, log = served["client"], served["alice"], served["log"]
+    db = served["path"] / "log.sqlite"
+    assert client.post("/v1/chat/completions", json=_chat("one"), headers=alice).status_code == 200
+    _rows(served, 1)
+    db.unlink()
+    for _ in range(400):  # the idle writer checks its file every second
+        if log.reopened:
+            break
+        time.sleep(0.05)
+    assert log.reopened == 1 and log.problem is None and db.is_file()
+    assert client.get("/ready").json()["request_log"] == {"rows_dropped": 0, "reopened": 1}
+    assert client.post("/v1/chat/completions", json=_chat("two"), headers=alice).status_code == 200
+    assert [json.loads(r["response"]) for r in _rows(served, 1)] == [["tw"]]  # the new file has the new row
+    db.unlink()
+    db.write_text("notes of my own\n")  # not ours: never written into
+    for _ in range(400):
+        if log.problem:
+            break
+        time.sleep(0.05)
+    assert log.problem is not None and "is not a tuneforge request log" in log.problem
+    assert client.get("/ready").status_code == 503
+    refused = client.post("/v1/chat/completions", json=_chat("three"), headers=alice)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "log_unavailable"
+    metrics = client.get("/metrics", headers=alice).text
+    assert "tuneforge_request_log_up 0.0" in metrics and "tuneforge_request_log_reopened 1.0" in metrics
+    assert db.read_text() == "notes of my own\n"

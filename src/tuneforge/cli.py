@@ -561,6 +561,65 @@ def export_model(
         console.print(f"GGUF for llama.cpp / Ollama: {Path(out) / manifest['gguf']}")
 
 
+@app.command()
+def monitor(
+    run_dir: Annotated[Path, typer.Argument(help="The run whose deployment is monitored.")],
+    log: Annotated[str, typer.Option("--log", help="The request log: serve.log_db's SQLite file or URL.")],
+    since: Annotated[str | None, typer.Option(help="Window start, ISO 8601 in UTC (2026-12-06).")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end (default: now, or --since + --window).")
+    ] = None,
+    window: Annotated[str, typer.Option(help="Window length when one end is open: 30m, 6h, 1d, 1w.")] = "1d",
+    model: Annotated[str | None, typer.Option(help="Only requests to this served model name.")] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 when an alert fires, one line per alert (for cron/CI).")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A YAML file whose monitor: section replaces the run's.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="monitor.key=value, e.g. --set monitor.min_samples=50.")
+    ] = None,
+) -> None:
+    """Live traffic in the request log vs the run's training data → RUN/monitor/<window>/report.html."""
+    from tuneforge.monitor import monitor as run_monitor
+    from tuneforge.monitor import resolve_window
+
+    cfg = _monitor_config(run_dir, config, overrides)
+    span = resolve_window(since, until, window)
+    result, alerts, out = run_monitor(run_dir, log, span, cfg, model=model)
+    if not result["enough_data"]:
+        console.print(
+            f"not enough data (n = {result['n']}, need ≥ {result['need']}): nothing judged in {span.name}",
+            highlight=False,
+        )
+    elif check:
+        for a in alerts:
+            console.print(f"ALERT {a.metric}: {escape(a.message)}", highlight=False, soft_wrap=True)
+        if not alerts:
+            console.print(f"no alert in {span.name}", highlight=False)
+    else:
+        for t in result["tests"].values():
+            console.print(f"{t['name']}: {t['verdict']}", highlight=False)
+    console.print(f"report: {out}", highlight=False, soft_wrap=True)
+    if check and alerts and result["enough_data"]:
+        raise typer.Exit(1)
+
+
+def _monitor_config(run_dir: Path, config: Path | None, overrides: list[str] | None) -> Any:
+    from tuneforge.artifacts import RunDir
+    from tuneforge.config import load_config
+
+    bad = [o for o in overrides or [] if not o.startswith("monitor.")]
+    if bad:
+        raise TuneforgeError(
+            f"{bad[0]} is not a monitor option", where="--set", fix="use --set monitor.KEY=VALUE"
+        )
+    source = config if config is not None else RunDir.open(run_dir).config_path
+    cfg, _ = load_config(source, overrides)
+    return cfg.monitor
+
+
 def print_comparison(result: dict[str, Any]) -> None:
     """Base vs tuned metrics as a table."""
     tuned, base = result.get("tuned", {}), result.get("base")

@@ -46,10 +46,10 @@ class Alert:
 
 
 def _tokenizer(run: RunDir) -> Any:
+    from tuneforge.config import load_config
     from tuneforge.models.loading import load_tokenizer, run_base_path
-    from tuneforge.train import reload_config
 
-    cfg = reload_config(run)
+    cfg, _ = load_config(run.config_path)  # not train.reload_config: importing train costs seconds
     has_own = (run.final / "tokenizer_config.json").is_file()
     return load_tokenizer(cfg.model, str(run.final) if has_own else run_base_path(run.manifest))
 

@@ -1,4 +1,4 @@
-"""`tuneforge monitor --check` through the real command: exit 1 and one line per alert; a small window exits 0."""
+"""`tuneforge monitor --check` via the real command: exit 1, one line per alert; a small window exits 0."""
 
 from __future__ import annotations
 

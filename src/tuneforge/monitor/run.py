@@ -237,7 +237,7 @@ def monitor(
         raise TuneforgeError(
             f"{run.path} has no run manifest.json", fix="monitor a run made by `tuneforge train`"
         )
-    alerts = dict(cfg.alerts if cfg.alerts is not None else default_alerts(cfg))
+    alerts = {str(k): v for k, v in cfg.alerts.items()} if cfg.alerts is not None else default_alerts(cfg)
     alpha = {m: alerts.get(m, cfg.alpha) for m in DRIFT_ALERTS}
     ref = load_reference(run, cfg.max_reference)
     traffic = read_traffic(log, window.since, window.until, model=model, max_live=cfg.max_live)

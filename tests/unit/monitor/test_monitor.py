@@ -161,3 +161,19 @@ def test_embeddings_are_cached_by_text_hash(tmp_path: Path, tiny_bert: Path) -> 
     v2 = again.embed(["my refund", "the match", "my order"])
     assert again.computed == 1
     assert np.array_equal(v2[0], v1[1]) and np.array_equal(v2[2], v1[0])
+
+
+@pytest.mark.slow
+def test_the_builtin_minilm_tells_other_topic_prompts_from_training_prompts() -> None:
+    from tuneforge.monitor.drift import domain_classifier
+
+    embedder = Embedder("builtin:minilm-l6", None)
+    rng = random.Random(0)
+    ref = embedder.embed([support_text(rng) for _ in range(100)])
+    same = embedder.embed([support_text(rng) for _ in range(100)])
+    other = embedder.embed([sports_text(rng) for _ in range(100)])
+    assert ref.shape == (100, 384)
+    kw = {"need": 100, "alpha": 0.05, "permutations": 99, "min_auc": 0.55}
+    assert domain_classifier(ref, same, **kw).drift is False
+    shifted = domain_classifier(ref, other, **kw)
+    assert shifted.drift is True and shifted.statistic is not None and shifted.statistic > 0.95

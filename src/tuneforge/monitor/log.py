@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -163,12 +164,18 @@ def read_traffic(
 ) -> Traffic:
     """Fold the window's request and feedback rows into a `Traffic` (the log is only read)."""
     traffic = Traffic(since, until, inputs=Reservoir(max_live), answers=Reservoir(max_live, seed=1))
+    if "://" not in log and not Path(log).expanduser().is_file():  # SQLite would create an empty file
+        raise TuneforgeError(
+            f"the request log {log} does not exist",
+            where="--log",
+            fix="pass the serve.log_db file the server writes (default serve.sqlite, where it was started)",
+        )
     url = database_url(log)
     try:
         engine = sa.create_engine(url)
     except (sa.exc.ArgumentError, ModuleNotFoundError) as err:
         raise TuneforgeError(
-            f"cannot open the request log {log!r}: {err}",
+            f"cannot open the request log {log_label(log)!r}: {err}",
             where="--log",
             fix="pass the serve.log_db the server wrote: a SQLite file or a SQLAlchemy URL (postgresql://...)",
         ) from None
@@ -193,7 +200,7 @@ def read_traffic(
                     traffic.ratings.setdefault(_day(row["time"]), []).append(int(row["rating"]))
     except sa.exc.OperationalError as err:
         raise TuneforgeError(
-            f"cannot read the request log {log!r}: {str(err.orig).strip()}",
+            f"cannot read the request log {log_label(log)!r}: {str(err.orig).strip()}",
             where="--log",
             fix="check that the database is running and reachable, and the URL, user and password",
         ) from None
@@ -223,6 +230,16 @@ def _add_request(traffic: Traffic, row: dict[str, Any]) -> None:
             traffic.input_count += 1
             traffic.inputs.add(text)
     _add_answer(traffic, row)
+
+
+def log_label(log: str) -> str:
+    """The log as the report names it: a URL without its password."""
+    if "://" not in log:
+        return log
+    try:
+        return sa.engine.make_url(log).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return log
 
 
 def is_error(status: int) -> bool:

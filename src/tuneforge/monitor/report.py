@@ -15,18 +15,6 @@ from tuneforge.evaluation.render import Section, num, to_html, to_markdown
 KIND = "tuneforge.monitor-report"
 
 
-def log_label(log: str) -> str:
-    """The log as the report names it: a URL without its password."""
-    if "://" not in log:
-        return log
-    import sqlalchemy as sa
-
-    try:
-        return sa.engine.make_url(log).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return log
-
-
 def _pct(x: Any) -> str:
     return "" if x is None else f"{100 * x:.2f}%"
 

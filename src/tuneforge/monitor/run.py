@@ -20,7 +20,7 @@ from tuneforge.monitor.drift import (
     numeric_drift,
     unseen_rate,
 )
-from tuneforge.monitor.log import Traffic, is_error, read_traffic
+from tuneforge.monitor.log import Traffic, is_error, log_label, read_traffic
 from tuneforge.monitor.reference import Reference, load_reference
 from tuneforge.monitor.window import Window
 
@@ -230,7 +230,7 @@ def monitor(
 ) -> tuple[dict[str, Any], list[Alert], Path]:
     """Judge one window of the log; write RUN/monitor/<window>/report.{html,md,json}."""
     from tuneforge.monitor.embed import Embedder
-    from tuneforge.monitor.report import log_label, write_report
+    from tuneforge.monitor.report import write_report
 
     run = RunDir.open(run_dir)
     if not RunDir.is_run(run.path):

@@ -163,6 +163,20 @@ def test_embeddings_are_cached_by_text_hash(tmp_path: Path, tiny_bert: Path) -> 
     assert np.array_equal(v2[0], v1[1]) and np.array_equal(v2[2], v1[0])
 
 
+def test_a_missing_or_unreachable_log_is_one_clear_message(tmp_path: Path) -> None:
+    from tuneforge.errors import TuneforgeError
+
+    with pytest.raises(TuneforgeError) as err:
+        read_traffic(str(tmp_path / "typo.sqlite"), DAY.since, DAY.until)
+    assert err.value.render().startswith(f"--log: the request log {tmp_path / 'typo.sqlite'} does not exist")
+    assert not (tmp_path / "typo.sqlite").exists()  # not created as an empty database
+    with pytest.raises(TuneforgeError) as err:
+        read_traffic("postgresql+psycopg://u:secret@127.0.0.1:1/db", DAY.since, DAY.until)
+    shown = err.value.render()
+    assert shown.startswith("--log: cannot read the request log 'postgresql+psycopg://u:***@127.0.0.1:1/db'")
+    assert "secret" not in shown and "fix: check that the database is running" in shown
+
+
 @pytest.mark.slow
 def test_the_builtin_minilm_tells_other_topic_prompts_from_training_prompts() -> None:
     from tuneforge.monitor.drift import domain_classifier

@@ -191,3 +191,59 @@ def test_the_builtin_minilm_tells_other_topic_prompts_from_training_prompts() ->
     assert domain_classifier(ref, same, **kw).drift is False
     shifted = domain_classifier(ref, other, **kw)
     assert shifted.drift is True and shifted.statistic is not None and shifted.statistic > 0.95
+
+
+def test_a_chat_generator_gets_answer_length_empty_answers_and_finish_reasons(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    import yaml
+
+    from tuneforge.artifacts import sha256_file, write_jsonl
+
+    run = make_run(tmp_path, tiny_bert)
+    data = tmp_path / "dataset"
+    rng = random.Random(5)
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": support_text(rng)},
+                {"role": "assistant", "content": "ok " * 5},
+            ]
+        }
+        for _ in range(200)
+    ]
+    write_jsonl(data / "train.jsonl", chats)
+    (data / "validation.jsonl").unlink()
+    manifest = {
+        "kind": "tuneforge.dataset",
+        "format": "chat",
+        "files": {"train.jsonl": sha256_file(data / "train.jsonl")},
+    }
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    run_manifest = json.loads((run / "manifest.json").read_text())
+    run_manifest.update(
+        task="causal-lm", labels=[], dataset={"path": str(data), "format": "chat", "files": manifest["files"]}
+    )
+    (run / "manifest.json").write_text(json.dumps(run_manifest))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["task"] = "causal-lm"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    log = RequestLog(f"sqlite:///{tmp_path / 'log.sqlite'}")
+    for i in range(120):
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": support_text(rng)}]
+        answer = "" if i % 4 == 0 else "ok " * 40  # much longer than trained, and a quarter empty
+        log.log_request(
+            id=f"chat-{i}", time=START + timedelta(minutes=i), model="run", endpoint="chat", status=200,
+            finish_reason="length" if answer else "stop", prompt=json.dumps(messages),
+            response=json.dumps([answer]),
+        )  # fmt: skip
+    log.close()
+    result, alerts, _ = monitor(run, str(tmp_path / "log.sqlite"), DAY, _cfg(run))
+    out = result["output"]
+    assert out["empty_rate"] == 0.25 and out["finish_reasons"] == {"length": 90, "stop": 30}
+    assert out["answer_tokens"]["live"]["n"] == 120 and out["answer_tokens"]["reference"]["n"] == 200
+    t = result["tests"]["answer_length_drift"]
+    assert (t["test"], t["drift"]) == ("two-sample Kolmogorov-Smirnov", True)
+    assert "answer_length_drift" in [a.metric for a in alerts] and "label_drift" not in result["tests"]
+    assert result["input"]["prompt_tokens"]["live"]["n"] == 120  # the user's side: system and user turns

@@ -67,7 +67,8 @@ class Reservoir:
     """A uniform sample of at most `size` items of a stream of unknown length (Vitter's algorithm R)."""
 
     def __init__(self, size: int, seed: int = 0) -> None:
-        self.size, self.seen, self.items = size, 0, []  # type: ignore[var-annotated]
+        self.size, self.seen = size, 0
+        self.items: list[Any] = []
         self.rng = random.Random(seed)
 
     def add(self, item: Any) -> None:

@@ -97,3 +97,23 @@ def test_the_registry_commands(tmp_path: Path) -> None:
     r = run_cli("registry", "show", "support", cwd=tmp_path)
     assert "support: champion 2" in r.stdout and "accuracy 0.9" in r.stdout
     assert r.stdout.rstrip().splitlines()[-1].endswith("promote 2  better")
+
+
+def test_a_promotion_killed_before_the_pointer_moves_leaves_the_old_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuneforge.registry as registry
+
+    reg = Registry.at(tmp_path, "m")
+    reg.register(finished_run(tmp_path / "r1", 0.5))
+    reg.register(finished_run(tmp_path / "r2", 0.6))
+    reg.promote(1, "first")
+
+    def killed(path: Path, obj: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "write_json_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reg.promote(2, "second")
+    assert reg.champion()["version"] == 1  # type: ignore[index]
+    assert [h["action"] for h in reg.history()] == ["register", "register", "promote", "promote"]

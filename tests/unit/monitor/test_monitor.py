@@ -129,6 +129,18 @@ def test_the_window_is_read_in_pages_by_time_then_id(tmp_path: Path) -> None:
     assert [r["id"] for r in rows] == ["r8", "r9", "r6", "r7", "r4", "r5", "r2", "r3", "r0", "r1"]
 
 
+def test_model_keeps_only_the_requests_to_one_served_model(tmp_path: Path) -> None:
+    log = RequestLog(f"sqlite:///{tmp_path / 'log.sqlite'}")
+    for i, model in enumerate(["run", "other", "run"]):
+        log.log_request(
+            id=f"r{i}", time=START, model=model, endpoint="completion", status=200, prompt=f"p{i}"
+        )
+    log.close()
+    both = read_traffic(str(tmp_path / "log.sqlite"), DAY.since, DAY.until)
+    one = read_traffic(str(tmp_path / "log.sqlite"), DAY.since, DAY.until, model="run")
+    assert dict(both.models) == {"run": 2, "other": 1} and sorted(one.inputs.items) == ["p0", "p2"]
+
+
 def test_the_same_window_reads_the_same_from_postgresql(postgres: str) -> None:  # noqa: F811
     rng = random.Random(4)
     texts = [support_text(rng) for _ in range(25)]

@@ -49,7 +49,7 @@ def build_sections(r: dict[str, Any]) -> list[Section]:
     w, traffic, ref = r["window"], r["traffic"], r["reference"]
     intro = (
         f"Live traffic from {w['since']} to {w['until']} (UTC) in {r['log']}"
-        + (f" (model {r['model']})" if r["model"] else "")
+        + (f" (model {r['model']}; feedback rows name no model, so they count for all)" if r["model"] else "")
         + f", compared with the training split of {ref['dataset']} ({ref['train_size']} examples, "
         f"{ref['inputs_sampled']} sampled)."
     )

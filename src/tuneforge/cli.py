@@ -579,6 +579,153 @@ def export_model(
         console.print(f"GGUF for llama.cpp / Ollama: {Path(out) / manifest['gguf']}")
 
 
+@app.command()
+def monitor(
+    run_dir: Annotated[Path, typer.Argument(help="The run whose deployment is monitored.")],
+    log: Annotated[str, typer.Option("--log", help="The request log: serve.log_db's SQLite file or URL.")],
+    since: Annotated[str | None, typer.Option(help="Window start, ISO 8601 in UTC (2026-12-06).")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end (default: now, or --since + --window).")
+    ] = None,
+    window: Annotated[str, typer.Option(help="Window length when one end is open: 30m, 6h, 1d, 1w.")] = "1d",
+    model: Annotated[str | None, typer.Option(help="Only requests to this served model name.")] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 when an alert fires, one line per alert (for cron/CI).")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A YAML file whose monitor: section replaces the run's.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="monitor.key=value, e.g. --set monitor.min_samples=50.")
+    ] = None,
+) -> None:
+    """Live traffic in the request log vs the run's training data → RUN/monitor/<window>/report.html."""
+    from tuneforge.monitor import monitor as run_monitor
+    from tuneforge.monitor import resolve_window
+
+    cfg = _monitor_config(run_dir, config, overrides)
+    span = resolve_window(since, until, window)
+    result, alerts, out = run_monitor(run_dir, log, span, cfg, model=model)
+    if not result["enough_data"]:
+        console.print(
+            f"not enough data (n = {result['n']}, need ≥ {result['need']}): nothing judged in {span.name}",
+            highlight=False,
+        )
+    elif check:
+        for a in alerts:
+            console.print(f"ALERT {a.metric}: {escape(a.message)}", highlight=False, soft_wrap=True)
+        if not alerts:
+            console.print(f"no alert in {span.name}", highlight=False)
+    else:
+        for t in result["tests"].values():
+            console.print(f"{t['name']}: {t['verdict']}", highlight=False)
+    console.print(f"report: {out}", highlight=False, soft_wrap=True)
+    if check and alerts and result["enough_data"]:
+        raise typer.Exit(1)
+
+
+def _monitor_config(run_dir: Path, config: Path | None, overrides: list[str] | None) -> Any:
+    from tuneforge.artifacts import RunDir
+    from tuneforge.config import load_config
+
+    bad = [o for o in overrides or [] if not o.startswith("monitor.")]
+    if bad:
+        raise TuneforgeError(
+            f"{bad[0]} is not a monitor option", where="--set", fix="use --set monitor.KEY=VALUE"
+        )
+    source = config if config is not None else RunDir.open(run_dir).config_path
+    cfg, _ = load_config(source, overrides)
+    return cfg.monitor
+
+
+registry_app = typer.Typer(
+    help="Registered versions of a model, the champion and its history.", no_args_is_help=True
+)
+app.add_typer(registry_app, name="registry")
+RegistryRoot = Annotated[
+    Path,
+    typer.Option("--root", envvar="TUNEFORGE_REGISTRY", help="The folder holding the registries."),
+]
+RegistryName = Annotated[str, typer.Argument(help="The registry (the model's name).")]
+Reason = Annotated[str, typer.Option("--reason", help="Why: kept in the registry's history.")]
+
+
+def _registry(root: Path, name: str) -> Any:
+    from tuneforge.registry import Registry
+
+    return Registry.at(root, name)
+
+
+@registry_app.command("register")
+def registry_register(
+    name: RegistryName,
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    root: RegistryRoot = Path("registry"),
+    reason: Reason = "",
+) -> None:
+    """A finished run → the registry's next version (not the champion until promoted)."""
+    record = _registry(root, name).register(run_dir, reason)
+    console.print(f"registered {name} version {record['version']}: {record['run']}", highlight=False)
+
+
+@registry_app.command("list")
+def registry_list(root: RegistryRoot = Path("registry")) -> None:
+    """Every registry: its versions and its champion."""
+    from tuneforge.registry import registries
+
+    table = Table()
+    for col in ("registry", "versions", "champion"):
+        table.add_column(col)
+    for reg in registries(root):
+        champ = reg.champion()
+        table.add_row(reg.name, str(len(reg.versions())), str(champ["version"]) if champ else "none")
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(name: RegistryName, root: RegistryRoot = Path("registry")) -> None:
+    """A registry's versions (with their eval numbers) and the history of its champion."""
+    reg = _registry(root, name)
+    reg._require()
+    champ = reg.champion()
+    table = Table(title=f"{name}: champion {champ['version'] if champ else 'none'}")
+    for col in ("version", "run", "registered", "eval", "data"):
+        table.add_column(col)
+    for v in reg.versions():
+        evals = "; ".join(
+            f"{split}: " + ", ".join(f"{k} {x:.4g}" for k, x in list(m.items())[:3])
+            for split, m in v["eval"].items()
+        )
+        mark = " *" if champ and champ["version"] == v["version"] else ""
+        table.add_row(
+            f"{v['version']}{mark}", v["run"], v["registered"], evals, str(v["data_fingerprint"] or "")
+        )
+    console.print(table)
+    for h in reg.history():
+        console.print(
+            f"{h['time']}  {h['action']} {h['version']}  {escape(h.get('reason') or '')}", highlight=False
+        )
+
+
+@registry_app.command("promote")
+def registry_promote(
+    name: RegistryName,
+    version: Annotated[int, typer.Argument(help="The version to make the champion.")],
+    reason: Reason,
+    root: RegistryRoot = Path("registry"),
+) -> None:
+    """Make a version the champion (the pointer switches atomically; the history records why)."""
+    pointer = _registry(root, name).promote(version, reason)
+    console.print(f"{name}: champion is now version {pointer['version']}", highlight=False)
+
+
+@registry_app.command("rollback")
+def registry_rollback(name: RegistryName, reason: Reason, root: RegistryRoot = Path("registry")) -> None:
+    """Give the championship back to the previous champion."""
+    pointer = _registry(root, name).rollback(reason)
+    console.print(f"{name}: champion is back to version {pointer['version']}", highlight=False)
+
+
 def print_comparison(result: dict[str, Any]) -> None:
     """Base vs tuned metrics as a table."""
     tuned, base = result.get("tuned", {}), result.get("base")

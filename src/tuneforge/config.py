@@ -1,4 +1,4 @@
-"""The run config: typed sections (data, model, method, train, eval, serve, tune), YAML + key=value overrides.
+"""The run config: typed sections (data, model, ..., serve, tune, monitor), YAML + key=value overrides.
 
 Every field carries a one-line docstring (`description`) that doubles as reference documentation
 (`tuneforge config --help-keys`). Unknown keys and wrong types are errors naming the key and file:line.
@@ -378,6 +378,38 @@ class ServeConfig(Section):
     """vllm engine: GPUs one model is split over."""
 
 
+AlertMetric = Literal[
+    "embedding_drift",
+    "prompt_length_drift",
+    "label_drift",
+    "answer_length_drift",
+    "unseen_token_rate",
+    "error_rate",
+    "p95_latency_ms",
+    "mean_rating",
+]
+
+
+class MonitorConfig(Section):
+    min_samples: int = Field(100, ge=2)
+    """Fewest live inputs (and reference examples) a test needs; below it: "not enough data"."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """Significance level of the drift tests."""
+    embedding_model: str = "builtin:minilm-l6"
+    """Sentence encoder for embedding drift: a built-in or a local Hugging Face encoder folder."""
+    max_reference: int = Field(1000, ge=10)
+    """Training examples sampled (with a fixed seed) as the reference of the input and embedding tests."""
+    max_live: int = Field(2000, ge=10)
+    """Live inputs kept (a uniform reservoir sample of the window) for the text and embedding tests."""
+    permutations: int = Field(99, ge=19)
+    """Permutations of the domain-classifier and MMD nulls (smallest p-value: 1 / (permutations + 1))."""
+    min_auc: float = Field(0.55, ge=0.5, le=1)
+    """Embedding drift also needs this cross-validated ROC AUC: on big windows a tiny shift is significant."""
+    alerts: dict[AlertMetric, float] | None = None
+    """`--check` alerts, metric -> threshold (drift: p-value below, rates/latency above, mean_rating below);
+    unset: embedding_drift, label_drift and answer_length_drift at alpha, and error_rate above 0.05."""
+
+
 class SearchParam(Section):
     """One dimension of the search space (the Optuna distribution it is sampled from)."""
 
@@ -452,6 +484,7 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @model_validator(mode="after")
     def _check_splits(self) -> RunConfig:

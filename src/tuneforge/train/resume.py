@@ -26,6 +26,7 @@ RESUMABLE_CHANGES = (
     "eval.",
     "serve.",
     "tune.",
+    "monitor",  # also the whole section, absent from the config.yaml of runs made before it existed
 )
 DATA_FINGERPRINT = "dataset fingerprint"
 

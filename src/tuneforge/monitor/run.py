@@ -1,0 +1,291 @@
+"""`tuneforge monitor`: one window of live traffic against the run's training data → report and alerts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneforge.artifacts import RunDir
+from tuneforge.config import MonitorConfig
+from tuneforge.errors import TuneforgeError
+from tuneforge.monitor.drift import (
+    TestResult,
+    categorical_drift,
+    domain_classifier,
+    farthest_inputs,
+    mmd_test,
+    numeric_drift,
+    unseen_rate,
+)
+from tuneforge.monitor.log import Traffic, is_error, log_label, read_traffic
+from tuneforge.monitor.reference import Reference, load_reference
+from tuneforge.monitor.window import Window
+
+DRIFT_ALERTS = ("embedding_drift", "prompt_length_drift", "label_drift", "answer_length_drift")
+ABOVE = ("unseen_token_rate", "error_rate", "p95_latency_ms")
+
+
+def default_alerts(cfg: MonitorConfig) -> dict[str, float]:
+    return {
+        "embedding_drift": cfg.alpha,
+        "label_drift": cfg.alpha,
+        "answer_length_drift": cfg.alpha,
+        "error_rate": 0.05,
+    }
+
+
+@dataclass
+class Alert:
+    metric: str
+    threshold: float
+    value: float
+    message: str
+
+
+def _tokenizer(run: RunDir) -> Any:
+    from tuneforge.config import load_config
+    from tuneforge.models.loading import load_tokenizer, run_base_path
+
+    cfg, _ = load_config(run.config_path)  # not train.reload_config: importing train costs seconds
+    has_own = (run.final / "tokenizer_config.json").is_file()
+    return load_tokenizer(cfg.model, str(run.final) if has_own else run_base_path(run.manifest))
+
+
+def _token_ids(tok: Any, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return [list(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+
+def summary(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "mean": None, "p50": None, "p95": None}
+    a = np.asarray(values, dtype=float)
+    return {
+        "n": len(a),
+        "mean": float(a.mean()),
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+    }
+
+
+def input_section(
+    ref: Reference, traffic: Traffic, tok: Any, cfg: MonitorConfig, alpha: dict[str, float], embedder: Any
+) -> tuple[dict[str, Any], list[TestResult]]:
+    live = list(traffic.inputs.items)
+    ref_ids, live_ids = _token_ids(tok, ref.inputs), _token_ids(tok, live)
+    held_ids = _token_ids(tok, ref.held_out)
+    ref_len, live_len = [float(len(i)) for i in ref_ids], [float(len(i)) for i in live_ids]
+    need = cfg.min_samples
+    tests = [
+        numeric_drift(
+            "prompt length (tokens)", ref_len, live_len, need=need, alpha=alpha["prompt_length_drift"]
+        )
+    ]
+    chars = set("".join(ref.inputs))
+    tokens = {t for ids in ref_ids for t in ids}
+    out: dict[str, Any] = {
+        "prompt_tokens": {"reference": summary(ref_len), "live": summary(live_len)},
+        "unseen_characters": {
+            "live": unseen_rate(chars, [list(t) for t in live]),
+            "held_out": unseen_rate(chars, [list(t) for t in ref.held_out]),
+        },
+        "unseen_tokens": {"live": unseen_rate(tokens, live_ids), "held_out": unseen_rate(tokens, held_ids)},
+        "farthest": [],
+    }
+    emb_test = TestResult(
+        "embedding drift",
+        "domain classifier, 5-fold ROC AUC vs permutation null",
+        len(ref.inputs),
+        len(live),
+        need=need,
+    )
+    mmd = TestResult(
+        "embedding drift (second opinion)",
+        "MMD, Gaussian kernel, permutation test",
+        len(ref.inputs),
+        len(live),
+        need=need,
+    )
+    if min(len(ref.inputs), len(live)) >= need:
+        ref_v, live_v = embedder.embed(ref.inputs), embedder.embed(live)
+        a = alpha["embedding_drift"]
+        emb_test = domain_classifier(
+            ref_v, live_v, need=need, alpha=a, permutations=cfg.permutations, min_auc=cfg.min_auc
+        )
+        mmd = mmd_test(ref_v, live_v, need=need, alpha=a, permutations=cfg.permutations)
+        out["farthest"] = farthest_inputs(ref_v, live_v, ref.inputs, live)
+    return out, [*tests, emb_test, mmd]
+
+
+def output_section(
+    ref: Reference, traffic: Traffic, tok: Any, cfg: MonitorConfig, alpha: dict[str, float]
+) -> tuple[dict[str, Any], list[TestResult]]:
+    need = cfg.min_samples
+    out: dict[str, Any] = {}
+    tests: list[TestResult] = []
+    if ref.format == "classification":
+        tests.append(
+            categorical_drift(
+                "predicted label mix", ref.label_counts, traffic.labels, need=need, alpha=alpha["label_drift"]
+            )
+        )
+        out["labels"] = {"reference": dict(ref.label_counts), "live": dict(traffic.labels)}
+        out["mean_confidence"] = float(np.mean(traffic.confidences)) if traffic.confidences else None
+    elif ref.format == "regression":
+        tests.append(
+            numeric_drift(
+                "predicted value", ref.values, traffic.values, need=need, alpha=alpha["label_drift"]
+            )
+        )
+    if ref.answers or traffic.answer_count:
+        ref_len = [float(len(i)) for i in _token_ids(tok, ref.answers)]
+        live_len = [float(len(i)) for i in _token_ids(tok, list(traffic.answers.items))]
+        tests.append(
+            numeric_drift(
+                "answer length (tokens)", ref_len, live_len, need=need, alpha=alpha["answer_length_drift"]
+            )
+        )
+        out["answer_tokens"] = {"reference": summary(ref_len), "live": summary(live_len)}
+        out["empty_rate"] = traffic.empty_answers / traffic.answer_count if traffic.answer_count else None
+        out["finish_reasons"] = dict(traffic.finish_reasons)
+    return out, tests
+
+
+def service_section(traffic: Traffic) -> dict[str, Any]:
+    errors = sum(n for s, n in traffic.statuses.items() if is_error(s))
+    days = []
+    for day in sorted(traffic.per_day):
+        c = traffic.per_day[day]
+        ratings = traffic.ratings.get(day, [])
+        days.append(
+            {
+                "day": day,
+                "requests": c["requests"],
+                "answered": c["answered"],
+                "errors": c["errors"],
+                "feedback": c["feedback"],
+                "feedback_rate": c["feedback"] / c["answered"] if c["answered"] else None,
+                "mean_rating": float(np.mean(ratings)) if ratings else None,
+            }
+        )
+    all_ratings = [r for rs in traffic.ratings.values() for r in rs]
+    return {
+        "requests": traffic.requests,
+        "error_rate": errors / traffic.requests if traffic.requests else None,
+        "statuses": {str(k): v for k, v in sorted(traffic.statuses.items())},
+        "latency_ms": {e: summary(v) for e, v in sorted(traffic.latency_ms.items())},
+        "ttft_ms": summary(traffic.ttft_ms),
+        "p95_latency_ms": summary([x for v in traffic.latency_ms.values() for x in v])["p95"],
+        "feedback": traffic.feedback,
+        "mean_rating": float(np.mean(all_ratings)) if all_ratings else None,
+        "per_day": days,
+    }
+
+
+def check_alerts(result: dict[str, Any], alerts: dict[str, float]) -> list[Alert]:
+    """The alerts that fire: a judged drift test at the alert's level, or a rate past its threshold."""
+    fired = []
+    tests = result["tests"]
+    for metric, threshold in alerts.items():
+        if metric in DRIFT_ALERTS:
+            t = tests.get(metric)
+            if t and t["drift"]:
+                shown = f"p = {t['p_value']:.4g}, " if t["p_value"] is not None else ""
+                msg = (
+                    f"{t['name']}: {t['test']}: {t['statistic_name']} {t['statistic']:.4g}, {shown}"
+                    f"{t['threshold']} (n = {t['n_reference']} reference, {t['n_live']} live)"
+                )
+                fired.append(Alert(metric, threshold, float(t["statistic"]), msg))
+            continue
+        value = _value(result, metric)
+        if value is None or not result["enough_data"]:
+            continue
+        above = metric in ABOVE
+        if (value > threshold) if above else (value < threshold):
+            sign = ">" if above else "<"
+            fired.append(Alert(metric, threshold, value, f"{metric} {value:.4g} {sign} {threshold:g}"))
+    return fired
+
+
+def _value(result: dict[str, Any], metric: str) -> float | None:
+    if metric == "unseen_token_rate":
+        v = result["input"]["unseen_tokens"]["live"]
+    else:
+        v = result["service"].get(metric)
+    return None if v is None else float(v)
+
+
+def monitor(
+    run_dir: Path,
+    log: str,
+    window: Window,
+    cfg: MonitorConfig,
+    *,
+    model: str | None = None,
+    embedder: Any = None,
+) -> tuple[dict[str, Any], list[Alert], Path]:
+    """Judge one window of the log; write RUN/monitor/<window>/report.{html,md,json}."""
+    from tuneforge.monitor.embed import Embedder
+    from tuneforge.monitor.report import write_report
+
+    run = RunDir.open(run_dir)
+    if not RunDir.is_run(run.path):
+        raise TuneforgeError(
+            f"{run.path} has no run manifest.json", fix="monitor a run made by `tuneforge train`"
+        )
+    alerts = {str(k): v for k, v in cfg.alerts.items()} if cfg.alerts is not None else default_alerts(cfg)
+    alpha = {m: alerts.get(m, cfg.alpha) for m in DRIFT_ALERTS}
+    ref = load_reference(run, cfg.max_reference)
+    traffic = read_traffic(log, window.since, window.until, model=model, max_live=cfg.max_live)
+    tok = _tokenizer(run)
+    embedder = embedder or Embedder(cfg.embedding_model, run.path / "monitor" / "embeddings.sqlite")
+    inputs, in_tests = input_section(ref, traffic, tok, cfg, alpha, embedder)
+    outputs, out_tests = output_section(ref, traffic, tok, cfg, alpha)
+    keys = {
+        "prompt length (tokens)": "prompt_length_drift",
+        "embedding drift": "embedding_drift",
+        "embedding drift (second opinion)": "embedding_mmd",
+        "predicted label mix": "label_drift",
+        "predicted value": "label_drift",
+        "answer length (tokens)": "answer_length_drift",
+    }
+    # Judged on the inputs when the log keeps texts; on the requests when serve.log_text is off.
+    n = traffic.input_count or traffic.requests
+    result: dict[str, Any] = {
+        "kind": "tuneforge.monitor",
+        "run": str(run.path.resolve()),
+        "log": log_label(log),
+        "model": model,
+        "window": {"since": window.since.isoformat(), "until": window.until.isoformat(), "name": window.name},
+        "need": cfg.min_samples,
+        "n": n,
+        "enough_data": n >= cfg.min_samples,
+        "traffic": {
+            "requests": traffic.requests,
+            "inputs": traffic.input_count,
+            "inputs_sampled": len(traffic.inputs.items),
+            "models": dict(traffic.models),
+            "endpoints": dict(traffic.endpoints),
+        },
+        "reference": {
+            "dataset": str(ref.dataset),
+            "format": ref.format,
+            "task": ref.task,
+            "train_size": ref.train_size,
+            "inputs_sampled": len(ref.inputs),
+            "labels": dict(ref.label_counts),
+        },
+        "tests": {keys[t.name]: t.to_dict() for t in [*in_tests, *out_tests]},
+        "input": inputs,
+        "output": outputs,
+        "service": service_section(traffic),
+        "alert_thresholds": alerts,
+    }
+    fired = check_alerts(result, alerts)
+    result["alerts"] = [a.__dict__ for a in fired]
+    out = write_report(run, result)
+    return result, fired, out

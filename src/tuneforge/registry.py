@@ -1,0 +1,231 @@
+"""The model registry as a directory contract, shared like artifacts.py (serve may read it, retrain write).
+
+    REGISTRY/NAME/versions/N/version.json   one registered run: its path, eval numbers, data fingerprint
+    REGISTRY/NAME/champion.json             the pointer: the champion and the champions before it
+    REGISTRY/NAME/history.jsonl             every registration, promotion and rollback, and why
+    REGISTRY/NAME/registry.lock             flock: one change to a registry at a time
+
+A version folder appears by one rename (atomic_dir) and never changes afterwards; the pointer is switched
+by replacing champion.json atomically (temporary sibling, fsync, rename), so a reader sees the old champion
+or the new one, never a half-written file. History is appended (and synced) before the pointer moves: a
+change killed half-way leaves a history line too many, never a pointer nobody recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tuneforge.artifacts import FILE_MODE, RunDir, atomic_dir, read_json, read_jsonl, write_json_atomic
+from tuneforge.errors import TuneforgeError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+VERSION_KIND = "tuneforge.registry-version"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _eval_numbers(run: RunDir) -> dict[str, dict[str, float]]:
+    """The tuned model's scalar metrics per evaluated split (eval/<split>.json)."""
+    out: dict[str, dict[str, float]] = {}
+    if not run.eval_dir.is_dir():
+        return out
+    for p in sorted(run.eval_dir.glob("*.json")):
+        data = read_json(p)
+        tuned = data.get("tuned") if isinstance(data, dict) else None
+        if isinstance(tuned, dict) and "split" in data:
+            metrics = tuned.get("metrics", tuned)
+            out[str(data["split"])] = {
+                k: float(v)
+                for k, v in metrics.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+    return out
+
+
+@dataclass(frozen=True)
+class Registry:
+    """One named model's registry folder."""
+
+    path: Path
+
+    @classmethod
+    def at(cls, root: Path, name: str) -> Registry:
+        if not NAME.match(name):
+            raise TuneforgeError(
+                f"{name!r} is not a registry name",
+                fix="use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)",
+            )
+        return cls(Path(root) / name)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.path / "versions"
+
+    @property
+    def pointer(self) -> Path:
+        return self.path / "champion.json"
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "history.jsonl"
+
+    def exists(self) -> bool:
+        return self.versions_dir.is_dir()
+
+    def _require(self) -> None:
+        if not self.exists():
+            raise TuneforgeError(
+                f"there is no registry {self.name!r} in {self.path.parent}",
+                fix=f"register a run first: tuneforge registry register {self.name} RUN",
+            )
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every registered version, oldest first."""
+        if not self.versions_dir.is_dir():
+            return []
+        found = [
+            p for p in self.versions_dir.iterdir() if p.name.isdigit() and (p / "version.json").is_file()
+        ]
+        return [dict(read_json(p / "version.json")) for p in sorted(found, key=lambda p: int(p.name))]
+
+    def version(self, n: int) -> dict[str, Any]:
+        p = self.versions_dir / str(n) / "version.json"
+        if not p.is_file():
+            known = ", ".join(str(v["version"]) for v in self.versions()) or "none"
+            raise TuneforgeError(
+                f"registry {self.name!r} has no version {n} (versions: {known})",
+                fix=f"see them with: tuneforge registry show {self.name}",
+            )
+        return dict(read_json(p))
+
+    def champion(self) -> dict[str, Any] | None:
+        """The pointer ({"version", "stack", "time", "reason"}), None before any promotion."""
+        if not self.pointer.is_file():
+            return None
+        try:
+            data = json.loads(self.pointer.read_text(encoding="utf-8"))
+            version = int(data["version"])
+            stack = [int(v) for v in data["stack"]]
+            if not stack or stack[-1] != version or not (self.versions_dir / str(version)).is_dir():
+                raise ValueError("pointer names no registered version")
+        except (ValueError, KeyError, TypeError) as err:
+            last = next((h for h in reversed(self.history()) if h["action"] in ("promote", "rollback")), None)
+            hint = (
+                f"tuneforge registry promote {self.name} {last['version']}" if last else "promote a version"
+            )
+            raise TuneforgeError(
+                f"the champion pointer of registry {self.name!r} is corrupt ({err})",
+                where=str(self.pointer),
+                fix=f"the history holds every promotion; set the champion again: {hint}",
+            ) from None
+        return {**data, "version": version, "stack": stack}
+
+    def history(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.history_path) if self.history_path.is_file() else []
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """One registration, promotion or rollback at a time (a second one is refused, not queued)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / "registry.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise TuneforgeError(
+                    f"registry {self.name!r} is being changed by another tuneforge process",
+                    fix="wait for it to finish, then run the command again",
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _record(self, **event: Any) -> None:
+        line = json.dumps({"time": _now(), **event}, ensure_ascii=False) + "\n"
+        with open(self.history_path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def register(self, run_dir: Path, reason: str = "") -> dict[str, Any]:
+        """A finished run → the next version (its numbers copied in: the registry outlives eval files)."""
+        run = RunDir.open(run_dir)
+        manifest = run.manifest
+        if manifest.get("status") != "completed" or not run.final.is_dir():
+            raise TuneforgeError(
+                f"run {run.path} has not finished training (status: {manifest.get('status', 'unknown')})",
+                fix="register a run that `tuneforge train` completed",
+            )
+        with self.locked():
+            n = max((int(v["version"]) for v in self.versions()), default=0) + 1
+            record = {
+                "version": n,
+                "run": str(run.path.resolve()),
+                "registered": _now(),
+                "reason": reason,
+                "task": manifest.get("task"),
+                "base_model": manifest.get("base_model"),
+                "data_fingerprint": (manifest.get("dataset") or {}).get("fingerprint"),
+                "config_fingerprint": manifest.get("config_fingerprint"),
+                "eval": _eval_numbers(run),
+            }
+            with atomic_dir(self.versions_dir / str(n), kind=VERSION_KIND, replace=False) as tmp:
+                write_json_atomic(tmp / "version.json", record)
+            self._record(action="register", version=n, run=record["run"], reason=reason)
+        return record
+
+    def promote(self, n: int, reason: str) -> dict[str, Any]:
+        """Make version `n` the champion; the one before stays on the stack for a rollback."""
+        self._require()
+        with self.locked():
+            self.version(n)
+            current = self.champion()
+            if current is not None and current["version"] == n:
+                raise TuneforgeError(f"version {n} is already the champion of {self.name!r}")
+            stack = [*(current["stack"] if current else []), n]
+            previous = current["version"] if current else None
+            self._record(action="promote", version=n, previous=previous, reason=reason)
+            pointer = {"version": n, "stack": stack, "time": _now(), "reason": reason}
+            write_json_atomic(self.pointer, pointer)
+        return pointer
+
+    def rollback(self, reason: str) -> dict[str, Any]:
+        """Give the championship back to the champion before the current one."""
+        self._require()
+        with self.locked():
+            current = self.champion()
+            if current is None or len(current["stack"]) < 2:
+                raise TuneforgeError(
+                    f"registry {self.name!r} has no earlier champion to roll back to",
+                    fix=f"promote a version instead: tuneforge registry promote {self.name} N",
+                )
+            stack = current["stack"][:-1]
+            self._record(action="rollback", version=stack[-1], previous=current["version"], reason=reason)
+            pointer = {"version": stack[-1], "stack": stack, "time": _now(), "reason": reason}
+            write_json_atomic(self.pointer, pointer)
+        return pointer
+
+
+def registries(root: Path) -> list[Registry]:
+    """Every registry under `root`, by name."""
+    if not Path(root).is_dir():
+        return []
+    return [Registry(p) for p in sorted(Path(root).iterdir()) if (p / "versions").is_dir()]

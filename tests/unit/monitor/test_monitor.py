@@ -1,0 +1,261 @@
+"""A monitor run over a request log written by serve/store.py's own writer, against a run's training split."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.unit.monitor.deployment import START, make_run, sports_text, support_text, write_log
+from tests.unit.serve.test_store import postgres  # noqa: F401  (the throwaway PostgreSQL fixture)
+from tuneforge.config import load_config
+from tuneforge.monitor import monitor, resolve_window
+from tuneforge.monitor.embed import Embedder
+from tuneforge.monitor.log import read_traffic, window_rows
+from tuneforge.serve.store import RequestLog, requests_table
+
+DAY = resolve_window("2026-12-01", None, "1d")
+
+
+def _cfg(run: Path):  # type: ignore[no-untyped-def]
+    return load_config(run / "config.yaml")[0].monitor
+
+
+def test_a_planted_topic_shift_alerts_and_a_same_topic_window_does_not(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    run = make_run(tmp_path, tiny_bert)
+    rng = random.Random(7)
+    same = [support_text(rng) for _ in range(150)]
+    write_log(tmp_path / "log.sqlite", same, [rng.choice("abc") for _ in same])
+    result, alerts, _ = monitor(run, str(tmp_path / "log.sqlite"), DAY, _cfg(run))
+    assert alerts == [] and result["enough_data"] is True
+    assert result["tests"]["embedding_drift"]["verdict"] == "no drift detected"
+
+    shifted = [sports_text(rng) for _ in range(150)]
+    write_log(tmp_path / "shift.sqlite", shifted, [rng.choice("abc") for _ in shifted])
+    result, alerts, html = monitor(run, str(tmp_path / "shift.sqlite"), DAY, _cfg(run))
+    emb = result["tests"]["embedding_drift"]
+    assert emb["drift"] is True and emb["statistic"] == 1.0 and emb["p_value"] == 0.02  # 49 permutations
+    assert (emb["n_reference"], emb["n_live"]) == (300, 150)
+    assert [a.metric for a in alerts] == ["embedding_drift"]  # the label mix did not change
+    assert all(
+        f["live"] in shifted and f["nearest_training"] not in shifted for f in result["input"]["farthest"]
+    )
+    assert (
+        result["input"]["unseen_tokens"]["held_out"] == 0.0 and result["input"]["unseen_tokens"]["live"] > 0.3
+    )
+    folder = run / "monitor" / "2026-12-01T0000Z_2026-12-02T0000Z"
+    assert html == folder / "report.html"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".tuneforge",
+        "report.html",
+        "report.json",
+        "report.md",
+    ]
+    assert json.loads((folder / "report.json").read_text())["alerts"][0]["metric"] == "embedding_drift"
+    md = (folder / "report.md").read_text()
+    assert (
+        "- ALERT embedding_drift: embedding drift: domain classifier, 5-fold ROC AUC vs permutation null: "
+        in md
+    )
+    assert "| embedding drift | domain classifier, 5-fold ROC AUC vs permutation null | AUC 1 | 0.02 |" in md
+
+
+def test_label_drift_on_a_changed_class_mix_in_the_log(tmp_path: Path, tiny_bert: Path) -> None:
+    run = make_run(tmp_path, tiny_bert)
+    rng = random.Random(1)
+    texts = [support_text(rng) for _ in range(150)]
+    labels = ["a"] * 120 + ["b"] * 20 + ["c"] * 10
+    write_log(tmp_path / "log.sqlite", texts, labels)
+    result, alerts, _ = monitor(run, str(tmp_path / "log.sqlite"), DAY, _cfg(run))
+    t = result["tests"]["label_drift"]
+    assert (t["test"], t["drift"], t["n_reference"], t["n_live"]) == (
+        "chi-squared (2 x categories)",
+        True,
+        300,
+        150,
+    )
+    assert result["output"]["labels"]["live"] == {"a": 120, "b": 20, "c": 10}
+    assert result["output"]["mean_confidence"] == pytest.approx(0.8)
+    assert [a.metric for a in alerts] == ["label_drift"]
+
+
+def test_a_window_too_small_to_judge_says_so(tmp_path: Path, tiny_bert: Path) -> None:
+    run = make_run(tmp_path, tiny_bert)
+    rng = random.Random(2)
+    write_log(tmp_path / "log.sqlite", [sports_text(rng) for _ in range(12)], ["a"] * 12)
+    result, alerts, html = monitor(run, str(tmp_path / "log.sqlite"), DAY, _cfg(run))
+    assert (result["enough_data"], result["n"], alerts) == (False, 12, [])
+    assert {t["verdict"] for t in result["tests"].values()} == {"not enough data (n = 12, need ≥ 100)"}
+    md = html.with_name("report.md").read_text()
+    assert "- not enough data (n = 12, need ≥ 100): nothing in this window is judged" in md
+    assert "no drift" not in md
+
+
+def test_an_error_rate_above_5_percent_alerts_and_only_rows_in_the_window_count(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    run = make_run(tmp_path, tiny_bert)
+    rng = random.Random(3)
+    texts = [support_text(rng) for _ in range(140)]
+    log = tmp_path / "log.sqlite"
+    write_log(log, texts, [rng.choice("abc") for _ in texts])
+    write_log(log, ["x"] * 14, ["a"] * 14, status=500, prefix="err")
+    write_log(log, ["y"] * 30, ["a"] * 30, status=500, prefix="late", start=START + timedelta(days=1))
+    result, alerts, _ = monitor(run, str(log), DAY, _cfg(run))
+    assert result["service"]["requests"] == 154 and result["service"]["statuses"] == {"200": 140, "500": 14}
+    assert [a.message for a in alerts] == ["error_rate 0.09091 > 0.05"]
+
+
+def test_the_window_is_read_in_pages_by_time_then_id(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'log.sqlite'}"
+    log = RequestLog(url)
+    t0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    for i in range(10):  # pairs of rows share a timestamp: the page boundary falls between them
+        log.log_request(id=f"r{9 - i}", time=t0 + timedelta(seconds=i // 2), status=200)
+    log.log_request(id="before", time=t0 - timedelta(days=1), status=200)
+    log.log_request(id="at-until", time=t0 + timedelta(hours=1), status=200)
+    log.close()
+    engine = sa.create_engine(url)
+    rows = list(window_rows(engine, requests_table, t0, t0 + timedelta(hours=1), ["status"], page=3))
+    engine.dispose()
+    assert [r["id"] for r in rows] == ["r8", "r9", "r6", "r7", "r4", "r5", "r2", "r3", "r0", "r1"]
+
+
+def test_model_keeps_only_the_requests_to_one_served_model(tmp_path: Path) -> None:
+    log = RequestLog(f"sqlite:///{tmp_path / 'log.sqlite'}")
+    for i, model in enumerate(["run", "other", "run"]):
+        log.log_request(
+            id=f"r{i}", time=START, model=model, endpoint="completion", status=200, prompt=f"p{i}"
+        )
+    log.close()
+    both = read_traffic(str(tmp_path / "log.sqlite"), DAY.since, DAY.until)
+    one = read_traffic(str(tmp_path / "log.sqlite"), DAY.since, DAY.until, model="run")
+    assert dict(both.models) == {"run": 2, "other": 1} and sorted(one.inputs.items) == ["p0", "p2"]
+
+
+def test_the_same_window_reads_the_same_from_postgresql(postgres: str) -> None:  # noqa: F811
+    rng = random.Random(4)
+    texts = [support_text(rng) for _ in range(25)]
+    log = RequestLog(postgres)
+    for i, text in enumerate(texts):
+        log.log_request(
+            id=f"c{i}",
+            time=START + timedelta(minutes=i // 3),
+            model="run",
+            endpoint="classify",
+            status=200,
+            latency_ms=5.0,
+            prompt=json.dumps([text]),
+            response=json.dumps([{"index": 0, "label": "b", "probabilities": {"b": 0.9, "a": 0.1}}]),
+        )
+    log.log_feedback(request_id="c1", key_name="k", rating=4, time=START)
+    log.close()
+    traffic = read_traffic(postgres, DAY.since, DAY.until, page=4)
+    assert (traffic.requests, traffic.input_count, traffic.feedback) == (25, 25, 1)
+    assert sorted(traffic.inputs.items) == sorted(texts) and traffic.labels == {"b": 25}
+
+
+def test_embeddings_are_cached_by_text_hash(tmp_path: Path, tiny_bert: Path) -> None:
+    cache = tmp_path / "embeddings.sqlite"
+    first = Embedder(str(tiny_bert), cache)
+    v1 = first.embed(["my order", "my refund", "my order"])
+    assert first.computed == 2 and v1.shape == (3, 32)
+    assert np.allclose(np.linalg.norm(v1, axis=1), 1.0, atol=1e-5) and np.array_equal(v1[0], v1[2])
+    again = Embedder(str(tiny_bert), cache)  # a later run: only the new text is embedded
+    v2 = again.embed(["my refund", "the match", "my order"])
+    assert again.computed == 1
+    assert np.array_equal(v2[0], v1[1]) and np.array_equal(v2[2], v1[0])
+
+
+def test_a_missing_or_unreachable_log_is_one_clear_message(tmp_path: Path) -> None:
+    from tuneforge.errors import TuneforgeError
+
+    with pytest.raises(TuneforgeError) as err:
+        read_traffic(str(tmp_path / "typo.sqlite"), DAY.since, DAY.until)
+    assert err.value.render().startswith(f"--log: the request log {tmp_path / 'typo.sqlite'} does not exist")
+    assert not (tmp_path / "typo.sqlite").exists()  # not created as an empty database
+    with pytest.raises(TuneforgeError) as err:
+        read_traffic("postgresql+psycopg://u:secret@127.0.0.1:1/db", DAY.since, DAY.until)
+    shown = err.value.render()
+    assert shown.startswith("--log: cannot read the request log 'postgresql+psycopg://u:***@127.0.0.1:1/db'")
+    assert "secret" not in shown and "fix: check that the database is running" in shown
+
+
+@pytest.mark.slow
+def test_the_builtin_minilm_tells_other_topic_prompts_from_training_prompts() -> None:
+    from tuneforge.monitor.drift import domain_classifier
+
+    embedder = Embedder("builtin:minilm-l6", None)
+    rng = random.Random(0)
+    ref = embedder.embed([support_text(rng) for _ in range(100)])
+    same = embedder.embed([support_text(rng) for _ in range(100)])
+    other = embedder.embed([sports_text(rng) for _ in range(100)])
+    assert ref.shape == (100, 384)
+    kw = {"need": 100, "alpha": 0.05, "permutations": 99, "min_auc": 0.55}
+    assert domain_classifier(ref, same, **kw).drift is False
+    shifted = domain_classifier(ref, other, **kw)
+    assert shifted.drift is True and shifted.statistic is not None and shifted.statistic > 0.95
+
+
+def test_a_chat_generator_gets_answer_length_empty_answers_and_finish_reasons(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    import yaml
+
+    from tuneforge.artifacts import sha256_file, write_jsonl
+
+    run = make_run(tmp_path, tiny_bert)
+    data = tmp_path / "dataset"
+    rng = random.Random(5)
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": support_text(rng)},
+                {"role": "assistant", "content": "ok " * 5},
+            ]
+        }
+        for _ in range(200)
+    ]
+    write_jsonl(data / "train.jsonl", chats)
+    (data / "validation.jsonl").unlink()
+    manifest = {
+        "kind": "tuneforge.dataset",
+        "format": "chat",
+        "files": {"train.jsonl": sha256_file(data / "train.jsonl")},
+    }
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    run_manifest = json.loads((run / "manifest.json").read_text())
+    run_manifest.update(
+        task="causal-lm", labels=[], dataset={"path": str(data), "format": "chat", "files": manifest["files"]}
+    )
+    (run / "manifest.json").write_text(json.dumps(run_manifest))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["task"] = "causal-lm"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    log = RequestLog(f"sqlite:///{tmp_path / 'log.sqlite'}")
+    for i in range(120):
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": support_text(rng)}]
+        answer = "" if i % 4 == 0 else "ok " * 40  # much longer than trained, and a quarter empty
+        log.log_request(
+            id=f"chat-{i}", time=START + timedelta(minutes=i), model="run", endpoint="chat", status=200,
+            finish_reason="length" if answer else "stop", prompt=json.dumps(messages),
+            response=json.dumps([answer]),
+        )  # fmt: skip
+    log.close()
+    result, alerts, _ = monitor(run, str(tmp_path / "log.sqlite"), DAY, _cfg(run))
+    out = result["output"]
+    assert out["empty_rate"] == 0.25 and out["finish_reasons"] == {"length": 90, "stop": 30}
+    assert out["answer_tokens"]["live"]["n"] == 120 and out["answer_tokens"]["reference"]["n"] == 200
+    t = result["tests"]["answer_length_drift"]
+    assert (t["test"], t["drift"]) == ("two-sample Kolmogorov-Smirnov", True)
+    assert "answer_length_drift" in [a.metric for a in alerts] and "label_drift" not in result["tests"]
+    assert result["input"]["prompt_tokens"]["live"]["n"] == 120  # the user's side: system and user turns

@@ -1,0 +1,119 @@
+"""The registry directory: numbered versions, a champion pointer switched atomically, a history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tuneforge.errors import TuneforgeError
+from tuneforge.registry import Registry, registries
+
+
+def finished_run(path: Path, accuracy: float, status: str = "completed") -> Path:
+    (path / "final").mkdir(parents=True)
+    (path / "eval").mkdir()
+    (path / "config.yaml").write_text("{}\n")
+    manifest = {
+        "kind": "tuneforge.run",
+        "status": status,
+        "task": "classification",
+        "base_model": "builtin:minilm-l6",
+        "dataset": {"fingerprint": f"data-{path.name}"},
+        "config_fingerprint": "cfg",
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    result = {"split": "test", "tuned": {"accuracy": accuracy, "macro_f1": accuracy - 0.1, "n": 50}}
+    (path / "eval" / "test.json").write_text(json.dumps(result))
+    return path
+
+
+def test_register_promote_and_roll_back_keep_a_history(tmp_path: Path) -> None:
+    reg = Registry.at(tmp_path / "registry", "sentiment")
+    v1 = reg.register(finished_run(tmp_path / "run1", 0.8), "first")
+    v2 = reg.register(finished_run(tmp_path / "run2", 0.9))
+    assert (v1["version"], v2["version"]) == (1, 2)
+    assert v2["eval"] == {"test": {"accuracy": 0.9, "macro_f1": 0.8, "n": 50.0}}
+    assert v2["run"] == str((tmp_path / "run2").resolve()) and v2["data_fingerprint"] == "data-run2"
+    assert reg.champion() is None  # registered is not promoted
+    reg.promote(1, "baseline")
+    reg.promote(2, "accuracy 0.9 vs 0.8")
+    assert reg.champion()["version"] == 2  # type: ignore[index]
+    assert reg.rollback("complaints")["version"] == 1
+    pointer = json.loads((reg.path / "champion.json").read_text())
+    assert (pointer["version"], pointer["stack"], pointer["reason"]) == (1, [1], "complaints")
+    assert [(h["action"], h["version"], h["reason"]) for h in reg.history()] == [
+        ("register", 1, "first"),
+        ("register", 2, ""),
+        ("promote", 1, "baseline"),
+        ("promote", 2, "accuracy 0.9 vs 0.8"),
+        ("rollback", 1, "complaints"),
+    ]
+    assert sorted(p.name for p in (reg.path / "versions" / "2").iterdir()) == [".tuneforge", "version.json"]
+    assert [r.name for r in registries(tmp_path / "registry")] == ["sentiment"]
+
+
+def test_refusals_name_what_is_wrong(tmp_path: Path) -> None:
+    reg = Registry.at(tmp_path, "m")
+    with pytest.raises(TuneforgeError, match=r"has not finished training \(status: running\)"):
+        reg.register(finished_run(tmp_path / "r0", 0.5, status="running"))
+    with pytest.raises(TuneforgeError, match="there is no registry 'm'"):
+        reg.promote(1, "x")
+    reg.register(finished_run(tmp_path / "r1", 0.5))
+    with pytest.raises(TuneforgeError, match=r"registry 'm' has no version 7 \(versions: 1\)"):
+        reg.promote(7, "x")
+    reg.promote(1, "first")
+    with pytest.raises(TuneforgeError, match="has no earlier champion to roll back to"):
+        reg.rollback("x")
+    with pytest.raises(TuneforgeError, match="is not a registry name"):
+        Registry.at(tmp_path, "../escape")
+
+
+def test_a_second_change_at_once_is_refused_and_a_corrupt_pointer_says_how_to_repair(tmp_path: Path) -> None:
+    reg = Registry.at(tmp_path, "m")
+    reg.register(finished_run(tmp_path / "r1", 0.5))
+    reg.promote(1, "first")
+    with reg.locked(), pytest.raises(TuneforgeError, match="is being changed by another tuneforge process"):
+        reg.register(finished_run(tmp_path / "r2", 0.6))
+    assert [v["version"] for v in reg.versions()] == [1]  # nothing half-registered
+    reg.pointer.write_text('{"version": 9, "sta')
+    with pytest.raises(TuneforgeError) as err:
+        reg.champion()
+    assert "the champion pointer of registry 'm' is corrupt" in err.value.render()
+    assert err.value.render().endswith("set the champion again: tuneforge registry promote m 1")
+
+
+def test_the_registry_commands(tmp_path: Path) -> None:
+    finished_run(tmp_path / "run1", 0.8)
+    finished_run(tmp_path / "run2", 0.9)
+    for args in (["register", "support", "run1"], ["register", "support", "run2"]):
+        assert run_cli("registry", *args, cwd=tmp_path).returncode == 0
+    r = run_cli("registry", "promote", "support", "2", "--reason", "better", cwd=tmp_path)
+    assert r.stdout.strip() == "support: champion is now version 2"
+    r = run_cli("registry", "rollback", "support", "--reason", "x", cwd=tmp_path)
+    assert r.returncode == 2 and "has no earlier champion to roll back to" in r.stderr
+    r = run_cli("registry", "show", "support", cwd=tmp_path)
+    assert "support: champion 2" in r.stdout and "accuracy 0.9" in r.stdout
+    assert r.stdout.rstrip().splitlines()[-1].endswith("promote 2  better")
+
+
+def test_a_promotion_killed_before_the_pointer_moves_leaves_the_old_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuneforge.registry as registry
+
+    reg = Registry.at(tmp_path, "m")
+    reg.register(finished_run(tmp_path / "r1", 0.5))
+    reg.register(finished_run(tmp_path / "r2", 0.6))
+    reg.promote(1, "first")
+
+    def killed(path: Path, obj: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "write_json_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reg.promote(2, "second")
+    assert reg.champion()["version"] == 1  # type: ignore[index]
+    assert [h["action"] for h in reg.history()] == ["register", "register", "promote", "promote"]

@@ -70,9 +70,11 @@ class _LineIndex:
         """Indices of lines whose JSON text holds `query` (case-insensitive), as JSON would escape it."""
         import pyarrow.compute as pc
 
-        # Match the query as it is written inside a JSON string: a quote or backslash is escaped there.
-        needle = json.dumps(query, ensure_ascii=False)[1:-1]
-        mask = pc.match_substring(self.lines(), needle, ignore_case=True)
+        # Match the query as it is written inside a JSON string: a quote or backslash is escaped there, and
+        # a writer with ensure_ascii (Python's default) wrote é as \u00e9.
+        forms = dict.fromkeys(json.dumps(query, ensure_ascii=a)[1:-1] for a in (False, True))
+        masks = [pc.match_substring(self.lines(), form, ignore_case=True) for form in forms]
+        mask = masks[0] if len(masks) == 1 else pc.or_(masks[0], masks[1])
         return np.asarray(pc.indices_nonzero(mask))
 
 

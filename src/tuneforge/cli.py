@@ -498,10 +498,13 @@ def ui(
     workspace: Annotated[
         Path, typer.Option(help="The folder whose runs and datasets the UI shows (found by their manifests).")
     ] = Path("."),
-    host: Annotated[str, typer.Option(help="Address to bind; beyond localhost a login key is needed.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; beyond localhost a login key is needed.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
     keys: Annotated[
-        Path | None, typer.Option(help="Serving keys file (tuneforge keys create): pages need a login with one.")
+        Path | None,
+        typer.Option(help="Serving keys file (tuneforge keys create): pages need a login with one."),
     ] = None,
 ) -> None:
     """Web pages over a workspace: runs with live curves, datasets, blind human A/B rating."""

@@ -2,7 +2,8 @@
 
 The file is memory-mapped and indexed once by its line starts (numpy); the lines then form one Arrow string
 array without a copy, so a search is one vectorised `match_substring` over the raw JSON text and a page parses
-only the rows it shows. The index is cached per (path, size, mtime): a file rewritten by `prepare` is read anew.
+only the rows it shows. The index is cached per (path, size, mtime): a file rewritten by `prepare` is read
+anew.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ class _LineIndex:
         masks = [pc.match_substring(self.lines(), form, ignore_case=True) for form in forms]
         mask = masks[0] if len(masks) == 1 else pc.or_(masks[0], masks[1])
         return np.asarray(pc.indices_nonzero(mask))
+
+
+def warm_up() -> None:
+    """Arrow sets up its string search on first use (seconds); a server calls this at start instead."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pc.match_substring(pa.array(["x"]), "x", ignore_case=True)
 
 
 def _index(path: Path) -> _LineIndex:

@@ -153,14 +153,21 @@ def serve_ui(workspace: Path, *, host: str, port: int, keys_file: Path | None) -
     if not workspace.is_dir():
         raise TuneforgeError(f"workspace {workspace} is not a folder", where="--workspace")
     local = is_local(host)
-    if not local:
-        if keys_file is None or not KeyChecker(KeyFile(keys_file)).active:
-            raise TuneforgeError(
-                f"binding {host} makes the UI reachable from other machines, which needs login keys",
-                where="--host",
-                fix="create one with `tuneforge keys create NAME --keys FILE` and pass --keys FILE, "
-                "or leave --host at 127.0.0.1",
-            )
+    if not local and (keys_file is None or not KeyChecker(KeyFile(keys_file)).active):
+        raise TuneforgeError(
+            f"binding {host} makes the UI reachable from other machines, which needs login keys",
+            where="--host",
+            fix="create one with `tuneforge keys create NAME --keys FILE` and pass --keys FILE, "
+            "or leave --host at 127.0.0.1",
+        )
     app = create_app(workspace, keys_file=keys_file, allowed_hosts=LOCAL_HOSTS if local else None)
+    import threading
+
+    from tuneforge.data.browse import warm_up
+    from tuneforge.ui.runs import run_rows
+
+    # Read every manifest and evaluation once in the background, so the first visit finds them cached.
+    threading.Thread(target=run_rows, args=(workspace.resolve(),), daemon=True).start()
+    threading.Thread(target=warm_up, daemon=True).start()
     print(f"tuneforge ui: http://{host}:{port}/  (workspace {workspace.resolve()})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

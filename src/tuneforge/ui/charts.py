@@ -1,4 +1,4 @@
-"""Inline SVG line charts: the geometry a template draws (no chart library, no script; the page stays offline).
+"""Inline SVG line charts: the geometry a template draws (no chart library, no script, works offline).
 
 Hand-written because it is about 60 lines and a chart library would be the UI's only JavaScript besides HTMX.
 """
@@ -44,8 +44,8 @@ def _label(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
 
 
-def line_chart(title: str, series: dict[str, list[tuple[float, float]]]) -> Chart | None:
-    """One chart of named (x, y) curves, or None when no curve has a finite point."""
+def line_chart(title: str, series: dict[str, Any]) -> Chart | None:
+    """One chart of named curves of (x, y) pairs, or None when no curve has a finite point."""
     skipped = sum(1 for pts in series.values() for _, y in pts if not math.isfinite(y))
     clean = {k: [(x, y) for x, y in pts if math.isfinite(y)] for k, pts in series.items()}
     clean = {k: v for k, v in clean.items() if v}
@@ -112,7 +112,9 @@ def training_charts(metrics: list[dict[str, Any]]) -> list[Chart]:
             )
         )
     for key, title in (("lr", "learning rate"), ("tokens_per_s", "tokens per second")):
-        charts.append(line_chart(title, {key: [(m["step"], float(m[key])) for m in train if _num(m.get(key))]}))
+        charts.append(
+            line_chart(title, {key: [(m["step"], float(m[key])) for m in train if _num(m.get(key))]})
+        )
     return [c for c in charts if c is not None]
 
 

@@ -31,7 +31,9 @@ def _cell(value: Any) -> str:
 
 
 @router.get("/dataset", response_class=HTMLResponse)
-async def dataset(request: Request, path: str = "", split: str = "train", q: str = "", start: int = 0) -> Response:
+async def dataset(
+    request: Request, path: str = "", split: str = "train", q: str = "", start: int = 0
+) -> Response:
     ui = request.app.state.ui
     ds = ui.dataset(path)
     manifest = ds.manifest
@@ -79,4 +81,6 @@ async def dataset_report(request: Request, path: str = "") -> Response:
         from tuneforge.ui.app import NotFound
 
         raise NotFound(f"dataset {path} has no report.html")
-    return FileResponse(report, media_type="text/html", headers={"Content-Security-Policy": security.REPORT_CSP})
+    return FileResponse(
+        report, media_type="text/html", headers={"Content-Security-Policy": security.REPORT_CSP}
+    )

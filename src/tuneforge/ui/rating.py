@@ -73,7 +73,8 @@ def _human_run(request: Request, path: str, error: str) -> Response:
     export = Export(ui.run(path))
     rated = ui.state.ratings(export.id)
     progress = [
-        (sheet, sum(1 for s, _ in rated if s == sheet), len(export.key["sheets"][sheet])) for sheet in export.sheets
+        (sheet, sum(1 for s, _ in rated if s == sheet), len(export.key["sheets"][sheet]))
+        for sheet in export.sheets
     ]
     results, stale = None, False
     human_json = export.run.eval_dir / "human.json"
@@ -98,7 +99,9 @@ def _human_run(request: Request, path: str, error: str) -> Response:
 
 
 @router.get("/human/rate", response_class=HTMLResponse)
-async def rate_page(request: Request, path: str = "", sheet: str = "", row: str = "", rater: str = "") -> Response:
+async def rate_page(
+    request: Request, path: str = "", sheet: str = "", row: str = "", rater: str = ""
+) -> Response:
     ui = request.app.state.ui
     export = Export(ui.run(path))
     rows = export.rows(sheet)
@@ -162,7 +165,13 @@ async def import_results(request: Request) -> Response:
             filled = []
             for r in export.rows(sheet):
                 got = rated.get((sheet, str(r["row_id"])))
-                filled.append({**r, "preference": got["preference"] if got else "", "comment": got["comment"] if got else ""})
+                filled.append(
+                    {
+                        **r,
+                        "preference": got["preference"] if got else "",
+                        "comment": got["comment"] if got else "",
+                    }
+                )
             path = Path(tmp) / f"{sheet}.jsonl"
             write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in filled))
             paths.append(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,11 @@ def headline_of(run: RunDir) -> tuple[str, str, float | None]:
     """(metric (split), value [CI], value) of the run's evaluation, test split first; blanks if none."""
     try:
         stamp = tuple(
-            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(run.eval_dir.glob("*.json"))
+            sorted(
+                (e.name, st.st_size, st.st_mtime_ns)
+                for e in os.scandir(run.eval_dir)
+                if e.name.endswith(".json") and (st := e.stat())
+            )
         )
     except OSError:
         stamp = ()
@@ -56,9 +61,9 @@ def headline_of(run: RunDir) -> tuple[str, str, float | None]:
         return cached[1]
     out: tuple[str, str, float | None] = ("", "", None)
     if stamp:
+        from tuneforge.evaluation.render import with_ci
         from tuneforge.evaluation.report import eval_results
         from tuneforge.evaluation.report_eval import headline_metric, intervals
-        from tuneforge.evaluation.render import with_ci
 
         try:
             results = eval_results(run)
@@ -138,7 +143,9 @@ async def runs_list(
     ]
     sort = sort if sort in SORTS else "name"
     missing_last = [r for r in shown if _sort_key(sort)(r)[0] == 1]
-    present = sorted((r for r in shown if _sort_key(sort)(r)[0] == 0), key=_sort_key(sort), reverse=bool(desc))
+    present = sorted(
+        (r for r in shown if _sort_key(sort)(r)[0] == 0), key=_sort_key(sort), reverse=bool(desc)
+    )
     return ui.page(
         request,
         "runs.html",
@@ -231,4 +238,6 @@ async def run_report(request: Request, path: str = "") -> Response:
         from tuneforge.ui.app import NotFound
 
         raise NotFound(f"run {path} has no report yet: run `tuneforge report {run.path}`")
-    return FileResponse(report, media_type="text/html", headers={"Content-Security-Policy": security.REPORT_CSP})
+    return FileResponse(
+        report, media_type="text/html", headers={"Content-Security-Policy": security.REPORT_CSP}
+    )

@@ -52,7 +52,7 @@ async def checked_form(request: Request) -> dict[str, str]:
 
 def csrf_token(request: Request) -> str:
     """The token for this browser's forms (a new one is set as a cookie by the middleware)."""
-    token: str = request.cookies.get(CSRF_COOKIE) or getattr(request.state, "new_csrf", "")
+    token = str(request.cookies.get(CSRF_COOKIE) or getattr(request.state, "new_csrf", "") or "")
     if not token:
         token = request.state.new_csrf = secrets.token_urlsafe(32)
     return token

@@ -64,7 +64,8 @@ class UiState:
     ) -> None:
         with self.connect() as db:
             db.execute(
-                "INSERT INTO ratings VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(export, sheet, row_id) DO UPDATE SET "
+                "INSERT INTO ratings VALUES (?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(export, sheet, row_id) DO UPDATE SET "
                 "preference=excluded.preference, comment=excluded.comment, rater=excluded.rater, "
                 "saved=excluded.saved",
                 (export, run, sheet, row_id, preference, comment, rater, _now()),
@@ -91,7 +92,9 @@ class UiState:
 
     def session_key(self, token: str) -> str | None:
         with self.connect() as db:
-            row = db.execute("SELECT key_name FROM sessions WHERE token_sha256 = ?", (_sha(token),)).fetchone()
+            row = db.execute(
+                "SELECT key_name FROM sessions WHERE token_sha256 = ?", (_sha(token),)
+            ).fetchone()
         return row[0] if row else None
 
     def end_session(self, token: str) -> None:

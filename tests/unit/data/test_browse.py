@@ -10,7 +10,10 @@ from tuneforge.data.browse import jsonl_page
 
 def test_pages_of_100k_rows_and_a_search(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
-    rows = [{"text": f"row {i} {'needle' if i % 1000 == 7 else 'hay'}", "label": str(i % 3)} for i in range(100_000)]
+    rows = [
+        {"text": f"row {i} {'needle' if i % 1000 == 7 else 'hay'}", "label": str(i % 3)}
+        for i in range(100_000)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     page = jsonl_page(path, start=99_990, limit=50)
     assert (page.total, page.matched, page.start) == (100_000, 100_000, 99_990)
@@ -24,7 +27,12 @@ def test_pages_of_100k_rows_and_a_search(tmp_path: Path) -> None:
 def test_a_query_matches_text_as_json_escapes_it_and_damage_shows(tmp_path: Path) -> None:
     path = tmp_path / "test.jsonl"
     path.write_text(
-        json.dumps({"text": 'she said "hi" \\o/'}) + "\n" + '{"text": "cut sh' + "\n" + json.dumps({"text": "é ok"}, ensure_ascii=False) + "\n"
+        json.dumps({"text": 'she said "hi" \\o/'})
+        + "\n"
+        + '{"text": "cut sh'
+        + "\n"
+        + json.dumps({"text": "é ok"}, ensure_ascii=False)
+        + "\n"
         + json.dumps({"text": "é escaped"})
     )  # no newline at the end
     assert [n for n, _ in jsonl_page(path, query='"hi" \\o').rows] == [1]

@@ -49,9 +49,19 @@ def states_workspace(root: Path) -> Path:
             "ci": {"tuned": {"accuracy": {"value": 0.8, "lo": 0.5, "hi": 1.0}}},
         },
     )
-    fake_run(root / "b-live", status="running", metrics=[step(1, 3.0)], pid=os.getpid(), manifest={"method": "full"})
-    fake_run(root / "nested" / "c-crashed", status="running", metrics=[step(1, 3.0), step(2, 2.5)], pid=dead_pid())
-    fake_run(root / "d-failed", status="failed", manifest={"error": "CUDA out of memory", "task": "causal-lm"})
+    fake_run(
+        root / "b-live",
+        status="running",
+        metrics=[step(1, 3.0)],
+        pid=os.getpid(),
+        manifest={"method": "full"},
+    )
+    fake_run(
+        root / "nested" / "c-crashed", status="running", metrics=[step(1, 3.0), step(2, 2.5)], pid=dead_pid()
+    )
+    fake_run(
+        root / "d-failed", status="failed", manifest={"error": "CUDA out of memory", "task": "causal-lm"}
+    )
     broken = fake_run(root / "e-broken")
     (broken / "manifest.json").write_text('{"kind": "tuneforge.run", "sta')  # cut short
     (root / "notes").mkdir()
@@ -66,7 +76,7 @@ def test_runs_list_shows_every_state_and_sorts_and_filters(tmp_path: Path) -> No
     assert names == ["a-done", "b-live", "d-failed", "e-broken", "nested/c-crashed"]
     states = re.findall(r'<span class="state (\w+)"', page)
     assert states == ["completed", "training", "failed", "unreadable", "crashed"]
-    assert "0.8 [0.5, 1] <span class=\"muted\">accuracy (test)</span>" in page
+    assert '0.8 [0.5, 1] <span class="muted">accuracy (test)</span>' in page
     assert "30 s" in page  # a finished run's train_time_s; a crashed one's last logged time_s:
     assert re.search(r'c-crashed</a>.*?duration">2 s<', page, re.S)
     by_duration = re.findall(r'<a href="/run\?path=([^"]+)">', c.get("/?sort=duration&desc=1").text)
@@ -112,7 +122,17 @@ def test_live_curves_poll_while_training_and_stop_after(tmp_path: Path) -> None:
     assert "hx-trigger" not in r.text
 
 
-BAD_PATHS = ["", "nope", "../outside", "/etc", "a/../../outside", "..", "link-out", "%2e%2e/outside", "x\x00y"]
+BAD_PATHS = [
+    "",
+    "nope",
+    "../outside",
+    "/etc",
+    "a/../../outside",
+    "..",
+    "link-out",
+    "%2e%2e/outside",
+    "x\x00y",
+]
 
 
 @pytest.mark.parametrize("bad", BAD_PATHS)
@@ -138,8 +158,10 @@ def test_unknown_split_sheet_and_row_are_404(real_workspace: Path) -> None:
         assert c.get("/human/rate", params={"path": "runs/chat", "sheet": sheet}).status_code == 404
     r = c.get("/human/rate", params={"path": "runs/chat", "sheet": "rater-1", "row": "999"})
     assert r.status_code == 404 and "no row '999' in sheet rater-1" in html.unescape(r.text)
-    assert c.get("/run/report", params={"path": "runs/chat"}).headers["content-security-policy"].startswith(
-        "sandbox"
+    assert (
+        c.get("/run/report", params={"path": "runs/chat"})
+        .headers["content-security-policy"]
+        .startswith("sandbox")
     )
 
 
@@ -200,8 +222,14 @@ def test_two_raters_rate_blind_and_the_results_are_human_eval_imports(real_works
             pref = "1" if side["answer_1"] == pick else "2"
             r = c.post(
                 "/human/rate",
-                data={"path": "runs/chat", "sheet": sheet, "row_id": row_id, "preference": pref, "rater": sheet,
-                      "csrf_token": token},
+                data={
+                    "path": "runs/chat",
+                    "sheet": sheet,
+                    "row_id": row_id,
+                    "preference": pref,
+                    "rater": sheet,
+                    "csrf_token": token,
+                },
                 follow_redirects=False,
             )
             assert r.status_code == 303
@@ -209,7 +237,10 @@ def test_two_raters_rate_blind_and_the_results_are_human_eval_imports(real_works
     assert f"All {len(key['rater-2'])} pairs of rater-2 are rated" in done
     # A restarted UI finds every rating (they live in the workspace's SQLite file).
     c2 = client(real_workspace)
-    assert f"{len(key['rater-1'])} / {len(key['rater-1'])}" in c2.get("/human/run", params={"path": "runs/chat"}).text
+    assert (
+        f"{len(key['rater-1'])} / {len(key['rater-1'])}"
+        in c2.get("/human/run", params={"path": "runs/chat"}).text
+    )
     r = c2.post("/human/import", data={"path": "runs/chat", "csrf_token": csrf(c2)})
     assert r.status_code == 200
     human = json.loads((run / "eval" / "human.json").read_text())
@@ -224,7 +255,13 @@ def test_rating_outside_the_scale_or_row_is_refused(real_workspace: Path) -> Non
     for row_id, pref in (("0", "3"), ("999", "1")):
         r = c.post(
             "/human/rate",
-            data={"path": "runs/chat", "sheet": "rater-1", "row_id": row_id, "preference": pref, "csrf_token": token},
+            data={
+                "path": "runs/chat",
+                "sheet": "rater-1",
+                "row_id": row_id,
+                "preference": pref,
+                "csrf_token": token,
+            },
         )
         said = html.unescape(r.text)
         assert r.status_code == 400 and f"row '{row_id}' of sheet rater-1 cannot be rated '{pref}'" in said
@@ -248,7 +285,9 @@ def test_concurrent_ratings_all_land(tmp_path: Path) -> None:
     assert len(got) == 160 and got[("rater-3", "39")]["rater"] == "rater-3"
     import sqlite3
 
-    assert sqlite3.connect(tmp_path / "tuneforge-ui.sqlite3").execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert sqlite3.connect(tmp_path / "tuneforge-ui.sqlite3").execute("PRAGMA journal_mode").fetchone() == (
+        "wal",
+    )
 
 
 def test_login_with_a_serving_key(tmp_path: Path) -> None:
@@ -272,8 +311,12 @@ def test_login_with_a_serving_key(tmp_path: Path) -> None:
     page = c.get("/")
     assert page.status_code == 200 and "<span>alice</span>" in page.text
     KeyFile(keys).revoke("alice")  # the session stays; a new login with the revoked key does not
-    assert TestClient(c.app).post("/login", data={"key": plain, "csrf_token": token},
-                                  cookies={"tf_csrf": token}).status_code == 401
+    assert (
+        TestClient(c.app)
+        .post("/login", data={"key": plain, "csrf_token": token}, cookies={"tf_csrf": token})
+        .status_code
+        == 401
+    )
     c.post("/logout", data={"csrf_token": token})
     assert c.get("/", follow_redirects=False).status_code == 303
 
@@ -287,7 +330,9 @@ def test_bound_to_localhost_only_localhost_names_are_served(tmp_path: Path) -> N
 def test_binding_beyond_localhost_needs_keys(tmp_path: Path) -> None:
     with pytest.raises(TuneforgeError) as err:
         serve_ui(tmp_path, host="0.0.0.0", port=0, keys_file=None)
-    assert err.value.what == "binding 0.0.0.0 makes the UI reachable from other machines, which needs login keys"
+    assert (
+        err.value.what == "binding 0.0.0.0 makes the UI reachable from other machines, which needs login keys"
+    )
     assert err.value.fix.startswith("create one with `tuneforge keys create NAME --keys FILE`")
 
 

@@ -20,7 +20,7 @@ REJECTED = "rejected"
 
 
 @router.get("/datasets", response_class=HTMLResponse)
-async def datasets(request: Request) -> Response:
+def datasets(request: Request) -> Response:
     ui = request.app.state.ui
     found = [f for f in find_artifacts(ui.workspace) if f.kind == "dataset"]
     return ui.page(request, "datasets.html", datasets=found)
@@ -31,9 +31,7 @@ def _cell(value: Any) -> str:
 
 
 @router.get("/dataset", response_class=HTMLResponse)
-async def dataset(
-    request: Request, path: str = "", split: str = "train", q: str = "", start: int = 0
-) -> Response:
+def dataset(request: Request, path: str = "", split: str = "train", q: str = "", start: int = 0) -> Response:
     ui = request.app.state.ui
     ds = ui.dataset(path)
     manifest = ds.manifest
@@ -72,7 +70,7 @@ async def dataset(
 
 
 @router.get("/dataset/report")
-async def dataset_report(request: Request, path: str = "") -> Response:
+def dataset_report(request: Request, path: str = "") -> Response:
     """The data stage's own report.html, sandboxed (a file the stage wrote, shown as it is)."""
     ui = request.app.state.ui
     ds = ui.dataset(path)

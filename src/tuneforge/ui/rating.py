@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from tuneforge.artifacts import RunDir, read_json, read_jsonl, write_text_atomic
 from tuneforge.evaluation import human
@@ -56,7 +57,7 @@ class Export:
 
 
 @router.get("/human", response_class=HTMLResponse)
-async def human_runs(request: Request) -> Response:
+def human_runs(request: Request) -> Response:
     ui = request.app.state.ui
     runs = [f for f in find_artifacts(ui.workspace) if f.kind == "run"]
     exported = [f for f in runs if (f.path / human.HUMAN_DIR / "key.json").is_file()]
@@ -64,7 +65,7 @@ async def human_runs(request: Request) -> Response:
 
 
 @router.get("/human/run", response_class=HTMLResponse)
-async def human_run(request: Request, path: str = "") -> Response:
+def human_run(request: Request, path: str = "") -> Response:
     return _human_run(request, path, "")
 
 
@@ -99,9 +100,7 @@ def _human_run(request: Request, path: str, error: str) -> Response:
 
 
 @router.get("/human/rate", response_class=HTMLResponse)
-async def rate_page(
-    request: Request, path: str = "", sheet: str = "", row: str = "", rater: str = ""
-) -> Response:
+def rate_page(request: Request, path: str = "", sheet: str = "", row: str = "", rater: str = "") -> Response:
     ui = request.app.state.ui
     export = Export(ui.run(path))
     rows = export.rows(sheet)
@@ -132,6 +131,10 @@ async def rate_page(
 @router.post("/human/rate")
 async def rate(request: Request) -> Response:
     form = await security.checked_form(request)
+    return await run_in_threadpool(_rate, request, form)  # file reads and a synced SQLite write
+
+
+def _rate(request: Request, form: dict[str, str]) -> Response:
     ui = request.app.state.ui
     export = Export(ui.run(form.get("path")))
     sheet, row_id, preference = form.get("sheet", ""), form.get("row_id", ""), form.get("preference", "")
@@ -155,6 +158,10 @@ async def rate(request: Request) -> Response:
 async def import_results(request: Request) -> Response:
     """The UI's ratings → filled sheets → `human.import_ratings` (eval/human.json, preference dataset)."""
     form = await security.checked_form(request)
+    return await run_in_threadpool(_import, request, form)  # it prepares a dataset: seconds, off the loop
+
+
+def _import(request: Request, form: dict[str, str]) -> Response:
     ui = request.app.state.ui
     export = Export(ui.run(form.get("path")))
     rated = ui.state.ratings(export.id)

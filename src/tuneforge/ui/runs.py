@@ -128,9 +128,7 @@ def _sort_key(column: str) -> Any:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def runs_list(
-    request: Request, q: str = "", state: str = "", sort: str = "name", desc: int = 0
-) -> Response:
+def runs_list(request: Request, q: str = "", state: str = "", sort: str = "name", desc: int = 0) -> Response:
     ui = request.app.state.ui
     rows = run_rows(ui.workspace)
     states = sorted({r.state for r in rows})
@@ -169,7 +167,7 @@ def _blocks_or_problem(make: Any) -> tuple[list[Any], str | None]:
 
 
 @router.get("/run", response_class=HTMLResponse)
-async def run_page(request: Request, path: str = "") -> Response:
+def run_page(request: Request, path: str = "") -> Response:
     ui = request.app.state.ui
     run = ui.run(path)
     state = run_state(run)
@@ -210,7 +208,7 @@ async def run_page(request: Request, path: str = "") -> Response:
 
 
 @router.get("/run/curves", response_class=HTMLResponse)
-async def run_curves(request: Request, path: str = "") -> Response:
+def run_curves(request: Request, path: str = "") -> Response:
     """The charts alone, polled by the run page while the run trains; the last answer stops the polling."""
     ui = request.app.state.ui
     run = ui.run(path)
@@ -229,7 +227,7 @@ async def run_curves(request: Request, path: str = "") -> Response:
 
 
 @router.get("/run/report")
-async def run_report(request: Request, path: str = "") -> Response:
+def run_report(request: Request, path: str = "") -> Response:
     """The run's report.html as `tuneforge report` wrote it, sandboxed (it is a file, not our template)."""
     ui = request.app.state.ui
     run = ui.run(path)

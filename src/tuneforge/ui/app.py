@@ -148,7 +148,7 @@ def serve_ui(workspace: Path, *, host: str, port: int, keys_file: Path | None) -
     """Serve the UI with uvicorn; beyond localhost only with the serving stage's keys."""
     import uvicorn
 
-    from tuneforge.serve.server import is_local
+    from tuneforge.serve.server import bind, is_local
 
     if not workspace.is_dir():
         raise TuneforgeError(f"workspace {workspace} is not a folder", where="--workspace")
@@ -161,6 +161,7 @@ def serve_ui(workspace: Path, *, host: str, port: int, keys_file: Path | None) -
             "or leave --host at 127.0.0.1",
         )
     app = create_app(workspace, keys_file=keys_file, allowed_hosts=LOCAL_HOSTS if local else None)
+    sock = bind(host, port)  # a taken port is one clear error line, before anything else starts
     import threading
 
     from tuneforge.data.browse import warm_up
@@ -170,4 +171,4 @@ def serve_ui(workspace: Path, *, host: str, port: int, keys_file: Path | None) -
     threading.Thread(target=run_rows, args=(workspace.resolve(),), daemon=True).start()
     threading.Thread(target=warm_up, daemon=True).start()
     print(f"tuneforge ui: http://{host}:{port}/  (workspace {workspace.resolve()})", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

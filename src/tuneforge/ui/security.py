@@ -81,7 +81,8 @@ def middleware(
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
-        response.headers.setdefault("Cache-Control", "no-store")
+        if not request.url.path.startswith("/static/"):  # pages change as runs train; assets do not
+            response.headers.setdefault("Cache-Control", "no-store")
         return response
 
     return handle

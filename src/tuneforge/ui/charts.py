@@ -46,6 +46,8 @@ def _label(v: float) -> str:
 
 def line_chart(title: str, series: dict[str, Any]) -> Chart | None:
     """One chart of named curves of (x, y) pairs, or None when no curve has a finite point."""
+    # A hand-edited or foreign metrics file may hold anything: only number pairs are drawn.
+    series = {k: [(x, y) for x, y in pts if _num(x) and _num(y)] for k, pts in series.items()}
     skipped = sum(1 for pts in series.values() for _, y in pts if not math.isfinite(y))
     clean = {k: [(x, y) for x, y in pts if math.isfinite(y)] for k, pts in series.items()}
     clean = {k: v for k, v in clean.items() if v}
@@ -103,7 +105,9 @@ def training_charts(metrics: list[dict[str, Any]]) -> list[Chart]:
     val = [m for m in metrics if m.get("split") == "validation" and isinstance(m.get("step"), int | float)]
     loss_train, loss_val = loss_series(metrics)
     charts = [line_chart("loss", {"train loss": loss_train, "validation loss": loss_val})]
-    others = sorted({k for m in val for k, v in m.items() if k not in ("step", "split", "loss") and _num(v)})
+    others = sorted(
+        {str(k) for m in val for k, v in m.items() if k not in ("step", "split", "loss") and _num(v)}
+    )
     if others:
         charts.append(
             line_chart(

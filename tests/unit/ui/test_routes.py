@@ -361,3 +361,20 @@ def test_every_page_of_a_real_workspace_answers(real_workspace: Path) -> None:
         assert shows in r.text, path
     empty = c.get("/dataset", params={"path": "data/chat", "split": "rejected"})
     assert empty.status_code == 200 and "This dataset has no rejected file." in empty.text
+
+
+def test_files_of_another_shape_get_a_page_that_says_so(tmp_path: Path) -> None:
+    run = fake_run(
+        tmp_path / "odd",
+        metrics=[step(1, 2.0), {"step": "two", "loss": "low"}, {"step": 3, "loss": None}, step(4, 1.0)],
+        evaluation={"split": "test", "n": 3, "tuned": {"accuracy": "high"}, "ci": []},
+    )
+    (run / "eval" / "validation.json").write_text('{"split": "validation", "tuned": {}}')  # no n
+    (run / "manifest.json").write_text(
+        json.dumps(json.loads((run / "manifest.json").read_text()) | {"parameters": "many"})
+    )
+    r = client(tmp_path).get("/run", params={"path": "odd"})
+    assert r.status_code == 200
+    assert 'data-name="train loss" data-n="2"' in r.text  # the two well-formed records
+    assert "This evaluation cannot be shown: KeyError: &#39;n&#39;" in r.text
+    assert client(tmp_path).get("/").status_code == 200

@@ -170,3 +170,43 @@ def test_two_raters_rate_blind_and_see_the_win_rate(real_workspace: Path, browse
         page.set_viewport_size(SIZES["phone"])
         page.screenshot(path=str(shots / "human-results-phone.png"), full_page=True)
         page.close()
+
+
+def test_search_and_paging_of_a_dataset_and_the_runs_filter(tmp_path: Path, browser, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    ws = tmp_path / "ws"
+    ds = ws / "data" / "reviews"
+    ds.mkdir(parents=True)
+    rows = [
+        {
+            "text": f"review {i} " + ("<script>alert(1)</script> {{7*7}}" if i == 1234 else "fine"),
+            "label": "x",
+        }
+        for i in range(3000)
+    ]
+    (ds / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = {"kind": "tuneforge.dataset", "format": "classification", "splits": {"train": 3000}}
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    fake_run(ws / "runs" / "alpha", manifest={"method": "lora"})
+    fake_run(ws / "runs" / "beta", manifest={"method": "qlora"})
+    for url in serve(ws):
+        page = browser.new_page(viewport=SIZES["desktop"])
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"{url}/dataset?path=data/reviews")
+        expect(page.locator(".pager")).to_contain_text("rows 1–50 of 3000")
+        page.click("text=next ›")
+        expect(page.locator(".pager")).to_contain_text("rows 51–100 of 3000")
+        page.fill("input[name=q]", "SCRIPT>")  # typed, no submit: HTMX asks as you type
+        expect(page.locator(".pager")).to_contain_text("rows 1–1 of 1 matching")
+        assert "<script>alert(1)</script> {{7*7}}" in page.locator("table.rows").inner_text()
+        page.screenshot(path=str(shots / "dataset-search-desktop.png"), full_page=True)
+        page.set_viewport_size(SIZES["phone"])
+        page.screenshot(path=str(shots / "dataset-search-phone.png"), full_page=True)
+        assert dialogs == []  # the row's script never ran
+        page.goto(url + "/")
+        page.fill("input[name=q]", "qlora")
+        expect(page.locator("#runs tbody tr")).to_have_count(1)
+        assert page.locator("#runs tbody tr a").inner_text() == "runs/beta"
+        page.close()

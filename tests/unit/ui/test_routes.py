@@ -378,3 +378,16 @@ def test_files_of_another_shape_get_a_page_that_says_so(tmp_path: Path) -> None:
     assert 'data-name="train loss" data-n="2"' in r.text  # the two well-formed records
     assert "This evaluation cannot be shown: KeyError: &#39;n&#39;" in r.text
     assert client(tmp_path).get("/").status_code == 200
+
+
+def test_rejected_rows_show_their_reason_first(tmp_path: Path) -> None:
+    ds = tmp_path / "data"
+    ds.mkdir()
+    (ds / "manifest.json").write_text(json.dumps({"kind": "tuneforge.dataset", "format": "classification"}))
+    (ds / "train.jsonl").write_text(json.dumps({"text": "ok", "label": "a"}) + "\n")
+    entry = {"where": "raw.csv:7", "problem": "too_short", "message": "2 characters", "row": {"text": "hi"}}
+    (ds / "rejected.jsonl").write_text(json.dumps(entry) + "\n")
+    r = client(tmp_path).get("/dataset", params={"path": "data", "split": "rejected"})
+    headers = re.findall(r"<th>([^<]+)</th>", r.text)
+    assert headers == ["line", "problem", "message", "where", "row"]
+    assert '<div class="cell">too_short</div>' in r.text and "raw.csv:7" in r.text

@@ -8,6 +8,7 @@ Skipped, with the reason, only where no Chromium or no Playwright is installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,6 +59,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
 def serve(workspace: Path) -> Iterator[str]:
     """The real command in its own process, until SIGTERM."""
     port = _free_port()
@@ -100,7 +102,7 @@ def test_a_training_runs_curve_grows_as_metrics_are_appended(tmp_path: Path, bro
     run = fake_run(
         ws / "runs" / "live", status="running", metrics=[step(1, 3.0), step(2, 2.6)], pid=os.getpid()
     )
-    for url in serve(ws):
+    with serve(ws) as url:
         for name, size in SIZES.items():
             page = browser.new_page(viewport=size)
             page.goto(f"{url}/run?path=runs/live")
@@ -131,7 +133,7 @@ def test_two_raters_rate_blind_and_see_the_win_rate(real_workspace: Path, browse
     run = real_workspace / "runs" / "chat"
     key = json.loads((run / "human-eval" / "key.json").read_text())["sheets"]
     n = len(key["rater-1"])
-    for url in serve(real_workspace):
+    with serve(real_workspace) as url:
         # rater-1 prefers the tuned answer every time, with the keyboard; rater-2 with the mouse, only on the
         # first two rows. Each in a browser context of their own (own cookies).
         for sheet, tuned_rows, size in (("rater-1", n, "desktop"), ("rater-2", 2, "phone")):
@@ -190,7 +192,7 @@ def test_search_and_paging_of_a_dataset_and_the_runs_filter(tmp_path: Path, brow
     (ds / "manifest.json").write_text(json.dumps(manifest))
     fake_run(ws / "runs" / "alpha", manifest={"method": "lora"})
     fake_run(ws / "runs" / "beta", manifest={"method": "qlora"})
-    for url in serve(ws):
+    with serve(ws) as url:
         page = browser.new_page(viewport=SIZES["desktop"])
         dialogs: list[str] = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))

@@ -511,6 +511,26 @@ def _serve_config(config: Path | None, overrides: list[str] | None) -> Any:
     return cfg.serve
 
 
+@app.command()
+def ui(
+    workspace: Annotated[
+        Path, typer.Option(help="The folder whose runs and datasets the UI shows (found by their manifests).")
+    ] = Path("."),
+    host: Annotated[
+        str, typer.Option(help="Address to bind; beyond localhost a login key is needed.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 7860,
+    keys: Annotated[
+        Path | None,
+        typer.Option(help="Serving keys file (tuneforge keys create): pages need a login with one."),
+    ] = None,
+) -> None:
+    """Web pages over a workspace: runs with live curves, datasets, blind human A/B rating."""
+    from tuneforge.ui.app import serve_ui
+
+    serve_ui(workspace, host=host, port=port, keys_file=keys)
+
+
 keys_app = typer.Typer(help="API keys of the server: create, list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 KeysFile = Annotated[Path | None, typer.Option("--keys", help="Keys file (default: serve.keys_file).")]

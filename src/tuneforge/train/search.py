@@ -397,15 +397,14 @@ def _take_queued(
     first_seen: dict[int, float],
     cfg: RunConfig,
 ) -> bool:
-    """Whether to start a queued re-run while every other trial is taken: this process's own, or one that its
-    queuer left waiting for three heartbeats (that process has gone too)."""
+    """Whether to start a queued trial although the queue fills the study: one of tune.start_with, a re-run
+    this process queued, or a re-run its queuer left waiting for three heartbeats (that process is gone)."""
     now = time.monotonic()
     for t in queued:
-        history = t.system_attrs.get("retry_history") or [None]
-        if (
-            history[-1] in retry.queued
-            or now - first_seen.setdefault(t.number, now) > 3 * cfg.tune.heartbeat_s
-        ):
+        history = t.system_attrs.get("retry_history")
+        if not history or history[-1] in retry.queued:
+            return True
+        if now - first_seen.setdefault(t.number, now) > 3 * cfg.tune.heartbeat_s:
             return True
     return False
 

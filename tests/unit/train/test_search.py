@@ -414,7 +414,10 @@ def test_a_trial_whose_process_on_this_machine_is_gone_is_rerun_with_its_values_
     ("url", "problem"),
     [
         ("not a url", "Could not parse SQLAlchemy URL from given URL string"),
-        ("postgresql+psycopg://tuner:secret@/db?host=/nonexistent-socket-dir", "connection failed"),
+        (
+            "postgresql+psycopg://tuner:secret@/db?host=/nonexistent-socket-dir",
+            'connection to server on socket "/nonexistent-socket-dir/.s.PGSQL.5432" failed',
+        ),
     ],
 )
 def test_a_study_database_that_cannot_be_opened_is_a_config_error(

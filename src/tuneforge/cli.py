@@ -583,13 +583,20 @@ def export_model(
         bool, typer.Option("--dequantize", help="QLoRA: merge into the base loaded in full precision.")
     ] = False,
     to: Annotated[
-        str, typer.Option("--to", help="hf (safetensors folder) or gguf (needs llama.cpp).")
+        str,
+        typer.Option("--to", help="hf (safetensors folder) or gguf (needs tuneforge[gguf] or llama.cpp)."),
     ] = "hf",
+    gguf_type: Annotated[
+        str | None,
+        typer.Option(
+            "--gguf-type", help="GGUF tensor type: f32, f16, bf16 or q8_0 (default: the converter's)."
+        ),
+    ] = None,
 ) -> None:
     """A run → a plain Hugging Face model folder (adapter merged), ready for transformers, vLLM or the hub."""
     from tuneforge.serve.export import export_model as run_export
 
-    manifest = run_export(run_dir, out, merge=merge, dequantize=dequantize, to=to)
+    manifest = run_export(run_dir, out, merge=merge, dequantize=dequantize, to=to, gguf_type=gguf_type)
     what = "merged" if manifest["merged"] else "copied"
     console.print(
         f"[green]exported[/green] {out}  ({manifest['method']} {what}; "

@@ -474,6 +474,15 @@ class TuneConfig(Section):
     """Optimizer steps a trial runs before it may be pruned."""
     max_consecutive_failures: int = Field(3, ge=1)
     """Failed trials in a row (e.g. diverged to NaN) after which the search stops."""
+    storage: str | None = None
+    """SQLAlchemy URL of the Optuna study, e.g. postgresql+psycopg://user@host/db: every `tuneforge tune`
+    process given it (on one machine or many) joins the study and takes its next trial (default: study.db,
+    SQLite, in train.output_dir)."""
+    study_name: str = Field("tuneforge", min_length=1)
+    """The study's name in tune.storage: one database can hold several searches under different names."""
+    heartbeat_s: int = Field(30, ge=1)
+    """Seconds between a running trial's signs of life in the study; a trial silent for twice as long (its
+    process was killed or its machine lost) is marked failed and run again with the same values."""
 
 
 class RunConfig(Section):

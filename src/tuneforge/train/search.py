@@ -2,7 +2,8 @@
 
 `train.output_dir` becomes the study directory:
 
-    study.db              the Optuna study (SQLite); running the command again continues it
+    study.db              the Optuna study (SQLite) unless tune.storage names a database; running the
+                          command again continues it
     trial-000/, ...       one run directory per trial (metrics.jsonl, checkpoints, final/, manifest.json)
     best.yaml             the best trial's config, with train.output_dir set to <dir>/best to retrain it
     trials.json           every trial: state, value, parameters, validation curve, run directory
@@ -10,6 +11,12 @@
 
 Trials are sampled by TPE (seeded with train.seed) and pruned by the median rule on the validation metric that
 the training loop reports after every validation.
+
+Several processes (on one machine or many) share a search by giving the same tune.storage (e.g. PostgreSQL):
+each asks the study for its next trial, so trials are split between them and none runs twice. A running trial
+sends a heartbeat every tune.heartbeat_s; one silent for twice as long (its process killed, its machine lost)
+is marked failed by whichever process notices and run again with the same values. Each process stops when
+tune.trials trials have completed or been pruned and none is still running, and writes the final summary.
 """
 
 from __future__ import annotations
@@ -18,7 +25,12 @@ import copy
 import difflib
 import gc
 import os
+import socket
 import sys
+import threading
+import time
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -32,13 +44,22 @@ from tuneforge.train.search_summary import StudySummary, TrialRow, summary_markd
 if TYPE_CHECKING:
     import optuna
 
-STUDY_NAME = "tuneforge"
 STUDY_DB = "study.db"
 SEARCHABLE_SECTIONS = ("data", "model", "method", "train")
 # Where a trial writes is decided by the search itself, not sampled.
 NOT_SEARCHABLE = ("train.output_dir", "data.output_dir")
 # Keys that may change when a study is continued: they do not change what a trial computes.
-CONTINUABLE_CHANGES = ("tune.trials", "train.progress", "train.log_to")
+# train.output_dir: processes on different machines share a study (tune.storage) from their own folders.
+CONTINUABLE_CHANGES = (
+    "tune.trials",
+    "tune.heartbeat_s",
+    "train.progress",
+    "train.log_to",
+    "train.output_dir",
+)
+# How often a trial whose process stopped sending heartbeats is run again (a trial that takes down its process
+# every time, e.g. killed for memory, must not keep the search busy forever).
+RETRIES_OF_A_LOST_TRIAL = 2
 LOWER_IS_BETTER = ("loss", "perplexity")
 HIGHER_IS_BETTER = ("accuracy",)
 
@@ -197,7 +218,71 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _open_study(cfg: RunConfig, out: Path, force: bool) -> optuna.Study:
+class _RetryLostTrials:
+    """Queues a trial whose process was lost to run again with the same values (optuna's retry callback), and
+    remembers which queued trials this process queued: those it takes itself when the study's other trials
+    are all taken, so that two waiting processes never both start one (the second would start a new trial)."""
+
+    def __init__(self) -> None:
+        import optuna
+
+        # optuna 4.9 renamed the callback; the older name is kept for the releases our range still allows.
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        retry = retry or optuna.storages.RetryFailedTrialCallback
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.inner = retry(max_retry=RETRIES_OF_A_LOST_TRIAL)
+        self.queued: set[int] = set()  # numbers of the lost trials this process queued again
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.inner(study, trial)
+        self.queued.add(trial.number)
+
+    def storage_argument(self) -> dict[str, Any]:
+        import optuna
+
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+            return {"heartbeat_stale_trial_callback": self}
+        return {"failed_trial_callback": self}
+
+
+def _storage(
+    cfg: RunConfig, out: Path, source: ConfigSource, retry: _RetryLostTrials
+) -> optuna.storages.RDBStorage:
+    """The study's database with heartbeats on: tune.storage, or study.db (SQLite) in the output folder."""
+    import optuna
+    import sqlalchemy
+
+    url = cfg.tune.storage or f"sqlite:///{(out / STUDY_DB).resolve()}"
+    beat = cfg.tune.heartbeat_s
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=beat, grace_period=2 * beat, **retry.storage_argument()
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Processes started together all create optuna's tables in a new database; the losers retry.
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
+        except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError) as err:
+            shown = (
+                sqlalchemy.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
+            )
+            raise TuneforgeError(
+                f"cannot open the study database {shown}: {str(err).splitlines()[0]}",
+                where=source.where("tune.storage"),
+                fix="check the URL, that the database server is up and reachable, and that its driver is "
+                "installed (PostgreSQL: pip install 'tuneforge[postgres]')",
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def _open_study(
+    cfg: RunConfig, out: Path, force: bool, source: ConfigSource, retry: _RetryLostTrials
+) -> optuna.Study:
     import optuna
 
     from tuneforge.train.resume import config_diff
@@ -209,12 +294,15 @@ def _open_study(cfg: RunConfig, out: Path, force: bool) -> optuna.Study:
             fix="choose another train.output_dir for the search",
         )
     out.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{(out / STUDY_DB).resolve()}"
-    tune = cfg.tune
-    existing = optuna.study.get_all_study_names(storage)
-    # A continued study gets a sampler seeded past the trials it has, so it does not replay the first draws.
-    n_before = len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials) if existing else 0
-    sampler = optuna.samplers.TPESampler(seed=cfg.train.seed + n_before, n_startup_trials=tune.startup_trials)
+    storage = _storage(cfg, out, source, retry)
+    tune, name = cfg.tune, cfg.tune.study_name
+    existing = name in optuna.study.get_all_study_names(storage)
+    before = optuna.load_study(study_name=name, storage=storage).trials if existing else []
+    # A continued study gets a sampler seeded past the trials it has, so it does not replay the first draws;
+    # processes sharing a study start together, so each one also mixes in its process id.
+    shared = tune.storage is not None or any(t.state.name == "RUNNING" for t in before)
+    seed = cfg.train.seed + len(before) + (os.getpid() if shared else 0)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=tune.startup_trials)
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(
             n_startup_trials=tune.prune_startup_trials, n_warmup_steps=tune.prune_warmup_steps
@@ -222,14 +310,16 @@ def _open_study(cfg: RunConfig, out: Path, force: bool) -> optuna.Study:
         if tune.prune
         else optuna.pruners.NopPruner()
     )
-    study = optuna.create_study(
-        storage=storage,
-        study_name=STUDY_NAME,
-        direction=tune.direction,
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
-    )
+    try:
+        # Creating is atomic in the database: of processes started together, exactly one creates the study
+        # and queues tune.start_with.
+        study = optuna.create_study(
+            storage=storage, study_name=name, direction=tune.direction, sampler=sampler, pruner=pruner
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        created = False
     now = cfg.to_dict()
     old = study.user_attrs.get("config")
     if old is not None:
@@ -238,27 +328,92 @@ def _open_study(cfg: RunConfig, out: Path, force: bool) -> optuna.Study:
             lines = "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
             raise TuneforgeError(
                 f"the config differs from the one this search started with:\n  {lines}",
-                where=str(out / STUDY_DB),
+                where=str(out / STUDY_DB) if tune.storage is None else source.where("tune.storage"),
                 fix="continue with the original config, pass --force to go on with the new one, "
-                "or choose another train.output_dir",
+                "or choose another train.output_dir" + (" or tune.study_name" if tune.storage else ""),
             )
     study.set_user_attr("config", now)
-    if not study.trials:
+    if created:
         for values in tune.start_with:
             study.enqueue_trial(values)
     return study
 
 
-def _finished(study: optuna.Study) -> int:
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _left_behind(trial: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial no live process will finish: one from before heartbeats (no worker recorded), or one
+    whose process on this machine is gone (no need to wait out its heartbeat's grace period)."""
+    import psutil
+
+    worker = trial.user_attrs.get("worker")
+    if not isinstance(worker, str):
+        return True
+    host, _, pid = worker.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+def _fail_left_behind(study: optuna.Study, retry: _RetryLostTrials) -> None:
     from optuna.trial import TrialState
 
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _left_behind(stale):
+            continue
+        try:
+            study.tell(stale.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError):
+            continue  # another process got there first
+        retry(study, study.get_trials(deepcopy=False)[stale.number])
+        _say(f"trial {stale.number} was left unfinished by a search that stopped; counted as failed")
+
+
+class _Heartbeat:
+    """Records a trial's heartbeat every tune.heartbeat_s while it runs.
+
+    Optuna beats only inside `study.optimize`; this search drives the study with ask/tell (to count, print
+    and stop its own way), so it beats itself through the storage's public `record_heartbeat`.
+    """
+
+    def __init__(self, storage: Any, trial_id: int, every: float) -> None:
+        self.storage, self.trial_id, self.every = storage, trial_id, every
+        self.stop = threading.Event()
+        storage.record_heartbeat(trial_id)  # before anyone could see the trial without one
+        self.thread = threading.Thread(target=self._beat, name="tune-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.every):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _take_queued(
+    queued: list[optuna.trial.FrozenTrial],
+    retry: _RetryLostTrials,
+    first_seen: dict[int, float],
+    cfg: RunConfig,
+) -> bool:
+    """Whether to start a queued trial although the queue fills the study: one of tune.start_with, a re-run
+    this process queued, or a re-run its queuer left waiting for three heartbeats (that process is gone)."""
+    now = time.monotonic()
+    for t in queued:
+        history = t.system_attrs.get("retry_history")
+        if not history or history[-1] in retry.queued:
+            return True
+        if now - first_seen.setdefault(t.number, now) > 3 * cfg.tune.heartbeat_s:
+            return True
+    return False
 
 
 def run_search(
     cfg: RunConfig, source: ConfigSource | None = None, *, trials: int | None = None, force: bool = False
 ) -> StudySummary:
-    """Run (or continue) the search until the study has `trials` completed or pruned trials."""
+    """Run (or continue, or join) the search until the study has `trials` completed or pruned trials and
+    none is still running."""
     import optuna
     from optuna.trial import TrialState
 
@@ -268,21 +423,46 @@ def run_search(
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TuneforgeError(
             "tune runs its trials one after another in a single process",
-            fix="start `tuneforge tune` directly, not through accelerate launch or torchrun",
+            fix="start `tuneforge tune` directly, not through accelerate launch or torchrun (to use several "
+            "machines or GPUs, start one `tuneforge tune` per GPU with a shared tune.storage)",
         )
     check_space(cfg, source)
     n_trials = trials if trials is not None else cfg.tune.trials
     out = Path(cfg.train.output_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print one line per trial ourselves
-    study = _open_study(cfg, out, force)
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # Left running by a search that was killed; its run directory is replaced by a fresh trial.
-        study.tell(stale.number, state=TrialState.FAIL)
-        _say(f"trial {stale.number} was left unfinished by an earlier search; counted as failed")
+    retry = _RetryLostTrials()
+    study = _open_study(cfg, out, force, source, retry)
+    _fail_left_behind(study, retry)
+    first_seen: dict[int, float] = {}  # when this process first saw each queued trial
 
-    failures = 0
-    while _finished(study) < n_trials:
-        trial = study.ask()
+    failures, said_waiting = 0, False
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # other processes' trials whose heartbeat stopped
+        now = study.get_trials(deepcopy=False)
+        states = Counter(t.state for t in now)
+        done = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
+        running = states[TrialState.RUNNING]
+        queued = [t for t in now if t.state == TrialState.WAITING]
+        if done >= n_trials and running == 0:
+            break
+        # A trial running elsewhere counts towards the total: if its process is lost, it is run again. Queued
+        # trials count too: of processes that find the rest taken, only one may start a re-run.
+        full = done + running + len(queued) >= n_trials
+        if done + running >= n_trials or (full and not _take_queued(queued, retry, first_seen, cfg)):
+            if not said_waiting:
+                _say(f"waiting for {running} trial(s) running in other processes")
+                said_waiting = True
+            time.sleep(cfg.tune.heartbeat_s)
+            continue
+        said_waiting = False
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for study.optimize: _Heartbeat is why they work here.
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = study.ask()
+        heartbeat = _Heartbeat(study._storage, trial._trial_id, cfg.tune.heartbeat_s)
+        trial.set_user_attr("worker", WORKER)
         run_dir = out / f"trial-{trial.number:03d}"
         try:
             value = _run_trial(trial, cfg, source, run_dir)
@@ -322,6 +502,7 @@ def run_search(
             )
             failures = 0
         finally:
+            heartbeat.close()
             _release_memory()
         summarize(study, cfg, out)
     summary = summarize(study, cfg, out)
@@ -399,8 +580,18 @@ def summarize(study: optuna.Study, cfg: RunConfig, out: Path) -> StudySummary:
     summary = StudySummary(
         path=out, metric=cfg.tune.metric, direction=cfg.tune.direction, params=list(cfg.tune.space)
     )
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    # RetryFailedTrialCallback's copies name the trials they re-run (the last of their retry history).
+    rerun_as = {
+        t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")
+    }
+    for t in trials:
         duration = t.duration.total_seconds() if t.duration is not None else None
+        error = t.user_attrs.get("error")
+        if t.state == TrialState.FAIL and error is None:
+            error = "its process stopped before it ended (killed, or its machine lost)"
+        if t.number in rerun_as:
+            error = f"{error}; run again as trial {rerun_as[t.number]}"
         summary.trials.append(
             TrialRow(
                 number=t.number,
@@ -409,8 +600,9 @@ def summarize(study: optuna.Study, cfg: RunConfig, out: Path) -> StudySummary:
                 params=dict(t.params),
                 intermediate={int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
                 run_dir=str(t.user_attrs.get("run_dir", out / f"trial-{t.number:03d}")),
-                error=t.user_attrs.get("error"),
+                error=error,
                 duration_s=round(duration, 2) if duration is not None else None,
+                worker=t.user_attrs.get("worker"),
             )
         )
     complete = [t for t in summary.trials if t.state == "complete"]

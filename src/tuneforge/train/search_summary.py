@@ -19,6 +19,8 @@ class TrialRow:
     run_dir: str
     error: str | None = None
     duration_s: float | None = None
+    worker: str | None = None
+    """host:pid of the `tuneforge tune` process that ran it."""
 
 
 @dataclass

@@ -371,3 +371,66 @@ def test_pruned_trials_stop_at_the_step_the_median_rule_says(
         ("pruned", None, {1: 2.0}),
     ]
     assert steps_run == [1, 2, 1]
+
+
+def test_a_trial_whose_process_on_this_machine_is_gone_is_rerun_with_its_values_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    import optuna
+
+    from tuneforge.train.search import run_search
+
+    calls = []
+
+    def script(lr: float, report) -> None:
+        calls.append(lr)
+        report(1, {"loss": lr})
+
+    cfg, source = scripted_search(tmp_path, monkeypatch, script, {"prune": False})
+    cfg.tune.heartbeat_s = 600  # far longer than the test: only the gone process id can tell
+    run_search(cfg, source, trials=1)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    study = optuna.load_study(study_name="tuneforge", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
+    lost = study.ask({"train.learning_rate": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)})
+    lost.set_user_attr("worker", f"{socket.gethostname()}:{gone.stdout.strip()}")
+    summary = run_search(cfg, source, trials=2)
+    assert [(t.state, t.params) for t in summary.trials[1:]] == [
+        ("fail", lost.params),
+        ("complete", lost.params),  # run again with the same values
+    ]
+    assert calls[1] == lost.params["train.learning_rate"]
+    assert summary.trials[1].error == (
+        "its process stopped before it ended (killed, or its machine lost); run again as trial 2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("not a url", "Could not parse SQLAlchemy URL from given URL string"),
+        (
+            "postgresql+psycopg://tuner:secret@/db?host=/nonexistent-socket-dir",
+            'connection to server on socket "/nonexistent-socket-dir/.s.PGSQL.5432" failed',
+        ),
+    ],
+)
+def test_a_study_database_that_cannot_be_opened_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    from tuneforge.train.search import run_search
+
+    cfg, source = scripted_search(tmp_path, monkeypatch, lambda lr, report: None, {"storage": url})
+    with pytest.raises(TuneforgeError) as err:
+        run_search(cfg, source, trials=1)
+    assert err.value.what.startswith("cannot open the study database ") and problem in err.value.what
+    assert "secret" not in err.value.render()  # the password is never shown
+    assert (
+        err.value.where
+        == f"{tmp_path / 'tune.yaml'}:{line_of(tmp_path / 'tune.yaml', 'storage:')} (tune.storage)"
+    )

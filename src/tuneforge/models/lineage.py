@@ -135,6 +135,9 @@ def start_from_run(cfg: RunConfig, source: ConfigSource) -> tuple[RunConfig, Con
     init_from, model_name = cfg.train.init_from, cfg.model.name
     model_is_run = is_run_folder(model_name)
     if init_from is None and not model_is_run:
+        folder = Path(model_name).expanduser()
+        if folder.is_dir() and not (folder / "config.json").is_file():  # before prepare reads its tokenizer
+            raise not_a_model(folder, source.where("model.name"))
         return cfg, source, None
     where = source.where("train.init_from" if init_from is not None else "model.name")
     named = init_from if init_from is not None else model_name

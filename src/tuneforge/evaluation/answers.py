@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections import Counter
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,11 @@ from tuneforge.config import RunConfig
 from tuneforge.evaluation.model_eval import ModelEval, evaluate_model, prompt_and_reference
 from tuneforge.evaluation.stats import LOWER_IS_BETTER, compare, verdict
 
-#: An answer is in a repeat loop when one word n-gram of this length occurs at least REPEATS times in it.
-NGRAM, REPEATS = 3, 3
+#: An answer is in a repeat loop when one piece of it (at most UNIT characters, with a letter or digit in it)
+#: comes LOOP times or more in a row, over at least SPAN characters: "I love it I love it I love it", and
+#: also a loop inside a word ("otototototot"), which counting word n-grams would miss.
+UNIT, LOOP, SPAN = 50, 3, 12
+_LOOP = re.compile(rf"(.{{1,{UNIT}}}?)\1{{{LOOP - 1},}}", re.DOTALL)
 SIDES = ("dpo", "reference")
 #: Per-example score → the metric it is the mean of, where the names differ.
 MEAN_OF = {"loss": "loss_per_example", "repetition": "repetition_rate"}
@@ -31,14 +34,14 @@ MEAN_OF = {"loss": "loss_per_example", "repetition": "repetition_rate"}
 SHOWN = ("reward_margin", "answer_words", "repetition_rate", "token_f1", "chrf", "loss_per_example")
 
 
-def repeats(answer: str, n: int = NGRAM, times: int = REPEATS) -> bool:
-    """Whether some word n-gram occurs `times` times or more in the answer (a degenerate repeat loop).
+def repeats(answer: str) -> bool:
+    """Whether the answer falls into a repeat loop (see UNIT, LOOP, SPAN).
 
-    Counted by hand: a few lines over whitespace words, where a library's rep-n would measure a share.
+    A regular expression rather than a library's rep-n score: the question is whether an answer degenerated,
+    not what share of its n-grams recur (a long, good answer repeats common n-grams too).
     """
-    words = answer.lower().split()
-    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-    return any(count >= times for count in grams.values())
+    text = answer + " "  # the last copy of a word loop then ends in a space like the others
+    return any(len(m.group(0)) >= SPAN and any(c.isalnum() for c in m.group(1)) for m in _LOOP.finditer(text))
 
 
 def chat_split(run: RunDir, cfg: RunConfig, split: str) -> tuple[DatasetDir | None, str]:
@@ -158,7 +161,7 @@ def evaluate_answers(
         "split": split,
         "n": len(records),
         "reference_model": f"the SFT run {parent}" if parent else "the base model",
-        "repetition": {"ngram": NGRAM, "times": REPEATS},
+        "repetition": {"unit_max_chars": UNIT, "times": LOOP, "min_chars": SPAN},
         "dpo": dpo.metrics,
         "reference": ref.metrics,
         **compare_answers(cfg, dpo, ref),

@@ -21,6 +21,7 @@ from tuneforge.train import train
 
 # No dropout: the continued adapter then computes exactly what its frozen reference copy does at step 0.
 SFT_METHOD = {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
+QUICK = {"train.eval_every": 0, "train.save_every": 0}
 
 
 def instruction_rows(n: int = 40, seed: int = 1) -> list[dict[str, str]]:
@@ -42,7 +43,7 @@ def sft_config(tmp_path: Path, model: Path) -> Any:
     return make_config(
         tmp_path,
         model,
-        {"data": section, "method": SFT_METHOD, "train.max_steps": 4, "train.learning_rate": 5e-2},
+        {"data": section, "method": SFT_METHOD, "train.max_steps": 4, "train.learning_rate": 5e-2} | QUICK,
         name="sft",
     )
 
@@ -55,7 +56,7 @@ def sft(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> RunDir:
 @pytest.fixture(scope="module")
 def dpo(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, sft: RunDir) -> RunDir:
     tmp = tmp_path_factory.mktemp("dpo-from-sft")
-    cfg = dpo_config(tmp, tiny_llama, {"model.name": str(sft.path), "train.max_steps": 4}, name="dpo")
+    cfg = dpo_config(tmp, tiny_llama, {"model.name": str(sft.path), "train.max_steps": 4} | QUICK, name="dpo")
     return train(cfg)
 
 
@@ -207,3 +208,70 @@ def test_an_unfinished_run_or_another_adapter_method_is_refused(
         "  fix: leave method out (or write method.name: lora); method.name: full merges the adapter into "
         "the base and trains every weight"
     )
+
+
+EVAL = ["eval.max_new_tokens=12", "eval.bootstrap=200"]
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_evaluating_the_dpo_run_answers_the_sft_runs_test_prompts_with_both_models(
+    dpo: RunDir, sft: RunDir
+) -> None:
+    from tuneforge.evaluation import evaluate_run
+    from tuneforge.evaluation.answers import repeats
+    from tuneforge.evaluation.report_answers import answer_lines
+
+    evaluate_run(sft.path, overrides=EVAL, report=False)
+    result = json.loads(evaluate_run(dpo.path, overrides=EVAL).read_text())
+    answers = result["answers"]
+    sft_data = Path(sft.manifest["dataset"]["path"])
+    prompts = _jsonl(sft_data / "test.jsonl")
+    assert (answers["dataset"], answers["split"], answers["n"]) == (str(sft_data), "test", len(prompts))
+    assert len(prompts) == 6 and answers["reference_model"] == f"the SFT run {sft.path.resolve()}"
+    rows = _jsonl(dpo.eval_dir / "test.answers.jsonl")
+    # The reference is the SFT model: its answers are the SFT run's own evaluation answers, word for word.
+    assert [row["reference"] for row in rows] == [
+        row["tuned"] for row in _jsonl(sft.eval_dir / "test.predictions.jsonl")
+    ]
+    assert [row["reference_answer"] for row in rows] == [p["output"] for p in prompts]
+    sft_result = json.loads((sft.eval_dir / "test.json").read_text())
+    assert answers["reference"]["token_f1"] == sft_result["tuned"]["token_f1"]
+    assert answers["reference"]["loss"] == pytest.approx(sft_result["tuned"]["loss"], rel=1e-6)
+    for side in ("reference", "dpo"):
+        texts = [row[side] for row in rows]
+        assert answers[side]["answer_words"] == pytest.approx(sum(len(t.split()) for t in texts) / 6)
+        assert answers[side]["repetition_rate"] == pytest.approx(sum(map(repeats, texts)) / 6)
+        assert [row["scores"][side]["repetition"] for row in rows] == [float(repeats(t)) for t in texts]
+        assert answers[side]["token_f1"] == pytest.approx(
+            sum(r["scores"][side]["token_f1"] for r in rows) / 6
+        )
+    paired = answers["paired"]
+    diff = sum(len(r["dpo"].split()) - len(r["reference"].split()) for r in rows) / 6
+    assert paired["answer_words"]["diff"] == pytest.approx(diff)
+    rep_diff = sum(float(repeats(r["dpo"])) - float(repeats(r["reference"])) for r in rows) / 6
+    assert paired["repetition_rate"]["diff"] == pytest.approx(rep_diff)
+    assert {"answer_words", "repetition_rate", "token_f1", "loss_per_example", "chrf"} <= set(paired)
+    # Next to the reward margin, which is measured against the SFT model as well (its adapter, frozen).
+    margin = result["tuned"]["reward_margin"]
+    lines = answer_lines(answers, margin)
+    assert lines[0] == (
+        f"answers on 6 prompts of {sft_data} (test), reference = the SFT run {sft.path.resolve()}:"
+    )
+    assert lines[1].endswith(f", reward margin {margin:.4g}")
+    md = (dpo.path / "report.md").read_text()
+    assert "What DPO did to answers: 6 prompts of the test split of" in md
+
+
+def test_repeats_marks_an_answer_that_falls_into_a_loop() -> None:
+    from tuneforge.evaluation.answers import repeats
+
+    assert repeats("I love it I love it I love it")
+    assert not repeats("I love it I love it and more")  # twice is not a loop
+    assert repeats("good good good good")
+    assert repeats("otototototot")  # a loop inside one "word": what a word n-gram count misses
+    assert not repeats("hahaha")  # shorter than 12 characters
+    assert not repeats("---------------")  # no letter or digit: a rule, not a degenerate answer
+    assert not repeats("")

@@ -14,7 +14,13 @@ import yaml
 
 from tests.tiny import WORDS
 from tests.unit.train.test_dpo import dpo_config, preference_rows
-from tests.unit.train.tiny_runs import make_config
+from tests.unit.train.tiny_runs import (
+    assert_same_tensors,
+    final_weights,
+    interrupted_at,
+    make_config,
+    records,
+)
 from tuneforge.artifacts import RunDir
 from tuneforge.errors import TuneforgeError
 from tuneforge.train import train
@@ -123,6 +129,19 @@ def test_the_manifest_and_config_record_the_lineage(dpo: RunDir, sft: RunDir, ti
     assert config["method"] == {"name": "lora", **yaml.safe_load(sft.config_path.read_text())["method"]}
     adapter = json.loads((dpo.final / "adapter_config.json").read_text())
     assert (adapter["r"], adapter["lora_alpha"]) == (4, 8)
+
+
+def test_a_dpo_run_from_an_sft_run_resumes_bit_identically(
+    tmp_path: Path, tiny_llama: Path, sft: RunDir, dpo: RunDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = dpo_config(
+        tmp_path, tiny_llama, {"model.name": str(sft.path), "train.max_steps": 4} | QUICK, name="dpo"
+    )
+    interrupted_at(cfg, monkeypatch, 2)
+    run = train(cfg, resume=True)
+    assert run.manifest["resumed_from_step"] == 2 and run.manifest["parent"] == dpo.manifest["parent"]
+    assert_same_tensors(final_weights(run), final_weights(dpo))
+    assert records(run) == records(dpo)
 
 
 def test_full_fine_tuning_from_an_adapter_run_merges_it_and_takes_the_sft_model_as_reference(

@@ -76,16 +76,18 @@ def with_answer_scores(m: ModelEval) -> ModelEval:
 
 def _verdict(metric: str, test: dict[str, Any]) -> str:
     names = ("dpo", "reference")
+    differs = math.isfinite(test["diff"]) and test["p_value"] < 0.05 and not (test["lo"] <= 0 <= test["hi"])
+    if not differs:
+        return verdict(metric, test, names=names)
     if metric == "answer_words":  # neither longer nor shorter is better in itself
-        if not math.isfinite(test["diff"]) or test["p_value"] >= 0.05 or test["lo"] <= 0 <= test["hi"]:
-            return verdict(metric, test, names=names)
         longer = "longer" if test["diff"] > 0 else "shorter"
         return (
             f"dpo answers are {longer} by {abs(test['diff']):.3g} words "
             f"[{test['lo']:+.3g}, {test['hi']:+.3g}], p = {test['p_value']:.3g}"
         )
     if metric == "repetition_rate" and metric not in LOWER_IS_BETTER:
-        # Lower is better: the verdict of the negated difference names the right winner.
+        # Lower is better: the verdict of the negated difference names the right winner (its numbers are
+        # printed as the winner's advantage, so the sign does not show).
         flipped = {**test, "diff": -test["diff"], "lo": -test["hi"], "hi": -test["lo"]}
         return verdict(metric, flipped, names=names)
     return verdict(metric, test, names=names)

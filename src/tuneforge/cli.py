@@ -283,6 +283,11 @@ def evaluate(
     result = read_json(out)
     print_comparison(result)
     print_verdicts(result)
+    if result.get("answers"):  # a DPO run's answers on a chat split (evaluation/answers.py)
+        from tuneforge.evaluation.report_answers import answer_lines
+
+        for line in answer_lines(result["answers"], result["tuned"].get("reward_margin")):
+            console.print(escape(line))
     console.print(f"metrics: {out}  and {out.with_name(out.stem + '.predictions.jsonl')}")
     console.print(f"report:  {Path(result['run']) / 'report.html'}")
 

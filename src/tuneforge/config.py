@@ -277,6 +277,9 @@ class TrainConfig(Section):
     an early stop does (the best checkpoint is the final model); the manifest says it stopped on budget."""
     dpo_beta: float = Field(0.1, gt=0)
     """Preference data (DPO): how far the tuned model may move from the base; higher keeps it closer."""
+    init_from: str | None = None
+    """A finished run to start from (as `model.name: RUN` does): DPO on top of an SFT run continues its
+    adapter (or its whole model) with the SFT model as the frozen reference."""
     num_threads: Annotated[int, Field(ge=0)] | Literal["auto"] | None = "auto"
     """CPU threads per process: auto (OMP_NUM_THREADS if set, else the physical cores this process may use,
     shared by the processes on the machine), a number, or null/0 for torch's own default."""
@@ -311,6 +314,9 @@ class EvalConfig(Section):
     """Examples per forward pass."""
     compare_base: bool = False
     """Also evaluate the untuned base model on the same examples."""
+    answers_from: str | None = None
+    """A DPO run: the prepared chat/instruction dataset whose split evaluate also answers with the reference
+    and the DPO model (default: the parent SFT run's dataset, from the run's lineage)."""
     max_new_tokens: int = Field(64, ge=1)
     """Generation length for generative metrics."""
     generate: bool = True

@@ -264,6 +264,10 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         blocks += threshold_blocks(r["threshold_optimizer"])
     if r.get("judge"):
         blocks += judge_blocks(r["judge"])
+    if r.get("answers"):  # a DPO run: what it did to answers, beside the reward margin
+        from tuneforge.evaluation.report_answers import answers_blocks
+
+        blocks += answers_blocks(r["answers"], r["tuned"].get("reward_margin"))
     blocks.append(("p", _guard_text(r.get("guard", {}))))
     blocks += _examples_blocks(run, r)
     missing = not_measured(r)

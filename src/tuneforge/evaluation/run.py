@@ -14,9 +14,10 @@ from tuneforge.config import RunConfig, with_overrides
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.guard import check_adapter_applied, check_differs, probe_batch, probe_logits
 from tuneforge.evaluation.model_eval import ModelEval, evaluate_model, prompt_and_reference
-from tuneforge.evaluation.summary import summarize
+from tuneforge.evaluation.summary import clean, summarize
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.models.encode import encoder, pack_text
+from tuneforge.models.lineage import add_reference
 from tuneforge.models.loading import load_adapter, run_base_path
 from tuneforge.train import reload_config
 
@@ -32,6 +33,10 @@ def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
             cfg.model, labels=labels, path=run_base_path(manifest), pad_token_id=tok.pad_token_id
         )
         model: Any = load_adapter(base, run.final)
+        parent = manifest.get("parent") or {}
+        if manifest.get("objective") == "dpo" and parent.get("saves_adapter"):
+            # DPO continued the parent's adapter: its reference is that adapter as the parent saved it.
+            add_reference(model, Path(parent["final"]))
     else:
         model = load_model(cfg.model, labels=labels, path=str(run.final), pad_token_id=tok.pad_token_id)
     return model, tok
@@ -44,6 +49,18 @@ def check_finished(run: RunDir) -> None:
             f"run {run.path} has not finished training (status: {manifest.get('status', 'unknown')})",
             fix=f"finish it with: tuneforge train {run.config_path} --resume",
         )
+
+
+def load_reference(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
+    """A whole-model DPO run's reference: its parent SFT run's model (merged adapter or whole), or its base.
+
+    A full-weight parent is already this run's base; an adapter parent's model is its base + adapter.
+    """
+    parent = run.manifest.get("parent") or {}
+    if parent.get("saves_adapter") and RunDir.is_run(Path(parent["run"])):
+        parent_run = RunDir(Path(parent["run"]))
+        return load_tuned(parent_run, reload_config(parent_run))
+    return load_base(run, cfg)
 
 
 def load_base(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
@@ -262,6 +279,13 @@ def evaluate_run(
         if not guard["checked"]:
             tuned_probe = probe_logits(model, probe)
     tuned = evaluate_model(model, tok, records, cfg, fmt, labels, _progress("tuned"))
+    answers: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
+    if run.manifest.get("objective") == "dpo":  # what the pairs cannot show: what DPO did to answers
+        from tuneforge.evaluation.answers import evaluate_answers
+
+        answers = evaluate_answers(
+            run, cfg, split, limit, model, tok, lambda: load_reference(run, cfg), _progress
+        )
     post = (
         _threshold_optimizer(cfg, dataset, model, tok, labels, records, tuned, groups)
         if tuned.probs
@@ -298,6 +322,13 @@ def evaluate_run(
         result["judge"], verdicts = judge_rows(cfg.eval.judge, rows)
         for row, verdict in zip(rows, verdicts, strict=False):
             row["judge"] = verdict
+    if answers is not None:
+        result["answers"] = clean(answers[0])
+        if answers[1]:
+            result["answers"]["predictions"] = f"{split}.answers.jsonl"
+            with atomic_file(run.eval_dir / f"{split}.answers.jsonl", "w") as f:
+                for row in answers[1]:
+                    f.write(json.dumps(row, ensure_ascii=False, default=_nan_safe) + "\n")
     out = run.eval_dir / f"{split}.json"
     with atomic_file(run.eval_dir / f"{split}.predictions.jsonl", "w") as f:
         for row in rows:

@@ -38,9 +38,32 @@ def resolve_model_path(cfg: ModelConfig, *, weights: bool = True) -> str:
                 where="model.name",
                 fix="pass a Hugging Face model folder",
             )
+        _refuse_not_a_model(path, weights=weights)
         _refuse_pickle(path, cfg)
         return str(path)
     return cfg.name
+
+
+def _refuse_not_a_model(path: Path, *, weights: bool) -> None:
+    """A folder without config.json (a run, its final/ adapter, anything else) is one clear error.
+
+    Only the tokenizer (`weights=False`) may come from a folder that holds a tokenizer and nothing else.
+    """
+    from tuneforge.artifacts import RunDir
+    from tuneforge.models.integrity import TOKENIZER_FILES
+    from tuneforge.models.lineage import not_a_model
+
+    if (path / "config.json").is_file():
+        return
+    if RunDir.is_run(path):
+        raise TuneforgeError(
+            f"{path} is a tuneforge run, not a model folder",
+            where="model.name",
+            fix="`tuneforge train` starts from a run (model.name or train.init_from in its config: DPO "
+            "continues what the run trained); elsewhere serve or export the run itself",
+        )
+    if weights or not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise not_a_model(path, "model.name")
 
 
 def _refuse_pickle(path: Path, cfg: ModelConfig) -> None:

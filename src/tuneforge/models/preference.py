@@ -1,10 +1,11 @@
 """DPO (Rafailov et al. 2023, "Direct Preference Optimization"): preference pairs → loss, rewards and margins.
 
 The reference policy is the same model with its adapter switched off (peft's `disable_adapter()`), so no
-second model is held in memory; its log-probabilities are taken in eval mode (no dropout), without gradient,
-in the same micro-batch as the policy's, so a step is a pure function of its batch and resume stays exact.
-A model without an adapter (full fine-tuning) has nothing to switch off: its reference log-probabilities are
-taken once, before the first update, for every pair (`reference_table`), and travel with each batch.
+second model is held in memory (a run started from an SFT adapter run switches to a frozen copy of that
+adapter instead: models/lineage.py); its log-probabilities are taken in eval mode (no dropout), without
+gradient, in the same micro-batch as the policy's, so a step is a pure function of its batch and resume stays
+exact. A model without an adapter (full fine-tuning) has nothing to switch off: its reference log-probs
+are taken once, before the first update, for every pair (`reference_table`), and travel with each batch.
 
 Written by hand rather than taken from TRL: our own loop owns batching, packing and exact resume, and the loss
 itself is a few lines. The formulation is TRL's `sigmoid` loss: summed completion log-probabilities, loss
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from tuneforge.models.collate import collate
 from tuneforge.models.encode import Example
+from tuneforge.models.lineage import reference_model
 from tuneforge.models.lm_loss import example_logprobs
 from tuneforge.models.packing import pack
 
@@ -55,7 +57,7 @@ def reference_logprobs(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), model.disable_adapter():
+        with torch.no_grad(), reference_model(model):
             return example_logprobs(model, batch)
     finally:
         model.train(was_training)

@@ -19,6 +19,7 @@ from tuneforge.artifacts import DatasetDir, RunDir, RunLock, atomic_dir
 from tuneforge.config import ConfigSource, RunConfig, config_from_dict
 from tuneforge.errors import DiskFull, TuneforgeError
 from tuneforge.models.estimate import check_fits, time_line
+from tuneforge.models.lineage import Parent, drop_reference, start_from_run
 from tuneforge.models.loading import portable_adapter_config
 from tuneforge.train import setup
 from tuneforge.train.resume import check_output_dir, check_resume, check_same_position, open_run_dir
@@ -69,6 +70,8 @@ def train(
 
     source = source or ConfigSource(None)
     # 1. Everything a config can get wrong is refused before anything is loaded or written.
+    # A run as the starting point (DPO on top of SFT): from here on the config names the model it loads.
+    cfg, source, parent = start_from_run(cfg, source)
     plan = setup.plan(cfg, source)
     dataset = setup.load_dataset(cfg, source, plan.accelerator)
     cfg, plan = setup.apply_defaults(
@@ -89,7 +92,8 @@ def train(
             RunDir(Path(cfg.train.output_dir)), cfg, dataset.manifest.get("fingerprint"), force, split_files
         )
     # 2. Model and examples; the run directory exists only once they are known to be good.
-    model = setup.load_trainable_model(cfg, plan, dataset.labels)
+    preference = setup.is_preference(cfg, dataset.format)
+    model = setup.load_trainable_model(cfg, plan, dataset.labels, parent, preference=preference)
     examples = setup.encode_examples(cfg, source, dataset, model.tokenizer)
     run, lock = _open_run(cfg, plan, resume, force, overwrite, dataset, split_files)
     if plan.defaults_line:  # only now: every refusal above prints its error first
@@ -136,6 +140,7 @@ def train(
             resume,
             total_steps,
             loop.steps_per_epoch,
+            parent,
         ) as trackers:
             if checkpoints.resumed_from is not None:
                 # Last, right before the loop, so nothing shifts the random streams.
@@ -212,6 +217,7 @@ def _start_records(
     resume: bool,
     total_steps: int,
     steps_per_epoch: int,
+    parent: Parent | None,
 ) -> Iterator[Any]:
     """Mark the run running in its manifest and open its metrics sinks for the loop."""
     from tuneforge.train.sharding import is_sharded
@@ -249,6 +255,8 @@ def _start_records(
             defaults=plan.defaults,  # what --resume applies again, rather than deriving them anew
             environment=environment(plan.accelerator, cfg.train.seed),
             resumed_from_step=state.step if resume else None,
+            # The run this one started from (its result, method and dataset), or None: the lineage.
+            parent=parent.lineage() if parent is not None else None,
         )
     trackers = Trackers(
         run.path,
@@ -292,6 +300,7 @@ def _finish(
         return
     trained = [p for p in dist.unwrapped.parameters() if p.requires_grad]
     check_finite(list(whole.values()) if whole is not None else trained, what="the final weights")
+    drop_reference(dist.unwrapped)  # DPO's frozen copy of a parent adapter is not part of the result
     with atomic_dir(run.final, kind="tuneforge.final") as tmp:
         dist.unwrapped.save_pretrained(tmp, state_dict=whole, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

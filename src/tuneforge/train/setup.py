@@ -20,6 +20,7 @@ from tuneforge.config import ConfigSource, RunConfig
 from tuneforge.data import prepare_dataset
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve_model_path
+from tuneforge.models.lineage import Parent, continue_adapter, merged_adapter
 from tuneforge.models.methods import count_parameters, describe_parameters
 from tuneforge.train.devices import build_accelerator, check_distributed_type, set_num_threads
 from tuneforge.train.optimizer import balanced_class_weights, build_optimizer
@@ -147,8 +148,14 @@ class Trainable:
     """trainable and total parameter counts."""
 
 
-def load_trainable_model(cfg: RunConfig, plan: Plan, labels: list[str]) -> Trainable:
-    """The tokenizer and the base model with the method applied."""
+def load_trainable_model(
+    cfg: RunConfig, plan: Plan, labels: list[str], parent: Parent | None = None, *, preference: bool = False
+) -> Trainable:
+    """The tokenizer and the base model with the method applied.
+
+    From a `parent` adapter run, its adapter continues instead (and, for DPO, a frozen copy of it is the
+    reference), or is merged into the base first under full fine-tuning (models/lineage.py).
+    """
     from accelerate.utils import set_seed
 
     set_seed(cfg.train.seed)  # before the method initialises its weights
@@ -162,7 +169,13 @@ def load_trainable_model(cfg: RunConfig, plan: Plan, labels: list[str]) -> Train
         method=cfg.method,
         empty=cfg.train.fsdp and not plan.is_main,  # FSDP: only the main process loads
     )
-    model = plan.method.apply(model, plan.options, cfg.model.task)
+    if parent is not None and parent.saves_adapter and not plan.full_weights:
+        prepare = getattr(plan.method, "prepare", None)
+        model = continue_adapter(model, parent, reference=preference, prepare=prepare)
+    else:
+        if parent is not None and parent.saves_adapter:
+            model = merged_adapter(model, parent)
+        model = plan.method.apply(model, plan.options, cfg.model.task)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):

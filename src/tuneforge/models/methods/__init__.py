@@ -6,6 +6,8 @@ or the reason why not), so train/ never keeps lists of method names.
 A method module may also define two optional hooks:
     check(options, task)    raise a TuneforgeError when the approach cannot run this task on this machine
     load_kwargs(options)    extra `from_pretrained` arguments for the base model (e.g. a quantization_config)
+    prepare(model)          what the base needs before any adapter goes on, including a parent run's adapter
+                            that continues (QLoRA's k-bit preparation)
 """
 
 from __future__ import annotations

@@ -67,9 +67,13 @@ def load_kwargs(options: Options) -> dict[str, Any]:
     return {"quantization_config": quant, "device_map": {"": torch.cuda.current_device()}}
 
 
-def apply(model: Any, options: Options, task: str) -> Any:
+def prepare(model: Any) -> Any:
+    """The 4-bit base made ready to train an adapter (also before a parent run's adapter continues)."""
     from peft import prepare_model_for_kbit_training
 
     # Gradient checkpointing stays under train.gradient_checkpointing rather than being switched on here.
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return wrap(model, lora.peft_config(options, task), "qlora")
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def apply(model: Any, options: Options, task: str) -> Any:
+    return wrap(prepare(model), lora.peft_config(options, task), "qlora")

@@ -314,7 +314,10 @@ def human_eval_export(
     from tuneforge.evaluation.human import export_sheets
 
     out = export_sheets(run_dir, split=split, raters=raters, limit=limit, seed=seed, force=force)
-    console.print(f"answers from: {run_dir / 'eval' / (split + '.predictions.jsonl')}")
+    from tuneforge.artifacts import read_json
+
+    read = str(read_json(out / "key.json").get("split", split))  # the evaluation export resolved
+    console.print(f"answers from: {run_dir / 'eval' / (read + '.predictions.jsonl')}")
     console.print(f"[green]sheets[/green] {out / 'sheets'}  (fill the preference column: 1, 2 or tie)")
     console.print(f"key:    {out / 'key.json'}  (do not show it to raters)")
 

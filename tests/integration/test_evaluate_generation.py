@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.eval_invariants import check_numbers
 from tests.tiny import write_jsonl
 from tuneforge.config import load_config
 from tuneforge.errors import TuneforgeError
@@ -55,10 +56,8 @@ def test_chat_evaluation_writes_answers_and_their_scores(chat_run: Path) -> None
     mean_f1 = sum(r["scores"]["tuned"]["token_f1"] for r in rows) / 6
     assert result["tuned"]["token_f1"] == pytest.approx(mean_f1)
     assert result["ci"]["tuned"]["token_f1"]["value"] == pytest.approx(mean_f1)
-    for metric in ("bleu", "chrf", "ter", "rougeL", "exact_match", "loss_per_example"):
+    for metric in ("bleu", "chrf", "ter", "rougeL", "exact_match", "loss", "perplexity", "length_ratio"):
         assert "verdict" in result["paired"][metric]
-    loss = sum(r["scores"]["tuned"]["loss"] for r in rows) / 6
-    assert result["ci"]["tuned"]["loss_per_example"]["value"] == pytest.approx(loss)
     ci = result["ci"]["tuned"]["loss"]  # per target token, like the headline loss
     assert ci["value"] == pytest.approx(result["tuned"]["loss"]) and ci["lo"] <= ci["value"] <= ci["hi"]
     assert result["guard"]["checked"] and result["guard"]["max_abs_logit_diff"] > 0
@@ -148,3 +147,59 @@ def test_the_judge_runs_inside_evaluate(chat_run: Path, tmp_path: Path) -> None:
     human = json.loads(import_ratings(run, [write_jsonl(tmp_path / "filled.jsonl", sheet)]).read_text())
     assert human["judge_agreement"]["rater-1"] == {"n": len(sheet), "cohen_kappa": 0.0}
     assert human["overall"]["win"]["value"] == pytest.approx((len(sheet) - half) / len(sheet))
+
+
+def test_every_printed_number_is_inside_its_interval_and_every_verdict_agrees(chat_run: Path) -> None:
+    """Issue 21: corpus BLEU "0.468 [1.058, 1.955]" (an interval of sentence BLEU beside the corpus score)."""
+    import numpy as np
+
+    from tuneforge.evaluation.text_metrics import corpus_statistics
+
+    result = json.loads((chat_run / "eval" / "test.json").read_text())
+    assert check_numbers(result) >= 2 * 12 + 10
+    rows = [
+        json.loads(line) for line in (chat_run / "eval" / "test.predictions.jsonl").read_text().splitlines()
+    ]
+    # the interval is of the corpus score: resample rows, recompute sacrebleu's corpus BLEU (row 0 three times)
+    bleu = corpus_statistics([r["tuned"] for r in rows], [r["reference"] for r in rows])["bleu"]
+    from sacrebleu.metrics import BLEU
+
+    idx = np.array([0, 0, 0, 1, 2, 3])
+    picked = [rows[i] for i in idx]
+    direct = BLEU().corpus_score([r["tuned"] for r in picked], [[r["reference"] for r in picked]]).score
+    assert bleu(idx) == pytest.approx(direct)
+    assert result["ci"]["tuned"]["bleu"]["value"] == pytest.approx(result["tuned"]["bleu"])
+    assert result["paired"]["bleu"]["diff"] == pytest.approx(result["tuned"]["bleu"] - result["base"]["bleu"])
+
+
+def test_a_short_evaluation_keeps_the_full_one(chat_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tuneforge.evaluation.human import export_sheets
+    from tuneforge.evaluation.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(chat_run, run, ignore=shutil.ignore_patterns("human-eval"))
+    full = (run / "eval" / "test.json").read_bytes()
+    full_rows = (run / "eval" / "test.predictions.jsonl").read_bytes()
+    out = evaluate_run(run, max_examples=2, report=False)
+    assert out == run / "eval" / "test-first2.json"
+    short = json.loads(out.read_text())
+    assert short["evaluation"] == "test-first2" and short["split"] == "test" and short["n"] == 2
+    assert len((run / "eval" / "test-first2.predictions.jsonl").read_text().splitlines()) == 2
+    assert (run / "eval" / "test.json").read_bytes() == full  # untouched
+    assert (run / "eval" / "test.predictions.jsonl").read_bytes() == full_rows
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert md.index("\n## Evaluation (test)\n") < md.index("\n## Evaluation (test-first2)\n")
+    assert "From eval/test.json (all 6 examples of test);" in md
+    assert "From eval/test-first2.json (the first 2 examples of test);" in md
+    # human-eval reads the full evaluation of the split it is given, and says so in its key
+    key = json.loads((export_sheets(run) / "key.json").read_text())
+    assert key["split"] == "test" and len(key["prompts"]) <= 6
+    # with only the short one there, that is the one it reads (and names)
+    shutil.rmtree(run / "human-eval")
+    for name in ("test.json", "test.predictions.jsonl"):
+        (run / "eval" / name).unlink()
+    key = json.loads((export_sheets(run) / "key.json").read_text())
+    assert key["split"] == "test-first2" and len(key["prompts"]) <= 2

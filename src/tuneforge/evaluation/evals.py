@@ -52,3 +52,16 @@ def describe(r: dict[str, Any]) -> str:
     name, split, n = r.get("evaluation", r["split"]), r["split"], r["n"]
     what = f"all {n} examples of {split}" if name == split else f"the first {n} examples of {split}"
     return f"eval/{name}.json ({what})"
+
+
+def resolve(run: RunDir, name: str) -> str:
+    """The evaluation a command reads when asked for `name`: that one if it exists, else, for a split evaluated
+    only in part, its largest partial evaluation (test-first50 before test-first12)."""
+    if predictions_path(run, name).is_file() or not run.eval_dir.is_dir():
+        return name
+    partial = [
+        r for r in evaluations(run).values() if r["split"] == name and predictions_path(run, r["evaluation"]).is_file()
+    ]
+    if not partial:
+        return name
+    return str(max(partial, key=lambda r: (r["n"], r["evaluation"]))["evaluation"])

@@ -16,7 +16,7 @@ from tuneforge.evaluation.calibration import calibration
 from tuneforge.evaluation.metrics import classification_metrics
 from tuneforge.evaluation.render import num, with_ci
 from tuneforge.evaluation.report import write_report
-from tuneforge.evaluation.stats import compare
+from tuneforge.evaluation.stats import compare, sig
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -122,9 +122,9 @@ def test_classification_report_shows_what_the_eval_json_holds(classification_run
     assert "| unparseable_rate | 0.5 | 0 |  | lower | share of answers naming no label |" in md
     # the paired test as a row: difference tuned - base with its interval, p, the test, who is better
     p = result["paired"]["accuracy"]
-    diff = f"{p['diff']:+.4g} [{p['lo']:+.4g}, {p['hi']:+.4g}]"
+    diff = f"{sig(p['diff'], True)} [{sig(p['lo'], True)}, {sig(p['hi'], True)}]"
     who = "tuned is better" if p["verdict"].startswith("tuned is better") else "no evidence of a difference"
-    assert f"| accuracy | {diff} | {num(p['p_value'])} | mcnemar-exact | {who} |" in md
+    assert f"| accuracy | {diff} | {num(p['p_value'])} | paired-bootstrap | {who} |" in md
     # the base's answers that named no label: a column of their own, counted from the rows
     rows = [json.loads(line) for line in (classification_run / "eval" / "test.predictions.jsonl").open()]
     for label in LABELS:
@@ -138,11 +138,17 @@ def test_classification_report_shows_what_the_eval_json_holds(classification_run
     # the examples where the two differ most come first, with their score either way
     # rows 2 and 4 turned right (gap 1 + 0.5 for a different answer), 1 and 5 changed but stayed wrong (0.5),
     # 0 and 3 are the same answer (0: not shown)
+    evaluation = md.split("\n## Evaluation (test)\n")[1]
     shown = [
-        line.split(" | ")[0][2:] for line in md.splitlines() if line.startswith("| ") and "| text " in line
+        line.split(" | ")[0][2:]
+        for line in evaluation.splitlines()
+        if line.startswith("| ") and "| text " in line
     ]
     assert shown == ["2", "4", "1", "5"]
-    assert "| 2 | text 2 | neutral | <unparseable> | neutral | 0 → 1 |" in md
+    assert "| 2 | text 2 | neutral | &lt;unparseable&gt; | neutral | 0 → 1 |" in md
+    # the summary shows the first three of them right under the verdicts
+    head = [line.split(" | ")[0][2:] for line in summary.splitlines() if "| text " in line]
+    assert head == ["2", "4", "1"]
     # what is missing says how to add it
     assert "per-group results (data.group_column or eval.group_columns)" in md
     assert "calibration (ECE, Brier): it needs label probabilities (eval.decision: score)" in md
@@ -294,7 +300,7 @@ def test_answers_are_shown_even_when_base_and_tuned_never_differ(tmp_path: Path)
     assert "| 9 | q9 | r | same | same |" in md and "| 10 | q10 |" not in md
 
 
-def test_regression_examples_print_predicted_values_at_four_digits(tmp_path: Path) -> None:
+def test_regression_examples_print_predicted_values_at_three_digits(tmp_path: Path) -> None:
     rows = [
         {
             "id": 0,
@@ -309,8 +315,8 @@ def test_regression_examples_print_predicted_values_at_four_digits(tmp_path: Pat
     run = make_run(tmp_path, "regression", result, rows, task="regression")
     write_report(run)
     md = (run / "report.md").read_text()
-    assert "| 0 | t | 5 | -0.02331 | 0.07355 | 5.023 → 4.926 |" in md
-    assert "| mse | 25.23 | 24.27 | lower | mean squared error, label units squared |" in md
+    assert "| 0 | t | 5 | -0.0233 | 0.0736 | 5.02 → 4.93 |" in md
+    assert "| mse | 25.2 | 24.3 | lower | mean squared error, label units squared |" in md
 
 
 def test_a_run_that_did_not_finish_and_was_not_evaluated_says_so(tmp_path: Path) -> None:

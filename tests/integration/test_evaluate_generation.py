@@ -156,7 +156,8 @@ def test_every_printed_number_is_inside_its_interval_and_every_verdict_agrees(ch
     from tuneforge.evaluation.text_metrics import corpus_statistics
 
     result = json.loads((chat_run / "eval" / "test.json").read_text())
-    assert check_numbers(result) >= 2 * 12 + 10
+    # loss, perplexity, BLEU, chrF, TER, ROUGE-1/2/L, exact match, token F1, length ratio: both sides and paired
+    assert check_numbers(result) == 3 * 11
     rows = [
         json.loads(line) for line in (chat_run / "eval" / "test.predictions.jsonl").read_text().splitlines()
     ]
@@ -203,3 +204,32 @@ def test_a_short_evaluation_keeps_the_full_one(chat_run: Path, tmp_path: Path) -
         (run / "eval" / name).unlink()
     key = json.loads((export_sheets(run) / "key.json").read_text())
     assert key["split"] == "test-first2" and len(key["prompts"]) <= 2
+
+
+@pytest.mark.parametrize("reply_as", ["cut", "ok"])
+def test_evaluate_prints_the_judges_summary(chat_run: Path, tmp_path: Path, cli, reply_as: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue 21: 48 of 48 judge requests failed, or all passed: the terminal said nothing either way."""
+    import shutil
+
+    import yaml
+
+    from tests.unit.evaluation.judge_stub import judge_server
+
+    run = tmp_path / "run"
+    shutil.copytree(chat_run, run, ignore=shutil.ignore_patterns("eval", "human-eval"))
+    with judge_server(reply_as) as stub:
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["eval"]["judge"] = {"base_url": stub["url"], "model": "stub", "modes": ["pairwise"]}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        r = cli("evaluate", str(run))
+    assert r.returncode == 0, r.stderr
+    assert stub["requests"] == 12 and stub["max_tokens"] == [256] * 12
+    if reply_as == "cut":
+        assert "judge stub (helpfulness rubric): 6 examples, 6 with failures (12 failed requests" in r.stdout
+        assert "every example failed: no judge verdict in this evaluation" in r.stdout
+        assert "first error: malformed reply: " in r.stdout
+    else:
+        assert "judge stub (helpfulness rubric): 6 examples, 0 with failures (0 failed requests" in r.stdout
+        assert "pairwise, tuned vs base: win 0 [0, 0], tie 1 [1, 1], loss 0 [0, 0]; verdicts that survive " \
+            "swapping the order: 0%" in r.stdout
+    assert json.loads((run / "eval" / "test.json").read_text())["n"] == 6  # the answers were kept either way

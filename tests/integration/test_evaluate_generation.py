@@ -61,6 +61,7 @@ def test_chat_evaluation_writes_answers_and_their_scores(chat_run: Path) -> None
     ci = result["ci"]["tuned"]["loss"]  # per target token, like the headline loss
     assert ci["value"] == pytest.approx(result["tuned"]["loss"]) and ci["lo"] <= ci["value"] <= ci["hi"]
     assert result["guard"]["checked"] and result["guard"]["max_abs_logit_diff"] > 0
+    assert not (chat_run / "train.lock").exists()  # a finished run keeps no stale lock
 
 
 def test_an_adapter_that_does_not_change_the_model_is_an_error(chat_run: Path, tmp_path: Path) -> None:

@@ -234,3 +234,20 @@ def test_evaluate_prints_the_judges_summary(chat_run: Path, tmp_path: Path, cli,
         assert "pairwise, tuned vs base: win 0 [0, 0], tie 1 [1, 1], loss 0 [0, 0]; verdicts that survive " \
             "swapping the order: 0%" in r.stdout
     assert json.loads((run / "eval" / "test.json").read_text())["n"] == 6  # the answers were kept either way
+
+
+def test_the_model_cards_code_loads_the_model_offline(chat_run: Path) -> None:
+    """Issue 21: the card's AutoPeftModelForCausalLM snippet fetched the base from the Hub (offline it failed)."""
+    import re
+
+    from tuneforge.artifacts import RunDir
+    from tuneforge.evaluation.model_card import render_card
+
+    card = render_card(RunDir.open(chat_run), {})
+    code = re.search(r"## Use\n\n```python\n(.*?)```", card, re.S)
+    assert code is not None and "AutoPeft" not in code.group(1)
+    manifest = json.loads((chat_run / "manifest.json").read_text())
+    assert f"from_pretrained({manifest['base_model_path']!r})" in code.group(1)
+    scope: dict[str, object] = {}
+    exec(code.group(1).replace("'path/to/final'", repr(str(chat_run / "final"))), scope)  # noqa: S102
+    assert type(scope["model"]).__name__ == "PeftModelForCausalLM"

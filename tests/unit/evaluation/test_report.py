@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,13 @@ def test_model_card_metadata_is_a_valid_hub_card_with_the_eval_numbers(tmp_path:
     assert by_name["ROUGE-L"].metric_type == "rouge" and by_name["ROUGE-L"].metric_value == 0.5
     assert by_name["Perplexity"].metric_value == pytest.approx(math.exp(1.25))
     assert {e.dataset_split for e in card.data.eval_results} == {"test"}
+    # the code loads the built-in base the way tuneforge resolves it (no download); AutoPeft is the online way
+    assert (
+        "base = AutoModelForCausalLM.from_pretrained(resolve('builtin:smollm2-135m-instruct'))\n"
+        "model = PeftModel.from_pretrained(base, 'path/to/final')\n" in card.text
+    )
+    assert "Online, `AutoPeftModelForCausalLM.from_pretrained('path/to/final')` also works: it downloads the " \
+        "base `HuggingFaceTB/SmolLM2-135M-Instruct` from the Hub." in card.text
     # the metadata round-trips through the Hub's own model-index writer unchanged
     index = eval_results_to_model_index("run", card.data.eval_results)
     assert card.data.to_dict()["model-index"] == index
@@ -341,3 +349,31 @@ def test_the_report_does_not_load_torch(classification_run: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"  # train/plot.py draws the curve without train/'s torch imports
+
+
+def test_report_md_carries_no_raw_html_or_links_from_data(tmp_path: Path) -> None:
+    """Issue 19: labels with `<img onerror>` reached report.md as raw HTML; escape it as report.html does."""
+    evil = "<img src=x onerror=alert(1)>"
+    rows = [
+        {
+            "id": 0,
+            "input": f"q {evil}",
+            "reference": "![pixel](http://tracker.example/p.png)",
+            "tuned": "<script>alert(2)</script> & more",
+            "base": "a",
+            "scores": {"tuned": {"token_f1": 1.0}, "base": {"token_f1": 0.0}},
+        }
+    ]
+    labels = [evil, "ok"]
+    result = {"tuned": {"token_f1": 1.0}, "base": {"token_f1": 0.0}, "labels": labels, "guard": {}}
+    run = make_run(tmp_path, "chat", result, rows, base_model=f"base {evil}")
+    (run / "config.yaml").write_text("data:\n  labels: ['```', '<b>x</b>']\n```\n<script>alert(3)</script>\n")
+    write_report(run)
+    md = (run / "report.md").read_text()
+    outside_code = re.sub(r"(?s)\n(`{3,})\n.*?\n\1\n", "\n", md)
+    assert "<" not in outside_code and "](" not in outside_code
+    assert "&lt;img src=x onerror=alert(1)&gt;" in md and "&lt;script&gt;alert(2)&lt;/script&gt; &amp; more" in md
+    assert "!\\[pixel]\\(http://tracker.example/p.png)" not in md  # the link syntax is broken at `](`
+    assert "![pixel]\\(http://tracker.example/p.png)" in md
+    # the config stays verbatim in a fence longer than any backtick run it holds
+    assert "\n````\ndata:\n  labels: ['```', '<b>x</b>']\n```\n<script>alert(3)</script>\n````\n" in md

@@ -36,7 +36,7 @@ thead th{background:#f3f3f3} tbody th{font-weight:normal;background:#fafafa;whit
 @media (min-width:601px){td.num{white-space:nowrap}}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:13px}
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em} img{max-width:100%;height:auto}
-nav{font-size:14px} nav a{margin-right:.8em;white-space:nowrap} li{margin:.2em 0}
+nav{font-size:14px;display:flex;flex-wrap:wrap;gap:.2em .8em} nav a{white-space:nowrap} li{margin:.2em 0}
 details summary{cursor:pointer;color:#555}
 @media (max-width:600px){body{margin:1em auto} th,td{padding:2px 4px;font-size:13px}
 table.cards,.cards tbody,.cards tr,.cards td{display:block;max-width:none} .cards thead{display:none}

@@ -65,7 +65,8 @@ def comparison_table(r: dict[str, Any]) -> Block:
         row.append(with_ci(tuned.get(key), ci_t.get(key)))
         row += [with_ci(b["metrics"].get(key, ""), b.get("ci", {}).get(key)) for b in baselines.values()]
         rows.append([*row, better, scale])
-    return ("table", (header, rows))
+    # Cards: on a phone each metric becomes a card, so no column (the verdict's "better") hides off-screen.
+    return ("cards", (header, rows))
 
 
 def confusion(label: str, m: dict[str, Any]) -> Block:
@@ -249,7 +250,7 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         rows = [[m, *_test_cells(p)] for m, p in paired.items()]
         blocks += [
             ("p", "Paired tests, base vs tuned on the same examples (difference = tuned - base):"),
-            ("table", (["metric", "difference [95% CI]", "p", "test", "result"], rows)),
+            ("cards", (["metric", "difference [95% CI]", "p", "test", "result"], rows)),
         ]
     vs = {name: b["vs_tuned"] for name, b in r.get("baselines", {}).items() if "vs_tuned" in b}
     if vs:
@@ -259,7 +260,7 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
                 "p",
                 "Tuned vs the classical baselines fitted on the train split (difference = tuned - baseline):",
             ),
-            ("table", (["baseline", "difference [95% CI]", "p", "test", "result"], rows)),
+            ("cards", (["baseline", "difference [95% CI]", "p", "test", "result"], rows)),
         ]
     if "confusion_matrix" in r["tuned"]:
         if r.get("base"):

@@ -157,6 +157,10 @@ def test_classification_report_shows_what_the_eval_json_holds(classification_run
     # self-contained, phone-ready, no empty header row on key/value tables
     assert "http://" not in html and "https://" not in html and "<th></th>" not in html
     assert "name='viewport'" in html and "data:image/png;base64," in html
+    # at 390 px the verdicts are cards (checked in headless Chromium: no table scrolled, the page 375 px wide)
+    assert "<table class='cards'><thead><tr><th>metric</th><th>difference [95% CI]</th>" in html
+    assert "<table class='cards'><thead><tr><th>metric</th><th>base</th><th>tuned</th>" in html
+    assert "nav{font-size:14px;display:flex;flex-wrap:wrap" in html  # one unbreakable line of links was 834 px
     # the validation record without a loss is skipped, so no validation curve is claimed
     assert "train loss 2.5 → 1; no validation loss was logged" in md
 

@@ -39,7 +39,9 @@ def check_numbers(result: dict[str, Any]) -> int:
             if ci.get("lo") is not None:
                 _inside(float(ci["value"]), ci, f"{side} {metric} (ci)")
     tests = dict(result.get("paired", {}))
-    tests.update({f"baseline {k}": b["vs_tuned"] for k, b in result.get("baselines", {}).items() if "vs_tuned" in b})
+    tests.update(
+        {f"baseline {k}": b["vs_tuned"] for k, b in result.get("baselines", {}).items() if "vs_tuned" in b}
+    )
     for metric, p in tests.items():
         if p.get("lo") is None:
             continue

@@ -157,12 +157,12 @@ def test_every_printed_number_is_inside_its_interval_and_every_verdict_agrees(ch
     from tuneforge.evaluation.text_metrics import corpus_statistics
 
     result = json.loads((chat_run / "eval" / "test.json").read_text())
-    # loss, perplexity, BLEU, chrF, TER, ROUGE-1/2/L, exact match, token F1, length ratio: both sides and paired
+    # loss, perplexity, BLEU, chrF, TER, ROUGE-1/2/L, exact match, token F1, length ratio: each side, paired
     assert check_numbers(result) == 3 * 11
     rows = [
         json.loads(line) for line in (chat_run / "eval" / "test.predictions.jsonl").read_text().splitlines()
     ]
-    # the interval is of the corpus score: resample rows, recompute sacrebleu's corpus BLEU (row 0 three times)
+    # the interval is of the corpus score: resample rows, recompute sacrebleu's corpus BLEU (row 0 thrice)
     bleu = corpus_statistics([r["tuned"] for r in rows], [r["reference"] for r in rows])["bleu"]
     from sacrebleu.metrics import BLEU
 
@@ -231,13 +231,15 @@ def test_evaluate_prints_the_judges_summary(chat_run: Path, tmp_path: Path, cli,
         assert "first error: malformed reply: " in r.stdout
     else:
         assert "judge stub (helpfulness rubric): 6 examples, 0 with failures (0 failed requests" in r.stdout
-        assert "pairwise, tuned vs base: win 0 [0, 0], tie 1 [1, 1], loss 0 [0, 0]; verdicts that survive " \
+        assert (
+            "pairwise, tuned vs base: win 0 [0, 0], tie 1 [1, 1], loss 0 [0, 0]; verdicts that survive "
             "swapping the order: 0%" in r.stdout
+        )
     assert json.loads((run / "eval" / "test.json").read_text())["n"] == 6  # the answers were kept either way
 
 
 def test_the_model_cards_code_loads_the_model_offline(chat_run: Path) -> None:
-    """Issue 21: the card's AutoPeftModelForCausalLM snippet fetched the base from the Hub (offline it failed)."""
+    """Issue 21: the card's AutoPeftModelForCausalLM snippet fetched the base from the Hub (offline: fail)."""
     import re
 
     from tuneforge.artifacts import RunDir
@@ -249,5 +251,5 @@ def test_the_model_cards_code_loads_the_model_offline(chat_run: Path) -> None:
     manifest = json.loads((chat_run / "manifest.json").read_text())
     assert f"from_pretrained({manifest['base_model_path']!r})" in code.group(1)
     scope: dict[str, object] = {}
-    exec(code.group(1).replace("'path/to/final'", repr(str(chat_run / "final"))), scope)  # noqa: S102
+    exec(code.group(1).replace("'path/to/final'", repr(str(chat_run / "final"))), scope)
     assert type(scope["model"]).__name__ == "PeftModelForCausalLM"

@@ -1,4 +1,4 @@
-"""Where each evaluation of a run lives: one name per split and sample, so a short run never replaces a full one.
+"""Where each evaluation of a run lives: a name per split and sample; a short one never replaces a full one.
 
 `tuneforge evaluate` on the whole split writes eval/<split>.json (and .predictions.jsonl); one limited to the
 first N examples (eval.max_examples) writes eval/<split>-first<N>.json beside it. The report, the model card
@@ -32,7 +32,7 @@ def predictions_path(run: RunDir, name: str) -> Path:
 
 
 def evaluations(run: RunDir) -> dict[str, dict[str, Any]]:
-    """Every evaluation of a run by name, whole splits first (test before test-first12), each with its name."""
+    """Every evaluation of a run by name, whole splits first (test before test-first12)."""
     if not run.eval_dir.is_dir():
         return {}
     found = []
@@ -55,12 +55,14 @@ def describe(r: dict[str, Any]) -> str:
 
 
 def resolve(run: RunDir, name: str) -> str:
-    """The evaluation a command reads when asked for `name`: that one if it exists, else, for a split evaluated
-    only in part, its largest partial evaluation (test-first50 before test-first12)."""
+    """The evaluation a command reads when asked for `name`: that one if it exists, else, for a split
+    evaluated only in part, its largest partial evaluation (test-first50 before test-first12)."""
     if predictions_path(run, name).is_file() or not run.eval_dir.is_dir():
         return name
     partial = [
-        r for r in evaluations(run).values() if r["split"] == name and predictions_path(run, r["evaluation"]).is_file()
+        r
+        for r in evaluations(run).values()
+        if r["split"] == name and predictions_path(run, r["evaluation"]).is_file()
     ]
     if not partial:
         return name

@@ -114,7 +114,9 @@ class _Endpoint:
             raise RuntimeError(f"connection: {err}") from None
         except openai.APIError as err:
             raise RuntimeError(f"endpoint error: {err}") from None
-        except Exception as err:  # a malformed reply (cut-off JSON, a body of the wrong shape): this request's
+        except (
+            Exception
+        ) as err:  # a malformed reply (cut-off JSON, a body of the wrong shape): this request's
             raise RuntimeError(f"malformed reply: {type(err).__name__}: {err}") from None
         self.failures = 0
         try:

@@ -8,9 +8,9 @@ from typing import Any
 from tuneforge.artifacts import RunDir, read_jsonl
 from tuneforge.evaluation.evals import describe, predictions_path
 from tuneforge.evaluation.render import Block, num, plot_png, visible, with_ci
-from tuneforge.evaluation.stats import sig
 from tuneforge.evaluation.report_groups import group_blocks, threshold_blocks
 from tuneforge.evaluation.report_ratings import judge_blocks
+from tuneforge.evaluation.stats import sig
 
 # Metrics shown in the comparison table, in this order, when present: which way is better, and the scale, so
 # no number stands without its unit.
@@ -130,7 +130,7 @@ def name_of(r: dict[str, Any]) -> str:
 
 
 def most_different(run: RunDir, name: str, k: int = 10) -> list[dict[str, Any]]:
-    """The k predictions rows where base and tuned differ most (by the evaluation's main per-example score)."""
+    """The k predictions rows where base and tuned differ most (by the main per-example score)."""
     path = predictions_path(run, name)
     if not path.is_file():
         return []
@@ -288,7 +288,7 @@ DECIDING = ("accuracy", "mse", "perplexity", "token_f1", "chrf", "loss")
 
 
 def headline(r: dict[str, Any]) -> str:
-    """One sentence per evaluation: the deciding metric, base vs tuned with the paired verdict, the baselines."""
+    """One sentence per evaluation: the deciding metric, base vs tuned with its verdict, the baselines."""
     tuned, paired = r["tuned"], r.get("paired", {})
     metric = next((m for m in DECIDING if isinstance(tuned.get(m), int | float)), None)
     name = name_of(r)

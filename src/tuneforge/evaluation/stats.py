@@ -6,7 +6,7 @@ so that a paired test's p-value and its interval come from the same resampled di
 pair of order statistics that the p-value inverts, so "p < 0.05" holds exactly when the 95% interval excludes
 zero and a verdict can never disagree with the interval printed beside it. A statistic that is not a mean
 (corpus BLEU, macro-F1, loss per token) is recomputed on each resample of whole examples, so every interval is
-about the very number printed before it. McNemar's exact test is kept beside accuracy's bootstrap for reference.
+about the very number printed before it. McNemar's exact p is kept beside accuracy's bootstrap, for reference.
 """
 
 from __future__ import annotations

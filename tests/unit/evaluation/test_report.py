@@ -160,7 +160,9 @@ def test_classification_report_shows_what_the_eval_json_holds(classification_run
     # at 390 px the verdicts are cards (checked in headless Chromium: no table scrolled, the page 375 px wide)
     assert "<table class='cards'><thead><tr><th>metric</th><th>difference [95% CI]</th>" in html
     assert "<table class='cards'><thead><tr><th>metric</th><th>base</th><th>tuned</th>" in html
-    assert "nav{font-size:14px;display:flex;flex-wrap:wrap" in html  # one unbreakable line of links was 834 px
+    assert (
+        "nav{font-size:14px;display:flex;flex-wrap:wrap" in html
+    )  # one unbreakable line of links was 834 px
     # the validation record without a loss is skipped, so no validation curve is claimed
     assert "train loss 2.5 → 1; no validation loss was logged" in md
 
@@ -242,8 +244,10 @@ def test_model_card_metadata_is_a_valid_hub_card_with_the_eval_numbers(tmp_path:
         "base = AutoModelForCausalLM.from_pretrained(resolve('builtin:smollm2-135m-instruct'))\n"
         "model = PeftModel.from_pretrained(base, 'path/to/final')\n" in card.text
     )
-    assert "Online, `AutoPeftModelForCausalLM.from_pretrained('path/to/final')` also works: it downloads the " \
+    assert (
+        "Online, `AutoPeftModelForCausalLM.from_pretrained('path/to/final')` also works: it downloads the "
         "base `HuggingFaceTB/SmolLM2-135M-Instruct` from the Hub." in card.text
+    )
     # the metadata round-trips through the Hub's own model-index writer unchanged
     index = eval_results_to_model_index("run", card.data.eval_results)
     assert card.data.to_dict()["model-index"] == index
@@ -376,7 +380,10 @@ def test_report_md_carries_no_raw_html_or_links_from_data(tmp_path: Path) -> Non
     md = (run / "report.md").read_text()
     outside_code = re.sub(r"(?s)\n(`{3,})\n.*?\n\1\n", "\n", md)
     assert "<" not in outside_code and "](" not in outside_code
-    assert "&lt;img src=x onerror=alert(1)&gt;" in md and "&lt;script&gt;alert(2)&lt;/script&gt; &amp; more" in md
+    assert (
+        "&lt;img src=x onerror=alert(1)&gt;" in md
+        and "&lt;script&gt;alert(2)&lt;/script&gt; &amp; more" in md
+    )
     assert "!\\[pixel]\\(http://tracker.example/p.png)" not in md  # the link syntax is broken at `](`
     assert "![pixel]\\(http://tracker.example/p.png)" in md
     # the config stays verbatim in a fence longer than any backtick run it holds

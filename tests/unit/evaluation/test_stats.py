@@ -80,8 +80,8 @@ def test_verdicts() -> None:
 
 
 def test_the_p_value_and_the_interval_agree_on_every_edge() -> None:
-    """The case of issue 21: an interval excluding zero beside p = 0.062. Sweep differences from clearly none to
-    clearly some, in small samples of 0/1 and continuous scores and odd resample counts, right at the edge."""
+    """The case of issue 21: an interval excluding zero beside p = 0.062. Sweep differences from clearly none
+    to clearly some, in small samples of 0/1 and continuous scores and odd resample counts, at the edge."""
     rng = np.random.default_rng(7)
     checked = 0
     for n_boot in (1000, 999, 250, 41):

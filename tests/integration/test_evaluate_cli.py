@@ -163,8 +163,8 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     assert "\n## Human ratings\n" in md
     win = human["overall"]["win"]
     assert (
-        f"- Human raters ({2 * n} blind ratings), tuned vs base: win {with_ci(win['value'], win)}, tie 0,"
-        in md
+        f"- Human raters ({2 * n} blind ratings of the answers in eval/test.json), tuned vs base: "
+        f"win {with_ci(win['value'], win)}, tie 0," in md
     )
 
     # DPO on the preference dataset the import wrote: the same base, its adapter trained on the pairs

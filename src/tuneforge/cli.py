@@ -577,7 +577,9 @@ def export_model(
 
 
 def print_comparison(result: dict[str, Any]) -> None:
-    """Base vs tuned metrics as a table."""
+    """Base vs tuned metrics as a table (3 significant digits, as the report prints them)."""
+    from tuneforge.evaluation.stats import sig
+
     tuned, base = result.get("tuned", {}), result.get("base")
     name = result.get("evaluation") or result.get("split")
     table = Table(title=f"evaluation {name}: {result.get('n')} examples of the {result.get('split')} split")
@@ -616,7 +618,7 @@ def print_comparison(result: dict[str, Any]) -> None:
         def value(m: dict[str, Any], key: str = key) -> str:
             if key.startswith("f1 "):
                 return f"{m['per_class'][key[3:]]['f1']:.3f}"
-            return f"{m[key]:.4g}" if isinstance(m.get(key), float) else str(m.get(key))
+            return sig(m[key]) if isinstance(m.get(key), float) else str(m.get(key))
 
         row = [key] + ([value(base)] if base is not None else []) + [value(tuned)]
         table.add_row(*row)

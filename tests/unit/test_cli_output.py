@@ -59,8 +59,8 @@ def test_config_keys_lists_the_keys_of_an_optional_section_and_dpo_beta(
         "waiting and reading the whole answer)." in lines
     )
     assert (
-        "eval.judge.max_tokens  (int, default 256)  The longest judge answer to ask for (sent as max_tokens: a "
-        "brief reason and the verdict)." in lines
+        "eval.judge.max_tokens  (int, default 256)  The longest judge answer to ask for "
+        "(sent as max_tokens: a brief reason and the verdict)." in lines
     )
     assert (
         "train.dpo_beta  (float, default 0.1)  Preference data (DPO): how far the tuned model may move "

@@ -500,35 +500,50 @@ def from_json_numbers(record: dict[str, Any]) -> dict[str, Any]:
 class RunLock:
     """An exclusive `flock` on a run's lock file: one `train` process writes a run directory at a time.
 
-    The kernel drops the lock when the process ends however it ends, so a crash never leaves a stale lock.
-    The file keeps the holder's PID so that a refusal can name it.
+    The kernel drops the lock when the process ends however it ends, so a crash never leaves a stale lock (the
+    file may stay; it locks nothing). The file keeps the holder's PID so that a refusal can name it, and a run
+    that `train` finished or stopped has it removed.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: Path | None = None) -> None:
         self.fd: int | None = fd
+        self.path = path
 
     @classmethod
     def take(cls, path: Path) -> RunLock:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise TuneforgeError(
+                    f"run directory {path.parent} is in use by another tuneforge process (PID {holder})",
+                    where="train.output_dir",
+                    fix="wait for it to finish (or stop it), or choose another train.output_dir",
+                ) from None
+            # A finished holder removes the file before it lets go (`release(remove=True)`): a lock taken on
+            # a file that is no longer at `path` guards nothing, so open the one there now and lock that.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise TuneforgeError(
-                f"run directory {path.parent} is in use by another tuneforge process (PID {holder})",
-                where="train.output_dir",
-                fix="wait for it to finish (or stop it), or choose another train.output_dir",
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return cls(fd)
+        return cls(fd, path)
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
+        """Let go of the lock; `remove`: also delete the file (a finished run keeps no stale train.lock)."""
         if self.fd is not None:
+            if remove and self.path is not None:
+                self.path.unlink(missing_ok=True)  # while still held, so no one locks the file being removed
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
 

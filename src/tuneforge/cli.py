@@ -269,7 +269,7 @@ def evaluate(
     ] = False,
     max_examples: Annotated[int | None, typer.Option(help="Evaluate the first N examples.")] = None,
 ) -> None:
-    """A run → metrics in RUN_DIR/eval/<split>.json (with the base model's beside them)."""
+    """A run → metrics in RUN_DIR/eval/<split>.json (<split>-first<N>.json for the first N examples only)."""
     from tuneforge.artifacts import read_json
     from tuneforge.evaluation import evaluate_run
 
@@ -288,6 +288,11 @@ def evaluate(
 
         for line in answer_lines(result["answers"], result["tuned"].get("reward_margin")):
             console.print(escape(line))
+    if result.get("judge"):
+        from tuneforge.evaluation.judge import summary_lines
+
+        for line in summary_lines(result["judge"]):
+            console.print(escape(line), highlight=False)
     console.print(f"metrics: {out}  and {out.with_name(out.stem + '.predictions.jsonl')}")
     console.print(f"report:  {Path(result['run']) / 'report.html'}")
 
@@ -313,7 +318,13 @@ RunArg = Annotated[Path, typer.Argument(help="A run directory evaluated with --c
 @human_eval.command("export")
 def human_eval_export(
     run_dir: RunArg,
-    split: Annotated[str, typer.Option(help="The evaluated split whose answers to rate.")] = "test",
+    split: Annotated[
+        str,
+        typer.Option(
+            help="The evaluation whose answers to rate: a split's full evaluation (test) or a short one's "
+            "name (test-first12)."
+        ),
+    ] = "test",
     raters: Annotated[
         int, typer.Option(min=1, help="One sheet per rater, each in its own random order.")
     ] = 1,
@@ -325,6 +336,10 @@ def human_eval_export(
     from tuneforge.evaluation.human import export_sheets
 
     out = export_sheets(run_dir, split=split, raters=raters, limit=limit, seed=seed, force=force)
+    from tuneforge.artifacts import read_json
+
+    read = str(read_json(out / "key.json").get("split", split))  # the evaluation export resolved
+    console.print(f"answers from: {run_dir / 'eval' / (read + '.predictions.jsonl')}")
     console.print(f"[green]sheets[/green] {out / 'sheets'}  (fill the preference column: 1, 2 or tie)")
     console.print(f"key:    {out / 'key.json'}  (do not show it to raters)")
 
@@ -759,9 +774,12 @@ def registry_rollback(name: RegistryName, reason: Reason, root: RegistryRoot = P
 
 
 def print_comparison(result: dict[str, Any]) -> None:
-    """Base vs tuned metrics as a table."""
+    """Base vs tuned metrics as a table (3 significant digits, as the report prints them)."""
+    from tuneforge.evaluation.stats import sig
+
     tuned, base = result.get("tuned", {}), result.get("base")
-    table = Table(title=f"{result.get('split')} split, {result.get('n')} examples")
+    name = result.get("evaluation") or result.get("split")
+    table = Table(title=f"evaluation {name}: {result.get('n')} examples of the {result.get('split')} split")
     table.add_column("metric")
     if base is not None:
         table.add_column("base")
@@ -797,7 +815,7 @@ def print_comparison(result: dict[str, Any]) -> None:
         def value(m: dict[str, Any], key: str = key) -> str:
             if key.startswith("f1 "):
                 return f"{m['per_class'][key[3:]]['f1']:.3f}"
-            return f"{m[key]:.4g}" if isinstance(m.get(key), float) else str(m.get(key))
+            return sig(m[key]) if isinstance(m.get(key), float) else str(m.get(key))
 
         row = [key] + ([value(base)] if base is not None else []) + [value(tuned)]
         table.add_row(*row)
@@ -807,7 +825,7 @@ def print_comparison(result: dict[str, Any]) -> None:
 def print_verdicts(result: dict[str, Any]) -> None:
     """The paired tests' verdicts and the baselines beside the table."""
     for metric, test in (result.get("paired") or {}).items():
-        if metric in ("accuracy", "mse", "loss_per_example", "token_f1", "chrf"):
+        if metric in ("accuracy", "mse", "perplexity", "token_f1", "chrf"):
             console.print(f"  {escape(test['verdict'])}")
     for name, b in (result.get("baselines") or {}).items():
         shown = {k: b["metrics"][k] for k in ("accuracy", "macro_f1", "mse") if k in b["metrics"]}

@@ -302,7 +302,9 @@ class JudgeConfig(Section):
     max_examples: int | None = Field(50, ge=1)
     """Judge at most this many examples (each costs 2-4 requests)."""
     timeout_s: float = Field(60.0, gt=0)
-    """Seconds to wait for one judge answer."""
+    """Seconds one judge request may take in all (connecting, waiting and reading the whole answer)."""
+    max_tokens: int = Field(256, ge=1)
+    """The longest judge answer to ask for (sent as max_tokens: a brief reason and the verdict)."""
 
 
 class EvalConfig(Section):

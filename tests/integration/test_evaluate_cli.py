@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.eval_invariants import check_numbers
 from tests.tiny import sentiment_rows, write_csv
 
 CONFIG = """\
@@ -64,7 +65,8 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     assert result["ci"]["tuned"]["accuracy"]["value"] == pytest.approx(sum(correct) / 12)
     base_correct = [row["scores"]["base"]["correct"] for row in rows]
     paired = result["paired"]["accuracy"]
-    assert paired["test"] == "mcnemar-exact"
+    assert paired["test"] == "paired-bootstrap" and 0 < paired["mcnemar_p_value"] <= 1
+    assert check_numbers(result) >= 4  # accuracy (both sides, paired), macro-F1, the baselines' rows
     assert paired["only_tuned_correct"] == sum(t > b for t, b in zip(correct, base_correct, strict=True))
     assert paired["only_base_correct"] == sum(t < b for t, b in zip(correct, base_correct, strict=True))
 
@@ -161,8 +163,8 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     assert "\n## Human ratings\n" in md
     win = human["overall"]["win"]
     assert (
-        f"- Human raters ({2 * n} blind ratings), tuned vs base: win {with_ci(win['value'], win)}, tie 0,"
-        in md
+        f"- Human raters ({2 * n} blind ratings of the answers in eval/test.json), tuned vs base: "
+        f"win {with_ci(win['value'], win)}, tie 0," in md
     )
 
     # DPO on the preference dataset the import wrote: the same base, its adapter trained on the pairs
@@ -190,4 +192,5 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
         assert result[side]["logp_margin"] == pytest.approx(sum(margin) / len(rows))
     assert result["tuned"]["reward_margin"] > 0  # trained on these very pairs
     assert "reward_margin" not in result["base"]  # the base has no adapter to switch off: no reference
-    assert result["paired"]["accuracy"]["test"] == "mcnemar-exact"
+    assert result["paired"]["accuracy"]["test"] == "paired-bootstrap"
+    check_numbers(result)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.eval_invariants import check_numbers
 from tests.tiny import write_jsonl
 from tuneforge.config import load_config
 from tuneforge.errors import TuneforgeError
@@ -55,13 +56,12 @@ def test_chat_evaluation_writes_answers_and_their_scores(chat_run: Path) -> None
     mean_f1 = sum(r["scores"]["tuned"]["token_f1"] for r in rows) / 6
     assert result["tuned"]["token_f1"] == pytest.approx(mean_f1)
     assert result["ci"]["tuned"]["token_f1"]["value"] == pytest.approx(mean_f1)
-    for metric in ("bleu", "chrf", "ter", "rougeL", "exact_match", "loss_per_example"):
+    for metric in ("bleu", "chrf", "ter", "rougeL", "exact_match", "loss", "perplexity", "length_ratio"):
         assert "verdict" in result["paired"][metric]
-    loss = sum(r["scores"]["tuned"]["loss"] for r in rows) / 6
-    assert result["ci"]["tuned"]["loss_per_example"]["value"] == pytest.approx(loss)
     ci = result["ci"]["tuned"]["loss"]  # per target token, like the headline loss
     assert ci["value"] == pytest.approx(result["tuned"]["loss"]) and ci["lo"] <= ci["value"] <= ci["hi"]
     assert result["guard"]["checked"] and result["guard"]["max_abs_logit_diff"] > 0
+    assert not (chat_run / "train.lock").exists()  # a finished run keeps no stale lock
 
 
 def test_an_adapter_that_does_not_change_the_model_is_an_error(chat_run: Path, tmp_path: Path) -> None:
@@ -148,3 +148,108 @@ def test_the_judge_runs_inside_evaluate(chat_run: Path, tmp_path: Path) -> None:
     human = json.loads(import_ratings(run, [write_jsonl(tmp_path / "filled.jsonl", sheet)]).read_text())
     assert human["judge_agreement"]["rater-1"] == {"n": len(sheet), "cohen_kappa": 0.0}
     assert human["overall"]["win"]["value"] == pytest.approx((len(sheet) - half) / len(sheet))
+
+
+def test_every_printed_number_is_inside_its_interval_and_every_verdict_agrees(chat_run: Path) -> None:
+    """Issue 21: corpus BLEU "0.468 [1.058, 1.955]" (an interval of sentence BLEU beside the corpus score)."""
+    import numpy as np
+
+    from tuneforge.evaluation.text_metrics import corpus_statistics
+
+    result = json.loads((chat_run / "eval" / "test.json").read_text())
+    # loss, perplexity, BLEU, chrF, TER, ROUGE-1/2/L, exact match, token F1, length ratio: each side, paired
+    assert check_numbers(result) == 3 * 11
+    rows = [
+        json.loads(line) for line in (chat_run / "eval" / "test.predictions.jsonl").read_text().splitlines()
+    ]
+    # the interval is of the corpus score: resample rows, recompute sacrebleu's corpus BLEU (row 0 thrice)
+    bleu = corpus_statistics([r["tuned"] for r in rows], [r["reference"] for r in rows])["bleu"]
+    from sacrebleu.metrics import BLEU
+
+    idx = np.array([0, 0, 0, 1, 2, 3])
+    picked = [rows[i] for i in idx]
+    direct = BLEU().corpus_score([r["tuned"] for r in picked], [[r["reference"] for r in picked]]).score
+    assert bleu(idx) == pytest.approx(direct)
+    assert result["ci"]["tuned"]["bleu"]["value"] == pytest.approx(result["tuned"]["bleu"])
+    assert result["paired"]["bleu"]["diff"] == pytest.approx(result["tuned"]["bleu"] - result["base"]["bleu"])
+
+
+def test_a_short_evaluation_keeps_the_full_one(chat_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tuneforge.evaluation.human import export_sheets
+    from tuneforge.evaluation.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(chat_run, run, ignore=shutil.ignore_patterns("human-eval"))
+    full = (run / "eval" / "test.json").read_bytes()
+    full_rows = (run / "eval" / "test.predictions.jsonl").read_bytes()
+    out = evaluate_run(run, max_examples=2, report=False)
+    assert out == run / "eval" / "test-first2.json"
+    short = json.loads(out.read_text())
+    assert short["evaluation"] == "test-first2" and short["split"] == "test" and short["n"] == 2
+    assert len((run / "eval" / "test-first2.predictions.jsonl").read_text().splitlines()) == 2
+    assert (run / "eval" / "test.json").read_bytes() == full  # untouched
+    assert (run / "eval" / "test.predictions.jsonl").read_bytes() == full_rows
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert md.index("\n## Evaluation (test)\n") < md.index("\n## Evaluation (test-first2)\n")
+    assert "From eval/test.json (all 6 examples of test);" in md
+    assert "From eval/test-first2.json (the first 2 examples of test);" in md
+    # human-eval reads the full evaluation of the split it is given, and says so in its key
+    key = json.loads((export_sheets(run) / "key.json").read_text())
+    assert key["split"] == "test" and len(key["prompts"]) <= 6
+    # with only the short one there, that is the one it reads (and names)
+    shutil.rmtree(run / "human-eval")
+    for name in ("test.json", "test.predictions.jsonl"):
+        (run / "eval" / name).unlink()
+    key = json.loads((export_sheets(run) / "key.json").read_text())
+    assert key["split"] == "test-first2" and len(key["prompts"]) <= 2
+
+
+@pytest.mark.parametrize("reply_as", ["cut", "ok"])
+def test_evaluate_prints_the_judges_summary(chat_run: Path, tmp_path: Path, cli, reply_as: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue 21: 48 of 48 judge requests failed, or all passed: the terminal said nothing either way."""
+    import shutil
+
+    import yaml
+
+    from tests.unit.evaluation.judge_stub import judge_server
+
+    run = tmp_path / "run"
+    shutil.copytree(chat_run, run, ignore=shutil.ignore_patterns("eval", "human-eval"))
+    with judge_server(reply_as) as stub:
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["eval"]["judge"] = {"base_url": stub["url"], "model": "stub", "modes": ["pairwise"]}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        r = cli("evaluate", str(run))
+    assert r.returncode == 0, r.stderr
+    assert stub["requests"] == 12 and stub["max_tokens"] == [256] * 12
+    if reply_as == "cut":
+        assert "judge stub (helpfulness rubric): 6 examples, 6 with failures (12 failed requests" in r.stdout
+        assert "every example failed: no judge verdict in this evaluation" in r.stdout
+        assert "first error: malformed reply: " in r.stdout
+    else:
+        assert "judge stub (helpfulness rubric): 6 examples, 0 with failures (0 failed requests" in r.stdout
+        assert (
+            "pairwise, tuned vs base: win 0 [0, 0], tie 1 [1, 1], loss 0 [0, 0]; verdicts that survive "
+            "swapping the order: 0%" in r.stdout
+        )
+    assert json.loads((run / "eval" / "test.json").read_text())["n"] == 6  # the answers were kept either way
+
+
+def test_the_model_cards_code_loads_the_model_offline(chat_run: Path) -> None:
+    """Issue 21: the card's AutoPeftModelForCausalLM snippet fetched the base from the Hub (offline: fail)."""
+    import re
+
+    from tuneforge.artifacts import RunDir
+    from tuneforge.evaluation.model_card import render_card
+
+    card = render_card(RunDir.open(chat_run), {})
+    code = re.search(r"## Use\n\n```python\n(.*?)```", card, re.S)
+    assert code is not None and "AutoPeft" not in code.group(1)
+    manifest = json.loads((chat_run / "manifest.json").read_text())
+    assert f"from_pretrained({manifest['base_model_path']!r})" in code.group(1)
+    scope: dict[str, object] = {}
+    exec(code.group(1).replace("'path/to/final'", repr(str(chat_run / "final"))), scope)
+    assert type(scope["model"]).__name__ == "PeftModelForCausalLM"

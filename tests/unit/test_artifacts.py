@@ -165,3 +165,17 @@ def test_deeply_nested_json_is_a_clear_error_naming_the_file(tmp_path: Path, jso
     with pytest.raises(TuneforgeError, match="nested too deeply") as err:
         (read_jsonl if jsonl else read_json)(p)
     assert err.value.where == (f"{p}:2" if jsonl else str(p))
+
+
+def test_a_released_run_lock_leaves_no_file_and_still_excludes(tmp_path: Path) -> None:
+    """Issue 21: a stale train.lock stayed in every finished run."""
+    from tuneforge.artifacts import RunLock
+
+    path = tmp_path / "run" / "train.lock"
+    RunLock.take(path).release(remove=True)
+    assert not path.exists()
+    second = RunLock.take(path)
+    with pytest.raises(TuneforgeError, match="is in use by another tuneforge process"):
+        RunLock.take(path)
+    second.release()
+    assert path.read_text() == f"{os.getpid()}\n"  # a plain release keeps the file

@@ -54,7 +54,14 @@ def test_config_keys_lists_the_keys_of_an_optional_section_and_dpo_beta(
         in lines
     )
     assert "eval.judge.model  (str, default required)  Model name to send to the judge endpoint." in lines
-    assert "eval.judge.timeout_s  (float, default 60.0)  Seconds to wait for one judge answer." in lines
+    assert (
+        "eval.judge.timeout_s  (float, default 60.0)  Seconds one judge request may take in all (connecting, "
+        "waiting and reading the whole answer)." in lines
+    )
+    assert (
+        "eval.judge.max_tokens  (int, default 256)  The longest judge answer to ask for "
+        "(sent as max_tokens: a brief reason and the verdict)." in lines
+    )
     assert (
         "train.dpo_beta  (float, default 0.1)  Preference data (DPO): how far the tuned model may move "
         "from the base; higher keeps it closer." in lines

@@ -35,6 +35,7 @@ from tuneforge.artifacts import (
     write_text_atomic,
 )
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.evals import resolve
 
 COLUMNS = ("sheet", "row_id", "prompt", "answer_1", "answer_2", "preference", "comment", "export_id")
 SCALE = ("1", "2", "tie")  # answer 1 better, answer 2 better, equally good
@@ -115,6 +116,7 @@ def export_sheets(
 ) -> Path:
     """Write RUN/human-eval/{sheets/rater-K.csv|jsonl, key.json}; returns the human-eval directory."""
     run = RunDir.open(run_dir)
+    split = resolve(run, split)  # the evaluation's name: `test`, or `test-first12` when only that exists
     _check_replaceable(run.path / HUMAN_DIR, force)
     rows = [r for r in _predictions(run, split) if r["tuned"].strip() != r["base"].strip()]
     rows = rows[:limit] if limit else rows

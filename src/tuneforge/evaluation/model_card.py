@@ -156,21 +156,39 @@ def render_card(run: RunDir, results: dict[str, dict[str, Any]]) -> str:
         "",
     ]
     if m.get("saves_adapter", True):
-        auto = (
-            "AutoPeftModelForCausalLM"
-            if m.get("task") == "causal-lm"
-            else "AutoPeftModelForSequenceClassification"
-        )
-        lines += [
-            "## Use",
+        lines += use_lines(run, data.base_model)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+def use_lines(run: RunDir, hub_id: str | None) -> list[str]:
+    """How to load the adapter without the Hub: the base from where it is on this machine (a built-in through
+    tuneforge's own resolution), then the adapter on top. AutoPeft alone would fetch the base from the Hub."""
+    m = run.manifest
+    causal = m.get("task") == "causal-lm"
+    auto = "AutoModelForCausalLM" if causal else "AutoModelForSequenceClassification"
+    name = str(m.get("base_model") or "")
+    labels = list(m.get("labels") or [])
+    head = "" if causal else f", num_labels={len(labels) or 2}"
+    code = ["from peft import PeftModel", f"from transformers import {auto}", ""]
+    if name.startswith("builtin:"):
+        code += [
+            "from tuneforge.builtin import resolve  # the built-in base ships as a package: no download",
             "",
-            "```python",
-            f"from peft import {auto}",
-            f"model = {auto}.from_pretrained('path/to/final')",
-            "```",
+            f"base = {auto}.from_pretrained(resolve({name!r}){head})",
+        ]
+    else:
+        local = str(m.get("base_model_path") or name)
+        code += [f"base = {auto}.from_pretrained({local!r}{head})  # the base this run was trained from"]
+    code += ["model = PeftModel.from_pretrained(base, 'path/to/final')"]
+    lines = ["## Use", "", "```python", *code, "```", ""]
+    if hub_id:
+        peft_auto = "AutoPeftModelForCausalLM" if causal else "AutoPeftModelForSequenceClassification"
+        lines += [
+            f"Online, `{peft_auto}.from_pretrained('path/to/final')` also works: it downloads the base "
+            f"`{hub_id}` from the Hub.",
             "",
         ]
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+    return lines
 
 
 def write_model_card(run: RunDir, results: dict[str, dict[str, Any]]) -> None:

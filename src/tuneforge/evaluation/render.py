@@ -17,6 +17,8 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
+from tuneforge.evaluation.stats import sig
+
 Block = tuple[str, Any]
 Section = tuple[str, list[Block]]
 
@@ -34,7 +36,7 @@ thead th{background:#f3f3f3} tbody th{font-weight:normal;background:#fafafa;whit
 @media (min-width:601px){td.num{white-space:nowrap}}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:13px}
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em} img{max-width:100%;height:auto}
-nav{font-size:14px} nav a{margin-right:.8em;white-space:nowrap} li{margin:.2em 0}
+nav{font-size:14px;display:flex;flex-wrap:wrap;gap:.2em .8em} nav a{white-space:nowrap} li{margin:.2em 0}
 details summary{cursor:pointer;color:#555}
 @media (max-width:600px){body{margin:1em auto} th,td{padding:2px 4px;font-size:13px}
 table.cards,.cards tbody,.cards tr,.cards td{display:block;max-width:none} .cards thead{display:none}
@@ -44,11 +46,11 @@ table.cards,.cards tbody,.cards tr,.cards td{display:block;max-width:none} .card
 
 
 def num(x: Any) -> str:
-    """A number as the report prints it: 4 significant digits, nan for a missing float, '' for None."""
+    """A number as the report prints it: 3 significant digits, nan for a missing float, '' for None."""
     if isinstance(x, bool) or x is None:
         return "" if x is None else str(x)
     if isinstance(x, float):
-        return "nan" if math.isnan(x) else f"{x:.4g}"
+        return "nan" if math.isnan(x) else sig(x)
     return str(x)
 
 
@@ -84,24 +86,39 @@ def plot_png(draw: Callable[[Any], None], size: tuple[float, float] = (7, 3.5)) 
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def md_text(x: Any) -> str:
+    """Text from data made inert in Markdown: HTML shown as text (as report.html shows it), no link or image.
+
+    Markdown renderers pass raw HTML through (a label `<img src=x onerror=...>` would run in a viewer), and
+    `![x](url)` would load a remote image, so `<`, `>`, `&` become entities and `](` loses its link meaning.
+    """
+    return html.escape(visible(x), quote=False).replace("](", "]\\(")
+
+
 def _md_cell(x: Any) -> str:
-    return " ".join(visible(x).split()).replace("|", "\\|")
+    return " ".join(md_text(x).split()).replace("|", "\\|")
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in the text, so data cannot close it early."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def to_markdown(title: str, sections: list[Section]) -> str:
-    out = [f"# {title}", ""]
+    out = [f"# {md_text(title)}", ""]
     for name, blocks in sections:
-        out += [f"## {name}", ""]
+        out += [f"## {md_text(name)}", ""]
         for kind, value in blocks:
             if kind == "p":
-                out += [str(value), ""]
+                out += [" ".join(md_text(value).split("\n")), ""]
             elif kind == "list":
-                out += [f"- {item}" for item in value] + [""]
+                out += [f"- {' '.join(md_text(item).split())}" for item in value] + [""]
             elif kind in ("pre", "fold"):
-                text = value[1] if kind == "fold" else value
-                out += ["```", str(text).rstrip(), "```", ""]
+                text = str(value[1] if kind == "fold" else value).rstrip()
+                out += [_fence(text), text, _fence(text), ""]
             elif kind == "img":
-                out += [f"*({value[0]}: see report.html)*", ""]
+                out += [f"*({md_text(value[0])}: see report.html)*", ""]
             elif kind in ("table", "cards"):
                 header, rows = value
                 header = header or ["", ""]

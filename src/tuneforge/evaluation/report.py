@@ -13,30 +13,32 @@ from typing import Any
 
 from tuneforge.artifacts import RunDir, read_json, write_text_atomic
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.evals import describe, evaluations
 from tuneforge.evaluation.render import Section, num, to_html, to_markdown, with_ci
-from tuneforge.evaluation.report_eval import evaluation_blocks, headline, most_different
+from tuneforge.evaluation.report_eval import evaluation_blocks, example_cards, headline, most_different
 from tuneforge.evaluation.report_ratings import human_blocks
 from tuneforge.evaluation.report_run import data_section, environment_section, model_section, training_section
 
-__all__ = ["build_sections", "eval_results", "most_different", "num", "with_ci", "write_report"]
+__all__ = [
+    "build_sections",
+    "describe",
+    "eval_results",
+    "most_different",
+    "num",
+    "with_ci",
+    "write_report",
+]
 
 
 def eval_results(run: RunDir) -> dict[str, dict[str, Any]]:
-    """Every split's eval JSON of a run, by split name."""
-    if not run.eval_dir.is_dir():
-        return {}
-    out = {}
-    for p in sorted(run.eval_dir.glob("*.json")):
-        data = read_json(p)
-        if isinstance(data, dict) and "tuned" in data and "split" in data:
-            out[str(data["split"])] = data
-    return out
+    """Every evaluation of a run by its name (`test`, `test-first12`): whole splits first."""
+    return evaluations(run)
 
 
 def limitations(results: dict[str, dict[str, Any]], run: RunDir) -> list[str]:
     """What the numbers cannot tell, said plainly."""
     out = []
-    for split, r in results.items():
+    for split, r in results.items():  # split: the evaluation's name
         if r["n"] < 100:
             out.append(f"{split}: only {r['n']} examples, so the intervals are wide.")
         if "base" not in r:
@@ -78,32 +80,64 @@ def limitations(results: dict[str, dict[str, Any]], run: RunDir) -> list[str]:
 
 
 def summary_section(run: RunDir, results: dict[str, dict[str, Any]]) -> Section:
-    """The answer first: per split the main metric, base vs tuned, and the baselines; then the warnings."""
+    """The answer first: what decides (the main metric's verdict, the judge, the human raters), then the rest,
+    then three base-vs-tuned answers side by side; each evaluation named by the file it comes from."""
     m = run.manifest
     items = [
         f"{m.get('method')} on {m.get('base_model')} ({m.get('task')}), {m.get('step')} optimizer steps, "
         f"status {m.get('status', 'unknown')}."
     ]
-    items += [headline(r) for r in results.values()]
     if not results:
         items.append("Not evaluated yet: run `tuneforge evaluate RUN` for the numbers.")
-    for r in results.values():
-        pair = (r.get("judge") or {}).get("pairwise")
-        if pair:
-            items.append(f"LLM judge on {r['split']}, tuned vs base: {_rates(pair)}.")
     human = run.eval_dir / "human.json"
+    for r in results.values():
+        items.append(headline(r))
+        judge = r.get("judge") or {}
+        if judge.get("pairwise"):
+            items.append(f"LLM judge on {r['evaluation']}, tuned vs base: {_rates(judge['pairwise'])}.")
+        if judge.get("single_paired"):
+            items.append(f"LLM judge ratings 1-10 on {r['evaluation']}: {judge['single_paired']['verdict']}.")
     if human.is_file():
         o = read_json(human)["overall"]
+        rated = _human_source(run)
         items.append(
-            f"Human raters ({o['n']} blind ratings), tuned vs base: {_rates(o)}; "
+            f"Human raters ({o['n']} blind ratings{rated}), tuned vs base: {_rates(o)}; "
             f"sign test p = {num(o['p_value'])}."
         )
+    for r in results.values():
+        items += secondary(r)
     warnings = sum(
         len(f.get("warnings", [])) for r in results.values() for f in r.get("fairness", {}).values()
     )
     if warnings:
         items.append(f"{warnings} per-group warnings: see the evaluation and the known limitations.")
-    return ("Summary", [("list", items)])
+    blocks: list[Any] = [("list", items)]
+    first = next(iter(results.values()), None)
+    if first is not None:
+        blocks += example_cards(run, first, k=3)
+    return ("Summary", blocks)
+
+
+def _human_source(run: RunDir) -> str:
+    """' of eval/test.json' when the human-eval key names the evaluation its sheets came from."""
+    key = run.path / "human-eval" / "key.json"
+    try:
+        name = read_json(key).get("split") if key.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return f" of the answers in eval/{name}.json" if name else ""
+
+
+def secondary(r: dict[str, Any]) -> list[str]:
+    """The other paired verdicts of a chat evaluation (answer overlap with the references), after the deciding
+    ones: each says which model is better, or that the data cannot tell."""
+    if r.get("format") not in ("chat", "instruction") or not r.get("paired"):
+        return []
+    shown = [m for m in ("token_f1", "chrf", "bleu", "rougeL", "length_ratio") if m in r["paired"]]
+    if not shown:
+        return []
+    verdicts = "; ".join(str(r["paired"][m]["verdict"]) for m in shown)
+    return [f"Overlap with the reference answers on {r['evaluation']}: {verdicts}."]
 
 
 def _rates(d: dict[str, Any]) -> str:
@@ -114,18 +148,18 @@ def _rates(d: dict[str, Any]) -> str:
 
 def build_sections(run: RunDir) -> list[Section]:
     results = eval_results(run)
-    evaluations: list[Section] = [
-        (f"Evaluation ({split})", evaluation_blocks(run, r)) for split, r in results.items()
+    sections: list[Section] = [
+        (f"Evaluation ({name})", evaluation_blocks(run, r)) for name, r in results.items()
     ]
     human = run.eval_dir / "human.json"
     if human.is_file():
-        evaluations.append(("Human ratings", human_blocks(read_json(human))))
+        sections.append(("Human ratings", human_blocks(read_json(human))))
     return [
         summary_section(run, results),
         ("Data", data_section(run)),
         ("Model and method", model_section(run)),
         ("Training", training_section(run)),
-        *evaluations,
+        *sections,
         ("Known limitations", [("list", limitations(results, run))]),
         ("Environment", environment_section(run)),
         (

@@ -6,9 +6,11 @@ import math
 from typing import Any
 
 from tuneforge.artifacts import RunDir, read_jsonl
+from tuneforge.evaluation.evals import describe, predictions_path
 from tuneforge.evaluation.render import Block, num, plot_png, visible, with_ci
 from tuneforge.evaluation.report_groups import group_blocks, threshold_blocks
 from tuneforge.evaluation.report_ratings import judge_blocks
+from tuneforge.evaluation.stats import sig
 
 # Metrics shown in the comparison table, in this order, when present: which way is better, and the scale, so
 # no number stands without its unit.
@@ -37,7 +39,6 @@ SHOWN: dict[str, tuple[str, str]] = {
 }
 # The per-example score that ranks the examples where base and tuned differ, in order of preference.
 RANKING = ("correct", "token_f1", "chrf", "abs_error", "loss")
-PAIRED_NAME = {"loss": "loss_per_example"}  # the paired test runs on per-example loss
 
 
 def intervals(r: dict[str, Any], side: str) -> dict[str, Any]:
@@ -64,7 +65,8 @@ def comparison_table(r: dict[str, Any]) -> Block:
         row.append(with_ci(tuned.get(key), ci_t.get(key)))
         row += [with_ci(b["metrics"].get(key, ""), b.get("ci", {}).get(key)) for b in baselines.values()]
         rows.append([*row, better, scale])
-    return ("table", (header, rows))
+    # Cards: on a phone each metric becomes a card, so no column (the verdict's "better") hides off-screen.
+    return ("cards", (header, rows))
 
 
 def confusion(label: str, m: dict[str, Any]) -> Block:
@@ -122,9 +124,14 @@ def ranking_key(row: dict[str, Any]) -> str | None:
     return None
 
 
-def most_different(run: RunDir, split: str, k: int = 10) -> list[dict[str, Any]]:
-    """The k predictions rows where base and tuned differ most (by the split's main per-example score)."""
-    path = run.eval_dir / f"{split}.predictions.jsonl"
+def name_of(r: dict[str, Any]) -> str:
+    """The evaluation's name (its files' stem); an eval JSON from before names existed is its split's."""
+    return str(r.get("evaluation") or r["split"])
+
+
+def most_different(run: RunDir, name: str, k: int = 10) -> list[dict[str, Any]]:
+    """The k predictions rows where base and tuned differ most (by the main per-example score)."""
+    path = predictions_path(run, name)
     if not path.is_file():
         return []
     rows = [r for r in read_jsonl(path) if "base" in r.get("scores", {})]
@@ -148,8 +155,9 @@ def _clip(s: Any, n: int = 300) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def _examples_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
-    diff = most_different(run, r["split"])
+def example_cards(run: RunDir, r: dict[str, Any], k: int = 10) -> list[Block]:
+    """Base and tuned answers side by side: the k examples where they differ most, else the first k."""
+    diff = most_different(run, name_of(r), k)
     if diff:
         key = ranking_key(diff[0]) or ""
         rows = [
@@ -164,11 +172,11 @@ def _examples_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
             for d in diff
         ]
         return [
-            ("p", f"The {len(diff)} examples where base and tuned differ most (by {key}):"),
+            ("p", f"The {len(diff)} examples of {name_of(r)} where base and tuned differ most (by {key}):"),
             ("cards", (["row", "input", "reference", "base", "tuned", f"{key} base → tuned"], rows)),
         ]
-    path = run.eval_dir / f"{r['split']}.predictions.jsonl"
-    first = read_jsonl(path)[:10] if path.is_file() else []
+    path = predictions_path(run, name_of(r))
+    first = read_jsonl(path)[:k] if path.is_file() else []
     if not first or not isinstance(first[0].get("tuned"), str):
         return []
     if r.get("base") is not None:
@@ -188,7 +196,8 @@ def _examples_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
 
 def _test_cells(p: dict[str, Any]) -> list[str]:
     """A paired test as table cells; the result says who is better, or that the data cannot tell."""
-    diff = f"{p['diff']:+.4g} [{p['lo']:+.4g}, {p['hi']:+.4g}]" if p.get("diff") is not None else ""
+    shown = p.get("diff") is not None and p.get("lo") is not None
+    diff = f"{sig(p['diff'], True)} [{sig(p['lo'], True)}, {sig(p['hi'], True)}]" if shown else ""
     verdict = str(p.get("verdict", ""))
     if " is better in " in verdict:
         result = verdict.split(" is better in ")[0] + " is better"
@@ -230,8 +239,9 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [
         (
             "p",
-            f"{r['n']} examples of the {r['split']} split; 95% bootstrap intervals in brackets "
-            f"({boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}).",
+            f"From {describe(r)}; 95% bootstrap intervals in brackets "
+            f"({boot.get('resamples', '?')} resamples of the examples, seed {boot.get('seed', '?')}; corpus "
+            "scores such as BLEU are recomputed on each resample).",
         ),
         comparison_table(r),
     ]
@@ -240,7 +250,7 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         rows = [[m, *_test_cells(p)] for m, p in paired.items()]
         blocks += [
             ("p", "Paired tests, base vs tuned on the same examples (difference = tuned - base):"),
-            ("table", (["metric", "difference [95% CI]", "p", "test", "result"], rows)),
+            ("cards", (["metric", "difference [95% CI]", "p", "test", "result"], rows)),
         ]
     vs = {name: b["vs_tuned"] for name, b in r.get("baselines", {}).items() if "vs_tuned" in b}
     if vs:
@@ -250,7 +260,7 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
                 "p",
                 "Tuned vs the classical baselines fitted on the train split (difference = tuned - baseline):",
             ),
-            ("table", (["baseline", "difference [95% CI]", "p", "test", "result"], rows)),
+            ("cards", (["baseline", "difference [95% CI]", "p", "test", "result"], rows)),
         ]
     if "confusion_matrix" in r["tuned"]:
         if r.get("base"):
@@ -269,36 +279,39 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
 
         blocks += answers_blocks(r["answers"], r["tuned"].get("reward_margin"))
     blocks.append(("p", _guard_text(r.get("guard", {}))))
-    blocks += _examples_blocks(run, r)
+    blocks += example_cards(run, r)
     missing = not_measured(r)
     if missing:
         blocks += [("p", "Not in this evaluation (and how to add it):"), ("list", missing)]
     return blocks
 
 
-HEADLINE_METRICS = ("accuracy", "mse", "token_f1", "chrf", "loss")
+#: The metric that decides, per kind of evaluation, in order of preference (perplexity before answer overlap:
+#: a chat model's references are one answer of many, its likelihood of them is what training moved).
+DECIDING = ("accuracy", "mse", "perplexity", "token_f1", "chrf", "loss")
 
 
 def headline_metric(r: dict[str, Any]) -> str | None:
-    """The split's main metric: the first of HEADLINE_METRICS the tuned model has a number for."""
+    """The evaluation's deciding metric: the first of DECIDING the tuned model has a number for."""
     tuned = r.get("tuned") or {}
-    return next((m for m in HEADLINE_METRICS if isinstance(tuned.get(m), int | float)), None)
+    return next((m for m in DECIDING if isinstance(tuned.get(m), int | float)), None)
 
 
 def headline(r: dict[str, Any]) -> str:
-    """One sentence per split: the main metric, base vs tuned with the paired verdict, and the baselines."""
+    """One sentence per evaluation: the deciding metric, base vs tuned with its verdict, the baselines."""
     tuned, paired = r["tuned"], r.get("paired", {})
     metric = headline_metric(r)
+    name = name_of(r)
     if metric is None:
-        return f"{r['split']} ({r['n']} examples): no headline metric."
+        return f"{name} ({r['n']} examples): no headline metric."
     ci_t = intervals(r, "tuned")
-    text = f"{r['split']} ({r['n']} examples): {metric} tuned {with_ci(tuned[metric], ci_t.get(metric))}"
+    text = f"{name} ({r['n']} examples): {metric} tuned {with_ci(tuned[metric], ci_t.get(metric))}"
     if r.get("base"):
         text += f", base {with_ci(r['base'].get(metric), intervals(r, 'base').get(metric))}"
-        test = paired.get(PAIRED_NAME.get(metric, metric))
+        test = paired.get(metric)
         text += f"; {test['verdict']}" if test else ""
     text += "."
-    for name, b in r.get("baselines", {}).items():
+    for bname, b in r.get("baselines", {}).items():
         if "vs_tuned" in b:
-            text += f" Against the {name} baseline: {b['vs_tuned']['verdict']}."
+            text += f" Against the {bname} baseline: {b['vs_tuned']['verdict']}."
     return text

@@ -1,4 +1,7 @@
-"""`tuneforge evaluate`: a run (and optionally its untuned base) → RUN/eval/<split>.json and its predictions.
+"""`tuneforge evaluate`: a run (and optionally its untuned base) → RUN/eval/<name>.json and its predictions.
+
+The name is the split, or `<split>-first<N>` for the first N examples only (evals.py), so a short evaluation
+never replaces a full one.
 
 The JSON holds each model's metrics, bootstrap intervals, the paired base-vs-tuned tests with a verdict, the
 classical baselines, calibration and per-group tables; predictions.jsonl holds the rows behind every number.
@@ -12,6 +15,7 @@ from typing import Any
 from tuneforge.artifacts import SPLITS, DatasetDir, RunDir, atomic_file, write_json_atomic
 from tuneforge.config import RunConfig, with_overrides
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.evals import evaluation_name, evaluation_path, predictions_path
 from tuneforge.evaluation.guard import check_adapter_applied, check_differs, probe_batch, probe_logits
 from tuneforge.evaluation.model_eval import ModelEval, evaluate_model, prompt_and_reference
 from tuneforge.evaluation.summary import clean, summarize
@@ -245,7 +249,9 @@ def evaluate_run(
     limit = max_examples or cfg.eval.max_examples
     dataset = DatasetDir.open(run.manifest.get("dataset", {}).get("path", cfg.data.path or ""))
     run.check_split_files(dataset)  # the data the run trained on, not a re-split under the same path
-    records = dataset.records(split)[:limit]
+    everything = dataset.records(split)
+    records = everything[:limit]
+    name = evaluation_name(split, limit, len(everything))
     fmt, labels = dataset.format, dataset.labels
     if not records and fmt == "preference":  # e.g. human-eval import keeps every pair in train when few
         raise TuneforgeError(
@@ -301,6 +307,7 @@ def evaluate_run(
         base = evaluate_model(base_model, btok, records, cfg, fmt, labels, _progress("base"))
         del base_model
     result: dict[str, Any] = {
+        "evaluation": name,
         "split": split,
         "n": len(records),
         "task": cfg.model.task,
@@ -325,12 +332,12 @@ def evaluate_run(
     if answers is not None:
         result["answers"] = clean(answers[0])
         if answers[1]:
-            result["answers"]["predictions"] = f"{split}.answers.jsonl"
-            with atomic_file(run.eval_dir / f"{split}.answers.jsonl", "w") as f:
+            result["answers"]["predictions"] = f"{name}.answers.jsonl"
+            with atomic_file(run.eval_dir / f"{name}.answers.jsonl", "w") as f:
                 for row in answers[1]:
                     f.write(json.dumps(row, ensure_ascii=False, default=_nan_safe) + "\n")
-    out = run.eval_dir / f"{split}.json"
-    with atomic_file(run.eval_dir / f"{split}.predictions.jsonl", "w") as f:
+    out = evaluation_path(run, name)
+    with atomic_file(predictions_path(run, name), "w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, default=_nan_safe) + "\n")
     write_json_atomic(out, result)

@@ -9,8 +9,14 @@ import numpy as np
 
 from tuneforge.config import RunConfig
 from tuneforge.evaluation.fairness import group_report, widened_gaps
-from tuneforge.evaluation.model_eval import ModelEval
-from tuneforge.evaluation.stats import bootstrap_ci, bootstrap_statistic_ci, compare
+from tuneforge.evaluation.model_eval import ModelEval, prompt_and_reference
+from tuneforge.evaluation.stats import (
+    Statistic,
+    bootstrap_ci,
+    bootstrap_statistic_ci,
+    compare,
+    compare_statistic,
+)
 
 #: Per-example score → the headline metric it is the mean of (as the report names it).
 HEADLINE = {"correct": "accuracy", "squared_error": "mse", "abs_error": "mae", "loss": "loss_per_example"}
@@ -54,44 +60,76 @@ def summarize(
     ci: dict[str, dict[str, Any]] = {"tuned": {}}
     paired: dict[str, Any] = {}
     if n_boot > 0:
+        statistics = {
+            side: _statistics(cfg, fmt, labels, records, m)
+            for side, m in (("tuned", tuned), ("base", base))
+            if m is not None
+        }
         for name, values in tuned.per_example.items():
             metric = HEADLINE.get(name, name)
+            if name in statistics["tuned"] or metric in statistics["tuned"]:  # its own statistic below
+                continue
             ci["tuned"][metric] = bootstrap_ci(_finite(values), n_boot=n_boot, seed=seed)
             if base is not None:
                 t, b = _finite_pairs(values, base.per_example[name])
                 c = compare(metric, t, b, n_boot=n_boot, seed=seed, correct=name == "correct")
                 ci.setdefault("base", {})[metric] = c["base"]
                 paired[metric] = {**c["paired"], "verdict": c["verdict"]}
-        for side, m in (("tuned", tuned), ("base", base)):
-            if m is not None and m.target_tokens:
-                ci.setdefault(side, {})["loss"] = _token_loss_ci(m, n_boot, seed)
-        if fmt == "classification":
-            for side, m in (("tuned", tuned), ("base", base)):
-                if m is None:
-                    continue
-                ci.setdefault(side, {})["macro_f1"] = _macro_f1_ci(records, m, labels, n_boot, seed)
-                if m.probs:
-                    ci[side]["ece"] = _ece_ci(records, m, labels, n_boot, seed)
+        n = len(records)
+        for metric, stat in statistics["tuned"].items():
+            boot = min(n_boot, 500) if metric in SLOW else n_boot
+            base_stat = statistics.get("base", {}).get(metric)
+            if base_stat is None:
+                ci["tuned"][metric] = bootstrap_statistic_ci(n, stat, n_boot=boot, seed=seed)
+                continue
+            # One resampling gives both sides' intervals and the difference's, so they always agree.
+            c = compare_statistic(metric, n, stat, base_stat, n_boot=boot, seed=seed)
+            ci["tuned"][metric], ci.setdefault("base", {})[metric] = c["tuned"], c["base"]
+            paired[metric] = {**c["paired"], "verdict": c["verdict"]}
     out["ci"], out["paired"] = ci, paired
     out["baselines"] = _baselines(fmt, records, tuned, baselines, n_boot, seed)
     out["fairness"] = _fairness(cfg, fmt, labels, records, tuned, base, groups)
     return clean(out)
 
 
-def _token_loss_ci(m: ModelEval, n_boot: int, seed: int) -> dict[str, float]:
-    """The interval of the loss per target token: a ratio over resampled examples, like the headline loss."""
+#: Statistics that are slow to recompute (sklearn per resample): at most 500 resamples.
+SLOW = frozenset({"macro_f1", "ece"})
+
+
+def _statistics(
+    cfg: RunConfig, fmt: str, labels: list[str], records: list[dict[str, Any]], m: ModelEval
+) -> dict[str, Statistic]:
+    """Metric → its value on any subset of the examples, for every headline that is not a plain mean."""
+    out: dict[str, Statistic] = {}
+    if m.target_tokens:
+        out.update(_token_loss(m))
+    if fmt in ("chat", "instruction") and m.predictions and isinstance(m.predictions[0], str):
+        from tuneforge.evaluation.text_metrics import corpus_statistics
+
+        refs = [prompt_and_reference(r, labels, cfg.data.prompt_template)[1] for r in records]
+        out.update(corpus_statistics([str(p) for p in m.predictions], refs))
+    if fmt == "classification" and m.label_predictions:
+        out["macro_f1"] = _macro_f1(records, m, labels)
+        if m.probs:
+            out["ece"] = _ece(records, m, labels)
+    return out
+
+
+def _token_loss(m: ModelEval) -> dict[str, Statistic]:
+    """The loss per target token (a ratio over resampled examples, like the headline loss) and exp of it."""
     tokens = np.asarray(m.target_tokens, dtype=float)
     per = np.nan_to_num(np.asarray(m.per_example["loss"], dtype=float)) * tokens  # summed loss per example
 
-    def stat(idx: np.ndarray) -> float:
+    def loss(idx: np.ndarray) -> float:
         return float(per[idx].sum() / max(tokens[idx].sum(), 1.0))
 
-    return bootstrap_statistic_ci(len(tokens), stat, n_boot=n_boot, seed=seed)
+    def perplexity(idx: np.ndarray) -> float:
+        return math.exp(min(loss(idx), 50.0))
+
+    return {"loss": loss, "perplexity": perplexity}
 
 
-def _macro_f1_ci(
-    records: list[dict[str, Any]], m: ModelEval, labels: list[str], n_boot: int, seed: int
-) -> dict[str, float]:
+def _macro_f1(records: list[dict[str, Any]], m: ModelEval, labels: list[str]) -> Statistic:
     from sklearn.metrics import f1_score
 
     gold = np.asarray([str(r["label"]) for r in records])
@@ -100,12 +138,10 @@ def _macro_f1_ci(
     def stat(idx: np.ndarray) -> float:
         return float(f1_score(gold[idx], pred[idx], labels=labels, average="macro", zero_division=0))
 
-    return bootstrap_statistic_ci(len(gold), stat, n_boot=min(n_boot, 500), seed=seed)
+    return stat
 
 
-def _ece_ci(
-    records: list[dict[str, Any]], m: ModelEval, labels: list[str], n_boot: int, seed: int
-) -> dict[str, float]:
+def _ece(records: list[dict[str, Any]], m: ModelEval, labels: list[str]) -> Statistic:
     """ECE is not a mean of per-example terms (it bins first), so its interval resamples whole examples."""
     from tuneforge.evaluation.calibration import expected_calibration_error
 
@@ -115,7 +151,7 @@ def _ece_ci(
     def stat(idx: np.ndarray) -> float:
         return expected_calibration_error(probs[idx], gold[idx])
 
-    return bootstrap_statistic_ci(len(gold), stat, n_boot=min(n_boot, 500), seed=seed)
+    return stat
 
 
 def _baselines(

@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -71,19 +74,49 @@ def per_example_scores(preds: list[str], refs: list[str]) -> list[dict[str, floa
     return out
 
 
-def corpus_scores(preds: list[str], refs: list[str]) -> dict[str, Any]:
-    """Corpus-level BLEU/chrF/TER (sacrebleu's definition, not a mean of sentences) and mean ROUGE/EM/F1."""
+def corpus_statistics(preds: list[str], refs: list[str]) -> dict[str, Callable[[np.ndarray], float]]:
+    """Corpus BLEU/chrF/TER and the length ratio of any subset of the examples (indices → score).
+
+    This is sacrebleu's own paired-bootstrap method (sacrebleu.significance): each sentence's sufficient
+    statistics are extracted once, and a subset's corpus score is computed from their sum, so a resample costs
+    a sum rather than a re-tokenisation. The private methods used are the ones sacrebleu's significance module
+    calls; on the whole corpus they give exactly `corpus_score`.
+    """
     from sacrebleu.metrics import BLEU, CHRF, TER
 
+    out: dict[str, Callable[[np.ndarray], float]] = {}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER())):
+        stats = np.asarray(metric._extract_corpus_statistics(preds, [refs]))  # (N, S)
+
+        def score(idx: np.ndarray, metric: Any = metric, stats: np.ndarray = stats) -> float:
+            return float(metric._compute_score_from_stats(stats[idx].sum(axis=0).tolist()).score)
+
+        out[name] = score
+    words = np.array([[_words(p), _words(r)] for p, r in zip(preds, refs, strict=True)], dtype=float)
+    words = words.reshape(-1, 2)  # (N, 2): answer words, reference words
+
+    def length_ratio(idx: np.ndarray) -> float:
+        return float(words[idx, 0].sum() / max(words[idx, 1].sum(), 1.0))
+
+    out["length_ratio"] = length_ratio
+    return out
+
+
+#: Corpus-level metrics (not means of their per-example values): their intervals recompute the corpus score.
+CORPUS_LEVEL = ("bleu", "chrf", "ter", "length_ratio")
+
+
+def corpus_scores(preds: list[str], refs: list[str]) -> dict[str, Any]:
+    """Corpus-level BLEU/chrF/TER (sacrebleu's definition, not a mean of sentences) and mean ROUGE/EM/F1."""
     per = per_example_scores(preds, refs)
     n = max(len(per), 1)
     mean = {k: sum(row[k] for row in per) / n for k in PER_EXAMPLE}
     pred_words, ref_words = sum(map(_words, preds)), sum(map(_words, refs))
+    everything = np.arange(len(preds))
+    corpus = {k: f(everything) for k, f in corpus_statistics(preds, refs).items()} if preds else {}
     return {
         "n": len(preds),
-        "bleu": float(BLEU().corpus_score(preds, [refs]).score),
-        "chrf": float(CHRF().corpus_score(preds, [refs]).score),
-        "ter": float(TER().corpus_score(preds, [refs]).score),
+        **{k: corpus.get(k, float("nan")) for k in ("bleu", "chrf", "ter")},
         **{k: mean[k] for k in (*ROUGE_TYPES, "exact_match", "token_f1")},
         "mean_answer_words": pred_words / n,
         "mean_reference_words": ref_words / n,

@@ -182,7 +182,7 @@ def train(
         raise stopped from None
     finally:
         if lock is not None:
-            lock.release()
+            lock.release(remove=True)
     plan.accelerator.wait_for_everyone()
     return run
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,14 +32,16 @@ def verdict(prompt: str) -> str:
 
 
 @contextmanager
-def judge_server() -> Iterator[dict[str, Any]]:
-    seen: dict[str, Any] = {"auth": [], "requests": 0}
+def judge_server(reply_as: str = "ok") -> Iterator[dict[str, Any]]:
+    """reply_as: ok; cut (every reply a JSON body cut off half way); drip (a byte every 0.2 s, ~40 s each)."""
+    seen: dict[str, Any] = {"auth": [], "requests": 0, "max_tokens": []}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen["auth"].append(self.headers.get("Authorization"))
             seen["requests"] += 1
+            seen["max_tokens"].append(body.get("max_tokens"))
             content = verdict(body["messages"][-1]["content"])
             reply = {
                 "id": "x",
@@ -55,11 +58,22 @@ def judge_server() -> Iterator[dict[str, Any]]:
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             }
             data = json.dumps(reply).encode()
+            if reply_as == "cut":
+                data = data[: len(data) // 2]
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if reply_as != "drip":
+                self.wfile.write(data)
+                return
+            for i in range(len(data)):
+                try:
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up: what a deadline should make it do
+                    return
+                time.sleep(0.2)
 
         def log_message(self, *args: Any) -> None:
             pass

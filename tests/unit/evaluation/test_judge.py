@@ -9,7 +9,7 @@ import pytest
 from tests.unit.evaluation.judge_stub import judge_server
 from tuneforge.config import JudgeConfig
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.judge import judge_rows
+from tuneforge.evaluation.judge import judge_rows, summary_lines
 
 ROWS = [
     {"id": 0, "input": "q0", "reference": "r", "tuned": "GOOD answer", "base": "meh"},
@@ -26,6 +26,7 @@ def test_single_and_pairwise_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
         cfg = JudgeConfig(base_url=stub["url"], model="stub", api_key_env="JUDGE_KEY")
         summary, verdicts = judge_rows(cfg, ROWS)
     assert stub["requests"] == 5 * 4 and set(stub["auth"]) == {"Bearer sekret"}
+    assert stub["max_tokens"] == [256] * 20  # eval.judge.max_tokens, on every request
     assert [v["single"] for v in verdicts] == [
         {"tuned": 9.0, "base": 2.0},
         {"tuned": 9.0, "base": 2.0},
@@ -61,3 +62,52 @@ def test_a_missing_key_or_rubric_is_a_config_error(monkeypatch: pytest.MonkeyPat
         judge_rows(JudgeConfig(base_url="http://x/v1", model="m", api_key_env="NO_SUCH_KEY"), ROWS)
     with pytest.raises(TuneforgeError, match=r"unknown rubric 'nope\.txt'"):
         judge_rows(JudgeConfig(base_url="http://x/v1", model="m", rubric="nope.txt"), ROWS)
+
+
+def test_the_summary_a_terminal_prints_when_every_request_succeeds() -> None:
+    with judge_server() as stub:
+        cfg = JudgeConfig(base_url=stub["url"], model="stub", max_tokens=40)
+        summary, _ = judge_rows(cfg, ROWS)
+    assert set(stub["max_tokens"]) == {40}
+    lines = summary_lines(summary)
+    assert lines[0] == (
+        "judge stub (helpfulness rubric): 5 examples, 1 with failures "
+        "(1 failed requests or answers without a verdict)"
+    )
+    assert lines[1].startswith("  rating 1-10, tuned: 5.5 [")
+    assert lines[3].startswith("  no evidence of a difference in judge_rating")
+    assert lines[4].startswith("  pairwise, tuned vs base: win 0.4 [")
+    assert lines[4].endswith("; verdicts that survive swapping the order: 60%")
+    assert lines[5] == "  first error: no verdict in the judge's answer: 'I would rather not say.'"
+
+
+def test_a_judge_whose_every_reply_is_cut_off_fails_per_example_and_says_so() -> None:
+    """Issue 19: a cut-off JSON reply aborted the whole evaluation, losing every generated answer."""
+    with judge_server("cut") as stub:
+        cfg = JudgeConfig(base_url=stub["url"], model="stub")
+        summary, verdicts = judge_rows(cfg, ROWS)
+    assert stub["requests"] == 5 * 4  # a malformed reply is not a dead endpoint: every request is tried
+    assert summary["examples_with_errors"] == 5 and summary["errors"] == 20
+    assert all(e.startswith("malformed reply: ") for v in verdicts for e in v["errors"])
+    lines = summary_lines(summary)
+    assert lines[0] == (
+        "judge stub (helpfulness rubric): 5 examples, 5 with failures "
+        "(20 failed requests or answers without a verdict)"
+    )
+    assert lines[1] == "  every example failed: no judge verdict in this evaluation"
+    assert lines[2].startswith("  first error: malformed reply: ")
+
+
+def test_timeout_s_is_a_deadline_for_the_whole_request() -> None:
+    """Issue 19: a judge sending a byte a second held each request ~20 s at timeout_s=3."""
+    import time
+
+    with judge_server("drip") as stub:
+        cfg = JudgeConfig(base_url=stub["url"], model="stub", timeout_s=0.5)
+        start = time.monotonic()
+        summary, verdicts = judge_rows(cfg, ROWS)
+        took = time.monotonic() - start
+    assert took < 5  # three timed-out requests, then the endpoint counts as down (a drip takes ~40 s)
+    errors = [e for v in verdicts for e in v["errors"]]
+    assert errors[:3] == ["timeout: no complete answer within 0.5 s"] * 3
+    assert summary["errors"] == 20 and stub["requests"] == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from tuneforge.evaluation.calibration import calibration
 from tuneforge.evaluation.metrics import classification_metrics
 from tuneforge.evaluation.render import num, with_ci
 from tuneforge.evaluation.report import write_report
-from tuneforge.evaluation.stats import compare
+from tuneforge.evaluation.stats import compare, sig
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -122,9 +123,9 @@ def test_classification_report_shows_what_the_eval_json_holds(classification_run
     assert "| unparseable_rate | 0.5 | 0 |  | lower | share of answers naming no label |" in md
     # the paired test as a row: difference tuned - base with its interval, p, the test, who is better
     p = result["paired"]["accuracy"]
-    diff = f"{p['diff']:+.4g} [{p['lo']:+.4g}, {p['hi']:+.4g}]"
+    diff = f"{sig(p['diff'], True)} [{sig(p['lo'], True)}, {sig(p['hi'], True)}]"
     who = "tuned is better" if p["verdict"].startswith("tuned is better") else "no evidence of a difference"
-    assert f"| accuracy | {diff} | {num(p['p_value'])} | mcnemar-exact | {who} |" in md
+    assert f"| accuracy | {diff} | {num(p['p_value'])} | paired-bootstrap | {who} |" in md
     # the base's answers that named no label: a column of their own, counted from the rows
     rows = [json.loads(line) for line in (classification_run / "eval" / "test.predictions.jsonl").open()]
     for label in LABELS:
@@ -138,11 +139,17 @@ def test_classification_report_shows_what_the_eval_json_holds(classification_run
     # the examples where the two differ most come first, with their score either way
     # rows 2 and 4 turned right (gap 1 + 0.5 for a different answer), 1 and 5 changed but stayed wrong (0.5),
     # 0 and 3 are the same answer (0: not shown)
+    evaluation = md.split("\n## Evaluation (test)\n")[1]
     shown = [
-        line.split(" | ")[0][2:] for line in md.splitlines() if line.startswith("| ") and "| text " in line
+        line.split(" | ")[0][2:]
+        for line in evaluation.splitlines()
+        if line.startswith("| ") and "| text " in line
     ]
     assert shown == ["2", "4", "1", "5"]
-    assert "| 2 | text 2 | neutral | <unparseable> | neutral | 0 → 1 |" in md
+    assert "| 2 | text 2 | neutral | &lt;unparseable&gt; | neutral | 0 → 1 |" in md
+    # the summary shows the first three of them right under the verdicts
+    head = [line.split(" | ")[0][2:] for line in summary.splitlines() if "| text " in line]
+    assert head == ["2", "4", "1"]
     # what is missing says how to add it
     assert "per-group results (data.group_column or eval.group_columns)" in md
     assert "calibration (ECE, Brier): it needs label probabilities (eval.decision: score)" in md
@@ -150,6 +157,12 @@ def test_classification_report_shows_what_the_eval_json_holds(classification_run
     # self-contained, phone-ready, no empty header row on key/value tables
     assert "http://" not in html and "https://" not in html and "<th></th>" not in html
     assert "name='viewport'" in html and "data:image/png;base64," in html
+    # at 390 px the verdicts are cards (checked in headless Chromium: no table scrolled, the page 375 px wide)
+    assert "<table class='cards'><thead><tr><th>metric</th><th>difference [95% CI]</th>" in html
+    assert "<table class='cards'><thead><tr><th>metric</th><th>base</th><th>tuned</th>" in html
+    assert (
+        "nav{font-size:14px;display:flex;flex-wrap:wrap" in html
+    )  # one unbreakable line of links was 834 px
     # the validation record without a loss is skipped, so no validation curve is claimed
     assert "train loss 2.5 → 1; no validation loss was logged" in md
 
@@ -226,6 +239,15 @@ def test_model_card_metadata_is_a_valid_hub_card_with_the_eval_numbers(tmp_path:
     assert by_name["ROUGE-L"].metric_type == "rouge" and by_name["ROUGE-L"].metric_value == 0.5
     assert by_name["Perplexity"].metric_value == pytest.approx(math.exp(1.25))
     assert {e.dataset_split for e in card.data.eval_results} == {"test"}
+    # the code loads the built-in base the way tuneforge resolves it (no download); AutoPeft is the online way
+    assert (
+        "base = AutoModelForCausalLM.from_pretrained(resolve('builtin:smollm2-135m-instruct'))\n"
+        "model = PeftModel.from_pretrained(base, 'path/to/final')\n" in card.text
+    )
+    assert (
+        "Online, `AutoPeftModelForCausalLM.from_pretrained('path/to/final')` also works: it downloads the "
+        "base `HuggingFaceTB/SmolLM2-135M-Instruct` from the Hub." in card.text
+    )
     # the metadata round-trips through the Hub's own model-index writer unchanged
     index = eval_results_to_model_index("run", card.data.eval_results)
     assert card.data.to_dict()["model-index"] == index
@@ -294,7 +316,7 @@ def test_answers_are_shown_even_when_base_and_tuned_never_differ(tmp_path: Path)
     assert "| 9 | q9 | r | same | same |" in md and "| 10 | q10 |" not in md
 
 
-def test_regression_examples_print_predicted_values_at_four_digits(tmp_path: Path) -> None:
+def test_regression_examples_print_predicted_values_at_three_digits(tmp_path: Path) -> None:
     rows = [
         {
             "id": 0,
@@ -309,8 +331,8 @@ def test_regression_examples_print_predicted_values_at_four_digits(tmp_path: Pat
     run = make_run(tmp_path, "regression", result, rows, task="regression")
     write_report(run)
     md = (run / "report.md").read_text()
-    assert "| 0 | t | 5 | -0.02331 | 0.07355 | 5.023 → 4.926 |" in md
-    assert "| mse | 25.23 | 24.27 | lower | mean squared error, label units squared |" in md
+    assert "| 0 | t | 5 | -0.0233 | 0.0736 | 5.02 → 4.93 |" in md
+    assert "| mse | 25.2 | 24.3 | lower | mean squared error, label units squared |" in md
 
 
 def test_a_run_that_did_not_finish_and_was_not_evaluated_says_so(tmp_path: Path) -> None:
@@ -335,3 +357,34 @@ def test_the_report_does_not_load_torch(classification_run: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"  # train/plot.py draws the curve without train/'s torch imports
+
+
+def test_report_md_carries_no_raw_html_or_links_from_data(tmp_path: Path) -> None:
+    """Issue 19: labels with `<img onerror>` reached report.md as raw HTML; escape it as report.html does."""
+    evil = "<img src=x onerror=alert(1)>"
+    rows = [
+        {
+            "id": 0,
+            "input": f"q {evil}",
+            "reference": "![pixel](http://tracker.example/p.png)",
+            "tuned": "<script>alert(2)</script> & more",
+            "base": "a",
+            "scores": {"tuned": {"token_f1": 1.0}, "base": {"token_f1": 0.0}},
+        }
+    ]
+    labels = [evil, "ok"]
+    result = {"tuned": {"token_f1": 1.0}, "base": {"token_f1": 0.0}, "labels": labels, "guard": {}}
+    run = make_run(tmp_path, "chat", result, rows, base_model=f"base {evil}")
+    (run / "config.yaml").write_text("data:\n  labels: ['```', '<b>x</b>']\n```\n<script>alert(3)</script>\n")
+    write_report(run)
+    md = (run / "report.md").read_text()
+    outside_code = re.sub(r"(?s)\n(`{3,})\n.*?\n\1\n", "\n", md)
+    assert "<" not in outside_code and "](" not in outside_code
+    assert (
+        "&lt;img src=x onerror=alert(1)&gt;" in md
+        and "&lt;script&gt;alert(2)&lt;/script&gt; &amp; more" in md
+    )
+    assert "!\\[pixel]\\(http://tracker.example/p.png)" not in md  # the link syntax is broken at `](`
+    assert "![pixel]\\(http://tracker.example/p.png)" in md
+    # the config stays verbatim in a fence longer than any backtick run it holds
+    assert "\n````\ndata:\n  labels: ['```', '<b>x</b>']\n```\n<script>alert(3)</script>\n````\n" in md

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -9,8 +11,11 @@ from tuneforge.evaluation.stats import (
     bootstrap_ci,
     bootstrap_statistic_ci,
     compare,
+    compare_statistic,
     mcnemar,
     paired_bootstrap,
+    percentile_interval,
+    sig,
 )
 
 
@@ -43,7 +48,7 @@ def test_paired_bootstrap_finds_a_real_difference_and_none_where_there_is_none()
     tuned = base + 0.5 + rng.normal(0, 0.5, 300)
     test = paired_bootstrap(tuned, base, n_boot=2000)
     assert test["lo"] < 0.5 < test["hi"]
-    assert test["p_value"] == pytest.approx(1 / 2001)
+    assert test["p_value"] == pytest.approx(1 / 2000)  # no resample crosses zero: the bootstrap's floor
     same = paired_bootstrap(base, base)
     assert same["diff"] == 0.0 and same["p_value"] == 1.0
     noise = paired_bootstrap(base + rng.normal(0, 1, 300), base + rng.normal(0, 1, 300), n_boot=2000)
@@ -65,9 +70,60 @@ def test_verdicts() -> None:
     base = [0.0] * 60 + [1.0] * 40
     tuned = [1.0] * 100
     c = compare("accuracy", tuned, base, correct=True)
-    assert c["paired"]["test"] == "mcnemar-exact"
+    assert c["paired"]["test"] == "paired-bootstrap"
+    assert c["paired"]["mcnemar_p_value"] == pytest.approx(2 * 0.5**60)  # kept beside, for reference
     assert c["verdict"].startswith("tuned is better in accuracy by 0.6 [")
-    assert c["verdict"].endswith(f"p = {2 * 0.5**60:.3g}")
+    assert c["verdict"].endswith("p = 0.001")
     worse = compare("ter", [50.0 + i % 3 for i in range(100)], [40.0 + i % 3 for i in range(100)])
     assert worse["verdict"].startswith("base is better in ter by 10")
     assert compare("bleu", base, base)["verdict"].startswith("no evidence of a difference in bleu")
+
+
+def test_the_p_value_and_the_interval_agree_on_every_edge() -> None:
+    """The case of issue 21: an interval excluding zero beside p = 0.062. Sweep differences from clearly none
+    to clearly some, in small samples of 0/1 and continuous scores and odd resample counts, at the edge."""
+    rng = np.random.default_rng(7)
+    checked = 0
+    for n_boot in (1000, 999, 250, 41):
+        for shift in np.linspace(0, 0.6, 13):
+            for n in (8, 20, 60):
+                base = rng.random(n)
+                tuned = base + shift * rng.random(n) - 0.1
+                for t, b in ((tuned, base), ((tuned > 0.5) * 1.0, (base > 0.5) * 1.0)):
+                    p = paired_bootstrap(t, b, n_boot=n_boot, seed=int(n * shift * 100))
+                    excludes = p["lo"] > 0 or p["hi"] < 0
+                    assert (p["p_value"] < 0.05) == excludes, (n_boot, shift, n, p)
+                    checked += 1
+    assert checked == 4 * 13 * 3 * 2
+
+
+def test_percentile_interval_is_the_inverted_p_value() -> None:
+    boots = np.array([-1.0] * 24 + [1.0] * 976)  # 2.4% below zero: p = 0.048, lo the 25th smallest > 0
+    assert percentile_interval(boots) == (1.0, 1.0)
+    boots = np.array([-1.0] * 25 + [1.0] * 975)  # 2.5%: p = 0.05, not below; the interval touches -1
+    assert percentile_interval(boots) == (-1.0, 1.0)
+
+
+def test_a_corpus_statistic_is_compared_on_the_same_resamples() -> None:
+    x = np.random.default_rng(3).random(30)
+    y = x + 0.2
+
+    def ratio(v: np.ndarray) -> Callable[[np.ndarray], float]:
+        return lambda idx: float(v[idx].sum() / len(idx))
+
+    c = compare_statistic("chrf", 30, ratio(y), ratio(x), n_boot=400, seed=1)
+    assert c["tuned"] == pytest.approx(bootstrap_statistic_ci(30, ratio(y), n_boot=400, seed=1))
+    assert c["paired"]["diff"] == pytest.approx(0.2)
+    assert c["paired"]["lo"] == pytest.approx(0.2) and c["paired"]["hi"] == pytest.approx(0.2)
+    assert c["verdict"] == "tuned is better in chrf by 0.2 [0.2, 0.2], p = 0.0025"
+
+
+def test_three_significant_digits() -> None:
+    assert [sig(0.05358), sig(0.1142), sig(146.3), sig(16.25), sig(1234.5)] == [
+        "0.0536",
+        "0.114",
+        "146",
+        "16.2",
+        "1234",
+    ]
+    assert sig(0.43, signed=True) == "+0.43"

@@ -279,7 +279,7 @@ def test_evaluating_the_dpo_run_answers_the_sft_runs_test_prompts_with_both_mode
     assert lines[0] == (
         f"answers on 6 prompts of {sft_data} (test), reference = the SFT run {sft.path.resolve()}:"
     )
-    assert lines[1].endswith(f", reward margin {margin:.4g}")
+    assert lines[1].endswith(f", reward margin {margin:.3g}")  # 3 significant digits, as every number
     md = (dpo.path / "report.md").read_text()
     assert "What DPO did to answers: 6 prompts of the test split of" in md
 

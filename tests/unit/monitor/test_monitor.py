@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from tests.unit.monitor.deployment import START, make_run, sports_text, support_text, write_log
-from tests.unit.serve.test_store import postgres  # noqa: F401  (the throwaway PostgreSQL fixture)
 from tuneforge.config import load_config
 from tuneforge.monitor import monitor, resolve_window
 from tuneforge.monitor.embed import Embedder
@@ -141,7 +140,7 @@ def test_model_keeps_only_the_requests_to_one_served_model(tmp_path: Path) -> No
     assert dict(both.models) == {"run": 2, "other": 1} and sorted(one.inputs.items) == ["p0", "p2"]
 
 
-def test_the_same_window_reads_the_same_from_postgresql(postgres: str) -> None:  # noqa: F811
+def test_the_same_window_reads_the_same_from_postgresql(postgres: str) -> None:
     rng = random.Random(4)
     texts = [support_text(rng) for _ in range(25)]
     log = RequestLog(postgres)

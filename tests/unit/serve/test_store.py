@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -117,39 +111,6 @@ def test_a_row_the_database_refuses_loses_only_itself(tmp_path: Path) -> None:
 def test_plain_paths_become_sqlite_urls_and_urls_pass_through(tmp_path: Path) -> None:
     assert database_url(str(tmp_path / "x.db")) == f"sqlite:///{tmp_path / 'x.db'}"
     assert database_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
-
-
-@pytest.fixture
-def postgres() -> Iterator[str]:
-    """A throwaway PostgreSQL server (skipped where the binaries are not installed: Debian `postgresql`)."""
-    pg_ctl, initdb = shutil.which("pg_ctl"), shutil.which("initdb")
-    if not pg_ctl or not initdb:
-        pytest.skip("PostgreSQL binaries (pg_ctl, initdb) are not installed")
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    root = Path(tempfile.mkdtemp(prefix="tf-pg-"))
-    root.chmod(0o777)
-    data = root / "data"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run(
-        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
-    )
-    opts = f"-p {port} -k {root} -c listen_addresses=''"
-    subprocess.run(
-        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-w", "start", "-l", str(root / "log")],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_same_store_on_postgresql(postgres: str) -> None:

@@ -840,7 +840,13 @@ def main() -> None:
         app()
     except TuneforgeError as err:
         # Escaped: messages hold literal brackets ("[invalid_json]") that rich would take for markup and drop.
-        err_console.print(f"[bold red]error:[/bold red] {escape(err.render())}", highlight=False, markup=True)
+        # soft_wrap: a message in a log file stays whole on its lines (the terminal wraps it for the eye).
+        err_console.print(
+            f"[bold red]error:[/bold red] {escape(err.render())}",
+            highlight=False,
+            markup=True,
+            soft_wrap=True,
+        )
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -110,7 +110,7 @@ def test_evaluate_takes_eval_overrides_on_top_of_the_run(
     copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))
     out = evaluate_run(copy.path, overrides=["eval.max_examples=2", "eval.split=validation"])
     result = json.loads(out.read_text())
-    assert (out.name, result["split"], result["n"]) == ("validation.json", "validation", 2)
+    assert (out.name, result["split"], result["n"]) == ("validation-first2.json", "validation", 2)
     with pytest.raises(TuneforgeError) as e:
         evaluate_run(copy.path, overrides=["train.learning_rate=1"])
     assert e.value.what == "evaluate takes overrides of eval.* only; train.learning_rate is fixed by the run"

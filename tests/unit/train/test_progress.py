@@ -14,7 +14,7 @@ from tuneforge.train.progress import TrainProgress
 def rendered(width: int, monkeypatch: pytest.MonkeyPatch) -> str:
     """The line at `width` columns at step 123 of 1000, 22 steps after step 101 took 44 s (2 s a step)."""
     monkeypatch.setattr(progress, "peak_memory_bytes", lambda: 2**29)
-    console = Console(width=width, record=True, file=io.StringIO())
+    console = Console(width=width, record=True, file=io.StringIO(), force_terminal=True)
     now = [998.0]
     bar = TrainProgress(1000, 100, enabled=True, console=console, clock=lambda: now[0])
     now[0] = 1000.0

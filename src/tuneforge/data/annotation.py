@@ -80,8 +80,11 @@ class Project:
 
 
 def item_text(record: dict[str, Any]) -> str:
-    """What an annotator reads: the text, the prompt, or the conversation so far."""
-    for key in ("text", "prompt", "instruction", "question"):
+    """What an annotator reads: the text, the prompt, or the conversation so far (the column names the
+    data stage's format detection knows, records.NAMES)."""
+    from tuneforge.data.records import NAMES
+
+    for key in NAMES["text"] + NAMES["instruction"]:
         if isinstance(record.get(key), str):
             return str(record[key])
     messages = record.get("messages")
@@ -232,7 +235,8 @@ class AnnotationStore:
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
-                "SELECT rowid, idx FROM ann_labels WHERE project=? AND annotator=? ORDER BY rowid DESC LIMIT 1",
+                "SELECT rowid, idx FROM ann_labels WHERE project=? AND annotator=? "
+                "ORDER BY rowid DESC LIMIT 1",
                 (pid, annotator.strip()),
             ).fetchone()
             if row:

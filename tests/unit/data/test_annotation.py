@@ -14,7 +14,9 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.agreement import agreement
 
 
-def store_with(tmp_path: Path, n: int = 4, k: int = 2, labels: str = "pos, neg") -> tuple[AnnotationStore, Project]:
+def store_with(
+    tmp_path: Path, n: int = 4, k: int = 2, labels: str = "pos, neg"
+) -> tuple[AnnotationStore, Project]:
     store = AnnotationStore(tmp_path / "state.sqlite3")
     pid = store.create(
         "p", [{"text": f"row {i}"} for i in range(n)], labels=parse_labels(labels), k=k, source="x"
@@ -91,7 +93,10 @@ def test_export_is_a_raw_file_that_prepare_turns_into_a_dataset(tmp_path: Path) 
         store.save(p, i, "ann", "pos" if i % 2 else "neg")
     raw, fmt, n = store.export_raw(p, tmp_path / "out" / "labelled.jsonl")
     assert (fmt, n) == ("classification", 12)
-    assert raw.read_text().splitlines()[:2] == ['{"text": "row 0", "label": "neg"}', '{"text": "row 1", "label": "pos"}']
+    assert raw.read_text().splitlines()[:2] == [
+        '{"text": "row 0", "label": "neg"}',
+        '{"text": "row 1", "label": "pos"}',
+    ]
     ds = prepare_export(raw, fmt, tmp_path / "ds")
     rows = [r for s in ("train", "validation", "test") for r in ds.records(s)]
     assert sorted((r["text"], r["label"]) for r in rows) == sorted(
@@ -125,15 +130,33 @@ def test_label_studio_export_imports_back_to_the_same_labels(tmp_path: Path) -> 
         "id": 1,
         "data": {"text": "row 0"},
         "annotations": [
-            {"completed_by": {"email": "ann"}, "result": [
-                {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["pos"]}}
-            ]},
-            {"completed_by": {"email": "bob"}, "result": [
-                {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["neg"]}}
-            ]},
+            {
+                "completed_by": {"email": "ann"},
+                "result": [
+                    {
+                        "from_name": "label",
+                        "to_name": "text",
+                        "type": "choices",
+                        "value": {"choices": ["pos"]},
+                    }
+                ],
+            },
+            {
+                "completed_by": {"email": "bob"},
+                "result": [
+                    {
+                        "from_name": "label",
+                        "to_name": "text",
+                        "type": "choices",
+                        "value": {"choices": ["neg"]},
+                    }
+                ],
+            },
         ],
     }
-    back = store.project(store.import_label_studio("again", json.loads(json.dumps(tasks)), k=2, source="ls.json"))
+    back = store.project(
+        store.import_label_studio("again", json.loads(json.dumps(tasks)), k=2, source="ls.json")
+    )
     assert back is not None and back.labels == ["pos", "neg"] and store.size(back.id) == 3
     assert store.labels(back.id) == store.labels(p.id)
     with pytest.raises(TuneforgeError) as err:
@@ -142,10 +165,13 @@ def test_label_studio_export_imports_back_to_the_same_labels(tmp_path: Path) -> 
 
 
 def test_a_raw_csv_goes_through_the_data_stages_reader(tmp_path: Path) -> None:
-    (tmp_path / "raw.csv").write_text("review,stars\ngood film,5\n\"bad, slow\",1\n")
+    (tmp_path / "raw.csv").write_text('review,stars\ngood film,5\n"bad, slow",1\n')
     assert rows_from_file(tmp_path / "raw.csv") == [
         {"review": "good film", "stars": "5"},
         {"review": "bad, slow", "stars": "1"},
     ]
+    store = AnnotationStore(tmp_path / "s.sqlite3")
+    pid = store.create("csv", rows_from_file(tmp_path / "raw.csv"), labels=["good"], k=1, source="raw.csv")
+    assert store.item(pid, 1) == ("bad, slow", {"review": "bad, slow", "stars": "1"})
     write_jsonl(tmp_path / "raw.jsonl", [{"text": "a"}])
     assert rows_from_file(tmp_path / "raw.jsonl") == [{"text": "a"}]

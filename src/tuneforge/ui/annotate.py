@@ -220,11 +220,14 @@ def _export(request: Request, form: dict[str, str]) -> Response:
     project = _project(request, form.get("id"))
     folder: Path = ui.workspace / EXPORT_DIR / f"{project.id}-{_slug(project.name)}"
     raw, fmt, n = ui.annotations.export_raw(project, folder / "labelled.jsonl")
-    ds = annotation.prepare_export(raw, fmt, folder / "dataset")
-    message = (
-        f"{n} labelled rows written to {ui.rel(raw)} and prepared as the dataset {ui.rel(ds.path)} "
-        f"(as `tuneforge prepare CONFIG data.path={ui.rel(raw)} data.format={fmt}` would)"
-    )
+    command = f"`tuneforge prepare CONFIG data.path={ui.rel(raw)} data.format={fmt}`"
+    message = f"{n} labelled rows written to {ui.rel(raw)}"
+    try:
+        ds = annotation.prepare_export(raw, fmt, folder / "dataset")
+    except TuneforgeError as err:  # too few rows yet, say: the raw file stays, prepare it later
+        message += f". Not prepared yet: {err.render()}. Prepare it later with {command}."
+    else:
+        message += f" and prepared as the dataset {ui.rel(ds.path)} (as {command} would)."
     return RedirectResponse(
         f"/annotate/project?{urlencode({'id': project.id, 'message': message})}", status_code=303
     )

@@ -110,7 +110,11 @@ def test_two_annotators_label_agree_resolve_and_export(ws: Path) -> None:
         assert r.status_code == 303
     assert "None left" in c.get("/annotate/disagreements", params={"id": pid}).text
     r = c.post("/annotate/export", data={"csrf_token": token, "id": str(pid)})
-    assert r.status_code == 200 and "10 labelled rows written to annotations/" in r.text
+    assert r.status_code == 200
+    assert (
+        f"10 labelled rows written to annotations/{pid}-reviews/labelled.jsonl and prepared as the dataset"
+        in r.text
+    )
     raw = ws / "annotations" / f"{pid}-reviews" / "labelled.jsonl"
     got = [json.loads(x) for x in raw.read_text().splitlines()]
     assert [g["label"] for g in got] == ["pos"] * 4 + ["neg"] * 6

@@ -1,10 +1,10 @@
 """`tuneforge ui` in a real browser: Debian's Chromium, headless, driven by Playwright for Python.
 
 Flows: a run's curve grows while metrics are appended (HTMX polling), two raters rate blind (one with the
-keyboard, one with the mouse) until the results page shows human-eval's win rate, and an annotator labels 5 rows
-with the keyboard, the server is killed and restarted, the labels are there and export as a prepared dataset. Each flow saves screenshots
-at desktop and phone width into $TUNEFORGE_UI_SCREENSHOTS (else a temporary folder) for a person to look at.
-Skipped, with the reason, only where no Chromium or no Playwright is installed.
+keyboard, one with the mouse) until the results page shows human-eval's win rate, and an annotator labels 5
+rows with the keyboard, the server is killed and restarted, the labels are there and export. Each flow saves
+screenshots at desktop and phone width into $TUNEFORGE_UI_SCREENSHOTS (else a temporary folder) for a person
+to look at. Skipped, with the reason, only where no Chromium or no Playwright is installed.
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ def _export(request: Request, form: dict[str, str]) -> Response:
     try:
         ds = annotation.prepare_export(raw, fmt, folder / "dataset")
     except TuneforgeError as err:  # too few rows yet, say: the raw file stays, prepare it later
-        message += f". Not prepared yet: {err.render()}. Prepare it later with {command}."
+        message += f". Not prepared yet: {err.what}. Prepare it later with {command}."
     else:
         message += f" and prepared as the dataset {ui.rel(ds.path)} (as {command} would)."
     return RedirectResponse(

@@ -260,8 +260,10 @@ def test_label_five_rows_with_the_keyboard_kill_restart_and_export(
         page.click("text=Export and prepare as a dataset")
         # 5 rows are too few for `prepare` (it wants 10): the raw file is written, and the page says why
         expect(page.locator(".notice")).to_contain_text(
-            "5 labelled rows written to annotations/1-sentiment/labelled.jsonl. Not prepared yet: data.path: "
-            "only 5 usable examples after cleaning and deduplication (need at least 10)",
+            "5 labelled rows written to annotations/1-sentiment/labelled.jsonl. Not prepared yet: "
+            "only 5 usable examples after cleaning and deduplication (need at least 10); of 5 rows read, "
+            "left out: none. Prepare it later with `tuneforge prepare CONFIG "
+            "data.path=annotations/1-sentiment/labelled.jsonl data.format=classification`.",
             timeout=20000,
         )
         page.screenshot(path=str(shots / "annotate-project-desktop.png"), full_page=True)

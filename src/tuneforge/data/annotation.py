@@ -25,6 +25,7 @@ from tuneforge.errors import TuneforgeError
 
 MAX_LABELS = 9  # one key (1–9) each
 MAX_ROWS = 100_000
+EXPORT_MARKER = ".tuneforge-annotation"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ann_projects (
@@ -342,6 +343,13 @@ class AnnotationStore:
             raise TuneforgeError(
                 f"project {project.name} has no labelled rows to export", fix="label some rows first"
             )
+        marker = path.parent / EXPORT_MARKER  # an earlier export of ours may be replaced, a user's file not
+        if path.exists() and not marker.is_file():
+            raise TuneforgeError(
+                f"{path} exists and was not written by an annotation export", fix="move it away, then export"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
         write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         return path, fmt, len(rows)
 

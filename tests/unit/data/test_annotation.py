@@ -97,6 +97,13 @@ def test_export_is_a_raw_file_that_prepare_turns_into_a_dataset(tmp_path: Path) 
         '{"text": "row 0", "label": "neg"}',
         '{"text": "row 1", "label": "pos"}',
     ]
+    raw, _, _ = store.export_raw(p, tmp_path / "out" / "labelled.jsonl")  # its own file: replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "labelled.jsonl").write_text("my notes")
+    with pytest.raises(TuneforgeError) as err:
+        store.export_raw(p, tmp_path / "mine" / "labelled.jsonl")
+    assert err.value.what.endswith("mine/labelled.jsonl exists and was not written by an annotation export")
+    assert (tmp_path / "mine" / "labelled.jsonl").read_text() == "my notes"
     ds = prepare_export(raw, fmt, tmp_path / "ds")
     rows = [r for s in ("train", "validation", "test") for r in ds.records(s)]
     assert sorted((r["text"], r["label"]) for r in rows) == sorted(

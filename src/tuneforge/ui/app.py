@@ -1,5 +1,5 @@
-"""`tuneforge ui`: the FastAPI app. Routes live in runs.py, data.py and human.py; this file wires them,
-the login, the templates and the error pages.
+"""`tuneforge ui`: the FastAPI app. Routes live in runs.py, data.py, annotate.py and rating.py; this file
+wires them, the login, the templates and the error pages.
 
 Every number a page shows comes from a stage function or a file a stage wrote: the routes only find the
 artifact (artifacts.py's contracts, workspace.py) and hand it to the stage's own reader.
@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from tuneforge.artifacts import DatasetDir, RunDir
+from tuneforge.data.annotation import AnnotationStore
 from tuneforge.errors import TuneforgeError
 from tuneforge.serve.keys import KeyChecker, KeyFile
 from tuneforge.ui import security
@@ -37,6 +38,7 @@ class Ui:
     def __init__(self, workspace: Path) -> None:
         self.workspace = workspace.resolve()
         self.state = UiState(self.workspace)
+        self.annotations = AnnotationStore(self.state.path)  # the data stage's tables, in the same file
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -85,7 +87,7 @@ def create_app(
     workspace: str | Path, *, keys_file: str | Path | None = None, allowed_hosts: list[str] | None = None
 ) -> FastAPI:
     """The UI over `workspace`; with `keys_file`, every page needs a login with one of its keys."""
-    from tuneforge.ui import data, rating, runs
+    from tuneforge.ui import annotate, data, rating, runs
 
     ui = Ui(Path(workspace))
     keys = KeyChecker(KeyFile(keys_file)) if keys_file else None
@@ -96,7 +98,7 @@ def create_app(
     # name to 127.0.0.1 cannot read the UI.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (runs, data, rating):
+    for module in (runs, data, annotate, rating):
         app.include_router(module.router)
 
     @app.exception_handler(NotFound)

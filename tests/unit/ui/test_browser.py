@@ -1,9 +1,10 @@
 """`tuneforge ui` in a real browser: Debian's Chromium, headless, driven by Playwright for Python.
 
-Flows: a run's curve grows while metrics are appended (HTMX polling), and two raters rate blind (one with the
-keyboard, one with the mouse) until the results page shows human-eval's win rate. Each flow saves screenshots
-at desktop and phone width into $TUNEFORGE_UI_SCREENSHOTS (else a temporary folder) for a person to look at.
-Skipped, with the reason, only where no Chromium or no Playwright is installed.
+Flows: a run's curve grows while metrics are appended (HTMX polling), two raters rate blind (one with the
+keyboard, one with the mouse) until the results page shows human-eval's win rate, and an annotator labels 5
+rows with the keyboard, the server is killed and restarted, the labels are there and export. Each flow saves
+screenshots at desktop and phone width into $TUNEFORGE_UI_SCREENSHOTS (else a temporary folder) for a person
+to look at. Skipped, with the reason, only where no Chromium or no Playwright is installed.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(workspace: Path) -> Iterator[str]:
-    """The real command in its own process, until SIGTERM."""
+def serve(workspace: Path, *, kill: bool = False) -> Iterator[str]:
+    """The real command in its own process, until SIGTERM (SIGKILL with `kill`: the server dies)."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuneforge", "ui", "--workspace", str(workspace), "--port", str(port)],
@@ -81,7 +82,7 @@ def serve(workspace: Path) -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
+        proc.kill() if kill else proc.terminate()
         proc.wait(timeout=20)
 
 
@@ -212,3 +213,66 @@ def test_search_and_paging_of_a_dataset_and_the_runs_filter(tmp_path: Path, brow
         expect(page.locator("#runs tbody tr")).to_have_count(1)
         assert page.locator("#runs tbody tr a").inner_text() == "runs/beta"
         page.close()
+
+
+def test_label_five_rows_with_the_keyboard_kill_restart_and_export(
+    tmp_path: Path, browser, shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    ws = tmp_path / "ws"
+    ds = ws / "data" / "reviews"
+    ds.mkdir(parents=True)
+    texts = [f"review {i}: " + ("a long line of text " * (i % 3 * 8) or "short") for i in range(12)]
+    texts[2] = "<script>alert(1)</script> {{7*7}}"
+    (ds / "train.jsonl").write_text("".join(json.dumps({"text": t, "label": "x"}) + "\n" for t in texts))
+    manifest = {"kind": "tuneforge.dataset", "format": "classification", "splits": {"train": 12}}
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    with serve(ws, kill=True) as url:
+        page = browser.new_page(viewport=SIZES["desktop"])
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"{url}/annotate")
+        page.fill("form[action='/annotate/new'] input[name=name]", "sentiment")
+        page.fill("input[name=labels]", "positive, negative, neutral")
+        page.click("text=Create")
+        page.fill("input[name=annotator]", "ann")
+        page.click("text=Start labelling")
+        # 1 / 2 / 3 label, s skips, u undoes the skip: 5 labels, each saved on its key press
+        # (each key waits for the row it is meant for: a key applies to the row on screen when pressed)
+        for key, row in (("1", 0), ("2", 1), ("s", 2), ("u", 3), ("3", 2), ("1", 3), ("2", 4)):
+            expect(page.locator("h2")).to_contain_text(f"Row {row}")
+            if row == 2 and key == "3":
+                page.screenshot(path=str(shots / "annotate-desktop.png"), full_page=True)
+                page.set_viewport_size(SIZES["phone"])
+                page.screenshot(path=str(shots / "annotate-phone.png"), full_page=True)
+                page.set_viewport_size(SIZES["desktop"])
+            page.keyboard.press(key)
+        expect(page.locator("h2")).to_contain_text("Row 5")
+        assert dialogs == []
+        page.close()
+    # the server was killed (SIGKILL) right after the last key press; a new one finds every label
+    with serve(ws) as url:
+        page = browser.new_page(viewport=SIZES["desktop"])
+        page.goto(f"{url}/annotate")
+        page.click("text=sentiment")
+        expect(page.locator("#complete")).to_have_text("5 / 12")
+        page.click("text=Export and prepare as a dataset")
+        # 5 rows are too few for `prepare` (it wants 10): the raw file is written, and the page says why
+        expect(page.locator(".notice")).to_contain_text(
+            "5 labelled rows written to annotations/1-sentiment/labelled.jsonl. Not prepared yet: "
+            "only 5 usable examples after cleaning and deduplication (need at least 10); of 5 rows read, "
+            "left out: none. Prepare it later with `tuneforge prepare CONFIG "
+            "data.path=annotations/1-sentiment/labelled.jsonl data.format=classification`.",
+            timeout=20000,
+        )
+        page.screenshot(path=str(shots / "annotate-project-desktop.png"), full_page=True)
+        page.set_viewport_size(SIZES["phone"])
+        page.screenshot(path=str(shots / "annotate-project-phone.png"), full_page=True)
+        page.close()
+    raw = ws / "annotations" / "1-sentiment" / "labelled.jsonl"
+    got = [json.loads(line) for line in raw.read_text().splitlines()]
+    assert [(g["text"], g["label"]) for g in got] == list(
+        zip(texts[:5], ["positive", "negative", "neutral", "positive", "negative"], strict=True)
+    )
+    assert not (raw.parent / "dataset").exists()

@@ -194,7 +194,17 @@ def test_the_run_page_shows_the_evaluation_files(real_workspace: Path) -> None:
 def test_every_post_needs_the_csrf_token(real_workspace: Path) -> None:
     app = create_app(real_workspace)
     posts = sorted(r.path for r in all_routes(app.routes) if "POST" in (getattr(r, "methods", None) or ()))
-    assert posts == ["/human/import", "/human/rate", "/login", "/logout"]
+    assert posts == [
+        "/annotate/export",
+        "/annotate/import",
+        "/annotate/label",
+        "/annotate/new",
+        "/annotate/resolve",
+        "/human/import",
+        "/human/rate",
+        "/login",
+        "/logout",
+    ]
     c = TestClient(app)
     token = csrf(c)
     form = {"path": "runs/chat", "sheet": "rater-1", "row_id": "0", "preference": "1"}
@@ -338,12 +348,21 @@ def test_binding_beyond_localhost_needs_keys(tmp_path: Path) -> None:
 
 def test_every_page_of_a_real_workspace_answers(real_workspace: Path) -> None:
     app = create_app(real_workspace)
+    pid = app.state.ui.annotations.create(
+        "colours", [{"text": "red"}, {"text": "<b>{{7*7}}</b>"}], labels=["warm", "cold"], k=2, source="x"
+    )
+    app.state.ui.annotations.save(app.state.ui.annotations.project(pid), 1, "ann", "cold")
     gets = sorted(r.path for r in all_routes(app.routes) if "GET" in (getattr(r, "methods", None) or ()))
     pages = {
         "/": "runs/chat",
         "/datasets": "data/chat",
         "/dataset": "train 29, validation 6, test 6; 41 read, 0 rejected",
         "/dataset/report": "<h1",
+        "/annotate": "colours",
+        "/annotate/project": "0 / 2</span> rows complete",
+        "/annotate/label": 'value="warm" data-key="1"',
+        "/annotate/disagreements": "None left",
+        "/annotate/label-studio": '"choices":["cold"]',
         "/human": "runs/chat",
         "/human/run": "rater-2",
         "/human/rate": "A is better",
@@ -356,6 +375,7 @@ def test_every_page_of_a_real_workspace_answers(real_workspace: Path) -> None:
     c = TestClient(app)
     for path, shows in pages.items():
         params = {"path": "data/chat" if "dataset" in path else "runs/chat", "sheet": "rater-1"}
+        params |= {"id": str(pid), "annotator": "bob"}
         r = c.get(path, params=params)
         assert r.status_code == (286 if path == "/run/curves" else 200), path
         assert shows in r.text, path

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.models.generate import Generation, GenerationSettings, StepEvent
-from tuneforge.serve.engine import error_body
+from tuneforge.serve.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    Choice,
+    CompletionChoice,
+    GenerationResponse,
+    Usage,
+    error_body,
+)
 
 if TYPE_CHECKING:
     from tuneforge.serve.app import AppState
@@ -32,40 +40,35 @@ class Answer:
     prompt_text: str
     ttft: float | None = None
 
-    def _choice(self, i: int, text: str | None, reason: str | None, *, delta: bool) -> dict[str, Any]:
+    def _choice(self, i: int, text: str | None, reason: str | None, *, delta: bool) -> Choice:
         if self.endpoint == "completion":
-            return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": None}
-        key = "delta" if delta else "message"
-        content: dict[str, Any] = {} if text is None else {"content": text}
-        if not delta:
-            content = {"role": "assistant", "content": text or ""}
-        return {"index": i, key: content, "finish_reason": reason, "logprobs": None}
+            return CompletionChoice(index=i, text=text or "", finish_reason=reason)
+        if delta:
+            return ChatChunkChoice(
+                index=i, delta={} if text is None else {"content": text}, finish_reason=reason
+            )
+        return ChatChoice(index=i, message={"role": "assistant", "content": text or ""}, finish_reason=reason)
 
-    def _envelope(self, choices: list[dict[str, Any]], *, chunk: bool) -> dict[str, Any]:
+    def _envelope(self, choices: list[Choice], *, chunk: bool, usage: Usage | None = None) -> dict[str, Any]:
         obj = "chat.completion" if self.endpoint == "chat" else "text_completion"
-        return {
-            "id": self.rid,
-            "object": obj + (".chunk" if chunk and self.endpoint == "chat" else ""),
-            "created": int(time.time()),
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": choices,
-        }
+        return GenerationResponse(
+            id=self.rid,
+            object=obj + (".chunk" if chunk and self.endpoint == "chat" else ""),
+            created=int(time.time()),
+            model=self.model,
+            choices=choices,
+            usage=usage,
+        ).json_dict()
 
-    def _usage(self, gens: list[Generation]) -> dict[str, int]:
+    def _usage(self, gens: list[Generation]) -> Usage:
         done = sum(g.completion_tokens for g in gens)
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": done,
-            "total_tokens": self.prompt_tokens + done,
-        }
+        return Usage(
+            prompt_tokens=self.prompt_tokens, completion_tokens=done, total_tokens=self.prompt_tokens + done
+        )
 
     def body(self, gens: list[Generation]) -> dict[str, Any]:
-        out = self._envelope(
-            [self._choice(i, g.text, g.finish_reason, delta=False) for i, g in enumerate(gens)], chunk=False
-        )
-        out["usage"] = self._usage(gens)
-        return out
+        choices = [self._choice(i, g.text, g.finish_reason, delta=False) for i, g in enumerate(gens)]
+        return self._envelope(choices, chunk=False, usage=self._usage(gens))
 
     async def sse(
         self, prompt: list[int], settings: list[GenerationSettings], usage: bool
@@ -85,8 +88,8 @@ class Answer:
         status, error = 200, None
         try:
             if self.endpoint == "chat":
-                first = [
-                    self._choice(i, None, None, delta=True) | {"delta": {"role": "assistant", "content": ""}}
+                first: list[Choice] = [
+                    ChatChunkChoice(index=i, delta={"role": "assistant", "content": ""}, finish_reason=None)
                     for i in range(self.n)
                 ]
                 yield sse_event(self._envelope(first, chunk=True))
@@ -109,20 +112,18 @@ class Answer:
                         )
                         yield sse_event(self._envelope([end], chunk=True))
             if usage:
-                final = self._envelope([], chunk=True)
-                final["usage"] = self._usage(list(gens.values()))
-                yield sse_event(final)
+                yield sse_event(self._envelope([], chunk=True, usage=self._usage(list(gens.values()))))
             yield "data: [DONE]\n\n"
         except TimeoutError:
             status, error = 504, "timeout"
-            yield sse_event(error_body("the answer took too long", type_="server_error", code="timeout"))
+            yield sse_event(error_body("the answer took too long", status=504, code="timeout"))
         except asyncio.CancelledError:
             status, error = 499, "client disconnected"
             raise
         except Exception as err:  # this answer's own failure (the engine fails a row alone): logged as a 500
             traceback.print_exception(err)
             status, error = 500, f"internal error: {type(err).__name__}"
-            yield sse_event(error_body(error, type_="server_error", code="internal_error"))
+            yield sse_event(error_body(error, status=500, code="internal_error"))
         finally:
             for t in tasks:
                 t.cancel()

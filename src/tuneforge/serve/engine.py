@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from tuneforge.artifacts import RunDir
 from tuneforge.config import RunConfig
@@ -129,10 +129,3 @@ def _plain_model(target: str) -> ServedModel:
     resolved = resolve_model_path(ModelConfig(name=target))
     name = target if target.startswith("builtin:") else path.resolve().name
     return ServedModel(name=name, kind="generate", path=resolved, base_path=resolved)
-
-
-def error_body(
-    message: str, *, type_: str, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
-    """OpenAI's error envelope, so clients' own error handling understands ours."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

@@ -24,7 +24,7 @@ from tuneforge.config import ModelConfig, ServeConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.generate import FinishReason, Generation, GenerationSettings, StepEvent
 from tuneforge.serve.engine import ServedModel, base_model_name
-from tuneforge.serve.limits import LimitError
+from tuneforge.serve.protocol import APIError
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The only max_lora_rank values vLLM accepts (vllm.config.lora.MaxLoRARanks)."""
@@ -282,7 +282,7 @@ class VllmEngine:
                         done = generation_of(len(prompt), c.token_ids, c.text, c.finish_reason, c.stop_reason)
                     yield StepEvent(rid, delta, None, done)
         except self.client_error as err:  # a request vLLM refuses (e.g. too long for its max_model_len)
-            raise LimitError(400, str(err), code="invalid_request") from None
+            raise APIError(400, str(err), code="invalid_request") from None
         finally:
             self.active -= 1
 

@@ -1,4 +1,4 @@
-"""One request's answer: its OpenAI-shaped bodies (JSON, server-sent event chunks), metrics and log row."""
+"""Chat and text completions: limits, encoding, generation (whole or streamed), bodies, metrics, log row."""
 
 from __future__ import annotations
 
@@ -6,23 +6,28 @@ import asyncio
 import json
 import time
 import traceback
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tuneforge.models.generate import Generation, GenerationSettings, StepEvent
+from tuneforge.serve.limits import check_tokens
 from tuneforge.serve.protocol import (
+    APIError,
     ChatChoice,
     ChatChunkChoice,
     Choice,
     CompletionChoice,
+    GenerationRequest,
     GenerationResponse,
     Usage,
     error_body,
 )
-
-if TYPE_CHECKING:
-    from tuneforge.serve.app import AppState
+from tuneforge.serve.state import AppState
+from tuneforge.serve.validation import stop_strings
 
 
 @dataclass
@@ -183,3 +188,96 @@ def record_answer(
             latency_ms=(time.perf_counter() - start) * 1000,
             **row,
         )
+
+
+async def answer(
+    state: AppState,
+    endpoint: str,
+    body: GenerationRequest,
+    key: str,
+    max_new: int,
+    encode: Any,
+    text: str,
+    receive: Callable[[], Awaitable[Any]],
+) -> Response:
+    """Common path of chat and completions: limits, encoding, generation (streamed or not), logging.
+
+    `receive` is the request's ASGI receive: with the body read, it returns only when the client goes away.
+    """
+    state.require_log_writable()
+    state.model(body.model, "generate")
+    cfg = state.cfg
+    if max_new > cfg.max_new_tokens:
+        check_tokens(
+            0, max_new, max_prompt=cfg.max_prompt_tokens, max_new_allowed=cfg.max_new_tokens, context=0
+        )
+    state.admission.enter(key)
+    start = time.perf_counter()
+    try:
+        prompt: list[int] = await asyncio.to_thread(encode, state.engine)
+        if not prompt:
+            raise APIError(400, "the prompt is empty (it has no tokens)", code="empty_prompt")
+        check_tokens(
+            len(prompt),
+            max_new,
+            max_prompt=cfg.max_prompt_tokens,
+            max_new_allowed=cfg.max_new_tokens,
+            context=state.engine.context_length(body.model),
+        )
+    except BaseException:
+        state.admission.leave(key)
+        raise
+    stops = stop_strings(body.stop)
+    settings = [
+        GenerationSettings(
+            max_new, body.temperature, body.top_p, stops, None if body.seed is None else body.seed + i
+        )
+        for i in range(body.n)
+    ]
+    rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    run = Answer(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
+    if state.log is not None:
+        state.log.remember(rid, key)  # a stream shows its id (for feedback) before its row is logged
+    if body.stream:
+        usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(run.sse(prompt, settings, usage), media_type="text/event-stream")
+    generation: asyncio.Future[list[Generation]] = asyncio.ensure_future(
+        asyncio.gather(*(state.engine.generate(body.model, prompt, s) for s in settings))
+    )
+    gone: asyncio.Future[None] = asyncio.ensure_future(_client_gone(receive))
+    first: list[asyncio.Future[Any]] = [generation, gone]
+    try:
+        async with asyncio.timeout(cfg.request_timeout_s):
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not generation.done():  # the client went away: its answers stop at the engine's next step
+            generation.cancel()
+            run.finish(499, [], error="client disconnected")
+            return Response(status_code=499)  # nobody reads it; uvicorn drops it
+        gens = generation.result()
+    except TimeoutError:
+        generation.cancel()
+        run.finish(504, [], error="timeout")
+        raise APIError(
+            504, f"the answer took longer than {cfg.request_timeout_s:g} s", code="timeout", logged=True
+        ) from None
+    except asyncio.CancelledError:  # the server's shutdown grace ran out: still one row in the log
+        generation.cancel()
+        run.finish(499, [], error="cancelled")
+        raise
+    except Exception as err:  # this request's own failure (the engine fails a row alone): 500 with its row
+        generation.cancel()
+        traceback.print_exception(err)
+        message = f"internal error: {type(err).__name__}"
+        run.finish(500, [], error=message)
+        raise APIError(500, message, code="internal_error", logged=True) from None
+    finally:
+        gone.cancel()
+        state.admission.leave(key)
+    run.finish(200, gens)
+    return JSONResponse(run.body(gens))
+
+
+async def _client_gone(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Returns once the client has disconnected (Starlette does not stop a plain response's handler)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -7,22 +7,15 @@ import json
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tuneforge.config import ServeConfig
-from tuneforge.models.generate import Generation, GenerationSettings
-from tuneforge.serve.answer import Answer, record_answer
-from tuneforge.serve.engine import Engine
-from tuneforge.serve.keys import KeyChecker
-from tuneforge.serve.limits import TOO_LARGE, Admission, BodySizeLimit, check_tokens
-from tuneforge.serve.metrics import ServerMetrics
+from tuneforge.serve.answer import answer, record_answer
+from tuneforge.serve.limits import TOO_LARGE, BodySizeLimit
 from tuneforge.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -31,7 +24,6 @@ from tuneforge.serve.protocol import (
     ClassifyResponse,
     CompletionRequest,
     FeedbackRequest,
-    GenerationRequest,
     ModelCard,
     ModelList,
     ReadyResponse,
@@ -40,20 +32,8 @@ from tuneforge.serve.protocol import (
     TextPart,
     error_response,
 )
-from tuneforge.serve.store import RequestLog
-from tuneforge.serve.validation import INTERNAL_PREFIX, answer_id, may_give_feedback, stop_strings
-
-
-@dataclass
-class AppState:
-    engine: Engine
-    cfg: ServeConfig
-    keys: KeyChecker
-    log: RequestLog | None
-    admission: Admission
-    metrics: ServerMetrics
-    shutting_down: bool = False
-    started: float = field(default_factory=time.time)
+from tuneforge.serve.state import AppState
+from tuneforge.serve.validation import INTERNAL_PREFIX, answer_id, may_give_feedback
 
 
 def caller(request: Request) -> str:
@@ -75,16 +55,6 @@ def caller(request: Request) -> str:
 
 
 Caller = Annotated[str, Depends(caller)]
-
-
-def _log_writable(state: AppState) -> None:
-    """Refuse work whose log row would be lost (the log file is gone and cannot be reopened, writes fail)."""
-    if state.log is not None and state.log.problem is not None:
-        raise APIError(
-            503,
-            "the request log cannot be written; requests are refused until it can (see the server log)",
-            code="log_unavailable",
-        )
 
 
 def _body_error(err: StarletteHTTPException) -> tuple[str, str]:
@@ -207,7 +177,7 @@ def create_app(state: AppState) -> Any:
         max_new = body.max_completion_tokens or body.max_tokens or state.cfg.max_new_tokens
         text = json.dumps(messages, ensure_ascii=False)
         encode = lambda e: e.encode_chat(body.model, messages)  # noqa: E731
-        return await _answer(state, "chat", body, key, max_new, encode, text, request.receive)
+        return await answer(state, "chat", body, key, max_new, encode, text, request.receive)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, key: Caller, request: Request) -> Response:
@@ -216,12 +186,12 @@ def create_app(state: AppState) -> Any:
         text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         max_new = body.max_tokens or 16  # OpenAI's default for completions
         encode = lambda e: e.encode_text(body.model, text)  # noqa: E731
-        return await _answer(state, "completion", body, key, max_new, encode, text, request.receive)
+        return await answer(state, "completion", body, key, max_new, encode, text, request.receive)
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, key: Caller) -> Response:
-        _log_writable(state)
-        model = _model(state, body.model, "classify")
+        state.require_log_writable()
+        model = state.model(body.model, "classify")
         texts = [body.input] if isinstance(body.input, str) else body.input
         state.admission.enter(key)
         start = time.perf_counter()
@@ -259,7 +229,7 @@ def create_app(state: AppState) -> Any:
         log = state.log
         if log is None:
             return StatusResponse(status="logging is off").model_dump()
-        _log_writable(state)
+        state.require_log_writable()
         unreadable = APIError(503, "the request log cannot be read right now; retry", code="log_unavailable")
         state.admission.enter(key)  # the per-key limits of every other route
         try:
@@ -351,108 +321,3 @@ def _role(role: str) -> str:
 
 def _text(content: str | list[TextPart]) -> str:
     return content if isinstance(content, str) else "".join(p.text for p in content)
-
-
-def _model(state: AppState, name: str, kind: str) -> Any:
-    model = state.engine.models.get(name)
-    if model is None:
-        raise APIError(404, f"The model '{name}' does not exist; see GET /v1/models", code="model_not_found")
-    if model.kind != kind:
-        what = "generation" if kind == "generate" else "classification"
-        raise APIError(
-            400, f"model '{name}' is a {model.kind} model, not a {what} model", code="wrong_model_kind"
-        )
-    return model
-
-
-async def _answer(
-    state: AppState,
-    endpoint: str,
-    body: GenerationRequest,
-    key: str,
-    max_new: int,
-    encode: Any,
-    text: str,
-    receive: Callable[[], Awaitable[Any]],
-) -> Response:
-    """Common path of chat and completions: limits, encoding, generation (streamed or not), logging.
-
-    `receive` is the request's ASGI receive: with the body read, it returns only when the client goes away.
-    """
-    _log_writable(state)
-    _model(state, body.model, "generate")
-    cfg = state.cfg
-    if max_new > cfg.max_new_tokens:
-        check_tokens(
-            0, max_new, max_prompt=cfg.max_prompt_tokens, max_new_allowed=cfg.max_new_tokens, context=0
-        )
-    state.admission.enter(key)
-    start = time.perf_counter()
-    try:
-        prompt: list[int] = await asyncio.to_thread(encode, state.engine)
-        if not prompt:
-            raise APIError(400, "the prompt is empty (it has no tokens)", code="empty_prompt")
-        check_tokens(
-            len(prompt),
-            max_new,
-            max_prompt=cfg.max_prompt_tokens,
-            max_new_allowed=cfg.max_new_tokens,
-            context=state.engine.context_length(body.model),
-        )
-    except BaseException:
-        state.admission.leave(key)
-        raise
-    stops = stop_strings(body.stop)
-    settings = [
-        GenerationSettings(
-            max_new, body.temperature, body.top_p, stops, None if body.seed is None else body.seed + i
-        )
-        for i in range(body.n)
-    ]
-    rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-    run = Answer(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
-    if state.log is not None:
-        state.log.remember(rid, key)  # a stream shows its id (for feedback) before its row is logged
-    if body.stream:
-        usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(run.sse(prompt, settings, usage), media_type="text/event-stream")
-    generation: asyncio.Future[list[Generation]] = asyncio.ensure_future(
-        asyncio.gather(*(state.engine.generate(body.model, prompt, s) for s in settings))
-    )
-    gone: asyncio.Future[None] = asyncio.ensure_future(_client_gone(receive))
-    first: list[asyncio.Future[Any]] = [generation, gone]
-    try:
-        async with asyncio.timeout(cfg.request_timeout_s):
-            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-        if not generation.done():  # the client went away: its answers stop at the engine's next step
-            generation.cancel()
-            run.finish(499, [], error="client disconnected")
-            return Response(status_code=499)  # nobody reads it; uvicorn drops it
-        gens = generation.result()
-    except TimeoutError:
-        generation.cancel()
-        run.finish(504, [], error="timeout")
-        raise APIError(
-            504, f"the answer took longer than {cfg.request_timeout_s:g} s", code="timeout", logged=True
-        ) from None
-    except asyncio.CancelledError:  # the server's shutdown grace ran out: still one row in the log
-        generation.cancel()
-        run.finish(499, [], error="cancelled")
-        raise
-    except Exception as err:  # this request's own failure (the engine fails a row alone): 500 with its row
-        generation.cancel()
-        traceback.print_exception(err)
-        message = f"internal error: {type(err).__name__}"
-        run.finish(500, [], error=message)
-        raise APIError(500, message, code="internal_error", logged=True) from None
-    finally:
-        gone.cancel()
-        state.admission.leave(key)
-    run.finish(200, gens)
-    return JSONResponse(run.body(gens))
-
-
-async def _client_gone(receive: Callable[[], Awaitable[Any]]) -> None:
-    """Returns once the client has disconnected (Starlette does not stop a plain response's handler)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tuneforge.models.generate import Generation, GenerationSettings, StepEvent
-from tuneforge.serve.limits import check_tokens
+from tuneforge.serve.limits import Admitted, check_tokens
 from tuneforge.serve.protocol import (
     APIError,
     ChatChoice,
@@ -26,6 +26,7 @@ from tuneforge.serve.protocol import (
     Usage,
     error_body,
 )
+from tuneforge.serve.recorder import Outcome, record, since_ms
 from tuneforge.serve.state import AppState
 from tuneforge.serve.validation import stop_strings
 
@@ -76,8 +77,9 @@ class Answer:
         return self._envelope(choices, chunk=False, usage=self._usage(gens))
 
     async def sse(
-        self, prompt: list[int], settings: list[GenerationSettings], usage: bool
+        self, prompt: list[int], settings: list[GenerationSettings], usage: bool, place: Admitted
     ) -> AsyncIterator[str]:
+        """The answer as server-sent events; `place` (its admission) is released when the stream ends."""
         engine, state = self.state.engine, self.state
         merged: asyncio.Queue[tuple[int, StepEvent | BaseException | None]] = asyncio.Queue()
 
@@ -132,62 +134,33 @@ class Answer:
         finally:
             for t in tasks:
                 t.cancel()
-            state.admission.leave(self.key)
+            place.release()
             self.finish(status, [gens[i] for i in sorted(gens)], error=error, stream=True)
 
     def finish(
         self, status: int, gens: list[Generation], *, error: str | None = None, stream: bool = False
     ) -> None:
-        state = self.state
-        latency = time.perf_counter() - self.start
-        m = state.metrics
-        m.requests.labels(self.endpoint, self.model, str(status)).inc()
-        m.latency.labels(self.endpoint).observe(latency)
-        if status >= 400:
-            m.errors.labels(str(status)).inc()
-        completion = sum(g.completion_tokens for g in gens)
-        m.tokens.labels(self.model, "prompt").inc(self.prompt_tokens)
-        m.tokens.labels(self.model, "completion").inc(completion)
-        if self.ttft is not None:
-            m.ttft.observe(self.ttft)
-        if state.log is not None:
-            state.log.log_request(
-                id=self.rid,
-                key_name=self.key,
-                model=self.model,
-                endpoint=self.endpoint,
-                status=status,
-                finish_reason=",".join(g.finish_reason for g in gens) or None,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=completion,
-                latency_ms=latency * 1000,
-                ttft_ms=None if self.ttft is None else self.ttft * 1000,
-                stream=stream,
-                prompt=self.prompt_text,
-                response=json.dumps([g.text for g in gens], ensure_ascii=False),
-                error=error,
-            )
+        outcome = Outcome(
+            id=self.rid,
+            key_name=self.key,
+            model=self.model,
+            endpoint=self.endpoint,
+            status=status,
+            finish_reason=",".join(g.finish_reason for g in gens) or None,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=sum(g.completion_tokens for g in gens),
+            latency_ms=since_ms(self.start),
+            ttft_ms=None if self.ttft is None else self.ttft * 1000,
+            stream=stream,
+            prompt=self.prompt_text,
+            response=json.dumps([g.text for g in gens], ensure_ascii=False),
+            error=error,
+        )
+        record(self.state, outcome)
 
 
 def sse_event(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-def record_answer(
-    state: AppState, rid: str, key: str, model: str, endpoint: str, status: int, start: float, **row: Any
-) -> None:
-    state.metrics.requests.labels(endpoint, model, str(status)).inc()
-    state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-    if state.log is not None:
-        state.log.log_request(
-            id=rid,
-            key_name=key,
-            model=model,
-            endpoint=endpoint,
-            status=status,
-            latency_ms=(time.perf_counter() - start) * 1000,
-            **row,
-        )
 
 
 async def answer(
@@ -211,9 +184,8 @@ async def answer(
         check_tokens(
             0, max_new, max_prompt=cfg.max_prompt_tokens, max_new_allowed=cfg.max_new_tokens, context=0
         )
-    state.admission.enter(key)
-    start = time.perf_counter()
-    try:
+    with state.admission.admit(key) as place:
+        start = time.perf_counter()
         prompt: list[int] = await asyncio.to_thread(encode, state.engine)
         if not prompt:
             raise APIError(400, "the prompt is empty (it has no tokens)", code="empty_prompt")
@@ -224,25 +196,34 @@ async def answer(
             max_new_allowed=cfg.max_new_tokens,
             context=state.engine.context_length(body.model),
         )
-    except BaseException:
-        state.admission.leave(key)
-        raise
-    stops = stop_strings(body.stop)
-    settings = [
-        GenerationSettings(
-            max_new, body.temperature, body.top_p, stops, None if body.seed is None else body.seed + i
-        )
-        for i in range(body.n)
-    ]
-    rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-    run = Answer(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
-    if state.log is not None:
-        state.log.remember(rid, key)  # a stream shows its id (for feedback) before its row is logged
-    if body.stream:
-        usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(run.sse(prompt, settings, usage), media_type="text/event-stream")
+        stops = stop_strings(body.stop)
+        settings = [
+            GenerationSettings(
+                max_new, body.temperature, body.top_p, stops, None if body.seed is None else body.seed + i
+            )
+            for i in range(body.n)
+        ]
+        rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        run = Answer(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
+        if state.log is not None:
+            state.log.remember(rid, key)  # a stream shows its id (for feedback) before its row is logged
+        if body.stream:
+            usage = bool((body.stream_options or {}).get("include_usage"))
+            stream = run.sse(prompt, settings, usage, place.pass_on())
+            return StreamingResponse(stream, media_type="text/event-stream")
+        return await _whole(run, prompt, settings, receive)
+
+
+async def _whole(
+    run: Answer,
+    prompt: list[int],
+    settings: list[GenerationSettings],
+    receive: Callable[[], Awaitable[Any]],
+) -> Response:
+    """A non-streamed answer: generation raced against the client going away and the request timeout."""
+    state, cfg = run.state, run.state.cfg
     generation: asyncio.Future[list[Generation]] = asyncio.ensure_future(
-        asyncio.gather(*(state.engine.generate(body.model, prompt, s) for s in settings))
+        asyncio.gather(*(state.engine.generate(run.model, prompt, s) for s in settings))
     )
     gone: asyncio.Future[None] = asyncio.ensure_future(_client_gone(receive))
     first: list[asyncio.Future[Any]] = [generation, gone]
@@ -272,7 +253,6 @@ async def answer(
         raise APIError(500, message, code="internal_error", logged=True) from None
     finally:
         gone.cancel()
-        state.admission.leave(key)
     run.finish(200, gens)
     return JSONResponse(run.body(gens))
 

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tuneforge.serve.answer import answer, record_answer
+from tuneforge.serve.answer import answer
 from tuneforge.serve.limits import TOO_LARGE, BodySizeLimit
 from tuneforge.serve.protocol import (
     APIError,
@@ -32,8 +32,9 @@ from tuneforge.serve.protocol import (
     TextPart,
     error_response,
 )
+from tuneforge.serve.recorder import Outcome, record, record_refusal, since_ms
 from tuneforge.serve.state import AppState
-from tuneforge.serve.validation import INTERNAL_PREFIX, answer_id, may_give_feedback
+from tuneforge.serve.validation import answer_id, may_give_feedback
 
 
 def caller(request: Request) -> str:
@@ -77,7 +78,7 @@ def create_app(state: AppState) -> Any:
     @app.exception_handler(APIError)
     async def _limit(request: Request, err: APIError) -> JSONResponse:
         if not err.logged:
-            _refused(
+            record_refusal(
                 state,
                 request.url.path,
                 request.headers.get("authorization"),
@@ -91,7 +92,7 @@ def create_app(state: AppState) -> Any:
     async def _bug(request: Request, err: Exception) -> JSONResponse:
         traceback.print_exception(err)  # a bug of ours: the traceback goes to the server's log
         message = f"internal error: {type(err).__name__}"
-        _refused(  # a 500 gets its log row like any other answer
+        record_refusal(  # a 500 gets its log row like any other answer
             state,
             request.url.path,
             request.headers.get("authorization"),
@@ -111,7 +112,7 @@ def create_app(state: AppState) -> Any:
             message, code = _body_error(err)
         else:
             message, code = str(err.detail), str(err.detail).lower().replace(" ", "_")
-        _refused(
+        record_refusal(
             state,
             request.url.path,
             request.headers.get("authorization"),
@@ -131,7 +132,7 @@ def create_app(state: AppState) -> Any:
         # Without pydantic's union-branch tags ("function-after[...]"): the field's path is what helps.
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body" and "[" not in str(x))
         message = f"{where}: {first.get('msg', 'invalid request')}"  # never the input: it may be secret
-        _refused(
+        record_refusal(
             state,
             request.url.path,
             request.headers.get("authorization"),
@@ -193,15 +194,12 @@ def create_app(state: AppState) -> Any:
         state.require_log_writable()
         model = state.model(body.model, "classify")
         texts = [body.input] if isinstance(body.input, str) else body.input
-        state.admission.enter(key)
-        start = time.perf_counter()
-        try:
+        with state.admission.admit(key):
+            start = time.perf_counter()
             for i, text in enumerate(texts):
                 if not await asyncio.to_thread(state.engine.encode_text, body.model, text):
                     raise APIError(400, f"input {i} is empty (it has no tokens)", code="empty_input")
             results = await state.engine.classify(body.model, texts)
-        finally:
-            state.admission.leave(key)
         data = [
             Classification(index=i, label=max(probs, key=lambda k: probs[k]), probabilities=probs)
             if model.labels
@@ -209,19 +207,19 @@ def create_app(state: AppState) -> Any:
             for i, probs in enumerate(results)
         ]
         rid = f"cls-{uuid.uuid4().hex}"
-        answer = ClassifyResponse(id=rid, model=body.model, data=data).json_dict()
-        record_answer(
-            state,
-            rid,
-            key,
-            body.model,
-            "classify",
-            200,
-            start,
+        reply = ClassifyResponse(id=rid, model=body.model, data=data).json_dict()
+        outcome = Outcome(
+            id=rid,
+            key_name=key,
+            model=body.model,
+            endpoint="classify",
+            status=200,
+            latency_ms=since_ms(start),
             prompt=json.dumps(texts),
-            response=json.dumps(answer["data"]),
+            response=json.dumps(reply["data"]),
         )
-        return JSONResponse(answer)
+        record(state, outcome)
+        return JSONResponse(reply)
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, key: Caller) -> dict[str, Any]:
@@ -231,8 +229,7 @@ def create_app(state: AppState) -> Any:
             return StatusResponse(status="logging is off").model_dump()
         state.require_log_writable()
         unreadable = APIError(503, "the request log cannot be read right now; retry", code="log_unavailable")
-        state.admission.enter(key)  # the per-key limits of every other route
-        try:
+        with state.admission.admit(key):  # the per-key limits of every other route
             found = await asyncio.to_thread(log.find_request, body.request_id)
             if found is None:
                 raise unreadable
@@ -261,46 +258,17 @@ def create_app(state: AppState) -> Any:
             log.log_feedback(
                 request_id=body.request_id, key_name=key, rating=body.rating, comment=body.comment
             )
-        finally:
-            state.admission.leave(key)
         return StatusResponse(status="recorded").model_dump()
 
     def too_large(scope: Any) -> None:
         auth = dict(scope.get("headers") or []).get(b"authorization")
         reason = f"request_too_large: body over {state.cfg.max_body_bytes} bytes"
         # The body is not read, so the model it names stays unknown.
-        _refused(state, scope.get("path", ""), auth.decode("latin-1") if auth else None, 413, reason, None)
+        record_refusal(
+            state, scope.get("path", ""), auth.decode("latin-1") if auth else None, 413, reason, None
+        )
 
     return BodySizeLimit(app, state.cfg.max_body_bytes, too_large), app
-
-
-ENDPOINTS = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completion",
-    "/v1/classify": "classify",
-    "/v1/feedback": "feedback",
-    "/v1/models": "models",
-}
-"""Route → the endpoint name the request log and metrics use for it."""
-
-
-def _refused(
-    state: AppState, path: str, authorization: str | None, status: int, reason: str, model: str | None
-) -> None:
-    """Count and log a refused request with what is known of it: its key's name, never the key itself."""
-    state.metrics.errors.labels(str(status)).inc()
-    if state.log is None or not path.startswith("/v1/"):
-        return
-    keys = state.keys
-    key_name = keys.name_of(authorization) or (None if keys.required or keys.problem else "anonymous")
-    state.log.log_request(
-        id=f"{INTERNAL_PREFIX}{uuid.uuid4().hex}",
-        key_name=key_name,
-        model=model,
-        endpoint=ENDPOINTS.get(path, path[:64]),
-        status=status,
-        error=reason,
-    )
 
 
 async def _requested_model(request: Request) -> str | None:

@@ -126,6 +126,36 @@ class Admission:
             self.total -= 1
             self.by_key[key] -= 1
 
+    def admit(self, key: str) -> Admitted:
+        """`enter` now; `leave` when the place's `with` block ends (or its stream, once passed on)."""
+        self.enter(key)
+        return Admitted(self, key)
+
+
+class Admitted:
+    """One admitted request's place, given back exactly once: every route holds it in a `with` block."""
+
+    def __init__(self, admission: Admission, key: str) -> None:
+        self.admission, self.key = admission, key
+        self.held, self.passed_on = True, False
+
+    def pass_on(self) -> Admitted:
+        """Keep the place past the `with` block: a streamed answer releases it when its stream ends."""
+        self.passed_on = True
+        return self
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.admission.leave(self.key)
+
+    def __enter__(self) -> Admitted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.passed_on:
+            self.release()
+
 
 def check_tokens(
     prompt_tokens: int, max_new: int, *, max_prompt: int, max_new_allowed: int, context: int

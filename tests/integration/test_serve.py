@@ -147,9 +147,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterato
 def _local_answer(run: Path, messages: list[dict[str, str]], max_new: int) -> tuple[str, int]:
     """The same adapter's greedy answer computed in this process (independent of the server)."""
     from tuneforge.artifacts import RunDir
-    from tuneforge.evaluation.run import load_tuned
     from tuneforge.models.encode import encode_prompt
     from tuneforge.models.generate import GenerationSettings, generate
+    from tuneforge.models.runs import load_tuned
     from tuneforge.train import reload_config
 
     rd = RunDir.open(run)
@@ -262,7 +262,7 @@ def test_stop_string_is_honoured_and_trimmed(world) -> None:
 
 def test_classify_gives_the_heads_probabilities(world) -> None:
     from tuneforge.artifacts import RunDir
-    from tuneforge.evaluation.run import load_tuned
+    from tuneforge.models.runs import load_tuned
     from tuneforge.train import reload_config
 
     texts = ["great love happy", "awful broken refund"]
@@ -790,7 +790,7 @@ TEXTS = ["my phone is broken", "great quick order, thanks"]
 
 def _adapter_logits(run: Path) -> torch.Tensor:
     from tuneforge.artifacts import RunDir
-    from tuneforge.evaluation.run import load_tuned
+    from tuneforge.models.runs import load_tuned
     from tuneforge.train import reload_config
 
     rd = RunDir.open(run)

@@ -15,6 +15,7 @@ from tuneforge.config import RunConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.generate import Generation, GenerationSettings, StepEvent
 from tuneforge.models.loading import run_base_path
+from tuneforge.models.runs import check_finished, run_config
 
 Kind = Literal["generate", "classify"]
 
@@ -70,12 +71,8 @@ def resolve_targets(targets: list[str]) -> list[ServedModel]:
         if (path / "config.yaml").is_file():
             run = RunDir.open(path)
             m = run.manifest
-            if m.get("status") != "completed" or not run.final.is_dir():
-                raise TuneforgeError(
-                    f"run {run.path} has not finished training (status: {m.get('status', 'unknown')})",
-                    fix=f"finish it with: tuneforge train {run.config_path} --resume",
-                )
-            cfg = _run_config(run)
+            check_finished(run)
+            cfg = run_config(run)
             kind: Kind = "generate" if cfg.model.task == "causal-lm" else "classify"
             adapter = path.resolve().name if m.get("saves_adapter", True) else None
             served.append(
@@ -101,16 +98,6 @@ def resolve_targets(targets: list[str]) -> list[ServedModel]:
             fix="serve runs whose directories have different names",
         )
     return served
-
-
-def _run_config(run: RunDir) -> RunConfig:
-    """The config a run was trained with (what train.reload_config does, without importing torch)."""
-    import yaml
-
-    from tuneforge.config import ConfigSource, config_from_dict
-
-    raw = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-    return config_from_dict(raw, ConfigSource(run.config_path))
 
 
 def _plain_model(target: str) -> ServedModel:

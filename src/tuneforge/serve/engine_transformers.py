@@ -28,9 +28,8 @@ from tuneforge.models.generate import (
     generate,
     is_prompt_learning,
 )
+from tuneforge.models.runs import PROMPT_LEARNING
 from tuneforge.serve.engine import ServedModel, base_model_name
-
-PROMPT_LEARNING = ("prompt-tuning", "prefix-tuning")
 
 
 @dataclass
@@ -156,7 +155,7 @@ class TransformersEngine:
             if s in adapters:
                 continue
             if s.run is not None and s.config is not None:
-                from tuneforge.evaluation.run import load_tuned
+                from tuneforge.models.runs import load_tuned
 
                 m, tok = load_tuned(s.run, s.config)  # a full fine-tune, or a head run
             else:

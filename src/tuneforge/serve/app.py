@@ -78,28 +78,15 @@ def create_app(state: AppState) -> Any:
     @app.exception_handler(APIError)
     async def _limit(request: Request, err: APIError) -> JSONResponse:
         if not err.logged:
-            record_refusal(
-                state,
-                request.url.path,
-                request.headers.get("authorization"),
-                err.status,
-                f"{err.code}: {err.message}",
-                await _requested_model(request),
-            )
+            await _refused(state, request, err.status, f"{err.code}: {err.message}")
         return err.response()
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, err: Exception) -> JSONResponse:
         traceback.print_exception(err)  # a bug of ours: the traceback goes to the server's log
         message = f"internal error: {type(err).__name__}"
-        record_refusal(  # a 500 gets its log row like any other answer
-            state,
-            request.url.path,
-            request.headers.get("authorization"),
-            500,
-            f"internal_error: {message}",
-            await _requested_model(request),
-        )
+        # A 500 gets its log row like any other answer.
+        await _refused(state, request, 500, f"internal_error: {message}")
         return error_response(500, message, code="internal_error")
 
     @app.exception_handler(StarletteHTTPException)
@@ -112,14 +99,8 @@ def create_app(state: AppState) -> Any:
             message, code = _body_error(err)
         else:
             message, code = str(err.detail), str(err.detail).lower().replace(" ", "_")
-        record_refusal(
-            state,
-            request.url.path,
-            request.headers.get("authorization"),
-            err.status_code,
-            f"{code}: {message}",
-            None,  # the body is not (valid) JSON, or no route reads it
-        )
+        # The body is not (valid) JSON, or no route reads it: the model stays unknown.
+        await _refused(state, request, err.status_code, f"{code}: {message}", body_read=False)
         resp = error_response(err.status_code, message, code=code)
         for name, value in (err.headers or {}).items():
             resp.headers[name] = value
@@ -132,14 +113,7 @@ def create_app(state: AppState) -> Any:
         # Without pydantic's union-branch tags ("function-after[...]"): the field's path is what helps.
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body" and "[" not in str(x))
         message = f"{where}: {first.get('msg', 'invalid request')}"  # never the input: it may be secret
-        record_refusal(
-            state,
-            request.url.path,
-            request.headers.get("authorization"),
-            422,
-            f"invalid_request: {message}",
-            await _requested_model(request),
-        )
+        await _refused(state, request, 422, f"invalid_request: {message}")
         return error_response(422, message, code="invalid_request")
 
     @app.get("/health")
@@ -269,6 +243,14 @@ def create_app(state: AppState) -> Any:
         )
 
     return BodySizeLimit(app, state.cfg.max_body_bytes, too_large), app
+
+
+async def _refused(
+    state: AppState, request: Request, status: int, reason: str, *, body_read: bool = True
+) -> None:
+    """Record a refusal with its key and, where FastAPI read a JSON body, the model it named."""
+    model = await _requested_model(request) if body_read else None
+    record_refusal(state, request.url.path, request.headers.get("authorization"), status, reason, model)
 
 
 async def _requested_model(request: Request) -> str | None:

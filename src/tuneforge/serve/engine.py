@@ -56,6 +56,14 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+async def finished(events: AsyncIterator[StepEvent], cut_short: str) -> Generation:
+    """The whole answer a stream of events ends with (an engine's `generate` is its `stream` drained)."""
+    async for event in events:
+        if event.done is not None:
+            return event.done
+    raise RuntimeError(cut_short)
+
+
 def base_model_name(adapter_run: ServedModel) -> str:
     """The name the shared base of adapter runs is served under: its folder's name, or its built-in name."""
     assert adapter_run.run is not None

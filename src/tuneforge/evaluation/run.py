@@ -19,40 +19,9 @@ from tuneforge.evaluation.evals import evaluation_name, evaluation_path, predict
 from tuneforge.evaluation.guard import check_adapter_applied, check_differs, probe_batch, probe_logits
 from tuneforge.evaluation.model_eval import ModelEval, evaluate_model, prompt_and_reference
 from tuneforge.evaluation.summary import clean, summarize
-from tuneforge.models import load_model, load_tokenizer
 from tuneforge.models.encode import encoder, pack_text
-from tuneforge.models.lineage import add_reference
-from tuneforge.models.loading import load_adapter, run_base_path
+from tuneforge.models.runs import check_finished, load_base, load_tuned
 from tuneforge.train import reload_config
-
-
-def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
-    """The trained model of a run: base + PEFT adapter, or the full fine-tuned folder."""
-    check_finished(run)
-    manifest = run.manifest
-    tok = load_tokenizer(cfg.model, str(run.final))
-    labels = list(manifest.get("labels") or [])
-    if manifest.get("saves_adapter", True):
-        base = load_model(
-            cfg.model, labels=labels, path=run_base_path(manifest), pad_token_id=tok.pad_token_id
-        )
-        model: Any = load_adapter(base, run.final)
-        parent = manifest.get("parent") or {}
-        if manifest.get("objective") == "dpo" and parent.get("saves_adapter"):
-            # DPO continued the parent's adapter: its reference is that adapter as the parent saved it.
-            add_reference(model, Path(parent["final"]))
-    else:
-        model = load_model(cfg.model, labels=labels, path=str(run.final), pad_token_id=tok.pad_token_id)
-    return model, tok
-
-
-def check_finished(run: RunDir) -> None:
-    manifest = run.manifest
-    if manifest.get("status") != "completed" or not run.final.is_dir():
-        raise TuneforgeError(
-            f"run {run.path} has not finished training (status: {manifest.get('status', 'unknown')})",
-            fix=f"finish it with: tuneforge train {run.config_path} --resume",
-        )
 
 
 def load_reference(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
@@ -65,14 +34,6 @@ def load_reference(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
         parent_run = RunDir(Path(parent["run"]))
         return load_tuned(parent_run, reload_config(parent_run))
     return load_base(run, cfg)
-
-
-def load_base(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
-    manifest = run.manifest
-    path = run_base_path(manifest)
-    tok = load_tokenizer(cfg.model, path)
-    labels = list(manifest.get("labels") or [])
-    return load_model(cfg.model, labels=labels, path=path, pad_token_id=tok.pad_token_id), tok
 
 
 def _probe_inputs(

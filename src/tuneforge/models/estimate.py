@@ -39,6 +39,7 @@ from typing import Any
 
 from tuneforge.config import RunConfig
 from tuneforge.errors import TuneforgeError
+from tuneforge.models.runs import PROMPT_LEARNING
 
 GIB = 2**30
 LABEL_TOKENS = 8  # target tokens of a label answer (a causal LM learning a classification set), EOS included
@@ -226,7 +227,7 @@ def sequence_lengths(cfg: RunConfig, manifest: dict[str, Any] | None) -> tuple[i
 
 def packs_examples(cfg: RunConfig) -> bool:
     """Whether training runs each micro-batch as one packed row (train.pack_examples, where it is exact)."""
-    prompt_learning = cfg.method.name in ("prompt-tuning", "prefix-tuning")
+    prompt_learning = cfg.method.name in PROMPT_LEARNING
     return cfg.model.task == "causal-lm" and cfg.train.pack_examples and not prompt_learning
 
 
@@ -234,7 +235,7 @@ def logits_mode(cfg: RunConfig, model_config: Any, processes: int) -> str:
     """How training computes causal-LM logits (models/lm_loss.py): "targets" or, where not exact, "full"."""
     from tuneforge.models.lm_loss import LOGIT_POSTPROCESSING
 
-    if cfg.method.name in ("prompt-tuning", "prefix-tuning"):  # virtual tokens: the model's own forward
+    if cfg.method.name in PROMPT_LEARNING:  # virtual tokens: the model's own forward
         return "full"
     if processes > 1 or cfg.train.fsdp or cfg.train.deepspeed:  # wrappers whose hooks need their forward
         return "full"

@@ -1,7 +1,4 @@
-"""The OpenAI-compatible HTTP app: request schemas and routes (the work is done by the engine).
-
-Chat templates come from the model folder only: no request field can supply one (template injection).
-"""
+"""The OpenAI-compatible HTTP app: its routes (the wire format is protocol.py's, the work the engine's)."""
 
 from __future__ import annotations
 
@@ -10,91 +7,34 @@ import json
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tuneforge.config import ServeConfig
-from tuneforge.models.generate import Generation, GenerationSettings
-from tuneforge.serve.answer import Answer, record_answer
-from tuneforge.serve.engine import Engine, error_body
-from tuneforge.serve.keys import KeyChecker
-from tuneforge.serve.limits import TOO_LARGE, Admission, BodySizeLimit, LimitError, check_tokens
-from tuneforge.serve.metrics import ServerMetrics
-from tuneforge.serve.store import RequestLog
-from tuneforge.serve.validation import (
-    INTERNAL_PREFIX,
-    Text,
-    answer_id,
-    may_give_feedback,
-    stop_strings,
+from tuneforge.serve.answer import answer
+from tuneforge.serve.limits import TOO_LARGE, BodySizeLimit
+from tuneforge.serve.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    Classification,
+    ClassifyRequest,
+    ClassifyResponse,
+    CompletionRequest,
+    FeedbackRequest,
+    ModelCard,
+    ModelList,
+    ReadyResponse,
+    RequestLogHealth,
+    StatusResponse,
+    TextPart,
+    error_response,
 )
-
-Stop = Text | Annotated[list[Text], Field(max_length=4)] | None
-
-
-class _Request(BaseModel):
-    # Unknown OpenAI parameters (logprobs, penalties, user...) are accepted and ignored, as clients send them.
-    model_config = ConfigDict(extra="ignore")
-
-    model: Text
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=8)
-    stop: Stop = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-
-
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: Text
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart]
-
-
-class ChatCompletionRequest(_Request):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-
-
-class CompletionRequest(_Request):
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=16)]
-
-
-class ClassifyRequest(BaseModel):
-    model: Text
-    input: Text | Annotated[list[Text], Field(min_length=1, max_length=64)]
-
-
-class FeedbackRequest(BaseModel):
-    request_id: Text = Field(min_length=1, max_length=64)
-    rating: int = Field(ge=-1, le=5)
-    """-1/1 for thumbs down/up, or a 1-5 scale; 0 for a comment without a rating."""
-    comment: Text | None = Field(None, max_length=10_000)
-
-
-@dataclass
-class AppState:
-    engine: Engine
-    cfg: ServeConfig
-    keys: KeyChecker
-    log: RequestLog | None
-    admission: Admission
-    metrics: ServerMetrics
-    shutting_down: bool = False
-    started: float = field(default_factory=time.time)
+from tuneforge.serve.recorder import Outcome, record, record_refusal, since_ms
+from tuneforge.serve.state import AppState
+from tuneforge.serve.validation import answer_id, may_give_feedback
 
 
 def caller(request: Request) -> str:
@@ -105,33 +45,17 @@ def caller(request: Request) -> str:
     keys = request.app.state.s.keys
     name: str | None = keys.name_of(request.headers.get("authorization"))
     if keys.problem is not None:
-        raise LimitError(
+        raise APIError(
             503,
             "the server cannot read its API keys file; requests are refused until it can (see its log)",
             code="keys_unavailable",
         )
     if name is None and keys.required:
-        raise LimitError(
-            401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key"
-        )
+        raise APIError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key")
     return name or "anonymous"
 
 
 Caller = Annotated[str, Depends(caller)]
-
-
-def _error(status: int, message: str, *, code: str, type_: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(error_body(message, type_=type_, code=code), status_code=status)
-
-
-def _log_writable(state: AppState) -> None:
-    """Refuse work whose log row would be lost (the log file is gone and cannot be reopened, writes fail)."""
-    if state.log is not None and state.log.problem is not None:
-        raise LimitError(
-            503,
-            "the request log cannot be written; requests are refused until it can (see the server log)",
-            code="log_unavailable",
-        )
 
 
 def _body_error(err: StarletteHTTPException) -> tuple[str, str]:
@@ -151,36 +75,19 @@ def create_app(state: AppState) -> Any:
     app = FastAPI(title="tuneforge", version="1")
     app.state.s = state
 
-    @app.exception_handler(LimitError)
-    async def _limit(request: Request, err: LimitError) -> JSONResponse:
+    @app.exception_handler(APIError)
+    async def _limit(request: Request, err: APIError) -> JSONResponse:
         if not err.logged:
-            _refused(
-                state,
-                request.url.path,
-                request.headers.get("authorization"),
-                err.status,
-                f"{err.code}: {err.message}",
-                await _requested_model(request),
-            )
-        kind = "server_error" if err.status >= 500 else "invalid_request_error"
-        resp = _error(err.status, err.message, code=err.code, type_=kind)
-        if err.retry_after is not None:
-            resp.headers["Retry-After"] = str(err.retry_after)
-        return resp
+            await _refused(state, request, err.status, f"{err.code}: {err.message}")
+        return err.response()
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, err: Exception) -> JSONResponse:
         traceback.print_exception(err)  # a bug of ours: the traceback goes to the server's log
         message = f"internal error: {type(err).__name__}"
-        _refused(  # a 500 gets its log row like any other answer
-            state,
-            request.url.path,
-            request.headers.get("authorization"),
-            500,
-            f"internal_error: {message}",
-            await _requested_model(request),
-        )
-        return _error(500, message, code="internal_error", type_="server_error")
+        # A 500 gets its log row like any other answer.
+        await _refused(state, request, 500, f"internal_error: {message}")
+        return error_response(500, message, code="internal_error")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> Response:
@@ -192,16 +99,9 @@ def create_app(state: AppState) -> Any:
             message, code = _body_error(err)
         else:
             message, code = str(err.detail), str(err.detail).lower().replace(" ", "_")
-        _refused(
-            state,
-            request.url.path,
-            request.headers.get("authorization"),
-            err.status_code,
-            f"{code}: {message}",
-            None,  # the body is not (valid) JSON, or no route reads it
-        )
-        kind = "server_error" if err.status_code >= 500 else "invalid_request_error"
-        resp = _error(err.status_code, message, code=code, type_=kind)
+        # The body is not (valid) JSON, or no route reads it: the model stays unknown.
+        await _refused(state, request, err.status_code, f"{code}: {message}", body_read=False)
+        resp = error_response(err.status_code, message, code=code)
         for name, value in (err.headers or {}).items():
             resp.headers[name] = value
         return resp
@@ -213,37 +113,26 @@ def create_app(state: AppState) -> Any:
         # Without pydantic's union-branch tags ("function-after[...]"): the field's path is what helps.
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body" and "[" not in str(x))
         message = f"{where}: {first.get('msg', 'invalid request')}"  # never the input: it may be secret
-        _refused(
-            state,
-            request.url.path,
-            request.headers.get("authorization"),
-            422,
-            f"invalid_request: {message}",
-            await _requested_model(request),
-        )
-        return _error(422, message, code="invalid_request")
+        await _refused(state, request, 422, f"invalid_request: {message}")
+        return error_response(422, message, code="invalid_request")
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return StatusResponse(status="ok").model_dump()
 
     @app.get("/ready")
     async def ready() -> Response:
         if state.shutting_down:
-            return _error(503, "shutting down", code="shutting_down", type_="server_error")
+            return error_response(503, "shutting down", code="shutting_down")
         state.keys.refresh()
         if state.keys.problem is not None:  # the reasons (file paths) go to the server log, not to callers
-            return _error(
-                503, "the API keys file cannot be read", code="keys_unavailable", type_="server_error"
-            )
-        body: dict[str, Any] = {"status": "ready", "models": list(state.engine.models)}
+            return error_response(503, "the API keys file cannot be read", code="keys_unavailable")
+        body = ReadyResponse(models=list(state.engine.models))
         if state.log is not None:
             if state.log.problem is not None:
-                return _error(
-                    503, "the request log cannot be written", code="log_unavailable", type_="server_error"
-                )
-            body["request_log"] = {"rows_dropped": state.log.dropped, "reopened": state.log.reopened}
-        return JSONResponse(body)
+                return error_response(503, "the request log cannot be written", code="log_unavailable")
+            body.request_log = RequestLogHealth(rows_dropped=state.log.dropped, reopened=state.log.reopened)
+        return JSONResponse(body.json_dict())
 
     @app.get("/metrics")
     async def metrics(_: Caller) -> Response:
@@ -254,11 +143,8 @@ def create_app(state: AppState) -> Any:
     @app.get("/v1/models")
     async def list_models(_: Caller) -> dict[str, Any]:
         created = int(state.started)
-        data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "tuneforge", "kind": m.kind}
-            for name, m in state.engine.models.items()
-        ]
-        return {"object": "list", "data": data}
+        data = [ModelCard(id=name, created=created, kind=m.kind) for name, m in state.engine.models.items()]
+        return ModelList(data=data).model_dump()
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, key: Caller, request: Request) -> Response:
@@ -266,77 +152,69 @@ def create_app(state: AppState) -> Any:
         max_new = body.max_completion_tokens or body.max_tokens or state.cfg.max_new_tokens
         text = json.dumps(messages, ensure_ascii=False)
         encode = lambda e: e.encode_chat(body.model, messages)  # noqa: E731
-        return await _answer(state, "chat", body, key, max_new, encode, text, request.receive)
+        return await answer(state, "chat", body, key, max_new, encode, text, request.receive)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, key: Caller, request: Request) -> Response:
         if isinstance(body.prompt, list) and len(body.prompt) > 1:
-            raise LimitError(400, "one prompt per request (send several requests)", code="unsupported")
+            raise APIError(400, "one prompt per request (send several requests)", code="unsupported")
         text = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         max_new = body.max_tokens or 16  # OpenAI's default for completions
         encode = lambda e: e.encode_text(body.model, text)  # noqa: E731
-        return await _answer(state, "completion", body, key, max_new, encode, text, request.receive)
+        return await answer(state, "completion", body, key, max_new, encode, text, request.receive)
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, key: Caller) -> Response:
-        _log_writable(state)
-        model = _model(state, body.model, "classify")
+        state.require_log_writable()
+        model = state.model(body.model, "classify")
         texts = [body.input] if isinstance(body.input, str) else body.input
-        state.admission.enter(key)
-        start = time.perf_counter()
-        try:
+        with state.admission.admit(key):
+            start = time.perf_counter()
             for i, text in enumerate(texts):
                 if not await asyncio.to_thread(state.engine.encode_text, body.model, text):
-                    raise LimitError(400, f"input {i} is empty (it has no tokens)", code="empty_input")
+                    raise APIError(400, f"input {i} is empty (it has no tokens)", code="empty_input")
             results = await state.engine.classify(body.model, texts)
-        finally:
-            state.admission.leave(key)
-        data = []
-        for i, probs in enumerate(results):
-            item: dict[str, Any] = {"index": i}
-            if model.labels:
-                item["label"] = max(probs, key=lambda k: probs[k])
-                item["probabilities"] = probs
-            else:
-                item["value"] = probs["value"]
-            data.append(item)
+        data = [
+            Classification(index=i, label=max(probs, key=lambda k: probs[k]), probabilities=probs)
+            if model.labels
+            else Classification(index=i, value=probs["value"])
+            for i, probs in enumerate(results)
+        ]
         rid = f"cls-{uuid.uuid4().hex}"
-        record_answer(
-            state,
-            rid,
-            key,
-            body.model,
-            "classify",
-            200,
-            start,
+        reply = ClassifyResponse(id=rid, model=body.model, data=data).json_dict()
+        outcome = Outcome(
+            id=rid,
+            key_name=key,
+            model=body.model,
+            endpoint="classify",
+            status=200,
+            latency_ms=since_ms(start),
             prompt=json.dumps(texts),
-            response=json.dumps(data),
+            response=json.dumps(reply["data"]),
         )
-        return JSONResponse({"id": rid, "object": "classification", "model": body.model, "data": data})
+        record(state, outcome)
+        return JSONResponse(reply)
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, key: Caller) -> dict[str, Any]:
         """Feedback on one's own answers, once each: what a key may store is bounded by what it may ask."""
         log = state.log
         if log is None:
-            return {"status": "logging is off"}
-        _log_writable(state)
-        unreadable = LimitError(
-            503, "the request log cannot be read right now; retry", code="log_unavailable"
-        )
-        state.admission.enter(key)  # the per-key limits of every other route
-        try:
+            return StatusResponse(status="logging is off").model_dump()
+        state.require_log_writable()
+        unreadable = APIError(503, "the request log cannot be read right now; retry", code="log_unavailable")
+        with state.admission.admit(key):  # the per-key limits of every other route
             found = await asyncio.to_thread(log.find_request, body.request_id)
             if found is None:
                 raise unreadable
             if not found[0] or not answer_id(body.request_id):
-                raise LimitError(
+                raise APIError(
                     404,
                     f"no request with id {body.request_id!r} was logged by this deployment",
                     code="request_not_found",
                 )
             if not may_give_feedback(key, found[1]):
-                raise LimitError(
+                raise APIError(
                     403,
                     f"request {body.request_id!r} was made with another API key; feedback comes from the key "
                     "that asked",
@@ -346,7 +224,7 @@ def create_app(state: AppState) -> Any:
             if claimed is None:
                 raise unreadable
             if not claimed:
-                raise LimitError(
+                raise APIError(
                     409,
                     f"feedback on request {body.request_id!r} was already recorded for this key",
                     code="feedback_exists",
@@ -354,46 +232,25 @@ def create_app(state: AppState) -> Any:
             log.log_feedback(
                 request_id=body.request_id, key_name=key, rating=body.rating, comment=body.comment
             )
-        finally:
-            state.admission.leave(key)
-        return {"status": "recorded"}
+        return StatusResponse(status="recorded").model_dump()
 
     def too_large(scope: Any) -> None:
         auth = dict(scope.get("headers") or []).get(b"authorization")
         reason = f"request_too_large: body over {state.cfg.max_body_bytes} bytes"
         # The body is not read, so the model it names stays unknown.
-        _refused(state, scope.get("path", ""), auth.decode("latin-1") if auth else None, 413, reason, None)
+        record_refusal(
+            state, scope.get("path", ""), auth.decode("latin-1") if auth else None, 413, reason, None
+        )
 
     return BodySizeLimit(app, state.cfg.max_body_bytes, too_large), app
 
 
-ENDPOINTS = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completion",
-    "/v1/classify": "classify",
-    "/v1/feedback": "feedback",
-    "/v1/models": "models",
-}
-"""Route → the endpoint name the request log and metrics use for it."""
-
-
-def _refused(
-    state: AppState, path: str, authorization: str | None, status: int, reason: str, model: str | None
+async def _refused(
+    state: AppState, request: Request, status: int, reason: str, *, body_read: bool = True
 ) -> None:
-    """Count and log a refused request with what is known of it: its key's name, never the key itself."""
-    state.metrics.errors.labels(str(status)).inc()
-    if state.log is None or not path.startswith("/v1/"):
-        return
-    keys = state.keys
-    key_name = keys.name_of(authorization) or (None if keys.required or keys.problem else "anonymous")
-    state.log.log_request(
-        id=f"{INTERNAL_PREFIX}{uuid.uuid4().hex}",
-        key_name=key_name,
-        model=model,
-        endpoint=ENDPOINTS.get(path, path[:64]),
-        status=status,
-        error=reason,
-    )
+    """Record a refusal with its key and, where FastAPI read a JSON body, the model it named."""
+    model = await _requested_model(request) if body_read else None
+    record_refusal(state, request.url.path, request.headers.get("authorization"), status, reason, model)
 
 
 async def _requested_model(request: Request) -> str | None:
@@ -414,110 +271,3 @@ def _role(role: str) -> str:
 
 def _text(content: str | list[TextPart]) -> str:
     return content if isinstance(content, str) else "".join(p.text for p in content)
-
-
-def _model(state: AppState, name: str, kind: str) -> Any:
-    model = state.engine.models.get(name)
-    if model is None:
-        raise LimitError(
-            404, f"The model '{name}' does not exist; see GET /v1/models", code="model_not_found"
-        )
-    if model.kind != kind:
-        what = "generation" if kind == "generate" else "classification"
-        raise LimitError(
-            400, f"model '{name}' is a {model.kind} model, not a {what} model", code="wrong_model_kind"
-        )
-    return model
-
-
-async def _answer(
-    state: AppState,
-    endpoint: str,
-    body: _Request,
-    key: str,
-    max_new: int,
-    encode: Any,
-    text: str,
-    receive: Callable[[], Awaitable[Any]],
-) -> Response:
-    """Common path of chat and completions: limits, encoding, generation (streamed or not), logging.
-
-    `receive` is the request's ASGI receive: with the body read, it returns only when the client goes away.
-    """
-    _log_writable(state)
-    _model(state, body.model, "generate")
-    cfg = state.cfg
-    if max_new > cfg.max_new_tokens:
-        check_tokens(
-            0, max_new, max_prompt=cfg.max_prompt_tokens, max_new_allowed=cfg.max_new_tokens, context=0
-        )
-    state.admission.enter(key)
-    start = time.perf_counter()
-    try:
-        prompt: list[int] = await asyncio.to_thread(encode, state.engine)
-        if not prompt:
-            raise LimitError(400, "the prompt is empty (it has no tokens)", code="empty_prompt")
-        check_tokens(
-            len(prompt),
-            max_new,
-            max_prompt=cfg.max_prompt_tokens,
-            max_new_allowed=cfg.max_new_tokens,
-            context=state.engine.context_length(body.model),
-        )
-    except BaseException:
-        state.admission.leave(key)
-        raise
-    stops = stop_strings(body.stop)
-    settings = [
-        GenerationSettings(
-            max_new, body.temperature, body.top_p, stops, None if body.seed is None else body.seed + i
-        )
-        for i in range(body.n)
-    ]
-    rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-    run = Answer(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
-    if state.log is not None:
-        state.log.remember(rid, key)  # a stream shows its id (for feedback) before its row is logged
-    if body.stream:
-        usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(run.sse(prompt, settings, usage), media_type="text/event-stream")
-    generation: asyncio.Future[list[Generation]] = asyncio.ensure_future(
-        asyncio.gather(*(state.engine.generate(body.model, prompt, s) for s in settings))
-    )
-    gone: asyncio.Future[None] = asyncio.ensure_future(_client_gone(receive))
-    first: list[asyncio.Future[Any]] = [generation, gone]
-    try:
-        async with asyncio.timeout(cfg.request_timeout_s):
-            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-        if not generation.done():  # the client went away: its answers stop at the engine's next step
-            generation.cancel()
-            run.finish(499, [], error="client disconnected")
-            return Response(status_code=499)  # nobody reads it; uvicorn drops it
-        gens = generation.result()
-    except TimeoutError:
-        generation.cancel()
-        run.finish(504, [], error="timeout")
-        raise LimitError(
-            504, f"the answer took longer than {cfg.request_timeout_s:g} s", code="timeout", logged=True
-        ) from None
-    except asyncio.CancelledError:  # the server's shutdown grace ran out: still one row in the log
-        generation.cancel()
-        run.finish(499, [], error="cancelled")
-        raise
-    except Exception as err:  # this request's own failure (the engine fails a row alone): 500 with its row
-        generation.cancel()
-        traceback.print_exception(err)
-        message = f"internal error: {type(err).__name__}"
-        run.finish(500, [], error=message)
-        raise LimitError(500, message, code="internal_error", logged=True) from None
-    finally:
-        gone.cancel()
-        state.admission.leave(key)
-    run.finish(200, gens)
-    return JSONResponse(run.body(gens))
-
-
-async def _client_gone(receive: Callable[[], Awaitable[Any]]) -> None:
-    """Returns once the client has disconnected (Starlette does not stop a plain response's handler)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from tuneforge.artifacts import RunDir
 from tuneforge.config import RunConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.generate import Generation, GenerationSettings, StepEvent
 from tuneforge.models.loading import run_base_path
+from tuneforge.models.runs import check_finished, run_config
 
 Kind = Literal["generate", "classify"]
 
@@ -55,6 +56,14 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+async def finished(events: AsyncIterator[StepEvent], cut_short: str) -> Generation:
+    """The whole answer a stream of events ends with (an engine's `generate` is its `stream` drained)."""
+    async for event in events:
+        if event.done is not None:
+            return event.done
+    raise RuntimeError(cut_short)
+
+
 def base_model_name(adapter_run: ServedModel) -> str:
     """The name the shared base of adapter runs is served under: its folder's name, or its built-in name."""
     assert adapter_run.run is not None
@@ -70,12 +79,8 @@ def resolve_targets(targets: list[str]) -> list[ServedModel]:
         if (path / "config.yaml").is_file():
             run = RunDir.open(path)
             m = run.manifest
-            if m.get("status") != "completed" or not run.final.is_dir():
-                raise TuneforgeError(
-                    f"run {run.path} has not finished training (status: {m.get('status', 'unknown')})",
-                    fix=f"finish it with: tuneforge train {run.config_path} --resume",
-                )
-            cfg = _run_config(run)
+            check_finished(run)
+            cfg = run_config(run)
             kind: Kind = "generate" if cfg.model.task == "causal-lm" else "classify"
             adapter = path.resolve().name if m.get("saves_adapter", True) else None
             served.append(
@@ -103,16 +108,6 @@ def resolve_targets(targets: list[str]) -> list[ServedModel]:
     return served
 
 
-def _run_config(run: RunDir) -> RunConfig:
-    """The config a run was trained with (what train.reload_config does, without importing torch)."""
-    import yaml
-
-    from tuneforge.config import ConfigSource, config_from_dict
-
-    raw = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-    return config_from_dict(raw, ConfigSource(run.config_path))
-
-
 def _plain_model(target: str) -> ServedModel:
     """A base model folder, hub id or built-in, served without an adapter."""
     from tuneforge.config import ModelConfig
@@ -129,10 +124,3 @@ def _plain_model(target: str) -> ServedModel:
     resolved = resolve_model_path(ModelConfig(name=target))
     name = target if target.startswith("builtin:") else path.resolve().name
     return ServedModel(name=name, kind="generate", path=resolved, base_path=resolved)
-
-
-def error_body(
-    message: str, *, type_: str, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
-    """OpenAI's error envelope, so clients' own error handling understands ours."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

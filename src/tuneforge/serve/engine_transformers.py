@@ -28,9 +28,8 @@ from tuneforge.models.generate import (
     generate,
     is_prompt_learning,
 )
-from tuneforge.serve.engine import ServedModel, base_model_name
-
-PROMPT_LEARNING = ("prompt-tuning", "prefix-tuning")
+from tuneforge.models.runs import PROMPT_LEARNING
+from tuneforge.serve.engine import ServedModel, base_model_name, finished
 
 
 @dataclass
@@ -156,7 +155,7 @@ class TransformersEngine:
             if s in adapters:
                 continue
             if s.run is not None and s.config is not None:
-                from tuneforge.evaluation.run import load_tuned
+                from tuneforge.models.runs import load_tuned
 
                 m, tok = load_tuned(s.run, s.config)  # a full fine-tune, or a head run
             else:
@@ -189,10 +188,9 @@ class TransformersEngine:
         return sum(len(b) for b in self._batches())
 
     async def generate(self, model: str, prompt: list[int], settings: GenerationSettings) -> Generation:
-        async for event in self.stream(model, prompt, settings):
-            if event.done is not None:
-                return event.done
-        raise RuntimeError("the engine stopped before the answer was finished")
+        return await finished(
+            self.stream(model, prompt, settings), "the engine stopped before the answer was finished"
+        )
 
     async def stream(
         self, model: str, prompt: list[int], settings: GenerationSettings

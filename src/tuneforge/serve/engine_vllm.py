@@ -23,8 +23,8 @@ from typing import Any
 from tuneforge.config import ModelConfig, ServeConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.generate import FinishReason, Generation, GenerationSettings, StepEvent
-from tuneforge.serve.engine import ServedModel, base_model_name
-from tuneforge.serve.limits import LimitError
+from tuneforge.serve.engine import ServedModel, base_model_name, finished
+from tuneforge.serve.protocol import APIError
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The only max_lora_rank values vLLM accepts (vllm.config.lora.MaxLoRARanks)."""
@@ -255,10 +255,9 @@ class VllmEngine:
         return self.active
 
     async def generate(self, model: str, prompt: list[int], settings: GenerationSettings) -> Generation:
-        async for event in self.stream(model, prompt, settings):
-            if event.done is not None:
-                return event.done
-        raise RuntimeError("vLLM ended the request without a final output")
+        return await finished(
+            self.stream(model, prompt, settings), "vLLM ended the request without a final output"
+        )
 
     async def stream(
         self, model: str, prompt: list[int], settings: GenerationSettings
@@ -282,7 +281,7 @@ class VllmEngine:
                         done = generation_of(len(prompt), c.token_ids, c.text, c.finish_reason, c.stop_reason)
                     yield StepEvent(rid, delta, None, done)
         except self.client_error as err:  # a request vLLM refuses (e.g. too long for its max_model_len)
-            raise LimitError(400, str(err), code="invalid_request") from None
+            raise APIError(400, str(err), code="invalid_request") from None
         finally:
             self.active -= 1
 

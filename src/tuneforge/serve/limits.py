@@ -11,23 +11,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from tuneforge.serve.protocol import APIError, error_body
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class LimitError(Exception):
-    """A request refused by a limit; the app turns it into an OpenAI-style error body."""
-
-    def __init__(
-        self, status: int, message: str, *, code: str, retry_after: int | None = None, logged: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
-        self.logged = logged
-        """True when the request's own row (with its timings) is already in the request log."""
 
 
 TOO_LARGE = "tuneforge.body_too_large"
@@ -94,16 +84,8 @@ class _BodyTooLarge(Exception):
 async def _too_large(send: Send, limit: int) -> None:
     import json
 
-    body = json.dumps(
-        {
-            "error": {
-                "message": f"request body is larger than {limit} bytes (serve.max_body_bytes)",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "request_too_large",
-            }
-        }
-    ).encode()
+    message = f"request body is larger than {limit} bytes (serve.max_body_bytes)"
+    body = json.dumps(error_body(message, status=413, code="request_too_large")).encode()
     await send(
         {
             "type": "http.response.start",
@@ -126,11 +108,11 @@ class Admission:
     def enter(self, key: str) -> None:
         with self.lock:
             if self.total >= self.max_queue:
-                raise LimitError(
+                raise APIError(
                     429, "the server is busy; retry shortly", code="queue_full", retry_after=self.retry_after
                 )
             if self.by_key[key] >= self.per_key:
-                raise LimitError(
+                raise APIError(
                     429,
                     f"too many concurrent requests for this key (at most {self.per_key})",
                     code="too_many_concurrent_requests",
@@ -144,23 +126,53 @@ class Admission:
             self.total -= 1
             self.by_key[key] -= 1
 
+    def admit(self, key: str) -> Admitted:
+        """`enter` now; `leave` when the place's `with` block ends (or its stream, once passed on)."""
+        self.enter(key)
+        return Admitted(self, key)
+
+
+class Admitted:
+    """One admitted request's place, given back exactly once: every route holds it in a `with` block."""
+
+    def __init__(self, admission: Admission, key: str) -> None:
+        self.admission, self.key = admission, key
+        self.held, self.passed_on = True, False
+
+    def pass_on(self) -> Admitted:
+        """Keep the place past the `with` block: a streamed answer releases it when its stream ends."""
+        self.passed_on = True
+        return self
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.admission.leave(self.key)
+
+    def __enter__(self) -> Admitted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.passed_on:
+            self.release()
+
 
 def check_tokens(
     prompt_tokens: int, max_new: int, *, max_prompt: int, max_new_allowed: int, context: int
 ) -> None:
     """400 for a prompt or an answer length the deployment does not allow."""
     if prompt_tokens > max_prompt:
-        raise LimitError(
+        raise APIError(
             400,
             f"the prompt has {prompt_tokens} tokens; this server accepts at most {max_prompt}",
             code="context_length_exceeded",
         )
     if max_new > max_new_allowed:
-        raise LimitError(
+        raise APIError(
             400, f"max_tokens is {max_new}; this server allows at most {max_new_allowed}", code="max_tokens"
         )
     if context and prompt_tokens + 1 > context:
-        raise LimitError(
+        raise APIError(
             400,
             f"the prompt has {prompt_tokens} tokens; the model's context is {context}",
             code="context_length_exceeded",

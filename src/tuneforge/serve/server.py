@@ -72,9 +72,10 @@ def build_engine(targets: list[str], cfg: ServeConfig) -> Any:
 def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) -> None:
     import uvicorn
 
-    from tuneforge.serve.app import AppState, create_app
+    from tuneforge.serve.app import create_app
     from tuneforge.serve.limits import Admission
     from tuneforge.serve.metrics import ServerMetrics
+    from tuneforge.serve.state import AppState
     from tuneforge.serve.store import RequestLog, database_url
 
     checker = KeyChecker(KeyFile(cfg.keys_file))

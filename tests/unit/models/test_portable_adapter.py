@@ -16,7 +16,7 @@ from tuneforge import builtin
 from tuneforge.artifacts import RunDir
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation import evaluate_run
-from tuneforge.evaluation.run import load_tuned
+from tuneforge.models.runs import load_tuned
 from tuneforge.train import reload_config, train
 
 FAKE = builtin.BuiltinModel(

@@ -17,11 +17,12 @@ from starlette.testclient import TestClient
 
 from tuneforge.config import ServeConfig
 from tuneforge.models.generate import Generation, GenerationSettings, StepEvent
-from tuneforge.serve.app import AppState, create_app
+from tuneforge.serve.app import create_app
 from tuneforge.serve.engine import ServedModel
 from tuneforge.serve.keys import KeyChecker, KeyFile
 from tuneforge.serve.limits import Admission
 from tuneforge.serve.metrics import ServerMetrics
+from tuneforge.serve.state import AppState
 from tuneforge.serve.store import RequestLog, database_url, read_table
 
 

@@ -8,11 +8,13 @@ from typing import Any
 
 from tuneforge.config import ServeConfig
 from tuneforge.models.generate import Generation, GenerationSettings
-from tuneforge.serve.app import AppState, CompletionRequest, _answer
+from tuneforge.serve.answer import answer as _answer
 from tuneforge.serve.engine import ServedModel
 from tuneforge.serve.keys import KeyChecker, KeyFile
 from tuneforge.serve.limits import Admission
 from tuneforge.serve.metrics import ServerMetrics
+from tuneforge.serve.protocol import CompletionRequest
+from tuneforge.serve.state import AppState
 
 
 class FakeEngine:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tuneforge.serve.limits import Admission, BodySizeLimit, LimitError
+from tuneforge.serve.limits import Admission, BodySizeLimit
+from tuneforge.serve.protocol import APIError as LimitError
 
 
 def _call(app: Any, chunks: list[bytes], headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:

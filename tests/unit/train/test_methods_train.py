@@ -23,9 +23,9 @@ from tuneforge.artifacts import DatasetDir, RunDir
 from tuneforge.config import RunConfig, config_from_dict
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.predict import lm_loss
-from tuneforge.evaluation.run import load_tuned
 from tuneforge.models.collate import collate
 from tuneforge.models.encode import encode_for_task
+from tuneforge.models.runs import load_tuned
 from tuneforge.train import train
 from tuneforge.train.loop import batch_loss
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tuneforge.artifacts import RunDir
-from tuneforge.serve.export import export_card
+from tuneforge.export.model import export_card
 
 
 def card_meta(tmp_path: Path, base: str, adapter_base: str | None = None) -> tuple[dict, str]:

@@ -18,10 +18,10 @@ from typing import Any
 
 from tuneforge.artifacts import RunDir, atomic_dir, read_json, write_json_atomic, write_text_atomic
 from tuneforge.errors import TuneforgeError
+from tuneforge.models.runs import PROMPT_LEARNING, check_finished, load_tuned, run_config
 
 KIND = "tuneforge.export"
 MERGEABLE = ("lora", "dora", "ia3", "qlora")
-PROMPT_LEARNING = ("prompt-tuning", "prefix-tuning")
 GGUF_FILE = "model.gguf"
 # The tensor types llama.cpp's converter writes for `--gguf-type`; None leaves the choice to the converter.
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -55,16 +55,10 @@ def export_model(
     gguf_type: str | None = None,
 ) -> dict[str, Any]:
     """Write the merged (or full fine-tuned) model of a finished run to `out`; returns the export manifest."""
-    from tuneforge.serve.engine import _run_config
-
     run, out = RunDir.open(run_dir), Path(out).expanduser()
     m = run.manifest
-    if m.get("status") != "completed" or not run.final.is_dir():
-        raise TuneforgeError(
-            f"run {run.path} has not finished training (status: {m.get('status', 'unknown')})",
-            fix=f"finish it with: tuneforge train {run.config_path} --resume",
-        )
-    cfg = _run_config(run)
+    check_finished(run)
+    cfg = run_config(run)
     method = cfg.method.name
     adapter = bool(m.get("saves_adapter", True))
     if adapter and method in PROMPT_LEARNING:
@@ -94,8 +88,6 @@ def export_model(
     _check_out(out)
     # Found first: a missing converter fails before the long merge.
     converter = _gguf_converter() if to == "gguf" else None
-
-    from tuneforge.evaluation.run import load_tuned
 
     model, tok = load_tuned(run, cfg)
     model.eval()

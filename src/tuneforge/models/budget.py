@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneforge.models.estimate import fmt_duration
+
 CPU_AIM_S = 1800.0
 """What a CPU run's defaults aim for when the user gave neither a budget nor a length."""
 OVERHEAD = 0.1
@@ -31,14 +33,6 @@ class Fit:
     budget_s: float
     settings: dict[str, Any] = field(default_factory=dict)
     line: str = ""
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 1:
-        return f"{seconds:.0f} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
 def fit_budget(
@@ -74,7 +68,7 @@ def fit_budget(
         return None
     settings: dict[str, Any] = {}
     why = (
-        f"{planned_steps:,} steps would take about {_duration(planned_steps * per_step)} "
+        f"{planned_steps:,} steps would take about {fmt_duration(planned_steps * per_step)} "
         f"(estimated {per_step:.3g} s/step)"
     )
     fits = max(1, math.floor(usable / per_step))
@@ -91,7 +85,7 @@ def fit_budget(
     epochs = fits / steps_per_epoch if steps_per_epoch else 0.0
     source = "train.time_budget" if budget_s is not None else "on CPU the defaults aim for it"
     line = (
-        f"time: {why}; {fits:,} steps ({epochs:.2g} epochs) fit {_duration(aim)} ({source}; set "
+        f"time: {why}; {fits:,} steps ({epochs:.2g} epochs) fit {fmt_duration(aim)} ({source}; set "
         "train.time_budget, train.max_steps or train.epochs to choose)"
     )
     return Fit(aim, settings, line)

@@ -9,6 +9,7 @@ import numpy as np
 
 from tuneforge.config import RunConfig
 from tuneforge.evaluation.fairness import group_report, widened_gaps
+from tuneforge.evaluation.metric_table import METRICS, metric_of
 from tuneforge.evaluation.model_eval import ModelEval, prompt_and_reference
 from tuneforge.evaluation.stats import (
     Statistic,
@@ -17,9 +18,6 @@ from tuneforge.evaluation.stats import (
     compare,
     compare_statistic,
 )
-
-#: Per-example score → the headline metric it is the mean of (as the report names it).
-HEADLINE = {"correct": "accuracy", "squared_error": "mse", "abs_error": "mae", "loss": "loss_per_example"}
 
 
 def clean(obj: Any) -> Any:
@@ -66,7 +64,7 @@ def summarize(
             if m is not None
         }
         for name, values in tuned.per_example.items():
-            metric = HEADLINE.get(name, name)
+            metric = metric_of(name)
             if name in statistics["tuned"] or metric in statistics["tuned"]:  # its own statistic below
                 continue
             ci["tuned"][metric] = bootstrap_ci(_finite(values), n_boot=n_boot, seed=seed)
@@ -77,7 +75,8 @@ def summarize(
                 paired[metric] = {**c["paired"], "verdict": c["verdict"]}
         n = len(records)
         for metric, stat in statistics["tuned"].items():
-            boot = min(n_boot, 500) if metric in SLOW else n_boot
+            slow = METRICS[metric].max_resamples if metric in METRICS else None
+            boot = min(n_boot, slow) if slow else n_boot
             base_stat = statistics.get("base", {}).get(metric)
             if base_stat is None:
                 ci["tuned"][metric] = bootstrap_statistic_ci(n, stat, n_boot=boot, seed=seed)
@@ -90,10 +89,6 @@ def summarize(
     out["baselines"] = _baselines(fmt, records, tuned, baselines, n_boot, seed)
     out["fairness"] = _fairness(cfg, fmt, labels, records, tuned, base, groups)
     return clean(out)
-
-
-#: Statistics that are slow to recompute (sklearn per resample): at most 500 resamples.
-SLOW = frozenset({"macro_f1", "ece"})
 
 
 def _statistics(
@@ -207,7 +202,7 @@ def _fairness(
 
         def one(m: ModelEval, values: list[str] = values) -> dict[str, Any]:
             keep = [i for i in range(len(values)) if all(math.isfinite(v[i]) for v in m.per_example.values())]
-            scores = {HEADLINE.get(k, k): [v[i] for i in keep] for k, v in m.per_example.items()}
+            scores = {metric_of(k): [v[i] for i in keep] for k, v in m.per_example.items()}
             kwargs: dict[str, Any] = {}
             if classify and gold is not None:
                 preds = m.label_predictions

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from tuneforge.artifacts import RunDir, read_jsonl
 from tuneforge.evaluation.evals import describe, predictions_path
 from tuneforge.evaluation.metric_table import METRICS
+from tuneforge.evaluation.metrics import perplexity
 from tuneforge.evaluation.render import Block, num, plot_png, visible, with_ci
 from tuneforge.evaluation.report_groups import group_blocks, threshold_blocks
 from tuneforge.evaluation.report_ratings import judge_blocks
@@ -25,7 +25,7 @@ def intervals(r: dict[str, Any], side: str) -> dict[str, Any]:
     ci = dict(r.get("ci", {}).get(side, {}))
     loss = ci.get("loss")
     if loss and loss.get("lo") is not None and "perplexity" not in ci:
-        ci["perplexity"] = {k: math.exp(min(loss[k], 50.0)) for k in ("lo", "hi")}
+        ci["perplexity"] = {k: perplexity(loss[k]) for k in ("lo", "hi")}
     return ci
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from tuneforge.config import RunConfig
 from tuneforge.evaluation.fairness import group_report, widened_gaps
 from tuneforge.evaluation.metric_table import METRICS, metric_of
+from tuneforge.evaluation.metrics import perplexity as exp_loss
 from tuneforge.evaluation.model_eval import ModelEval, prompt_and_reference
 from tuneforge.evaluation.stats import (
     Statistic,
@@ -119,7 +120,7 @@ def _token_loss(m: ModelEval) -> dict[str, Statistic]:
         return float(per[idx].sum() / max(tokens[idx].sum(), 1.0))
 
     def perplexity(idx: np.ndarray) -> float:
-        return math.exp(min(loss(idx), 50.0))
+        return exp_loss(loss(idx))
 
     return {"loss": loss, "perplexity": perplexity}
 

@@ -124,7 +124,7 @@ def _threshold_optimizer(
     if cfg.eval.threshold_optimizer == "off" or tuned.probs is None:
         return None
     from tuneforge.evaluation.calibration import softmax
-    from tuneforge.evaluation.postprocess import threshold_optimized
+    from tuneforge.evaluation.threshold import threshold_optimized
     from tuneforge.evaluation.scores import head_logits
 
     column = next(iter(groups))

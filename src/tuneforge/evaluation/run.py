@@ -124,8 +124,8 @@ def _threshold_optimizer(
     if cfg.eval.threshold_optimizer == "off" or tuned.probs is None:
         return None
     from tuneforge.evaluation.calibration import softmax
-    from tuneforge.evaluation.threshold import threshold_optimized
     from tuneforge.evaluation.scores import head_logits
+    from tuneforge.evaluation.threshold import threshold_optimized
 
     column = next(iter(groups))
     val = dataset.records("validation")

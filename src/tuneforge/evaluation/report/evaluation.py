@@ -8,9 +8,9 @@ from tuneforge.artifacts import RunDir, read_jsonl
 from tuneforge.evaluation.evals import describe, predictions_path
 from tuneforge.evaluation.metric_table import METRICS
 from tuneforge.evaluation.metrics import perplexity
-from tuneforge.evaluation.render import Block, num, plot_png, visible, with_ci
-from tuneforge.evaluation.report_groups import group_blocks, threshold_blocks
-from tuneforge.evaluation.report_ratings import judge_blocks
+from tuneforge.evaluation.report.groups import group_blocks, threshold_blocks
+from tuneforge.evaluation.report.ratings import judge_blocks
+from tuneforge.evaluation.report.render import Block, num, plot_png, visible, with_ci
 from tuneforge.evaluation.stats import sig
 
 #: Metrics shown in the comparison table, in this order, when present: which way is better, and the scale, so
@@ -254,7 +254,7 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
     if r.get("judge"):
         blocks += judge_blocks(r["judge"])
     if r.get("answers"):  # a DPO run: what it did to answers, beside the reward margin
-        from tuneforge.evaluation.report_answers import answers_blocks
+        from tuneforge.evaluation.report.answers import answers_blocks
 
         blocks += answers_blocks(r["answers"], r["tuned"].get("reward_margin"))
     blocks.append(("p", _guard_text(r.get("guard", {}))))

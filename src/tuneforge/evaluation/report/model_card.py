@@ -9,8 +9,8 @@ from typing import Any
 
 from tuneforge.artifacts import RunDir, write_text_into
 from tuneforge.evaluation.metric_table import METRICS
-from tuneforge.evaluation.render import num, with_ci
-from tuneforge.evaluation.report_eval import intervals
+from tuneforge.evaluation.report.evaluation import intervals
+from tuneforge.evaluation.report.render import num, with_ci
 
 #: Eval JSON metric → (Hub metric id, display name, args), from the metric table: model-index wants the metric
 #: ids of huggingface.co/metrics, so macro-F1 is `f1` with its averaging and ROUGE-L is `rouge`.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuneforge.evaluation.metric_table import METRICS, metric_of
-from tuneforge.evaluation.render import Block, num, with_ci
+from tuneforge.evaluation.report.render import Block, num, with_ci
 
 # Shown in this order when present: what preference tuning tends to break first, then the generation metrics.
 ROWS = (

@@ -284,7 +284,7 @@ def evaluate(
     print_comparison(result)
     print_verdicts(result)
     if result.get("answers"):  # a DPO run's answers on a chat split (evaluation/answers.py)
-        from tuneforge.evaluation.report_answers import answer_lines
+        from tuneforge.evaluation.report.answers import answer_lines
 
         for line in answer_lines(result["answers"], result["tuned"].get("reward_margin")):
             console.print(escape(line))

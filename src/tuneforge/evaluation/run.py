@@ -23,6 +23,7 @@ from tuneforge.evaluation.intervals import intervals_and_tests
 from tuneforge.evaluation.model_eval import ModelEval, evaluate_model, prompt_and_reference
 from tuneforge.models.encode import encoder, pack_text
 from tuneforge.models.runs import check_finished, load_base, load_tuned
+from tuneforge.models.threads import apply_threads
 from tuneforge.train import reload_config
 
 
@@ -208,6 +209,7 @@ def evaluate_run(
             f"unknown split {split!r}", where="--split", fix="use one of: " + ", ".join(SPLITS)
         )
     check_finished(run)
+    apply_threads(cfg.eval.num_threads, "eval.num_threads")
     compare = cfg.eval.compare_base if compare_base is None else compare_base
     limit = max_examples or cfg.eval.max_examples
     dataset = DatasetDir.open(run.manifest.get("dataset", {}).get("path", cfg.data.path or ""))

@@ -72,6 +72,7 @@ def build_engine(targets: list[str], cfg: ServeConfig) -> Any:
 def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) -> None:
     import uvicorn
 
+    from tuneforge.models.threads import apply_threads
     from tuneforge.serve.app import create_app
     from tuneforge.serve.limits import Admission
     from tuneforge.serve.metrics import ServerMetrics
@@ -91,6 +92,7 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
         log = RequestLog(database_url(cfg.log_db), keep_text=cfg.log_text, redact=list(cfg.redact_pii))
     try:
         sock = bind(cfg.host, cfg.port)
+        apply_threads(cfg.num_threads, "serve.num_threads")
         engine = build_engine(targets, cfg)
     except BaseException:
         if log is not None:

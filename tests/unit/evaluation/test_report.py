@@ -216,7 +216,13 @@ def test_model_card_metadata_is_a_valid_hub_card_with_the_eval_numbers(tmp_path:
         "ci": {},
         "guard": {"checked": True},
     }
-    run = make_run(tmp_path, "chat", result, rows, base_model="builtin:smollm2-135m-instruct")
+    cost = {
+        "train_time_s": 271.4,
+        "tokens": 38_912,
+        "peak_memory_bytes": 3 * 2**30 + 2**29,
+        "environment": {"hardware": {"cpu_count": 2, "gpus": []}},
+    }
+    run = make_run(tmp_path, "chat", result, rows, base_model="builtin:smollm2-135m-instruct", **cost)
     config = json.dumps({"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"})
     final = _final(run, {"adapter_config.json": config})
     (run / "config.yaml").write_text(
@@ -230,6 +236,11 @@ def test_model_card_metadata_is_a_valid_hub_card_with_the_eval_numbers(tmp_path:
     assert (
         "- training: max_steps 4, batch_size 2, learning_rate 0.0002, seed 7; 4 optimizer steps" in card.text
     )
+    # what the training cost, so a reader sees what the gain cost (the report's model table says the same)
+    cost_line = "- cost: 5 min of training on 2 CPU cores, 38,912 tokens, peak memory 3.50 GiB\n"
+    assert cost_line in card.text
+    html = (run / "report.html").read_text()
+    assert f"<th scope='row'>cost</th><td>{cost_line[8:-1]}</td>" in html
     assert "Fine-tuned from `HuggingFaceTB/SmolLM2-135M-Instruct` with lora" in card.text
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"

@@ -11,6 +11,7 @@ from tuneforge.artifacts import RunDir, write_text_into
 from tuneforge.evaluation.metric_table import METRICS
 from tuneforge.evaluation.report.evaluation import intervals
 from tuneforge.evaluation.report.render import num, with_ci
+from tuneforge.evaluation.report.run_sections import cost_line
 
 #: Eval JSON metric → (Hub metric id, display name, args), from the metric table: model-index wants the metric
 #: ids of huggingface.co/metrics, so macro-F1 is `f1` with its averaging and ROUGE-L is `rouge`.
@@ -115,6 +116,7 @@ def _training_lines(run: RunDir) -> list[str]:
         f"- method: {m.get('method')}" + (f" ({settings})" if settings else ""),
         f"- model: task {m.get('task')}, max_length {model.get('max_length', '?')}",
         f"- training: {hyper or 'not recorded'}; {m.get('step')} optimizer steps",
+        f"- cost: {cost_line(m) or 'not recorded'}",
         "",
     ]
 

@@ -71,10 +71,31 @@ def model_section(run: RunDir) -> list[Block]:
         ("optimizer steps", m.get("step")),
         ("training tokens", f"{m['tokens']:,}" if isinstance(m.get("tokens"), int) else m.get("tokens")),
         ("training time", f"{time_s:.1f} s" if isinstance(time_s, int | float) else ""),
+        ("cost", cost_line(m) or "not recorded"),
         ("best checkpoint", _best(m.get("best"))),
         ("result", "PEFT adapter" if m.get("saves_adapter", True) else "full weights"),
     ]
     return [("table", (None, [[k, num(v)] for k, v in rows]))]
+
+
+def cost_line(manifest: dict[str, Any]) -> str:
+    """What the training cost: wall time on which hardware, tokens, peak memory ("" when not recorded)."""
+    from tuneforge.models.estimate import fmt_duration
+
+    time_s, tokens, peak = (manifest.get(k) for k in ("train_time_s", "tokens", "peak_memory_bytes"))
+    parts = []
+    if isinstance(time_s, int | float):
+        hw = (manifest.get("environment") or {}).get("hardware") or {}
+        gpus = hw.get("gpus") or []
+        where = f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({gpus[0]})" if gpus else ""
+        if not where and hw.get("cpu_count"):
+            where = f"{hw['cpu_count']} CPU cores"
+        parts.append(f"{fmt_duration(time_s)} of training" + (f" on {where}" if where else ""))
+    if isinstance(tokens, int):
+        parts.append(f"{tokens:,} tokens")
+    if isinstance(peak, int) and peak > 0:
+        parts.append(f"peak memory {peak / 2**30:.2f} GiB")
+    return ", ".join(parts)
 
 
 def _best(best: Any) -> str:

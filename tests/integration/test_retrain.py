@@ -52,7 +52,7 @@ def config(
             "save_every": 0,
             "progress": False,
         },
-        "eval": {"bootstrap": 200, "batch_size": 64},
+        "eval": {"bootstrap": 100, "batch_size": 64},
         "retrain": retrain,
     }
 
@@ -104,6 +104,7 @@ def test_a_better_challenger_replaces_the_champion(lifecycle: dict[str, Any]) ->
     md = (out.run.path / "retrain.md").read_text()
     assert md.startswith("# Retrain of sentiment: challenger promoted\n")
     assert f"**Decision:** {d.reason}." in md
+    assert "(288 train, 36 validation, 36 test). Deduplication removed 4 exact and 0 near duplicates" in md
     assert reg.version(2)["retrain"]["promoted"] is True
     assert reg.version(2)["eval"]["test"]["accuracy"] == d.challenger
 
@@ -212,7 +213,17 @@ def test_a_retrain_killed_half_way_leaves_the_champion_and_registers_nothing(
     assert (root / "runs" / "sentiment-v4" / "run" / "final").is_dir()  # it did get that far
     assert [v["version"] for v in reg.versions()] == [1, 2, 3]
     assert reg.history() == history and reg.pointer.read_bytes() == pointer
-    # The next retrain takes the same version number and starts that folder over.
-    monkeypatch.undo()
-    out = retrain_run.retrain(reg, config_from_dict(cfg))
-    assert out.version == 4 and out.run.path == root / "runs" / "sentiment-v4" / "run"
+    # The next retrain (the command, this time) takes the same version number and starts that folder over.
+    (root / "again.yaml").write_text(json.dumps(cfg))
+    r = run_cli("retrain", "again.yaml", "--registry", "sentiment", cwd=root)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    report = json.loads((root / "runs" / "sentiment-v4" / "run" / "retrain.json").read_text())
+    assert lines == [
+        "sentiment: registered, not promoted: version 4",
+        f"decision: {report['decision']['reason']}",
+        f"  {report['decision']['test']['verdict']}",
+        f"report: {root / 'runs' / 'sentiment-v4' / 'run' / 'retrain.md'}",
+    ]
+    assert lines[1].startswith("decision: the challenger is not better: accuracy ")
+    assert reg.champion()["version"] == 2  # type: ignore[index]

@@ -91,6 +91,10 @@ def evaluate_pair(
     )
 
 
+def _shown(x: float | None) -> str:
+    return sig(x) if x is not None else "n/a"
+
+
 def decide(result: dict[str, Any], cfg: RunConfig) -> Decision:
     """Promote only when the challenger is better by `metric`, by at least min_gain, at significance alpha."""
     r = cfg.retrain
@@ -120,15 +124,13 @@ def decide(result: dict[str, Any], cfg: RunConfig) -> Decision:
     lower = metric in LOWER_IS_BETTER
     gain = None if diff is None or not math.isfinite(diff) else (-diff if lower else diff)
     p = test.get("p_value", 1.0)
-    shown = (
-        f"{metric} {sig(chal) if chal is not None else 'n/a'} vs {sig(champ) if champ is not None else 'n/a'}"
-    )
+    shown = f"{metric} {_shown(chal)} (challenger) vs {_shown(champ)} (champion)"
     if gain is None:
         return Decision(
             False, f"no paired difference in {metric} could be computed", metric, champ, chal, gain, test
         )
     if gain <= 0:
-        why = f"the challenger is not better: {shown} (champion's)"
+        why = f"the challenger is not better: {shown}"
     elif gain < r.min_gain:
         why = f"the gain in {metric}, {sig(gain)}, is below retrain.min_gain {sig(r.min_gain)} ({shown})"
     elif p >= r.alpha:

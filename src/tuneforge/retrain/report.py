@@ -76,11 +76,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     lines += [f"| {s['name']} | {s['split']} | {s['rows']} |" for s in report["sources"]]
     counts = report["dataset"].get("counts") or {}
+    splits = report["dataset"].get("splits") or {}
+    shown = ", ".join(f"{n} {name}" for name, n in splits.items())
     lines += [
         "",
-        f"Prepared dataset: {report['dataset']['path']} (splits {report['dataset'].get('splits')}); "
-        f"leakage check dropped {counts.get('leakage_dropped', 0)} training rows that duplicate a test or "
-        f"validation row.",
+        f"Prepared dataset: {report['dataset']['path']} ({shown}). Deduplication removed "
+        f"{counts.get('exact_duplicates', 0)} exact and {counts.get('near_duplicates', 0)} near duplicates "
+        "(a duplicate of a test row keeps its test copy); the leakage check dropped "
+        f"{counts.get('leakage_dropped', 0)} more training rows too close to a test or validation row.",
         "",
     ]
     return "\n".join(lines)

@@ -59,3 +59,17 @@ def test_the_retrain_section() -> None:
     assert json.loads(json.dumps(config_from_dict({"retrain": {"data": ["fb.jsonl"]}}).to_dict()))["retrain"][
         "data"
     ] == ["fb.jsonl"]
+
+
+def test_a_run_recorded_before_the_retrain_section_existed_resumes_without_force(tmp_path: Path) -> None:
+    import yaml
+
+    from tuneforge.artifacts import RunDir
+    from tuneforge.config import RunConfig
+    from tuneforge.train.resume import resume_diff
+
+    old = RunConfig().to_dict()
+    del old["retrain"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old), encoding="utf-8")
+    cfg = RunConfig.model_validate({"retrain": {"data": ["feedback.jsonl"], "min_gain": 0.01}})
+    assert resume_diff(RunDir(tmp_path), cfg, None) == []

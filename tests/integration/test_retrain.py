@@ -162,6 +162,28 @@ def test_the_frozen_test_split_never_enters_the_challengers_training(lifecycle: 
     assert report["dataset"]["splits"] == {"train": 168 + 120, "validation": 36, "test": 36}
 
 
+def test_new_data_that_would_change_the_frozen_test_split_is_refused_before_training(
+    lifecycle: dict[str, Any], tiny_bert: Path
+) -> None:
+    from tuneforge.retrain import retrain
+
+    reg, root = lifecycle["reg"], lifecycle["root"]
+    versions = reg.versions()
+    # The frozen test split of champion v2 is v1's; a new row gives one of its texts another label.
+    test_row = lifecycle["test_rows"][0]
+    other = next(x for x in LABELS if x != test_row["label"])
+    write_jsonl(root / "conflict.jsonl", [*rows(30, seed=4, start=9000), {**test_row, "label": other}])
+    cfg = config(root, tiny_bert, data=[str(root / "conflict.jsonl")])
+    with pytest.raises(TuneforgeError) as err:
+        retrain(reg, config_from_dict(cfg))
+    assert err.value.what == (
+        "preparing the new data changed the champion's frozen test split (1 of its 36 rows lost, "
+        "0 changed or added): champion and challenger would not be tested on the same rows"
+    )
+    assert "data.label_conflicts: keep" in (err.value.fix or "")
+    assert reg.versions() == versions
+
+
 def test_dry_run_prints_the_sources_and_writes_nothing(lifecycle: dict[str, Any]) -> None:
     root = lifecycle["root"]
     before = sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*"))

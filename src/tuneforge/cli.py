@@ -774,6 +774,53 @@ def registry_rollback(name: RegistryName, reason: Reason, root: RegistryRoot = P
     console.print(f"{name}: champion is back to version {pointer['version']}", highlight=False)
 
 
+@app.command()
+def retrain(
+    config: ConfigArg,
+    registry: Annotated[str, typer.Option("--registry", help="The registry whose champion is retrained.")],
+    overrides: Overrides = None,
+    root: RegistryRoot = Path("registry"),
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be trained on, and write nothing.")
+    ] = False,
+) -> None:
+    """Champion's data + retrain.data → a challenger, promoted only if better on the frozen test split."""
+    from tuneforge.config import load_config
+    from tuneforge.retrain import plan_retrain
+    from tuneforge.retrain import retrain as run_retrain
+
+    cfg, source = load_config(config, overrides)
+    reg = _registry(root, registry)
+    if dry_run:
+        plan = plan_retrain(reg, cfg)
+        champ = plan.champion
+        console.print(
+            f"champion: {registry} version {champ.number} ({champ.run.path}), {plan.format} data",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for s in plan.sources:
+            console.print(f"  {s.name}  {s.split}: {s.rows} rows", highlight=False, soft_wrap=True)
+        console.print(
+            f"frozen test split: {champ.dataset.split_path('test')} (fingerprint {plan.frozen_test[:16]})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print(
+            "rows as read: cleaning, deduplication and the leakage check run when it is trained; "
+            "nothing was written",
+            highlight=False,
+        )
+        return
+    out = run_retrain(reg, cfg, source)
+    d = out.decision
+    verb = "promoted: champion is now" if d.promote else "registered, not promoted:"
+    console.print(f"{registry}: {verb} version {out.version}", highlight=False)
+    console.print(f"decision: {escape(d.reason)}", highlight=False, soft_wrap=True)
+    console.print(f"  {escape(d.test['verdict'])}", highlight=False, soft_wrap=True)
+    console.print(f"report: {out.report.with_suffix('.md')}", highlight=False, soft_wrap=True)
+
+
 def print_comparison(result: dict[str, Any]) -> None:
     """Base vs tuned metrics as a table (3 significant digits, as the report prints them)."""
     from tuneforge.evaluation.stats import sig

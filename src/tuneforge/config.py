@@ -1,4 +1,4 @@
-"""The run config: typed sections (data, model, ..., serve, tune, monitor), YAML + key=value overrides.
+"""The run config: typed sections (data, model, ..., monitor, retrain), YAML + key=value overrides.
 
 Every field carries a one-line docstring (`description`) that doubles as reference documentation
 (`tuneforge config --help-keys`). Unknown keys and wrong types are errors naming the key and file:line.
@@ -424,6 +424,19 @@ class MonitorConfig(Section):
     unset: embedding_drift, label_drift and answer_length_drift at alpha, and error_rate above 0.05."""
 
 
+class RetrainConfig(Section):
+    metric: str | None = None
+    """The metric that decides whether the challenger replaces the champion (unset: the evaluation's headline,
+    e.g. accuracy for a classifier, perplexity for a chat model)."""
+    min_gain: float = Field(0.0, ge=0)
+    """The least improvement in `metric` (in its own units) that promotes the challenger."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """Significance level of the paired test of challenger vs champion on the frozen test split."""
+    data: list[str] = Field(default_factory=list)
+    """New raw data files or folders (e.g. a `tuneforge feedback export`), added to the champion's training
+    data; read with this config's data.* columns and cleaning."""
+
+
 class SearchParam(Section):
     """One dimension of the search space (the Optuna distribution it is sampled from)."""
 
@@ -508,6 +521,7 @@ class RunConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     @model_validator(mode="after")
     def _check_splits(self) -> RunConfig:

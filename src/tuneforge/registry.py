@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,10 @@ from tuneforge.errors import TuneforgeError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 VERSION_KIND = "tuneforge.registry-version"
+
+# Registry folders whose lock this thread holds: a retrain holds the lock from start to end and registers and
+# promotes inside it. flock cannot be taken twice through two descriptors, even by one process.
+_held = threading.local()
 
 
 def _now() -> str:
@@ -140,8 +145,18 @@ class Registry:
         return read_jsonl(self.history_path) if self.history_path.is_file() else []
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """One registration, promotion or rollback at a time (a second one is refused, not queued)."""
+    def locked(self, holder: str = "", *, nested: bool = False) -> Iterator[None]:
+        """One registration, promotion, rollback or retrain at a time (a second one is refused, not queued).
+
+        `holder` (e.g. "a retrain") is written into the lock file so that a refused command can say who holds
+        it. `nested`: registrations and promotions this thread makes inside run under this lock (a retrain
+        holds it from start to end and registers last); any other attempt is refused as usual.
+        """
+        held: set[str] = getattr(_held, "paths", set())
+        key = str(self.path.resolve())
+        if key in held:
+            yield
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / "registry.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
@@ -150,11 +165,19 @@ class Registry:
             except OSError as err:
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
+                who = _lock_holder(fd)
                 raise TuneforgeError(
-                    f"registry {self.name!r} is being changed by another tuneforge process",
+                    f"registry {self.name!r} is being changed by another tuneforge process{who}",
                     fix="wait for it to finish, then run the command again",
                 ) from None
-            yield
+            os.ftruncate(fd, 0)
+            text = json.dumps({"holder": holder or "a registry change", "pid": os.getpid(), "since": _now()})
+            os.pwrite(fd, text.encode(), 0)
+            _held.paths = held | {key} if nested else held
+            try:
+                yield
+            finally:
+                _held.paths = held
         finally:
             os.close(fd)  # releases the flock
 
@@ -165,8 +188,19 @@ class Registry:
             f.flush()
             os.fsync(f.fileno())
 
-    def register(self, run_dir: Path, reason: str = "") -> dict[str, Any]:
-        """A finished run → the next version (its numbers copied in: the registry outlives eval files)."""
+    def record(self, action: str, version: int, reason: str, **details: Any) -> None:
+        """Add an event of another command (a retrain's decision) to the history."""
+        self._require()
+        with self.locked():
+            self._record(action=action, version=version, reason=reason, **details)
+
+    def register(
+        self, run_dir: Path, reason: str = "", extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A finished run → the next version (its numbers copied in: the registry outlives eval files).
+
+        `extra` is kept in version.json too (a retrain's decision; its "eval" adds to the run's eval numbers).
+        """
         run = RunDir.open(run_dir)
         manifest = run.manifest
         if manifest.get("status") != "completed" or not run.final.is_dir():
@@ -176,7 +210,8 @@ class Registry:
             )
         with self.locked():
             n = max((int(v["version"]) for v in self.versions()), default=0) + 1
-            record = {
+            extra = dict(extra or {})
+            record: dict[str, Any] = {
                 "version": n,
                 "run": str(run.path.resolve()),
                 "registered": _now(),
@@ -185,8 +220,9 @@ class Registry:
                 "base_model": manifest.get("base_model"),
                 "data_fingerprint": (manifest.get("dataset") or {}).get("fingerprint"),
                 "config_fingerprint": manifest.get("config_fingerprint"),
-                "eval": _eval_numbers(run),
+                "eval": {**_eval_numbers(run), **extra.pop("eval", {})},
             }
+            record.update(extra)
             with atomic_dir(self.versions_dir / str(n), kind=VERSION_KIND, replace=False) as tmp:
                 write_json_atomic(tmp / "version.json", record)
             self._record(action="register", version=n, run=record["run"], reason=reason)
@@ -222,6 +258,15 @@ class Registry:
             pointer = {"version": stack[-1], "stack": stack, "time": _now(), "reason": reason}
             write_json_atomic(self.pointer, pointer)
         return pointer
+
+
+def _lock_holder(fd: int) -> str:
+    """ " (a retrain, pid 12, since ...)" from the lock file, or "" when it says nothing readable."""
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return f" ({data['holder']}, pid {int(data['pid'])}, since {data['since']})"
+    except (ValueError, KeyError, TypeError, OSError):
+        return ""
 
 
 def registries(root: Path) -> list[Registry]:

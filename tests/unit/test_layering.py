@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tuneforge"
-STAGES = ["data", "models", "train", "evaluation", "export", "serve", "monitor"]
+STAGES = ["data", "models", "train", "evaluation", "export", "serve", "monitor", "retrain"]
 SHARED = {"config", "artifacts", "errors", "builtin", "registry", "__init__"}
 
 

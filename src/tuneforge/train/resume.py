@@ -27,6 +27,7 @@ RESUMABLE_CHANGES = (
     "serve.",
     "tune.",
     "monitor",  # also the whole section, absent from the config.yaml of runs made before it existed
+    "retrain",
 )
 DATA_FINGERPRINT = "dataset fingerprint"
 

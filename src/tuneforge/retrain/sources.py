@@ -1,0 +1,251 @@
+"""What a challenger learns from: the champion's prepared splits (test split frozen) and the new raw files.
+
+Everything goes through `prepare` once, as one raw JSON Lines source whose `tuneforge_split` column keeps
+every champion row in the split it had (data.split_column): the champion's test rows stay the test split, so
+prepare's leakage check drops any new row that duplicates one of them, and its deduplication keeps the test
+copy of a duplicate (the higher split wins). New rows all go to train. Columns are renamed to the record
+fields here; validating, cleaning and counting the rows is prepare's job, not this module's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.artifacts import SPLITS, DatasetDir, RunDir, atomic_file
+from tuneforge.config import DataConfig, RunConfig
+from tuneforge.data.records import FIELDS, OPTIONAL, config_key
+from tuneforge.data.sources import read_rows
+from tuneforge.errors import TuneforgeError
+from tuneforge.registry import Registry, registries
+
+SPLIT_COLUMN = "tuneforge_split"
+ORIGIN_COLUMN = "tuneforge_origin"  # where a row came from; rejected.jsonl shows it beside a dropped row
+GROUP = "group"  # the field a prepared record keeps its data.group_column value in
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The registry's champion: its version record, its run, and the dataset that run trained on."""
+
+    version: dict[str, Any]
+    run: RunDir
+    dataset: DatasetDir
+
+    @property
+    def number(self) -> int:
+        return int(self.version["version"])
+
+
+def champion_of(reg: Registry) -> Champion:
+    """The champion with its run and dataset, each missing piece one clear error."""
+    if not reg.exists():
+        known = ", ".join(r.name for r in registries(reg.path.parent)) or "none"
+        raise TuneforgeError(
+            f"there is no registry {reg.name!r} in {reg.path.parent} (registries there: {known})",
+            fix="name an existing registry with --registry (and --root), or register a run first: "
+            f"tuneforge registry register {reg.name} RUN",
+        )
+    if not reg.versions():
+        raise TuneforgeError(
+            f"registry {reg.name!r} has no versions: there is no champion to retrain",
+            where=str(reg.path),
+            fix=f"register and promote a run first: tuneforge registry register {reg.name} RUN, "
+            f"then tuneforge registry promote {reg.name} 1 --reason ...",
+        )
+    pointer = reg.champion()  # a corrupt pointer is its own error (registry.py)
+    if pointer is None:
+        raise TuneforgeError(
+            f"registry {reg.name!r} has no champion: no version was ever promoted",
+            where=str(reg.pointer),
+            fix=f"promote the version to retrain from: tuneforge registry promote {reg.name} N --reason ...",
+        )
+    version = reg.version(pointer["version"])
+    path = Path(version["run"])
+    if not RunDir.is_run(path):
+        raise TuneforgeError(
+            f"the champion's run {path} (version {version['version']} of {reg.name!r}) is missing",
+            fix="restore the run directory, or promote a version whose run still exists",
+        )
+    run = RunDir(path)
+    recorded = (run.manifest.get("dataset") or {}).get("path")
+    if not recorded or not DatasetDir.is_dataset(Path(recorded)):
+        raise TuneforgeError(
+            f"the dataset the champion's run {path} trained on ({recorded}) is missing",
+            fix="restore the prepared dataset: its test split is the frozen test set of every retrain",
+        )
+    dataset = DatasetDir(Path(recorded))
+    run.check_split_files(dataset)  # the very splits the champion trained and was tested on
+    return Champion(version, run, dataset)
+
+
+def split_fingerprint(path: Path) -> str:
+    """sha256 of a split's records in sorted order: the same rows give the same value, in any file order.
+
+    prepare writes each record as one JSON line, the same bytes for the same record, so sorted lines compare
+    record sets without parsing them (each retrain's prepare shuffles the test rows anew).
+    """
+    h = hashlib.sha256()
+    for line in sorted(path.read_bytes().splitlines()):
+        h.update(line + b"\n")
+    return h.hexdigest()
+
+
+@dataclass
+class SourceCount:
+    """One input of the new dataset and its rows, as read (before cleaning, dedup and the leakage check)."""
+
+    name: str
+    split: str
+    rows: int
+
+
+@dataclass
+class Plan:
+    """What the challenger would learn from: the champion's splits and the new files, as read."""
+
+    champion: Champion
+    format: str
+    sources: list[SourceCount] = field(default_factory=list)
+    frozen_test: str = ""
+    """split_fingerprint of the champion's test split."""
+
+
+def _record_columns(fmt: str) -> dict[str, str]:
+    """data.*_column settings that read prepared records back: each field's column is its own name."""
+    return {config_key(f): f for f in FIELDS[fmt] if config_key(f) in DataConfig.model_fields}
+
+
+def _champion_rows(champion: Champion) -> Iterator[tuple[str, dict[str, Any]]]:
+    for split in SPLITS:
+        path = champion.dataset.split_path(split)
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                yield (
+                    split,
+                    {
+                        **json.loads(line),
+                        SPLIT_COLUMN: split,
+                        ORIGIN_COLUMN: f"champion v{champion.number} {path.name}:{i}",
+                    },
+                )
+
+
+def _new_rows(location: str, cfg: DataConfig, fmt: str) -> Iterator[dict[str, Any]]:
+    """The rows of one retrain.data source, their columns renamed to the record fields of `fmt`."""
+    from tuneforge.data.records import resolve_columns
+
+    read_cfg = cfg.model_copy(update={"path": location, "format": fmt, "split_column": None, "source": None})
+    mapping: dict[str, str] | None = None
+    for row in read_rows(location, read_cfg):
+        if row.problem:
+            raise TuneforgeError(
+                f"{row.problem[1]} ({row.problem[0]})",
+                where=f"retrain.data: {row.where}",
+                fix="fix the row, or leave the file out of retrain.data",
+            )
+        if mapping is None:
+            mapping = resolve_columns(list(row.fields), fmt, read_cfg)
+            need = [c for f, c in mapping.items() if f not in OPTIONAL]
+            if not all(c in row.fields for c in need):
+                raise TuneforgeError(
+                    f"{location} has the columns {list(row.fields)}; the champion's {fmt} data needs "
+                    f"{', '.join(need)}",
+                    where="retrain.data",
+                    fix="name its columns with data.*_column (e.g. data.text_column), or export it as "
+                    f"{fmt} data",
+                )
+        out = {f: row.fields[c] for f, c in mapping.items() if c in row.fields}
+        if cfg.group_column is not None and cfg.group_column in row.fields:
+            out[GROUP] = row.fields[cfg.group_column]
+        out[SPLIT_COLUMN] = "train"
+        out[ORIGIN_COLUMN] = row.where
+        yield out
+
+
+def _all_rows(plan: Plan, cfg: RunConfig) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(source name, split, row) of every input row, champion's first."""
+    name = f"champion v{plan.champion.number}"
+    for split, row in _champion_rows(plan.champion):
+        yield name, split, row
+    for location in cfg.retrain.data:
+        for row in _new_rows(location, cfg.data, plan.format):
+            yield location, "train", row
+
+
+def plan_sources(champion: Champion, cfg: RunConfig) -> Plan:
+    """Count what the challenger would learn from (reading every input once, writing nothing)."""
+    for location in cfg.retrain.data:
+        if not Path(location).exists():
+            raise TuneforgeError(
+                f"{location} does not exist", where="retrain.data", fix="name files or folders that exist"
+            )
+    plan = Plan(champion, champion.dataset.format)
+    plan.frozen_test = split_fingerprint(champion.dataset.split_path("test"))
+    counts: dict[tuple[str, str], int] = {}
+    for name, split, _ in _all_rows(plan, cfg):
+        counts[(name, split)] = counts.get((name, split), 0) + 1
+    plan.sources = [SourceCount(name, split, n) for (name, split), n in counts.items()]
+    return plan
+
+
+def write_sources(plan: Plan, cfg: RunConfig, out: Path) -> int:
+    """Write every input row into one JSON Lines file (atomically); returns its number of rows."""
+    n = 0
+    with atomic_file(out, "w") as f:
+        for _, _, row in _all_rows(plan, cfg):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def _has_groups(dataset: DatasetDir) -> bool:
+    """Whether the records carry a group (the champion was prepared with a data.group_column)."""
+    with open(dataset.split_path("train"), encoding="utf-8") as f:
+        first = f.readline()
+    return bool(first) and GROUP in json.loads(first)
+
+
+def data_config(plan: Plan, cfg: RunConfig, source: Path, output_dir: Path) -> DataConfig:
+    """The data section that prepares `source`: the config's cleaning and limits, the record columns.
+
+    A classifier's label set is the champion's: a challenger with another head could not be compared.
+    """
+    columns = {config_key(f): None for fields in FIELDS.values() for f in fields}
+    columns = {k: v for k, v in columns.items() if k in DataConfig.model_fields}
+    labels = plan.champion.dataset.labels if plan.format == "classification" else cfg.data.labels
+    return cfg.data.model_copy(
+        update={
+            **columns,
+            **_record_columns(plan.format),
+            "path": str(source),
+            "output_dir": str(output_dir),
+            "source": "jsonl",
+            "format": plan.format,
+            "split_column": SPLIT_COLUMN,
+            "group_column": GROUP if _has_groups(plan.champion.dataset) else None,
+            "labels": labels or None,
+            "max_rows": None,
+        }
+    )
+
+
+def check_frozen_test(plan: Plan, dataset: DatasetDir) -> None:
+    """The new dataset's test split must hold exactly the champion's test rows (prepare could drop one)."""
+    old = sorted(plan.champion.dataset.split_path("test").read_bytes().splitlines())
+    new = sorted(dataset.split_path("test").read_bytes().splitlines())
+    if old == new:
+        return
+    lost, added = len(set(old) - set(new)), len(set(new) - set(old))
+    raise TuneforgeError(
+        f"preparing the new data changed the champion's frozen test split ({lost} of its {len(old)} rows "
+        f"lost, {added} changed or added): champion and challenger would not be tested on the same rows",
+        where=str(dataset.path),
+        fix="see the dataset's report and rejected.jsonl: a new row giving a test text another label is a "
+        "label conflict (set data.label_conflicts: keep to keep the test copy), a cleaning step that "
+        "changes cleaned text again (e.g. data.clean.strip_html) must match the champion's",
+    )

@@ -24,12 +24,12 @@ import sqlalchemy as sa
 
 from tuneforge.artifacts import atomic_dir, write_json_atomic
 from tuneforge.errors import TuneforgeError
-from tuneforge.monitor.log import log_label, utc, window_rows
-from tuneforge.serve.store import database_url, feedback_table, requests_table
+from tuneforge.monitor.log import ID_CHUNK, in_chunks, log_label, requests_by_id, utc, window_rows
+from tuneforge.serve.store import database_url, feedback_table
 
 KIND = "tuneforge.feedback-export"
-PAGE = 500
-"""Feedback rows per query (their requests are then fetched by id: SQLite allows 999 values in an IN list)."""
+PAGE = ID_CHUNK
+"""Feedback rows per query (their requests are then fetched by id, one IN list per page)."""
 FILES = {"classify": "classify.jsonl", "chat": "chat.jsonl", "completion": "completion.jsonl"}
 """Endpoint → the raw data file its examples go to (one record format per file)."""
 
@@ -174,8 +174,9 @@ def _examples(engine: sa.Engine, result: Export, page: int) -> Iterator[tuple[st
     have = {c["name"] for c in sa.inspect(engine).get_columns("feedback")}
     cols = ["request_id", "rating"] + (["correction"] if "correction" in have else [])  # an older log
     rows = window_rows(engine, feedback_table, result.since, result.until, cols, page=page)
-    for chunk in _chunks(rows, page):
-        requests = _requests(engine, [r["request_id"] for r in chunk])
+    for chunk in in_chunks(rows, min(page, ID_CHUNK)):
+        columns = ["endpoint", "status", "prompt", "response"]
+        requests = requests_by_id(engine, [r["request_id"] for r in chunk], columns)
         for fb in chunk:
             result.feedback_rows += 1
             req = requests.get(fb["request_id"])
@@ -194,26 +195,6 @@ def _examples(engine: sa.Engine, result: Export, page: int) -> Iterator[tuple[st
                 continue
             for example in examples:
                 yield req["endpoint"], example
-
-
-def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _requests(engine: sa.Engine, ids: list[str]) -> dict[str, dict[str, Any]]:
-    t = requests_table
-    query = sa.select(t.c.id, t.c.endpoint, t.c.status, t.c.prompt, t.c.response).where(
-        t.c.id.in_(sorted(set(ids)))
-    )
-    with engine.connect() as conn:
-        return {r["id"]: dict(r) for r in conn.execute(query).mappings()}
 
 
 def _json(text: str | None) -> Any:

@@ -1,4 +1,4 @@
-"""`feedback export`: corrections in the log → raw data files (by window, in SQL pages), never over others'."""
+"""`feedback export`: log corrections → raw data files (by window, in SQL pages), never over others' files."""
 
 from __future__ import annotations
 

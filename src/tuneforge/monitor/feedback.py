@@ -93,7 +93,7 @@ def resolve_log(deployment_or_log: str) -> str:
         raise TuneforgeError(
             f"the request log {path} does not exist",
             where="DEPLOYMENT_OR_LOG",
-            fix="pass the serve config or run the server used, or its serve.log_db file or URL "
+            fix="pass the serve config or run dir the server used, or its serve.log_db file or URL "
             "(a relative serve.log_db is relative to the folder the server was started in)",
         )
     return str(path)

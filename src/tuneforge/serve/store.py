@@ -189,7 +189,8 @@ class RequestLog:
         row.setdefault("time", datetime.now(UTC))
         if row.get("comment") is not None:
             row["comment"] = self.redact(row["comment"])
-        row.setdefault("correction", None)  # a new rating without a correction clears the earlier one
+        for field in ("rating", "comment", "correction"):  # a replacement replaces all: none is kept
+            row.setdefault(field, None)
         self._put(feedback_table, row)
 
     def _put(self, table: sa.Table, row: dict[str, Any]) -> bool:
@@ -348,6 +349,8 @@ def create_tables(engine: sa.Engine) -> None:
                     newer.c.id > f.c.id,
                 )
                 conn.execute(f.delete().where(shadowed))
+                for index in feedback_table.indexes:  # create_all leaves an existing table's indexes alone
+                    index.create(conn, checkfirst=True)
     metadata.create_all(engine)
 
 

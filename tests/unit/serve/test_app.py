@@ -209,21 +209,22 @@ def test_a_correction_must_fit_the_request_it_rates(served: dict[str, Any]) -> N
         body = {"request_id": request_id, "rating": -1, "correction": correction}
         return client.post("/v1/feedback", json=body, headers=alice)
 
-    refused = {
-        (one, "maybe"): "correction: 'maybe' is not one of the model's labels: 'no', 'yes'",
-        (one, 1): "correction: 1.0 is not one of the model's labels: 'no', 'yes'",
-        (one, ["no", "yes"]): "correction: the request classified 1 inputs; send one correction per input",
-        (two, "no"): "correction: the request classified 2 inputs; send a list with one item per input",
-        (two, [None, None]): "correction: the list corrects nothing (every item is null)",
+    refused = [
+        (one, "maybe", "correction: 'maybe' is not one of the model's labels: 'no', 'yes'"),
+        (one, 1, "correction: 1.0 is not one of the model's labels: 'no', 'yes'"),
+        (one, ["no", "yes"], "correction: the request classified 1 inputs; send one correction per input"),
+        (two, "no", "correction: the request classified 2 inputs; send a list with one item per input"),
+        (two, [None, None], "correction: the list corrects nothing (every item is null)"),
         (
             value,
             "3.5",
-        ): "correction: the model predicts a number, so a corrected value is a number, not '3.5'",
-        (chat_id, 2): "correction: a corrected answer is its text (a non-empty string)",
-        (chat_id, ["a"]): "correction: a corrected answer is its text (a non-empty string)",
-        (chat_id, " "): "correction: a corrected answer is its text (a non-empty string)",
-    }
-    for (rid, correction), message in refused.items():
+            "correction: the model predicts a number, so a corrected value is a number, not '3.5'",
+        ),
+        (chat_id, 2, "correction: a corrected answer is its text (a non-empty string)"),
+        (chat_id, ["a"], "correction: a corrected answer is its text (a non-empty string)"),
+        (chat_id, " ", "correction: a corrected answer is its text (a non-empty string)"),
+    ]
+    for rid, correction, message in refused:
         r = correct(rid, correction)
         assert r.status_code == 422 and r.json()["error"]["message"] == message, (correction, r.text)
         assert r.json()["error"]["code"] == "invalid_correction"

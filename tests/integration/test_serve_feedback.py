@@ -33,14 +33,14 @@ model:
 
 
 def _runs(root: Path, tiny_llama: Path) -> dict[str, Path]:
-    """A classification head and a chat adapter on the tiny Llama (3 steps each)."""
+    """A classification head on the tiny Llama (3 steps); the Llama itself is served as is for chat."""
     from tuneforge.config import load_config
     from tuneforge.data import prepare_dataset
     from tuneforge.train import train
 
     write_csv(root / "data.csv", sentiment_rows(60))
     runs = {}
-    for name, task, lr, seed in [("sentiment", "classification", 0.01, 3), ("support", "causal-lm", 0.05, 1)]:
+    for name, task, lr, seed in [("sentiment", "classification", 0.01, 3)]:
         path = root / f"{name}.yaml"
         text = RUN_CONFIG.format(
             root=root, model=tiny_llama, task=task, name=name, lr=lr, seed=seed, dtype="auto"
@@ -75,7 +75,7 @@ def test_corrections_from_the_openai_client_are_exported_and_prepared(
     rita = made.stdout.strip().splitlines()[-1]
     (root / "serve.yaml").write_text(SERVE_CONFIG.format(root=root))
     server = Server(
-        root, str(runs["sentiment"]), str(runs["support"]), "--config", "serve.yaml", "--keys", str(keys.path)
+        root, str(runs["sentiment"]), str(tiny_llama), "--config", "serve.yaml", "--keys", str(keys.path)
     )
     try:
         as_alice, as_bob, as_rita = _client(server, alice), _client(server, bob), _client(server, rita)
@@ -86,7 +86,7 @@ def test_corrections_from_the_openai_client_are_exported_and_prepared(
         )
         cls_id = classified["id"]
         answer = as_alice.chat.completions.create(
-            model="support", messages=[{"role": "user", "content": "where is my parcel?"}], max_tokens=4
+            model="tiny-llama", messages=[{"role": "user", "content": "where is my parcel?"}], max_tokens=4
         )
 
         with pytest.raises(openai.UnprocessableEntityError) as outside:

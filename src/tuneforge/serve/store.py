@@ -328,6 +328,20 @@ def _open(url: str) -> sa.Engine:
 
 def create_tables(engine: sa.Engine) -> None:
     """The log's tables, and on a log an older tuneforge made, the columns and index added since."""
+    for attempt in range(3):
+        try:
+            _upgrade(engine)
+            metadata.create_all(engine)
+            return
+        except sa.exc.SQLAlchemyError:
+            # Replicas starting at once: one that lost a race (a table or column the other just created)
+            # finds the work done on another look.
+            if attempt == 2:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def _upgrade(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         old = set(sa.inspect(conn).get_table_names())
         if "feedback" in old:
@@ -351,7 +365,6 @@ def create_tables(engine: sa.Engine) -> None:
                 conn.execute(f.delete().where(shadowed))
                 for index in feedback_table.indexes:  # create_all leaves an existing table's indexes alone
                     index.create(conn, checkfirst=True)
-    metadata.create_all(engine)
 
 
 def _insert(conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> Any:

@@ -262,3 +262,26 @@ def test_an_older_sqlite_log_gains_the_correction_column_at_open(tmp_path: Path)
 def test_an_older_postgresql_log_gains_the_correction_column_at_open(postgres: str) -> None:
     _old_log(postgres)
     _check_upgraded(postgres)
+
+
+def test_replicas_opening_an_older_log_at_once_all_start(tmp_path: Path) -> None:
+    url = database_url(str(tmp_path / "old.sqlite"))
+    _old_log(url)
+    start, opened, failed = threading.Barrier(4), [], []
+
+    def open_log() -> None:
+        start.wait()
+        try:
+            opened.append(RequestLog(url))
+        except Exception as err:  # the upgrade race lost: the test shows which
+            failed.append(err)
+
+    threads = [threading.Thread(target=open_log) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for log in opened:
+        log.close()
+    assert failed == [] and len(opened) == 4
+    _check_upgraded(url)

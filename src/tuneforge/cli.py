@@ -566,12 +566,17 @@ def _key_file(path: Path | None) -> Any:
 
 @keys_app.command("create")
 def keys_create(
-    name: Annotated[str, typer.Argument(help="Who the key is for.")], keys: KeysFile = None
+    name: Annotated[str, typer.Argument(help="Who the key is for.")],
+    keys: KeysFile = None,
+    reviewer: Annotated[
+        bool, typer.Option("--reviewer", help="May rate and correct any request, not only its own.")
+    ] = False,
 ) -> None:
     """A new API key; the key is printed once and only its hash is stored."""
     file = _key_file(keys)
-    plain = file.create(name)
-    err_console.print(f"key {name!r} created in {file.path}; it is shown once, store it now:")
+    plain = file.create(name, reviewer=reviewer)
+    role = " (reviewer: may give feedback on any request)" if reviewer else ""
+    err_console.print(f"key {name!r}{role} created in {file.path}; it is shown once, store it now:")
     print(plain)
 
 
@@ -579,10 +584,10 @@ def keys_create(
 def keys_list(keys: KeysFile = None) -> None:
     """Names, creation times and revocations (never the keys)."""
     table = Table()
-    for col in ("name", "created", "revoked"):
+    for col in ("name", "created", "revoked", "reviewer"):
         table.add_column(col)
     for k in _key_file(keys).load():
-        table.add_row(k.name, k.created, k.revoked or "")
+        table.add_row(k.name, k.created, k.revoked or "", "yes" if k.reviewer else "")
     console.print(table)
 
 
@@ -684,6 +689,64 @@ def _monitor_config(run_dir: Path, config: Path | None, overrides: list[str] | N
     source = config if config is not None else RunDir.open(run_dir).config_path
     cfg, _ = load_config(source, overrides)
     return cfg.monitor
+
+
+feedback_app = typer.Typer(
+    help="Feedback in the request log: export corrections as raw data.", no_args_is_help=True
+)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    deployment_or_log: Annotated[
+        str,
+        typer.Argument(
+            help="The serve config or run dir whose serve.log_db names the log, or the log (file or URL)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The folder to write (new, or an earlier export).")],
+    since: Annotated[str | None, typer.Option(help="Feedback from this time on, ISO 8601 in UTC.")] = None,
+    until: Annotated[str | None, typer.Option(help="Feedback before this time (default: now).")] = None,
+    min_rating: Annotated[
+        int,
+        typer.Option(help="With --include-good: the lowest rating that counts as good (4 on a 1-5 scale)."),
+    ] = 1,
+    include_good: Annotated[
+        bool, typer.Option("--include-good", help="Also take answers rated good (as they were given).")
+    ] = False,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Add split=NAME to every row (to prepare it beside a frozen test split)."),
+    ] = None,
+) -> None:
+    """Corrections given with feedback (and good answers) → raw data files for `tuneforge prepare`."""
+    from datetime import UTC, datetime
+
+    from tuneforge.monitor.feedback import export_feedback
+    from tuneforge.monitor.window import parse_time
+
+    if split is not None and split not in ("train", "validation", "test"):
+        raise TuneforgeError(
+            f"{split!r} is not a split", where="--split", fix="use train, validation or test"
+        )
+    start = parse_time(since, "--since") if since else datetime(1970, 1, 1, tzinfo=UTC)
+    end = parse_time(until, "--until") if until else datetime.now(UTC)
+    if not start < end:
+        raise TuneforgeError("the window ends before it starts", where="--since/--until", fix="swap them")
+    result = export_feedback(
+        deployment_or_log, out, start, end, min_rating=min_rating, include_good=include_good, split=split
+    )
+    for name, n in sorted(result.counts.items()):
+        console.print(f"{n} examples -> {out / name}", highlight=False, soft_wrap=True)
+    skipped = ", ".join(f"{k}: {v}" for k, v in sorted(result.skipped.items()))
+    console.print(
+        f"{result.feedback_rows} feedback rows read; skipped: {skipped or 'none'}; see {out / 'export.json'}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if not result.counts:
+        console.print("no corrections in this window: nothing to prepare", highlight=False)
 
 
 registry_app = typer.Typer(

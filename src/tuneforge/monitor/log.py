@@ -25,6 +25,8 @@ from tuneforge.serve.store import database_url, feedback_table, requests_table
 
 PAGE = 2000
 """Rows fetched per query."""
+ID_CHUNK = 500
+"""Ids looked up in one IN list (older SQLite allows 999 bound values in a statement)."""
 ANSWERED = ("chat", "completion", "classify")
 """Endpoints whose requests carry an input to compare with the training data."""
 
@@ -105,6 +107,10 @@ class Traffic:
     per_day: dict[str, Counter[str]] = field(default_factory=dict)
     ratings: dict[str, list[int]] = field(default_factory=dict)
     feedback: int = 0
+    rated_labels: int = 0
+    """Feedback rows on classify answers (accuracy on corrected labels: 1 - corrected / rated)."""
+    corrected_labels: int = 0
+    """Those of them that carry a correction."""
 
 
 def _day(t: datetime) -> str:
@@ -194,11 +200,7 @@ def read_traffic(
         for row in window_rows(engine, requests_table, since, until, cols, where=where, page=page):
             _add_request(traffic, row)
         if sa.inspect(engine).has_table(feedback_table.name):
-            for row in window_rows(engine, feedback_table, since, until, ["rating"], page=page):
-                traffic.feedback += 1
-                traffic.per_day.setdefault(_day(row["time"]), Counter())["feedback"] += 1
-                if row["rating"]:
-                    traffic.ratings.setdefault(_day(row["time"]), []).append(int(row["rating"]))
+            _add_feedback(traffic, engine, page)
     except sa.exc.OperationalError as err:
         raise TuneforgeError(
             f"cannot read the request log {log_label(log)!r}: {str(err.orig).strip()}",
@@ -208,6 +210,42 @@ def read_traffic(
     finally:
         engine.dispose()
     return traffic
+
+
+def _add_feedback(traffic: Traffic, engine: sa.Engine, page: int) -> None:
+    have = {c["name"] for c in sa.inspect(engine).get_columns(feedback_table.name)}
+    cols = ["rating", "request_id"] + (["correction"] if "correction" in have else [])  # an older log
+    rows = window_rows(engine, feedback_table, traffic.since, traffic.until, cols, page=page)
+    for chunk in in_chunks(rows, ID_CHUNK):
+        endpoints = requests_by_id(engine, [r["request_id"] for r in chunk], ["endpoint"])
+        for row in chunk:
+            traffic.feedback += 1
+            traffic.per_day.setdefault(_day(row["time"]), Counter())["feedback"] += 1
+            if row["rating"]:
+                traffic.ratings.setdefault(_day(row["time"]), []).append(int(row["rating"]))
+            if endpoints.get(row["request_id"], {}).get("endpoint") == "classify":
+                traffic.rated_labels += 1
+                traffic.corrected_labels += row.get("correction") is not None
+
+
+def in_chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """A stream of rows as lists of at most `size`."""
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def requests_by_id(engine: sa.Engine, ids: list[str], columns: list[str]) -> dict[str, dict[str, Any]]:
+    """The `requests` rows of these ids (at most ID_CHUNK of them: one bound value each), by id."""
+    t = requests_table
+    query = sa.select(t.c.id, *(t.c[c] for c in columns)).where(t.c.id.in_(sorted(set(ids))))
+    with engine.connect() as conn:
+        return {r["id"]: dict(r) for r in conn.execute(query).mappings()}
 
 
 def _add_request(traffic: Traffic, row: dict[str, Any]) -> None:

@@ -188,6 +188,10 @@ def service_blocks(s: dict[str, Any]) -> list[Any]:
                     ["status codes", ", ".join(f"{k}: {v}" for k, v in s["statuses"].items())],
                     ["feedback", s["feedback"]],
                     ["mean rating", num(s["mean_rating"])],
+                    [
+                        "accuracy on corrected labels (rated classify answers needing no correction)",
+                        f"{_pct(s['accuracy_on_corrected_labels'])} (n = {s['rated_labels']})",
+                    ],
                 ],
             ),
         ),

@@ -182,6 +182,12 @@ def service_section(traffic: Traffic) -> dict[str, Any]:
         "p95_latency_ms": summary([x for v in traffic.latency_ms.values() for x in v])["p95"],
         "feedback": traffic.feedback,
         "mean_rating": float(np.mean(all_ratings)) if all_ratings else None,
+        "rated_labels": traffic.rated_labels,
+        "corrected_labels": traffic.corrected_labels,
+        # Rated classify answers that needed no correction: the live accuracy the raters saw.
+        "accuracy_on_corrected_labels": 1 - traffic.corrected_labels / traffic.rated_labels
+        if traffic.rated_labels
+        else None,
         "per_day": days,
     }
 

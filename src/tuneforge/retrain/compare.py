@@ -1,8 +1,8 @@
 """Champion vs challenger on the frozen test split: the evaluation stage's paired test, and the decision.
 
-Both models go through `evaluate_model` with the same records and settings, and `summarize` pairs them
-exactly as `evaluate --compare-base` pairs tuned and base (the challenger in the tuned seat), so a retrain's
-numbers, intervals and p-values mean what an evaluation's mean.
+Both models go through `evaluate_model` with the same records and settings, and `intervals_and_tests`
+pairs them exactly as `evaluate --compare-base` pairs tuned and base (the challenger in the tuned seat), so a
+retrain's numbers, intervals and p-values mean what an evaluation's mean.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from typing import Any
 from tuneforge.artifacts import DatasetDir, RunDir
 from tuneforge.config import RunConfig
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.report_eval import headline_metric
-from tuneforge.evaluation.stats import LOWER_IS_BETTER, NEITHER, sig, verdict
-from tuneforge.evaluation.summary import clean, summarize
+from tuneforge.evaluation.evals import clean
+from tuneforge.evaluation.intervals import intervals_and_tests
+from tuneforge.evaluation.metric_table import better
+from tuneforge.evaluation.report.evaluation import headline_metric
+from tuneforge.evaluation.stats import sig, verdict
 
 NAMES = ("challenger", "champion")
 
@@ -73,7 +75,7 @@ def evaluate_pair(
     for side, run in (("champion", champion), ("challenger", challenger)):
         own = run_config(run).model_copy(update={"eval": cfg.eval})
         evals[side] = _model_eval(run, own, records, fmt, labels)
-    summary = summarize(cfg, fmt, labels, records, evals["challenger"], evals["champion"], {}, {})
+    summary = intervals_and_tests(cfg, fmt, labels, records, evals["challenger"], evals["champion"])
     return clean(
         {
             "n": len(records),
@@ -103,7 +105,7 @@ def decide(result: dict[str, Any], cfg: RunConfig) -> Decision:
         raise TuneforgeError(
             "the evaluation has no headline metric to decide by", where="retrain.metric", fix="set one"
         )
-    if metric in NEITHER:
+    if better(metric) == "near 1":
         raise TuneforgeError(
             f"{metric} has no better direction: it cannot decide a promotion",
             where="retrain.metric",
@@ -121,7 +123,7 @@ def decide(result: dict[str, Any], cfg: RunConfig) -> Decision:
     test["verdict"] = verdict(metric, test, alpha=r.alpha, names=NAMES)
     champ, chal = result["champion"].get(metric), result["challenger"].get(metric)
     diff = test.get("diff")
-    lower = metric in LOWER_IS_BETTER
+    lower = better(metric) == "lower"
     gain = None if diff is None or not math.isfinite(diff) else (-diff if lower else diff)
     p = test.get("p_value", 1.0)
     shown = f"{metric} {_shown(chal)} (challenger) vs {_shown(champ)} (champion)"

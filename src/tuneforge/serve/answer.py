@@ -206,7 +206,8 @@ async def answer(
         rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         run = Answer(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
         if state.log is not None:
-            state.log.remember(rid, key)  # a stream shows its id (for feedback) before its row is logged
+            # A stream shows its id (for feedback) before its row is logged.
+            state.log.remember(rid, key, endpoint, body.model)
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
             stream = run.sse(prompt, settings, usage, place.pass_on())

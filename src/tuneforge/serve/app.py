@@ -34,7 +34,7 @@ from tuneforge.serve.protocol import (
 )
 from tuneforge.serve.recorder import Outcome, record, record_refusal, since_ms
 from tuneforge.serve.state import AppState
-from tuneforge.serve.validation import answer_id, may_give_feedback
+from tuneforge.serve.validation import answer_id, correction_problem, may_give_feedback
 
 
 def caller(request: Request) -> str:
@@ -197,7 +197,11 @@ def create_app(state: AppState) -> Any:
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, key: Caller) -> dict[str, Any]:
-        """Feedback on one's own answers, once each: what a key may store is bounded by what it may ask."""
+        """Feedback (and a correction) on one's own answers, or any answer for a reviewer key.
+
+        A key rating a request again replaces its earlier feedback: what a key may store is bounded by what
+        it may ask (one row per request and key).
+        """
         log = state.log
         if log is None:
             return StatusResponse(status="logging is off").model_dump()
@@ -207,30 +211,37 @@ def create_app(state: AppState) -> Any:
             found = await asyncio.to_thread(log.find_request, body.request_id)
             if found is None:
                 raise unreadable
-            if not found[0] or not answer_id(body.request_id):
+            seen = found[1]
+            if seen is None or not answer_id(body.request_id):
                 raise APIError(
                     404,
                     f"no request with id {body.request_id!r} was logged by this deployment",
                     code="request_not_found",
                 )
-            if not may_give_feedback(key, found[1]):
+            if not may_give_feedback(key, seen.key_name, reviewer=key in state.keys.reviewers):
                 raise APIError(
                     403,
                     f"request {body.request_id!r} was made with another API key; feedback comes from the key "
-                    "that asked",
+                    "that asked, or a reviewer key",
                     code="not_your_request",
                 )
-            claimed = await asyncio.to_thread(log.claim_feedback, body.request_id, key)
-            if claimed is None:
-                raise unreadable
-            if not claimed:
-                raise APIError(
-                    409,
-                    f"feedback on request {body.request_id!r} was already recorded for this key",
-                    code="feedback_exists",
-                )
+            correction = None
+            if body.correction is not None:
+                served = state.engine.models.get(seen.model or "")
+                labels = None if served is None or served.kind != "classify" else served.labels
+                problem = correction_problem(body.correction, seen.endpoint, labels, seen.inputs)
+                if problem is not None:
+                    raise APIError(422, problem, code="invalid_correction")
+                answer_text = isinstance(body.correction, str) and seen.endpoint != "classify"
+                # A corrected answer is text like the answer it replaces: the log's redaction applies.
+                fixed = log.redact(body.correction) if answer_text else body.correction  # type: ignore[arg-type]
+                correction = json.dumps(fixed, ensure_ascii=False)
             log.log_feedback(
-                request_id=body.request_id, key_name=key, rating=body.rating, comment=body.comment
+                request_id=body.request_id,
+                key_name=key,
+                rating=body.rating,
+                comment=body.comment,
+                correction=correction,
             )
         return StatusResponse(status="recorded").model_dump()
 

@@ -32,6 +32,8 @@ class ApiKey:
     sha256: str
     created: str
     revoked: str | None = None
+    reviewer: bool = False
+    """May give feedback on any request, not only its own (a files written before this field: False)."""
 
 
 def _hash(plain: str) -> str:
@@ -80,9 +82,10 @@ class KeyFile:
     def _save(self, keys: list[ApiKey]) -> None:
         with atomic_file(self.path, "w") as f:
             os.fchmod(f.fileno(), 0o600)  # hashes only, but nobody else needs to read them, not even briefly
-            f.write(json.dumps({"keys": [asdict(k) for k in keys]}, indent=2, ensure_ascii=False) + "\n")
+            rows = [_row(k) for k in keys]
+            f.write(json.dumps({"keys": rows}, indent=2, ensure_ascii=False) + "\n")
 
-    def create(self, name: str) -> str:
+    def create(self, name: str, *, reviewer: bool = False) -> str:
         """A new key named `name`; returns the plain key (it is not stored and cannot be shown again)."""
         _check_name(name, self.path)
         plain = PREFIX + secrets.token_urlsafe(32)
@@ -95,7 +98,8 @@ class KeyFile:
                     where=str(self.path),
                     fix="choose another name, or revoke the old key first: tuneforge keys revoke NAME",
                 )
-            keys.append(ApiKey(name, digest, datetime.now(UTC).isoformat(timespec="seconds")))
+            created = datetime.now(UTC).isoformat(timespec="seconds")
+            keys.append(ApiKey(name, digest, created, reviewer=reviewer))
             self._save(keys)
             # Read back: a key is shown only once it is on disk (a key shown but lost would fail silently).
             if not any(k.sha256 == digest and k.revoked is None for k in self.load()):
@@ -114,6 +118,14 @@ class KeyFile:
             for k in active:
                 k.revoked = datetime.now(UTC).isoformat(timespec="seconds")
             self._save(keys)
+
+
+def _row(key: ApiKey) -> dict[str, object]:
+    """A key as stored: `reviewer` only where set (older versions read a file without reviewers)."""
+    row = asdict(key)
+    if not key.reviewer:
+        del row["reviewer"]
+    return row
 
 
 def _check_name(name: str, path: Path) -> None:
@@ -142,6 +154,7 @@ class KeyChecker:
         keys = file.load()  # at start-up an unreadable file stops the server with one line
         self.stamp = _stamp(file.path)
         self.active = _active(keys)
+        self.reviewers = _reviewers(keys)
         self.required = bool(keys)  # a file whose keys are all revoked still locks the server
         self.problem: str | None = None
 
@@ -171,11 +184,13 @@ class KeyChecker:
             self._unusable(f"the keys file {path} cannot be read ({why})")
             return
         self.active = _active(keys)
+        self.reviewers = _reviewers(keys)
         self.required = self.required or bool(keys)  # never back to open: `{"keys": []}` locks everyone out
         self._set_problem(None)
 
     def _unusable(self, problem: str) -> None:
         self.active = {}
+        self.reviewers = set()
         self._set_problem(problem)
 
     def _set_problem(self, problem: str | None) -> None:
@@ -212,3 +227,8 @@ def _stamp(path: Path) -> tuple[int, int, int, int] | None:
 
 def _active(keys: list[ApiKey]) -> dict[str, str]:
     return {k.sha256: k.name for k in keys if k.revoked is None}
+
+
+def _reviewers(keys: list[ApiKey]) -> set[str]:
+    """Names of the active reviewer keys (a name is unique among active keys)."""
+    return {k.name for k in keys if k.revoked is None and k.reviewer}

@@ -60,11 +60,19 @@ class ClassifyRequest(BaseModel):
     input: Text | Annotated[list[Text], Field(min_length=1, max_length=64)]
 
 
+Correction = Annotated[Text, Field(max_length=10_000)] | Annotated[float, Field(allow_inf_nan=False)]
+
+
 class FeedbackRequest(BaseModel):
     request_id: Text = Field(min_length=1, max_length=64)
     rating: int = Field(ge=-1, le=5)
     """-1/1 for thumbs down/up, or a 1-5 scale; 0 for a comment without a rating."""
     comment: Text | None = Field(None, max_length=10_000)
+    correction: Correction | Annotated[list[Correction | None], Field(min_length=1, max_length=64)] | None = (
+        None
+    )
+    """The right answer (chat, completions: its text) or label / value (classify: one, or one per input,
+    null for an input that was right); checked against the request it rates."""
 
 
 # --- responses

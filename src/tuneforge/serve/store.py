@@ -9,6 +9,7 @@ replaced under the server, or writes that keep failing, set `problem` (the serve
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import sys
@@ -17,6 +18,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,24 @@ feedback_table = sa.Table(
     sa.Column("key_name", sa.String(200)),
     sa.Column("rating", sa.Integer),
     sa.Column("comment", sa.Text),
+    # The corrected answer (chat, completion) or label / value (classify), as JSON; None: none given.
+    sa.Column("correction", sa.Text),
+    # One row per (request, key): a key rating a request again replaces its row (an upsert on this index).
+    sa.Index("feedback_request_key", "request_id", "key_name", unique=True),
 )
+ADDED_COLUMNS = {"feedback": ["correction"]}
+"""Columns added since the first release: an older log gets them (ALTER TABLE) when it is opened."""
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """What feedback needs to know of a logged request: who asked, where, and how many inputs it had."""
+
+    key_name: str | None
+    endpoint: str | None = None
+    model: str | None = None
+    inputs: int | None = None
+    """Texts in a classify request (None: not known, e.g. the log keeps no text)."""
 
 
 def database_url(log_db: str) -> str:
@@ -104,32 +123,39 @@ class RequestLog:
         # Ids this process logged (or is streaming) with the key that asked, so feedback on an answer whose
         # row the writer has not yet written is accepted. Bounded well above the queue plus a write burst (and
         # answers still streaming): an id that has left this memory has also left the queue, so the
-        # database answers for it. Feedback given, by (request id, key), likewise.
-        self.recent: OrderedDict[str, str | None] = OrderedDict()
-        self.recent_feedback: OrderedDict[tuple[str, str | None], None] = OrderedDict()
+        # database answers for it.
+        self.recent: OrderedDict[str, LoggedRequest] = OrderedDict()
         self.recent_max = 2 * (max_queue + BURST)
         self.recent_lock = threading.Lock()
-        self.feedback_lock = threading.Lock()
         self.thread = threading.Thread(target=self._write_loop, name="request-log", daemon=True)
         self.thread.start()
 
     def log_request(self, **row: Any) -> None:
         """Queue one request row (never blocks: a full queue drops the row and counts it)."""
         row.setdefault("time", datetime.now(UTC))
+        inputs = classify_inputs(row.get("prompt")) if row.get("endpoint") == "classify" else None
         for field in ("prompt", "response"):
             if row.get(field) is not None:
                 row[field] = self.redact(row[field]) if self.keep_text else None
-        self.remember(row["id"], row.get("key_name"))
+        self.remember(row["id"], row.get("key_name"), row.get("endpoint"), row.get("model"), inputs)
         if not self._put(requests_table, row):
             with self.recent_lock:
                 self.recent.pop(row["id"], None)
 
-    def remember(self, request_id: str, key_name: str | None = None) -> None:
+    def remember(
+        self,
+        request_id: str,
+        key_name: str | None = None,
+        endpoint: str | None = None,
+        model: str | None = None,
+        inputs: int | None = None,
+    ) -> None:
         """Count an id as logged from now on (a streamed answer shows its id before its row is queued)."""
-        _remember(self.recent, request_id, key_name, self.recent_lock, self.recent_max)
+        seen = LoggedRequest(key_name, endpoint, model, inputs)
+        _remember(self.recent, request_id, seen, self.recent_lock, self.recent_max)
 
-    def find_request(self, request_id: str) -> tuple[bool, str | None] | None:
-        """(found, the name of the key that made it) for a request this process or the database logged.
+    def find_request(self, request_id: str) -> tuple[bool, LoggedRequest | None] | None:
+        """(found, who made it and where) for a request this process or the database logged.
 
         None when the database cannot be read. A row another replica still holds in its queue is not found.
         """
@@ -139,41 +165,32 @@ class RequestLog:
         t = requests_table
         try:
             with self.engine.connect() as conn:
-                found = conn.execute(sa.select(t.c.key_name).where(t.c.id == request_id)).first()
+                query = sa.select(t.c.key_name, t.c.endpoint, t.c.model, t.c.prompt).where(
+                    t.c.id == request_id
+                )
+                found = conn.execute(query).first()
         except sa.exc.SQLAlchemyError:
             return None
-        return (False, None) if found is None else (True, found.key_name)
+        if found is None:
+            return False, None
+        inputs = classify_inputs(found.prompt) if found.endpoint == "classify" else None
+        return True, LoggedRequest(found.key_name, found.endpoint, found.model, inputs)
 
     def has_request(self, request_id: str) -> bool | None:
         """Whether a request with this id was logged (None when the database cannot be read)."""
         found = self.find_request(request_id)
         return None if found is None else found[0]
 
-    def claim_feedback(self, request_id: str, key_name: str | None) -> bool | None:
-        """True (and remembered) unless this key already gave feedback on this request; None: unreadable.
+    def log_feedback(self, **row: Any) -> None:
+        """Queue one feedback row; it replaces the row this key gave on this request before, if any.
 
         One row per request and key bounds what one key can store by what it may ask (the per-key limits).
         """
-        pair = (request_id, key_name)
-        with self.feedback_lock:  # two concurrent calls for one pair: only the first gets True
-            with self.recent_lock:
-                if pair in self.recent_feedback:
-                    return False
-            t = feedback_table
-            try:
-                with self.engine.connect() as conn:
-                    query = sa.select(t.c.id).where(t.c.request_id == request_id, t.c.key_name == key_name)
-                    if conn.execute(query.limit(1)).first() is not None:
-                        return False
-            except sa.exc.SQLAlchemyError:
-                return None
-            _remember(self.recent_feedback, pair, None, self.recent_lock, self.recent_max)
-            return True
-
-    def log_feedback(self, **row: Any) -> None:
         row.setdefault("time", datetime.now(UTC))
         if row.get("comment") is not None:
             row["comment"] = self.redact(row["comment"])
+        for field in ("rating", "comment", "correction"):  # a replacement replaces all: none is kept
+            row.setdefault(field, None)
         self._put(feedback_table, row)
 
     def _put(self, table: sa.Table, row: dict[str, Any]) -> bool:
@@ -231,7 +248,7 @@ class RequestLog:
             try:
                 with self.engine.begin() as conn:
                     for table, row in batch:
-                        conn.execute(table.insert().values(**row))
+                        conn.execute(_insert(conn, table, row))
                 return True
             except sa.exc.OperationalError:  # a locked SQLite file or a dropped connection: retry briefly
                 time.sleep(0.2 * (attempt + 1))
@@ -268,7 +285,7 @@ class RequestLog:
                     "rows are not written until it is moved away"
                 )
                 return
-            metadata.create_all(self.engine)
+            create_tables(self.engine)
         except sa.exc.SQLAlchemyError as err:
             self._set_problem(f"the request log {self.sqlite_path} cannot be reopened ({_reason(err)})")
             return
@@ -298,7 +315,7 @@ def _open(url: str) -> sa.Engine:
     try:
         shown = sa.engine.make_url(url).render_as_string(hide_password=True)
         engine = sa.create_engine(url)
-        metadata.create_all(engine)
+        create_tables(engine)
     except (sa.exc.SQLAlchemyError, ImportError) as err:
         raise TuneforgeError(
             f"cannot open the request log {shown} ({_reason(err)})",
@@ -307,6 +324,74 @@ def _open(url: str) -> sa.Engine:
             "turn the log off with --set serve.log_db=null",
         ) from None
     return engine
+
+
+def create_tables(engine: sa.Engine) -> None:
+    """The log's tables, and on a log an older tuneforge made, the columns and index added since."""
+    for attempt in range(3):
+        try:
+            _upgrade(engine)
+            metadata.create_all(engine)
+            return
+        except sa.exc.SQLAlchemyError:
+            # Replicas starting at once: one that lost a race (a table or column the other just created)
+            # finds the work done on another look.
+            if attempt == 2:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def _upgrade(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        old = set(sa.inspect(conn).get_table_names())
+        if "feedback" in old:
+            have = {c["name"] for c in sa.inspect(conn).get_columns("feedback")}
+            for name in ADDED_COLUMNS["feedback"]:
+                if name not in have:
+                    column = feedback_table.c[name]
+                    kind = column.type.compile(dialect=conn.dialect)
+                    conn.execute(sa.text(f"ALTER TABLE feedback ADD COLUMN {name} {kind}"))
+            indexes = {i["name"] for i in sa.inspect(conn).get_indexes("feedback")}
+            if "feedback_request_key" not in indexes:
+                # Earlier versions kept the first rating of a pair (a race between replicas could keep two):
+                # the newest one is what the replace rule keeps, so older duplicates go before the index.
+                f = feedback_table
+                newer = f.alias("newer")
+                shadowed = sa.exists().where(
+                    newer.c.request_id == f.c.request_id,
+                    newer.c.key_name == f.c.key_name,
+                    newer.c.id > f.c.id,
+                )
+                conn.execute(f.delete().where(shadowed))
+                for index in feedback_table.indexes:  # create_all leaves an existing table's indexes alone
+                    index.create(conn, checkfirst=True)
+
+
+def _insert(conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> Any:
+    """An INSERT; for feedback an upsert on (request, key), so a second rating replaces the first in place."""
+    if table is not feedback_table:
+        return table.insert().values(**row)
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect_insert = sqlite.insert if name == "sqlite" else postgresql.insert
+        stmt = dialect_insert(table).values(**row)
+        changed = {k: stmt.excluded[k] for k in row if k not in ("id", "request_id", "key_name")}
+        return stmt.on_conflict_do_update(index_elements=["request_id", "key_name"], set_=changed)
+    # Other databases: the unique index refuses a second row; delete-then-insert in the burst's transaction.
+    f = feedback_table
+    conn.execute(f.delete().where(f.c.request_id == row["request_id"], f.c.key_name == row.get("key_name")))
+    return table.insert().values(**row)
+
+
+def classify_inputs(prompt: str | None) -> int | None:
+    """How many texts a logged classify request held (its prompt is their JSON list); None if unknown."""
+    try:
+        texts = json.loads(prompt) if prompt is not None else None
+    except ValueError:
+        return None
+    return len(texts) if isinstance(texts, list) else None
 
 
 def _tables(engine: sa.Engine) -> set[str]:

@@ -258,3 +258,26 @@ def test_a_chat_generator_gets_answer_length_empty_answers_and_finish_reasons(
     assert (t["test"], t["drift"]) == ("two-sample Kolmogorov-Smirnov", True)
     assert "answer_length_drift" in [a.metric for a in alerts] and "label_drift" not in result["tests"]
     assert result["input"]["prompt_tokens"]["live"]["n"] == 120  # the user's side: system and user turns
+
+
+def test_accuracy_on_corrected_labels_counts_rated_classify_answers(tmp_path: Path) -> None:
+    from tuneforge.monitor.report import service_blocks
+    from tuneforge.monitor.run import service_section
+
+    log = RequestLog(f"sqlite:///{tmp_path / 'log.sqlite'}")
+    for i in range(4):
+        log.log_request(id=f"c{i}", time=START, model="run", endpoint="classify", status=200, prompt='["x"]')
+    log.log_request(id="chat", time=START, model="run", endpoint="chat", status=200, prompt="[]")
+    for i, correction in enumerate(['"b"', None, None, None]):
+        log.log_feedback(request_id=f"c{i}", key_name="k", rating=1, time=START, correction=correction)
+    log.log_feedback(request_id="chat", key_name="k", rating=-1, time=START, correction='"better"')
+    log.close()
+    traffic = read_traffic(str(tmp_path / "log.sqlite"), DAY.since, DAY.until, page=2)
+    assert (traffic.feedback, traffic.rated_labels, traffic.corrected_labels) == (5, 4, 1)
+    section = service_section(traffic)
+    assert section["accuracy_on_corrected_labels"] == 0.75
+    rows = service_blocks(section)[0][1][1]
+    assert rows[-1] == [
+        "accuracy on corrected labels (rated classify answers needing no correction)",
+        "75.00% (n = 4)",
+    ]

@@ -33,6 +33,7 @@ class FakeEngine:
         self.models = {
             "echo": ServedModel("echo", "generate"),
             "heads": ServedModel("heads", "classify", labels=["no", "yes"]),
+            "score": ServedModel("score", "classify"),
         }
 
     def encode_chat(self, model: str, messages: list[dict[str, str]]) -> list[int]:
@@ -62,6 +63,8 @@ class FakeEngine:
         yield StepEvent(0, "b", 98, Generation([97, 98], "ab", "length", len(prompt), 2))
 
     async def classify(self, model: str, texts: list[str]) -> list[dict[str, float]]:
+        if model == "score":  # a regression head
+            return [{"value": 0.5} for _ in texts]
         return [{"no": 0.25, "yes": 0.75} for _ in texts]
 
     def close(self) -> None:
@@ -71,7 +74,7 @@ class FakeEngine:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
     keys = KeyFile(tmp_path / "keys.json")
-    alice, bob = keys.create("alice"), keys.create("bob")
+    alice, bob, carol = keys.create("alice"), keys.create("bob"), keys.create("carol", reviewer=True)
     url = database_url(str(tmp_path / "log.sqlite"))
     log = RequestLog(url)
     engine = FakeEngine()
@@ -92,6 +95,7 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "keys": keys,
             "alice": {"Authorization": f"Bearer {alice}"},
             "bob": {"Authorization": f"Bearer {bob}"},
+            "carol": {"Authorization": f"Bearer {carol}"},
             "log": log,
             "url": url,
             "path": tmp_path,
@@ -156,35 +160,84 @@ def test_a_failing_request_gets_a_500_body_and_a_row(served: dict[str, Any]) -> 
     ]
 
 
-def test_feedback_only_on_ones_own_answers_once(served: dict[str, Any]) -> None:
-    client, alice, bob = served["client"], served["alice"], served["bob"]
+def test_feedback_on_ones_own_answers_or_as_a_reviewer_and_again_replaces(served: dict[str, Any]) -> None:
+    client, alice, bob, carol = served["client"], served["alice"], served["bob"], served["carol"]
     rid = client.post("/v1/chat/completions", json=_chat("hello"), headers=alice).json()["id"]
     refused = client.post("/v1/chat/completions", json={"model": "nope", "messages": []}, headers=alice)
     assert refused.status_code == 422
     internal = _rows(served, 2)[1]["id"]
     assert internal.startswith("err-")
 
-    def give(headers: dict[str, str], request_id: str, comment: str = "x" * 9000) -> Any:
-        return client.post(
-            "/v1/feedback", json={"request_id": request_id, "rating": 1, "comment": comment}, headers=headers
-        )
+    def give(headers: dict[str, str], request_id: str, comment: str = "x" * 9000, **kw: Any) -> Any:
+        body = {"request_id": request_id, "rating": 1, "comment": comment, **kw}
+        return client.post("/v1/feedback", json=body, headers=headers)
 
     theirs = give(bob, rid)
     assert theirs.status_code == 403 and theirs.json()["error"] == {
-        "message": f"request {rid!r} was made with another API key; feedback comes from the key that asked",
+        "message": f"request {rid!r} was made with another API key; feedback comes from the key that asked, "
+        "or a reviewer key",
         "type": "invalid_request_error",
         "param": None,
         "code": "not_your_request",
     }
     assert give(bob, internal).status_code == 404
     assert give(alice, internal).json()["error"]["code"] == "request_not_found"
+    assert give(carol, internal).json()["error"]["code"] == "request_not_found"  # reviewers too
+    assert give(carol, "chatcmpl-never").json()["error"]["code"] == "request_not_found"
     assert give(alice, rid, "first").status_code == 200
-    again = [give(alice, rid).status_code for _ in range(20)]  # a flood of comments stores nothing more
-    assert again == [409] * 20
-    _rows(served, 1, "feedback")
-    time.sleep(0.2)  # a second row, had one been queued, would be written by now
+    again = [give(alice, rid, f"again {i}").status_code for i in range(20)]  # each replaces the last
+    assert again == [200] * 20
+    assert give(carol, rid, "reviewed", correction="hello to you").status_code == 200
+    served["log"].close()  # every queued row written
     fb = read_table(served["url"], "feedback")
-    assert [(f["request_id"], f["key_name"], f["comment"]) for f in fb] == [(rid, "alice", "first")]
+    assert [(f["request_id"], f["key_name"], f["comment"], f["correction"]) for f in fb] == [
+        (rid, "alice", "again 19", None),
+        (rid, "carol", "reviewed", '"hello to you"'),
+    ]
+
+
+def test_a_correction_must_fit_the_request_it_rates(served: dict[str, Any]) -> None:
+    client, alice = served["client"], served["alice"]
+    chat_id = client.post("/v1/chat/completions", json=_chat("hello"), headers=alice).json()["id"]
+    one = client.post("/v1/classify", json={"model": "heads", "input": "fine"}, headers=alice).json()["id"]
+    two = client.post("/v1/classify", json={"model": "heads", "input": ["a", "b"]}, headers=alice).json()[
+        "id"
+    ]
+    value = client.post("/v1/classify", json={"model": "score", "input": "x"}, headers=alice).json()["id"]
+
+    def correct(request_id: str, correction: Any) -> Any:
+        body = {"request_id": request_id, "rating": -1, "correction": correction}
+        return client.post("/v1/feedback", json=body, headers=alice)
+
+    refused = [
+        (one, "maybe", "correction: 'maybe' is not one of the model's labels: 'no', 'yes'"),
+        (one, 1, "correction: 1.0 is not one of the model's labels: 'no', 'yes'"),
+        (one, ["no", "yes"], "correction: the request classified 1 inputs; send one correction per input"),
+        (two, "no", "correction: the request classified 2 inputs; send a list with one item per input"),
+        (two, [None, None], "correction: the list corrects nothing (every item is null)"),
+        (
+            value,
+            "3.5",
+            "correction: the model predicts a number, so a corrected value is a number, not '3.5'",
+        ),
+        (chat_id, 2, "correction: a corrected answer is its text (a non-empty string)"),
+        (chat_id, ["a"], "correction: a corrected answer is its text (a non-empty string)"),
+        (chat_id, " ", "correction: a corrected answer is its text (a non-empty string)"),
+    ]
+    for rid, correction, message in refused:
+        r = correct(rid, correction)
+        assert r.status_code == 422 and r.json()["error"]["message"] == message, (correction, r.text)
+        assert r.json()["error"]["code"] == "invalid_correction"
+    for rid, correction in [
+        (one, "yes"),
+        (two, [None, "yes"]),
+        (value, 3.5),
+        (chat_id, "Hi! How can I help?"),
+    ]:
+        assert correct(rid, correction).status_code == 200, correction
+    served["log"].close()
+    fb = {f["request_id"]: f["correction"] for f in read_table(served["url"], "feedback")}
+    assert fb == {one: '"yes"', two: '[null, "yes"]', value: "3.5", chat_id: '"Hi! How can I help?"'}
 
 
 def test_malformed_bodies_get_openai_errors_and_rows(served: dict[str, Any]) -> None:

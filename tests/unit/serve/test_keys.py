@@ -106,3 +106,18 @@ def test_a_name_must_be_one_printable_line(tmp_path: Path) -> None:
         with pytest.raises(TuneforgeError, match=r"a key needs a name|printable and at most 64"):
             file.create(name)
     assert not file.path.exists()
+
+
+def test_reviewer_keys_are_marked_and_older_files_still_load(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"  # written before reviewer keys existed
+    old.write_text(json.dumps({"keys": [{"name": "alice", "sha256": "ab" * 32, "created": "2026-01-01"}]}))
+    assert [(k.name, k.reviewer) for k in KeyFile(old).load()] == [("alice", False)]
+    file = KeyFile(tmp_path / "keys.json")
+    file.create("alice")
+    file.create("rita", reviewer=True)
+    stored = json.loads(file.path.read_text())["keys"]
+    assert ["reviewer" in k for k in stored] == [False, True]  # a file without reviewers is as before
+    checker = KeyChecker(file)
+    assert checker.reviewers == {"rita"}
+    file.revoke("rita")
+    assert checker.name_of("Bearer x") is None and checker.reviewers == set()

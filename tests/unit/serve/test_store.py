@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.serve.store import RequestLog, database_url, read_table, requests_table
+from tuneforge.serve.store import LoggedRequest, RequestLog, database_url, read_table, requests_table
 
 
 def _fill(log: RequestLog, n: int) -> None:
@@ -152,19 +152,136 @@ def test_an_unusable_log_is_one_line_at_start(tmp_path: Path) -> None:
     assert (tmp_path / "not-a-db").read_text() == "hello\n"
 
 
-def test_the_log_knows_which_key_made_a_request_and_takes_feedback_once(tmp_path: Path) -> None:
+def test_the_log_knows_who_asked_where_and_a_second_rating_replaces_the_first(tmp_path: Path) -> None:
     url = database_url(str(tmp_path / "log.sqlite"))
     log = RequestLog(url)
-    log.log_request(id="chatcmpl-a", status=200, key_name="alice")
-    assert log.find_request("chatcmpl-a") == (True, "alice") and log.find_request("x") == (False, None)
-    assert log.claim_feedback("chatcmpl-a", "alice") is True
-    assert log.claim_feedback("chatcmpl-a", "alice") is False
-    log.log_feedback(request_id="chatcmpl-a", key_name="alice", rating=1)
+    log.log_request(
+        id="cls-a", status=200, key_name="alice", endpoint="classify", model="m", prompt='["x", "y"]'
+    )
+    assert log.find_request("cls-a") == (True, LoggedRequest("alice", "classify", "m", 2))
+    assert log.find_request("x") == (False, None)
+    log.log_feedback(
+        request_id="cls-a", key_name="alice", rating=-1, comment="wrong", correction='["b", null]'
+    )
+    log.log_feedback(request_id="cls-a", key_name="alice", rating=1)  # replaces: the correction goes too
+    log.log_feedback(request_id="cls-a", key_name="bob", rating=-1, correction='["a", null]')
     log.close()
-    restarted = RequestLog(url)  # the database alone remembers both
+    fb = read_table(url, "feedback")
+    assert [(f["key_name"], f["rating"], f["comment"], f["correction"]) for f in fb] == [
+        ("alice", 1, None, None),
+        ("bob", -1, None, '["a", null]'),
+    ]
+    restarted = RequestLog(url)  # the database alone remembers who asked, and where
     try:
-        assert restarted.find_request("chatcmpl-a") == (True, "alice")
-        assert restarted.claim_feedback("chatcmpl-a", "alice") is False
-        assert restarted.claim_feedback("chatcmpl-a", "bob") is True
+        assert restarted.find_request("cls-a") == (True, LoggedRequest("alice", "classify", "m", 2))
+        restarted.log_feedback(request_id="cls-a", key_name="alice", rating=4, correction='["c", null]')
     finally:
         restarted.close()
+    fb = read_table(url, "feedback")
+    assert sorted((f["key_name"], f["rating"], f["correction"]) for f in fb) == [
+        ("alice", 4, '["c", null]'),
+        ("bob", -1, '["a", null]'),
+    ]
+
+
+def _rate_concurrently(url: str) -> None:
+    """Two writers (two replicas of a server) and eight threads rate one request 200 times at once."""
+    logs = [RequestLog(url), RequestLog(url)]
+    start = threading.Barrier(8)
+
+    def rate(i: int) -> None:
+        start.wait()
+        for j in range(25):
+            logs[i % 2].log_feedback(request_id="r1", key_name="alice", rating=1, comment=f"{i}-{j}")
+
+    threads = [threading.Thread(target=rate, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for log in logs:
+        log.close()
+        assert log.dropped == 0
+
+
+def test_concurrent_ratings_of_one_request_by_one_key_leave_one_row(tmp_path: Path) -> None:
+    url = database_url(str(tmp_path / "log.sqlite"))
+    _rate_concurrently(url)
+    assert [(f["request_id"], f["key_name"]) for f in read_table(url, "feedback")] == [("r1", "alice")]
+
+
+def test_concurrent_ratings_leave_one_row_on_postgresql(postgres: str) -> None:
+    _rate_concurrently(postgres)
+    assert [(f["request_id"], f["key_name"]) for f in read_table(postgres, "feedback")] == [("r1", "alice")]
+
+
+OLD_FEEDBACK = """CREATE TABLE feedback (
+    id INTEGER NOT NULL PRIMARY KEY, request_id VARCHAR(64) NOT NULL, time TIMESTAMP NOT NULL,
+    key_name VARCHAR(200), rating INTEGER, comment TEXT)"""
+
+
+def _old_log(url: str) -> None:
+    """A log as the first release wrote it: no `correction` column, no unique (request, key) index."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                OLD_FEEDBACK.replace("INTEGER NOT NULL PRIMARY KEY", "SERIAL PRIMARY KEY")
+                if engine.dialect.name == "postgresql"
+                else OLD_FEEDBACK
+            )
+        )
+        rows = [("r1", "alice", 1), ("r1", "alice", -1), ("r1", "bob", 1)]  # two of alice: a replica race
+        for i, (rid, key, rating) in enumerate(rows):
+            conn.execute(
+                sa.text("INSERT INTO feedback (request_id, time, key_name, rating) VALUES (:r, :t, :k, :g)"),
+                {"r": rid, "t": datetime(2026, 1, 1, 0, i), "k": key, "g": rating},
+            )
+    engine.dispose()
+
+
+def _check_upgraded(url: str) -> None:
+    log = RequestLog(url)  # adds the column and the index; the newest of alice's two ratings is kept
+    log.log_feedback(request_id="r1", key_name="bob", rating=5, correction='"better"')
+    log.close()
+    fb = read_table(url, "feedback")
+    assert sorted((f["key_name"], f["rating"], f["correction"]) for f in fb) == [
+        ("alice", -1, None),
+        ("bob", 5, '"better"'),
+    ]
+
+
+def test_an_older_sqlite_log_gains_the_correction_column_at_open(tmp_path: Path) -> None:
+    url = database_url(str(tmp_path / "old.sqlite"))
+    _old_log(url)
+    _check_upgraded(url)
+
+
+def test_an_older_postgresql_log_gains_the_correction_column_at_open(postgres: str) -> None:
+    _old_log(postgres)
+    _check_upgraded(postgres)
+
+
+def test_replicas_opening_an_older_log_at_once_all_start(tmp_path: Path) -> None:
+    url = database_url(str(tmp_path / "old.sqlite"))
+    _old_log(url)
+    start, opened, failed = threading.Barrier(4), [], []
+
+    def open_log() -> None:
+        start.wait()
+        try:
+            opened.append(RequestLog(url))
+        except Exception as err:  # the upgrade race lost: the test shows which
+            failed.append(err)
+
+    threads = [threading.Thread(target=open_log) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for log in opened:
+        log.close()
+    assert failed == [] and len(opened) == 4
+    _check_upgraded(url)

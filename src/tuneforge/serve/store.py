@@ -50,6 +50,7 @@ requests_table = sa.Table(
     sa.Column("prompt", sa.Text),
     sa.Column("response", sa.Text),
     sa.Column("error", sa.Text),
+    sa.Column("model_version", sa.Integer),  # the registry version that answered (serve registry:NAME)
 )
 
 feedback_table = sa.Table(
@@ -269,6 +270,7 @@ class RequestLog:
                 )
                 return
             metadata.create_all(self.engine)
+            _add_model_version(self.engine)
         except sa.exc.SQLAlchemyError as err:
             self._set_problem(f"the request log {self.sqlite_path} cannot be reopened ({_reason(err)})")
             return
@@ -299,6 +301,7 @@ def _open(url: str) -> sa.Engine:
         shown = sa.engine.make_url(url).render_as_string(hide_password=True)
         engine = sa.create_engine(url)
         metadata.create_all(engine)
+        _add_model_version(engine)
     except (sa.exc.SQLAlchemyError, ImportError) as err:
         raise TuneforgeError(
             f"cannot open the request log {shown} ({_reason(err)})",
@@ -307,6 +310,22 @@ def _open(url: str) -> sa.Engine:
             "turn the log off with --set serve.log_db=null",
         ) from None
     return engine
+
+
+def _add_model_version(engine: sa.Engine) -> None:
+    """A log written before `requests.model_version` existed gains the column (nullable: old rows stay)."""
+
+    def has_it() -> bool:
+        return "model_version" in {c["name"] for c in sa.inspect(engine).get_columns("requests")}
+
+    if has_it():
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE requests ADD COLUMN model_version INTEGER"))
+    except sa.exc.SQLAlchemyError:
+        if not has_it():  # else another replica, starting at the same moment, added it first
+            raise
 
 
 def _tables(engine: sa.Engine) -> set[str]:
@@ -362,7 +381,9 @@ def read_table(url: str, table: str = "requests") -> list[dict[str, Any]]:
     t = metadata.tables[table]
     engine = sa.create_engine(url)
     try:
+        present = {c["name"] for c in sa.inspect(engine).get_columns(table)}  # an older log lacks new ones
         with engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.select(t).order_by(t.c.time)).mappings()]
+            query = sa.select(*(c for c in t.columns if c.name in present)).order_by(t.c.time)
+            return [dict(r) for r in conn.execute(query).mappings()]
     finally:
         engine.dispose()

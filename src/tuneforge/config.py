@@ -352,6 +352,14 @@ class EvalConfig(Section):
 
 
 class ServeConfig(Section):
+    model: str | None = None
+    """What `tuneforge serve` serves when its command line names nothing: a run directory, a model folder or
+    built-in, or registry:NAME (the registry's champion, followed through promotions and rollbacks)."""
+    registry_root: str | None = None
+    """The folder holding the registries (unset: $TUNEFORGE_REGISTRY, else ./registry, as `tuneforge
+    registry`)."""
+    registry_poll_s: float = Field(1.0, gt=0, le=3600)
+    """registry:NAME: how often the champion pointer is checked for a promotion or rollback."""
     host: str = "127.0.0.1"
     """Address the OpenAI-compatible server binds to."""
     port: int = Field(8000, ge=1, le=65535)

@@ -51,3 +51,23 @@ class ServerMetrics:
             "tuneforge_request_log_reopened", "Times the log file was reopened after it vanished", registry=r
         )
         reopened.set_function(lambda: float(log.reopened))
+
+    def watch_registry(
+        self, name: str, version: Callable[[], float], pointer_ok: Callable[[], float]
+    ) -> None:
+        """The registry version new requests get, and whether its champion pointer can be followed."""
+        r = self.registry
+        served = Gauge(
+            "tuneforge_model_version",
+            "Registry version of the served model new requests get",
+            ["model"],
+            registry=r,
+        )
+        served.labels(name).set_function(version)
+        ok = Gauge(
+            "tuneforge_registry_pointer_ok",
+            "1 while the registry's champion pointer can be followed, 0 while the server keeps its version",
+            ["model"],
+            registry=r,
+        )
+        ok.labels(name).set_function(pointer_ok)

@@ -41,6 +41,8 @@ class Outcome:
     stream: bool | None = None
     prompt: str | None = None
     response: str | None = None
+    model_version: int | None = None
+    """The registry version that answered (None: not served from a registry, or refused before an answer)."""
 
 
 def record(state: AppState, outcome: Outcome, *, log_row: bool = True) -> None:

@@ -1,10 +1,12 @@
 """`tuneforge serve registry:NAME` as a process: promotions and rollbacks while requests are in flight.
 
-The tests run in file order on one server: promote 1 → 2, roll back 2 → 1, then break the pointer.
+The tests run in file order on one server: promote 1 → 2, roll back 2 → 1, break the pointer, then check
+what version 2 answered as the shadow (serve.shadow) of version 1.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,8 @@ serve:
   max_new_tokens: 40
   max_queue: 16
   max_concurrent_per_key: 16
+  shadow: registry:support@challenger
+  shadow_fraction: 1.0
 """
 MAX_TOKENS = 40
 WORKERS = 4
@@ -45,7 +49,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterato
     root = tmp_path_factory.mktemp("serve-registry")
     write_csv(root / "data.csv", sentiment_rows(60))
     reg = Registry.at(root / "registry", "support")
-    answers = {}
+    answers, runs = {}, {}
     for version, seed in ((1, 1), (2, 2)):
         path = root / f"v{version}.yaml"
         text = RUN_CONFIG.format(
@@ -60,7 +64,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterato
         path.write_text(text)
         cfg, source = load_config(path)
         prepare_dataset(cfg.data, model=cfg.model)
-        run = train(cfg, source).path
+        run = runs[version] = train(cfg, source).path
         assert reg.register(run)["version"] == version
         answers[version] = _local_answer(run, HELLO, MAX_TOKENS)[0]
     assert answers[1] != answers[2]  # which version answered is read off the text
@@ -69,7 +73,15 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterato
     (root / "serve.yaml").write_text(SERVE_CONFIG.format(root=root))
     server = Server(root, "--config", "serve.yaml", "--keys", str(root / "keys.json"))
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
-    yield {"root": root, "reg": reg, "server": server, "client": client, "key": key, "answers": answers}
+    yield {
+        "root": root,
+        "reg": reg,
+        "server": server,
+        "client": client,
+        "key": key,
+        "answers": answers,
+        "runs": runs,
+    }
     server.stop()
 
 
@@ -160,7 +172,7 @@ def check_switch(world: dict[str, Any], traffic: dict[str, Any], old: int, new: 
 
 def test_the_champion_is_served_under_the_registry_name(world) -> None:
     assert [m.id for m in world["client"].models.list().data] == ["support"]
-    assert ready(world)["registry"] == {"name": "support", "version": 1}
+    assert ready(world)["registry"] == {"name": "support", "version": 1, "shadow_version": 2}
     reply = world["client"].chat.completions.create(
         model="support", messages=HELLO, max_tokens=MAX_TOKENS, temperature=0
     )
@@ -193,13 +205,14 @@ def test_a_rollback_with_requests_in_flight(world) -> None:
 
 def test_a_corrupt_pointer_keeps_the_version_and_ready_says_why(world) -> None:
     reg, client = world["reg"], world["client"]
-    assert ready(world)["registry"] == {"name": "support", "version": 1}
+    assert ready(world)["registry"] == {"name": "support", "version": 1, "shadow_version": 2}
     good = reg.pointer.read_text()
     reg.pointer.write_text('{"version": 2, "stack": [1, 2')  # a hand edit cut short
     wait_for(lambda: "problem" in ready(world)["registry"])
     assert ready(world)["registry"] == {
         "name": "support",
         "version": 1,
+        "shadow_version": 2,
         "problem": "the champion pointer of registry 'support' is corrupt (Expecting ',' delimiter: line 1 "
         "column 30 (char 29)); version 1 goes on serving",
     }
@@ -218,4 +231,44 @@ def test_a_corrupt_pointer_keeps_the_version_and_ready_says_why(world) -> None:
     assert 'tuneforge_registry_pointer_ok{model="support"} 0.0' in r.text
     reg.pointer.write_text(good)
     wait_for(lambda: "problem" not in ready(world)["registry"])
-    assert ready(world)["registry"] == {"name": "support", "version": 1}
+    assert ready(world)["registry"] == {"name": "support", "version": 1, "shadow_version": 2}
+
+
+def test_the_shadow_answered_the_champions_requests_only_into_the_log(world) -> None:
+    """serve.shadow (version 2, every request): it answered each request version 1 answered, never one that
+    version 2 answered as the champion itself; the users saw only the champion's answers (checked above)."""
+    assert ready(world)["registry"]["shadow_version"] == 2
+    url = database_url(str(world["root"] / "log.sqlite"))
+    answered = [r for r in read_table(url) if r["endpoint"] == "chat" and r["status"] == 200]
+    by_v1 = {r["id"] for r in answered if r["model_version"] == 1}
+    assert len(by_v1) > WORKERS and any(r["model_version"] == 2 for r in answered)
+
+    def skipped() -> int:
+        r = httpx.get(
+            f"{world['server'].url}/metrics", headers={"Authorization": f"Bearer {world['key']}"}, timeout=10
+        )
+        line = next(
+            (
+                x
+                for x in r.text.splitlines()
+                if x.startswith('tuneforge_shadow_requests_total{status="skipped"}')
+            ),
+            None,
+        )
+        return int(float(line.split()[-1])) if line else 0
+
+    shadows: list[dict[str, Any]] = []
+
+    def all_answered() -> bool:  # a shadow answer, or a sample skipped while the shadow was busy
+        shadows[:] = read_table(url, "shadow")
+        return len(shadows) + skipped() >= len(by_v1)
+
+    wait_for(all_answered)
+    assert len(shadows) + skipped() == len(by_v1), (len(shadows), skipped(), len(by_v1))
+    assert {s["shadow_of"] for s in shadows} <= by_v1 and len({s["shadow_of"] for s in shadows}) == len(
+        shadows
+    )
+    assert {(s["model"], s["model_version"], s["status"], s["endpoint"]) for s in shadows} == {
+        ("support", 2, 200, "chat")
+    }
+    assert {s["response"] for s in shadows} == {json.dumps([world["answers"][2]], ensure_ascii=False)}

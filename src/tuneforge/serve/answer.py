@@ -47,6 +47,8 @@ class Answer:
     n: int
     prompt_text: str
     ttft: float | None = None
+    shadow: Callable[[str], None] | None = None
+    """serve.shadow: starts the challenger on this request once the champion has answered it."""
 
     def _choice(self, i: int, text: str | None, reason: str | None, *, delta: bool) -> Choice:
         if self.endpoint == "completion":
@@ -162,6 +164,8 @@ class Answer:
             model_version=self.lease.version,
         )
         record(self.state, outcome)
+        if status == 200 and self.shadow is not None:
+            self.shadow(self.rid)
 
 
 def sse_event(obj: dict[str, Any]) -> str:
@@ -230,6 +234,15 @@ async def _answer_on(
         ]
         rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         run = Answer(state, lease, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
+        if state.shadow is not None:
+            run.shadow = state.shadow.follow(
+                state,
+                answering=lease.version,
+                endpoint=endpoint,
+                model=body.model,
+                encode=encode,
+                settings=settings,
+            )
         if state.log is not None:
             state.log.remember(rid, key)  # a stream shows its id (for feedback) before its row is logged
         if body.stream:

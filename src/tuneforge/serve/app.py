@@ -137,7 +137,10 @@ def create_app(state: AppState) -> Any:
             # Still 200 with a problem: the current version goes on answering (a 503 would take every replica
             # of a shared registry out of the load balancer at once).
             body.registry = RegistryHealth(
-                name=state.registry, version=state.version, problem=state.registry_problem
+                name=state.registry,
+                version=state.version,
+                problem=state.registry_problem,
+                shadow_version=state.shadow.version if state.shadow is not None else None,
             )
         return JSONResponse(body.json_dict())
 

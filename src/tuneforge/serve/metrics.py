@@ -36,6 +36,12 @@ class ServerMetrics:
         )
         self.tokens = Counter("tuneforge_tokens", "Tokens processed", ["model", "kind"], registry=r)
         self.queue = Gauge("tuneforge_queue_depth", "Requests waiting or generating", registry=r)
+        self.shadow = Counter(
+            "tuneforge_shadow_requests",
+            "serve.shadow: the challenger's answers by status (skipped: it was busy)",
+            ["status"],
+            registry=r,
+        )
         self.queue.set_function(queue_depth)
 
     def watch_log(self, log: RequestLog) -> None:

@@ -169,6 +169,8 @@ class RegistryHealth(BaseModel):
     problem: str | None = None
     """Why the champion pointer cannot be followed (the version above goes on serving); absent while all is
     well."""
+    shadow_version: int | None = None
+    """serve.shadow: the version answering a sample of requests too (absent without one)."""
 
 
 class ReadyResponse(BaseModel):

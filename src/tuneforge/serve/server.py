@@ -100,6 +100,7 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
     from tuneforge.serve.champion import ChampionWatcher, only_registry_name
     from tuneforge.serve.limits import Admission
     from tuneforge.serve.metrics import ServerMetrics
+    from tuneforge.serve.shadow import Shadow, shadow_plan
     from tuneforge.serve.state import AppState
     from tuneforge.serve.store import RequestLog, database_url
 
@@ -111,6 +112,7 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
             fix="create a key first (tuneforge keys create NAME), bind to 127.0.0.1, or pass --insecure",
         )
     served, reg, version = what_to_serve(targets, cfg)
+    shadowed = shadow_plan(cfg, reg, version)
     check_engine(served, cfg)
     log = None
     if cfg.log_db:  # an unusable log stops the server with one line, before the minutes of loading
@@ -118,8 +120,12 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
     try:
         sock = bind(cfg.host, cfg.port)
         engine = build_engine(served, cfg)
+        shadow = None
         if reg is not None:
             only_registry_name(engine, reg.name)
+            if shadowed is not None:
+                challenger = only_registry_name(build_engine(shadowed[1], cfg), reg.name)
+                shadow = Shadow(challenger, shadowed[0], cfg.shadow_fraction)
     except BaseException:
         if log is not None:
             log.close()
@@ -136,6 +142,7 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
         metrics=metrics,
         registry=reg.name if reg is not None else None,
         version=version,
+        shadow=shadow,
     )
     watcher = None
     if reg is not None:
@@ -153,6 +160,8 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
     )
     server = _Server(config, state)
     which = f" (version {version} of registry {reg.name})" if reg is not None else ""
+    if shadow is not None:
+        which += f" (shadowed by version {shadow.version} on {cfg.shadow_fraction:.0%} of requests)"
     print(f"serving {', '.join(engine.models)}{which} on http://{cfg.host}:{cfg.port}/v1", flush=True)
     try:
         server.run(sockets=[sock])
@@ -160,6 +169,8 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
         if watcher is not None:
             watcher.stop()
         state.engine.close()
+        if shadow is not None:
+            shadow.close()
         if log is not None:
             log.close()
 

@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tuneforge.config import ServeConfig
 from tuneforge.serve.engine import Engine, ServedModel
@@ -21,6 +22,9 @@ from tuneforge.serve.limits import Admission
 from tuneforge.serve.metrics import ServerMetrics
 from tuneforge.serve.protocol import APIError
 from tuneforge.serve.store import RequestLog
+
+if TYPE_CHECKING:
+    from tuneforge.serve.shadow import Shadow
 
 
 class Lease:
@@ -60,6 +64,8 @@ class AppState:
     """The registry version `engine` serves."""
     registry_problem: str | None = None
     """Why the champion pointer cannot be followed right now (the current version goes on serving)."""
+    shadow: Shadow | None = None
+    """serve.shadow: the challenger answering a sample of requests too."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _leases: dict[int, int] = field(default_factory=dict, repr=False)
     """id(engine) -> requests in flight on it."""

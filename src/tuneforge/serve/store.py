@@ -65,6 +65,25 @@ feedback_table = sa.Table(
     sa.Column("comment", sa.Text),
 )
 
+shadow_table = sa.Table(
+    "shadow",
+    metadata,
+    # serve.shadow: a challenger's answer to a live request the champion answered (the user saw only that).
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("shadow_of", sa.String(64), nullable=False, index=True),  # the champion's row in `requests`
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("model", sa.String(200)),
+    sa.Column("model_version", sa.Integer),
+    sa.Column("endpoint", sa.String(64)),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("finish_reason", sa.String(16)),
+    sa.Column("prompt_tokens", sa.Integer),
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("response", sa.Text),
+    sa.Column("error", sa.Text),
+)
+
 
 def database_url(log_db: str) -> str:
     """A SQLAlchemy URL from serve.log_db: a URL as it is, a plain path as a SQLite file."""
@@ -176,6 +195,13 @@ class RequestLog:
         if row.get("comment") is not None:
             row["comment"] = self.redact(row["comment"])
         self._put(feedback_table, row)
+
+    def log_shadow(self, **row: Any) -> None:
+        """Queue a challenger's answer (serve.shadow), its text kept and redacted like a request's."""
+        row.setdefault("time", datetime.now(UTC))
+        if row.get("response") is not None:
+            row["response"] = self.redact(row["response"]) if self.keep_text else None
+        self._put(shadow_table, row)
 
     def _put(self, table: sa.Table, row: dict[str, Any]) -> bool:
         try:
@@ -377,7 +403,7 @@ def _say(line: str) -> None:
 
 
 def read_table(url: str, table: str = "requests") -> list[dict[str, Any]]:
-    """Every row of `requests` or `feedback`, oldest first (for monitoring, the UI and tests)."""
+    """Every row of `requests`, `feedback` or `shadow`, oldest first (for monitoring, the UI and tests)."""
     t = metadata.tables[table]
     engine = sa.create_engine(url)
     try:

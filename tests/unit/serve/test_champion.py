@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,32 @@ def test_a_broken_pointer_or_version_keeps_the_current_one_and_says_why(
     assert "tuneforge serve: registry m: the champion pointer of registry 'm' is corrupt" in err
     assert "tuneforge serve: registry m: the champion pointer can be followed again" in err
     assert watched["built"] == []  # nothing half-registered was ever loaded
+
+
+def test_the_shadow_is_a_version_of_the_served_registry_other_than_the_champion(
+    watched: dict[str, Any],
+) -> None:
+    from tuneforge.serve.shadow import shadow_plan
+
+    reg = watched["reg"]
+
+    def plan(spec: str | None, served: Registry | None = reg, champion: int | None = 1) -> Any:
+        return shadow_plan(ServeConfig(shadow=spec), served, champion)
+
+    assert plan(None) is None
+    assert plan("registry:m@challenger")[0] == 3  # the newest version above the champion
+    assert plan("registry:m@2")[0] == 2
+    refusals = {
+        "registry:other@2": "serve.shadow: 'registry:other@2' must be registry:NAME@VERSION of the registry "
+        "being served (registry:m)",
+        "registry:m": "must be registry:NAME@VERSION of the registry being served",
+        "registry:m@latest": "serve.shadow: 'registry:m@latest' names no version",
+        "registry:m@1": "serve.shadow: 'registry:m@1' names version 1, the champion itself",
+    }
+    for spec, message in refusals.items():
+        with pytest.raises(TuneforgeError, match=re.escape(message)):
+            plan(spec)
+    with pytest.raises(TuneforgeError, match=r"of the registry being served \(runs\)"):
+        plan("registry:m@2", served=None, champion=None)
+    with pytest.raises(TuneforgeError, match=r"no version is newer than the champion \(3\)"):
+        plan("registry:m@challenger", champion=3)

@@ -197,3 +197,16 @@ def test_the_shadow_is_a_version_of_the_served_registry_other_than_the_champion(
         plan("registry:m@2", served=None, champion=None)
     with pytest.raises(TuneforgeError, match=r"no version is newer than the champion \(3\)"):
         plan("registry:m@challenger", champion=3)
+
+
+def test_serving_a_registry_needs_one_with_a_champion(tmp_path: Path) -> None:
+    from tuneforge.serve.champion import champion_models, open_registry
+
+    cfg = ServeConfig(registry_root=str(tmp_path / "registry"))
+    with pytest.raises(TuneforgeError, match=r"serve.registry_root: there is no registry 'm' in .*registry"):
+        open_registry("m", cfg)
+    reg = Registry.at(tmp_path / "registry", "m")
+    reg.register(finished_run(tmp_path / "run1", 0.5))
+    with pytest.raises(TuneforgeError, match="registry 'm' has no champion") as err:
+        champion_models(open_registry("m", cfg))
+    assert err.value.fix == "promote a version first: tuneforge registry promote m N --reason WHY"

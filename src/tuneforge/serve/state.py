@@ -36,15 +36,23 @@ class Lease:
     def __init__(self, state: AppState, engine: Engine, version: int | None) -> None:
         self.engine, self.version = engine, version
         self.passed_on = False
-        self._release = weakref.finalize(self, state._release, engine)
-        self._release.atexit = False
+        self._state = state
+        self._garbage = weakref.finalize(self, _release_later, state, engine)
+        self._garbage.atexit = False
 
     def pass_on(self) -> None:
         """Keep the lease past the route: a streamed answer releases it when its stream ends."""
         self.passed_on = True
 
     def release(self) -> None:
-        self._release()  # a finalizer runs once, however often it is called
+        if self._garbage.detach() is not None:  # the first call only
+            self._state._release(self.engine)
+
+
+def _release_later(state: AppState, engine: Engine) -> None:
+    """A lease collected as garbage: released on a thread of its own, since the collector may have run
+    inside the state's lock."""
+    threading.Thread(target=state._release, args=(engine,), name="lease-release", daemon=True).start()
 
 
 @dataclass

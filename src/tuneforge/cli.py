@@ -284,7 +284,7 @@ def evaluate(
     print_comparison(result)
     print_verdicts(result)
     if result.get("answers"):  # a DPO run's answers on a chat split (evaluation/answers.py)
-        from tuneforge.evaluation.report_answers import answer_lines
+        from tuneforge.evaluation.report.answers import answer_lines
 
         for line in answer_lines(result["answers"], result["tuned"].get("reward_margin")):
             console.print(escape(line))
@@ -383,6 +383,7 @@ def quickstart(
     result = run_quickstart(fast=fast, overrides=overrides)
     run = result["run"]
     print_comparison(result["eval"])
+    print_verdicts(result["eval"])
     console.print(f"run directory: {run.path}")
     console.print(f"adapter:       {run.final}")
     console.print(f"metrics:       {run.metrics_path}  and {result['eval_path']}")
@@ -782,12 +783,17 @@ def print_comparison(result: dict[str, Any]) -> None:
     from tuneforge.evaluation.stats import sig
 
     tuned, base = result.get("tuned", {}), result.get("base")
+    # The classical baselines on the same examples sit beside the models, so a tuned model that loses to a
+    # one-second TF-IDF model shows it here, not only in the report.
+    others = {n: b["metrics"] for n, b in (result.get("baselines") or {}).items() if b.get("metrics")}
     name = result.get("evaluation") or result.get("split")
     table = Table(title=f"evaluation {name}: {result.get('n')} examples of the {result.get('split')} split")
     table.add_column("metric")
     if base is not None:
         table.add_column("base")
     table.add_column("tuned")
+    for other in others:
+        table.add_column(other.replace("_", " "), style="dim")
     keys = [
         k
         for k in (
@@ -818,10 +824,14 @@ def print_comparison(result: dict[str, Any]) -> None:
 
         def value(m: dict[str, Any], key: str = key) -> str:
             if key.startswith("f1 "):
-                return f"{m['per_class'][key[3:]]['f1']:.3f}"
+                per_class = m.get("per_class", {}).get(key[3:])
+                return "-" if per_class is None else f"{per_class['f1']:.3f}"
+            if key not in m:
+                return "-"  # e.g. a baseline's calibration: it gives labels, not probabilities
             return sig(m[key]) if isinstance(m.get(key), float) else str(m.get(key))
 
         row = [key] + ([value(base)] if base is not None else []) + [value(tuned)]
+        row += [value(m) for m in others.values()]
         table.add_row(*row)
     console.print(table)
 
@@ -831,9 +841,9 @@ def print_verdicts(result: dict[str, Any]) -> None:
     for metric, test in (result.get("paired") or {}).items():
         if metric in ("accuracy", "mse", "perplexity", "token_f1", "chrf"):
             console.print(f"  {escape(test['verdict'])}")
-    for name, b in (result.get("baselines") or {}).items():
-        shown = {k: b["metrics"][k] for k in ("accuracy", "macro_f1", "mse") if k in b["metrics"]}
-        console.print(f"  baseline {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    for b in (result.get("baselines") or {}).values():  # their numbers are columns of the table
+        if b.get("vs_tuned", {}).get("verdict"):
+            console.print(f"  {escape(b['vs_tuned']['verdict'])}")
     for column, f in (result.get("fairness") or {}).items():
         for warning in f.get("warnings", []):
             console.print(f"  [yellow]warning[/yellow] ({column}): {escape(warning)}")

@@ -312,6 +312,9 @@ class EvalConfig(Section):
     """Split to evaluate."""
     max_examples: int | None = Field(None, ge=1)
     """Evaluate on the first N examples of the split (null: all)."""
+    num_threads: Annotated[int, Field(ge=0)] | Literal["auto"] | None = "auto"
+    """CPU threads for evaluation: auto (the physical cores other jobs leave free), a number, or 0/null
+    for torch's default."""
     batch_size: int = Field(16, ge=1)
     """Examples per forward pass."""
     compare_base: bool = False
@@ -369,6 +372,9 @@ class ServeConfig(Section):
     """Address the OpenAI-compatible server binds to."""
     port: int = Field(8000, ge=1, le=65535)
     """Port the server listens on."""
+    num_threads: Annotated[int, Field(ge=0)] | Literal["auto"] | None = "auto"
+    """CPU threads for the transformers engine: auto (the physical cores other jobs leave free), a number,
+    or 0/null for torch's default."""
     engine: Literal["transformers", "vllm"] = "transformers"
     """Generation engine: transformers (CPU and GPU, continuous batching) or vllm (CUDA, `[vllm]` extra)."""
     keys_file: str = "~/.config/tuneforge/keys.json"

@@ -7,6 +7,9 @@ two CPU cores; `--fast` runs the same chain on a handful of examples (for tests)
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +68,74 @@ def quickstart_config(fast: bool, overrides: list[str]) -> RunConfig:
     return cfg
 
 
-def run_quickstart(fast: bool = False, overrides: list[str] | None = None) -> dict[str, Any]:
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _took(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def expected_seconds(cfg: RunConfig, step_s: float) -> tuple[float, float]:
+    """(training, evaluation) wall time from the estimate's seconds per training step.
+
+    Evaluation is forward passes only: about a third of a training step's work per example (forward and
+    backward cost about three forwards; the frozen base's backward is cheaper under LoRA, so this is rough).
+    It covers the validations during training and both models on the test examples.
+    """
+    t = cfg.train
+    steps = t.max_steps or 0
+    validations = (steps // t.eval_every if t.eval_every else 0) + 1
+    examples = validations * (t.eval_max_examples or 0) + 2 * (cfg.eval.max_examples or 0)
+    return step_s * steps, step_s / max(t.batch_size, 1) / 3 * examples
+
+
+def run_quickstart(
+    fast: bool = False, overrides: list[str] | None = None, *, say: Callable[[str], None] = _say
+) -> dict[str, Any]:
+    """The chain in four stages, each with one line when it ends, and a time estimate before the training."""
+    from tuneforge import builtin
+    from tuneforge.data import prepare_dataset
     from tuneforge.evaluation import evaluate_run
+    from tuneforge.models.estimate import check_fits, fmt_seconds
     from tuneforge.train import train
 
     cfg = quickstart_config(fast, overrides or [])
+    took: dict[str, float] = {}
+    start = time.monotonic()
+    say(
+        f"quickstart: {cfg.data.path} -> {cfg.model.name} + {cfg.method.name} for {cfg.train.max_steps} "
+        f"steps -> base vs tuned on {cfg.eval.max_examples} test examples"
+    )
+    if builtin.is_builtin(cfg.model.name):  # converted once into the user cache; later runs find it
+        builtin.resolve(cfg.model.name.removeprefix(builtin.PREFIX))
+    took["model"] = time.monotonic() - start
+    say(f"[1/4] model ready ({_took(took['model'])})")
+
+    mark = time.monotonic()
+    dataset = prepare_dataset(cfg.data, model=cfg.model)
+    took["data"] = time.monotonic() - mark
+    rows = sum(dataset.manifest.get("splits", {}).values())
+    say(f"[2/4] data: {rows:,} examples in {dataset.path} ({_took(took['data'])})")
+
+    est = check_fits(cfg, dataset.manifest, where="quickstart", measure_flops=True)
+    if est is not None:
+        train_s, eval_s = expected_seconds(cfg, est.step_s)
+        say(
+            f"estimated time on {est.device.name}: about {fmt_seconds(train_s + eval_s)} more "
+            f"({fmt_seconds(train_s)} training, {fmt_seconds(eval_s)} evaluating; rough, from FLOPs and "
+            "this machine's measured throughput)"
+        )
+    mark = time.monotonic()
     run = train(cfg, overwrite=True)
+    took["train"] = time.monotonic() - mark
+    say(f"[3/4] trained: {run.final} ({_took(took['train'])})")
+
+    mark = time.monotonic()
     eval_path = evaluate_run(run.path)
-    return {"run": run, "eval": read_json(eval_path), "eval_path": eval_path}
+    took["evaluate"] = time.monotonic() - mark
+    say(f"[4/4] evaluated base and tuned: {eval_path} ({_took(took['evaluate'])})")
+    total = time.monotonic() - start
+    say(f"quickstart took {_took(total)}: " + " · ".join(f"{k} {_took(v)}" for k, v in took.items()))
+    return {"run": run, "eval": read_json(eval_path), "eval_path": eval_path, "seconds": took}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tuneforge.evaluation.report_eval import SHOWN, intervals
+from tuneforge.evaluation.report.evaluation import SHOWN, intervals
 
 #: Table metrics that carry no interval (a ratio of label counts, a rate of parse failures, R²).
 NO_INTERVAL = frozenset({"weighted_f1", "unparseable_rate", "r2"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -206,19 +207,28 @@ def write_sharding_config(folder: Path, model: Path, task: str, method: dict) ->
 
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path):
-    """The one-process run each sharded run must equal, trained once per (task, method) and only read after:
-    FSDP and DeepSpeed are compared with the same three baselines."""
-    runs: dict[str, Path] = {}
+    """The one-process run each sharded run must equal, trained once per (task, method) in the whole session
+    and only read after: FSDP and DeepSpeed are compared with the same three baselines, even when two xdist
+    workers run them (the first trains under a lock in the session's shared folder, the other reads)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's folder sits in the session's own
+        shared = shared.parent
 
     def baseline(task: str, method: dict) -> Path:
-        key = json.dumps([task, method], sort_keys=True)
-        if key not in runs:
-            folder = tmp_path_factory.mktemp("one-process")
-            write_sharding_config(folder, tiny_llama, task, method)
-            one = run_cli("train", "cfg.yaml", "train.output_dir=one", "train.batch_size=4", cwd=folder)
-            assert one.returncode == 0, one.stderr
-            runs[key] = folder / "one"
-        return runs[key]
+        key = hashlib.sha256(json.dumps([task, method], sort_keys=True).encode()).hexdigest()[:12]
+        folder = shared / f"one-process-{key}"
+        with FileLock(f"{folder}.lock"):
+            if not (folder / "trained").is_file():
+                shutil.rmtree(folder, ignore_errors=True)  # a worker that died half-way left it
+                folder.mkdir()
+                # The tiny model is made from a fixed seed: every worker's copy holds the same weights.
+                write_sharding_config(folder, tiny_llama, task, method)
+                one = run_cli("train", "cfg.yaml", "train.output_dir=one", "train.batch_size=4", cwd=folder)
+                assert one.returncode == 0, one.stderr
+                (folder / "trained").touch()
+        return folder / "one"
 
     return baseline
 
@@ -250,34 +260,47 @@ def test_fsdp_matches_one_process_and_resumes_exactly(
     assert_resumes_exactly_from_step_2(tmp_path, fsdp_dir, final_file, "train.fsdp=true")
 
 
-@pytest.mark.parametrize(
-    ("preset", "task", "method", "final_file"),
-    [
-        ("zero2", "causal-lm", LORA, "adapter_model.safetensors"),
-        ("zero3", "causal-lm", {"name": "full"}, "model.safetensors"),
-        ("zero3-offload", "classification", LORA, "adapter_model.safetensors"),
-    ],
-    ids=["zero2-lora", "zero3-full", "zero3-offload-lora-classifier"],
-)
-def test_deepspeed_matches_one_process_and_resumes_exactly(
-    tmp_path: Path, tiny_llama: Path, one_process_run, preset: str, task: str, method: dict, final_file: str
-) -> None:
-    """DeepSpeed ZeRO over 2 processes trains what 1 process does; its checkpoints are the same safetensors
-    (whole tensors named as one process names them) and a resume under DeepSpeed ends bit-identical."""
-    lr = write_sharding_config(tmp_path, tiny_llama, task, method)
-    zero = launch_two(tmp_path, "train.output_dir=zero", "train.batch_size=2", f"train.deepspeed={preset}")
-    assert zero.returncode == 0, zero.stderr[-3000:]
+class TestDeepSpeed:
+    """A class of its own so that xdist (--dist loadscope) runs it beside the module's other sharded tests."""
 
-    one_dir, zero_dir = one_process_run(task, method), tmp_path / "zero"
-    manifest = json.loads((zero_dir / "manifest.json").read_text())
-    assert manifest["sharded"] is True
-    assert manifest["deepspeed"]["zero_optimization"]["stage"] == (2 if preset == "zero2" else 3)
-    # Filled in from the run config: 2 per process x 2 micro-batches x 2 processes.
-    assert manifest["deepspeed"]["train_batch_size"] == 8
-    assert manifest["deepspeed"]["managed_gradient_accumulation"] is False
-    assert_trains_like_one_process(one_dir, zero_dir, final_file, lr)
+    @pytest.mark.parametrize(
+        ("preset", "task", "method", "final_file"),
+        [
+            ("zero2", "causal-lm", LORA, "adapter_model.safetensors"),
+            ("zero3", "causal-lm", {"name": "full"}, "model.safetensors"),
+            ("zero3-offload", "classification", LORA, "adapter_model.safetensors"),
+        ],
+        ids=["zero2-lora", "zero3-full", "zero3-offload-lora-classifier"],
+    )
+    def test_deepspeed_matches_one_process_and_resumes_exactly(
+        self,
+        tmp_path: Path,
+        tiny_llama: Path,
+        one_process_run,
+        preset: str,
+        task: str,
+        method: dict,
+        final_file: str,
+    ) -> None:
+        """DeepSpeed ZeRO over 2 processes trains what 1 process does; its checkpoints are the same
+        safetensors (whole tensors named as one process names them); a resume under DeepSpeed ends
+        bit-identical."""
+        lr = write_sharding_config(tmp_path, tiny_llama, task, method)
+        zero = launch_two(
+            tmp_path, "train.output_dir=zero", "train.batch_size=2", f"train.deepspeed={preset}"
+        )
+        assert zero.returncode == 0, zero.stderr[-3000:]
 
-    assert_resumes_exactly_from_step_2(tmp_path, zero_dir, final_file, f"train.deepspeed={preset}")
+        one_dir, zero_dir = one_process_run(task, method), tmp_path / "zero"
+        manifest = json.loads((zero_dir / "manifest.json").read_text())
+        assert manifest["sharded"] is True
+        assert manifest["deepspeed"]["zero_optimization"]["stage"] == (2 if preset == "zero2" else 3)
+        # Filled in from the run config: 2 per process x 2 micro-batches x 2 processes.
+        assert manifest["deepspeed"]["train_batch_size"] == 8
+        assert manifest["deepspeed"]["managed_gradient_accumulation"] is False
+        assert_trains_like_one_process(one_dir, zero_dir, final_file, lr)
+
+        assert_resumes_exactly_from_step_2(tmp_path, zero_dir, final_file, f"train.deepspeed={preset}")
 
 
 def assert_trains_like_one_process(one_dir: Path, other_dir: Path, final_file: str, lr: float) -> None:

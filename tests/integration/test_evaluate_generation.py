@@ -243,7 +243,7 @@ def test_the_model_cards_code_loads_the_model_offline(chat_run: Path) -> None:
     import re
 
     from tuneforge.artifacts import RunDir
-    from tuneforge.evaluation.model_card import render_card
+    from tuneforge.evaluation.report.model_card import render_card
 
     card = render_card(RunDir.open(chat_run), {})
     code = re.search(r"## Use\n\n```python\n(.*?)```", card, re.S)

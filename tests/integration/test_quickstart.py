@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,24 @@ def test_quickstart_fast(cli, tmp_path: Path) -> None:
     r = cli("quickstart", "--fast", timeout=900)
     assert r.returncode == 0, r.stderr
     assert "base" in r.stdout and "tuned" in r.stdout
+    # One line per stage, in order, after the plan and before the closing time per stage.
+    stages = [
+        line for line in r.stderr.splitlines() if line.startswith(("quickstart", "[", "estimated time"))
+    ]
+    assert [s.split(" ")[0] for s in stages] == [
+        "quickstart:",
+        "[1/4]",
+        "[2/4]",
+        "estimated",
+        "[3/4]",
+        "[4/4]",
+        "quickstart",
+    ], r.stderr
+    assert stages[0] == (
+        "quickstart: builtin:demo-tweets -> builtin:smollm2-135m-instruct + lora for 3 steps -> base vs "
+        "tuned on 12 test examples"
+    )
+    assert re.fullmatch(r"quickstart took .*: model .* · data .* · train .* · evaluate .*", stages[-1])
     run = tmp_path / "runs" / "quickstart"
     # the first 12 of the demo's test split: an evaluation named for that, never mistaken for the whole split
     result = json.loads((run / "eval" / "test-first12.json").read_text())

@@ -54,8 +54,8 @@ def test_smollm2_chat_report_shows_real_answers(tmp_path: Path) -> None:
 
     from tuneforge.config import load_config
     from tuneforge.evaluation import evaluate_run
-    from tuneforge.evaluation.model_card import CARD_METRICS
-    from tuneforge.evaluation.render import visible
+    from tuneforge.evaluation.report.model_card import CARD_METRICS
+    from tuneforge.evaluation.report.render import visible
     from tuneforge.train import train
 
     chats = [

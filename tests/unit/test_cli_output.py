@@ -66,3 +66,42 @@ def test_config_keys_lists_the_keys_of_an_optional_section_and_dpo_beta(
         "train.dpo_beta  (float, default 0.1)  Preference data (DPO): how far the tuned model may move "
         "from the base; higher keeps it closer." in lines
     )
+
+
+def test_the_comparison_shows_the_classical_baselines_beside_base_and_tuned(screen: io.StringIO) -> None:
+    def scores(acc: float, f1: float, neg: float, ece: float | None = None) -> dict:
+        m = {"accuracy": acc, "macro_f1": f1, "per_class": {"negative": {"f1": neg}, "positive": {"f1": 0.5}}}
+        return m | ({} if ece is None else {"ece": ece})
+
+    cli.print_comparison(
+        {
+            "evaluation": "test-first200",
+            "split": "test",
+            "n": 200,
+            "labels": ["negative", "positive"],
+            "tuned": scores(0.675, 0.582, 0.77, ece=0.088),
+            "base": scores(0.14, 0.101, 0.076, ece=0.496),
+            "baselines": {
+                "majority": {"metrics": scores(0.41, 0.194, 0.0)},
+                "tfidf_logreg": {"metrics": scores(0.75, 0.683, 0.8)},
+            },
+        }
+    )
+    lines = screen.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if "metric" in line)
+    assert [c.strip() for c in header.strip("│┃ ").split("┃")] == [
+        "metric",
+        "base",
+        "tuned",
+        "majority",
+        "tfidf logreg",
+    ]
+    row = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in lines
+        if "│" in line
+    }
+    assert row["macro_f1"] == ["0.101", "0.582", "0.194", "0.683"]
+    assert row["ece"] == ["0.496", "0.088", "-", "-"]  # the baselines give labels, no probabilities
+    assert row["f1 negative"] == ["0.076", "0.770", "0.000", "0.800"]

@@ -19,8 +19,9 @@ from typing import Any
 
 from tuneforge.artifacts import DatasetDir, RunDir
 from tuneforge.config import RunConfig
+from tuneforge.evaluation.metric_table import metric_of
 from tuneforge.evaluation.model_eval import ModelEval, evaluate_model, prompt_and_reference
-from tuneforge.evaluation.stats import LOWER_IS_BETTER, compare, verdict
+from tuneforge.evaluation.stats import compare, verdict
 
 #: An answer is in a repeat loop when one piece of it (at most UNIT characters, with a letter or digit in it)
 #: comes LOOP times or more in a row, over at least SPAN characters: "I love it I love it I love it", and
@@ -28,10 +29,6 @@ from tuneforge.evaluation.stats import LOWER_IS_BETTER, compare, verdict
 UNIT, LOOP, SPAN = 50, 3, 12
 _LOOP = re.compile(rf"(.{{1,{UNIT}}}?)\1{{{LOOP - 1},}}", re.DOTALL)
 SIDES = ("dpo", "reference")
-#: Per-example score → the metric it is the mean of, where the names differ.
-MEAN_OF = {"loss": "loss_per_example", "repetition": "repetition_rate"}
-#: The metrics the terminal and the report show first: what preference tuning tends to break.
-SHOWN = ("reward_margin", "answer_words", "repetition_rate", "token_f1", "chrf", "loss_per_example")
 
 
 def repeats(answer: str) -> bool:
@@ -85,11 +82,6 @@ def _verdict(metric: str, test: dict[str, Any]) -> str:
             f"dpo answers are {longer} by {abs(test['diff']):.3g} words "
             f"[{test['lo']:+.3g}, {test['hi']:+.3g}], p = {test['p_value']:.3g}"
         )
-    if metric == "repetition_rate" and metric not in LOWER_IS_BETTER:
-        # Lower is better: the verdict of the negated difference names the right winner (its numbers are
-        # printed as the winner's advantage, so the sign does not show).
-        flipped = {**test, "diff": -test["diff"], "lo": -test["hi"], "hi": -test["lo"]}
-        return verdict(metric, flipped, names=names)
     return verdict(metric, test, names=names)
 
 
@@ -101,7 +93,7 @@ def compare_answers(cfg: RunConfig, dpo: ModelEval, reference: ModelEval) -> dic
     if n_boot <= 0:
         return {"ci": ci, "paired": paired}
     for name, values in dpo.per_example.items():
-        metric = MEAN_OF.get(name, name)
+        metric = metric_of(name)
         keep = [
             i for i, (a, b) in enumerate(zip(values, reference.per_example[name], strict=True))
             if math.isfinite(a) and math.isfinite(b)

@@ -6,9 +6,13 @@ metric functions the models get, so the numbers sit beside base and tuned in one
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.evaluation.metrics import classification_metrics, regression_metrics
+from tuneforge.evaluation.stats import compare
+
+if TYPE_CHECKING:
+    from tuneforge.evaluation.model_eval import ModelEval
 
 
 def classification_baselines(
@@ -71,3 +75,42 @@ def baselines(
     if fmt == "regression":
         return regression_baselines(train, test)
     return {}
+
+
+def compare_baselines(
+    fmt: str,
+    records: list[dict[str, Any]],
+    tuned: ModelEval,
+    baselines: dict[str, Any],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Each baseline's metrics, its interval and its paired test against the tuned model (the eval JSON's
+    baselines section)."""
+    out: dict[str, Any] = {}
+    for name, b in baselines.items():
+        entry: dict[str, Any] = {"metrics": b["metrics"]}
+        if fmt == "classification":
+            theirs = [
+                float(str(p) == str(r["label"])) for p, r in zip(b["predictions"], records, strict=True)
+            ]
+            mine, metric = tuned.per_example["correct"], "accuracy"
+        else:
+            theirs = [
+                (float(p) - float(r["label"])) ** 2 for p, r in zip(b["predictions"], records, strict=True)
+            ]
+            mine, metric = tuned.per_example["squared_error"], "mse"
+        if n_boot > 0 and records:
+            c = compare(
+                metric,
+                mine,
+                theirs,
+                n_boot=n_boot,
+                seed=seed,
+                correct=metric == "accuracy",
+                names=("tuned", name),
+            )
+            entry["vs_tuned"] = {**c["paired"], "verdict": c["verdict"]}
+            entry["ci"] = {metric: c["base"]}  # the baseline's own interval, beside base's and tuned's
+        out[name] = entry
+    return out

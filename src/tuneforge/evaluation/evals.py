@@ -7,8 +7,11 @@ and `human-eval` read an evaluation by that name and say which one they read.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tuneforge.artifacts import RunDir, read_json
 
@@ -67,3 +70,16 @@ def resolve(run: RunDir, name: str) -> str:
     if not partial:
         return name
     return str(max(partial, key=lambda r: (r["n"], r["evaluation"]))["evaluation"])
+
+
+def clean(obj: Any) -> Any:
+    """NaN/inf → None, numpy scalars → Python: the eval JSON stays strict JSON."""
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -9,13 +9,19 @@ left out of the gaps unless asked (eval.rank_missing_group): "no value" is not a
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tuneforge.data.records import MISSING_GROUP, group_value
+from tuneforge.evaluation.metric_table import metric_of
+
+if TYPE_CHECKING:
+    from tuneforge.config import RunConfig
+    from tuneforge.evaluation.model_eval import ModelEval
 
 MIN_GROUP_SIZE = 10
 CI_QUANTILES = [0.025, 0.975]
@@ -161,3 +167,46 @@ def widened_gaps(base: dict[str, Any], tuned: dict[str, Any], tolerance: float =
                     f"tuning widened the {what} for '{label}' from {b_par[key]:.3g} to {value:.3g}"
                 )
     return warnings
+
+
+def fairness_section(
+    cfg: RunConfig,
+    labels: list[str],
+    gold: list[str] | None,
+    tuned: ModelEval,
+    base: ModelEval | None,
+    groups: dict[str, list[str]],
+) -> dict[str, Any]:
+    """Per grouping column, the group tables of tuned (and base) and the gaps tuning widened (the eval JSON's
+    fairness section). `gold`: the labels of a classification's records, for the parity differences."""
+    out: dict[str, Any] = {}
+    for column, values in groups.items():
+
+        def one(m: ModelEval, values: list[str] = values) -> dict[str, Any]:
+            keep = [i for i in range(len(values)) if all(math.isfinite(v[i]) for v in m.per_example.values())]
+            scores = {metric_of(k): [v[i] for i in keep] for k, v in m.per_example.items()}
+            kwargs: dict[str, Any] = {}
+            if gold is not None:
+                preds = m.label_predictions
+                kwargs = {
+                    "y_true": [gold[i] for i in keep],
+                    "y_pred": [str(preds[i]) for i in keep],
+                    "labels": labels,
+                }
+            return group_report(
+                [values[i] for i in keep],
+                scores,
+                min_group_size=cfg.eval.min_group_size,
+                n_boot=min(cfg.eval.bootstrap, 200),
+                seed=cfg.eval.seed,
+                rank_missing=cfg.eval.rank_missing_group,
+                **kwargs,
+            )
+
+        entry: dict[str, Any] = {"tuned": one(tuned)}
+        entry["warnings"] = list(entry["tuned"].get("warnings", []))  # the "(missing)" group, said once
+        if base is not None:
+            entry["base"] = one(base)
+            entry["warnings"] += widened_gaps(entry["base"], entry["tuned"])
+        out[column] = entry
+    return out

@@ -1,4 +1,5 @@
-"""Metrics from predictions: classification (accuracy, macro-F1, per class, confusion) and regression."""
+"""Metrics from predictions: classification (accuracy, macro-F1, per class, confusion), regression, and a
+language model's loss per target token with its perplexity (computed here only)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,15 @@ def regression_metrics(gold: list[float], pred: list[float]) -> dict[str, Any]:
         "r2": float(r2_score(gold, pred)) if len(gold) > 1 else float("nan"),
     }
     return out
+
+
+def perplexity(loss: float) -> float:
+    """exp of a loss per token, capped so that a diverged model's loss prints a number rather than inf."""
+    return math.exp(min(loss, 50.0))
+
+
+def loss_metrics(losses: list[float], counts: list[int]) -> dict[str, Any]:
+    """Loss per target token (from each example's summed loss and its target tokens) and its perplexity."""
+    n = sum(counts)
+    loss = sum(losses) / max(n, 1)
+    return {"loss": loss, "perplexity": perplexity(loss), "target_tokens": n}

@@ -15,7 +15,7 @@ import numpy as np
 
 from tuneforge.config import RunConfig
 from tuneforge.evaluation.calibration import calibration, softmax
-from tuneforge.evaluation.metrics import classification_metrics, regression_metrics
+from tuneforge.evaluation.metrics import classification_metrics, loss_metrics, regression_metrics
 from tuneforge.evaluation.scores import example_losses, head_logits, label_logprobs
 from tuneforge.models.encode import encode_prompt, encoder, has_targets, pack_text, to_messages
 
@@ -174,7 +174,7 @@ def _language_model(
     if fmt == "text":  # packed into full blocks, as in training
         examples = pack_text([r["text"] for r in records], tok, max_len)
         losses, counts = example_losses(model, examples, pad, bs)
-        return ModelEval(_loss_metrics(losses, counts))
+        return ModelEval(loss_metrics(losses, counts))
     encode = encoder(
         tok, task="causal-lm", fmt=fmt, labels=labels, max_length=max_len, template=cfg.data.prompt_template
     )
@@ -184,7 +184,7 @@ def _language_model(
     losses, counts = [math.nan] * len(records), [0] * len(records)
     for i, loss, count in zip(kept, kept_losses, kept_counts, strict=True):
         losses[i], counts[i] = loss, count
-    metrics = _loss_metrics(kept_losses, kept_counts)
+    metrics = loss_metrics(kept_losses, kept_counts)
     per = {"loss": [loss / c if c else math.nan for loss, c in zip(losses, counts, strict=True)]}
     out = ModelEval(metrics, [], per, target_tokens=counts)
     if fmt in ("chat", "instruction") and cfg.eval.generate:
@@ -202,12 +202,6 @@ def _language_model(
             metrics["semantic_similarity"] = sum(per["semantic_similarity"]) / max(len(answers), 1)
         out.predictions = answers
     return out
-
-
-def _loss_metrics(losses: list[float], counts: list[int]) -> dict[str, Any]:
-    n = sum(counts)
-    loss = sum(losses) / max(n, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "target_tokens": n}
 
 
 def evaluate_model(

@@ -15,12 +15,15 @@ from typing import Any
 from tuneforge.artifacts import SPLITS, DatasetDir, RunDir, atomic_file, write_json_atomic
 from tuneforge.config import RunConfig, with_overrides
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.evals import evaluation_name, evaluation_path, predictions_path
+from tuneforge.evaluation.baseline import compare_baselines
+from tuneforge.evaluation.evals import clean, evaluation_name, evaluation_path, predictions_path
+from tuneforge.evaluation.fairness import fairness_section
 from tuneforge.evaluation.guard import check_adapter_applied, check_differs, probe_batch, probe_logits
+from tuneforge.evaluation.intervals import intervals_and_tests
 from tuneforge.evaluation.model_eval import ModelEval, evaluate_model, prompt_and_reference
-from tuneforge.evaluation.summary import clean, summarize
 from tuneforge.models.encode import encoder, pack_text
 from tuneforge.models.runs import check_finished, load_base, load_tuned
+from tuneforge.models.threads import apply_threads
 from tuneforge.train import reload_config
 
 
@@ -122,8 +125,8 @@ def _threshold_optimizer(
     if cfg.eval.threshold_optimizer == "off" or tuned.probs is None:
         return None
     from tuneforge.evaluation.calibration import softmax
-    from tuneforge.evaluation.postprocess import threshold_optimized
     from tuneforge.evaluation.scores import head_logits
+    from tuneforge.evaluation.threshold import threshold_optimized
 
     column = next(iter(groups))
     val = dataset.records("validation")
@@ -206,6 +209,7 @@ def evaluate_run(
             f"unknown split {split!r}", where="--split", fix="use one of: " + ", ".join(SPLITS)
         )
     check_finished(run)
+    apply_threads(cfg.eval.num_threads, "eval.num_threads")
     compare = cfg.eval.compare_base if compare_base is None else compare_base
     limit = max_examples or cfg.eval.max_examples
     dataset = DatasetDir.open(run.manifest.get("dataset", {}).get("path", cfg.data.path or ""))
@@ -279,7 +283,12 @@ def evaluate_run(
     }
     if base is not None:
         result["base"] = base.metrics
-    result.update(summarize(cfg, fmt, labels, records, tuned, base, baselines, groups))
+    n_boot, seed = cfg.eval.bootstrap, cfg.eval.seed
+    gold = [str(r["label"]) for r in records] if fmt == "classification" else None
+    evidence = intervals_and_tests(cfg, fmt, labels, records, tuned, base)
+    evidence["baselines"] = compare_baselines(fmt, records, tuned, baselines, n_boot, seed)
+    evidence["fairness"] = fairness_section(cfg, labels, gold, tuned, base, groups)
+    result.update(clean(evidence))
     result["guard"] = guard
     if post is not None:
         result["threshold_optimizer"] = post

@@ -1,7 +1,8 @@
-"""Per-example raw scores (label log-likelihoods, head logits, answer losses) that metrics and tests share.
+"""What a model says about given examples before anything is decided: target log-probabilities (per
+sequence, or k answers sharing one prompt), label log-likelihoods, head logits and per-example losses.
 
-`model_eval.py` decides (argmax); this module keeps the numbers behind each decision, which the calibration,
-the bootstrap intervals and the paired tests need.
+Target log-probabilities never build full-vocabulary logits. `model_eval.py` decides (argmax); this module
+keeps the numbers behind each decision, which calibration, bootstrap intervals and paired tests need.
 """
 
 from __future__ import annotations
@@ -10,9 +11,114 @@ from typing import Any
 
 import torch
 
-from tuneforge.evaluation.predict import _can_share_prompt, _sequence_logprobs, _shared_prompt_logprobs
+from tuneforge.evaluation.metrics import loss_metrics
 from tuneforge.models.collate import collate
 from tuneforge.models.encode import IGNORE, encode_classification_prompt, encode_text
+from tuneforge.models.lm_loss import target_logprobs
+
+
+@torch.no_grad()
+def _sequence_logprobs(
+    model: Any, examples: list[dict[str, Any]], pad_id: int, batch_size: int
+) -> list[float]:
+    """Sum of log-probabilities of each example's target tokens (labels != IGNORE)."""
+    model.eval()
+    scores: list[float] = []
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size], pad_id)
+        # Only positions with a target (a few answer tokens) go through the output layer and the softmax.
+        scores.extend(target_logprobs(model, {k: v.to(model.device) for k, v in batch.items()}).tolist())
+    return scores
+
+
+def _can_share_prompt(model: Any) -> bool:
+    """Whether the model takes a KV cache we may extend: not prompt/prefix tuning, which own the cache."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return False
+    return _cache_kwarg(model) is not None
+
+
+def _cache_kwarg(model: Any) -> str | None:
+    """The forward argument that takes a KV cache: `cache` in newer transformers, `past_key_values` before."""
+    return next((name for name in ("cache", "past_key_values") if _takes(model, name)), None)
+
+
+def _takes(model: Any, argument: str) -> bool:
+    """Whether the (base) model's forward has this argument."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return argument in inspect.signature(base.forward).parameters
+
+
+@torch.no_grad()
+def _shared_prompt_logprobs(
+    model: Any, examples: list[dict[str, Any]], k: int, pad_id: int, batch_size: int
+) -> list[float]:
+    """`_sequence_logprobs` for k answers per prompt, running each prompt through the model once.
+
+    examples[i*k + j] is prompt i with answer j. The prompts are left-padded and encoded with a KV cache;
+    each answer then costs only its own few tokens. This is what makes label scoring ~k times cheaper than
+    scoring k full sequences; the result equals the full-sequence score up to float rounding (a test checks).
+    Hand-written because transformers' generate() scores what it samples, not a given set of continuations.
+    """
+    model.eval()
+    cache_kwarg = _cache_kwarg(model) or "past_key_values"
+    device = model.device
+    prompts, answers = [], []
+    for e in examples:
+        start = next((t for t, x in enumerate(e["labels"]) if x != IGNORE), len(e["labels"]))
+        prompts.append(e["input_ids"][:start])
+        answers.append(e["input_ids"][start:])
+    scores = [0.0] * len(examples)
+    n = len(examples) // k
+    # batch_size prompts per forward: the answers after them are a few tokens each.
+    for first in range(0, n, batch_size):
+        rows = list(range(first, min(n, first + batch_size)))
+        group = [prompts[i * k] for i in rows]
+        same_prompts = all(prompts[i * k + j] == group[r] for r, i in enumerate(rows) for j in range(k))
+        if not same_prompts or not all(group):
+            # Truncation cut some prompts differently: score this group the plain way.
+            idx = [i * k + j for i in rows for j in range(k)]
+            plain = _sequence_logprobs(model, [examples[x] for x in idx], pad_id, batch_size)
+            for x, v in zip(idx, plain, strict=True):
+                scores[x] = v
+            continue
+        width = max(len(p) for p in group)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in group], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        # Only the last prompt position predicts anything here: project just that one (not (B, T, V)).
+        keep = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        first_logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+        for j in range(k):
+            conts = [answers[i * k + j] for i in rows]
+            total = torch.zeros(len(rows), device=device)
+            has = torch.tensor([bool(c) for c in conts], device=device)
+            heads = torch.tensor([c[0] if c else 0 for c in conts], device=device)
+            total += first_logp.gather(-1, heads.unsqueeze(-1)).squeeze(-1) * has
+            longest = max(len(c) for c in conts)
+            if longest > 1:
+                body = torch.tensor([c + [pad_id] * (longest - len(c)) for c in conts], device=device)
+                seen = torch.tensor([[1] * len(c) + [0] * (longest - len(c)) for c in conts], device=device)
+                step_pos = pos[:, -1:] + torch.arange(1, longest, device=device)
+                out2 = model(
+                    input_ids=body[:, :-1],
+                    attention_mask=torch.cat([mask, torch.ones_like(body[:, :-1])], dim=1),
+                    position_ids=step_pos,
+                    use_cache=True,
+                    **{cache_kwarg: cache},
+                )
+                logp = torch.log_softmax(out2.logits.float(), dim=-1)  # (B, L-1, V), L = a few tokens
+                picked = logp.gather(-1, body[:, 1:].unsqueeze(-1)).squeeze(-1) * seen[:, 1:]
+                total += picked.sum(-1)
+                cache.crop(-(longest - 1))  # drop the answer: the prompt alone again for the next one
+            for r, i in enumerate(rows):
+                scores[i * k + j] = float(total[r])
+    return scores
 
 
 def label_logprobs(
@@ -72,3 +178,8 @@ def example_losses(
     logp = _sequence_logprobs(model, examples, pad_id, batch_size)
     counts = [sum(1 for x in e["labels"][1:] if x != IGNORE) for e in examples]
     return [-v for v in logp], counts
+
+
+def lm_loss(model: Any, examples: list[dict[str, Any]], pad_id: int, batch_size: int) -> dict[str, Any]:
+    """Mean loss per target token and perplexity over supervised examples."""
+    return loss_metrics(*example_losses(model, examples, pad_id, batch_size))

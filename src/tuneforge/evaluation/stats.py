@@ -17,25 +17,7 @@ from typing import Any
 
 import numpy as np
 
-#: Metrics where lower is better (everything else: higher is better).
-LOWER_IS_BETTER = frozenset(
-    {
-        "ter",
-        "loss",
-        "loss_per_example",
-        "perplexity",
-        "squared_error",
-        "abs_error",
-        "mse",
-        "rmse",
-        "mae",
-        "brier",
-        "ece",
-    }
-)
-
-#: Metrics where neither direction is better (an answer's length relative to the reference).
-NEITHER = frozenset({"length_ratio"})
+from tuneforge.evaluation.metric_table import better
 
 Statistic = Callable[[np.ndarray], float]  # indices of a resample → the metric on those examples
 
@@ -187,10 +169,10 @@ def verdict(
     shown = f"{sig(diff, True)} [{sig(lo, True)}, {sig(hi, True)}]"
     if not np.isfinite(diff) or p >= alpha or (lo <= 0 <= hi):
         return f"no evidence of a difference in {metric} (diff {shown}, p = {p:.3g})"
-    if metric in NEITHER:
+    if better(metric) == "near 1":
         return f"{names[0]} and {names[1]} differ in {metric} by {shown}, p = {p:.3g}"
     higher = lo > 0
-    tuned_better = higher != (metric in LOWER_IS_BETTER)
+    tuned_better = higher != (better(metric) == "lower")
     who = names[0] if tuned_better else names[1]
     # The interval of the winner's advantage (positive), whichever side and direction that is.
     sign = 1.0 if higher else -1.0

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from tuneforge.evaluation.metric_table import METRICS
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -102,10 +104,6 @@ def corpus_statistics(preds: list[str], refs: list[str]) -> dict[str, Callable[[
     return out
 
 
-#: Corpus-level metrics (not means of their per-example values): their intervals recompute the corpus score.
-CORPUS_LEVEL = ("bleu", "chrf", "ter", "length_ratio")
-
-
 def corpus_scores(preds: list[str], refs: list[str]) -> dict[str, Any]:
     """Corpus-level BLEU/chrF/TER (sacrebleu's definition, not a mean of sentences) and mean ROUGE/EM/F1."""
     per = per_example_scores(preds, refs)
@@ -114,10 +112,14 @@ def corpus_scores(preds: list[str], refs: list[str]) -> dict[str, Any]:
     pred_words, ref_words = sum(map(_words, preds)), sum(map(_words, refs))
     everything = np.arange(len(preds))
     corpus = {k: f(everything) for k, f in corpus_statistics(preds, refs).items()} if preds else {}
+    # A corpus-level metric (the table's "statistic") is not the mean of its per-example values.
     return {
         "n": len(preds),
-        **{k: corpus.get(k, float("nan")) for k in ("bleu", "chrf", "ter")},
-        **{k: mean[k] for k in (*ROUGE_TYPES, "exact_match", "token_f1")},
+        **{
+            k: corpus.get(k, float("nan")) if METRICS[k].aggregation == "statistic" else mean[k]
+            for k in PER_EXAMPLE
+            if k != "length_ratio"  # after the word counts it is the ratio of
+        },
         "mean_answer_words": pred_words / n,
         "mean_reference_words": ref_words / n,
         "length_ratio": pred_words / max(ref_words, 1),

@@ -153,7 +153,7 @@ def export_card(run: RunDir, manifest: dict[str, Any]) -> str:
     `base_model` only as a Hub id, as evaluate's card does (`hub_base_model`): never a local path."""
     from huggingface_hub import ModelCardData
 
-    from tuneforge.evaluation.model_card import hub_base_model
+    from tuneforge.evaluation.report.model_card import hub_base_model
 
     data = ModelCardData(
         base_model=hub_base_model(run),

@@ -189,6 +189,15 @@ class Estimate:
         return out
 
 
+def fmt_duration(seconds: float) -> str:
+    """A wall time in the words of the progress lines: "45 s", "29 min", "4 h 31 min"."""
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+
+
 def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "?"

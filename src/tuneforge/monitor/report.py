@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from tuneforge.artifacts import RunDir, atomic_dir, write_json_atomic, write_text_atomic
-from tuneforge.evaluation.render import Section, num, to_html, to_markdown
+from tuneforge.evaluation.report.render import Section, num, to_html, to_markdown
 
 KIND = "tuneforge.monitor-report"
 

@@ -96,6 +96,7 @@ def what_to_serve(
 def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) -> None:
     import uvicorn
 
+    from tuneforge.models.threads import apply_threads
     from tuneforge.serve.app import create_app
     from tuneforge.serve.champion import ChampionWatcher, only_registry_name
     from tuneforge.serve.limits import Admission
@@ -119,6 +120,7 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
         log = RequestLog(database_url(cfg.log_db), keep_text=cfg.log_text, redact=list(cfg.redact_pii))
     try:
         sock = bind(cfg.host, cfg.port)
+        apply_threads(cfg.num_threads, "serve.num_threads")
         engine = build_engine(served, cfg)
         shadow = None
         if reg is not None:

@@ -14,6 +14,8 @@ from rich.progress import Progress, ProgressBar, ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
 
+from tuneforge.models.estimate import fmt_duration
+
 
 def peak_memory_bytes() -> int:
     """Peak accelerator memory allocated by torch on CUDA, else the peak resident memory of this process."""
@@ -76,22 +78,13 @@ class TrainLine(ProgressColumn):
 def remaining_line(seconds_per_step: float, steps_left: int, budget_s: float | None) -> str:
     """What the measured speed means for the rest of the run, and how to make it fit half an hour."""
     left = seconds_per_step * steps_left
-    line = (
-        f"measured {seconds_per_step:.3g} s/step: about {_duration(left)} for the {steps_left:,} steps left"
-    )
+    about = fmt_duration(left)
+    line = f"measured {seconds_per_step:.3g} s/step: about {about} for the {steps_left:,} steps left"
     if budget_s is not None and left > budget_s:
         line += f"; train.time_budget stops it after about {int(budget_s / seconds_per_step):,} of them"
     elif budget_s is None and left > HALF_HOUR:
         line += "; train.time_budget=30m to fit half an hour (the best checkpoint is kept)"
     return line
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 1:
-        return f"{seconds:.0f} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
 HALF_HOUR = 1800.0
@@ -157,7 +150,7 @@ class TrainProgress:
             if now - self.last_line >= self.every_s or step == self.total:
                 self.last_line = now
                 left = self._eta(step, now)
-                eta = f" eta {_duration(left)}" if left is not None else ""
+                eta = f" eta {fmt_duration(left)}" if left is not None else ""
                 _say(f"step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} {tps:,.0f} tok/s{eta}")
             return
         mem = f"{peak_memory_bytes() / 2**30:.2f} GiB"

@@ -124,18 +124,78 @@ def apply_defaults(
     started = RunDir(Path(cfg.train.output_dir)).manifest if resume else {}
     # A run whose manifest predates recorded defaults started without any: resume it so, unchanged.
     recorded = started.get("defaults", {}) if started else None
+    time_line = ""
     if recorded is not None:
         chosen = {k: v for k, v in recorded.items() if k not in source.given}
     else:
         cuda = getattr(plan.accelerator.device, "type", "cpu") == "cuda"
         procs = plan.accelerator.num_processes
         chosen = defaults_for(cfg, dataset.manifest, source.given, cuda=cuda, processes=procs)
+        chosen, time_line = _fit_time(cfg, source, dataset.manifest, chosen, cuda=cuda, processes=procs)
     if not chosen:
         return cfg, plan
     cfg = apply_settings(cfg, chosen, source)
     line = describe_defaults(cfg, dataset.manifest, chosen) if plan.is_main and recorded is None else ""
+    if time_line and plan.is_main:
+        line += "\n" + time_line
     method, options = resolve_method(cfg.method, source, task=cfg.model.task)
     return cfg, dataclasses.replace(plan, method=method, options=options, defaults=chosen, defaults_line=line)
+
+
+def _fit_time(
+    cfg: RunConfig,
+    source: ConfigSource,
+    manifest: dict[str, Any],
+    chosen: dict[str, Any],
+    *,
+    cuda: bool,
+    processes: int,
+) -> tuple[dict[str, Any], str]:
+    """The defaults cut to the time budget (or, on CPU, to half an hour): models/budget.py decides, from the
+    estimate of this machine; switching method takes that method's own recipe. Returns (defaults, line)."""
+    from tuneforge.models.budget import fit_budget
+    from tuneforge.models.estimate import detect_device, estimate
+    from tuneforge.models.recommend import apply_settings, defaults_for
+
+    given = source.given or set()
+    planned = apply_settings(cfg, chosen, source)
+    t = planned.train
+    rows = int((manifest.get("splits") or {}).get("train") or 0)
+    per_epoch = math.ceil(rows / max(t.batch_size * t.gradient_accumulation_steps * processes, 1))
+    device = None
+
+    def step_s(method: str) -> float | None:
+        nonlocal device
+        try:
+            device = device or detect_device(measure_flops=True)
+            sized = (
+                apply_settings(planned, {"method.name": method}) if method != planned.method.name else planned
+            )
+            return estimate(sized, device=device, manifest=manifest, processes=processes).step_s
+        except Exception:  # a model the estimate cannot size keeps the recipe's length (loading will tell)
+            return None
+
+    fit = fit_budget(
+        budget_s=t.time_budget,
+        cuda=cuda,
+        given=given,
+        planned_steps=t.max_steps or math.ceil(t.epochs * per_epoch),
+        steps_per_epoch=per_epoch,
+        eval_every=t.eval_every,
+        method=planned.method.name,
+        step_s=step_s,
+        can_switch_to_lora=cfg.model.task != "causal-lm",
+    )
+    if fit is None:
+        return chosen, ""
+    if fit.settings.get("method.name", planned.method.name) != planned.method.name:
+        # The new method's own recipe (its learning rate, its options), then the fitted length.
+        switched = apply_settings(cfg, {"method.name": fit.settings["method.name"]}, source)
+        chosen = {"method.name": fit.settings["method.name"]} | defaults_for(
+            switched, manifest, given | {"method.name"}, cuda=cuda, processes=processes
+        )
+    chosen = {k: v for k, v in chosen.items() if k != "train.epochs"} | fit.settings
+    return chosen, fit.line
 
 
 @dataclass

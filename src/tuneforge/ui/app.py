@@ -43,7 +43,7 @@ class Ui:
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
         )
-        from tuneforge.evaluation.render import num, visible
+        from tuneforge.evaluation.report.render import num, visible
 
         self.env.filters["num"] = num
         self.env.filters["visible"] = visible  # control characters (a tiny model emits them) as \xNN

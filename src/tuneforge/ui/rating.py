@@ -80,7 +80,7 @@ def _human_run(request: Request, path: str, error: str) -> Response:
     results, stale = None, False
     human_json = export.run.eval_dir / "human.json"
     if human_json.is_file():
-        from tuneforge.evaluation.report_ratings import human_blocks
+        from tuneforge.evaluation.report.ratings import human_blocks
 
         try:
             results = human_blocks(read_json(human_json))

@@ -61,9 +61,9 @@ def headline_of(run: RunDir) -> tuple[str, str, float | None]:
         return cached[1]
     out: tuple[str, str, float | None] = ("", "", None)
     if stamp:
-        from tuneforge.evaluation.render import with_ci
         from tuneforge.evaluation.report import eval_results
-        from tuneforge.evaluation.report_eval import headline_metric, intervals
+        from tuneforge.evaluation.report.evaluation import headline_metric, intervals
+        from tuneforge.evaluation.report.render import with_ci
 
         try:
             results = eval_results(run)
@@ -175,8 +175,8 @@ def run_page(request: Request, path: str = "") -> Response:
     if state.state != "unreadable":
         manifest = run.manifest
     from tuneforge.evaluation.report import eval_results
-    from tuneforge.evaluation.report_eval import evaluation_blocks, headline
-    from tuneforge.evaluation.report_run import model_section
+    from tuneforge.evaluation.report.evaluation import evaluation_blocks, headline
+    from tuneforge.evaluation.report.run_sections import model_section
 
     model, model_problem = _blocks_or_problem(lambda: model_section(run)) if manifest else ([], None)
     evaluations = []

@@ -11,12 +11,12 @@ import torch
 from tests.tiny import LABELS
 from tuneforge.config import ModelConfig
 from tuneforge.evaluation.metrics import classification_metrics
-from tuneforge.evaluation.predict import (
+from tuneforge.evaluation.scores import (
     _can_share_prompt,
     _sequence_logprobs,
     _shared_prompt_logprobs,
+    label_logprobs,
 )
-from tuneforge.evaluation.scores import label_logprobs
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.models.encode import encode_chat, to_messages
 

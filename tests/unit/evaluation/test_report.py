@@ -15,8 +15,8 @@ from tuneforge.artifacts import atomic_dir, check_replaceable, write_json_atomic
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.calibration import calibration
 from tuneforge.evaluation.metrics import classification_metrics
-from tuneforge.evaluation.render import num, with_ci
 from tuneforge.evaluation.report import write_report
+from tuneforge.evaluation.report.render import num, with_ci
 from tuneforge.evaluation.stats import compare, sig
 
 LABELS = ["negative", "neutral", "positive"]

@@ -108,7 +108,15 @@ def test_evaluate_takes_eval_overrides_on_top_of_the_run(
     run, cache, _ = trained
     _as_builtin(monkeypatch, cache)
     copy = RunDir(shutil.copytree(run.path, tmp_path / "run"))
-    out = evaluate_run(copy.path, overrides=["eval.max_examples=2", "eval.split=validation"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = evaluate_run(
+            copy.path, overrides=["eval.max_examples=2", "eval.split=validation", "eval.num_threads=2"]
+        )
+        assert torch.get_num_threads() == 2  # eval.num_threads applied
+    finally:
+        torch.set_num_threads(before)
     result = json.loads(out.read_text())
     assert (out.name, result["split"], result["n"]) == ("validation-first2.json", "validation", 2)
     with pytest.raises(TuneforgeError) as e:

@@ -241,7 +241,7 @@ def test_evaluating_the_dpo_run_answers_the_sft_runs_test_prompts_with_both_mode
 ) -> None:
     from tuneforge.evaluation import evaluate_run
     from tuneforge.evaluation.answers import repeats
-    from tuneforge.evaluation.report_answers import answer_lines
+    from tuneforge.evaluation.report.answers import answer_lines
 
     evaluate_run(sft.path, overrides=EVAL, report=False)
     result = json.loads(evaluate_run(dpo.path, overrides=EVAL).read_text())

@@ -22,7 +22,7 @@ from tests.tiny import LABELS, sentiment_rows, write_csv, write_jsonl
 from tuneforge.artifacts import DatasetDir, RunDir
 from tuneforge.config import RunConfig, config_from_dict
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.predict import lm_loss
+from tuneforge.evaluation.scores import lm_loss
 from tuneforge.models.collate import collate
 from tuneforge.models.encode import encode_for_task
 from tuneforge.models.runs import load_tuned
@@ -349,7 +349,7 @@ def test_saved_result_reloads_with_identical_predictions(
     dataset = DatasetDir(Path(run.manifest["dataset"]["path"]))
     assert validation_loss(model, tok, cfg, dataset) == pytest.approx(trained[0], rel=1e-6)
     if task == "causal-lm":
-        # `tuneforge evaluate` scores causal LMs with predict.lm_loss: the same number, virtual tokens or not.
+        # `tuneforge evaluate` scores causal LMs with scores.lm_loss: the same number, virtual tokens or not.
         examples = validation_examples(tok, cfg, dataset)
         scored = lm_loss(model, examples, int(tok.pad_token_id), cfg.train.batch_size)
         assert scored["loss"] == pytest.approx(trained[0], rel=1e-5)

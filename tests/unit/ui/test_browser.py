@@ -129,7 +129,7 @@ def test_a_training_runs_curve_grows_as_metrics_are_appended(tmp_path: Path, bro
 def test_two_raters_rate_blind_and_see_the_win_rate(real_workspace: Path, browser, shots: Path) -> None:
     from playwright.sync_api import expect
 
-    from tuneforge.evaluation.render import num, with_ci
+    from tuneforge.evaluation.report.render import num, with_ci
 
     run = real_workspace / "runs" / "chat"
     key = json.loads((run / "human-eval" / "key.json").read_text())["sheets"]

@@ -179,7 +179,7 @@ def test_a_hostile_dataset_row_shows_as_text(real_workspace: Path) -> None:
 def test_the_run_page_shows_the_evaluation_files(real_workspace: Path) -> None:
     from tuneforge.artifacts import RunDir
     from tuneforge.evaluation.report import eval_results
-    from tuneforge.evaluation.report_eval import headline
+    from tuneforge.evaluation.report.evaluation import headline
 
     c = client(real_workspace)
     page = c.get("/run", params={"path": "runs/chat"}).text

@@ -87,53 +87,6 @@ def _zip_columns(path: Path, columns: dict[str, int]) -> Iterator[RawRow]:
             yield RawRow(dict(zip(names, values, strict=True)), f"{path} $.{names[0]}[{i}]")
 
 
-def _shape(path: Path) -> Shape:
-    import ijson
-
-    shape = Shape()
-    with _open(path) as f:
-        events = ijson.parse(f, use_float=True)
-        first = next(events, None)
-        if first is None:
-            raise TuneforgeError("[invalid_json] the file is empty", where=str(path))
-        if first[1] == "start_array":
-            shape.record_keys.append("")
-            return shape
-        if first[1] != "start_map":
-            raise TuneforgeError(
-                f"[wrong_type] expected a JSON array or object at the top level, got {first[1]}",
-                where=str(path),
-            )
-        key: str | None = None
-        for prefix, event, value in events:
-            if prefix == "" and event == "map_key":
-                key = value
-            elif key is not None and prefix == key and event == "start_array":
-                kind, count = _array_kind(events, key)
-                if kind == "records":
-                    shape.record_keys.append(key)
-                elif kind == "column":
-                    shape.columns[key] = count
-    if not shape.record_keys and not shape.columns:
-        shape.single = True
-    elif shape.record_keys:
-        shape.columns = {}  # scalar arrays beside arrays of records are metadata, not columns
-    return shape
-
-
-def _array_kind(events: Iterator[tuple[str, str, Any]], key: str) -> tuple[str, int]:
-    """Consume a top-level array's events: records (first item an object) or a column, and its length."""
-    kind, count, item = "column", 0, f"{key}.item"
-    for prefix, event, _ in events:
-        if prefix == key and event == "end_array":
-            break
-        if prefix == item and event not in ("map_key", "end_map", "end_array"):
-            if count == 0 and event == "start_map":
-                kind = "records"
-            count += 1
-    return kind, count
-
-
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[IO[bytes]]:
     with open(path, "rb") as f:
@@ -232,7 +185,7 @@ def _max_depth(path: Path) -> int:
 
 def _read_deep(path: Path) -> Iterator[RawRow]:
     """`read` for a deeply nested file: the same shapes and locations, from unprefixed events."""
-    shape = _guarded(path, lambda: _scan_shape(path))
+    shape = _guarded(path, lambda: _shape(path))
     if shape.single:
         values = list(_guarded_iter(path, _values(path, None)))
         yield RawRow({}, f"{path} $", TOO_DEEP) if values[0] is _DEEP else RawRow(values[0], f"{path} $")
@@ -324,8 +277,9 @@ def _values(path: Path, key: str | None) -> Iterator[Any]:
             yield _build(event, value, events)
 
 
-def _scan_shape(path: Path) -> Shape:
-    """`_shape` from unprefixed events, whose cost does not grow with the nesting depth."""
+def _shape(path: Path) -> Shape:
+    """Where the records are, from ijson's unprefixed events: their cost does not grow with the nesting depth,
+    so the one scan serves shallow and deep files alike."""
     import ijson
 
     shape = Shape()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.artifacts import DatasetDir, RunDir
-from tuneforge.evaluation.render import Block, num, plot_png
+from tuneforge.evaluation.report.render import Block, num, plot_png
 
 # What the training loss is, by task (train/loop.py's batch_loss): the unit the curve's axis names.
 LOSS_UNIT = {

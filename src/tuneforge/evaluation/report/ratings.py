@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.evaluation.render import Block, num, with_ci
+from tuneforge.evaluation.report.render import Block, num, with_ci
 
 
 def judge_blocks(j: dict[str, Any]) -> list[Block]:

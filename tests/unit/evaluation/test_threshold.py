@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuneforge.evaluation.postprocess import threshold_optimized
+from tuneforge.evaluation.threshold import threshold_optimized
 
 LABELS = ["no", "yes"]
 

@@ -1,4 +1,9 @@
-"""The evidence around the metrics: intervals, paired tests, baselines compared with tuned, group tables."""
+"""How sure an evaluation is: every metric's bootstrap interval and the paired base-vs-tuned tests.
+
+A metric that is the mean of per-example scores gets the interval of that mean; one that is not (corpus BLEU,
+macro-F1, ECE, loss per target token: the metric table's "statistic") is recomputed on each resample of whole
+examples, so every interval is about the very number printed before it (stats.py draws the resamples).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from tuneforge.config import RunConfig
-from tuneforge.evaluation.fairness import group_report, widened_gaps
+from tuneforge.evaluation.metric_table import METRICS, metric_of
+from tuneforge.evaluation.metrics import perplexity as exp_loss
 from tuneforge.evaluation.model_eval import ModelEval, prompt_and_reference
 from tuneforge.evaluation.stats import (
     Statistic,
@@ -17,22 +23,6 @@ from tuneforge.evaluation.stats import (
     compare,
     compare_statistic,
 )
-
-#: Per-example score → the headline metric it is the mean of (as the report names it).
-HEADLINE = {"correct": "accuracy", "squared_error": "mse", "abs_error": "mae", "loss": "loss_per_example"}
-
-
-def clean(obj: Any) -> Any:
-    """NaN/inf → None, numpy scalars → Python: the eval JSON stays strict JSON."""
-    if isinstance(obj, dict):
-        return {k: clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _finite_pairs(a: list[float], b: list[float]) -> tuple[list[float], list[float]]:
@@ -44,17 +34,15 @@ def _finite(a: list[float]) -> list[float]:
     return [x for x in a if math.isfinite(x)]
 
 
-def summarize(
+def intervals_and_tests(
     cfg: RunConfig,
     fmt: str,
     labels: list[str],
     records: list[dict[str, Any]],
     tuned: ModelEval,
     base: ModelEval | None,
-    baselines: dict[str, Any],
-    groups: dict[str, list[str]],
 ) -> dict[str, Any]:
-    """ci, paired (with verdicts), baselines (with tuned vs each) and fairness sections of the eval JSON."""
+    """The bootstrap, ci and paired (with verdicts) sections of the eval JSON."""
     n_boot, seed = cfg.eval.bootstrap, cfg.eval.seed
     out: dict[str, Any] = {"bootstrap": {"resamples": n_boot, "level": 0.95, "seed": seed}}
     ci: dict[str, dict[str, Any]] = {"tuned": {}}
@@ -66,7 +54,7 @@ def summarize(
             if m is not None
         }
         for name, values in tuned.per_example.items():
-            metric = HEADLINE.get(name, name)
+            metric = metric_of(name)
             if name in statistics["tuned"] or metric in statistics["tuned"]:  # its own statistic below
                 continue
             ci["tuned"][metric] = bootstrap_ci(_finite(values), n_boot=n_boot, seed=seed)
@@ -77,7 +65,8 @@ def summarize(
                 paired[metric] = {**c["paired"], "verdict": c["verdict"]}
         n = len(records)
         for metric, stat in statistics["tuned"].items():
-            boot = min(n_boot, 500) if metric in SLOW else n_boot
+            slow = METRICS[metric].max_resamples if metric in METRICS else None
+            boot = min(n_boot, slow) if slow else n_boot
             base_stat = statistics.get("base", {}).get(metric)
             if base_stat is None:
                 ci["tuned"][metric] = bootstrap_statistic_ci(n, stat, n_boot=boot, seed=seed)
@@ -87,13 +76,7 @@ def summarize(
             ci["tuned"][metric], ci.setdefault("base", {})[metric] = c["tuned"], c["base"]
             paired[metric] = {**c["paired"], "verdict": c["verdict"]}
     out["ci"], out["paired"] = ci, paired
-    out["baselines"] = _baselines(fmt, records, tuned, baselines, n_boot, seed)
-    out["fairness"] = _fairness(cfg, fmt, labels, records, tuned, base, groups)
-    return clean(out)
-
-
-#: Statistics that are slow to recompute (sklearn per resample): at most 500 resamples.
-SLOW = frozenset({"macro_f1", "ece"})
+    return out
 
 
 def _statistics(
@@ -124,7 +107,7 @@ def _token_loss(m: ModelEval) -> dict[str, Statistic]:
         return float(per[idx].sum() / max(tokens[idx].sum(), 1.0))
 
     def perplexity(idx: np.ndarray) -> float:
-        return math.exp(min(loss(idx), 50.0))
+        return exp_loss(loss(idx))
 
     return {"loss": loss, "perplexity": perplexity}
 
@@ -152,84 +135,3 @@ def _ece(records: list[dict[str, Any]], m: ModelEval, labels: list[str]) -> Stat
         return expected_calibration_error(probs[idx], gold[idx])
 
     return stat
-
-
-def _baselines(
-    fmt: str,
-    records: list[dict[str, Any]],
-    tuned: ModelEval,
-    baselines: dict[str, Any],
-    n_boot: int,
-    seed: int,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, b in baselines.items():
-        entry: dict[str, Any] = {"metrics": b["metrics"]}
-        if fmt == "classification":
-            theirs = [
-                float(str(p) == str(r["label"])) for p, r in zip(b["predictions"], records, strict=True)
-            ]
-            mine, metric = tuned.per_example["correct"], "accuracy"
-        else:
-            theirs = [
-                (float(p) - float(r["label"])) ** 2 for p, r in zip(b["predictions"], records, strict=True)
-            ]
-            mine, metric = tuned.per_example["squared_error"], "mse"
-        if n_boot > 0 and records:
-            c = compare(
-                metric,
-                mine,
-                theirs,
-                n_boot=n_boot,
-                seed=seed,
-                correct=metric == "accuracy",
-                names=("tuned", name),
-            )
-            entry["vs_tuned"] = {**c["paired"], "verdict": c["verdict"]}
-            entry["ci"] = {metric: c["base"]}  # the baseline's own interval, beside base's and tuned's
-        out[name] = entry
-    return out
-
-
-def _fairness(
-    cfg: RunConfig,
-    fmt: str,
-    labels: list[str],
-    records: list[dict[str, Any]],
-    tuned: ModelEval,
-    base: ModelEval | None,
-    groups: dict[str, list[str]],
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    classify = fmt == "classification"
-    gold = [str(r["label"]) for r in records] if classify else None
-    for column, values in groups.items():
-
-        def one(m: ModelEval, values: list[str] = values) -> dict[str, Any]:
-            keep = [i for i in range(len(values)) if all(math.isfinite(v[i]) for v in m.per_example.values())]
-            scores = {HEADLINE.get(k, k): [v[i] for i in keep] for k, v in m.per_example.items()}
-            kwargs: dict[str, Any] = {}
-            if classify and gold is not None:
-                preds = m.label_predictions
-                kwargs = {
-                    "y_true": [gold[i] for i in keep],
-                    "y_pred": [str(preds[i]) for i in keep],
-                    "labels": labels,
-                }
-            return group_report(
-                [values[i] for i in keep],
-                scores,
-                min_group_size=cfg.eval.min_group_size,
-                n_boot=min(cfg.eval.bootstrap, 200),
-                seed=cfg.eval.seed,
-                rank_missing=cfg.eval.rank_missing_group,
-                **kwargs,
-            )
-
-        entry: dict[str, Any] = {"tuned": one(tuned)}
-        entry["warnings"] = list(entry["tuned"].get("warnings", []))  # the "(missing)" group, said once
-        if base is not None:
-            entry["base"] = one(base)
-            entry["warnings"] += widened_gaps(entry["base"], entry["tuned"])
-        out[column] = entry
-    return out

@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from tuneforge.artifacts import RunDir, read_jsonl
 from tuneforge.evaluation.evals import describe, predictions_path
-from tuneforge.evaluation.render import Block, num, plot_png, visible, with_ci
-from tuneforge.evaluation.report_groups import group_blocks, threshold_blocks
-from tuneforge.evaluation.report_ratings import judge_blocks
+from tuneforge.evaluation.metric_table import METRICS
+from tuneforge.evaluation.metrics import perplexity
+from tuneforge.evaluation.report.groups import group_blocks, threshold_blocks
+from tuneforge.evaluation.report.ratings import judge_blocks
+from tuneforge.evaluation.report.render import Block, num, plot_png, visible, with_ci
 from tuneforge.evaluation.stats import sig
 
-# Metrics shown in the comparison table, in this order, when present: which way is better, and the scale, so
-# no number stands without its unit.
-SHOWN: dict[str, tuple[str, str]] = {
-    "accuracy": ("higher", "share of examples right, 0-1"),
-    "macro_f1": ("higher", "F1 averaged over labels, 0-1"),
-    "weighted_f1": ("higher", "F1 weighted by label frequency, 0-1"),
-    "ece": ("lower", "expected calibration error, 0-1"),
-    "brier": ("lower", "Brier score, 0-2"),
-    "unparseable_rate": ("lower", "share of answers naming no label"),
-    "mse": ("lower", "mean squared error, label units squared"),
-    "mae": ("lower", "mean absolute error, label units"),
-    "r2": ("higher", "R², 1 = perfect"),
-    "loss": ("lower", "cross-entropy, nats per target token"),
-    "perplexity": ("lower", "exp(loss)"),
-    "bleu": ("higher", "sacreBLEU, 0-100"),
-    "chrf": ("higher", "chrF, 0-100"),
-    "ter": ("lower", "translation edit rate, edits per 100 reference words"),
-    "rouge1": ("higher", "ROUGE-1 F, 0-1"),
-    "rouge2": ("higher", "ROUGE-2 F, 0-1"),
-    "rougeL": ("higher", "ROUGE-L F, 0-1"),
-    "exact_match": ("higher", "share equal to the reference after normalising, 0-1"),
-    "token_f1": ("higher", "SQuAD token F1, 0-1"),
-    "length_ratio": ("near 1", "answer words / reference words"),
-    "semantic_similarity": ("higher", "cosine similarity of MiniLM embeddings, -1-1"),
-}
+#: Metrics shown in the comparison table, in this order, when present: which way is better, and the scale, so
+#: no number stands without its unit.
+SHOWN: dict[str, tuple[str, str]] = {m.name: (m.better, m.scale) for m in METRICS.values() if m.in_table}
 # The per-example score that ranks the examples where base and tuned differ, in order of preference.
 RANKING = ("correct", "token_f1", "chrf", "abs_error", "loss")
 
@@ -46,7 +25,7 @@ def intervals(r: dict[str, Any], side: str) -> dict[str, Any]:
     ci = dict(r.get("ci", {}).get(side, {}))
     loss = ci.get("loss")
     if loss and loss.get("lo") is not None and "perplexity" not in ci:
-        ci["perplexity"] = {k: math.exp(min(loss[k], 50.0)) for k in ("lo", "hi")}
+        ci["perplexity"] = {k: perplexity(loss[k]) for k in ("lo", "hi")}
     return ci
 
 
@@ -275,7 +254,7 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
     if r.get("judge"):
         blocks += judge_blocks(r["judge"])
     if r.get("answers"):  # a DPO run: what it did to answers, beside the reward margin
-        from tuneforge.evaluation.report_answers import answers_blocks
+        from tuneforge.evaluation.report.answers import answers_blocks
 
         blocks += answers_blocks(r["answers"], r["tuned"].get("reward_margin"))
     blocks.append(("p", _guard_text(r.get("guard", {}))))

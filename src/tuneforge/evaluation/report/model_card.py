@@ -8,22 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.artifacts import RunDir, write_text_into
-from tuneforge.evaluation.render import num, with_ci
-from tuneforge.evaluation.report_eval import intervals
+from tuneforge.evaluation.metric_table import METRICS
+from tuneforge.evaluation.report.evaluation import intervals
+from tuneforge.evaluation.report.render import num, with_ci
 
-# Eval JSON metric → (Hub metric id, display name, args): model-index wants the metric ids of
-# huggingface.co/metrics, so macro-F1 is `f1` with its averaging and ROUGE-L is `rouge`.
+#: Eval JSON metric → (Hub metric id, display name, args), from the metric table: model-index wants the metric
+#: ids of huggingface.co/metrics, so macro-F1 is `f1` with its averaging and ROUGE-L is `rouge`.
 CARD_METRICS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
-    "accuracy": ("accuracy", "Accuracy", None),
-    "macro_f1": ("f1", "Macro F1", {"average": "macro"}),
-    "mse": ("mse", "MSE", None),
-    "mae": ("mae", "MAE", None),
-    "loss": ("loss", "Loss (nats per target token)", None),
-    "perplexity": ("perplexity", "Perplexity", None),
-    "bleu": ("bleu", "BLEU", None),
-    "chrf": ("chrf", "chrF", None),
-    "rougeL": ("rouge", "ROUGE-L", {"rouge_type": "rougeL"}),
-    "token_f1": ("f1", "Token F1 (SQuAD)", {"normalization": "squad"}),
+    m.name: (m.hub.id, m.hub.display, m.hub.args) for m in METRICS.values() if m.hub
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

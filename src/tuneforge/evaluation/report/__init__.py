@@ -2,8 +2,9 @@
 
 Everything comes from the run's on-disk artifacts (dataset manifest, run manifest, config.yaml, metrics.jsonl,
 eval/*.json and predictions), never from memory, so the report can be regenerated at any time. The sections
-live in report_run.py (what went in), report_eval.py (the evaluation of a split), report_groups.py and
-report_ratings.py (per-group results, judge and human ratings); render.py writes Markdown and HTML.
+live in run_sections.py (what went in), evaluation.py (the evaluation of a split), answers.py (what DPO did to
+answers), groups.py and ratings.py (per-group results, judge and human ratings); render.py writes Markdown and
+HTML, model_card.py the Hugging Face model card.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from typing import Any
 from tuneforge.artifacts import RunDir, read_json, write_text_atomic
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.evals import describe, evaluations
-from tuneforge.evaluation.render import Section, num, to_html, to_markdown, with_ci
-from tuneforge.evaluation.report_eval import evaluation_blocks, example_cards, headline, most_different
-from tuneforge.evaluation.report_ratings import human_blocks
-from tuneforge.evaluation.report_run import data_section, environment_section, model_section, training_section
+from tuneforge.evaluation.report.evaluation import evaluation_blocks, example_cards, headline, most_different
+from tuneforge.evaluation.report.ratings import human_blocks
+from tuneforge.evaluation.report.render import Section, num, to_html, to_markdown, with_ci
+from tuneforge.evaluation.report.run_sections import (
+    data_section,
+    environment_section,
+    model_section,
+    training_section,
+)
 
 __all__ = [
     "build_sections",
@@ -179,7 +185,7 @@ def write_report(run: RunDir | str | Path) -> Path:
     write_text_atomic(run.path / "report.md", to_markdown(title, sections))
     write_text_atomic(run.path / "report.html", to_html(title, sections))
     if run.final.is_dir():
-        from tuneforge.evaluation.model_card import write_model_card
+        from tuneforge.evaluation.report.model_card import write_model_card
 
         write_model_card(run, eval_results(run))
     return run.path / "report.html"

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.evaluation.render import Block, num, with_ci
+from tuneforge.evaluation.metric_table import METRICS, metric_of
+from tuneforge.evaluation.report.render import Block, num, with_ci
 
 # Shown in this order when present: what preference tuning tends to break first, then the generation metrics.
-ROWS: dict[str, str] = {
-    "answer_words": "mean answer length, words",
-    "repetition_rate": "share of answers in a repeat loop",
-    "loss": "cross-entropy on the reference answers, nats per token",
-    "perplexity": "exp(loss)",
-    "token_f1": "SQuAD token F1, 0-1",
-    "chrf": "chrF, 0-100",
-    "bleu": "sacreBLEU, 0-100",
-    "rougeL": "ROUGE-L F, 0-1",
-    "length_ratio": "answer words / reference words",
-}
+ROWS = (
+    "answer_words",
+    "repetition_rate",
+    "loss",
+    "perplexity",
+    "token_f1",
+    "chrf",
+    "bleu",
+    "rougeL",
+    "length_ratio",
+)
+#: Scales that read differently here: the loss is on the reference answers of a chat split.
+SCALE = {"loss": "cross-entropy on the reference answers, nats per token"}
 
 
 def answer_lines(answers: dict[str, Any], reward_margin: float | None) -> list[str]:
@@ -44,10 +47,11 @@ def answers_blocks(answers: dict[str, Any], reward_margin: float | None) -> list
         return [("p", f"Answers on a chat split: not evaluated ({answers['skipped']}).")]
     ci = answers.get("ci", {})
     rows = []
-    for key, scale in ROWS.items():
+    for key in ROWS:
         if key not in answers["dpo"]:
             continue
-        mean_of = {"loss": "loss_per_example"}.get(key, key)
+        scale = SCALE.get(key, METRICS[key].scale)
+        mean_of = metric_of(key)  # the loss row's interval is that of its per-example mean
         rows.append(
             [
                 key,

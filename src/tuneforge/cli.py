@@ -489,8 +489,12 @@ def final_validation(run: Any) -> str | None:
 @app.command()
 def serve(
     targets: Annotated[
-        list[str], typer.Argument(help="Run directories (adapters of one base) or a model folder / built-in.")
-    ],
+        list[str] | None,
+        typer.Argument(
+            help="Run directories (adapters of one base), a model folder / built-in, or registry:NAME "
+            "(the registry's champion, switched on promotion without a restart). Default: serve.model."
+        ),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default: serve.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
     config: Annotated[
@@ -512,7 +516,7 @@ def serve(
     for name, value in updates.items():
         if value is not None:
             setattr(cfg, name, value)
-    run_server(list(targets), cfg, insecure=insecure)
+    run_server(list(targets or []), cfg, insecure=insecure)
     # The log is flushed and the socket closed; skip the seconds the interpreter spends freeing the models
     # (a process manager waiting on SIGTERM sees the exit at once).
     sys.stdout.flush()

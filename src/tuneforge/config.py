@@ -355,6 +355,19 @@ class EvalConfig(Section):
 
 
 class ServeConfig(Section):
+    model: str | None = None
+    """What `tuneforge serve` serves when its command line names nothing: a run directory, a model folder or
+    built-in, or registry:NAME (the registry's champion, followed through promotions and rollbacks)."""
+    registry_root: str | None = None
+    """The folder holding the registries (unset: $TUNEFORGE_REGISTRY, else ./registry, as `tuneforge
+    registry`)."""
+    registry_poll_s: float = Field(1.0, gt=0, le=3600)
+    """registry:NAME: how often the champion pointer is checked for a promotion or rollback."""
+    shadow: str | None = None
+    """registry:NAME@VERSION (or @challenger: the newest version above the champion) answers a sample of the
+    champion's live requests too; its answers go to the log's `shadow` table, never to the user."""
+    shadow_fraction: float = Field(0.1, gt=0, le=1)
+    """Share of the champion's answered generation requests the shadow version answers too."""
     host: str = "127.0.0.1"
     """Address the OpenAI-compatible server binds to."""
     port: int = Field(8000, ge=1, le=65535)

@@ -27,7 +27,7 @@ from tuneforge.serve.protocol import (
     error_body,
 )
 from tuneforge.serve.recorder import Outcome, record, since_ms
-from tuneforge.serve.state import AppState
+from tuneforge.serve.state import AppState, Lease
 from tuneforge.serve.validation import stop_strings
 
 
@@ -36,6 +36,8 @@ class Answer:
     """One generation request in flight: its response shapes and its log row."""
 
     state: AppState
+    lease: Lease
+    """The engine (and registry version) this answer comes from, from its first token to its last."""
     endpoint: str
     model: str
     rid: str
@@ -45,6 +47,8 @@ class Answer:
     n: int
     prompt_text: str
     ttft: float | None = None
+    shadow: Callable[[str], None] | None = None
+    """serve.shadow: starts the challenger on this request once the champion has answered it."""
 
     def _choice(self, i: int, text: str | None, reason: str | None, *, delta: bool) -> Choice:
         if self.endpoint == "completion":
@@ -79,8 +83,9 @@ class Answer:
     async def sse(
         self, prompt: list[int], settings: list[GenerationSettings], usage: bool, place: Admitted
     ) -> AsyncIterator[str]:
-        """The answer as server-sent events; `place` (its admission) is released when the stream ends."""
-        engine, state = self.state.engine, self.state
+        """The answer as server-sent events; `place` (its admission) and the lease are released when the
+        stream ends."""
+        engine, state = self.lease.engine, self.state
         merged: asyncio.Queue[tuple[int, StepEvent | BaseException | None]] = asyncio.Queue()
 
         async def pump(i: int, s: GenerationSettings) -> None:
@@ -135,6 +140,7 @@ class Answer:
             for t in tasks:
                 t.cancel()
             place.release()
+            self.lease.release()
             self.finish(status, [gens[i] for i in sorted(gens)], error=error, stream=True)
 
     def finish(
@@ -155,8 +161,11 @@ class Answer:
             prompt=self.prompt_text,
             response=json.dumps([g.text for g in gens], ensure_ascii=False),
             error=error,
+            model_version=self.lease.version,
         )
         record(self.state, outcome)
+        if status == 200 and self.shadow is not None:
+            self.shadow(self.rid)
 
 
 def sse_event(obj: dict[str, Any]) -> str:
@@ -178,7 +187,27 @@ async def answer(
     `receive` is the request's ASGI receive: with the body read, it returns only when the client goes away.
     """
     state.require_log_writable()
-    state.model(body.model, "generate")
+    lease = state.lease()  # the whole answer from one engine, even if a new champion is switched in meanwhile
+    try:
+        return await _answer_on(lease, state, endpoint, body, key, max_new, encode, text, receive)
+    finally:
+        if not lease.passed_on:
+            lease.release()
+
+
+async def _answer_on(
+    lease: Lease,
+    state: AppState,
+    endpoint: str,
+    body: GenerationRequest,
+    key: str,
+    max_new: int,
+    encode: Any,
+    text: str,
+    receive: Callable[[], Awaitable[Any]],
+) -> Response:
+    engine = lease.engine
+    state.model(body.model, "generate", engine)
     cfg = state.cfg
     if max_new > cfg.max_new_tokens:
         check_tokens(
@@ -186,7 +215,7 @@ async def answer(
         )
     with state.admission.admit(key) as place:
         start = time.perf_counter()
-        prompt: list[int] = await asyncio.to_thread(encode, state.engine)
+        prompt: list[int] = await asyncio.to_thread(encode, engine)
         if not prompt:
             raise APIError(400, "the prompt is empty (it has no tokens)", code="empty_prompt")
         check_tokens(
@@ -194,7 +223,7 @@ async def answer(
             max_new,
             max_prompt=cfg.max_prompt_tokens,
             max_new_allowed=cfg.max_new_tokens,
-            context=state.engine.context_length(body.model),
+            context=engine.context_length(body.model),
         )
         stops = stop_strings(body.stop)
         settings = [
@@ -204,13 +233,23 @@ async def answer(
             for i in range(body.n)
         ]
         rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-        run = Answer(state, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
+        run = Answer(state, lease, endpoint, body.model, rid, key, start, len(prompt), body.n, text)
+        if state.shadow is not None:
+            run.shadow = state.shadow.follow(
+                state,
+                answering=lease.version,
+                endpoint=endpoint,
+                model=body.model,
+                encode=encode,
+                settings=settings,
+            )
         if state.log is not None:
             # A stream shows its id (for feedback) before its row is logged.
             state.log.remember(rid, key, endpoint, body.model)
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
             stream = run.sse(prompt, settings, usage, place.pass_on())
+            lease.pass_on()
             return StreamingResponse(stream, media_type="text/event-stream")
         return await _whole(run, prompt, settings, receive)
 
@@ -222,9 +261,9 @@ async def _whole(
     receive: Callable[[], Awaitable[Any]],
 ) -> Response:
     """A non-streamed answer: generation raced against the client going away and the request timeout."""
-    state, cfg = run.state, run.state.cfg
+    cfg = run.state.cfg
     generation: asyncio.Future[list[Generation]] = asyncio.ensure_future(
-        asyncio.gather(*(state.engine.generate(run.model, prompt, s) for s in settings))
+        asyncio.gather(*(run.lease.engine.generate(run.model, prompt, s) for s in settings))
     )
     gone: asyncio.Future[None] = asyncio.ensure_future(_client_gone(receive))
     first: list[asyncio.Future[Any]] = [generation, gone]

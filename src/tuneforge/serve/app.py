@@ -27,6 +27,7 @@ from tuneforge.serve.protocol import (
     ModelCard,
     ModelList,
     ReadyResponse,
+    RegistryHealth,
     RequestLogHealth,
     StatusResponse,
     TextPart,
@@ -132,6 +133,15 @@ def create_app(state: AppState) -> Any:
             if state.log.problem is not None:
                 return error_response(503, "the request log cannot be written", code="log_unavailable")
             body.request_log = RequestLogHealth(rows_dropped=state.log.dropped, reopened=state.log.reopened)
+        if state.registry is not None and state.version is not None:
+            # Still 200 with a problem: the current version goes on answering (a 503 would take every replica
+            # of a shared registry out of the load balancer at once).
+            body.registry = RegistryHealth(
+                name=state.registry,
+                version=state.version,
+                problem=state.registry_problem,
+                shadow_version=state.shadow.version if state.shadow is not None else None,
+            )
         return JSONResponse(body.json_dict())
 
     @app.get("/metrics")
@@ -166,14 +176,19 @@ def create_app(state: AppState) -> Any:
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, key: Caller) -> Response:
         state.require_log_writable()
-        model = state.model(body.model, "classify")
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        with state.admission.admit(key):
-            start = time.perf_counter()
-            for i, text in enumerate(texts):
-                if not await asyncio.to_thread(state.engine.encode_text, body.model, text):
-                    raise APIError(400, f"input {i} is empty (it has no tokens)", code="empty_input")
-            results = await state.engine.classify(body.model, texts)
+        lease = state.lease()  # the whole request on one engine, even if a new champion is switched in
+        try:
+            engine = lease.engine
+            model = state.model(body.model, "classify", engine)
+            texts = [body.input] if isinstance(body.input, str) else body.input
+            with state.admission.admit(key):
+                start = time.perf_counter()
+                for i, text in enumerate(texts):
+                    if not await asyncio.to_thread(engine.encode_text, body.model, text):
+                        raise APIError(400, f"input {i} is empty (it has no tokens)", code="empty_input")
+                results = await engine.classify(body.model, texts)
+        finally:
+            lease.release()
         data = [
             Classification(index=i, label=max(probs, key=lambda k: probs[k]), probabilities=probs)
             if model.labels
@@ -191,6 +206,7 @@ def create_app(state: AppState) -> Any:
             latency_ms=since_ms(start),
             prompt=json.dumps(texts),
             response=json.dumps(reply["data"]),
+            model_version=lease.version,
         )
         record(state, outcome)
         return JSONResponse(reply)

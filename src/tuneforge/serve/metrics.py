@@ -36,6 +36,12 @@ class ServerMetrics:
         )
         self.tokens = Counter("tuneforge_tokens", "Tokens processed", ["model", "kind"], registry=r)
         self.queue = Gauge("tuneforge_queue_depth", "Requests waiting or generating", registry=r)
+        self.shadow = Counter(
+            "tuneforge_shadow_requests",
+            "serve.shadow: the challenger's answers by status (skipped: it was busy)",
+            ["status"],
+            registry=r,
+        )
         self.queue.set_function(queue_depth)
 
     def watch_log(self, log: RequestLog) -> None:
@@ -51,3 +57,23 @@ class ServerMetrics:
             "tuneforge_request_log_reopened", "Times the log file was reopened after it vanished", registry=r
         )
         reopened.set_function(lambda: float(log.reopened))
+
+    def watch_registry(
+        self, name: str, version: Callable[[], float], pointer_ok: Callable[[], float]
+    ) -> None:
+        """The registry version new requests get, and whether its champion pointer can be followed."""
+        r = self.registry
+        served = Gauge(
+            "tuneforge_model_version",
+            "Registry version of the served model new requests get",
+            ["model"],
+            registry=r,
+        )
+        served.labels(name).set_function(version)
+        ok = Gauge(
+            "tuneforge_registry_pointer_ok",
+            "1 while the registry's champion pointer can be followed, 0 while the server keeps its version",
+            ["model"],
+            registry=r,
+        )
+        ok.labels(name).set_function(pointer_ok)

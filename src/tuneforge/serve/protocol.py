@@ -170,11 +170,24 @@ class RequestLogHealth(BaseModel):
     reopened: int
 
 
+class RegistryHealth(BaseModel):
+    name: str
+    version: int
+    """The registry version new requests get."""
+    problem: str | None = None
+    """Why the champion pointer cannot be followed (the version above goes on serving); absent while all is
+    well."""
+    shadow_version: int | None = None
+    """serve.shadow: the version answering a sample of requests too (absent without one)."""
+
+
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     models: list[str]
     request_log: RequestLogHealth | None = None
     """Absent while logging is off."""
+    registry: RegistryHealth | None = None
+    """Absent unless a registry's champion is served."""
 
     def json_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

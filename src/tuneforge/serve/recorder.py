@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from tuneforge.serve.state import AppState
 from tuneforge.serve.validation import INTERNAL_PREFIX
@@ -41,6 +42,8 @@ class Outcome:
     stream: bool | None = None
     prompt: str | None = None
     response: str | None = None
+    model_version: int | None = None
+    """The registry version that answered (None: not served from a registry, or refused before an answer)."""
 
 
 def record(state: AppState, outcome: Outcome, *, log_row: bool = True) -> None:
@@ -64,6 +67,13 @@ def record(state: AppState, outcome: Outcome, *, log_row: bool = True) -> None:
         m.ttft.observe(o.ttft_ms / 1000)
     if state.log is not None and log_row:
         state.log.log_request(**asdict(o))
+
+
+def record_shadow(state: AppState, row: dict[str, Any]) -> None:
+    """A challenger's answer (serve.shadow): its own metric and log table, never the user's traffic."""
+    state.metrics.shadow.labels(str(row["status"])).inc()
+    if state.log is not None:
+        state.log.log_shadow(**row)
 
 
 def since_ms(start: float) -> float:

@@ -14,7 +14,8 @@ from typing import Any
 
 from tuneforge.config import ServeConfig
 from tuneforge.errors import TuneforgeError
-from tuneforge.serve.engine import resolve_targets
+from tuneforge.registry import Registry
+from tuneforge.serve.engine import ServedModel, resolve_targets
 from tuneforge.serve.keys import KeyChecker, KeyFile
 
 LOCAL_HOSTS = {"localhost"}
@@ -48,9 +49,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check_engine(targets: list[str], cfg: ServeConfig) -> None:
-    """What the chosen engine needs (vLLM, GPUs, servable runs), checked before the port and the weights."""
-    served = resolve_targets(targets)
+def check_engine(served: list[ServedModel], cfg: ServeConfig) -> None:
+    """What the chosen engine needs (vLLM, GPUs), checked before the port and the weights."""
     if cfg.engine == "vllm":
         from tuneforge.serve.engine_vllm import plan_vllm, require_vllm
 
@@ -58,8 +58,7 @@ def check_engine(targets: list[str], cfg: ServeConfig) -> None:
         plan_vllm(served)
 
 
-def build_engine(targets: list[str], cfg: ServeConfig) -> Any:
-    served = resolve_targets(targets)
+def build_engine(served: list[ServedModel], cfg: ServeConfig) -> Any:
     if cfg.engine == "vllm":
         from tuneforge.serve.engine_vllm import VllmEngine
 
@@ -69,13 +68,40 @@ def build_engine(targets: list[str], cfg: ServeConfig) -> Any:
     return TransformersEngine(served, cfg)
 
 
+def what_to_serve(
+    targets: list[str], cfg: ServeConfig
+) -> tuple[list[ServedModel], Registry | None, int | None]:
+    """The models to load, and for registry:NAME the registry and its champion's version.
+
+    Unknown or unfinished runs and a registry without a champion fail here, before the port and the weights.
+    """
+    from tuneforge.serve.champion import champion_models, open_registry, registry_target
+
+    if not targets and cfg.model:
+        targets = [cfg.model]
+    if not targets:
+        raise TuneforgeError(
+            "nothing to serve",
+            where="tuneforge serve",
+            fix="name run directories, a model folder or built-in, or registry:NAME; or set serve.model",
+        )
+    name = registry_target(targets)
+    if name is None:
+        return resolve_targets(targets), None, None
+    reg = open_registry(name, cfg)
+    version, served = champion_models(reg)
+    return served, reg, version
+
+
 def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) -> None:
     import uvicorn
 
     from tuneforge.models.threads import apply_threads
     from tuneforge.serve.app import create_app
+    from tuneforge.serve.champion import ChampionWatcher, only_registry_name
     from tuneforge.serve.limits import Admission
     from tuneforge.serve.metrics import ServerMetrics
+    from tuneforge.serve.shadow import Shadow, shadow_plan
     from tuneforge.serve.state import AppState
     from tuneforge.serve.store import RequestLog, database_url
 
@@ -86,19 +112,27 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
             where="serve.host",
             fix="create a key first (tuneforge keys create NAME), bind to 127.0.0.1, or pass --insecure",
         )
-    check_engine(targets, cfg)  # unknown or unfinished runs, a missing vLLM: before the port and the weights
+    served, reg, version = what_to_serve(targets, cfg)
+    shadowed = shadow_plan(cfg, reg, version)
+    check_engine(served, cfg)
     log = None
     if cfg.log_db:  # an unusable log stops the server with one line, before the minutes of loading
         log = RequestLog(database_url(cfg.log_db), keep_text=cfg.log_text, redact=list(cfg.redact_pii))
     try:
         sock = bind(cfg.host, cfg.port)
         apply_threads(cfg.num_threads, "serve.num_threads")
-        engine = build_engine(targets, cfg)
+        engine = build_engine(served, cfg)
+        shadow = None
+        if reg is not None:
+            only_registry_name(engine, reg.name)
+            if shadowed is not None:
+                challenger = only_registry_name(build_engine(shadowed[1], cfg), reg.name)
+                shadow = Shadow(challenger, shadowed[0], cfg.shadow_fraction)
     except BaseException:
         if log is not None:
             log.close()
         raise
-    metrics = ServerMetrics(lambda: float(engine.queue_depth()))
+    metrics = ServerMetrics(lambda: float(state.queue_depth()))
     if log is not None:
         metrics.watch_log(log)
     state = AppState(
@@ -108,7 +142,17 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
         log=log,
         admission=Admission(cfg.max_queue, cfg.max_concurrent_per_key),
         metrics=metrics,
+        registry=reg.name if reg is not None else None,
+        version=version,
+        shadow=shadow,
     )
+    watcher = None
+    if reg is not None:
+        metrics.watch_registry(
+            reg.name, lambda: float(state.version or 0), lambda: float(state.registry_problem is None)
+        )
+        watcher = ChampionWatcher(state, reg, lambda s: build_engine(s, cfg), cfg.registry_poll_s)
+        watcher.start()
     asgi, _ = create_app(state)
     config = uvicorn.Config(
         asgi,
@@ -117,11 +161,18 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
         lifespan="off",
     )
     server = _Server(config, state)
-    print(f"serving {', '.join(engine.models)} on http://{cfg.host}:{cfg.port}/v1", flush=True)
+    which = f" (version {version} of registry {reg.name})" if reg is not None else ""
+    if shadow is not None:
+        which += f" (shadowed by version {shadow.version} on {cfg.shadow_fraction:.0%} of requests)"
+    print(f"serving {', '.join(engine.models)}{which} on http://{cfg.host}:{cfg.port}/v1", flush=True)
     try:
         server.run(sockets=[sock])
     finally:
-        engine.close()
+        if watcher is not None:
+            watcher.stop()
+        state.engine.close()
+        if shadow is not None:
+            shadow.close()
         if log is not None:
             log.close()
 

@@ -52,6 +52,7 @@ requests_table = sa.Table(
     sa.Column("prompt", sa.Text),
     sa.Column("response", sa.Text),
     sa.Column("error", sa.Text),
+    sa.Column("model_version", sa.Integer),  # the registry version that answered (serve registry:NAME)
 )
 
 feedback_table = sa.Table(
@@ -69,7 +70,7 @@ feedback_table = sa.Table(
     # One row per (request, key): a key rating a request again replaces its row (an upsert on this index).
     sa.Index("feedback_request_key", "request_id", "key_name", unique=True),
 )
-ADDED_COLUMNS = {"feedback": ["correction"]}
+ADDED_COLUMNS = {"feedback": ["correction"], "requests": ["model_version"]}
 """Columns added since the first release: an older log gets them (ALTER TABLE) when it is opened."""
 
 
@@ -82,6 +83,26 @@ class LoggedRequest:
     model: str | None = None
     inputs: int | None = None
     """Texts in a classify request (None: not known, e.g. the log keeps no text)."""
+
+
+shadow_table = sa.Table(
+    "shadow",
+    metadata,
+    # serve.shadow: a challenger's answer to a live request the champion answered (the user saw only that).
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("shadow_of", sa.String(64), nullable=False, index=True),  # the champion's row in `requests`
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("model", sa.String(200)),
+    sa.Column("model_version", sa.Integer),
+    sa.Column("endpoint", sa.String(64)),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("finish_reason", sa.String(16)),
+    sa.Column("prompt_tokens", sa.Integer),
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("response", sa.Text),
+    sa.Column("error", sa.Text),
+)
 
 
 def database_url(log_db: str) -> str:
@@ -192,6 +213,13 @@ class RequestLog:
         for field in ("rating", "comment", "correction"):  # a replacement replaces all: none is kept
             row.setdefault(field, None)
         self._put(feedback_table, row)
+
+    def log_shadow(self, **row: Any) -> None:
+        """Queue a challenger's answer (serve.shadow), its text kept and redacted like a request's."""
+        row.setdefault("time", datetime.now(UTC))
+        if row.get("response") is not None:
+            row["response"] = self.redact(row["response"]) if self.keep_text else None
+        self._put(shadow_table, row)
 
     def _put(self, table: sa.Table, row: dict[str, Any]) -> bool:
         try:
@@ -344,13 +372,15 @@ def create_tables(engine: sa.Engine) -> None:
 def _upgrade(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         old = set(sa.inspect(conn).get_table_names())
+        for table_name, added in ADDED_COLUMNS.items():
+            if table_name not in old:
+                continue
+            have = {c["name"] for c in sa.inspect(conn).get_columns(table_name)}
+            for name in added:
+                if name not in have:  # nullable: the old rows stay as they are
+                    kind = metadata.tables[table_name].c[name].type.compile(dialect=conn.dialect)
+                    conn.execute(sa.text(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}"))
         if "feedback" in old:
-            have = {c["name"] for c in sa.inspect(conn).get_columns("feedback")}
-            for name in ADDED_COLUMNS["feedback"]:
-                if name not in have:
-                    column = feedback_table.c[name]
-                    kind = column.type.compile(dialect=conn.dialect)
-                    conn.execute(sa.text(f"ALTER TABLE feedback ADD COLUMN {name} {kind}"))
             indexes = {i["name"] for i in sa.inspect(conn).get_indexes("feedback")}
             if "feedback_request_key" not in indexes:
                 # Earlier versions kept the first rating of a pair (a race between replicas could keep two):
@@ -443,11 +473,13 @@ def _say(line: str) -> None:
 
 
 def read_table(url: str, table: str = "requests") -> list[dict[str, Any]]:
-    """Every row of `requests` or `feedback`, oldest first (for monitoring, the UI and tests)."""
+    """Every row of `requests`, `feedback` or `shadow`, oldest first (for monitoring, the UI and tests)."""
     t = metadata.tables[table]
     engine = sa.create_engine(url)
     try:
+        present = {c["name"] for c in sa.inspect(engine).get_columns(table)}  # an older log lacks new ones
         with engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.select(t).order_by(t.c.time)).mappings()]
+            query = sa.select(*(c for c in t.columns if c.name in present)).order_by(t.c.time)
+            return [dict(r) for r in conn.execute(query).mappings()]
     finally:
         engine.dispose()

@@ -87,7 +87,7 @@ def create_app(
     workspace: str | Path, *, keys_file: str | Path | None = None, allowed_hosts: list[str] | None = None
 ) -> FastAPI:
     """The UI over `workspace`; with `keys_file`, every page needs a login with one of its keys."""
-    from tuneforge.ui import annotate, data, rating, runs
+    from tuneforge.ui import annotate, compare, data, monitor, prelabel, rating, runs
 
     ui = Ui(Path(workspace))
     keys = KeyChecker(KeyFile(keys_file)) if keys_file else None
@@ -98,7 +98,7 @@ def create_app(
     # name to 127.0.0.1 cannot read the UI.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (runs, data, annotate, rating):
+    for module in (runs, compare, monitor, data, annotate, prelabel, rating):
         app.include_router(module.router)
 
     @app.exception_handler(NotFound)

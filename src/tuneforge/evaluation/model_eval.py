@@ -108,12 +108,12 @@ def label_probabilities(
     score) for a language model; None when a language model decides by generating (no probabilities)."""
     bs, max_len = cfg.eval.batch_size, cfg.model.max_length
     if cfg.model.task == "classification":
-        return softmax(head_logits(model, tok, texts, max_len, bs, cfg.data.truncation)).tolist()  # type: ignore[no-any-return]
+        return softmax(head_logits(model, tok, texts, max_len, bs, cfg.data.truncation)).tolist()
     if cfg.eval.decision == "score":
         scores = label_logprobs(
             model, tok, texts, labels, cfg.data.prompt_template, max_len, bs, cfg.data.truncation
         )
-        return softmax(scores).tolist()  # type: ignore[no-any-return]
+        return softmax(scores).tolist()
     return None
 
 

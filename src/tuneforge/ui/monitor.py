@@ -73,7 +73,11 @@ def monitor_window(request: Request, path: str = "", window: str = "") -> Respon
     problem = got.problem
     if got.report is not None:
         try:
-            sections = build_sections(got.report)
+            # Tables with a header become cards: a phone then reads each test's verdict without scrolling.
+            sections = [
+                (title, [("cards", c) if k == "table" and c[0] else (k, c) for k, c in items])
+                for title, items in build_sections(got.report)
+            ]
         except (KeyError, TypeError, ValueError) as err:  # a report of an older version: say so, not a 500
             problem = f"this report.json cannot be shown ({type(err).__name__}: {err})"
     return ui.page(

@@ -33,6 +33,7 @@ def test_pick_two_runs_and_compare_them(tmp_path: Path, browser, shots: Path) ->
         page.goto(url + "/")
         page.check("input[name=run][value='runs/a']")
         page.check("input[name=run][value='runs/b']")
+        _both(page, shots, "runs-picked")
         page.click("text=Compare selected")
         expect(page.locator("h1")).to_have_text("Compare 2 runs")
         assert page.url == f"{url}/compare?run=runs%2Fa&run=runs%2Fb"

@@ -205,6 +205,7 @@ def test_every_post_needs_the_csrf_token(real_workspace: Path) -> None:
         "/human/rate",
         "/login",
         "/logout",
+        "/playground",
     ]
     c = TestClient(app)
     token = csrf(c)
@@ -372,6 +373,7 @@ def test_every_page_of_a_real_workspace_answers(real_workspace: Path) -> None:
         "/run/curves": "train loss",
         "/run/report": "Fine-tuning report: chat",
         "/run/monitor": "No monitor report yet",
+        "/playground": '<textarea name="prompt"',
     }
     # pages that need more than one run or a monitored run: test_compare.py, test_monitor_pages.py
     elsewhere = ["/compare", "/run/monitor/report", "/run/monitor/window"]

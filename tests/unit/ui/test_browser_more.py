@@ -108,3 +108,23 @@ def test_read_a_runs_monitor_report(monitored: Path, browser, shots: Path) -> No
         page.click("text=report.html")
         expect(page.locator("h1")).to_contain_text("Monitor report")
         page.close()
+
+
+def test_ask_a_run_in_the_playground(real_workspace: Path, browser, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    with serve(real_workspace) as url:
+        page = browser.new_page(viewport=SIZES["desktop"])
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"{url}/run?path=runs/chat")
+        page.click("text=Playground")
+        page.fill("textarea[name=prompt]", "say red <script>alert(1)</script>")
+        page.fill("input[name=max_new_tokens]", "8")
+        page.click("text=Send")
+        expect(page.locator("#answer")).to_be_visible(timeout=60000)
+        assert page.locator("textarea[name=prompt]").input_value() == "say red <script>alert(1)</script>"
+        expect(page.locator("#answer ~ p")).to_contain_text("tokens after a")
+        assert dialogs == []
+        _both(page, shots, "playground")
+        page.close()

@@ -60,6 +60,21 @@ CREATE TABLE IF NOT EXISTS ann_resolved (
     saved TEXT NOT NULL,
     PRIMARY KEY (project, idx)
 );
+CREATE TABLE IF NOT EXISTS ann_prelabel_runs (  -- the run whose predictions a project shows: prelabels.py
+    project INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    started TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ann_prelabels (
+    project INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    run TEXT NOT NULL,
+    label TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    PRIMARY KEY (project, idx)
+);
 """
 
 
@@ -195,8 +210,18 @@ class AnnotationStore:
         return (row[0], json.loads(row[1])) if row else None
 
     # Labelling ----------------------------------------------------------------------------------------
-    def next_item(self, pid: int, annotator: str, k: int) -> int | None:
-        """The first row this annotator has not labelled or skipped that still needs labels (fewer than k)."""
+    def next_item(self, pid: int, annotator: str, k: int, *, uncertain_first: bool = False) -> int | None:
+        """The first row this annotator has not labelled or skipped that still needs labels (fewer than k).
+
+        `uncertain_first`: the one whose model pre-label is least confident first (active learning: the
+        labels the model learns most from), rows without a pre-label after, each in row order.
+        """
+        order = (
+            "(SELECT p.confidence FROM ann_prelabels p WHERE p.project=i.project AND p.idx=i.idx) "
+            "ASC NULLS LAST, i.idx"
+            if uncertain_first
+            else "i.idx"
+        )
         with self.connect() as db:
             row = db.execute(
                 "SELECT i.idx FROM ann_items i WHERE i.project=? "
@@ -204,7 +229,7 @@ class AnnotationStore:
                 "  AND l.annotator=?) "
                 "AND (SELECT count(*) FROM ann_labels l WHERE l.project=i.project AND l.idx=i.idx "
                 "  AND l.skipped=0) < ? "
-                "ORDER BY i.idx LIMIT 1",
+                f"ORDER BY {order} LIMIT 1",
                 (pid, annotator, k),
             ).fetchone()
         return int(row[0]) if row else None

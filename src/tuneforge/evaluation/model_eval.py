@@ -101,6 +101,22 @@ def generate_answers(
     return [g.text.strip() for g in out], [ref for _, ref in pairs]
 
 
+def label_probabilities(
+    model: Any, tok: Any, texts: list[str], cfg: RunConfig, labels: list[str]
+) -> list[list[float]] | None:
+    """(N, K) probability of each label per text: the head's softmax, or label scoring's (eval.decision:
+    score) for a language model; None when a language model decides by generating (no probabilities)."""
+    bs, max_len = cfg.eval.batch_size, cfg.model.max_length
+    if cfg.model.task == "classification":
+        return softmax(head_logits(model, tok, texts, max_len, bs, cfg.data.truncation)).tolist()
+    if cfg.eval.decision == "score":
+        scores = label_logprobs(
+            model, tok, texts, labels, cfg.data.prompt_template, max_len, bs, cfg.data.truncation
+        )
+        return softmax(scores).tolist()
+    return None
+
+
 def _classify(
     model: Any,
     tok: Any,
@@ -109,19 +125,10 @@ def _classify(
     labels: list[str],
     progress: Progress | None,
 ) -> ModelEval:
-    task, bs, max_len = cfg.model.task, cfg.eval.batch_size, cfg.model.max_length
     texts = [str(r.get("text", "")) for r in records]
     gold = [str(r["label"]) for r in records]
-    probs: list[list[float]] | None = None
     extra: dict[str, Any] = {}
-    if task == "classification":
-        probs = softmax(head_logits(model, tok, texts, max_len, bs, cfg.data.truncation)).tolist()
-    elif cfg.eval.decision == "score":
-        probs = softmax(
-            label_logprobs(
-                model, tok, texts, labels, cfg.data.prompt_template, max_len, bs, cfg.data.truncation
-            )
-        ).tolist()
+    probs = label_probabilities(model, tok, texts, cfg, labels)
     if probs is not None:
         pred: list[Any] = [labels[max(range(len(labels)), key=row.__getitem__)] for row in probs]
         outputs = None

@@ -17,12 +17,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 
 from tuneforge.artifacts import SPLITS
-from tuneforge.data import annotation
+from tuneforge.data import annotation, prelabels
 from tuneforge.errors import TuneforgeError
-from tuneforge.ui import security
+from tuneforge.ui import prelabel, security
 from tuneforge.workspace import find_artifacts
 
 router = APIRouter()
+UNCERTAIN = "uncertain"  # the label page's order: lowest model confidence first
 EXPORT_DIR = "annotations"  # workspace/annotations/<project>/: the exported raw file and its prepared dataset
 
 
@@ -64,7 +65,14 @@ def projects(request: Request, error: str = "") -> Response:
         for s in SPLITS
         if (f.path / f"{s}.jsonl").is_file()
     ]
-    return ui.page(request, "annotate.html", projects=rows, datasets=datasets, error=error)
+    return ui.page(
+        request,
+        "annotate.html",
+        projects=rows,
+        datasets=datasets,
+        runs=prelabel.classification_runs(ui.workspace),
+        error=error,
+    )
 
 
 @router.post("/annotate/new")
@@ -91,7 +99,14 @@ def _new(request: Request, form: dict[str, str]) -> Response:
         if split not in SPLITS:
             raise TuneforgeError(f"unknown split {split!r}", where="dataset")
         rows, source = annotation.rows_from_dataset(ds.path, split), f"{ui.rel(ds.path)} ({split})"
+    runner = form.get("prelabel_run", "")
+    if runner:  # refused before the project exists, so a wrong pick leaves nothing half made
+        prelabel.check_run(ui, labels, runner)
     pid = ui.annotations.create(form.get("name", ""), rows, labels=labels, k=k, source=source)
+    if runner:
+        project = ui.annotations.project(pid)
+        assert project is not None
+        prelabel.start_job(ui, project, runner)
     return RedirectResponse(f"/annotate/project?id={pid}", status_code=303)
 
 
@@ -128,11 +143,16 @@ def project_page(request: Request, id: str = "", message: str = "") -> Response:
         agreement=_agreement(store, project),
         disagreements=len(store.disagreements(project.id)),
         message=message,
+        job=prelabels.job(store, project.id),
+        job_running=prelabel.running(store, project.id),
+        runs=prelabel.classification_runs(ui.workspace) if project.labels else [],
     )
 
 
 @router.get("/annotate/label", response_class=HTMLResponse)
-def label_page(request: Request, id: str = "", annotator: str = "", row: str = "") -> Response:
+def label_page(
+    request: Request, id: str = "", annotator: str = "", row: str = "", order: str = ""
+) -> Response:
     from tuneforge.ui.app import NotFound
 
     ui = request.app.state.ui
@@ -145,7 +165,7 @@ def label_page(request: Request, id: str = "", annotator: str = "", row: str = "
         if store.item(project.id, idx) is None:
             raise NotFound(f"project {project.name} has no row {row[:20]!r}")
     elif annotator:
-        idx = store.next_item(project.id, annotator, project.k)
+        idx = store.next_item(project.id, annotator, project.k, uncertain_first=order == UNCERTAIN)
     item = store.item(project.id, idx) if idx is not None else None
     mine = store.labels(project.id).get(idx, {}).get(annotator) if idx is not None else None
     return ui.page(
@@ -157,6 +177,9 @@ def label_page(request: Request, id: str = "", annotator: str = "", row: str = "
         text=item[0] if item else None,
         mine=mine,
         progress=store.progress(project),
+        order=UNCERTAIN if order == UNCERTAIN else "",
+        model=prelabels.prelabel(store, project.id, idx) if idx is not None else None,
+        job=prelabels.job(store, project.id),
     )
 
 
@@ -171,7 +194,9 @@ def _label(request: Request, form: dict[str, str]) -> Response:
     project = _project(request, form.get("id"))
     store: annotation.AnnotationStore = ui.annotations
     annotator, action = form.get("annotator", "").strip(), form.get("action", "label")
-    query = {"id": project.id, "annotator": annotator}
+    query: dict[str, Any] = {"id": project.id, "annotator": annotator}
+    if form.get("order") == UNCERTAIN:
+        query["order"] = UNCERTAIN
     if action == "undo":
         undone = store.undo(project.id, annotator)
         if undone is not None:

@@ -37,6 +37,7 @@ class Ui:
 
     def __init__(self, workspace: Path) -> None:
         self.workspace = workspace.resolve()
+        self.local = True
         self.state = UiState(self.workspace)
         self.annotations = AnnotationStore(self.state.path)  # the data stage's tables, in the same file
         self.env = Environment(
@@ -87,9 +88,10 @@ def create_app(
     workspace: str | Path, *, keys_file: str | Path | None = None, allowed_hosts: list[str] | None = None
 ) -> FastAPI:
     """The UI over `workspace`; with `keys_file`, every page needs a login with one of its keys."""
-    from tuneforge.ui import annotate, data, rating, runs
+    from tuneforge.ui import annotate, compare, data, monitor, playground, prelabel, rating, runs
 
     ui = Ui(Path(workspace))
+    ui.local = keys_file is None  # the playground runs only then (playground.py)
     keys = KeyChecker(KeyFile(keys_file)) if keys_file else None
     app = FastAPI(title="tuneforge", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ui = ui
@@ -98,7 +100,7 @@ def create_app(
     # name to 127.0.0.1 cannot read the UI.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (runs, data, annotate, rating):
+    for module in (runs, compare, monitor, playground, data, annotate, prelabel, rating):
         app.include_router(module.router)
 
     @app.exception_handler(NotFound)

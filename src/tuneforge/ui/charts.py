@@ -50,6 +50,9 @@ def line_chart(title: str, series: dict[str, Any]) -> Chart | None:
     series = {k: [(x, y) for x, y in pts if _num(x) and _num(y)] for k, pts in series.items()}
     skipped = sum(1 for pts in series.values() for _, y in pts if not math.isfinite(y))
     clean = {k: [(x, y) for x, y in pts if math.isfinite(y)] for k, pts in series.items()}
+    # A curve keeps the colour of its place in `series` even when an earlier one is empty (compare: a run's
+    # colour is the same in every chart).
+    colour = {k: COLOURS[i % len(COLOURS)] for i, k in enumerate(series)}
     clean = {k: v for k, v in clean.items() if v}
     if not clean:
         return None
@@ -71,14 +74,14 @@ def line_chart(title: str, series: dict[str, Any]) -> Chart | None:
         return py1 - (y - y0) / (y1 - y0) * (py1 - py0)
 
     curves = []
-    for i, (name, pts) in enumerate(clean.items()):
+    for name, pts in clean.items():
         stride = max(1, math.ceil(len(pts) / MAX_POINTS))
         shown = pts[::stride] if pts[-1] in pts[::stride] else [*pts[::stride], pts[-1]]
         xy = [(round(sx(x), 1), round(sy(y), 1)) for x, y in shown]
         curves.append(
             {
                 "name": name,
-                "colour": COLOURS[i % len(COLOURS)],
+                "colour": colour[name],
                 "points": " ".join(f"{x},{y}" for x, y in xy),
                 "dots": xy if len(xy) <= 30 else [],
                 "last": _label(pts[-1][1]),

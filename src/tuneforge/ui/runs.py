@@ -202,6 +202,8 @@ def run_page(request: Request, path: str = "") -> Response:
         config=config,
         has_report=(run.path / "report.html").is_file(),
         has_human=(run.path / "human-eval" / "key.json").is_file(),
+        has_monitor=(run.path / "monitor").is_dir(),
+        can_chat=ui.local and state.state == "completed" and manifest.get("task") == "causal-lm",
         charts=training_charts(metrics_so_far(run)),
         poll_s=POLL_S,
     )

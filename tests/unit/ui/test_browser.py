@@ -9,91 +9,16 @@ to look at. Skipped, with the reason, only where no Chromium or no Playwright is
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.unit.ui.browsing import REASON, SIZES, serve
 from tests.unit.ui.workspaces import fake_run, step
 
-CHROMIUM = next(
-    (p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None
-)
-SIZES = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
-
-
-def _skip_reason() -> str | None:
-    if CHROMIUM is None:
-        return "no Chromium: apt-get install -y chromium"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "no Playwright for Python: pip install playwright"
-    return None
-
-
-REASON = _skip_reason()
-if REASON:
-    print(f"\nbrowser tests skipped: {REASON}", file=sys.stderr)
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("TUNEFORGE_UI_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(workspace: Path, *, kill: bool = False) -> Iterator[str]:
-    """The real command in its own process, until SIGTERM (SIGKILL with `kill`: the server dies)."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tuneforge", "ui", "--workspace", str(workspace), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/login", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise AssertionError(proc.stdout.read() if proc.stdout else "the UI exited") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.kill() if kill else proc.terminate()
-        proc.wait(timeout=20)
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 def test_a_training_runs_curve_grows_as_metrics_are_appended(tmp_path: Path, browser, shots: Path) -> None:

@@ -85,3 +85,25 @@ def dead_pid() -> int:
         except PermissionError:
             pass
         pid -= 1
+
+
+CLASSIFIER = """\
+data: {{path: {root}/reviews.csv, output_dir: {root}/data/reviews}}
+model: {{name: {model}, task: classification, max_length: 32}}
+method: {{name: full}}
+train: {{output_dir: {root}/runs/sentiment, max_steps: 4, batch_size: 8, learning_rate: 1.0e-3, eval_every: 0,
+        save_every: 0, progress: false}}
+eval: {{max_examples: 8, bootstrap: 50, compare_base: false, baseline: false}}
+"""
+
+
+def real_classification_run(root: Path, model: Path) -> Path:
+    """root/runs/sentiment: the tiny BERT trained 4 steps on the keyword sentiment rows (3 labels)."""
+    from tests.tiny import sentiment_rows, write_csv
+    from tuneforge.config import load_config
+    from tuneforge.train import train
+
+    write_csv(root / "reviews.csv", sentiment_rows(60))
+    (root / "classifier.yaml").write_text(CLASSIFIER.format(root=root, model=model))
+    cfg, source = load_config(root / "classifier.yaml")
+    return train(cfg, source).path

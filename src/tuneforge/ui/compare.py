@@ -48,9 +48,9 @@ def _config(run: RunDir) -> dict[str, Any] | None:
 
 def _evaluation(run: RunDir) -> tuple[str, int | None, str, dict[str, str]]:
     """(name, n, headline metric, metric → value with CI) of the run's test evaluation (else its first)."""
-    from tuneforge.evaluation.render import with_ci
     from tuneforge.evaluation.report import eval_results
-    from tuneforge.evaluation.report_eval import SHOWN, headline_metric, intervals
+    from tuneforge.evaluation.report.evaluation import SHOWN, headline_metric, intervals
+    from tuneforge.evaluation.report.render import with_ci
 
     try:
         results = eval_results(run)

@@ -31,7 +31,7 @@ def test_a_prompt_gets_the_serving_engines_answer(real_workspace: Path) -> None:
         want = asyncio.run(engine.generate("chat", ids, GenerationSettings(max_new_tokens=6, seed=0)))
     finally:
         engine.close()
-    from tuneforge.evaluation.render import visible
+    from tuneforge.evaluation.report.render import visible
 
     assert shown == visible(want.text)
     assert f"{want.completion_tokens} tokens after a {len(ids)}-token prompt" in r.text

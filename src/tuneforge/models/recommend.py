@@ -25,6 +25,7 @@ MEMORY_MARGIN = 0.85  # plan for 85% of the device: fragmentation, evaluation, l
 EFFECTIVE_BATCH = 16
 CPU_DECODER = "builtin:smollm2-135m-instruct"
 CPU_ENCODER = "builtin:minilm-l6"
+HEAD_WINDOW = 512  # method head reads longer texts in several windows of this many tokens, not one long one
 
 
 @dataclass
@@ -94,6 +95,10 @@ def recipe(
     `recommend` writes them into its configs and `defaults_for` fills a user's unset keys with them, so the
     two never disagree.
     """
+    if method == "head":  # no steps, no learning rate: only how long a window is (long texts are chunked)
+        if not manifest.get("token_lengths"):
+            return {}
+        return {"model.max_length": min(HEAD_WINDOW, max_length_for(manifest, task, context))}
     chosen: dict[str, Any] = {
         "train.epochs": epochs_for(rows, task),
         "train.learning_rate": learning_rate(method, task, params),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.tiny import sentiment_rows, write_csv
+from tuneforge.artifacts import DatasetDir
 from tuneforge.config import config_from_dict
 from tuneforge.errors import TuneforgeError
 from tuneforge.train import train
@@ -21,7 +22,12 @@ LONG_TAIL = " ".join(["road phone today order ticket car"] * 8)  # well past max
 def head_config(root: Path, model: Path, data: Path, out: str, task: str = "classification", **method: Any):
     return config_from_dict(
         {
-            "data": {"path": str(data), "output_dir": str(root / f"{task}.ds"), "min_examples": 5},
+            "data": {
+                "path": str(data),
+                "output_dir": str(root / f"{task}.ds"),
+                "min_examples": 5,
+                "format": task,
+            },
             "model": {"name": str(model), "task": task, "max_length": 24},
             "method": {"name": "head", "stride": 4, **method},
             "train": {"output_dir": str(root / out), "progress": False},
@@ -72,10 +78,13 @@ def test_head_run_trains_evaluates_serves_and_caches(
     result = json.loads(evaluate_run(run, report=True).read_text())
     preds = [json.loads(x) for x in (run / "eval" / "test.predictions.jsonl").read_text().splitlines()]
     assert result["tuned"]["accuracy"] == pytest.approx(np.mean([p["tuned"] == p["label"] for p in preds]))
-    texts = [p["text"] for p in preds]
+    test = DatasetDir(tmp_path / "classification.ds").records("test")
+    assert [str(r["label"]) for r in test] == [p["label"] for p in preds]
+    texts = [str(r["text"]) for r in test]
+    assert any(len(t.split()) > 24 for t in texts)  # long documents are among them
     served = _classify_through_serve(run, texts)
     assert [max(s, key=s.__getitem__) for s in served] == [p["tuned"] for p in preds]
-    report = (run / "eval" / "report.html").read_text()
+    report = (run / "report.html").read_text()
     assert "linear head (LogisticRegression, C=" in report and "Values of C tried" in report
 
     # A second run on the same texts and base model computes no embedding: every text is in the cache.
@@ -138,5 +147,18 @@ def test_head_on_a_generation_task_is_refused_before_anything_loads(tmp_path: Pa
         "method head trains a classification or regression head on frozen embeddings; model.task causal-lm "
         "generates text, which a head cannot"
     )
-    assert err.value.where == "method.name"
+    assert err.value.where == "config key method.name"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_names_the_config_line_of_a_head_on_a_generation_task(tmp_path: Path, cli) -> None:
+    (tmp_path / "run.yaml").write_text(
+        "data: {path: missing.jsonl}\nmodel: {name: ./no-model, task: causal-lm}\nmethod:\n  name: head\n"
+    )
+    out = cli("train", "run.yaml")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines()[0].endswith(
+        "run.yaml:4 (method.name): method head trains a classification or regression head on frozen "
+        "embeddings; model.task causal-lm generates text, which a head cannot"
+    )
+    assert not (tmp_path / "runs").exists()

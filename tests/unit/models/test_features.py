@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,24 +18,28 @@ def bert(tiny_bert: Path):
     return AutoModel.from_pretrained(tiny_bert).eval(), AutoTokenizer.from_pretrained(tiny_bert)
 
 
-LONG = " ".join(f"word{i % 7} road phone" for i in range(12))
+LONG = " ".join(f"word{i % 7} road phone" for i in range(6))  # 60 tokens
+
+
+class WithSpecials:
+    """The tiny tokenizer adding [CLS]=1 ... [SEP]=2 around a text, as BERT's does."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok = tok
+
+    def __call__(self, text: str, add_special_tokens: bool = True, **_: Any) -> dict[str, list[int]]:
+        ids = list(self.tok(text, add_special_tokens=False)["input_ids"])
+        return {"input_ids": [1, *ids, 2] if add_special_tokens else ids}
 
 
 def test_a_long_text_is_read_in_overlapping_windows_that_cover_it_all(bert) -> None:
-    _, tok = bert
+    tok = WithSpecials(bert[1])
     content = tok(LONG, add_special_tokens=False)["input_ids"]
-    whole = tok(LONG)["input_ids"]
-    assert len(whole) > 16
+    assert len(content) == 60
     windows = chunk_ids(tok, LONG, max_length=16, stride=4)
-    room = 16 - (len(whole) - len(content))  # tokens of text per window, special tokens around each
-    assert all(len(w) <= 16 for w in windows)
-    assert all(w[0] == whole[0] and w[-1] == whole[-1] for w in windows)  # [CLS] ... [SEP] in every one
-    inner = [w[1:-1] for w in windows]
-    assert inner[0] == content[:room]
-    step = room - 4
-    assert [x for x in inner[1]] == content[step : step + room]  # the second starts 4 tokens back
-    assert inner[-1][-1] == content[-1]  # nothing of the end is lost
-    assert len(windows) == 1 + -(-(len(content) - room) // step)
+    # 14 text tokens per window between [CLS] and [SEP]; each starts 10 after the last (4 shared)
+    assert windows == [[1, *content[s : s + 14], 2] for s in (0, 10, 20, 30, 40, 50)]
+    assert chunk_ids(tok, LONG, max_length=16, stride=0)[1] == [1, *content[14:28], 2]
     assert chunk_ids(tok, "great road", max_length=16, stride=4) == [tok("great road")["input_ids"]]
 
 

@@ -85,7 +85,7 @@ def head_method(rows: int, *, cuda: bool, manifest: dict[str, Any] | None = None
 
 
 HEAD_LONG_TEXT = 256
-"""Tokens at the training split's 90th percentile from which texts count as documents rather than sentences."""
+"""Tokens at the training split's 90th percentile from which texts count as documents, not sentences."""
 
 
 def long_documents(manifest: dict[str, Any]) -> bool:

@@ -30,8 +30,8 @@ def head_cfg(model: Path, method: str = "head", **options: object):
 
 
 def test_head_work_counts_the_extra_windows_of_long_texts(tiny_bert: Path) -> None:
-    # train: 2000 tokens in 10 texts of at most 126 tokens each leave 740 beyond one window, read 62 new tokens
-    # (128 - 2 special - 64 shared) per extra window: 12 extra windows; validation fits in one window each.
+    # train: 2000 tokens in 10 texts of at most 126 tokens each leave 740 beyond one window, read 62 new
+    # tokens (128 - 2 special - 64 shared) per extra window: 12 extra windows; validation fits in one each.
     windows, tokens = est.head_work(head_cfg(tiny_bert), MANIFEST)
     assert windows == 10 + 12 + 2
     assert tokens == (1260 + 2 * 22 + 12 * 64 + 740) + (100 + 2 * 2)

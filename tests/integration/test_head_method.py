@@ -86,6 +86,7 @@ def test_head_run_trains_evaluates_serves_and_caches(
     assert [max(s, key=s.__getitem__) for s in served] == [p["tuned"] for p in preds]
     report = (run / "report.html").read_text()
     assert "linear head (LogisticRegression, C=" in report and "Values of C tried" in report
+    assert "This run is a linear head (`head.safetensors`" in (run / "final" / "README.md").read_text()
 
     # A second run on the same texts and base model computes no embedding: every text is in the cache.
     calls: list[int] = []

@@ -199,11 +199,11 @@ def head_use_lines(run: RunDir) -> list[str]:
     return [
         "## Use",
         "",
-        f"This run is a linear head (`head.safetensors`: `coef`, `intercept`, `classes`) over the mean-pooled "
-        f"last hidden states of the frozen base model `{base}`, which it does not contain. Serve it with "
+        "This run is a linear head (`head.safetensors`: `coef`, `intercept`, `classes`) over the "
+        f"mean-pooled last hidden states of the frozen base model `{base}`, which it does not contain. Serve it with "
         f"`tuneforge serve {run.path}` (`/v1/classify`), or export a self-contained folder with "
-        f"`tuneforge export-model {run.path} --out DIR`. A text longer than the window is read in overlapping "
-        "windows whose token-weighted mean is its embedding; `logits = embedding @ coef.T + intercept`.",
+        f"`tuneforge export-model {run.path} --out DIR`. A text longer than the window is read in "
+        "overlapping windows whose token-weighted mean is its embedding; `logits = embedding @ coef.T + intercept`.",
         "",
     ]
 

@@ -200,10 +200,11 @@ def head_use_lines(run: RunDir) -> list[str]:
         "## Use",
         "",
         "This run is a linear head (`head.safetensors`: `coef`, `intercept`, `classes`) over the "
-        f"mean-pooled last hidden states of the frozen base model `{base}`, which it does not contain. Serve it with "
-        f"`tuneforge serve {run.path}` (`/v1/classify`), or export a self-contained folder with "
-        f"`tuneforge export-model {run.path} --out DIR`. A text longer than the window is read in "
-        "overlapping windows whose token-weighted mean is its embedding; `logits = embedding @ coef.T + intercept`.",
+        f"mean-pooled last hidden states of the frozen base model `{base}`, which it does not contain. "
+        f"Serve it with `tuneforge serve {run.path}` (`/v1/classify`), or export a self-contained folder "
+        f"with `tuneforge export-model {run.path} --out DIR`. A text longer than the window is read in "
+        "overlapping windows whose token-weighted mean is its embedding; "
+        "`logits = embedding @ coef.T + intercept`.",
         "",
     ]
 

@@ -1,0 +1,55 @@
+"""method head against LoRA on the built-in MiniLM, demo tweets (3 sentiments): wall time and test macro-F1.
+
+Both start from the same prepared dataset; LoRA uses configs/classify-minilm.yaml's recipe (r=8, 300 steps
+of 32), head configs/method-head.yaml's (C chosen on validation). Embeddings go to a fresh cache, so the
+head's time includes embedding every text. Run: `nice python bench/head_vs_lora.py OUT_DIR`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tuneforge(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "tuneforge", *args], check=True, env=env)
+
+
+def main(out: Path) -> None:
+    import os
+
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TUNEFORGE_CACHE": str(out / "cache")}
+    data = [f"data.output_dir={out / 'tweets.ds'}"]
+    rows = []
+    for name, config in (("head", "method-head.yaml"), ("lora", "classify-minilm.yaml")):
+        run = out / name
+        keys = [*data, f"train.output_dir={run}", "train.progress=false"]
+        start = time.perf_counter()
+        tuneforge("train", str(ROOT / "configs" / config), *keys, env=env)
+        train_s = time.perf_counter() - start
+        tuneforge(
+            "evaluate",
+            str(run),
+            "eval.compare_base=false",
+            "--split",
+            "test",
+            "--max-examples",
+            "1000",
+            env=env,
+        )
+        result = json.loads((run / "eval" / "test-first1000.json").read_text())
+        rows.append((name, train_s, result["tuned"]["accuracy"], result["tuned"]["macro_f1"], result["n"]))
+    print("| method | train wall time | test accuracy | test macro-F1 | test examples |")
+    print("|---|---|---|---|---|")
+    for name, s, acc, f1, n in rows:
+        print(f"| {name} | {s:.0f} s | {acc:.3f} | {f1:.3f} | {n} |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "bench-head-vs-lora"))

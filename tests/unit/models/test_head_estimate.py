@@ -36,6 +36,9 @@ def test_head_work_counts_the_extra_windows_of_long_texts(tiny_bert: Path) -> No
     assert windows == 10 + 12 + 2
     assert tokens == (1260 + 2 * 22 + 12 * 64 + 740) + (100 + 2 * 2)
     assert est.head_work(head_cfg(tiny_bert, stride=0), MANIFEST)[0] == 10 + 6 + 2  # ceil(740 / 126)
+    capped = head_cfg(tiny_bert)
+    capped.train.eval_max_examples = 1  # the first validation text only: half of its 100 tokens
+    assert est.head_work(capped, MANIFEST) == (22 + 1, 2812 + 50 + 2)
 
 
 def test_a_head_estimate_is_forward_only_and_says_so(tiny_bert: Path) -> None:

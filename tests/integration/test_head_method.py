@@ -96,6 +96,11 @@ def test_head_run_trains_evaluates_serves_and_caches(
     emb2 = json.loads((again / "manifest.json").read_text())["head"]["embeddings"]
     assert calls == [] and emb2["computed"] == 0 and emb2["cached"] == n
     assert json.loads((again / "manifest.json").read_text())["head"]["regularization"] == {"C": 0.5}
+    # A head run changed nothing in its base: it is no starting point for another run.
+    child = head_config(tmp_path, run, data, "child")
+    with pytest.raises(TuneforgeError, match="trained only a linear head on a frozen base model") as err:
+        train(child)
+    assert err.value.fix == f"start from its base model instead: model.name={tiny_bert}"
 
 
 def _classify_through_serve(run: Path, texts: list[str]) -> list[dict[str, float]]:

@@ -176,24 +176,38 @@ class Embedded:
     """Windows the computed texts were read as."""
 
 
+BLOCK = 2048
+"""Texts embedded between two cache writes: a run stopped midway loses at most this many."""
+
+
 def embed_with_cache(
-    texts: list[str], cache: EmbeddingCache | None, compute: Callable[[list[str]], Pooled]
+    texts: list[str],
+    cache: EmbeddingCache | None,
+    compute: Callable[[list[str], int, int], Pooled],
+    block: int = BLOCK,
 ) -> Embedded:
-    """Every text's vector, each distinct text computed at most once and only when the cache lacks it."""
+    """Every text's vector, each distinct text computed at most once and only when the cache lacks it.
+
+    `compute(texts, done, total)` embeds one block of the `total` missing texts, `done` of them already
+    embedded; each block goes into the cache as soon as it is computed.
+    """
     hashes = [text_hash(t) for t in texts]
-    found: dict[bytes, np.ndarray] = dict(cache.vectors) if cache is not None else {}
+    known = cache.vectors if cache is not None else {}
     todo: dict[bytes, str] = {}
     for h, t in zip(hashes, texts, strict=True):
-        if h not in found and h not in todo:
+        if h not in known and h not in todo:
             todo[h] = t
+    found: dict[bytes, np.ndarray] = {}
     chunks = 0
-    if todo:
-        pooled = compute(list(todo.values()))
-        chunks = sum(pooled.chunks)
-        new = list(todo)
+    missing = list(todo)
+    for first in range(0, len(missing), block):
+        part = missing[first : first + block]
+        pooled = compute([todo[h] for h in part], first, len(missing))
+        chunks += sum(pooled.chunks)
         if cache is not None:
-            cache.add(new, pooled.vectors)
-        found.update(zip(new, pooled.vectors, strict=True))
+            cache.add(part, pooled.vectors)
+        found.update(zip(part, pooled.vectors, strict=True))
     cached = sum(1 for h in dict.fromkeys(hashes) if h not in todo)
-    vectors = np.stack([found[h] for h in hashes]) if hashes else np.zeros((0, 0), dtype=np.float32)
+    rows = [found[h] if h in found else known[h] for h in hashes]
+    vectors = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
     return Embedded(vectors.astype(np.float32), computed=len(todo), cached=cached, chunks=chunks)

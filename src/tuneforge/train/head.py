@@ -174,15 +174,16 @@ class _EmbedProgress:
         self.what, self.enabled = what, enabled
         self.start = self.last = time.perf_counter()
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, texts_done: float, total: int) -> None:
         now = time.perf_counter()
-        if not self.enabled or now - self.last < PROGRESS_EVERY_S or done >= total:
+        if not self.enabled or now - self.last < PROGRESS_EVERY_S or texts_done >= total:
             return
         self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = fmt_seconds((total - done) / rate) if rate > 0 else "?"
+        rate = texts_done / max(now - self.start, 1e-9)
+        eta = fmt_seconds((total - texts_done) / rate) if rate > 0 else "?"
         print(
-            f"embedding {self.what}: {done:,} of {total:,} windows, {rate:.1f} windows/s, about {eta} left",
+            f"embedding {self.what}: {int(texts_done):,} of {total:,} texts, {rate:.1f} texts/s, "
+            f"about {eta} left",
             file=sys.stderr,
             flush=True,
         )
@@ -280,7 +281,10 @@ def train_head(
         def embed(records: list[dict[str, Any]], what: str) -> Any:
             progress = _EmbedProgress(what, cfg.train.progress)
 
-            def compute(texts: list[str]) -> Any:
+            def compute(texts: list[str], done: int, total: int) -> Any:
+                def windows_read(read: int, windows: int) -> None:
+                    progress(done + len(texts) * read / max(windows, 1), total)
+
                 return pooled_embeddings(
                     backbone,
                     tok,
@@ -288,7 +292,7 @@ def train_head(
                     max_length=cfg.model.max_length,
                     stride=options.stride,
                     batch_size=options.batch_size,
-                    on_batch=progress,
+                    on_batch=windows_read,
                 )
 
             return embed_with_cache([str(r.get("text", "")) for r in records], cache, compute)

@@ -64,13 +64,17 @@ def test_the_cache_computes_each_text_once_and_is_safetensors(bert, tmp_path: Pa
     calls: list[int] = []
     hook = model.register_forward_hook(lambda m, i, o: calls.append(1))
 
-    def compute(texts: list[str]):
+    blocks: list[tuple[int, int, int]] = []
+
+    def compute(texts: list[str], done: int, total: int):
+        blocks.append((len(texts), done, total))
         return pooled_embeddings(model, tok, texts, max_length=16, stride=4, batch_size=4)
 
     try:
         texts = ["great road", "bad phone", "great road", LONG]
-        first = embed_with_cache(texts, EmbeddingCache(tmp_path / "c", {"model": "tiny"}), compute)
+        first = embed_with_cache(texts, EmbeddingCache(tmp_path / "c", {"model": "tiny"}), compute, block=2)
         assert (first.computed, first.cached) == (3, 0) and calls
+        assert blocks == [(2, 0, 3), (1, 2, 3)]  # each block cached as soon as it is computed
         calls.clear()
         again = embed_with_cache(texts[::-1], EmbeddingCache(tmp_path / "c", {"model": "tiny"}), compute)
         assert calls == [] and (again.computed, again.cached) == (0, 3)
@@ -78,6 +82,6 @@ def test_the_cache_computes_each_text_once_and_is_safetensors(bert, tmp_path: Pa
     finally:
         hook.remove()
     shards = sorted((tmp_path / "c").glob("*"))
-    assert [p.suffix for p in shards] == sorted([".json", ".safetensors"])
+    assert sorted(p.suffix for p in shards) == [".json", ".safetensors", ".safetensors"]
     data = next(p for p in shards if p.suffix == ".safetensors").read_bytes()
     assert data[8:9] == b"{" and not data.startswith(b"\x80")  # a safetensors header, not a pickle

@@ -168,3 +168,19 @@ def test_the_cli_names_the_config_line_of_a_head_on_a_generation_task(tmp_path: 
         "embeddings; model.task causal-lm generates text, which a head cannot"
     )
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_training_split_of_one_label_is_refused_before_the_model_loads(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneforge.models import linear_head
+
+    rows = [r for r in sentiment_rows(30) if r["label"] == "positive"]
+    cfg = head_config(tmp_path, tiny_bert, write_csv(tmp_path / "one.csv", rows), "one")
+    monkeypatch.setattr(linear_head, "load_backbone", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(TuneforgeError) as err:
+        train(cfg)
+    assert err.value.what == (
+        f"the training split of {tmp_path / 'classification.ds'} holds one label only ('positive'); "
+        "a classifier needs examples of two labels or more"
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -212,12 +213,13 @@ def train_head(
 
     check_head_run(cfg, source, plan.accelerator.num_processes)
     options, task, labels = plan.options, cfg.model.task, list(dataset.labels or [])
+    train_records = dataset.records("train")
+    val_records = dataset.records("validation")[: cfg.train.eval_max_examples]
+    _check_labels(task, train_records, dataset.path)
     model_path = resolve_model_path(cfg.model)
     tok = load_tokenizer(cfg.model, model_path)
     started = time.perf_counter()
     backbone = load_backbone(cfg.model, model_path)
-    train_records = dataset.records("train")
-    val_records = dataset.records("validation")[: cfg.train.eval_max_examples]
     run, lock = open_run_dir(cfg, resume, force, overwrite, dataset.manifest.get("fingerprint"), split_files)
     try:
         if plan.defaults_line:
@@ -388,6 +390,20 @@ def _done_line(fitted: HeadFit, knob: str, computed: int, cached: int, elapsed: 
         f"head fitted: {chosen}; {computed:,} texts embedded, {cached:,} from the cache; "
         f"{fmt_seconds(elapsed)} in all"
     )
+
+
+def _check_labels(task: str, records: list[dict[str, Any]], dataset: Path) -> None:
+    """A classifier needs two labels among its training examples (scikit-learn would fail deep inside)."""
+    seen = sorted({str(r["label"]) for r in records}) if task == "classification" else []
+    if task == "classification" and len(seen) < 2:
+        held = f"one label only ({seen[0]!r})" if seen else "no example"
+        raise TuneforgeError(
+            f"the training split of {dataset} holds {held}; "
+            "a classifier needs examples of two labels or more",
+            where="data.path",
+            fix="check data.label_column and how the rows were chosen (data.max_rows keeps a file's first "
+            "rows, which may all share one label)",
+        )
 
 
 def _targets(task: str, records: list[dict[str, Any]], labels: list[str]) -> np.ndarray:

@@ -195,7 +195,8 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
 
     name: Annotated[str, BeforeValidator(_not_spelled("dpo"))] = "lora"
-    """full, lora, qlora, dora, prompt-tuning, prefix-tuning or ia3."""
+    """full, lora, qlora, dora, prompt-tuning, prefix-tuning, ia3, or head (a linear head on a frozen model's
+    embeddings: classification and regression, fast on a CPU)."""
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

@@ -154,7 +154,12 @@ def label_logprobs(
 def head_logits(
     model: Any, tok: Any, texts: list[str], max_length: int, batch_size: int, truncation: str = "head"
 ) -> list[list[float]]:
-    """(N, C) logits of a sequence-classification or regression head (C = 1 for regression)."""
+    """(N, C) logits of a sequence-classification or regression head (C = 1 for regression).
+
+    A head run's model (method head) reads whole texts itself, in the windows it was trained on.
+    """
+    if hasattr(model, "text_logits"):
+        return model.text_logits(texts, batch_size)  # type: ignore[no-any-return]
     model.eval()
     out: list[list[float]] = []
     for start in range(0, len(texts), batch_size):

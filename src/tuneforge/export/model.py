@@ -79,6 +79,13 @@ def export_model(
             where="method.name",
             fix="pass --dequantize: the adapter is merged into the base loaded in full precision",
         )
+    if method == "head" and to == "gguf":
+        raise TuneforgeError(
+            "a head run's model is its base plus a linear head over pooled embeddings, which llama.cpp's "
+            "GGUF cannot hold",
+            where="--to",
+            fix="export with --to hf (the base model folder plus head.safetensors), or serve the run",
+        )
     if to not in ("hf", "gguf"):
         raise TuneforgeError(f"unknown export format {to!r}", where="--to", fix="use hf or gguf")
     if gguf_type is not None and (to != "gguf" or gguf_type not in GGUF_TYPES):

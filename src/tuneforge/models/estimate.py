@@ -184,7 +184,14 @@ class Estimate:
             if self.epoch_s
             else ""
         )
-        out.append(f"  time: {fmt_seconds(self.step_s)} per step{epoch} (rough: FLOPs / throughput)")
+        if self.method == "head":
+            out.append(
+                f"  time: {fmt_seconds(self.epoch_s)} to embed every text once "
+                f"({self.steps_per_epoch or 0:,} forward passes of {self.batch} windows), then seconds to "
+                "fit the head (rough: FLOPs / throughput)"
+            )
+        else:
+            out.append(f"  time: {fmt_seconds(self.step_s)} per step{epoch} (rough: FLOPs / throughput)")
         out += [f"  note: {n}" for n in self.notes]
         return out
 
@@ -298,6 +305,8 @@ def estimate(
     if shape.source == "catalog":
         notes.append("sized from the catalog's architecture numbers (the model is not on disk)")
 
+    if cfg.method.name == "head":
+        return _head_estimate(cfg, shape, dev, width, manifest, notes)
     full = cfg.method.name == "full"
     frozen = shape.total - shape.trainable
     weights = frozen * width
@@ -389,12 +398,85 @@ def estimate(
     )
 
 
+def head_work(cfg: RunConfig, manifest: dict[str, Any] | None) -> tuple[int, int]:
+    """(windows, tokens) method head reads: every training text and train.eval_max_examples validation texts
+    once, a long one in windows of model.max_length overlapping by method.stride (models/features.py)."""
+    stride = int(cfg.method.options().get("stride", 64))
+    window = cfg.model.max_length
+    step = max(1, window - 2 - stride)  # the tokenizer's [CLS]/[SEP] (or BOS) in every window
+    lengths = (manifest or {}).get("token_lengths") or {}
+    splits = (manifest or {}).get("splits") or {}
+    windows = tokens = 0
+    for split in ("train", "validation"):
+        stats = lengths.get(split) or {}
+        rows = int(stats.get("count") or splits.get(split) or 0)
+        total = int(stats.get("total") or rows * window)
+        cap = cfg.train.eval_max_examples if split == "validation" else None
+        if cap is not None and rows > cap:  # only the first train.eval_max_examples choose the head
+            total, rows = total * cap // rows, cap
+        longest = int(stats.get("max") or window)
+        # Texts within one window cost their length; the tokens beyond it, a window per `step` more.
+        beyond = max(0, total - rows * (window - 2)) if longest > window - 2 else 0
+        extra = math.ceil(beyond / step) if beyond else 0
+        windows += rows + extra
+        tokens += min(total, rows * (window - 2)) + 2 * (rows + extra) + extra * stride + beyond
+    return windows, tokens
+
+
+def _head_estimate(
+    cfg: RunConfig, shape: Any, dev: Device, width: int, manifest: dict[str, Any] | None, notes: list[str]
+) -> Estimate:
+    """Method head: one forward pass (no gradients) over every text, then seconds of scikit-learn."""
+    from tuneforge.models.shape import saved_activation_bytes
+
+    batch = int(cfg.method.options().get("batch_size", 32))
+    length = cfg.model.max_length
+    windows, tokens = head_work(cfg, manifest)
+    try:
+        inside, outside = saved_activation_bytes(shape, batch, length)
+        live = (inside + outside) // max(shape.layers, 1)  # inference keeps one block's tensors at a time
+    except Exception:
+        live = 4 * 16 * shape.hidden * batch * length
+    overhead = CPU_FIXED_OVERHEAD if dev.kind == "cpu" else 0
+    # The embeddings themselves (float32, kept for the fit) and the solver's copy of them.
+    features = 3 * windows * shape.hidden * 4
+    breakdown = {
+        "weights": int(shape.total * width),
+        "trainable": 0,
+        "optimizer": 0,
+        "gradients": 0,
+        "activations": int(live),
+        "logits": 0,
+        "overhead": int(overhead + features),
+    }
+    forward = _flops_per_token(shape, cfg, min(length, max(1, tokens // max(windows, 1))))
+    total_s = forward * tokens / (dev.flops * UTILISATION[dev.kind])
+    steps = max(1, math.ceil(windows / batch)) if windows else None
+    notes.append("forward passes only: each text once (cached texts cost nothing), then a scikit-learn fit")
+    return Estimate(
+        model=cfg.model.name,
+        method=cfg.method.name,
+        device=dev,
+        total_params=shape.total,
+        trainable_params=shape.trainable,
+        batch=batch,
+        length=length,
+        breakdown=breakdown,
+        peak=int(sum(breakdown.values())),
+        step_s=total_s / steps if steps else 0.0,
+        steps_per_epoch=steps,
+        notes=notes,
+    )
+
+
 def _flops_per_token(shape: Any, cfg: RunConfig, length: int) -> float:
     matmul = shape.total - shape.embedding - (shape.trainable if cfg.method.name != "full" else 0)
     if cfg.model.task != "causal-lm":
         matmul -= shape.vocab * shape.hidden if shape.kind == "decoder" else 0
     attention = 4 * shape.layers * length * shape.heads * shape.head_dim / 2  # causal: half the scores
     forward = 2 * matmul + attention
+    if cfg.method.name == "head":  # forward only, through a frozen model
+        return forward
     passes = 3.0 if cfg.method.name == "full" else 2.0
     if cfg.train.gradient_checkpointing:
         passes += 1

@@ -115,6 +115,12 @@ def open_parent(name: str, where: str) -> Parent:
             where=where,
             fix=f"finish it first: tuneforge train {run.config_path} --resume",
         )
+    if manifest.get("method") == "head":
+        raise TuneforgeError(
+            f"run {path} trained only a linear head on a frozen base model, so it cannot be a starting point",
+            where=where,
+            fix=f"start from its base model instead: model.name={manifest.get('base_model')}",
+        )
     raw = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
     return Parent(run, manifest, config_from_dict(raw, ConfigSource(run.config_path)))
 

@@ -25,6 +25,7 @@ MEMORY_MARGIN = 0.85  # plan for 85% of the device: fragmentation, evaluation, l
 EFFECTIVE_BATCH = 16
 CPU_DECODER = "builtin:smollm2-135m-instruct"
 CPU_ENCODER = "builtin:minilm-l6"
+HEAD_WINDOW = 512  # method head reads longer texts in several windows of this many tokens, not one long one
 
 
 @dataclass
@@ -38,7 +39,8 @@ class Recommendation:
     @property
     def hours(self) -> float | None:
         epoch = self.estimate.epoch_s
-        return None if epoch is None else epoch * float(self.config["train"]["epochs"]) / 3600
+        # Method head reads the data once: no epochs.
+        return None if epoch is None else epoch * float(self.config["train"].get("epochs", 1)) / 3600
 
 
 def epochs_for(rows: int, task: str) -> int:
@@ -71,9 +73,38 @@ def learning_rate(method: str, task: str, params: int) -> float:
     return 1e-4 if params > 20e9 else 2e-4
 
 
-def head_method(rows: int, *, cuda: bool) -> str:
-    """An encoder with a head: full fine-tuning below 10,000 examples or on a GPU, else LoRA (CPU time)."""
-    return "full" if rows < SMALL_DATA or cuda else "lora"
+def head_method(rows: int, *, cuda: bool, manifest: dict[str, Any] | None = None) -> str:
+    """An encoder with a head: on a GPU full fine-tuning; on a CPU `head` (frozen encoder, linear head: one
+    forward pass over the data) from 10,000 examples or for documents (`long_documents`), where full
+    fine-tuning takes hours and pooled embeddings are strong (topics), else full fine-tuning."""
+    if cuda:
+        return "full"
+    if rows >= SMALL_DATA or long_documents(manifest or {}):
+        return "head"
+    return "full"
+
+
+HEAD_LONG_TEXT = 256
+"""Tokens at the training split's 90th percentile from which texts count as documents, not sentences."""
+
+
+def long_documents(manifest: dict[str, Any]) -> bool:
+    stats = (manifest.get("token_lengths") or {}).get("train") or {}
+    return int(stats.get("p90", 0) or 0) > HEAD_LONG_TEXT
+
+
+def head_reason(rows: int, manifest: dict[str, Any]) -> str:
+    """Why the CPU defaults chose method head, for the defaults line and `recommend`."""
+    if long_documents(manifest):
+        p90 = int(manifest["token_lengths"]["train"]["p90"])
+        why = f"documents ({p90:,} tokens at the 90th percentile)"
+    else:
+        why = f"{rows:,} examples"
+    return (
+        f"{why} on a CPU: method head (the encoder frozen, each text embedded once, long ones in windows, "
+        "then a linear head fitted in seconds), strong on topic-like labels; set method.name=full or lora "
+        "to fine-tune the encoder (hours here)"
+    )
 
 
 LORA_LIKE = ("lora", "qlora", "dora")  # the methods with a rank r and a scale alpha
@@ -94,6 +125,10 @@ def recipe(
     `recommend` writes them into its configs and `defaults_for` fills a user's unset keys with them, so the
     two never disagree.
     """
+    if method == "head":  # no steps, no learning rate: only how long a window is (long texts are chunked)
+        if not manifest.get("token_lengths"):
+            return {}
+        return {"model.max_length": min(HEAD_WINDOW, max_length_for(manifest, task, context))}
     chosen: dict[str, Any] = {
         "train.epochs": epochs_for(rows, task),
         "train.learning_rate": learning_rate(method, task, params),
@@ -147,7 +182,7 @@ def build_config(
         "data": {"path": dataset},
         "model": {"name": model, "task": task, **chosen.get("model", {})},
         "method": {"name": method, **chosen.get("method", {})},
-        "train": {**train, **chosen["train"]},
+        "train": {**train, **chosen.get("train", {})},
     }
 
 
@@ -310,7 +345,7 @@ def _heads(
 ) -> list[Recommendation]:
     """Encoders with a head: the first choice for classification and regression."""
     names = ["minilm-l6"] if device.kind == "cpu" else ["deberta-v3-base", "modernbert-base", "minilm-l12"]
-    method = head_method(rows, cuda=device.kind == "cuda")
+    method = head_method(rows, cuda=device.kind == "cuda", manifest=manifest)
     out = []
     for name in names:
         m = find(name)
@@ -328,7 +363,7 @@ def _heads(
             f"{rows:,} examples: full fine-tuning of a small encoder at lr "
             f"{rec.config['train']['learning_rate']:g} with early stopping"
             if method == "full"
-            else f"{rows:,} examples on a CPU: LoRA (r=8) with the head trained"
+            else head_reason(rows, manifest)
         )
         out.append(rec)
     return out
@@ -421,7 +456,7 @@ def defaults_for(
     chosen: dict[str, Any] = {}
     method_given = any(k == "method" or k.startswith("method.") for k in given)
     if task != "causal-lm" and not method_given and model_kind(cfg) == "encoder":
-        method = head_method(rows, cuda=cuda)
+        method = head_method(rows, cuda=cuda, manifest=manifest)
         chosen["method.name"] = method
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps * processes
     params, context = (entry.params, entry.context) if entry is not None else _size_from_config(cfg)
@@ -485,4 +520,7 @@ def describe_defaults(cfg: RunConfig, manifest: dict[str, Any], chosen: dict[str
     kind = model_kind(cfg)
     what = "causal LM" if cfg.model.task == "causal-lm" else f"{kind} {cfg.model.task}"
     settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
-    return f"defaults for {what}, {rows:,} examples: {settings} (set any of these keys to override)"
+    line = f"defaults for {what}, {rows:,} examples: {settings} (set any of these keys to override)"
+    if chosen.get("method.name") == "head":
+        line += f"\n  why method head: {head_reason(rows, manifest)}"
+    return line

@@ -39,12 +39,16 @@ def run_config(run: RunDir) -> RunConfig:
 
 
 def load_tuned(run: RunDir, cfg: RunConfig) -> tuple[Any, Any]:
-    """The trained model of a run: base + PEFT adapter, or the full fine-tuned folder."""
+    """The trained model of a run: base + PEFT adapter, the full fine-tuned folder, or base + linear head."""
     from tuneforge.models.lineage import add_reference
 
     check_finished(run)
     manifest = run.manifest
     tok = load_tokenizer(cfg.model, str(run.final))
+    if manifest.get("method") == "head":  # the frozen base + the run's linear head (models/linear_head.py)
+        from tuneforge.models.linear_head import load_head_model
+
+        return load_head_model(run.final, cfg.model, run_base_path(manifest), tok), tok
     labels = list(manifest.get("labels") or [])
     if manifest.get("saves_adapter", True):
         base = load_model(

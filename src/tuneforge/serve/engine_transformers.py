@@ -304,11 +304,16 @@ class TransformersEngine:
         import torch
 
         s, tok = slot.served, slot.tokenizer
-        max_len = s.config.model.max_length if s.config is not None else 512
-        enc = tok(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
-        device = next(slot.model.parameters()).device
-        with torch.inference_mode():
-            logits = slot.model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu()  # (N, C)
+        if hasattr(slot.model, "text_logits"):  # a head run reads whole texts, in its training windows
+            logits = torch.tensor(slot.model.text_logits(texts, self.cfg.max_batch_size))  # (N, C)
+        else:
+            max_len = s.config.model.max_length if s.config is not None else 512
+            enc = tok(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+            device = next(slot.model.parameters()).device
+            with torch.inference_mode():
+                logits = (
+                    slot.model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu()
+                )  # (N, C)
         if not s.labels:  # regression: one value per text
             return [{"value": float(v)} for v in logits[:, 0]]
         probs = torch.softmax(logits, dim=-1)

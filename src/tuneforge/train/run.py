@@ -91,6 +91,22 @@ def train(
         check_resume(
             RunDir(Path(cfg.train.output_dir)), cfg, dataset.manifest.get("fingerprint"), force, split_files
         )
+    if getattr(
+        plan.method, "FROZEN_FEATURES", False
+    ):  # method head: embed once, fit the head (train/head.py)
+        from tuneforge.train.head import train_head
+
+        return train_head(
+            cfg,
+            source,
+            plan,
+            dataset,
+            split_files,
+            estimate=estimate,
+            resume=resume,
+            force=force,
+            overwrite=overwrite,
+        )
     # 2. Model and examples; the run directory exists only once they are known to be good.
     preference = setup.is_preference(cfg, dataset.format)
     model = setup.load_trainable_model(cfg, plan, dataset.labels, parent, preference=preference)

@@ -31,7 +31,7 @@ def _apply(model_dir: Path, method: dict[str, Any], task: str) -> Any:
 
 
 def test_every_approach_is_registered() -> None:
-    assert list(METHODS) == ["full", "lora", "qlora", "dora", "prompt-tuning", "prefix-tuning", "ia3"]
+    assert list(METHODS) == ["full", "lora", "qlora", "dora", "prompt-tuning", "prefix-tuning", "ia3", "head"]
     for module in METHODS.values():
         assert callable(module.apply)
         assert isinstance(module.SAVES_ADAPTER, bool)
@@ -86,7 +86,7 @@ def test_unknown_method_lists_the_known_ones(tmp_path: Path) -> None:
         resolve_method(cfg.method, source)
     assert str(err.value) == (
         f"{path}:2 (method.name): unknown method 'lorra'\n"
-        "  fix: choose one of: full, lora, qlora, dora, prompt-tuning, prefix-tuning, ia3"
+        "  fix: choose one of: full, lora, qlora, dora, prompt-tuning, prefix-tuning, ia3, head"
     )
 
 

@@ -117,15 +117,19 @@ def test_defaults_for_encoder_classification_by_dataset_size() -> None:
     }
     tiny = rec.defaults_for(cfg, manifest("classification", 120, labels=3, p99=40), GIVEN)
     assert (tiny["train.epochs"], tiny["train.eval_every"], tiny["model.max_length"]) == (10, 15, 64)
-    # 50,000 rows on a CPU: LoRA (method.name's own default) with the head trained, full on a GPU
+    # 50,000 rows on a CPU: method head (the encoder frozen, each text embedded once), full on a GPU
     large = rec.defaults_for(cfg, manifest("classification", 50_000, labels=2), GIVEN)
-    assert "method.name" not in large  # a default equal to the field's own is not listed
-    assert {k: large[k] for k in ("method.r", "method.alpha", "train.learning_rate")} == {
-        "method.r": 8,
-        "method.alpha": 16,
-        "train.learning_rate": 5e-4,
-    }
-    assert large["train.epochs"] == 3 and large["train.eval_every"] == 6250
+    assert large == {"method.name": "head", "model.max_length": 128}
+    # documents (p90 over 256 tokens) on a CPU: head at any size, read in windows of at most 512 tokens
+    docs_manifest = manifest("classification", 1_449, labels=5, p99=2_000)
+    docs = rec.defaults_for(cfg, docs_manifest, GIVEN)
+    assert docs == {"method.name": "head"}  # max_length 512 is model.max_length's own default
+    assert rec.describe_defaults(cfg, docs_manifest, docs).splitlines()[1] == (
+        "  why method head: documents (1,500 tokens at the 90th percentile) on a CPU: method head (the "
+        "encoder frozen, each text embedded once, long ones in windows, then a linear head fitted in "
+        "seconds), strong on topic-like labels; set method.name=full or lora to fine-tune the encoder "
+        "(hours here)"
+    )
     on_gpu = rec.defaults_for(cfg, manifest("classification", 50_000, labels=2), GIVEN, cuda=True)
     assert on_gpu["method.name"] == "full" and "method.r" not in on_gpu
     # no validation split: neither early stopping nor a best-by-accuracy checkpoint to stop on
@@ -164,7 +168,8 @@ def test_defaults_for_a_local_model_outside_the_catalog_size_it_from_its_config(
         hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
     ).save_pretrained(big)
     cfg = config_from_dict({"model": {"name": str(big), "task": "classification"}})
-    chosen = rec.defaults_for(cfg, manifest("classification", 1_500, labels=4, p99=900), GIVEN)
+    # on a GPU (on a CPU documents this long get method head, which has no learning rate)
+    chosen = rec.defaults_for(cfg, manifest("classification", 1_500, labels=4, p99=900), GIVEN, cuda=True)
     assert chosen["train.learning_rate"] == 5e-5
     assert chosen.get("model.max_length", cfg.model.max_length) == 512  # not 960: the context is 512
     small = tmp_path / "bert-small-like"

@@ -151,6 +151,8 @@ def render_card(run: RunDir, results: dict[str, dict[str, Any]]) -> str:
     ]
     if m.get("saves_adapter", True):
         lines += use_lines(run, data.base_model)
+    elif m.get("method") == "head":
+        lines += head_use_lines(run)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
@@ -183,6 +185,22 @@ def use_lines(run: RunDir, hub_id: str | None) -> list[str]:
             "",
         ]
     return lines
+
+
+def head_use_lines(run: RunDir) -> list[str]:
+    """How to use a head run: its linear head reads the base model's mean-pooled embeddings."""
+    base = str(run.manifest.get("base_model") or "")
+    return [
+        "## Use",
+        "",
+        "This run is a linear head (`head.safetensors`: `coef`, `intercept`, `classes`) over the "
+        f"mean-pooled last hidden states of the frozen base model `{base}`, which it does not contain. "
+        f"Serve it with `tuneforge serve {run.path}` (`/v1/classify`), or export a self-contained folder "
+        f"with `tuneforge export-model {run.path} --out DIR`. A text longer than the window is read in "
+        "overlapping windows whose token-weighted mean is its embedding; "
+        "`logits = embedding @ coef.T + intercept`.",
+        "",
+    ]
 
 
 def write_model_card(run: RunDir, results: dict[str, dict[str, Any]]) -> None:

@@ -73,7 +73,7 @@ def model_section(run: RunDir) -> list[Block]:
         ("training time", f"{time_s:.1f} s" if isinstance(time_s, int | float) else ""),
         ("cost", cost_line(m) or "not recorded"),
         ("best checkpoint", _best(m.get("best"))),
-        ("result", "PEFT adapter" if m.get("saves_adapter", True) else "full weights"),
+        ("result", _result(m)),
     ]
     return [("table", (None, [[k, num(v)] for k, v in rows]))]
 
@@ -98,6 +98,17 @@ def cost_line(manifest: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _result(m: dict[str, Any]) -> str:
+    head = m.get("head")
+    if isinstance(head, dict):  # method head: no checkpoints, one regularisation value chosen on validation
+        chosen = ", ".join(f"{k}={v:g}" for k, v in (head.get("regularization") or {}).items())
+        return (
+            f"linear head ({head.get('estimator')}, {chosen}, chosen by {head.get('chosen_by')}) on the "
+            "frozen base model"
+        )
+    return "PEFT adapter" if m.get("saves_adapter", True) else "full weights"
+
+
 def _best(best: Any) -> str:
     if not isinstance(best, dict) or best.get("step") is None:
         return "the last step (no validation metric was tracked)"
@@ -107,6 +118,18 @@ def _best(best: Any) -> str:
 def training_section(run: RunDir) -> list[Block]:
     from tuneforge.train.plot import draw_loss_curves, loss_series
 
+    head = run.manifest.get("head")
+    if isinstance(head, dict):  # method head: the regularisation values tried instead of a loss curve
+        grid = head.get("grid") or []
+        if not grid:
+            return [("p", f"The head was fitted once ({head.get('chosen_by')}); no curve to show.")]
+        names = [k for k in grid[0] if k != "value"]
+        knob = next(iter(head.get("regularization") or {"value": 0}))
+        rows = [[num(g["value"]), *[num(g.get(n)) for n in names]] for g in grid]
+        return [
+            ("p", f"Values of {knob} tried, each fitted on the training split and scored on validation:"),
+            ("table", ([knob, *[f"validation {n}" for n in names]], rows)),
+        ]
     train, val = loss_series(run.metrics())
     if not train:
         return [("p", "No training metrics were logged (metrics.jsonl is empty or missing).")]

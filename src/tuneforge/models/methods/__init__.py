@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from tuneforge.config import ConfigSource, MethodConfig, type_name
 from tuneforge.errors import TuneforgeError
-from tuneforge.models.methods import dora, full, ia3, lora, prefix_tuning, prompt_tuning, qlora
+from tuneforge.models.methods import dora, full, head, ia3, lora, prefix_tuning, prompt_tuning, qlora
 from tuneforge.safe_yaml import short_repr
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ METHODS: dict[str, ModuleType] = {
     "prompt-tuning": prompt_tuning,
     "prefix-tuning": prefix_tuning,
     "ia3": ia3,
+    "head": head,
 }
 
 

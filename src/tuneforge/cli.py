@@ -960,10 +960,9 @@ def print_verdicts(result: dict[str, Any]) -> None:
             f"  {few['name']}: the base prompted with {few['k']} train examples "
             f"(k: {escape(str(few['k_chosen']))}); {few.get('seconds')} s, eval.few_shot=0 turns it off",
             highlight=False,
-            soft_wrap=True,
         )
     elif few.get("skipped"):
-        console.print(f"  few-shot baseline: {escape(few['skipped'])}", highlight=False, soft_wrap=True)
+        console.print(f"  few-shot baseline: {escape(few['skipped'])}", highlight=False)
     for column, f in (result.get("fairness") or {}).items():
         for warning in f.get("warnings", []):
             console.print(f"  [yellow]warning[/yellow] ({column}): {escape(warning)}")

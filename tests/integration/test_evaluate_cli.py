@@ -17,7 +17,7 @@ from tests.tiny import sentiment_rows, write_csv
 
 CONFIG = """\
 data: {{path: data.csv, output_dir: ds, group_column: region}}
-model: {{name: {model}, task: causal-lm, max_length: 128}}
+model: {{name: {model}, task: causal-lm, max_length: 320}}
 method: {{name: lora, r: 4}}
 train: {{output_dir: run, max_steps: 4, batch_size: 4, learning_rate: 1.0e-2, eval_every: 0, save_every: 0,
         progress: false}}

@@ -137,3 +137,13 @@ def test_heads_and_other_data_skip_it_with_a_reason(tiny_llama: Path) -> None:
     )
     off = _cfg(tiny_llama, 128, few_shot=0)
     assert skip_reason(off, "chat", "test", compare=True) == "turned off (eval.few_shot: 0)"
+
+
+def test_no_example_fitting_skips_it_with_the_reason(tok: Any, tiny_llama: Path) -> None:
+    from tuneforge.evaluation.few_shot import few_shot_baseline
+
+    train, test = _split()
+    cfg = _cfg(tiny_llama, 40)  # the longest question alone nearly fills it
+    about, result = few_shot_baseline(None, tok, train, test, cfg, "classification", list(LABELS), print)
+    assert result is None and about["k"] == 0 and about["train_rows"] == []
+    assert about["skipped"] == "no train example fits model.max_length 40 beside the longest input"

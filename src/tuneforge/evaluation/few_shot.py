@@ -151,6 +151,8 @@ def few_shot_baseline(
     if k == 0:
         about["skipped"] = (
             f"no train example fits model.max_length {cfg.model.max_length} beside the longest input"
+            if train
+            else "the train split holds no example to show"
         )
         return about, None
     about["name"] = f"few_shot_k{k}"

@@ -4,7 +4,8 @@ The name is the split, or `<split>-first<N>` for the first N examples only (eval
 never replaces a full one.
 
 The JSON holds each model's metrics, bootstrap intervals, the paired base-vs-tuned tests with a verdict, the
-classical baselines, calibration and per-group tables; predictions.jsonl holds the rows behind every number.
+classical baselines and the few-shot base (few_shot.py), calibration and per-group tables; predictions.jsonl
+holds the rows behind every number.
 """
 
 from __future__ import annotations

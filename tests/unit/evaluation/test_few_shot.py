@@ -1,5 +1,5 @@
-"""The few-shot baseline's prompts: examples from train only, balanced over labels, k fitted to the context, and
-only the question's own answer scored."""
+"""The few-shot baseline's prompts: examples from train only, balanced over labels, k fitted to the context,
+and only the question's own answer scored."""
 
 from __future__ import annotations
 

@@ -954,6 +954,15 @@ def print_verdicts(result: dict[str, Any]) -> None:
     for b in (result.get("baselines") or {}).values():  # their numbers are columns of the table
         if b.get("vs_tuned", {}).get("verdict"):
             console.print(f"  {escape(b['vs_tuned']['verdict'])}")
+    few = result.get("few_shot") or {}
+    if few.get("name"):
+        console.print(
+            f"  {few['name']}: the base prompted with {few['k']} train examples "
+            f"(k: {escape(str(few['k_chosen']))}); {few.get('seconds')} s, eval.few_shot=0 turns it off",
+            highlight=False,
+        )
+    elif few.get("skipped"):
+        console.print(f"  few-shot baseline: {escape(few['skipped'])}", highlight=False)
     for column, f in (result.get("fairness") or {}).items():
         for warning in f.get("warnings", []):
             console.print(f"  [yellow]warning[/yellow] ({column}): {escape(warning)}")

@@ -349,6 +349,11 @@ class EvalConfig(Section):
     """Also score answers by embedding similarity to the reference with the built-in MiniLM encoder."""
     baseline: bool = True
     """Classification/regression: fit majority-class and TF-IDF + linear baselines on the train split."""
+    few_shot: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    """With the base compared (a causal LM on classification, chat or instruction data): also prompt the base
+    with k examples drawn (seeded) from the train split, never the evaluated one: auto (as many as fit
+    model.max_length beside the longest input, at most 8, balanced over labels), a number, or 0 (off: it
+    costs one more pass over the examples with longer prompts)."""
     threshold_optimizer: Literal["off", "demographic_parity", "equalized_odds"] = "off"
     """Binary classification heads with groups: Fairlearn per-group thresholds, beside the plain ones."""
     judge: JudgeConfig | None = None

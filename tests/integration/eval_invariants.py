@@ -38,6 +38,12 @@ def check_numbers(result: dict[str, Any]) -> int:
         for metric, ci in result.get("ci", {}).get(side, {}).items():
             if ci.get("lo") is not None:
                 _inside(float(ci["value"]), ci, f"{side} {metric} (ci)")
+    for name, b in result.get("baselines", {}).items():  # a baseline's cell is its number and its interval
+        for metric, ci in b.get("ci", {}).items():
+            assert metric in b["metrics"], f"baseline {name}: an interval of {metric} without its number"
+            assert ci["value"] == pytest.approx(b["metrics"][metric]), f"baseline {name} {metric}"
+            _inside(float(b["metrics"][metric]), ci, f"baseline {name} {metric}")
+            checked += 1
     tests = dict(result.get("paired", {}))
     tests.update(
         {f"baseline {k}": b["vs_tuned"] for k, b in result.get("baselines", {}).items() if "vs_tuned" in b}
@@ -52,5 +58,10 @@ def check_numbers(result: dict[str, Any]) -> int:
         _inside(float(p["diff"]), p, f"{metric} difference")
         if metric in result.get("tuned", {}) and result.get("base"):
             assert p["diff"] == pytest.approx(result["tuned"][metric] - result["base"][metric]), metric
+        if "metric" in p:  # a baseline's test: tuned - baseline on the metric it names
+            b = result["baselines"][metric.removeprefix("baseline ")]
+            assert p["diff"] == pytest.approx(result["tuned"][p["metric"]] - b["metrics"][p["metric"]]), (
+                metric
+            )
         checked += 1
     return checked

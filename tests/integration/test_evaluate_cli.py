@@ -17,7 +17,7 @@ from tests.tiny import sentiment_rows, write_csv
 
 CONFIG = """\
 data: {{path: data.csv, output_dir: ds, group_column: region}}
-model: {{name: {model}, task: causal-lm, max_length: 128}}
+model: {{name: {model}, task: causal-lm, max_length: 320}}
 method: {{name: lora, r: 4}}
 train: {{output_dir: run, max_steps: 4, batch_size: 4, learning_rate: 1.0e-2, eval_every: 0, save_every: 0,
         progress: false}}
@@ -75,6 +75,18 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
         acc = sum(row["baselines"][name] == row["label"] for row in rows) / 12
         assert result["baselines"][name]["metrics"]["accuracy"] == pytest.approx(acc)
         assert result["baselines"][name]["ci"]["accuracy"]["value"] == pytest.approx(acc)
+    # the few-shot baseline: the base prompted with k train examples (never a test row), its answers parsed
+    few = result["few_shot"]
+    name = few["name"]
+    assert name == f"few_shot_k{few['k']}" and few["k"] >= 3 and few["drawn_from"] == "train"
+    train_rows = [json.loads(line) for line in (project / "ds" / "train.jsonl").read_text().splitlines()]
+    shown = {train_rows[i]["text"] for i in few["train_rows"]}
+    assert len(shown) == few["k"] and not shown & {row["record"]["text"] for row in rows}
+    few_correct = [float(parse_label(row["baselines"][name], labels) == row["label"]) for row in rows]
+    assert result["baselines"][name]["metrics"]["accuracy"] == pytest.approx(sum(few_correct) / 12)
+    vs = result["baselines"][name]["vs_tuned"]
+    assert vs["metric"] == "accuracy" and vs["diff"] == pytest.approx((sum(correct) - sum(few_correct)) / 12)
+    assert f"{name}: the base prompted with {few['k']} train examples" in " ".join(r.stdout.split())
     # per-group accuracy (Fairlearn) equals a direct computation over the rows
     fair = result["fairness"]["group"]["tuned"]
     assert fair["counts"] == {"north": 8, "south": 4} and fair["too_small"] == []
@@ -109,6 +121,9 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     )
     south = by_group["south"]
     assert "| accuracy | south | 4 | " in md and with_ci(south["value"], south) in md
+    from tuneforge.evaluation.report.evaluation import few_shot_text
+
+    assert few_shot_text(result) in md and f"| {name} | accuracy | " in md
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
 
@@ -118,6 +133,10 @@ def test_train_evaluate_report_human_eval(project: Path, cli) -> None:  # type: 
     card = ModelCard.load(run / "final" / "README.md")
     # the tiny base is a local folder: no Hub id to name, so no base_model (the Hub rejects a path there)
     assert card.data.base_model is None and card.data.library_name == "peft"
+    few_acc = with_ci(
+        result["baselines"][name]["metrics"]["accuracy"], result["baselines"][name]["ci"]["accuracy"]
+    )
+    assert f"- baseline {name}: accuracy {few_acc}; {vs['verdict']}" in card.text
     values = {e.metric_type: e.metric_value for e in card.data.eval_results}
     assert values["accuracy"] == pytest.approx(result["tuned"]["accuracy"])
 

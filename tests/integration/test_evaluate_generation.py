@@ -58,6 +58,27 @@ def test_chat_evaluation_writes_answers_and_their_scores(chat_run: Path) -> None
     assert result["ci"]["tuned"]["token_f1"]["value"] == pytest.approx(mean_f1)
     for metric in ("bleu", "chrf", "ter", "rougeL", "exact_match", "loss", "perplexity", "length_ratio"):
         assert "verdict" in result["paired"][metric]
+
+
+def test_chat_few_shot_baseline_answers_after_train_exchanges(chat_run: Path) -> None:
+    result = json.loads((chat_run / "eval" / "test.json").read_text())
+    rows = [
+        json.loads(line) for line in (chat_run / "eval" / "test.predictions.jsonl").read_text().splitlines()
+    ]
+    few = result["few_shot"]
+    name = few["name"]
+    assert name == f"few_shot_k{few['k']}" and 0 < few["k"] <= 8 and few["seconds"] > 0
+    train_rows = [
+        json.loads(line) for line in (chat_run.parent / "ds" / "train.jsonl").read_text().splitlines()
+    ]
+    shown = [train_rows[i]["instruction"] for i in few["train_rows"]]
+    assert not set(shown) & {row["input"] for row in rows}  # no evaluated question among the examples
+    f1 = [token_f1(row["baselines"][name], row["reference"]) for row in rows]
+    b = result["baselines"][name]
+    assert b["metrics"]["token_f1"] == pytest.approx(sum(f1) / 6)
+    assert b["vs_tuned"]["metric"] == "token_f1"
+    assert b["vs_tuned"]["diff"] == pytest.approx(result["tuned"]["token_f1"] - sum(f1) / 6)
+    assert {"bleu", "chrf", "rougeL", "exact_match"} <= set(b["metrics"])
     ci = result["ci"]["tuned"]["loss"]  # per target token, like the headline loss
     assert ci["value"] == pytest.approx(result["tuned"]["loss"]) and ci["lo"] <= ci["value"] <= ci["hi"]
     assert result["guard"]["checked"] and result["guard"]["max_abs_logit_diff"] > 0
@@ -157,8 +178,9 @@ def test_every_printed_number_is_inside_its_interval_and_every_verdict_agrees(ch
     from tuneforge.evaluation.text_metrics import corpus_statistics
 
     result = json.loads((chat_run / "eval" / "test.json").read_text())
-    # loss, perplexity, BLEU, chrF, TER, ROUGE-1/2/L, exact match, token F1, length ratio: each side, paired
-    assert check_numbers(result) == 3 * 11
+    # loss, perplexity, BLEU, chrF, TER, ROUGE-1/2/L, exact match, token F1, length ratio: each side, paired;
+    # the few-shot baseline's mean metrics (ROUGE-1/2/L, exact match, token F1) and its test against tuned
+    assert check_numbers(result) == 3 * 11 + 5 + 1
     rows = [
         json.loads(line) for line in (chat_run / "eval" / "test.predictions.jsonl").read_text().splitlines()
     ]

@@ -81,7 +81,12 @@ def test_binary_head_calibration_and_threshold_optimizer(tmp_path: Path, tiny_be
     assert post["before"]["predictions"] == [labels[int(p[1] > 0.5)] for p in probs]
     assert len(post["after"]["predictions"]) == len(preds)
     # accuracy, macro-F1, ECE, Brier of both sides inside their intervals; every paired row agrees with itself
-    assert check_numbers(result) == 2 * 4 + 4 + 2  # + the majority and TF-IDF baselines against tuned
+    # + the majority and TF-IDF baselines: each one's accuracy in its interval, and its test against tuned
+    assert check_numbers(result) == 2 * 4 + 4 + 2 * 2
+    assert result["few_shot"] == {
+        "skipped": "a classification or regression head reads no prompt, so it cannot be shown examples"
+    }
+    assert not any(name.startswith("few_shot") for name in result["baselines"])
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +106,7 @@ def test_regression_head_with_its_baselines(regression_run: Path) -> None:
     assert len({r["baselines"]["mean"] for r in preds}) == 1  # the train mean, the same for every row
     assert set(result["baselines"]) == {"mean", "tfidf_ridge"}
     assert result["baselines"]["tfidf_ridge"]["vs_tuned"]["verdict"]
-    assert check_numbers(result) == 2 * 2 + 2 + 2  # mse, mae (both sides, paired), 2 baselines vs tuned
+    assert check_numbers(result) == 2 * 2 + 2 + 2 * 2  # mse, mae (both sides, paired), 2 baselines
 
 
 def test_threshold_optimizer_needs_a_binary_head_with_groups(regression_run: Path, tmp_path: Path) -> None:

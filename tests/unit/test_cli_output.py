@@ -105,3 +105,57 @@ def test_the_comparison_shows_the_classical_baselines_beside_base_and_tuned(scre
     assert row["macro_f1"] == ["0.101", "0.582", "0.194", "0.683"]
     assert row["ece"] == ["0.496", "0.088", "-", "-"]  # the baselines give labels, no probabilities
     assert row["f1 negative"] == ["0.076", "0.770", "0.000", "0.800"]
+
+
+def test_the_few_shot_baseline_is_a_column_and_its_cost_a_line(screen: io.StringIO) -> None:
+    def scores(acc: float, f1: float) -> dict:
+        return {"accuracy": acc, "macro_f1": f1, "per_class": {"negative": {"f1": f1}}}
+
+    few = "the base prompted with 6 train examples"
+    result = {
+        "evaluation": "test",
+        "split": "test",
+        "n": 200,
+        "labels": ["negative", "positive"],
+        "tuned": scores(0.675, 0.582),
+        "base": scores(0.14, 0.101),
+        "baselines": {
+            "majority": {"metrics": scores(0.41, 0.194)},
+            "tfidf_logreg": {"metrics": scores(0.75, 0.683)},
+            "few_shot_k6": {
+                "metrics": scores(0.52, 0.47),
+                "vs_tuned": {"verdict": "tuned is better in accuracy by 0.155 [0.08, 0.23], p = 0.002"},
+            },
+        },
+        "few_shot": {
+            "name": "few_shot_k6",
+            "k": 6,
+            "k_chosen": "the auto cap 8, rounded down to 6",
+            "seconds": 41.2,
+        },
+    }
+    cli.print_comparison(result)
+    cli.print_verdicts(result)
+    lines = screen.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if "metric" in line)
+    assert [c.strip() for c in header.strip("│┃ ").split("┃")] == [
+        "metric",
+        "base",
+        "tuned",
+        "majority",
+        "tfidf logreg",
+        "few shot k6",
+    ]
+    row = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in lines
+        if "│" in line and line.split("│")[1].strip() in ("accuracy", "macro_f1")
+    }
+    assert row["accuracy"] == ["0.14", "0.675", "0.41", "0.75", "0.52"]
+    text = " ".join(screen.getvalue().split())
+    assert "tuned is better in accuracy by 0.155 [0.08, 0.23], p = 0.002" in text
+    assert (
+        f"few_shot_k6: {few} (k: the auto cap 8, rounded down to 6); 41.2 s, eval.few_shot=0 turns it off"
+        in text
+    )

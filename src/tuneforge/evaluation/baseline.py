@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tuneforge.evaluation.metric_table import METRICS, metric_of
 from tuneforge.evaluation.metrics import classification_metrics, regression_metrics
-from tuneforge.evaluation.stats import compare
+from tuneforge.evaluation.stats import bootstrap_ci, compare
 
 if TYPE_CHECKING:
     from tuneforge.evaluation.model_eval import ModelEval
@@ -77,6 +78,11 @@ def baselines(
     return {}
 
 
+#: The per-example score a baseline is tested on against the tuned model, per format, and its metric.
+HEADLINE = {"classification": ("correct", "accuracy"), "regression": ("squared_error", "mse")}
+ANSWERS = ("token_f1", "token_f1")  # chat/instruction answers (the few-shot baseline)
+
+
 def compare_baselines(
     fmt: str,
     records: list[dict[str, Any]],
@@ -86,31 +92,39 @@ def compare_baselines(
     seed: int,
 ) -> dict[str, Any]:
     """Each baseline's metrics, its interval and its paired test against the tuned model (the eval JSON's
-    baselines section)."""
+    baselines section).
+
+    A baseline that brings its own per-example scores (`per_example`: the few-shot base) is tested on them
+    and gets an interval for each metric that is their mean; a classical one is scored from its predictions.
+    """
     out: dict[str, Any] = {}
     for name, b in baselines.items():
         entry: dict[str, Any] = {"metrics": b["metrics"]}
-        if fmt == "classification":
-            theirs = [
+        per: dict[str, list[float]] = dict(b.get("per_example") or {})
+        score, metric = HEADLINE.get(fmt, ANSWERS)
+        if score not in per and fmt == "classification":
+            per[score] = [
                 float(str(p) == str(r["label"])) for p, r in zip(b["predictions"], records, strict=True)
             ]
-            mine, metric = tuned.per_example["correct"], "accuracy"
-        else:
-            theirs = [
+        elif score not in per and fmt == "regression":
+            per[score] = [
                 (float(p) - float(r["label"])) ** 2 for p, r in zip(b["predictions"], records, strict=True)
             ]
-            mine, metric = tuned.per_example["squared_error"], "mse"
-        if n_boot > 0 and records:
+        if n_boot > 0 and records and score in per and score in tuned.per_example:
             c = compare(
                 metric,
-                mine,
-                theirs,
+                tuned.per_example[score],
+                per[score],
                 n_boot=n_boot,
                 seed=seed,
-                correct=metric == "accuracy",
+                correct=score == "correct",
                 names=("tuned", name),
             )
-            entry["vs_tuned"] = {**c["paired"], "verdict": c["verdict"]}
+            entry["vs_tuned"] = {"metric": metric, **c["paired"], "verdict": c["verdict"]}
             entry["ci"] = {metric: c["base"]}  # the baseline's own interval, beside base's and tuned's
+            for other, values in per.items():  # the rest of its mean-of-examples metrics, for the table
+                m = METRICS.get(metric_of(other))
+                if m is not None and m.aggregation == "mean" and m.name not in entry["ci"]:
+                    entry["ci"][m.name] = bootstrap_ci(values, n_boot=n_boot, seed=seed)
         out[name] = entry
     return out

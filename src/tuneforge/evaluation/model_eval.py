@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,25 +84,40 @@ def generate_answers(
     cfg: RunConfig,
     labels: list[str],
     on_progress: Progress | None = None,
+    shots: Sequence[dict[str, str]] = (),
 ) -> tuple[list[str], list[str]]:
     """Each record's generated answer and its reference, with the shared generation engine.
 
     Classification (decision: generate) and chat/instruction evaluation both go through here, so a label is
     parsed from exactly the answer a chat run would be scored on. Prompts are cut from the left to fit.
+    `shots`: example exchanges put before each question (the few-shot baseline).
     """
     from tuneforge.models.generate import generate
 
     pairs = [prompt_and_reference(r, labels, cfg.data.prompt_template) for r in records]
     room = max(cfg.model.max_length - cfg.eval.max_new_tokens, 1)
-    ids = [encode_prompt(tok, prompt)[-room:] for prompt, _ in pairs]
+    ids = [encode_prompt(tok, with_shots(prompt, shots))[-room:] for prompt, _ in pairs]
     out = generate(
         model, tok, ids, generation_settings(cfg), batch_size=cfg.eval.batch_size, on_progress=on_progress
     )
     return [g.text.strip() for g in out], [ref for _, ref in pairs]
 
 
+def with_shots(prompt: list[dict[str, str]], shots: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The question's conversation with example exchanges before it (after its system message, if any)."""
+    if not shots:
+        return prompt
+    system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
+    return [*system, *shots, *prompt[len(system) :]]
+
+
 def label_probabilities(
-    model: Any, tok: Any, texts: list[str], cfg: RunConfig, labels: list[str]
+    model: Any,
+    tok: Any,
+    texts: list[str],
+    cfg: RunConfig,
+    labels: list[str],
+    shots: Sequence[dict[str, str]] = (),
 ) -> list[list[float]] | None:
     """(N, K) probability of each label per text: the head's softmax, or label scoring's (eval.decision:
     score) for a language model; None when a language model decides by generating (no probabilities)."""
@@ -111,29 +126,31 @@ def label_probabilities(
         return softmax(head_logits(model, tok, texts, max_len, bs, cfg.data.truncation)).tolist()
     if cfg.eval.decision == "score":
         scores = label_logprobs(
-            model, tok, texts, labels, cfg.data.prompt_template, max_len, bs, cfg.data.truncation
+            model, tok, texts, labels, cfg.data.prompt_template, max_len, bs, cfg.data.truncation, shots
         )
         return softmax(scores).tolist()
     return None
 
 
-def _classify(
+def classify(
     model: Any,
     tok: Any,
     records: list[dict[str, Any]],
     cfg: RunConfig,
     labels: list[str],
     progress: Progress | None,
+    shots: Sequence[dict[str, str]] = (),
 ) -> ModelEval:
+    """Classification by a head or a language model's decision rule (eval.decision), optionally few-shot."""
     texts = [str(r.get("text", "")) for r in records]
     gold = [str(r["label"]) for r in records]
     extra: dict[str, Any] = {}
-    probs = label_probabilities(model, tok, texts, cfg, labels)
+    probs = label_probabilities(model, tok, texts, cfg, labels, shots)
     if probs is not None:
         pred: list[Any] = [labels[max(range(len(labels)), key=row.__getitem__)] for row in probs]
         outputs = None
     else:
-        outputs, _ = generate_answers(model, tok, records, cfg, labels, progress)
+        outputs, _ = generate_answers(model, tok, records, cfg, labels, progress, shots)
         pred = [parse_label(o, labels) for o in outputs]
         extra["unparseable_rate"] = sum(p is None for p in pred) / max(len(pred), 1)
     decided = [p if p is not None else "<unparseable>" for p in pred]
@@ -195,20 +212,35 @@ def _language_model(
     per = {"loss": [loss / c if c else math.nan for loss, c in zip(losses, counts, strict=True)]}
     out = ModelEval(metrics, [], per, target_tokens=counts)
     if fmt in ("chat", "instruction") and cfg.eval.generate:
-        from tuneforge.evaluation.text_metrics import PER_EXAMPLE, corpus_scores, per_example_scores
-
-        answers, refs = generate_answers(model, tok, records, cfg, labels, progress)
-        metrics.update(corpus_scores(answers, refs))
-        scores = per_example_scores(answers, refs)
-        for name in PER_EXAMPLE:
-            per[name] = [row[name] for row in scores]
-        if cfg.eval.semantic_similarity:
-            from tuneforge.evaluation.text_metrics import semantic_similarity
-
-            per["semantic_similarity"] = semantic_similarity(answers, refs)
-            metrics["semantic_similarity"] = sum(per["semantic_similarity"]) / max(len(answers), 1)
-        out.predictions = answers
+        answered = answer_scores(model, tok, records, cfg, labels, progress)
+        metrics.update(answered.metrics)
+        per.update(answered.per_example)
+        out.predictions = answered.predictions
     return out
+
+
+def answer_scores(
+    model: Any,
+    tok: Any,
+    records: list[dict[str, Any]],
+    cfg: RunConfig,
+    labels: list[str],
+    progress: Progress | None,
+    shots: Sequence[dict[str, str]] = (),
+) -> ModelEval:
+    """Chat/instruction: generated answers and their scores against the references (optionally few-shot)."""
+    from tuneforge.evaluation.text_metrics import PER_EXAMPLE, corpus_scores, per_example_scores
+
+    answers, refs = generate_answers(model, tok, records, cfg, labels, progress, shots)
+    metrics = corpus_scores(answers, refs)
+    scores = per_example_scores(answers, refs)
+    per = {name: [row[name] for row in scores] for name in PER_EXAMPLE}
+    if cfg.eval.semantic_similarity:
+        from tuneforge.evaluation.text_metrics import semantic_similarity
+
+        per["semantic_similarity"] = semantic_similarity(answers, refs)
+        metrics["semantic_similarity"] = sum(per["semantic_similarity"]) / max(len(answers), 1)
+    return ModelEval(metrics, answers, per)
 
 
 def evaluate_model(
@@ -222,7 +254,7 @@ def evaluate_model(
 ) -> ModelEval:
     """Metrics, predictions and per-example scores of one model on one list of records."""
     if fmt == "classification" and cfg.model.task in ("classification", "causal-lm"):
-        return _classify(model, tok, records, cfg, labels, progress)
+        return classify(model, tok, records, cfg, labels, progress)
     if fmt == "regression":
         return _regress(model, tok, records, cfg)
     if fmt == "preference" and cfg.model.task == "causal-lm":

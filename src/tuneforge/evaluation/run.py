@@ -4,7 +4,8 @@ The name is the split, or `<split>-first<N>` for the first N examples only (eval
 never replaces a full one.
 
 The JSON holds each model's metrics, bootstrap intervals, the paired base-vs-tuned tests with a verdict, the
-classical baselines, calibration and per-group tables; predictions.jsonl holds the rows behind every number.
+classical baselines and the few-shot base (few_shot.py), calibration and per-group tables; predictions.jsonl
+holds the rows behind every number.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.baseline import compare_baselines
 from tuneforge.evaluation.evals import clean, evaluation_name, evaluation_path, predictions_path
 from tuneforge.evaluation.fairness import fairness_section
+from tuneforge.evaluation.few_shot import few_shot_baseline, skip_reason
 from tuneforge.evaluation.guard import check_adapter_applied, check_differs, probe_batch, probe_logits
 from tuneforge.evaluation.intervals import intervals_and_tests
 from tuneforge.evaluation.model_eval import ModelEval, evaluate_model, prompt_and_reference
@@ -236,7 +238,7 @@ def evaluate_run(
 
     from tuneforge.evaluation.baseline import baselines as fit_baselines
 
-    baselines = {}
+    baselines: dict[str, dict[str, Any]] = {}
     if cfg.eval.baseline and fmt in ("classification", "regression") and split != "train":
         baselines = fit_baselines(fmt, dataset.records("train"), records, labels)
     # A classification head of the untuned base starts random; seeding makes its baseline reproducible.
@@ -264,12 +266,26 @@ def evaluate_run(
     )
     del model
     base: ModelEval | None = None
+    few_shot: dict[str, Any] | None = None
+    skip = skip_reason(cfg, fmt, split, compare)
+    if skip is not None and (cfg.model.task == "causal-lm" or compare):
+        few_shot = {"skipped": skip}
     if compare:
         set_seed(cfg.train.seed)
         base_model, btok = load_base(run, cfg)
         if tuned_probe is not None and probe is not None:
             guard = check_differs(tuned_probe, probe_logits(base_model, probe))
         base = evaluate_model(base_model, btok, records, cfg, fmt, labels, _progress("base"))
+        if skip is None and records:
+            few_shot, shot_eval = few_shot_baseline(
+                base_model, btok, dataset.records("train"), records, cfg, fmt, labels, _progress
+            )
+            if shot_eval is not None:
+                baselines[few_shot["name"]] = {
+                    "metrics": shot_eval.metrics,
+                    "predictions": shot_eval.predictions,
+                    "per_example": shot_eval.per_example,
+                }
         del base_model
     result: dict[str, Any] = {
         "evaluation": name,
@@ -289,6 +305,8 @@ def evaluate_run(
     evidence["baselines"] = compare_baselines(fmt, records, tuned, baselines, n_boot, seed)
     evidence["fairness"] = fairness_section(cfg, labels, gold, tuned, base, groups)
     result.update(clean(evidence))
+    if few_shot is not None:
+        result["few_shot"] = few_shot
     result["guard"] = guard
     if post is not None:
         result["threshold_optimizer"] = post

@@ -7,6 +7,7 @@ keeps the numbers behind each decision, which calibration, bootstrap intervals a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -130,14 +131,23 @@ def label_logprobs(
     max_length: int,
     batch_size: int,
     truncation: str = "head",
+    shots: Sequence[dict[str, str]] = (),
 ) -> list[list[float]]:
     """(N, K) log-likelihood of each label's whole answer after each prompt (the label-scoring rule).
 
     An over-long text is cut the way training cut it (data.truncation), never the label being scored.
+    `shots`: example exchanges before each prompt (the few-shot baseline); they share the prompt's KV cache.
     """
     examples = [
         encode_classification_prompt(
-            tok, t, label, labels=labels, template=template, max_length=max_length, truncation=truncation
+            tok,
+            t,
+            label,
+            labels=labels,
+            template=template,
+            max_length=max_length,
+            truncation=truncation,
+            shots=shots,
         )
         for t in texts
         for label in labels

@@ -237,19 +237,31 @@ def encode_classification_prompt(
     template: str,
     max_length: int,
     truncation: str = "head",
+    shots: Sequence[dict[str, str]] = (),
 ) -> Example:
     """A classification record as a prompt and its label for a causal LM, fitted into max_length.
 
     What is cut is the text inside the prompt (as `truncation` says), never the template or the answer.
+    `shots`: example exchanges put before the question (few-shot prompting); only the question's own answer
+    is a target, never theirs.
     """
 
     def build(t: str, limit: int) -> list[Example]:
-        return [encode_chat(tok, to_messages({"text": t, "label": label}, labels, template), limit)]
+        messages = [*shots, *to_messages({"text": t, "label": label}, labels, template)]
+        return [only_last_answer(encode_chat(tok, messages, limit))]
 
     [example], how = _cut_to_fit(tok, text, build, max_length, truncation)
     if how is None or "truncated" in example:  # "truncated" here: not even the answer fits, and is cut
         return example
     return {**example, "truncated": "text"}
+
+
+def only_last_answer(example: Example) -> Example:
+    """The example with targets on its last assistant turn only (a few-shot prompt's examples are context)."""
+    labels = example["labels"]
+    end = next((t + 1 for t in range(len(labels) - 1, -1, -1) if labels[t] != IGNORE), 0)
+    start = next((t + 1 for t in range(end - 1, -1, -1) if labels[t] == IGNORE), 0)
+    return {**example, "labels": [IGNORE] * start + labels[start:]}
 
 
 def encode_preference(

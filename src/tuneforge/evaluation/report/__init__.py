@@ -54,8 +54,7 @@ def limitations(results: dict[str, dict[str, Any]], run: RunDir) -> list[str]:
         for name, b in r.get("baselines", {}).items():
             if b.get("vs_tuned", {}).get("verdict", "").startswith(name):
                 out.append(
-                    f"{split}: the classical baseline {name} beats the tuned model "
-                    f"({b['vs_tuned']['verdict']})."
+                    f"{split}: the baseline {name} beats the tuned model ({b['vs_tuned']['verdict']})."
                 )
         rate = r["tuned"].get("unparseable_rate")
         if rate:

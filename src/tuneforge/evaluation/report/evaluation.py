@@ -185,6 +185,20 @@ def _test_cells(p: dict[str, Any]) -> list[str]:
     return [diff, num(p.get("p_value")), str(p.get("test", "")), result]
 
 
+def few_shot_text(r: dict[str, Any]) -> str:
+    """What the few-shot baseline was (which examples, how many and why) and what it cost; '' if none ran."""
+    f = r.get("few_shot") or {}
+    if not f.get("name"):
+        return ""
+    rows = ", ".join(map(str, f.get("train_rows", [])))
+    return (
+        f"{f['name']}: the untuned base model prompted with {f['k']} example exchanges drawn from the train "
+        f"split (rows {rows}; seed {f.get('seed')}), never from the evaluated examples, deciding as the "
+        f"zero-shot base does. k = {f.get('k_chosen')}. It took {num(f.get('seconds'))} s, one more pass "
+        "over the examples with longer prompts (eval.few_shot: 0 turns it off)."
+    )
+
+
 def _guard_text(guard: dict[str, Any]) -> str:
     if guard.get("checked"):
         return (
@@ -202,8 +216,12 @@ def not_measured(r: dict[str, Any]) -> list[str]:
         out.append("the base model (`tuneforge evaluate RUN --compare-base`, or eval.compare_base: true)")
     if fmt in ("chat", "instruction") and not generated:
         out.append("generated answers and their scores (eval.generate: true)")
-    if fmt in ("classification", "regression") and not r.get("baselines"):
+    classical = [n for n in r.get("baselines", {}) if not n.startswith("few_shot_k")]
+    if fmt in ("classification", "regression") and not classical:
         out.append("the classical baselines (eval.baseline: true)")
+    skipped = (r.get("few_shot") or {}).get("skipped")
+    if skipped:
+        out.append(f"the few-shot baseline (the base prompted with train examples): {skipped}")
     if fmt == "classification" and "ece" not in r["tuned"]:
         out.append("calibration (ECE, Brier): it needs label probabilities (eval.decision: score)")
     if not r.get("fairness"):
@@ -233,14 +251,17 @@ def evaluation_blocks(run: RunDir, r: dict[str, Any]) -> list[Block]:
         ]
     vs = {name: b["vs_tuned"] for name, b in r.get("baselines", {}).items() if "vs_tuned" in b}
     if vs:
-        rows = [[name, *_test_cells(p)] for name, p in vs.items()]
+        rows = [[name, p.get("metric", ""), *_test_cells(p)] for name, p in vs.items()]
         blocks += [
             (
                 "p",
-                "Tuned vs the classical baselines fitted on the train split (difference = tuned - baseline):",
+                "Tuned vs the baselines, each made from the train split only "
+                "(difference = tuned - baseline):",
             ),
-            ("cards", (["baseline", "difference [95% CI]", "p", "test", "result"], rows)),
+            ("cards", (["baseline", "metric", "difference [95% CI]", "p", "test", "result"], rows)),
         ]
+    if few_shot_text(r):
+        blocks.append(("p", few_shot_text(r)))
     if "confusion_matrix" in r["tuned"]:
         if r.get("base"):
             blocks.append(confusion("base", r["base"]))

@@ -9,8 +9,8 @@ from typing import Any
 
 from tuneforge.artifacts import RunDir, write_text_into
 from tuneforge.evaluation.metric_table import METRICS
-from tuneforge.evaluation.report.evaluation import intervals
-from tuneforge.evaluation.report.render import num, with_ci
+from tuneforge.evaluation.report.evaluation import few_shot_text, intervals
+from tuneforge.evaluation.report.render import with_ci
 from tuneforge.evaluation.report.run_sections import cost_line
 
 #: Eval JSON metric → (Hub metric id, display name, args), from the metric table: model-index wants the metric
@@ -84,8 +84,14 @@ def _results_lines(results: dict[str, dict[str, Any]]) -> list[str]:
                 lines.append(f"| {name} | {base} | {with_ci(r['tuned'][name], ci_t.get(name))} |")
         lines += [""] + [f"- {p['verdict']}" for p in r.get("paired", {}).values()] + [""]
         for bname, b in r.get("baselines", {}).items():
-            key = "accuracy" if "accuracy" in b["metrics"] else "mse"
-            lines.append(f"- baseline {bname}: {key} {num(b['metrics'].get(key))}")
+            key = next((k for k in ("accuracy", "mse", "token_f1") if k in b["metrics"]), "accuracy")
+            test = b.get("vs_tuned", {}).get("verdict")
+            lines.append(
+                f"- baseline {bname}: {key} {with_ci(b['metrics'].get(key), b.get('ci', {}).get(key))}"
+                + (f"; {test}" if test else "")
+            )
+        if few_shot_text(r):
+            lines.append(f"- {few_shot_text(r)}")
         lines.append("")
     return lines or ["Not evaluated yet.", ""]
 

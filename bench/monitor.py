@@ -14,10 +14,10 @@ One run, three child processes (each one's time and peak RSS measured on its own
    ColumnDriftMetric with Wasserstein (numbers) and Jensen-Shannon (categories) at 0.1 — the tests tuneforge
    picks above 1,000 live values — and EmbeddingsDriftMetric with its domain-classifier and MMD methods.
 
-    python -m venv /tmp/ev && /tmp/ev/bin/pip install evidently   # never into the project's venv
+    python -m venv /tmp/ev && /tmp/ev/bin/pip install evidently "pandas<3"  # not the project venv
     OMP_NUM_THREADS=2 nice python bench/monitor.py [--n 100000] [--evidently-python /tmp/ev/bin/python]
 
-Prints a table and writes bench/monitor.json (or --out).
+(Evidently 0.7.23 does not import with pandas 3.) Prints a table and writes bench/monitor.json (or --out).
 """
 
 from __future__ import annotations

@@ -1,15 +1,24 @@
 """The drift tests, each chosen by data type and sample size, each saying what it tested on how much data.
 
 Computed with scipy and scikit-learn rather than Evidently or NannyML. Both would add a large dependency tree
-(pandas, plotly, their own pinned numpy/scikit-learn ranges) for tests that are a few lines each here, and
-neither knows the training data, the request log or the run: the monitor would still have to build their
-input frames from both. Evidently's rules are followed where they are sound: on small samples a significance
-test (Kolmogorov-Smirnov, chi-squared), on large ones an effect size with a threshold (normed Wasserstein
-distance, Jensen-Shannon distance), since with thousands of rows every trivial difference becomes
-significant. Embedding drift is a domain classifier (as in Evidently) whose cross-validated ROC AUC is judged
-against a permutation null, with the kernel two-sample test (MMD, Gretton
-et al. 2012) as a second opinion. No side-by-side timing against Evidently has been measured yet
-(`bench/monitor.py` does not exist).
+(pandas, plotly, their own pinned numpy/scikit-learn/pandas ranges: Evidently 0.7.23 does not even import
+with pandas 3), and neither knows the training data, the request log or the run: the monitor would still
+have to build their input frames from both. Evidently's rules are followed where they are sound: on small
+samples a significance test (Kolmogorov-Smirnov, chi-squared), on large ones an effect size with a threshold
+(normed Wasserstein distance, Jensen-Shannon distance), since with thousands of rows every trivial difference
+becomes significant. Embedding drift is a domain classifier (as in Evidently) whose cross-validated ROC AUC is
+judged against a permutation null, with the kernel two-sample test (MMD, Gretton et al. 2012) as a second
+opinion.
+
+Measured by `bench/monitor.py` (2026-12-07, 2 shared x86_64 cores under a load average of ~9): on the same
+frame drawn from 100,000 logged requests (1,000 reference and 2,000 sampled live prompts, 100,000 labels,
+MiniLM embeddings), these five tests took 15.7 s and 447 MB peak; Evidently 0.7.23 computing the same tests
+(ColumnDriftMetric with Wasserstein and Jensen-Shannon at 0.1, EmbeddingsDriftMetric with its model and MMD
+methods) took 403 s and 402 MB, about 26x slower (its embedding methods bootstrap their thresholds by
+refitting), with the same verdicts and the same statistics up to Evidently's natural-log Jensen-Shannon
+(0.057 vs our base-2 0.068: a factor sqrt(ln 2)) and its own classifier/MMD estimates (AUC 0.603 vs 0.601,
+MMD 0.0285 vs 0.0294). The whole `monitor()` run on that log took 286 s with an empty embeddings cache
+(embedding 3,000 texts on the busy CPU dominates) and 24 s with a warm one (a daily run's case).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.serve.store import database_url, feedback_table, requests_table
+from tuneforge.monitor.text import is_refusal
+from tuneforge.serve.store import database_url, feedback_table, requests_table, shadow_table
 
 PAGE = 2000
 """Rows fetched per query."""
@@ -98,6 +99,8 @@ class Traffic:
     answers: Reservoir = field(default_factory=lambda: Reservoir(2000, seed=1))
     answer_count: int = 0
     empty_answers: int = 0
+    refusals: int = 0
+    """Answers opening like a refusal (`text.is_refusal`, a heuristic)."""
     finish_reasons: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
     endpoints: Counter[str] = field(default_factory=Counter)
@@ -111,6 +114,26 @@ class Traffic:
     """Feedback rows on classify answers (accuracy on corrected labels: 1 - corrected / rated)."""
     corrected_labels: int = 0
     """Those of them that carry a correction."""
+    shadow: dict[str, ShadowPairs] = field(default_factory=dict)
+    """serve.shadow: champion and shadow answers to the same requests, by shadow model."""
+
+
+@dataclass
+class ShadowPairs:
+    """One shadow model's answers beside the champion's, on the requests both answered."""
+
+    rows: int = 0
+    """Shadow rows in the window whose champion request is in the log."""
+    failed: int = 0
+    """Of them, the shadow's failures (no answer to compare)."""
+    labels: int = 0
+    agreed: int = 0
+    """classify: items both labelled, and those given the same label."""
+    answers: int = 0
+    exact: int = 0
+    champion_chars: list[int] = field(default_factory=list)
+    shadow_chars: list[int] = field(default_factory=list)
+    """Generators: answer pairs, identical ones, and both sides' lengths in characters."""
 
 
 def _day(t: datetime) -> str:
@@ -157,6 +180,7 @@ def _add_answer(traffic: Traffic, row: dict[str, Any]) -> None:
     if texts:
         traffic.answer_count += 1
         traffic.empty_answers += not texts[0].strip()
+        traffic.refusals += is_refusal(texts[0])
         traffic.answers.add(texts[0])
 
 
@@ -201,6 +225,8 @@ def read_traffic(
             _add_request(traffic, row)
         if sa.inspect(engine).has_table(feedback_table.name):
             _add_feedback(traffic, engine, page)
+        if sa.inspect(engine).has_table(shadow_table.name):
+            _add_shadow(traffic, engine, page, model)
     except sa.exc.OperationalError as err:
         raise TuneforgeError(
             f"cannot read the request log {log_label(log)!r}: {str(err.orig).strip()}",
@@ -226,6 +252,48 @@ def _add_feedback(traffic: Traffic, engine: sa.Engine, page: int) -> None:
             if endpoints.get(row["request_id"], {}).get("endpoint") == "classify":
                 traffic.rated_labels += 1
                 traffic.corrected_labels += row.get("correction") is not None
+
+
+def _answers(response: Any) -> list[Any]:
+    try:
+        data = json.loads(response) if response else None
+    except ValueError:
+        return []
+    return data if isinstance(data, list) else []
+
+
+def _add_shadow(traffic: Traffic, engine: sa.Engine, page: int, model: str | None) -> None:
+    """Pair each shadow answer in the window with the champion's answer to the same request."""
+    cols = ["shadow_of", "model", "model_version", "status", "response"]
+    rows = window_rows(engine, shadow_table, traffic.since, traffic.until, cols, page=page)
+    for chunk in in_chunks(rows, ID_CHUNK):
+        champions = requests_by_id(
+            engine, [r["shadow_of"] for r in chunk], ["model", "endpoint", "status", "response"]
+        )
+        for row in chunk:
+            champ = champions.get(row["shadow_of"])
+            if champ is None or (model and champ["model"] != model):
+                continue
+            name = str(row["model"]) + (f" v{row['model_version']}" if row["model_version"] else "")
+            pairs = traffic.shadow.setdefault(name, ShadowPairs())
+            pairs.rows += 1
+            if row["status"] != 200:
+                pairs.failed += 1
+                continue
+            if champ["status"] != 200:
+                continue
+            ours, theirs = _answers(champ["response"]), _answers(row["response"])
+            if champ["endpoint"] == "classify":
+                for a, b in zip(ours, theirs, strict=False):
+                    if isinstance(a, dict) and isinstance(b, dict) and "label" in a and "label" in b:
+                        pairs.labels += 1
+                        pairs.agreed += a["label"] == b["label"]
+            elif ours and theirs:
+                a, b = str(ours[0]), str(theirs[0])
+                pairs.answers += 1
+                pairs.exact += a == b
+                pairs.champion_chars.append(len(a))
+                pairs.shadow_chars.append(len(b))
 
 
 def in_chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

@@ -118,6 +118,8 @@ def build_sections(r: dict[str, Any]) -> list[Section]:
             ),
         ),
     ]
+    if "scripts" in inp:  # reports written before the script mix was added lack it
+        input_blocks.append(("table", mix_table("script (most letters of a prompt)", inp["scripts"])))
     sections: list[Section] = [("Summary", summary), tests, ("Input drift", input_blocks)]
     if inp["farthest"]:
         rows = [[f["live"], f["nearest_training"], num(f["similarity"])] for f in inp["farthest"]]
@@ -132,7 +134,47 @@ def build_sections(r: dict[str, Any]) -> list[Section]:
         )
     sections.append(("Output drift", output_blocks(r["output"])))
     sections.append(("Quality and service", service_blocks(r["service"])))
+    if r.get("shadow"):
+        sections.append(("Shadow comparison", shadow_blocks(r["shadow"])))
     return sections
+
+
+def mix_table(what: str, mix: dict[str, dict[str, int]]) -> tuple[list[str], list[list[Any]]]:
+    """Shares of each category in the training sample and in the live window."""
+    ref, live = mix["reference"], mix["live"]
+    n_ref, n_live = sum(ref.values()) or 1, sum(live.values()) or 1
+    rows = [
+        [c, _pct(ref.get(c, 0) / n_ref), _pct(live.get(c, 0) / n_live)] for c in sorted(set(ref) | set(live))
+    ]
+    return [what, "training", "live"], rows
+
+
+def shadow_blocks(shadow: list[dict[str, Any]]) -> list[Any]:
+    rows = [
+        [
+            s["shadow"],
+            s["n"],
+            s["failed"],
+            f"{_pct(s['label_agreement'])} (n = {s['labels']})" if s["labels"] else "",
+            f"{_pct(s['exact_match'])} (n = {s['answers']})" if s["answers"] else "",
+            num(s["champion_mean_chars"]),
+            num(s["shadow_mean_chars"]),
+        ]
+        for s in shadow
+    ]
+    header = [
+        "shadow model",
+        "n",
+        "shadow failed",
+        "label agreement",
+        "exact match",
+        "champion mean length (chars)",
+        "shadow mean length (chars)",
+    ]
+    return [
+        ("p", "serve.shadow: the shadow model's answers beside the champion's, on the same requests."),
+        ("table", (header, rows)),
+    ]
 
 
 def output_blocks(out: dict[str, Any]) -> list[Any]:
@@ -158,7 +200,18 @@ def output_blocks(out: dict[str, Any]) -> list[Any]:
             )
         )
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(out["finish_reasons"].items())) or "none logged"
-        blocks.append(("list", [f"empty answers: {_pct(out['empty_rate'])}", f"finish reasons: {reasons}"]))
+        refusals = out.get("refusal_rate") or {}
+        blocks.append(
+            (
+                "list",
+                [
+                    f"empty answers: {_pct(out['empty_rate'])}",
+                    f"refusals (answer opens like one; a heuristic): {_pct(refusals.get('live'))} "
+                    f"(training answers: {_pct(refusals.get('reference'))})",
+                    f"finish reasons: {reasons}",
+                ],
+            )
+        )
     return blocks or [("p", "No outputs were logged in this window.")]
 
 

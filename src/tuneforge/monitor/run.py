@@ -22,9 +22,16 @@ from tuneforge.monitor.drift import (
 )
 from tuneforge.monitor.log import Traffic, is_error, log_label, read_traffic
 from tuneforge.monitor.reference import Reference, load_reference
+from tuneforge.monitor.text import is_refusal, script_mix
 from tuneforge.monitor.window import Window
 
-DRIFT_ALERTS = ("embedding_drift", "prompt_length_drift", "label_drift", "answer_length_drift")
+DRIFT_ALERTS = (
+    "embedding_drift",
+    "prompt_length_drift",
+    "script_mix_drift",
+    "label_drift",
+    "answer_length_drift",
+)
 ABOVE = ("unseen_token_rate", "error_rate", "p95_latency_ms")
 
 
@@ -85,10 +92,17 @@ def input_section(
             "prompt length (tokens)", ref_len, live_len, need=need, alpha=alpha["prompt_length_drift"]
         )
     ]
+    ref_scripts, live_scripts = script_mix(ref.inputs), script_mix(live)
+    tests.append(
+        categorical_drift(
+            "prompt script mix", ref_scripts, live_scripts, need=need, alpha=alpha["script_mix_drift"]
+        )
+    )
     chars = set("".join(ref.inputs))
     tokens = {t for ids in ref_ids for t in ids}
     out: dict[str, Any] = {
         "prompt_tokens": {"reference": summary(ref_len), "live": summary(live_len)},
+        "scripts": {"reference": dict(ref_scripts), "live": dict(live_scripts)},
         "unseen_characters": {
             "live": unseen_rate(chars, [list(t) for t in live]),
             "held_out": unseen_rate(chars, [list(t) for t in ref.held_out]),
@@ -150,7 +164,12 @@ def output_section(
             )
         )
         out["answer_tokens"] = {"reference": summary(ref_len), "live": summary(live_len)}
-        out["empty_rate"] = traffic.empty_answers / traffic.answer_count if traffic.answer_count else None
+        n = traffic.answer_count
+        out["empty_rate"] = traffic.empty_answers / n if n else None
+        out["refusal_rate"] = {
+            "live": traffic.refusals / n if n else None,
+            "reference": sum(map(is_refusal, ref.answers)) / len(ref.answers) if ref.answers else None,
+        }
         out["finish_reasons"] = dict(traffic.finish_reasons)
     return out, tests
 
@@ -190,6 +209,26 @@ def service_section(traffic: Traffic) -> dict[str, Any]:
         else None,
         "per_day": days,
     }
+
+
+def shadow_section(traffic: Traffic) -> list[dict[str, Any]]:
+    """serve.shadow: how often the shadow model answered as the champion did, on the same requests."""
+    out = []
+    for name, p in sorted(traffic.shadow.items()):
+        out.append(
+            {
+                "shadow": name,
+                "n": p.rows,
+                "failed": p.failed,
+                "labels": p.labels,
+                "label_agreement": p.agreed / p.labels if p.labels else None,
+                "answers": p.answers,
+                "exact_match": p.exact / p.answers if p.answers else None,
+                "champion_mean_chars": float(np.mean(p.champion_chars)) if p.answers else None,
+                "shadow_mean_chars": float(np.mean(p.shadow_chars)) if p.answers else None,
+            }
+        )
+    return out
 
 
 def check_alerts(result: dict[str, Any], alerts: dict[str, float]) -> list[Alert]:
@@ -253,6 +292,7 @@ def monitor(
     outputs, out_tests = output_section(ref, traffic, tok, cfg, alpha)
     keys = {
         "prompt length (tokens)": "prompt_length_drift",
+        "prompt script mix": "script_mix_drift",
         "embedding drift": "embedding_drift",
         "embedding drift (second opinion)": "embedding_mmd",
         "predicted label mix": "label_drift",
@@ -289,6 +329,7 @@ def monitor(
         "input": inputs,
         "output": outputs,
         "service": service_section(traffic),
+        "shadow": shadow_section(traffic),
         "alert_thresholds": alerts,
     }
     fired = check_alerts(result, alerts)

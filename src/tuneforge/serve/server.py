@@ -100,7 +100,7 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
     from tuneforge.serve.app import create_app
     from tuneforge.serve.champion import ChampionWatcher, only_registry_name
     from tuneforge.serve.limits import Admission
-    from tuneforge.serve.metrics import ServerMetrics
+    from tuneforge.serve.metrics import ServerMetrics, served_runs
     from tuneforge.serve.shadow import Shadow, shadow_plan
     from tuneforge.serve.state import AppState
     from tuneforge.serve.store import RequestLog, database_url
@@ -135,6 +135,7 @@ def run_server(targets: list[str], cfg: ServeConfig, *, insecure: bool = False) 
     metrics = ServerMetrics(lambda: float(state.queue_depth()))
     if log is not None:
         metrics.watch_log(log)
+    metrics.watch_drift(lambda: served_runs(state.engine.models))
     state = AppState(
         engine=engine,
         cfg=cfg,

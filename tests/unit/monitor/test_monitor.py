@@ -243,7 +243,8 @@ def test_a_chat_generator_gets_answer_length_empty_answers_and_finish_reasons(
     log = RequestLog(f"sqlite:///{tmp_path / 'log.sqlite'}")
     for i in range(120):
         messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": support_text(rng)}]
-        answer = "" if i % 4 == 0 else "ok " * 40  # much longer than trained, and a quarter empty
+        # much longer than trained, a quarter empty and a sixth refusals
+        answer = "" if i % 4 == 0 else "I can't help with that." if i % 6 == 1 else "ok " * 40
         log.log_request(
             id=f"chat-{i}", time=START + timedelta(minutes=i), model="run", endpoint="chat", status=200,
             finish_reason="length" if answer else "stop", prompt=json.dumps(messages),
@@ -253,6 +254,9 @@ def test_a_chat_generator_gets_answer_length_empty_answers_and_finish_reasons(
     result, alerts, _ = monitor(run, str(tmp_path / "log.sqlite"), DAY, _cfg(run))
     out = result["output"]
     assert out["empty_rate"] == 0.25 and out["finish_reasons"] == {"length": 90, "stop": 30}
+    assert out["refusal_rate"] == {"live": 20 / 120, "reference": 0.0}
+    md = (run / "monitor" / DAY.name / "report.md").read_text()
+    assert "- refusals (answer opens like one; a heuristic): 16.67% (training answers: 0.00%)" in md
     assert out["answer_tokens"]["live"]["n"] == 120 and out["answer_tokens"]["reference"]["n"] == 200
     t = result["tests"]["answer_length_drift"]
     assert (t["test"], t["drift"]) == ("two-sample Kolmogorov-Smirnov", True)
@@ -281,3 +285,68 @@ def test_accuracy_on_corrected_labels_counts_rated_classify_answers(tmp_path: Pa
         "accuracy on corrected labels (rated classify answers needing no correction)",
         "75.00% (n = 4)",
     ]
+
+
+def test_a_switch_of_script_is_drift_in_the_prompt_script_mix(tmp_path: Path, tiny_bert: Path) -> None:
+    run = make_run(tmp_path, tiny_bert)
+    rng = random.Random(3)
+    words = ["заказ", "возврат", "телефон", "сломан", "поздно", "холодный", "быстро"]
+    russian = ["мой " + " ".join(rng.choices(words, k=4)) + " order" for _ in range(60)]
+    texts = [support_text(rng) for _ in range(90)] + russian
+    write_log(tmp_path / "log.sqlite", texts, ["abc"[i % 3] for i in range(150)])
+    result, _, html = monitor(run, str(tmp_path / "log.sqlite"), DAY, _cfg(run))
+    assert result["input"]["scripts"] == {"reference": {"Latin": 300}, "live": {"Latin": 90, "Cyrillic": 60}}
+    t = result["tests"]["script_mix_drift"]
+    assert (t["test"], t["drift"], t["n_reference"], t["n_live"]) == (
+        "chi-squared (2 x categories)",
+        True,
+        300,
+        150,
+    )
+    md = html.with_name("report.md").read_text()
+    assert "| Cyrillic | 0.00% | 40.00% |" in md and "| Latin | 100.00% | 60.00% |" in md
+
+
+def test_the_report_compares_shadow_answers_with_the_champions_on_the_same_requests(tmp_path: Path) -> None:
+    from tuneforge.monitor.report import shadow_blocks
+    from tuneforge.monitor.run import shadow_section
+
+    log = RequestLog(f"sqlite:///{tmp_path / 'log.sqlite'}")
+    for i in range(4):
+        label = json.dumps([{"index": 0, "label": "a"}, {"index": 1, "label": "b"}])
+        log.log_request(id=f"c{i}", time=START, model="run", endpoint="classify", status=200, response=label)
+        theirs = [{"index": 0, "label": "a"}, {"index": 1, "label": "b" if i < 2 else "c"}]
+        log.log_shadow(
+            id=f"s{i}", shadow_of=f"c{i}", time=START, model="reg", model_version=2, endpoint="classify",
+            status=200 if i < 3 else 500, response=json.dumps(theirs),
+        )  # fmt: skip
+    for i, (ours, theirs) in enumerate([("hello", "hello"), ("hi there", "hey"), ("x", "x")]):
+        log.log_request(
+            id=f"g{i}", time=START, model="run", endpoint="chat", status=200, response=json.dumps([ours])
+        )
+        log.log_shadow(
+            id=f"t{i}", shadow_of=f"g{i}", time=START, model="reg", model_version=3, endpoint="chat",
+            status=200, response=json.dumps([theirs]),
+        )  # fmt: skip
+    log.log_shadow(id="late", shadow_of="c0", time=START + timedelta(days=1), model="reg", status=200)
+    log.log_shadow(id="lost", shadow_of="nope", time=START, model="reg", status=200)
+    log.close()
+    traffic = read_traffic(str(tmp_path / "log.sqlite"), DAY.since, DAY.until, page=2)
+    section = shadow_section(traffic)
+    assert section == [
+        {
+            "shadow": "reg v2", "n": 4, "failed": 1, "labels": 6, "label_agreement": 5 / 6,
+            "answers": 0, "exact_match": None, "champion_mean_chars": None, "shadow_mean_chars": None,
+        },
+        {
+            "shadow": "reg v3", "n": 3, "failed": 0, "labels": 0, "label_agreement": None,
+            "answers": 3, "exact_match": 2 / 3, "champion_mean_chars": 14 / 3, "shadow_mean_chars": 3.0,
+        },
+    ]  # fmt: skip
+    assert shadow_blocks(section)[1][1][1] == [
+        ["reg v2", 4, 1, "83.33% (n = 6)", "", "", ""],
+        ["reg v3", 3, 0, "", "66.67% (n = 3)", "4.67", "3"],
+    ]
+    assert (
+        shadow_section(read_traffic(str(tmp_path / "log.sqlite"), DAY.since, DAY.until, model="other")) == []
+    )

@@ -21,7 +21,7 @@ from tuneforge.serve.app import create_app
 from tuneforge.serve.engine import ServedModel
 from tuneforge.serve.keys import KeyChecker, KeyFile
 from tuneforge.serve.limits import Admission
-from tuneforge.serve.metrics import ServerMetrics
+from tuneforge.serve.metrics import ServerMetrics, served_runs
 from tuneforge.serve.state import AppState
 from tuneforge.serve.store import RequestLog, database_url, read_table
 
@@ -80,6 +80,7 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
     engine = FakeEngine()
     metrics = ServerMetrics(lambda: 0.0)
     metrics.watch_log(log)
+    metrics.watch_drift(lambda: served_runs(state.engine.models))
     state = AppState(
         engine=engine,  # type: ignore[arg-type]
         cfg=ServeConfig(max_body_bytes=20_000),
@@ -99,6 +100,7 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "log": log,
             "url": url,
             "path": tmp_path,
+            "engine": engine,
         }
     log.close()
 
@@ -317,3 +319,41 @@ def test_a_deleted_log_is_reopened_and_a_foreign_one_refuses(served: dict[str, A
     metrics = client.get("/metrics", headers=alice).text
     assert "tuneforge_request_log_up 0.0" in metrics and "tuneforge_request_log_reopened 1.0" in metrics
     assert db.read_text() == "notes of my own\n"
+
+
+def test_metrics_expose_the_drift_scores_of_the_latest_monitor_report(served: dict[str, Any]) -> None:
+    import os
+
+    from tuneforge.artifacts import RunDir
+
+    run = served["path"] / "run"
+    served["engine"].models["heads"].run = RunDir(run)
+    client, alice = served["client"], served["alice"]
+    assert "tuneforge_drift_score{" not in client.get("/metrics", headers=alice).text  # no report yet
+
+    def report(window: str, auc: float, drift: bool | None, mtime: int) -> None:
+        folder = run / "monitor" / window
+        folder.mkdir(parents=True, exist_ok=True)
+        tests = {
+            "embedding_drift": {"statistic": auc, "p_value": 0.01, "drift": drift},
+            "label_drift": {"statistic": None, "p_value": None, "drift": None},  # not enough data
+        }
+        body = {"tests": tests, "window": {"until": "2026-12-02T00:00:00+00:00"}, "alerts": [{}] * drift}
+        (folder / "report.json").write_text(json.dumps(body))
+        os.utime(folder / "report.json", (mtime, mtime))
+
+    report("2026-12-01T0000Z_2026-12-02T0000Z", 0.97, True, 1_000)
+    report("2026-11-30T0000Z_2026-12-01T0000Z", 0.51, False, 500)  # older: not the latest
+    text = client.get("/metrics", headers=alice).text
+    lines = [line for line in text.splitlines() if line.startswith(("tuneforge_drift", "tuneforge_monitor"))]
+    assert lines == [
+        'tuneforge_drift_score{model="heads",test="embedding_drift"} 0.97',
+        'tuneforge_drift_p_value{model="heads",test="embedding_drift"} 0.01',
+        'tuneforge_drift_alert{model="heads",test="embedding_drift"} 1.0',
+        'tuneforge_monitor_window_end_seconds{model="heads"} 1.7961696e+09',
+        'tuneforge_monitor_alerts{model="heads"} 1.0',
+    ]
+    report("2026-12-01T0000Z_2026-12-02T0000Z", 0.6, False, 2_000)  # judged again: re-read
+    text = client.get("/metrics", headers=alice).text
+    assert 'tuneforge_drift_score{model="heads",test="embedding_drift"} 0.6' in text
+    assert 'tuneforge_drift_alert{model="heads",test="embedding_drift"} 0.0' in text

@@ -17,7 +17,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.evals import describe, evaluations
 from tuneforge.evaluation.report.evaluation import evaluation_blocks, example_cards, headline, most_different
 from tuneforge.evaluation.report.ratings import human_blocks
-from tuneforge.evaluation.report.render import Section, num, to_html, to_markdown, with_ci
+from tuneforge.evaluation.report.render import Block, Section, num, to_html, to_markdown, with_ci
 from tuneforge.evaluation.report.run_sections import (
     data_section,
     environment_section,
@@ -151,6 +151,29 @@ def _rates(d: dict[str, Any]) -> str:
     return f"win {with_ci(win['value'], win)}, tie {num(tie)}, loss {num(loss)}"
 
 
+def monitor_section(run: RunDir, most: int = 30) -> Section | None:
+    """Links to the run's monitor reports (RUN/monitor/<window>/), newest window first."""
+    found = sorted((run.path / "monitor").glob("*/report.json"), reverse=True)  # names start with `since`
+    if not found:
+        return None
+    links = []
+    for path in found[:most]:
+        try:
+            r = read_json(path)
+            verdict = (
+                "not enough data"
+                if not r.get("enough_data", True)
+                else f"{len(r.get('alerts') or [])} alert(s)"
+            )
+        except (OSError, ValueError):
+            verdict = "report.json unreadable"
+        window = path.parent.name
+        links.append((f"{window}: {verdict}", f"monitor/{window}/report.html", f"monitor/{window}/report.md"))
+    note = f"The {most} newest of {len(found)} windows." if len(found) > most else ""
+    blocks: list[Block] = [("p", "Live traffic judged by `tuneforge monitor`, by window. " + note)]
+    return ("Monitoring", [*blocks, ("links", links)])
+
+
 def build_sections(run: RunDir) -> list[Section]:
     results = eval_results(run)
     sections: list[Section] = [
@@ -165,6 +188,7 @@ def build_sections(run: RunDir) -> list[Section]:
         ("Model and method", model_section(run)),
         ("Training", training_section(run)),
         *sections,
+        *([m] if (m := monitor_section(run)) else []),
         ("Known limitations", [("list", limitations(results, run))]),
         ("Environment", environment_section(run)),
         (

@@ -3,7 +3,9 @@
 A document is a list of sections; a section is a title and blocks: ("p", text), ("table", (header, rows))
 where a header of None makes a key/value table, ("cards", (header, rows)) a table that a narrow screen shows
 as one card per row (examples side by side), ("pre", text), ("fold", (summary, text)) for long text the
-HTML shows folded, ("img", (alt, base64 PNG)) and ("list", items). Plots are inlined as data URIs (offline).
+HTML shows folded, ("img", (alt, base64 PNG)), ("list", items) and ("links", [(text, html_href, md_href)])
+for relative links to sibling reports (each format links to the same format). Plots are inlined as data
+URIs (offline).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from tuneforge.evaluation.stats import sig
 
@@ -119,6 +122,8 @@ def to_markdown(title: str, sections: list[Section]) -> str:
                 out += [_fence(text), text, _fence(text), ""]
             elif kind == "img":
                 out += [f"*({md_text(value[0])}: see report.html)*", ""]
+            elif kind == "links":
+                out += [f"- [{md_text(text)}](<{quote(md)}>)" for text, _, md in value] + [""]
             elif kind in ("table", "cards"):
                 header, rows = value
                 header = header or ["", ""]
@@ -188,6 +193,9 @@ def to_html(title: str, sections: list[Section]) -> str:
                 )
             elif kind == "img":
                 parts.append(f"<img alt='{e(value[0])}' src='data:image/png;base64,{value[1]}'>")
+            elif kind == "links":
+                items = "".join(f"<li><a href='{e(quote(h))}'>{e(visible(t))}</a></li>" for t, h, _ in value)
+                parts.append(f"<ul>{items}</ul>")
             elif kind in ("table", "cards"):
                 parts.append(_table(value[0], value[1], cards=kind == "cards"))
     parts.append("</body></html>")

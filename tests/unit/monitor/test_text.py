@@ -1,0 +1,24 @@
+"""The two text heuristics of the monitor report: a prompt's script and a refusal's opening."""
+
+from __future__ import annotations
+
+from tuneforge.monitor.text import is_refusal, script_mix, script_of
+
+
+def test_the_script_is_the_one_most_letters_are_written_in() -> None:
+    assert script_of("my order is late") == "Latin"
+    assert script_of("мой заказ опоздал, order 12") == "Cyrillic"
+    assert script_of("طلبي متأخر") == "Arabic"
+    assert script_of("我的订单迟到了") == "CJK (Han)"
+    assert script_of("ちゅうもん") == "Japanese kana"
+    assert script_of("주문이 늦었어요") == "Hangul"
+    assert script_of("12 + 30 = 42 !") == "none"
+    assert script_mix(["a b", "б в", "c", ""]) == {"Latin": 2, "Cyrillic": 1, "none": 1}
+
+
+def test_a_refusal_is_recognised_only_at_the_start_of_the_answer() -> None:
+    assert is_refusal("I can't help with that.")
+    assert is_refusal("  I\u2019m sorry, but I cannot do this")
+    assert is_refusal("As an AI language model, I have no opinions")
+    assert not is_refusal("Your refund is on its way. I can't wait to hear back!")
+    assert not is_refusal("")

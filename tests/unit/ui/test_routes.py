@@ -207,6 +207,7 @@ def test_every_post_needs_the_csrf_token(real_workspace: Path) -> None:
         "/logout",
         "/new",
         "/playground",
+        "/playground/stream",
         "/prepare",
         "/run/stop",
         "/upload",

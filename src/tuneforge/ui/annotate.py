@@ -54,7 +54,7 @@ def _agreement(store: annotation.AnnotationStore, project: annotation.Project) -
 
 
 @router.get("/annotate", response_class=HTMLResponse)
-def projects(request: Request, error: str = "") -> Response:
+def projects(request: Request, error: str = "", file: str = "") -> Response:
     ui = request.app.state.ui
     store = ui.annotations
     rows = [(p, store.progress(p)) for p in store.projects()]
@@ -72,6 +72,7 @@ def projects(request: Request, error: str = "") -> Response:
         datasets=datasets,
         runs=prelabel.classification_runs(ui.workspace),
         error=error,
+        file=file,  # just uploaded: the new-project form starts from it
     )
 
 

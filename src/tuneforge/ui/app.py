@@ -49,6 +49,9 @@ class Ui:
         self.env.filters["num"] = num
         self.env.filters["visible"] = visible  # control characters (a tiny model emits them) as \xNN
         self.env.filters["rel"] = lambda p: self.rel(Path(p))
+        from tuneforge.ui.upload import MAX_UPLOAD_BYTES, SUFFIXES
+
+        self.env.globals.update(suffixes=SUFFIXES, max_mb=MAX_UPLOAD_BYTES // 2**20)  # the upload forms
 
     def rel(self, path: Path) -> str:
         return path.resolve().relative_to(self.workspace).as_posix() or "."
@@ -88,7 +91,18 @@ def create_app(
     workspace: str | Path, *, keys_file: str | Path | None = None, allowed_hosts: list[str] | None = None
 ) -> FastAPI:
     """The UI over `workspace`; with `keys_file`, every page needs a login with one of its keys."""
-    from tuneforge.ui import annotate, compare, data, monitor, playground, prelabel, rating, runs
+    from tuneforge.ui import (
+        annotate,
+        compare,
+        data,
+        launch,
+        monitor,
+        playground,
+        prelabel,
+        rating,
+        runs,
+        upload,
+    )
 
     ui = Ui(Path(workspace))
     ui.local = keys_file is None  # the playground runs only then (playground.py)
@@ -100,7 +114,7 @@ def create_app(
     # name to 127.0.0.1 cannot read the UI.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (runs, compare, monitor, playground, data, annotate, prelabel, rating):
+    for module in (runs, launch, compare, monitor, playground, data, upload, annotate, prelabel, rating):
         app.include_router(module.router)
 
     @app.exception_handler(NotFound)

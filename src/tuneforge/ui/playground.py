@@ -7,11 +7,13 @@ is not something to open to a network. One run's engine is kept loaded; picking 
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from tuneforge.errors import TuneforgeError
@@ -78,8 +80,8 @@ def playground_page(request: Request, path: str = "") -> Response:
     return ui.page(request, "playground.html", rel=ui.rel(run.path), form={}, answer=None)
 
 
-@router.post("/playground", response_class=HTMLResponse)
-async def playground_answer(request: Request) -> Response:
+async def _ask(request: Request) -> tuple[Any, dict[str, str], Any, str, list[int], Any]:
+    """(run, form, engine, served name, prompt ids, settings) of a checked playground POST."""
     form = await security.checked_form(request)
     _refuse_remote(request)
     ui = request.app.state.ui
@@ -89,7 +91,54 @@ async def playground_answer(request: Request) -> Response:
         raise TuneforgeError("the prompt is empty", where="prompt")
     settings = _settings(form)
     engine, name = await run_in_threadpool(_engine, run)  # loading a model takes seconds
-    answer = await engine.generate(
-        name, engine.encode_chat(name, [{"role": "user", "content": prompt}]), settings
-    )
+    ids = engine.encode_chat(name, [{"role": "user", "content": prompt}])
+    return run, form, engine, name, ids, settings
+
+
+@router.post("/playground", response_class=HTMLResponse)
+async def playground_answer(request: Request) -> Response:
+    run, form, engine, name, ids, settings = await _ask(request)
+    answer = await engine.generate(name, ids, settings)
+    ui = request.app.state.ui
     return ui.page(request, "playground.html", rel=ui.rel(run.path), form=form, answer=answer)
+
+
+def _event(kind: str, data: dict[str, Any]) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@router.post("/playground/stream")
+async def playground_stream(request: Request) -> Response:
+    """The answer as server-sent events while the engine's `stream` produces it: `delta` events (text, control
+    characters shown as \\xNN as the page shows them), then `done` (token counts, finish reason) or `error`.
+    A refused request (bad settings, no CSRF token) is the same error page as the form's."""
+    from tuneforge.evaluation.report.render import visible
+
+    _, _, engine, name, ids, settings = await _ask(request)
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for event in engine.stream(name, ids, settings):
+                if event.error is not None:
+                    yield _event("error", {"message": str(event.error)})
+                    return
+                if event.delta:
+                    yield _event("delta", {"text": visible(event.delta)})
+                if event.done is not None:
+                    done = event.done
+                    yield _event(
+                        "done",
+                        {
+                            "prompt_tokens": done.prompt_tokens,
+                            "completion_tokens": done.completion_tokens,
+                            "finish_reason": done.finish_reason,
+                        },
+                    )
+        except TuneforgeError as err:
+            yield _event("error", {"message": err.render()})
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

@@ -125,6 +125,9 @@ def test_ask_a_run_in_the_playground(real_workspace: Path, browser, shots: Path)
         expect(page.locator("#answer")).to_be_visible(timeout=60000)
         assert page.locator("textarea[name=prompt]").input_value() == "say red <script>alert(1)</script>"
         expect(page.locator("#answer ~ p")).to_contain_text("tokens after a")
+        # streamed into this page (server-sent events), not a new page from the form post
+        expect(page.locator("#answer ~ p")).to_contain_text("(streamed)")
+        assert page.url == f"{url}/playground?path=runs/chat"
         assert dialogs == []
         _both(page, shots, "playground")
         page.close()

@@ -59,3 +59,45 @@ def test_bad_settings_a_missing_token_and_a_remote_ui_are_refused(real_workspace
     assert r.status_code == 400
     assert "the playground is only served while the UI is local (started without --keys)" in r.text
     assert 'href="/playground' not in TestClient(app).get("/run?path=runs/chat").text
+
+
+def test_the_answer_streams_as_server_sent_events(real_workspace: Path) -> None:
+    import json
+
+    from tuneforge.config import ServeConfig
+    from tuneforge.evaluation.report.render import visible
+    from tuneforge.models.generate import GenerationSettings
+    from tuneforge.serve.engine import resolve_targets
+    from tuneforge.serve.engine_transformers import TransformersEngine
+
+    c = client(real_workspace)
+    form = {"csrf_token": csrf(c), "path": "runs/chat", "prompt": "say blue", "max_new_tokens": "6"}
+    r = c.post("/playground/stream", data=form)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [
+        (
+            block.split("\n")[0].removeprefix("event: "),
+            json.loads(block.split("\n")[1].removeprefix("data: ")),
+        )
+        for block in r.text.strip().split("\n\n")
+    ]
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "done" and set(kinds[:-1]) == {"delta"} and len(kinds) >= 2
+    engine = TransformersEngine(resolve_targets([str(real_workspace / "runs" / "chat")]), ServeConfig())
+    try:
+        ids = engine.encode_chat("chat", [{"role": "user", "content": "say blue"}])
+        want = asyncio.run(engine.generate("chat", ids, GenerationSettings(max_new_tokens=6, seed=0)))
+    finally:
+        engine.close()
+    assert "".join(d["text"] for k, d in events if k == "delta") == visible(want.text)
+    assert events[-1][1] == {
+        "prompt_tokens": len(ids),
+        "completion_tokens": want.completion_tokens,
+        "finish_reason": want.finish_reason,
+    }
+    refused = c.post("/playground/stream", data=form | {"max_new_tokens": "0"})
+    assert refused.status_code == 400 and "max new tokens must be 1–512" in refused.text
+    assert (
+        c.post("/playground/stream", data={k: v for k, v in form.items() if k != "csrf_token"}).status_code
+        == 403
+    )

@@ -205,7 +205,12 @@ def test_every_post_needs_the_csrf_token(real_workspace: Path) -> None:
         "/human/rate",
         "/login",
         "/logout",
+        "/new",
         "/playground",
+        "/playground/stream",
+        "/prepare",
+        "/run/stop",
+        "/upload",
     ]
     c = TestClient(app)
     token = csrf(c)
@@ -374,14 +379,16 @@ def test_every_page_of_a_real_workspace_answers(real_workspace: Path) -> None:
         "/run/report": "Fine-tuning report: chat",
         "/run/monitor": "No monitor report yet",
         "/playground": '<textarea name="prompt"',
+        "/new": "<option selected>data/chat</option>",
     }
-    # pages that need more than one run or a monitored run: test_compare.py, test_monitor_pages.py
-    elsewhere = ["/compare", "/run/monitor/report", "/run/monitor/window"]
+    # pages that need more than one run, a monitored run or an upload: test_compare.py,
+    # test_monitor_pages.py, test_launch.py
+    elsewhere = ["/compare", "/prepare", "/run/monitor/report", "/run/monitor/window"]
     assert gets == sorted([*pages, *elsewhere])
     c = TestClient(app)
     for path, shows in pages.items():
         params = {"path": "data/chat" if "dataset" in path else "runs/chat", "sheet": "rater-1"}
-        params |= {"id": str(pid), "annotator": "bob"}
+        params |= {"id": str(pid), "annotator": "bob", "dataset": "data/chat"}
         r = c.get(path, params=params)
         assert r.status_code == (286 if path == "/run/curves" else 200), path
         assert shows in r.text, path

@@ -1,0 +1,198 @@
+"""New run: a form that writes a run config into the workspace and starts `tuneforge train CONFIG` as a child
+process (never inside the UI process), its estimate beforehand, and a Stop button (SIGTERM: the trainer
+finishes its step, checkpoints and stops, resumable with --resume).
+
+The config is checked by the config module's own `config_from_dict` (what `load_config` runs) and the method
+by `resolve_method` (what `train` runs), so the form refuses exactly what the CLI refuses, key named.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import yaml
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from tuneforge.artifacts import DatasetDir, RunDir
+from tuneforge.errors import TuneforgeError
+from tuneforge.ui import security
+from tuneforge.workspace import find_artifacts
+
+router = APIRouter()
+CONFIGS = "configs"  # workspace/configs/<name>.yaml and .log: what the UI launched, and what it printed
+RUNS = "runs"
+TASKS = ("causal-lm", "classification", "regression")
+TASK_OF_FORMAT = {"classification": "classification", "regression": "regression"}
+# The form's optional fields and the config key each one sets (left empty: the recipe's default).
+KEYS = {
+    "time_budget": "train.time_budget",
+    "max_steps": "train.max_steps",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "learning_rate": "train.learning_rate",
+    "max_length": "model.max_length",
+    "eval_every": "train.eval_every",
+}
+START_WAIT_S = 180  # how long the form waits for the child to create its run folder
+
+
+def _choices(ui: Any) -> dict[str, Any]:
+    from tuneforge import builtin
+    from tuneforge.models.catalog import catalog
+    from tuneforge.models.methods import METHODS
+
+    models = [builtin.PREFIX + name for name in builtin.MODELS]
+    models += [m.hub_id for m in catalog() if m.builtin is None]
+    datasets = [ui.rel(f.path) for f in find_artifacts(ui.workspace) if f.kind == "dataset"]
+    return {"datasets": datasets, "models": models, "methods": list(METHODS), "tasks": TASKS, "keys": KEYS}
+
+
+def run_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:80]
+    if not name:
+        raise TuneforgeError("give the run a name (letters, digits, . _ -)", where="name")
+    return name
+
+
+def build_config(ui: Any, form: dict[str, str]) -> tuple[dict[str, Any], Any, Any]:
+    """(the YAML's dict, the validated RunConfig, its ConfigSource) of the form; refuses as `train` would."""
+    from tuneforge.config import ConfigSource, config_from_dict, given_keys
+    from tuneforge.models.methods import resolve_method
+
+    name = run_name(form.get("name", ""))
+    ds = ui.dataset(form.get("dataset", ""))
+    task = form.get("task") or TASK_OF_FORMAT.get(str(ds.manifest.get("format")), "causal-lm")
+    raw: dict[str, Any] = {
+        "data": {"path": str(ds.path)},
+        "model": {"name": form.get("model", "").strip(), "task": task},
+        "method": {"name": form.get("method") or "lora"},
+        "train": {"output_dir": str(ui.workspace / RUNS / name)},
+    }
+    for field, key in KEYS.items():
+        value = form.get(field, "").strip()
+        if value:
+            section, sub = key.split(".")
+            raw[section][sub] = value
+    if not raw["model"]["name"]:
+        raise TuneforgeError("pick a base model", where="model.name")
+    source = ConfigSource(None)
+    cfg = config_from_dict(raw, source)
+    source.given = given_keys(raw)
+    resolve_method(cfg.method, source, task=cfg.model.task)
+    return raw, cfg, source
+
+
+def estimate_lines(cfg: Any, source: Any) -> list[str]:
+    """The recipe's defaults for the keys left empty (as `train` fills them, with its reasons), then
+    `tuneforge estimate`'s lines for this machine."""
+    import torch
+
+    from tuneforge.models.estimate import check_data_path, check_max_length, estimate
+    from tuneforge.models.recommend import apply_settings, defaults_for, describe_defaults
+
+    check_data_path(cfg)
+    manifest = DatasetDir(Path(cfg.data.path)).manifest
+    chosen = defaults_for(cfg, manifest, source.given, cuda=torch.cuda.is_available(), processes=1)
+    lines = [describe_defaults(cfg, manifest, chosen)] if chosen else []
+    if chosen:
+        cfg = apply_settings(cfg, chosen, source)
+    check_max_length(cfg)
+    return lines + estimate(cfg).lines()
+
+
+@router.get("/new", response_class=HTMLResponse)
+def new_page(request: Request, dataset: str = "") -> Response:
+    ui = request.app.state.ui
+    return ui.page(request, "new_run.html", values={"dataset": dataset}, **_choices(ui))
+
+
+@router.post("/new")
+async def new_run(request: Request) -> Response:
+    form = await security.checked_form(request)
+    return await run_in_threadpool(_new, request, form)  # the estimate reads the model's shape
+
+
+def _new(request: Request, form: dict[str, str]) -> Response:
+    ui = request.app.state.ui
+
+    def again(status: int, **ctx: Any) -> Response:
+        return ui.page(request, "new_run.html", status=status, values=form, **_choices(ui), **ctx)
+
+    try:
+        raw, cfg, source = build_config(ui, form)
+        lines = estimate_lines(cfg, source)
+        if form.get("action") != "start":
+            return again(200, estimate=lines)
+        run = _start(ui, raw, cfg)
+    except TuneforgeError as err:
+        return again(400, error=err.render())
+    return RedirectResponse("/run?" + urlencode({"path": ui.rel(run)}), status_code=303)
+
+
+def _start(ui: Any, raw: dict[str, Any], cfg: Any) -> Path:
+    from tuneforge.ui.upload import _claim
+
+    out = Path(cfg.train.output_dir)
+    if out.exists():
+        raise TuneforgeError(
+            f"there is already a run at {ui.rel(out)}", where="name", fix="pick another name"
+        )
+    folder = ui.workspace / CONFIGS
+    folder.mkdir(exist_ok=True)
+    config = _claim(folder, out.name + ".yaml")  # a new file: an existing config is never overwritten
+    config.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    log = _claim(folder, config.stem + ".log")
+    with log.open("ab") as sink:
+        # Its own session: the run goes on when the UI stops, and a Ctrl-C on the UI does not reach it.
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tuneforge", "train", str(config)],
+            cwd=ui.workspace,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    threading.Thread(target=child.wait, daemon=True).start()  # reaped: an ended child is no zombie "alive"
+    deadline = time.monotonic() + START_WAIT_S
+    while not (RunDir.is_run(out) or (out / "config.yaml").is_file()):
+        code = child.poll()
+        if code is not None and not RunDir.is_run(out):
+            tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+            raise TuneforgeError(
+                f"`tuneforge train {ui.rel(config)}` stopped before the run started (exit {code}):\n{tail}",
+                where=ui.rel(log),
+            )
+        if time.monotonic() > deadline:
+            break  # still loading: the run page says so until its folder exists
+        time.sleep(0.2)
+    return out
+
+
+def trainer_pid(run: RunDir) -> int | None:
+    """The training process of a run that trains now (the pid the trainer wrote in its lock file)."""
+    from tuneforge.train.watch import _holder_alive, run_state
+
+    return _holder_alive(run) if run_state(run).state == "training" else None
+
+
+@router.post("/run/stop")
+async def stop(request: Request) -> Response:
+    form = await security.checked_form(request)
+    ui = request.app.state.ui
+    run = ui.run(form.get("path", ""))
+    pid = trainer_pid(run)
+    if pid is None:
+        raise TuneforgeError(f"run {ui.rel(run.path)} is not training now", where="path")
+    os.kill(pid, signal.SIGTERM)
+    return RedirectResponse("/run?" + urlencode({"path": ui.rel(run.path)}), status_code=303)

@@ -1,0 +1,175 @@
+"""Upload a raw file, prepare it, start and stop a training run from the UI (routes, the test client)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from tests.tiny import sentiment_rows
+from tests.unit.ui.test_routes import csrf
+from tuneforge.artifacts import DatasetDir, RunDir
+from tuneforge.ui import upload
+from tuneforge.ui.app import create_app
+
+
+def reviews_csv(n: int = 60) -> bytes:
+    rows = sentiment_rows(n)
+    lines = ["text,label"] + [f'"{r["text"]}",{r["label"]}' for r in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def send(c: TestClient, name: str, body: bytes, then: str = "prepare", token: str | None = "") -> object:
+    data = {"then": then} | ({"csrf_token": token or csrf(c)} if token is not None else {})
+    return c.post(
+        "/upload", data=data, files={"file": (name, io.BytesIO(body), "text/csv")}, follow_redirects=False
+    )
+
+
+def test_an_upload_lands_under_a_new_safe_name_and_never_overwrites(tmp_path: Path) -> None:
+    (tmp_path / "uploads").mkdir()
+    theirs = tmp_path / "uploads" / "reviews.csv"
+    theirs.write_bytes(b"not tuneforge's file\n")
+    c = TestClient(create_app(tmp_path))
+    body = reviews_csv()
+    r = send(c, "reviews.csv", body)
+    assert r.status_code == 303 and r.headers["location"] == "/prepare?file=uploads%2Freviews-2.csv"
+    assert (tmp_path / "uploads" / "reviews-2.csv").read_bytes() == body
+    assert theirs.read_bytes() == b"not tuneforge's file\n"
+    r = send(c, "../../Évil name.csv", b"a,b\n1,2\n")  # a folder in the name is dropped, odd letters too
+    assert r.headers["location"] == "/prepare?file=uploads%2Fvil-name.csv"
+    assert (tmp_path / "uploads" / "vil-name.csv").read_bytes() == b"a,b\n1,2\n"
+    assert send(c, "..csv", b"x\n").headers["location"] == "/prepare?file=uploads%2Fupload.csv"
+    r = send(c, "run.sh", b"rm -rf /\n")
+    assert r.status_code == 400 and "&#39;run.sh&#39; is not a data file this page takes" in r.text
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == [
+        "reviews-2.csv",
+        "reviews.csv",
+        "upload.csv",
+        "vil-name.csv",
+    ]
+
+
+def test_an_upload_needs_the_csrf_token_and_fits_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = TestClient(create_app(tmp_path))
+    for token in (None, "wrong"):
+        r = send(c, "a.csv", b"a\n1\n", token=token)
+        assert r.status_code == 403 and "missing or wrong CSRF token" in r.text
+    monkeypatch.setattr(upload, "MAX_UPLOAD_BYTES", 100)
+    r = send(c, "big.csv", b"x" * 200)  # under the Content-Length slack: counted while copied
+    assert r.status_code == 400 and "the file is larger than 0 MiB" in r.text
+    r = send(c, "huge.csv", b"x" * 70_000)  # refused from its Content-Length, before it is read
+    assert r.status_code == 413
+    assert send(c, "empty.csv", b"").status_code == 400
+    assert not (tmp_path / "uploads").exists() or list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_prepare_an_upload_shows_the_data_stage_errors_then_makes_the_dataset(tmp_path: Path) -> None:
+    c = TestClient(create_app(tmp_path))
+    send(c, "reviews.csv", reviews_csv())
+    page = c.get("/prepare", params={"file": "uploads/reviews.csv"})
+    assert page.status_code == 200 and "text,label" in page.text and 'value="datasets/reviews"' in page.text
+    form = {"csrf_token": csrf(c), "file": "uploads/reviews.csv", "output": "datasets/reviews"}
+    r = c.post("/prepare", data=form | {"format": "chat"})
+    assert r.status_code == 400 and "data.messages_column" in r.text
+    r = c.post("/prepare", data=form | {"format": "classification", "output": "../outside"})
+    assert (
+        r.status_code == 400 and "output: &#39;../outside&#39; is not a path inside the workspace" in r.text
+    )
+    r = c.post(
+        "/prepare", data=form | {"format": "classification", "label_column": "label"}, follow_redirects=False
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/dataset?path=datasets%2Freviews"
+    manifest = DatasetDir(tmp_path / "datasets" / "reviews").manifest
+    assert manifest["format"] == "classification" and sum(manifest["splits"].values()) == 60
+    assert manifest["labels"] == ["negative", "neutral", "positive"]
+
+
+def test_an_upload_for_annotation_fills_the_new_project_form(tmp_path: Path) -> None:
+    c = TestClient(create_app(tmp_path))
+    r = send(c, "to label.jsonl", b'{"text": "good"}\n{"text": "bad"}\n', then="annotate")
+    assert r.headers["location"] == "/annotate?file=uploads%2Fto-label.jsonl"
+    page = c.get(r.headers["location"]).text
+    assert 'name="file" placeholder="raw/reviews.csv" value="uploads/to-label.jsonl"' in page
+    r = c.post(
+        "/annotate/new",
+        data={"csrf_token": csrf(c), "name": "p", "file": "uploads/to-label.jsonl", "labels": "pos, neg"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    project = create_app(tmp_path).state.ui.annotations.projects()[0]
+    assert project.source == "uploads/to-label.jsonl"
+
+
+def wait_for(check, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.2)
+
+
+def new_form(c: TestClient, model: Path, **kw: str) -> dict[str, str]:
+    return {
+        "csrf_token": csrf(c),
+        "name": "ui-run",
+        "dataset": "data/chat",
+        "model": str(model),
+        "method": "lora",
+        "max_length": "64",
+        "batch_size": "4",
+    } | kw
+
+
+def test_new_run_estimates_refuses_what_the_config_refuses_and_starts_then_stops(
+    real_workspace: Path, tiny_llama: Path
+) -> None:
+    c = TestClient(create_app(real_workspace))
+    page = c.get("/new").text
+    assert '<option value="builtin:smollm2-135m-instruct">' in page and "<option >data/chat</option>" in page
+    r = c.post("/new", data=new_form(c, tiny_llama, action="estimate"))
+    assert r.status_code == 200, r.text
+    assert "parameters train; micro-batch 4 x" in r.text and "peak" in r.text
+    assert (
+        "defaults for causal LM, 29 examples: train.epochs=3" in r.text
+    )  # the recipe's, as train fills them
+    assert not (real_workspace / "configs").exists()  # an estimate writes nothing
+    r = c.post("/new", data=new_form(c, tiny_llama, batch_size="0", action="start"))
+    assert (
+        r.status_code == 400
+        and "config key train.batch_size: Input should be greater than or equal to 1" in r.text
+    )
+    r = c.post("/new", data=new_form(c, tiny_llama, method="nope", action="start"))
+    assert r.status_code == 400 and "method.name" in r.text
+    r = c.post("/new", data=new_form(c, tiny_llama, name="chat", action="start"))
+    assert r.status_code == 400 and "there is already a run at runs/chat" in r.text
+    assert not (real_workspace / "configs").exists()
+
+    form = new_form(c, tiny_llama, action="start", max_steps="100000", eval_every="0", time_budget="5m")
+    r = c.post("/new", data=form, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/run?path=runs%2Fui-run"
+    written = yaml.safe_load((real_workspace / "configs" / "ui-run.yaml").read_text())
+    assert written["train"] == {
+        "output_dir": str(real_workspace / "runs" / "ui-run"),
+        "time_budget": "5m",
+        "max_steps": "100000",
+        "batch_size": "4",
+        "eval_every": "0",
+    }
+    run = RunDir(real_workspace / "runs" / "ui-run")
+    wait_for(lambda: run.metrics_path.is_file() and run.metrics_path.read_text().count("\n") >= 2)
+    page = c.get("/run", params={"path": "runs/ui-run"}).text
+    assert "<b>training</b>" in page and 'id="stop"' in page
+    r = c.post("/run/stop", data={"csrf_token": csrf(c), "path": "runs/ui-run"}, follow_redirects=False)
+    assert r.status_code == 303
+    wait_for(lambda: json.loads(run.manifest_path.read_text()).get("status") == "interrupted")
+    log = (real_workspace / "configs" / "ui-run.log").read_text()
+    assert "SIGTERM: finishing the current step and saving a checkpoint" in log
+    r = c.post("/run/stop", data={"csrf_token": csrf(c), "path": "runs/ui-run"})
+    assert r.status_code == 400 and "run runs/ui-run is not training now" in r.text

@@ -383,7 +383,9 @@ def _decoders(
     out: list[Recommendation] = []
     pool = _candidates("causal-lm", device, commercial)
     if device.kind == "cpu":
-        pool = [m for m in pool if m.builtin] or pool  # offline and small
+        # The built-in first (offline, small), then the other small ones this machine can train: one
+        # candidate alone leaves a user with a roomy CPU machine nothing to weigh.
+        pool = sorted(pool, key=lambda m: not m.builtin)
     for m in pool:
         methods = ["lora"] + (["qlora"] if device.kind == "cuda" else [])
         for method in methods:
@@ -402,8 +404,14 @@ def _decoders(
                     f"{device.memory / GIB:.0f} GiB {device.name}: QLoRA (4-bit base) is what makes "
                     f"{m.params / 1e9:.1f}B fit"
                 )
+            elif device.kind == "cpu" and m.builtin:
+                rec.reasons.append("built in: trains offline, and small enough for a CPU")
             else:
                 rec.reasons.append(f"the largest catalog model whose LoRA run fits {device.name}")
+            if not m.builtin:
+                rec.reasons.append(
+                    f"not built in: {m.hub_id} downloads from the Hugging Face Hub on first use"
+                )
             if task != "causal-lm":
                 rec.reasons.append(
                     "a decoder with a head: more knowledge, many times the compute of an encoder"

@@ -284,3 +284,21 @@ def test_recommend_refuses_nonsense_before_any_work(tmp_path: Path, cli) -> None
     assert gpu.returncode == 2 and gpu.stderr.startswith("error: --gpu: a GPU of '0GB' has no memory"), (
         gpu.stderr
     )
+
+
+def test_a_roomy_cpu_machine_gets_the_builtin_first_and_the_next_small_model_from_the_hub(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keep = {"smollm2-135m", "smollm2-360m", "qwen2.5-1.5b"}
+    monkeypatch.setattr(rec, "catalog", lambda: tuple(m for m in catalog() if m.name in keep))
+    roomy = Device("21 GiB CPU", "cpu", 21 * 2**30, 5e10)
+    recs = rec.recommend("ds", manifest("chat", 2_000, p99=300), roomy)
+    assert [(r.model, r.method) for r in recs] == [
+        ("builtin:smollm2-135m-instruct", "lora"),
+        ("HuggingFaceTB/SmolLM2-360M-Instruct", "lora"),  # 1.5B is past what a CPU step allows
+    ]
+    assert "built in: trains offline, and small enough for a CPU" in recs[0].reasons
+    assert (
+        "not built in: HuggingFaceTB/SmolLM2-360M-Instruct downloads from the Hugging Face Hub on first use"
+        in recs[1].reasons
+    )

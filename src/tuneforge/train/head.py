@@ -98,90 +98,63 @@ def fit_head(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads):
-        return _fit_head(
-            task,
-            x_train,
-            y_train,
-            x_val,
-            y_val,
-            num_labels=num_labels,
-            grid=grid,
-            metric=metric,
-            class_weight=class_weight,
-            seed=seed,
-        )
+        from sklearn.linear_model import LogisticRegression, Ridge
+        from sklearn.preprocessing import StandardScaler
 
+        scaler = StandardScaler().fit(x_train)
+        xt = scaler.transform(x_train)
+        xv = scaler.transform(x_val) if x_val is not None and len(x_val) else None
 
-def _fit_head(
-    task: str,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray | None,
-    y_val: np.ndarray | None,
-    *,
-    num_labels: int,
-    grid: list[float],
-    metric: str,
-    class_weight: str | None,
-    seed: int,
-) -> HeadFit:
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.preprocessing import StandardScaler
+        def fit(value: float) -> Any:
+            if task == "regression":
+                return Ridge(alpha=value).fit(xt, y_train)
+            return LogisticRegression(
+                C=value, max_iter=2000, class_weight=class_weight, random_state=seed
+            ).fit(xt, y_train)
 
-    scaler = StandardScaler().fit(x_train)
-    xt = scaler.transform(x_train)
-    xv = scaler.transform(x_val) if x_val is not None and len(x_val) else None
+        def scores(est: Any, x: np.ndarray) -> np.ndarray:
+            return est.predict(x) if task == "regression" else est.predict_proba(x)
 
-    def fit(value: float) -> Any:
-        if task == "regression":
-            return Ridge(alpha=value).fit(xt, y_train)
-        return LogisticRegression(C=value, max_iter=2000, class_weight=class_weight, random_state=seed).fit(
-            xt, y_train
-        )
-
-    def scores(est: Any, x: np.ndarray) -> np.ndarray:
-        return est.predict(x) if task == "regression" else est.predict_proba(x)
-
-    classes = [0] if task == "regression" else sorted(int(c) for c in np.unique(y_train))
-    lower_is_better = metric == "loss"
-    tried: list[dict[str, float]] = []
-    best_est, best_value, best_score = None, None, None
-    if xv is None or y_val is None:
-        candidates = [1.0 if 1.0 in grid else sorted(grid)[len(grid) // 2]]
-    else:
-        candidates = list(grid)
-    for value in candidates:
-        est = fit(value)
+        classes = [0] if task == "regression" else sorted(int(c) for c in np.unique(y_train))
+        lower_is_better = metric == "loss"
+        tried: list[dict[str, float]] = []
+        best_est, best_value, best_score = None, None, None
         if xv is None or y_val is None:
-            best_est, best_value = est, value
-            break
-        found = _metrics(task, y_val, scores(est, xv), classes)
-        tried.append({"value": value, **found})
-        score = found[metric]
-        better = best_score is None or (score < best_score if lower_is_better else score > best_score)
-        if better:
-            best_est, best_value, best_score = est, value, score
-    assert best_est is not None and best_value is not None
-    coef, intercept = _as_label_rows(task, best_est, classes, num_labels)
-    # Fold the standardisation in:
-    # (x - mean) / scale @ W.T + b == x @ (W / scale).T + (b - W @ (mean / scale)).
-    scale = scaler.scale_.astype(np.float64)
-    mean = scaler.mean_.astype(np.float64)
-    folded = coef / scale
-    intercept = intercept - coef @ (mean / scale)
-    if task != "regression":
-        seen = set(classes)
-        intercept = np.where([i in seen for i in range(num_labels)], intercept, UNSEEN)
-    return HeadFit(
-        coef=folded.astype(np.float32),
-        intercept=intercept.astype(np.float32),
-        classes=list(range(num_labels)) if task != "regression" else [0],
-        value=float(best_value),
-        grid=tried,
-        metric=metric,
-        best=best_score,
-        train_metrics=_metrics(task, y_train, scores(best_est, xt), classes),
-    )
+            candidates = [1.0 if 1.0 in grid else sorted(grid)[len(grid) // 2]]
+        else:
+            candidates = list(grid)
+        for value in candidates:
+            est = fit(value)
+            if xv is None or y_val is None:
+                best_est, best_value = est, value
+                break
+            found = _metrics(task, y_val, scores(est, xv), classes)
+            tried.append({"value": value, **found})
+            score = found[metric]
+            better = best_score is None or (score < best_score if lower_is_better else score > best_score)
+            if better:
+                best_est, best_value, best_score = est, value, score
+        assert best_est is not None and best_value is not None
+        coef, intercept = _as_label_rows(task, best_est, classes, num_labels)
+        # Fold the standardisation in:
+        # (x - mean) / scale @ W.T + b == x @ (W / scale).T + (b - W @ (mean / scale)).
+        scale = scaler.scale_.astype(np.float64)
+        mean = scaler.mean_.astype(np.float64)
+        folded = coef / scale
+        intercept = intercept - coef @ (mean / scale)
+        if task != "regression":
+            seen = set(classes)
+            intercept = np.where([i in seen for i in range(num_labels)], intercept, UNSEEN)
+        return HeadFit(
+            coef=folded.astype(np.float32),
+            intercept=intercept.astype(np.float32),
+            classes=list(range(num_labels)) if task != "regression" else [0],
+            value=float(best_value),
+            grid=tried,
+            metric=metric,
+            best=best_score,
+            train_metrics=_metrics(task, y_train, scores(best_est, xt), classes),
+        )
 
 
 def _as_label_rows(task: str, est: Any, classes: list[int], num_labels: int) -> tuple[np.ndarray, np.ndarray]:

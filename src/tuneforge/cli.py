@@ -948,12 +948,13 @@ def print_comparison(result: dict[str, Any]) -> None:
 
 def print_verdicts(result: dict[str, Any]) -> None:
     """The paired tests' verdicts and the baselines beside the table."""
+    # Each line names what the tuned model is compared with: "no evidence of a difference" alone does not.
     for metric, test in (result.get("paired") or {}).items():
         if metric in ("accuracy", "mse", "perplexity", "token_f1", "chrf"):
-            console.print(f"  {escape(test['verdict'])}")
-    for b in (result.get("baselines") or {}).values():  # their numbers are columns of the table
+            console.print(f"  vs base: {escape(test['verdict'])}")
+    for name, b in (result.get("baselines") or {}).items():  # their numbers are columns of the table
         if b.get("vs_tuned", {}).get("verdict"):
-            console.print(f"  {escape(b['vs_tuned']['verdict'])}")
+            console.print(f"  vs {name}: {escape(b['vs_tuned']['verdict'])}")
     few = result.get("few_shot") or {}
     if few.get("name"):
         console.print(

@@ -154,7 +154,7 @@ def test_the_few_shot_baseline_is_a_column_and_its_cost_a_line(screen: io.String
     }
     assert row["accuracy"] == ["0.14", "0.675", "0.41", "0.75", "0.52"]
     text = " ".join(screen.getvalue().split())
-    assert "tuned is better in accuracy by 0.155 [0.08, 0.23], p = 0.002" in text
+    assert "vs few_shot_k6: tuned is better in accuracy by 0.155 [0.08, 0.23], p = 0.002" in text
     assert (
         f"few_shot_k6: {few} (k: the auto cap 8, rounded down to 6); 41.2 s, eval.few_shot=0 turns it off"
         in text

@@ -43,16 +43,29 @@ def auto_threads(key: str) -> int:
     cores = max(1, usable * physical // logical)
     # Cores other jobs keep busy: threads that wait for a busy core stall every step at its synchronisation
     # points (measured: 2 threads beside one other job trained at 13.6 tokens/s, 1 thread at 54).
-    busy = min(cores - 1, round(load_average()))
+    # The load average also counts this process's own work of the last minute (the quickstart prepares
+    # data before it trains): a short look at the CPUs now, while this process sleeps, caps it.
+    load = load_average()
+    if load >= 0.5:  # only then could it take a core away
+        load = min(load, busy_now(logical))
+    busy = min(cores - 1, round(load))
     threads = max(1, (cores - busy) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if busy and os.environ.get("RANK", "0") == "0":
         print(
             f"threads: {threads} of {cores} cores (other jobs keep {busy} busy: load "
-            f"{load_average():.1f}); {key} sets a number",
+            f"{load:.1f}); {key} sets a number",
             file=sys.stderr,
             flush=True,
         )
     return threads
+
+
+def busy_now(logical: int, seconds: float = 0.25) -> float:
+    """Logical CPUs other processes keep busy right now: psutil's system-wide use over `seconds`, during which
+    this process sleeps (so its own work is not counted)."""
+    import psutil
+
+    return float(psutil.cpu_percent(interval=seconds)) / 100 * logical
 
 
 def load_average() -> float:

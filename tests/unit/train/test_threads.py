@@ -22,6 +22,12 @@ def _restore_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _load_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPUs seen busy now never cap the load in these tests (each sets the load it needs)."""
+    monkeypatch.setattr(devices, "busy_now", lambda logical: 99.0)
+
+
 @pytest.fixture
 def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devices, "load_average", lambda: 0.2)
@@ -88,3 +94,21 @@ def test_evaluate_and_serve_take_the_same_setting_and_name_their_key(
     assert capsys.readouterr().err == (
         "threads: 1 of 2 cores (other jobs keep 1 busy: load 1.2); serve.num_threads sets a number\n"
     )
+
+
+def test_this_processs_own_recent_work_does_not_count_as_another_job(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The quickstart prepares data (one core busy for seconds) and then trains: the load average still
+    holds that work, but the CPUs are idle while this process sleeps, so every core is used."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 2)
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(devices, "load_average", lambda: 1.0)
+    monkeypatch.setattr(devices, "busy_now", lambda logical: 0.1)
+    assert set_num_threads(TrainConfig()) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(devices, "busy_now", lambda logical: 1.0)  # another job really runs
+    assert set_num_threads(TrainConfig()) == 1
+    assert "other jobs keep 1 busy: load 1.0" in capsys.readouterr().err

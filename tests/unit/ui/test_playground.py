@@ -239,3 +239,82 @@ def test_at_most_two_engines_stay_loaded(monkeypatch: pytest.MonkeyPatch) -> Non
     pool.release("b"), pool.release("c")
     pool.acquire("a")  # the least recently used idle one goes
     assert closed == ["a", "b"] and list(pool.engines) == ["c", "a"]
+
+
+def test_with_server_the_playground_asks_it_and_rates_through_its_feedback_route(
+    real_workspace: Path, tmp_path: Path
+) -> None:
+    """`tuneforge ui --server URL`: the serving app (a stand-in engine, in this process) answers and keeps the
+    rating in its own log, under the key the UI asked with."""
+    import httpx
+
+    from tests.unit.serve.test_app import FakeEngine
+    from tuneforge.config import ServeConfig
+    from tuneforge.serve.app import create_app as serve_app
+    from tuneforge.serve.engine import ServedModel
+    from tuneforge.serve.keys import KeyChecker, KeyFile
+    from tuneforge.serve.limits import Admission
+    from tuneforge.serve.metrics import ServerMetrics
+    from tuneforge.serve.state import AppState
+    from tuneforge.serve.store import RequestLog, database_url, read_table
+    from tuneforge.ui.chat import RemoteChat
+
+    keys = KeyFile(tmp_path / "keys.json")
+    alice, bob = keys.create("alice"), keys.create("bob")
+    url = database_url(str(tmp_path / "log.sqlite"))
+    log = RequestLog(url)
+    engine = FakeEngine()
+    engine.models["chat"] = ServedModel("chat", "generate")  # the run's served name
+    state = AppState(
+        engine=engine,  # type: ignore[arg-type]
+        cfg=ServeConfig(),
+        keys=KeyChecker(keys),
+        log=log,
+        admission=Admission(8, 4),
+        metrics=ServerMetrics(lambda: 0.0),
+    )
+    asgi, _ = serve_app(state)
+    c = client(real_workspace, server="http://serve")
+    app = c.app
+    app.state.chat = RemoteChat("http://serve", alice, transport=httpx.ASGITransport(asgi))  # type: ignore[attr-defined]
+    assert "Answers from the server http://serve" in c.get("/playground?path=runs/chat").text
+    token = csrf(c)
+    form = {"csrf_token": token, "path": "runs/chat", "prompt": "say red", "max_new_tokens": "4"}
+    events = _events(c.post("/playground/stream", data=form).text)
+    rid = events[0][1]["id"]
+    assert events == [
+        ("start", {"id": rid, "model": "chat"}),
+        ("delta", {"text": "a"}),
+        ("delta", {"text": "b"}),
+        ("done", {"prompt_tokens": 7, "completion_tokens": 2, "finish_reason": "length"}),
+    ]
+    rate = {"csrf_token": token, "request_id": rid, "rating": "bad", "correction": "red"}
+    r = c.post("/playground/rate", data=rate, headers=JSON)
+    assert r.json() == {"saved": "bad", "corrected": True, "into": "the server http://serve"}
+    # the server's own rules apply: another key may not rate alice's answer
+    app.state.chat = RemoteChat("http://serve", bob, transport=httpx.ASGITransport(asgi))  # type: ignore[attr-defined]
+    r = c.post("/playground/rate", data=rate, headers=JSON)
+    assert r.status_code == 400 and r.json()["error"] == (
+        f"--server: http://serve answered 403: request {rid!r} was made with another API key; feedback "
+        "comes from the key that asked, or a reviewer key"
+    )
+    events = _events(c.post("/playground/stream", data=form | {"prompt": "boom"}).text)
+    assert events[-1][0] == "error" and "internal error: RuntimeError" in events[-1][1]["message"]
+    log.close()
+    [fb] = read_table(url, "feedback")
+    assert (fb["request_id"], fb["key_name"], fb["rating"], fb["correction"]) == (rid, "alice", -1, '"red"')
+    rows = [(r["id"] == rid, r["key_name"], r["status"]) for r in read_table(url, "requests")]
+    assert rows == [(True, "alice", 200), (False, "alice", 500)]
+
+
+def test_ui_options_server_must_be_a_url_and_log_is_for_the_engine_in_this_process(tmp_path: Path) -> None:
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.ui.app import create_app, serve_ui
+
+    with pytest.raises(TuneforgeError, match="--server localhost:8000 is not a URL"):
+        serve_ui(tmp_path, host="127.0.0.1", port=0, keys_file=None, server="localhost:8000")
+    with pytest.raises(TuneforgeError, match="--log is where the playground in this process writes"):
+        serve_ui(tmp_path, host="127.0.0.1", port=0, keys_file=None, server="http://x", log="a.sqlite")
+    chat = create_app(tmp_path, log=str(tmp_path / "deployment.sqlite")).state.chat
+    assert chat.where() == f"the request log sqlite:///{tmp_path / 'deployment.sqlite'}"
+    assert not (tmp_path / "deployment.sqlite").exists()  # opened on the first answer, not before

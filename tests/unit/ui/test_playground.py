@@ -304,7 +304,11 @@ def test_with_server_the_playground_asks_it_and_rates_through_its_feedback_route
     [fb] = read_table(url, "feedback")
     assert (fb["request_id"], fb["key_name"], fb["rating"], fb["correction"]) == (rid, "alice", -1, '"red"')
     rows = [(r["id"] == rid, r["key_name"], r["status"]) for r in read_table(url, "requests")]
-    assert rows == [(True, "alice", 200), (False, "alice", 500)]
+    assert rows == [
+        (True, "alice", 200),
+        (False, "bob", 403),
+        (False, "bob", 500),
+    ]  # the refusal is logged too
 
 
 def test_ui_options_server_must_be_a_url_and_log_is_for_the_engine_in_this_process(tmp_path: Path) -> None:

@@ -122,9 +122,13 @@ def create_app(
     ui = Ui(Path(workspace))
     ui.local = keys_file is None  # the playground runs only then (playground.py)
     keys = KeyChecker(KeyFile(keys_file)) if keys_file else None
-    chat: Chat = (
-        RemoteChat(server, server_key) if server else LocalChat(database_url(log or str(ui.state.path)))
-    )
+    chat: Chat
+    if server:
+        chat = RemoteChat(server, server_key)
+    elif log:
+        chat = LocalChat(database_url(log))
+    else:  # the UI's own state file: its tables and the serving stage's live side by side
+        chat = LocalChat(database_url(str(ui.state.path)), shown=f"{ui.state.path.name} (in the workspace)")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

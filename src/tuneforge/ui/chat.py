@@ -91,8 +91,10 @@ class LocalChat:
     """The serving engine in this process; each answer is a `chat` request row in the log at `log_url`
     (written by the serving stage's `RequestLog`, as `tuneforge serve` writes its own), rated there."""
 
-    def __init__(self, log_url: str) -> None:
+    def __init__(self, log_url: str, shown: str | None = None) -> None:
         self.log_url = log_url
+        self.shown = shown
+        """How pages name the log (default: its URL, a password hidden)."""
         self.pool = EnginePool()
         self._log: Any = None
         self._log_lock = threading.Lock()
@@ -100,7 +102,8 @@ class LocalChat:
     def where(self) -> str:
         import sqlalchemy as sa
 
-        return "the request log " + sa.engine.make_url(self.log_url).render_as_string(hide_password=True)
+        shown = self.shown or sa.engine.make_url(self.log_url).render_as_string(hide_password=True)
+        return f"the request log {shown}"
 
     def log(self) -> Any:
         """The request log, opened on first use (a UI that never runs the playground opens none)."""

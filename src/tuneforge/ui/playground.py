@@ -160,19 +160,23 @@ def _event(kind: str, data: dict[str, Any]) -> str:
 @router.post("/playground/stream")
 async def playground_stream(request: Request) -> Response:
     """One side's answer as server-sent events while it is produced: `start` (the request id a rating
-    names), `delta` events (text, control characters shown as \\xNN as the page shows them), then `done`
-    (token counts, finish reason) or `error`. A refused request (bad settings, no CSRF token) is the same
-    error page as the form's."""
+    names, the model's label), `delta` events (text, control characters shown as \\xNN as the page shows
+    them), then `done` (token counts, finish reason) or `error`. A refused request (bad settings, no CSRF
+    token) is the same error page as the form's."""
     from tuneforge.evaluation.report.render import visible
 
     rel, form, messages, settings = await _ask(request)
-    target, _ = await run_in_threadpool(_target, request, form.get("target") or rel)
+    target, label = await run_in_threadpool(_target, request, form.get("target") or rel)
     chat = _chat(request)
 
     async def events() -> AsyncIterator[str]:
         try:
             async for kind, data in chat.stream(target, messages, settings):
-                yield _event(kind, {"text": visible(data["text"])} if kind == "delta" else data)
+                if kind == "delta":
+                    data = {"text": visible(data["text"])}
+                elif kind == "start":
+                    data = data | {"label": label}  # the heading the page's form post would show
+                yield _event(kind, data)
         except TuneforgeError as err:
             yield _event("error", {"message": err.render()})
 

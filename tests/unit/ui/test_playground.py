@@ -86,7 +86,8 @@ def test_the_answer_streams_as_server_sent_events(real_workspace: Path) -> None:
     ]
     kinds = [k for k, _ in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) == {"delta"} and len(kinds) >= 3
-    assert events[0][1]["model"] == "chat" and events[0][1]["id"].startswith("chatcmpl-")
+    assert events[0][1]["model"] == "chat" and events[0][1]["label"] == "runs/chat"
+    assert events[0][1]["id"].startswith("chatcmpl-")
     engine = TransformersEngine(resolve_targets([str(real_workspace / "runs" / "chat")]), ServeConfig())
     try:
         ids = engine.encode_chat("chat", [{"role": "user", "content": "say blue"}])
@@ -134,7 +135,8 @@ def test_a_rating_lands_in_the_serving_stages_feedback_table(real_workspace: Pat
     rate = {"csrf_token": token, "request_id": rid}
     r = c.post("/playground/rate", data=rate | {"rating": "good"}, headers=JSON)
     log = real_workspace / "tuneforge-ui.sqlite3"
-    assert r.json() == {"saved": "good", "corrected": False, "into": f"the request log sqlite:///{log}"}
+    into = "the request log tuneforge-ui.sqlite3 (in the workspace)"
+    assert r.json() == {"saved": "good", "corrected": False, "into": into}
     # a second rating of the same answer replaces the first (the server's rule: one row per request and key)
     r = c.post("/playground/rate", data=rate | {"rating": "bad", "correction": " red red ok "}, headers=JSON)
     assert r.json()["corrected"] is True
@@ -283,7 +285,7 @@ def test_with_server_the_playground_asks_it_and_rates_through_its_feedback_route
     events = _events(c.post("/playground/stream", data=form).text)
     rid = events[0][1]["id"]
     assert events == [
-        ("start", {"id": rid, "model": "chat"}),
+        ("start", {"id": rid, "model": "chat", "label": "runs/chat"}),
         ("delta", {"text": "a"}),
         ("delta", {"text": "b"}),
         ("done", {"prompt_tokens": 7, "completion_tokens": 2, "finish_reason": "length"}),

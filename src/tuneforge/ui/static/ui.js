@@ -39,7 +39,10 @@ async function streamSide(form, box) {
       buffer = buffer.slice(cut + 2);
       const kind = (block.match(/^event: (.*)$/m) || [])[1];
       const data = JSON.parse((block.match(/^data: (.*)$/m) || [])[1] || "{}");
-      if (kind === "start") rating.elements.request_id.value = data.id;
+      if (kind === "start") {
+        rating.elements.request_id.value = data.id;
+        box.querySelector("h3").textContent = data.label;
+      }
       if (kind === "delta") text.textContent += data.text;
       if (kind === "done") {
         info.textContent = `${data.completion_tokens} tokens after a ${data.prompt_tokens}-token prompt; stopped by ${data.finish_reason} (streamed).`;

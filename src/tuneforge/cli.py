@@ -549,11 +549,30 @@ def ui(
         Path | None,
         typer.Option(help="Serving keys file (tuneforge keys create): pages need a login with one."),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="Playground: ask this running `tuneforge serve` (http://HOST:PORT), rate through it."
+        ),
+    ] = None,
+    server_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TUNEFORGE_SERVER_KEY", help="With --server: the API key the playground asks with."
+        ),
+    ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="Playground without --server: the request log its answers and ratings go to (a database URL "
+            "or SQLite file, e.g. a deployment's serve.log_db; default: the UI's tuneforge-ui.sqlite3)."
+        ),
+    ] = None,
 ) -> None:
-    """Web pages over a workspace: runs with live curves, datasets, blind human A/B rating."""
+    """Web pages over a workspace: runs with live curves, datasets, blind human A/B rating, a playground."""
     from tuneforge.ui.app import serve_ui
 
-    serve_ui(workspace, host=host, port=port, keys_file=keys)
+    serve_ui(workspace, host=host, port=port, keys_file=keys, server=server, server_key=server_key, log=log)
 
 
 keys_app = typer.Typer(help="API keys of the server: create, list, revoke.", no_args_is_help=True)

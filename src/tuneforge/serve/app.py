@@ -248,10 +248,7 @@ def create_app(state: AppState) -> Any:
                 problem = correction_problem(body.correction, seen.endpoint, labels, seen.inputs)
                 if problem is not None:
                     raise APIError(422, problem, code="invalid_correction")
-                answer_text = isinstance(body.correction, str) and seen.endpoint != "classify"
-                # A corrected answer is text like the answer it replaces: the log's redaction applies.
-                fixed = log.redact(body.correction) if answer_text else body.correction  # type: ignore[arg-type]
-                correction = json.dumps(fixed, ensure_ascii=False)
+                correction = log.correction_json(body.correction, seen.endpoint)
             log.log_feedback(
                 request_id=body.request_id,
                 key_name=key,

@@ -214,6 +214,12 @@ class RequestLog:
             row.setdefault(field, None)
         self._put(feedback_table, row)
 
+    def correction_json(self, correction: Any, endpoint: str | None) -> str:
+        """A checked correction as the feedback table stores it: JSON, an answer's text redacted like the
+        answer it replaces (a label or value is not text anyone wrote)."""
+        answer_text = isinstance(correction, str) and endpoint != "classify"
+        return json.dumps(self.redact(correction) if answer_text else correction, ensure_ascii=False)
+
     def log_shadow(self, **row: Any) -> None:
         """Queue a challenger's answer (serve.shadow), its text kept and redacted like a request's."""
         row.setdefault("time", datetime.now(UTC))

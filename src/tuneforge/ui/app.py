@@ -7,6 +7,8 @@ artifact (artifacts.py's contracts, workspace.py) and hand it to the stage's own
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ from tuneforge.artifacts import DatasetDir, RunDir
 from tuneforge.data.annotation import AnnotationStore
 from tuneforge.errors import TuneforgeError
 from tuneforge.serve.keys import KeyChecker, KeyFile
+from tuneforge.serve.store import database_url
 from tuneforge.ui import security
+from tuneforge.ui.chat import Chat, LocalChat, RemoteChat
 from tuneforge.ui.state import UiState
 from tuneforge.workspace import resolve_inside
 
@@ -88,9 +92,20 @@ class Ui:
 
 
 def create_app(
-    workspace: str | Path, *, keys_file: str | Path | None = None, allowed_hosts: list[str] | None = None
+    workspace: str | Path,
+    *,
+    keys_file: str | Path | None = None,
+    allowed_hosts: list[str] | None = None,
+    server: str | None = None,
+    server_key: str | None = None,
+    log: str | None = None,
 ) -> FastAPI:
-    """The UI over `workspace`; with `keys_file`, every page needs a login with one of its keys."""
+    """The UI over `workspace`; with `keys_file`, every page needs a login with one of its keys.
+
+    The playground asks `server` (a running `tuneforge serve`) when given, else the serving engine in this
+    process, whose answers and ratings go to the request log `log` (a SQLAlchemy URL or a SQLite path;
+    default: the UI's own SQLite file in the workspace).
+    """
     from tuneforge.ui import (
         annotate,
         compare,
@@ -107,8 +122,23 @@ def create_app(
     ui = Ui(Path(workspace))
     ui.local = keys_file is None  # the playground runs only then (playground.py)
     keys = KeyChecker(KeyFile(keys_file)) if keys_file else None
-    app = FastAPI(title="tuneforge", docs_url=None, redoc_url=None, openapi_url=None)
+    chat: Chat
+    if server:
+        chat = RemoteChat(server, server_key)
+    elif log:
+        chat = LocalChat(database_url(log))
+    else:  # the UI's own state file: its tables and the serving stage's live side by side
+        chat = LocalChat(database_url(str(ui.state.path)), shown=f"{ui.state.path.name} (in the workspace)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        chat.close()  # the playground's log writes what it still holds
+
+    app = FastAPI(title="tuneforge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.ui = ui
+    app.state.chat = chat
+    app.state.remote = server is not None
     app.middleware("http")(security.middleware(keys, ui.state.session_key))
     # Bound to localhost, only requests naming localhost are served: a web page that rebinds its own DNS
     # name to 127.0.0.1 cannot read the UI.
@@ -162,7 +192,16 @@ def create_app(
     return app
 
 
-def serve_ui(workspace: Path, *, host: str, port: int, keys_file: Path | None) -> None:
+def serve_ui(
+    workspace: Path,
+    *,
+    host: str,
+    port: int,
+    keys_file: Path | None,
+    server: str | None = None,
+    server_key: str | None = None,
+    log: str | None = None,
+) -> None:
     """Serve the UI with uvicorn; beyond localhost only with the serving stage's keys."""
     import uvicorn
 
@@ -178,7 +217,25 @@ def serve_ui(workspace: Path, *, host: str, port: int, keys_file: Path | None) -
             fix="create one with `tuneforge keys create NAME --keys FILE` and pass --keys FILE, "
             "or leave --host at 127.0.0.1",
         )
-    app = create_app(workspace, keys_file=keys_file, allowed_hosts=LOCAL_HOSTS if local else None)
+    if server is not None and not server.startswith(("http://", "https://")):
+        raise TuneforgeError(
+            f"--server {server} is not a URL", where="--server", fix="pass e.g. http://127.0.0.1:8000"
+        )
+    if server is not None and log is not None:
+        raise TuneforgeError(
+            "--log is where the playground in this process writes; with --server the server's own log keeps "
+            "the answers and ratings",
+            where="--log",
+            fix="drop --log (or --server)",
+        )
+    app = create_app(
+        workspace,
+        keys_file=keys_file,
+        allowed_hosts=LOCAL_HOSTS if local else None,
+        server=server,
+        server_key=server_key,
+        log=log,
+    )
     sock = bind(host, port)  # a taken port is one clear error line, before anything else starts
     import threading
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -44,6 +45,8 @@ KEYS = {
     "max_length": "model.max_length",
     "eval_every": "train.eval_every",
 }
+RESUMABLE = ("interrupted", "crashed")
+"""Run states `tuneforge train --resume` continues from the last checkpoint (the Resume button's)."""
 START_WAIT_S = 180  # how long the form waits for the child to create its run folder
 
 
@@ -153,10 +156,18 @@ def _start(ui: Any, raw: dict[str, Any], cfg: Any) -> Path:
     config = _claim(folder, out.name + ".yaml")  # a new file: an existing config is never overwritten
     config.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
     log = _claim(folder, config.stem + ".log")
+    _train(ui, [str(config)], log, ready=lambda: RunDir.is_run(out) or (out / "config.yaml").is_file())
+    return out
+
+
+def _train(ui: Any, args: list[str], log: Path, ready: Callable[[], bool]) -> None:
+    """Start `tuneforge train ARGS` as its own process (output appended to `log`) and wait until `ready()`,
+    or say why it stopped first (the end of its log)."""
+    start = log.stat().st_size if log.exists() else 0
     with log.open("ab") as sink:
         # Its own session: the run goes on when the UI stops, and a Ctrl-C on the UI does not reach it.
         child = subprocess.Popen(
-            [sys.executable, "-m", "tuneforge", "train", str(config)],
+            [sys.executable, "-m", "tuneforge", "train", *args],
             cwd=ui.workspace,
             stdin=subprocess.DEVNULL,
             stdout=sink,
@@ -165,18 +176,19 @@ def _start(ui: Any, raw: dict[str, Any], cfg: Any) -> Path:
         )
     threading.Thread(target=child.wait, daemon=True).start()  # reaped: an ended child is no zombie "alive"
     deadline = time.monotonic() + START_WAIT_S
-    while not (RunDir.is_run(out) or (out / "config.yaml").is_file()):
+    while not ready():
         code = child.poll()
-        if code is not None and not RunDir.is_run(out):
-            tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        if code is not None and not ready():
+            with log.open("rb") as f:
+                f.seek(start)
+                tail = f.read().decode("utf-8", errors="replace")[-3000:]
             raise TuneforgeError(
-                f"`tuneforge train {ui.rel(config)}` stopped before the run started (exit {code}):\n{tail}",
+                f"`tuneforge train {' '.join(args)}` stopped before the run started (exit {code}):\n{tail}",
                 where=ui.rel(log),
             )
         if time.monotonic() > deadline:
             break  # still loading: the run page says so until its folder exists
         time.sleep(0.2)
-    return out
 
 
 def trainer_pid(run: RunDir) -> int | None:
@@ -196,3 +208,34 @@ async def stop(request: Request) -> Response:
         raise TuneforgeError(f"run {ui.rel(run.path)} is not training now", where="path")
     os.kill(pid, signal.SIGTERM)
     return RedirectResponse("/run?" + urlencode({"path": ui.rel(run.path)}), status_code=303)
+
+
+@router.post("/run/resume")
+async def resume(request: Request) -> Response:
+    """Continue an interrupted run (Stop, or any SIGTERM) from its last checkpoint: `tuneforge train
+    RUN/config.yaml --resume`, the trainer's own exact resume, as a child process like a new run."""
+    form = await security.checked_form(request)
+    ui = request.app.state.ui
+    run = ui.run(form.get("path", ""))
+    await run_in_threadpool(_resume, ui, run)
+    return RedirectResponse("/run?" + urlencode({"path": ui.rel(run.path)}), status_code=303)
+
+
+def _resume(ui: Any, run: RunDir) -> None:
+    from tuneforge.train.watch import run_state
+    from tuneforge.ui.upload import _claim
+
+    state = run_state(run)
+    if state.state not in RESUMABLE:
+        raise TuneforgeError(
+            f"run {ui.rel(run.path)} is {state.state}: only an interrupted run (stopped by a signal) or a "
+            "crashed one (its trainer killed) resumes",
+            where="path",
+        )
+    folder = ui.workspace / CONFIGS
+    folder.mkdir(exist_ok=True)
+    log = folder / f"{run.path.name}.log"  # where the UI's start wrote: one log per run, resumes appended
+    if not log.exists():
+        log = _claim(folder, log.name)
+    # Ready once the new trainer holds the run (or, a short run, already ended it).
+    _train(ui, [str(run.config_path), "--resume"], log, ready=lambda: run_state(run).state not in RESUMABLE)

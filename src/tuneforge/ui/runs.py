@@ -16,6 +16,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.train.watch import last_record, metrics_so_far, run_state
 from tuneforge.ui import security
 from tuneforge.ui.charts import training_charts
+from tuneforge.ui.launch import RESUMABLE
 from tuneforge.workspace import find_artifacts
 
 router = APIRouter()
@@ -204,6 +205,7 @@ def run_page(request: Request, path: str = "") -> Response:
         has_human=(run.path / "human-eval" / "key.json").is_file(),
         has_monitor=(run.path / "monitor").is_dir(),
         can_chat=ui.local and state.state == "completed" and manifest.get("task") == "causal-lm",
+        resumable=RESUMABLE,
         charts=training_charts(metrics_so_far(run)),
         poll_s=POLL_S,
     )

@@ -82,4 +82,5 @@ def test_upload_prepare_start_watch_and_stop_a_run(
         page.reload()
         assert page.locator(".banner b").inner_text() == "interrupted"
         assert page.locator("#stop").count() == 0
+        assert page.locator("#resume").inner_text() == "Resume"  # what it does: test_launch.py
         page.close()

@@ -5,6 +5,7 @@ Each saves screenshots at desktop and phone width into $TUNEFORGE_UI_SCREENSHOTS
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -110,8 +111,12 @@ def test_read_a_runs_monitor_report(monitored: Path, browser, shots: Path) -> No
         page.close()
 
 
-def test_ask_a_run_in_the_playground(real_workspace: Path, browser, shots: Path) -> None:
+def test_ask_a_run_and_its_base_side_by_side_and_rate_the_answers(
+    real_workspace: Path, browser, shots: Path
+) -> None:
     from playwright.sync_api import expect
+
+    from tuneforge.serve.store import database_url, read_table
 
     with serve(real_workspace) as url:
         page = browser.new_page(viewport=SIZES["desktop"])
@@ -121,13 +126,35 @@ def test_ask_a_run_in_the_playground(real_workspace: Path, browser, shots: Path)
         page.click("text=Playground")
         page.fill("textarea[name=prompt]", "say red <script>alert(1)</script>")
         page.fill("input[name=max_new_tokens]", "8")
+        page.select_option("select[name=other]", "base:runs/chat")
         page.click("text=Send")
-        expect(page.locator("#answer")).to_be_visible(timeout=60000)
-        assert page.locator("textarea[name=prompt]").input_value() == "say red <script>alert(1)</script>"
-        expect(page.locator("#answer ~ p")).to_contain_text("tokens after a")
-        # streamed into this page (server-sent events), not a new page from the form post
-        expect(page.locator("#answer ~ p")).to_contain_text("(streamed)")
+        sides = page.locator("#answers section.answer")
+        expect(sides).to_have_count(2)
+        # streamed into this page (server-sent events), both sides, not a new page from the form post
+        for i in range(2):
+            expect(sides.nth(i).locator(".answer-info")).to_contain_text("(streamed)", timeout=60000)
         assert page.url == f"{url}/playground?path=runs/chat"
+        assert page.locator("textarea[name=prompt]").input_value() == "say red <script>alert(1)</script>"
+        assert sides.nth(0).locator("h3").inner_text() == "runs/chat"
+        assert sides.nth(1).locator("h3").inner_text().startswith("base model ")
+        ids = [sides.nth(i).locator("input[name=request_id]").input_value() for i in range(2)]
+        sides.nth(0).locator("button[value=good]").click()
+        expect(sides.nth(0).locator(".rated")).to_have_text("saved: good")
+        sides.nth(1).locator("summary").click()
+        sides.nth(1).locator("textarea[name=correction]").fill("red red ok")
+        sides.nth(1).locator("button[value=bad]").click()
+        expect(sides.nth(1).locator(".rated")).to_have_text("saved: bad, with the correction")
         assert dialogs == []
         _both(page, shots, "playground")
         page.close()
+        # the serving stage's feedback table in the UI's SQLite file (its writer thread writes in a moment)
+        log = database_url(str(real_workspace / "tuneforge-ui.sqlite3"))
+        for _ in range(100):
+            rows = read_table(log, "feedback")
+            if len(rows) == 2:
+                break
+            time.sleep(0.1)
+        got = sorted((r["request_id"], r["key_name"], r["rating"], r["correction"]) for r in rows)
+        assert got == sorted([(ids[0], "ui:local", 1, None), (ids[1], "ui:local", -1, '"red red ok"')])
+        asked = {r["id"]: (r["model"], r["status"], r["key_name"]) for r in read_table(log, "requests")}
+        assert asked[ids[0]] == ("chat", 200, "ui:local") and asked[ids[1]][1:] == (200, "ui:local")

@@ -173,3 +173,22 @@ def test_new_run_estimates_refuses_what_the_config_refuses_and_starts_then_stops
     assert "SIGTERM: finishing the current step and saving a checkpoint" in log
     r = c.post("/run/stop", data={"csrf_token": csrf(c), "path": "runs/ui-run"})
     assert r.status_code == 400 and "run runs/ui-run is not training now" in r.text
+
+    # Resume: the trainer's own --resume, from the checkpoint the SIGTERM saved
+    from tuneforge.train.watch import metrics_so_far
+
+    stopped = json.loads(run.manifest_path.read_text())["step"]
+    page = c.get("/run", params={"path": "runs/ui-run"}).text
+    assert 'id="resume"' in page and 'id="stop"' not in page
+    r = c.post("/run/resume", data={"csrf_token": csrf(c), "path": "runs/ui-run"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/run?path=runs%2Fui-run"
+    assert "<b>training</b>" in c.get("/run", params={"path": "runs/ui-run"}).text
+    wait_for(lambda: any(m.get("step", 0) > stopped for m in metrics_so_far(run)))
+    log = (real_workspace / "configs" / "ui-run.log").read_text()
+    assert f"resuming from {run.checkpoints}" in log
+    r = c.post("/run/stop", data={"csrf_token": csrf(c), "path": "runs/ui-run"}, follow_redirects=False)
+    wait_for(lambda: json.loads(run.manifest_path.read_text()).get("status") == "interrupted")
+    r = c.post("/run/resume", data={"csrf_token": csrf(c), "path": "runs/chat"})
+    assert r.status_code == 400 and (
+        "run runs/chat is completed: only an interrupted run (stopped by a signal) or a crashed one" in r.text
+    )

@@ -207,8 +207,10 @@ def test_every_post_needs_the_csrf_token(real_workspace: Path) -> None:
         "/logout",
         "/new",
         "/playground",
+        "/playground/rate",
         "/playground/stream",
         "/prepare",
+        "/run/resume",
         "/run/stop",
         "/upload",
     ]

@@ -176,7 +176,7 @@ def metrics(world: dict[str, Any]) -> str:
 
 
 def monitor_report(run: Path, auc: float, drift: bool) -> None:
-    """The parts of RUN/monitor/<window>/report.json the server reads (`tuneforge monitor` writes the whole)."""
+    """The parts of RUN/monitor/<window>/report.json the server reads (`tuneforge monitor` writes all)."""
     from tuneforge.artifacts import write_json_atomic
 
     tests = {

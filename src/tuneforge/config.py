@@ -414,6 +414,8 @@ class ServeConfig(Section):
 AlertMetric = Literal[
     "embedding_drift",
     "prompt_length_drift",
+    "script_mix_drift",
+    "language_mix_drift",
     "label_drift",
     "answer_length_drift",
     "unseen_token_rate",

@@ -22,13 +22,14 @@ from tuneforge.monitor.drift import (
 )
 from tuneforge.monitor.log import Traffic, is_error, log_label, read_traffic
 from tuneforge.monitor.reference import Reference, load_reference
-from tuneforge.monitor.text import is_refusal, script_mix
+from tuneforge.monitor.text import is_refusal, language_mix, script_mix
 from tuneforge.monitor.window import Window
 
 DRIFT_ALERTS = (
     "embedding_drift",
     "prompt_length_drift",
     "script_mix_drift",
+    "language_mix_drift",
     "label_drift",
     "answer_length_drift",
 )
@@ -98,11 +99,18 @@ def input_section(
             "prompt script mix", ref_scripts, live_scripts, need=need, alpha=alpha["script_mix_drift"]
         )
     )
+    ref_langs, live_langs = language_mix(ref.inputs), language_mix(live)
+    tests.append(
+        categorical_drift(
+            "prompt language mix", ref_langs, live_langs, need=need, alpha=alpha["language_mix_drift"]
+        )
+    )
     chars = set("".join(ref.inputs))
     tokens = {t for ids in ref_ids for t in ids}
     out: dict[str, Any] = {
         "prompt_tokens": {"reference": summary(ref_len), "live": summary(live_len)},
         "scripts": {"reference": dict(ref_scripts), "live": dict(live_scripts)},
+        "languages": {"reference": dict(ref_langs), "live": dict(live_langs)},
         "unseen_characters": {
             "live": unseen_rate(chars, [list(t) for t in live]),
             "held_out": unseen_rate(chars, [list(t) for t in ref.held_out]),
@@ -293,6 +301,7 @@ def monitor(
     keys = {
         "prompt length (tokens)": "prompt_length_drift",
         "prompt script mix": "script_mix_drift",
+        "prompt language mix": "language_mix_drift",
         "embedding drift": "embedding_drift",
         "embedding drift (second opinion)": "embedding_mmd",
         "predicted label mix": "label_drift",

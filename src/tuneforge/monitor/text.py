@@ -1,14 +1,20 @@
-"""Two text heuristics the report needs: which writing system a prompt is in, and whether an answer refuses.
+"""Three text measures the report needs: a prompt's script, its language, and whether an answer refuses.
 
-Both are hand-written because no maintained library in the environment does either cheaply: language
-detectors (langdetect, fasttext's lid model) guess languages, not scripts, and need a model or a large
-profile set; `unicodedata.name` already carries each letter's script as the first word of its name.
+The script is hand-written because no library does it more simply: `unicodedata.name` already carries each
+letter's script as the first word of its name. The language is py3langid's (BSD-3-Clause, a fork of
+langid.py with its model inside the wheel: offline, numpy only, ~0.2 ms a prompt, 97 languages) rather than
+lingua-language-detector, whose models are ~100 MB, or langdetect, which is unmaintained and not
+deterministic without a global seed. Script and language answer different questions: German prompts to an
+English model keep the Latin script, and only the language mix shows them.
+
 """
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections import Counter
+from typing import Any
 
 SCRIPTS = {"HIRAGANA": "Japanese kana", "KATAKANA": "Japanese kana", "CJK": "CJK (Han)", "HANGUL": "Hangul"}
 """Names whose first word is not the script's usual name; every other script is its name's first word."""
@@ -46,6 +52,32 @@ def script_of(text: str) -> str:
 def script_mix(texts: list[str]) -> Counter[str]:
     """How many texts are written mostly in each script."""
     return Counter(script_of(t) for t in texts)
+
+
+UNDETERMINED = "und"
+"""The language of a text py3langid is not sure of (ISO 639-2's code for "undetermined")."""
+MIN_CONFIDENCE = 0.1
+"""Below this probability of its best language a text is undetermined: "ok" or "thx" name no language."""
+
+
+@functools.cache
+def _identifier() -> Any:
+    # Loaded once per process (decompressing the model takes a second or two), only when a report needs it.
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True, min_confidence=MIN_CONFIDENCE)
+
+
+def language_of(text: str) -> str:
+    """The text's language as an ISO 639-1 code ("und" when unsure, "none" when it has no letters)."""
+    if not any(ch.isalpha() for ch in text):
+        return "none"
+    return str(_identifier().classify(text)[0])
+
+
+def language_mix(texts: list[str]) -> Counter[str]:
+    """How many texts are in each language."""
+    return Counter(language_of(t) for t in texts)
 
 
 def is_refusal(answer: str) -> bool:

@@ -209,7 +209,8 @@ def output_blocks(out: dict[str, Any]) -> list[Any]:
                 "list",
                 [
                     f"empty answers: {_pct(out['empty_rate'])}",
-                    f"refusals (answer opens like one; a heuristic): {_pct(refusals.get('live'))} "
+                    "refusals (answer opens like one in en, de, fr or es; a heuristic): "
+                    f"{_pct(refusals.get('live'))} "
                     f"(training answers: {_pct(refusals.get('reference'))})",
                     f"finish reasons: {reasons}",
                 ],

@@ -19,24 +19,64 @@ from typing import Any
 SCRIPTS = {"HIRAGANA": "Japanese kana", "KATAKANA": "Japanese kana", "CJK": "CJK (Han)", "HANGUL": "Hangul"}
 """Names whose first word is not the script's usual name; every other script is its name's first word."""
 
-REFUSALS = (
-    "i can't",
-    "i cannot",
-    "i can not",
-    "i'm not able to",
-    "i am not able to",
-    "i'm unable to",
-    "i am unable to",
-    "i won't",
-    "i will not",
-    "sorry, i can",
-    "i'm sorry, but",
-    "i am sorry, but",
-    "as an ai",
-    "as a language model",
-    "i apologize, but",
-)
-"""Openings of a refusal, lower-cased, with straight apostrophes."""
+REFUSALS: dict[str, tuple[str, ...]] = {
+    "en": (
+        "i can't",
+        "i cannot",
+        "i can not",
+        "i'm not able to",
+        "i am not able to",
+        "i'm unable to",
+        "i am unable to",
+        "i won't",
+        "i will not",
+        "sorry, i can",
+        "i'm sorry, but",
+        "i am sorry, but",
+        "as an ai",
+        "as a language model",
+        "i apologize, but",
+    ),
+    "de": (
+        "ich kann nicht",
+        "ich kann dir nicht",
+        "ich kann ihnen nicht",
+        "das kann ich nicht",
+        "ich bin nicht in der lage",
+        "ich werde nicht",
+        "leider kann ich",
+        "es tut mir leid, aber",
+        "entschuldigung, aber",
+        "als ki",
+        "als sprachmodell",
+    ),
+    "fr": (
+        "je ne peux pas",
+        "je ne suis pas en mesure",
+        "je ne vais pas",
+        "désolé, mais",
+        "désolée, mais",
+        "je suis désolé, mais",
+        "je suis désolée, mais",
+        "malheureusement, je ne peux",
+        "en tant qu'ia",
+        "en tant que modèle de langage",
+    ),
+    "es": (
+        "no puedo",
+        "no estoy en condiciones",
+        "no me es posible",
+        "lo siento, pero",
+        "lo siento, no puedo",
+        "lamentablemente, no puedo",
+        "como ia",
+        "como modelo de lenguaje",
+    ),
+}
+"""Openings of a refusal per language, lower-cased, with straight apostrophes. Adding a language is one
+entry: a model answers in its user's language, so a refusal in any of them counts (no per-answer language
+guess is needed, and an English refusal inside a German deployment is still one)."""
+_OPENINGS = tuple(o for openings in REFUSALS.values() for o in openings)
 
 
 def script_of(text: str) -> str:
@@ -83,9 +123,10 @@ def language_mix(texts: list[str]) -> Counter[str]:
 def is_refusal(answer: str) -> bool:
     """Whether an answer opens like a refusal.
 
-    A heuristic: a fixed list of English openings, checked only at the start of the answer (a refusal
-    quoted later in a helpful answer is not one). It misses refusals in other languages or phrasings and can
-    flag an answer that starts with "I cannot stress enough"; it is a rate to watch move, not a classifier.
+    A heuristic: fixed openings in English, German, French and Spanish (`REFUSALS`), checked only at the
+    start of the answer (a refusal quoted later in a helpful answer is not one). It misses other languages
+    and phrasings and can flag an answer that starts with "I cannot stress enough" or "No puedo esperar";
+    it is a rate to watch move, not a classifier.
     """
     start = answer.lstrip().lower().replace("\u2019", "'")[:64]
-    return start.startswith(REFUSALS)
+    return start.startswith(_OPENINGS)

@@ -256,7 +256,10 @@ def test_a_chat_generator_gets_answer_length_empty_answers_and_finish_reasons(
     assert out["empty_rate"] == 0.25 and out["finish_reasons"] == {"length": 90, "stop": 30}
     assert out["refusal_rate"] == {"live": 20 / 120, "reference": 0.0}
     md = (run / "monitor" / DAY.name / "report.md").read_text()
-    assert "- refusals (answer opens like one; a heuristic): 16.67% (training answers: 0.00%)" in md
+    assert (
+        "- refusals (answer opens like one in en, de, fr or es; a heuristic): 16.67% "
+        "(training answers: 0.00%)" in md
+    )
     assert out["answer_tokens"]["live"]["n"] == 120 and out["answer_tokens"]["reference"]["n"] == 200
     t = result["tests"]["answer_length_drift"]
     assert (t["test"], t["drift"]) == ("two-sample Kolmogorov-Smirnov", True)

@@ -1,4 +1,4 @@
-"""The two text heuristics of the monitor report: a prompt's script and a refusal's opening."""
+"""The text measures of the monitor report: a prompt's script and language, and a refusal's opening."""
 
 from __future__ import annotations
 
@@ -37,3 +37,15 @@ def test_the_language_is_detected_offline_and_unsure_texts_say_so() -> None:
         "en": 1,
         "none": 1,
     }
+
+
+def test_refusals_are_recognised_in_german_french_and_spanish_too() -> None:
+    assert is_refusal("Es tut mir leid, aber das kann ich nicht beantworten.")
+    assert is_refusal("Leider kann ich Ihnen dabei nicht helfen.")
+    assert is_refusal("Je ne peux pas vous aider avec cela.")
+    assert is_refusal("Désolé, mais je n\u2019ai pas accès à votre commande.")
+    assert is_refusal("Lo siento, pero no tengo acceso a su pedido.")
+    assert is_refusal("Como IA, no tengo opiniones.")
+    assert not is_refusal("Ihr Paket ist unterwegs, ich kann nicht warten, bis Sie es haben!")
+    assert not is_refusal("Votre colis est en route.")
+    assert not is_refusal("Su pedido llega mañana.")

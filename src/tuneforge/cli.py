@@ -870,7 +870,7 @@ def retrain(
         bool, typer.Option("--dry-run", help="Show what would be trained on, and write nothing.")
     ] = False,
 ) -> None:
-    """Champion's data + retrain.data → a challenger, promoted only if better on the frozen test split."""
+    """Champion's data + retrain.data → a challenger, promoted only if better (live data may veto)."""
     from tuneforge.config import load_config
     from tuneforge.retrain import plan_retrain
     from tuneforge.retrain import retrain as run_retrain
@@ -904,6 +904,12 @@ def retrain(
     console.print(f"{registry}: {verb} version {out.version}", highlight=False)
     console.print(f"decision: {escape(d.reason)}", highlight=False, soft_wrap=True)
     console.print(f"  {escape(d.test['verdict'])}", highlight=False, soft_wrap=True)
+    if d.live is not None:
+        console.print(
+            f"live held-out ({d.live['n']} examples): {escape(d.live['verdict'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"report: {out.report.with_suffix('.md')}", highlight=False, soft_wrap=True)
 
 

@@ -414,6 +414,8 @@ class ServeConfig(Section):
 AlertMetric = Literal[
     "embedding_drift",
     "prompt_length_drift",
+    "script_mix_drift",
+    "language_mix_drift",
     "label_drift",
     "answer_length_drift",
     "unseen_token_rate",
@@ -454,6 +456,12 @@ class RetrainConfig(Section):
     data: list[str] = Field(default_factory=list)
     """New raw data files or folders (e.g. a `tuneforge feedback export`), added to the champion's training
     data; read with this config's data.* columns and cleaning."""
+    live_holdout: float = Field(0.25, ge=0, lt=1)
+    """Share of the live corrections (a `tuneforge feedback export` in `data`) held out, seeded and stratified
+    by label, to test champion and challenger on live data; the rest is trained on (0: train on all)."""
+    live_min_n: int = Field(30, ge=1)
+    """Fewest live held-out examples that are judged; fewer: "not enough data", and the frozen test alone
+    decides."""
 
 
 class SearchParam(Section):

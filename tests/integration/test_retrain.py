@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,15 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict
     new = rows(120, seed=1, start=1000)
     leaked = [dict(r) for r in test_rows[:5]]
     leaked[0]["text"] += " today"
-    write_jsonl(root / "feedback.jsonl", new + leaked)
-    (root / "better.yaml").write_text(
-        json.dumps(config(root, tiny_bert, data=[str(root / "feedback.jsonl")]))
-    )
-    better = retrain(reg, config_from_dict(config(root, tiny_bert, data=[str(root / "feedback.jsonl")])))
+    # They arrive as live corrections: a `feedback export` folder, its rows split into train and held-out.
+    export = root / "feedback"
+    export.mkdir()
+    write_jsonl(export / "classify.jsonl", new + leaked)
+    manifest = {"kind": "tuneforge.feedback-export", "files": {"classify.jsonl": len(new + leaked)}}
+    (export / "export.json").write_text(json.dumps(manifest))
+    better_cfg = config(root, tiny_bert, data=[str(export)], live_holdout=0.3)
+    (root / "better.yaml").write_text(json.dumps(better_cfg))
+    better = retrain(reg, config_from_dict(better_cfg))
 
     # Shuffled labels: each class renamed as another, in three times as many rows as the right ones.
     shuffle = dict(zip(LABELS, LABELS[1:] + LABELS[:1], strict=True))
@@ -100,12 +105,26 @@ def test_a_better_challenger_replaces_the_champion(lifecycle: dict[str, Any]) ->
     assert report["champion"]["version"] == 1 and report["challenger"]["version"] == 2
     assert report["evaluation"]["champion"]["accuracy"] == d.champion
     assert report["evaluation"]["n"] == len(lifecycle["test_rows"])
-    assert report["frozen_test"]["same_in_new_dataset"] is True
+    assert report["frozen_test"]["kept_in_new_dataset"] is True
+    # The live held-out part: 30% of the 125 corrections, 12 of each label once two copies of frozen test
+    # rows merged into them; both models on it with the same paired test, the challenger better there too.
+    assert report["live"]["held_out_as_read"] == 38 and report["evaluation"]["live"]["n"] == 36
+    live = d.live
+    assert live is not None and (live["judged"], live["n"], live["blocks"]) == (True, 36, False)
+    assert (live["champion"], live["p_value"]) == (pytest.approx(1 / 3), 0.01)
+    assert live["challenger"] == report["evaluation"]["live"]["challenger"]["accuracy"] > 0.9
+    assert live["verdict"].startswith("challenger is better in accuracy by ")
+    held = [json.loads(x) for x in (Path(report["dataset"]["path"]) / "test.jsonl").read_text().splitlines()]
+    held = [r for r in held if r not in lifecycle["test_rows"]]
+    assert sorted(Counter(r["label"] for r in held).values()) == [12, 12, 12]
     md = (out.run.path / "retrain.md").read_text()
     assert md.startswith("# Retrain of sentiment: challenger promoted\n")
     assert f"**Decision:** {d.reason}." in md
-    assert "(288 train, 36 validation, 36 test). Deduplication removed 4 exact and 0 near duplicates" in md
+    assert "(252 train, 36 validation, 72 test). Deduplication removed 4 exact and 0 near duplicates" in md
+    assert "held out (seeded, stratified by label) and kept in the test split: 36 examples" in md
+    assert f"Live test: {live['verdict']}." in md
     assert reg.version(2)["retrain"]["promoted"] is True
+    assert reg.version(2)["retrain"]["live"]["verdict"] == live["verdict"]
     assert reg.version(2)["eval"]["test"]["accuracy"] == d.challenger
 
 
@@ -147,19 +166,25 @@ def test_the_frozen_test_split_never_enters_the_challengers_training(lifecycle: 
         return {normalize_for_matching(json.loads(line)["text"]) for line in lines}
 
     test = {normalize_for_matching(r["text"]) for r in lifecycle["test_rows"]}
-    assert texts("test") == test
+    assert texts("test") >= test  # and the live held-out rows (below)
     assert not (texts("train") | texts("validation")) & test
     counts = report["dataset"]["counts"]
     # four exact copies lose to their test row in deduplication; the edited one is caught as leakage
     assert (counts["exact_duplicates"], counts["leakage_dropped"]) == (4, 1)
-    # every champion training row and every new row (less the five copies) is trained on
+    # every champion training row and every new row not held out (less the copies) is trained on
+    export = str(lifecycle["root"] / "feedback")
     assert report["sources"] == [
         {"name": "champion v1", "split": "train", "rows": 168},
         {"name": "champion v1", "split": "validation", "rows": 36},
         {"name": "champion v1", "split": "test", "rows": 36},
-        {"name": str(lifecycle["root"] / "feedback.jsonl"), "split": "train", "rows": 125},
+        {"name": export, "split": "train", "rows": 87},
+        {"name": export, "split": "live held-out (test)", "rows": 38},
     ]
-    assert report["dataset"]["splits"] == {"train": 168 + 120, "validation": 36, "test": 36}
+    # 87 trained on: less two exact copies and the edited copy of test rows; 38 held out: less two copies
+    assert report["dataset"]["splits"] == {"train": 168 + 84, "validation": 36, "test": 36 + 36}
+    # held-out rows are test rows to prepare: no training row is equal or near to one either
+    held = texts("test") - test
+    assert len(held) == 36 and not (texts("train") | texts("validation")) & held
 
 
 def test_new_data_that_would_change_the_frozen_test_split_is_refused_before_training(
@@ -169,7 +194,8 @@ def test_new_data_that_would_change_the_frozen_test_split_is_refused_before_trai
 
     reg, root = lifecycle["reg"], lifecycle["root"]
     versions = reg.versions()
-    # The frozen test split of champion v2 is v1's; a new row gives one of its texts another label.
+    # The frozen test split of champion v2 is v1's and its live held-out rows; a new row gives one of v1's
+    # test texts another label.
     test_row = lifecycle["test_rows"][0]
     other = next(x for x in LABELS if x != test_row["label"])
     write_jsonl(root / "conflict.jsonl", [*rows(30, seed=4, start=9000), {**test_row, "label": other}])
@@ -177,7 +203,7 @@ def test_new_data_that_would_change_the_frozen_test_split_is_refused_before_trai
     with pytest.raises(TuneforgeError) as err:
         retrain(reg, config_from_dict(cfg))
     assert err.value.what == (
-        "preparing the new data changed the champion's frozen test split (1 of its 36 rows lost, "
+        "preparing the new data changed the champion's frozen test split (1 of its 72 rows lost, "
         "0 changed or added): champion and challenger would not be tested on the same rows"
     )
     assert "data.label_conflicts: keep" in (err.value.fix or "")
@@ -194,13 +220,14 @@ def test_dry_run_prints_the_sources_and_writes_nothing(lifecycle: dict[str, Any]
     fingerprint = json.loads((lifecycle["worse"].run.path / "retrain.json").read_text())["frozen_test"]
     lines = r.stdout.splitlines()
     assert lines[0].startswith("champion: sentiment version 2 (")
-    assert lines[1:5] == [
-        "  champion v2  train: 288 rows",
+    assert lines[1:6] == [
+        "  champion v2  train: 252 rows",
         "  champion v2  validation: 36 rows",
-        "  champion v2  test: 36 rows",
-        f"  {root / 'feedback.jsonl'}  train: 125 rows",
+        "  champion v2  test: 72 rows",
+        f"  {root / 'feedback'}  train: 87 rows",
+        f"  {root / 'feedback'}  live held-out (test): 38 rows",
     ]
-    assert f"(fingerprint {fingerprint['fingerprint'][:16]})" in lines[5]
+    assert f"(fingerprint {fingerprint['fingerprint'][:16]})" in lines[6]
     assert sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*")) == before
 
 
@@ -229,7 +256,7 @@ def test_a_retrain_killed_half_way_leaves_the_champion_and_registers_nothing(
         raise KeyboardInterrupt  # after the challenger was trained and evaluated, before its report
 
     monkeypatch.setattr(retrain_run, "write_report", killed)
-    cfg = config(root, tiny_bert, data=[str(root / "feedback.jsonl")], steps=2)
+    cfg = config(root, tiny_bert, data=[str(root / "feedback")], steps=2)
     with pytest.raises(KeyboardInterrupt):
         retrain_run.retrain(reg, config_from_dict(cfg))
     assert (root / "runs" / "sentiment-v4" / "run" / "final").is_dir()  # it did get that far
@@ -245,7 +272,11 @@ def test_a_retrain_killed_half_way_leaves_the_champion_and_registers_nothing(
         "sentiment: registered, not promoted: version 4",
         f"decision: {report['decision']['reason']}",
         f"  {report['decision']['test']['verdict']}",
+        # The same export, split the same way: its held-out rows are already in champion v2's test split.
+        "live held-out (0 examples): not enough data (n = 0, need ≥ 30)",
         f"report: {root / 'runs' / 'sentiment-v4' / 'run' / 'retrain.md'}",
     ]
+    md = (root / "runs" / "sentiment-v4" / "run" / "retrain.md").read_text()
+    assert "Live comparison: not enough data (n = 0, need ≥ 30); the frozen test split alone decides." in md
     assert lines[1].startswith("decision: the challenger is not better: accuracy ")
     assert reg.champion()["version"] == 2  # type: ignore[index]

@@ -170,6 +170,24 @@ def check_switch(world: dict[str, Any], traffic: dict[str, Any], old: int, new: 
     assert logged == {d["id"]: d["version"] for d in done}
 
 
+def metrics(world: dict[str, Any]) -> str:
+    headers = {"Authorization": f"Bearer {world['key']}"}
+    return httpx.get(f"{world['server'].url}/metrics", headers=headers, timeout=10).text
+
+
+def monitor_report(run: Path, auc: float, drift: bool) -> None:
+    """The parts of RUN/monitor/<window>/report.json the server reads (`tuneforge monitor` writes all)."""
+    from tuneforge.artifacts import write_json_atomic
+
+    tests = {
+        "embedding_drift": {"statistic": auc, "p_value": 0.002, "drift": drift},
+        "label_drift": {"statistic": None, "p_value": None, "drift": None},  # not enough data: no gauge
+    }
+    window = {"name": "2026-12-01T0000Z_2026-12-02T0000Z", "until": "2026-12-02T00:00:00+00:00"}
+    body = {"tests": tests, "window": window, "alerts": [{"metric": "embedding_drift"}] if drift else []}
+    write_json_atomic(run / "monitor" / window["name"] / "report.json", body)
+
+
 def test_the_champion_is_served_under_the_registry_name(world) -> None:
     assert [m.id for m in world["client"].models.list().data] == ["support"]
     assert ready(world)["registry"] == {"name": "support", "version": 1, "shadow_version": 2}
@@ -182,6 +200,15 @@ def test_the_champion_is_served_under_the_registry_name(world) -> None:
     )
     assert 'tuneforge_model_version{model="support"} 1.0' in r.text
     assert 'tuneforge_registry_pointer_ok{model="support"} 1.0' in r.text
+    assert "tuneforge_drift_score{" not in r.text  # no monitor report yet
+    # A monitor run of the served version writes its report: the running server shows its scores at once.
+    monitor_report(world["runs"][1], auc=0.93, drift=True)
+    drift = [line for line in metrics(world).splitlines() if line.startswith("tuneforge_drift")]
+    assert drift == [
+        'tuneforge_drift_score{model="support",test="embedding_drift"} 0.93',
+        'tuneforge_drift_p_value{model="support",test="embedding_drift"} 0.002',
+        'tuneforge_drift_alert{model="support",test="embedding_drift"} 1.0',
+    ]
     with pytest.raises(openai.NotFoundError, match="The model 'tiny-llama' does not exist"):
         world["client"].chat.completions.create(model="tiny-llama", messages=HELLO, max_tokens=4)
 
@@ -195,12 +222,15 @@ def test_a_promotion_with_requests_in_flight(world) -> None:
         f"{world['server'].url}/metrics", headers={"Authorization": f"Bearer {world['key']}"}, timeout=10
     )
     assert 'tuneforge_model_version{model="support"} 2.0' in r.text
+    # The drift scores are the served version's: version 2 has no monitor report yet, version 1's are gone.
+    assert "tuneforge_drift_score{" not in r.text
 
 
 def test_a_rollback_with_requests_in_flight(world) -> None:
     assert ready(world)["registry"]["version"] == 2
     traffic = traffic_during(world, lambda: world["reg"].rollback("complaints"), new=1)
     check_switch(world, traffic, old=2, new=1)
+    assert 'tuneforge_drift_score{model="support",test="embedding_drift"} 0.93' in metrics(world)
 
 
 def test_a_corrupt_pointer_keeps_the_version_and_ready_says_why(world) -> None:

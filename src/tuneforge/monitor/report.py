@@ -120,6 +120,9 @@ def build_sections(r: dict[str, Any]) -> list[Section]:
     ]
     if "scripts" in inp:  # reports written before the script mix was added lack it
         input_blocks.append(("table", mix_table("script (most letters of a prompt)", inp["scripts"])))
+    if "languages" in inp:
+        what = "language (py3langid, ISO 639-1; und: not sure)"
+        input_blocks.append(("table", mix_table(what, inp["languages"])))
     sections: list[Section] = [("Summary", summary), tests, ("Input drift", input_blocks)]
     if inp["farthest"]:
         rows = [[f["live"], f["nearest_training"], num(f["similarity"])] for f in inp["farthest"]]
@@ -206,7 +209,8 @@ def output_blocks(out: dict[str, Any]) -> list[Any]:
                 "list",
                 [
                     f"empty answers: {_pct(out['empty_rate'])}",
-                    f"refusals (answer opens like one; a heuristic): {_pct(refusals.get('live'))} "
+                    "refusals (answer opens like one in en, de, fr or es; a heuristic): "
+                    f"{_pct(refusals.get('live'))} "
                     f"(training answers: {_pct(refusals.get('reference'))})",
                     f"finish reasons: {reasons}",
                 ],

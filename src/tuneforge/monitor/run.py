@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ from tuneforge.monitor.drift import (
 )
 from tuneforge.monitor.log import Traffic, is_error, log_label, read_traffic
 from tuneforge.monitor.reference import Reference, load_reference
-from tuneforge.monitor.text import is_refusal, script_mix
+from tuneforge.monitor.text import is_refusal, language_mix, script_mix
 from tuneforge.monitor.window import Window
 
 DRIFT_ALERTS = (
     "embedding_drift",
     "prompt_length_drift",
     "script_mix_drift",
+    "language_mix_drift",
     "label_drift",
     "answer_length_drift",
 )
@@ -98,6 +100,16 @@ def input_section(
             "prompt script mix", ref_scripts, live_scripts, need=need, alpha=alpha["script_mix_drift"]
         )
     )
+    # Detected only in a window big enough to judge: loading the detector's model costs ~0.75 s of CPU, and a
+    # "not enough data" window needs no mix (the test says why without it).
+    judged = min(len(ref.inputs), len(live)) >= need
+    ref_langs = language_mix(ref.inputs) if judged else Counter({"not detected": len(ref.inputs)})
+    live_langs = language_mix(live) if judged else Counter({"not detected": len(live)})
+    tests.append(
+        categorical_drift(
+            "prompt language mix", ref_langs, live_langs, need=need, alpha=alpha["language_mix_drift"]
+        )
+    )
     chars = set("".join(ref.inputs))
     tokens = {t for ids in ref_ids for t in ids}
     out: dict[str, Any] = {
@@ -110,6 +122,8 @@ def input_section(
         "unseen_tokens": {"live": unseen_rate(tokens, live_ids), "held_out": unseen_rate(tokens, held_ids)},
         "farthest": [],
     }
+    if judged:
+        out["languages"] = {"reference": dict(ref_langs), "live": dict(live_langs)}
     emb_test = TestResult(
         "embedding drift",
         "domain classifier, 5-fold ROC AUC vs permutation null",
@@ -293,6 +307,7 @@ def monitor(
     keys = {
         "prompt length (tokens)": "prompt_length_drift",
         "prompt script mix": "script_mix_drift",
+        "prompt language mix": "language_mix_drift",
         "embedding drift": "embedding_drift",
         "embedding drift (second opinion)": "embedding_mmd",
         "predicted label mix": "label_drift",

@@ -1,36 +1,82 @@
-"""Two text heuristics the report needs: which writing system a prompt is in, and whether an answer refuses.
+"""Three text measures the report needs: a prompt's script, its language, and whether an answer refuses.
 
-Both are hand-written because no maintained library in the environment does either cheaply: language
-detectors (langdetect, fasttext's lid model) guess languages, not scripts, and need a model or a large
-profile set; `unicodedata.name` already carries each letter's script as the first word of its name.
+The script is hand-written because no library does it more simply: `unicodedata.name` already carries each
+letter's script as the first word of its name. The language is py3langid's (BSD-3-Clause, a fork of
+langid.py with its model inside the wheel: offline, numpy only, ~0.2 ms a prompt, 97 languages) rather than
+lingua-language-detector, whose models are ~100 MB, or langdetect, which is unmaintained and not
+deterministic without a global seed. Script and language answer different questions: German prompts to an
+English model keep the Latin script, and only the language mix shows them.
+
 """
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections import Counter
+from typing import Any
 
 SCRIPTS = {"HIRAGANA": "Japanese kana", "KATAKANA": "Japanese kana", "CJK": "CJK (Han)", "HANGUL": "Hangul"}
 """Names whose first word is not the script's usual name; every other script is its name's first word."""
 
-REFUSALS = (
-    "i can't",
-    "i cannot",
-    "i can not",
-    "i'm not able to",
-    "i am not able to",
-    "i'm unable to",
-    "i am unable to",
-    "i won't",
-    "i will not",
-    "sorry, i can",
-    "i'm sorry, but",
-    "i am sorry, but",
-    "as an ai",
-    "as a language model",
-    "i apologize, but",
-)
-"""Openings of a refusal, lower-cased, with straight apostrophes."""
+REFUSALS: dict[str, tuple[str, ...]] = {
+    "en": (
+        "i can't",
+        "i cannot",
+        "i can not",
+        "i'm not able to",
+        "i am not able to",
+        "i'm unable to",
+        "i am unable to",
+        "i won't",
+        "i will not",
+        "sorry, i can",
+        "i'm sorry, but",
+        "i am sorry, but",
+        "as an ai",
+        "as a language model",
+        "i apologize, but",
+    ),
+    "de": (
+        "ich kann nicht",
+        "ich kann dir nicht",
+        "ich kann ihnen nicht",
+        "das kann ich nicht",
+        "ich bin nicht in der lage",
+        "ich werde nicht",
+        "leider kann ich",
+        "es tut mir leid, aber",
+        "entschuldigung, aber",
+        "als ki",
+        "als sprachmodell",
+    ),
+    "fr": (
+        "je ne peux pas",
+        "je ne suis pas en mesure",
+        "je ne vais pas",
+        "désolé, mais",
+        "désolée, mais",
+        "je suis désolé, mais",
+        "je suis désolée, mais",
+        "malheureusement, je ne peux",
+        "en tant qu'ia",
+        "en tant que modèle de langage",
+    ),
+    "es": (
+        "no puedo",
+        "no estoy en condiciones",
+        "no me es posible",
+        "lo siento, pero",
+        "lo siento, no puedo",
+        "lamentablemente, no puedo",
+        "como ia",
+        "como modelo de lenguaje",
+    ),
+}
+"""Openings of a refusal per language, lower-cased, with straight apostrophes. Adding a language is one
+entry: a model answers in its user's language, so a refusal in any of them counts (no per-answer language
+guess is needed, and an English refusal inside a German deployment is still one)."""
+_OPENINGS = tuple(o for openings in REFUSALS.values() for o in openings)
 
 
 def script_of(text: str) -> str:
@@ -48,12 +94,39 @@ def script_mix(texts: list[str]) -> Counter[str]:
     return Counter(script_of(t) for t in texts)
 
 
+UNDETERMINED = "und"
+"""The language of a text py3langid is not sure of (ISO 639-2's code for "undetermined")."""
+MIN_CONFIDENCE = 0.1
+"""Below this probability of its best language a text is undetermined: "ok" or "thx" name no language."""
+
+
+@functools.cache
+def _identifier() -> Any:
+    # Loaded once per process (decompressing the model takes a second or two), only when a report needs it.
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True, min_confidence=MIN_CONFIDENCE)
+
+
+def language_of(text: str) -> str:
+    """The text's language as an ISO 639-1 code ("und" when unsure, "none" when it has no letters)."""
+    if not any(ch.isalpha() for ch in text):
+        return "none"
+    return str(_identifier().classify(text)[0])
+
+
+def language_mix(texts: list[str]) -> Counter[str]:
+    """How many texts are in each language."""
+    return Counter(language_of(t) for t in texts)
+
+
 def is_refusal(answer: str) -> bool:
     """Whether an answer opens like a refusal.
 
-    A heuristic: a fixed list of English openings, checked only at the start of the answer (a refusal
-    quoted later in a helpful answer is not one). It misses refusals in other languages or phrasings and can
-    flag an answer that starts with "I cannot stress enough"; it is a rate to watch move, not a classifier.
+    A heuristic: fixed openings in English, German, French and Spanish (`REFUSALS`), checked only at the
+    start of the answer (a refusal quoted later in a helpful answer is not one). It misses other languages
+    and phrasings and can flag an answer that starts with "I cannot stress enough" or "No puedo esperar";
+    it is a rate to watch move, not a classifier.
     """
     start = answer.lstrip().lower().replace("\u2019", "'")[:64]
-    return start.startswith(REFUSALS)
+    return start.startswith(_OPENINGS)

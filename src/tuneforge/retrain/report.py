@@ -1,4 +1,5 @@
-"""retrain.json and retrain.md in the challenger's run: both models' numbers, the test, the decision."""
+"""retrain.json and retrain.md in the challenger's run: both models' numbers on the frozen test split and on
+the live held-out data, the tests, the decision."""
 
 from __future__ import annotations
 
@@ -28,6 +29,47 @@ def _num(x: Any) -> str:
     return sig(float(x)) if isinstance(x, int | float) and not isinstance(x, bool) else "n/a"
 
 
+def _table(ev: dict[str, Any], metric: str) -> list[str]:
+    lines = [
+        "| metric | champion | challenger | challenger − champion [95% CI] | p |",
+        "|---|---|---|---|---|",
+    ]
+    for m in [metric, *(m for m in SHOWN if m != metric)]:
+        if m not in ev["champion"] and m not in ev["challenger"]:
+            continue
+        t = ev["paired"].get(m)
+        diff = f"{_num(t['diff'])} [{_num(t['lo'])}, {_num(t['hi'])}]" if t else ""
+        p = f"{t['p_value']:.3g}" if t and t.get("p_value") is not None else ""
+        name = f"**{m}**" if m == metric else m
+        lines.append(
+            f"| {name} | {_num(ev['champion'].get(m))} | {_num(ev['challenger'].get(m))} | {diff} | {p} |"
+        )
+    return lines
+
+
+def _live_lines(report: dict[str, Any], live: dict[str, Any] | None, d: dict[str, Any]) -> list[str]:
+    """The live held-out comparison: the same table, or why there is none."""
+    head = ["## Live held-out data", ""]
+    if live is None:
+        return [*head, "No live corrections (a `tuneforge feedback export`) among retrain.data.", ""]
+    share = f"{report['live']['holdout']:.0%}"
+    where = ", ".join(report["live"]["sources"])
+    intro = (
+        f"{share} of the corrections in {where}, held out (seeded, stratified by label) and kept in the "
+        f"test split: {live['n']} examples after deduplication and the leakage check."
+    )
+    if not live.get("judged"):
+        return [
+            *head,
+            intro,
+            "",
+            f"Live comparison: {live['reason']}; the frozen test split alone decides.",
+            "",
+        ]
+    verdict = (d.get("live") or {}).get("verdict", "")
+    return [*head, intro, "", *_table(live, d["metric"]), "", f"Live test: {verdict}.", ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     d, ev = report["decision"], report["evaluation"]
     title = "promoted" if d["promote"] else "not promoted"
@@ -47,27 +89,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Both evaluated on the champion's frozen test split: {ev['n']} examples, fingerprint "
         f"`{report['frozen_test']['fingerprint'][:16]}`.",
         "",
-        "| metric | champion | challenger | challenger − champion [95% CI] | p |",
-        "|---|---|---|---|---|",
-    ]
-    metrics = [d["metric"], *(m for m in SHOWN if m != d["metric"])]
-    for m in metrics:
-        if m not in ev["champion"] and m not in ev["challenger"]:
-            continue
-        t = ev["paired"].get(m)
-        diff = f"{_num(t['diff'])} [{_num(t['lo'])}, {_num(t['hi'])}]" if t else ""
-        p = f"{t['p_value']:.3g}" if t and t.get("p_value") is not None else ""
-        name = f"**{m}**" if m == d["metric"] else m
-        lines.append(
-            f"| {name} | {_num(ev['champion'].get(m))} | {_num(ev['challenger'].get(m))} | {diff} | {p} |"
-        )
-    lines += [
+        *_table(ev, d["metric"]),
         "",
         f"Test: {d['test'].get('test', 'paired-bootstrap')} over {d['test'].get('n')} paired examples "
         f"({ev['bootstrap']['resamples']} resamples, seed {ev['bootstrap']['seed']}): "
         f"{d['test']['verdict']}.",
-        f"Rule: promote when the challenger is better in {d['metric']} by at least retrain.min_gain "
-        f"({report['rule']['min_gain']:g}) with p < retrain.alpha ({report['rule']['alpha']:g}).",
+        "",
+        *_live_lines(report, ev.get("live"), d),
+        f"Rule: promote when the challenger is better on the frozen test split in {d['metric']} by at least "
+        f"retrain.min_gain ({report['rule']['min_gain']:g}) with p < retrain.alpha "
+        f"({report['rule']['alpha']:g}), and not significantly worse (p < retrain.alpha) on the live "
+        f"held-out data when there are at least retrain.live_min_n ({report['live']['min_n']}) examples "
+        "of it.",
         "",
         "## Training data",
         "",

@@ -1,9 +1,11 @@
 """`tuneforge retrain CONFIG --registry NAME`: a challenger trained on the champion's data plus new data,
-promoted only when it beats the champion on the champion's frozen test split.
+promoted only when it beats the champion on the champion's frozen test split and is not significantly worse
+on the held-out part of the live corrections (see `retrain.compare` for the rule and why).
 
 The recipe, top to bottom: lock the registry (for the whole retrain: a second retrain or a promotion meanwhile
 is refused), find the champion's run and dataset, prepare champion data + retrain.data through `prepare`
-(test split frozen), train the challenger, evaluate both on the frozen test split, decide, write
+(test split frozen, live held-out rows added to it), train the challenger, evaluate both on the frozen test
+split and the live held-out rows, decide, write
 retrain.json/.md, and only then register (one atomic rename) and, if better, promote. A retrain killed at any
 point before registering leaves the registry as it was: no version, no history line, the same champion.
 
@@ -27,8 +29,8 @@ from tuneforge.retrain.sources import (
     champion_of,
     check_frozen_test,
     data_config,
+    live_held_out,
     plan_sources,
-    split_fingerprint,
     write_sources,
 )
 
@@ -89,7 +91,8 @@ def retrain(reg: Registry, cfg: RunConfig, source: ConfigSource | None = None) -
             source.with_given({"data.path", "data.output_dir", "train.output_dir"}),
             overwrite=RunDir.is_run(run_dir),
         )
-        result = evaluate_pair(champion.run, run, champion.dataset, cfg)
+        live = live_held_out(plan, dataset) if plan.live else None
+        result = evaluate_pair(champion.run, run, champion.dataset, cfg, live)
         decision = decide(result, cfg)
         report = _report(reg, champion, plan, dataset, run, version, result, decision, cfg)
         write_report(run.path, report)
@@ -104,6 +107,7 @@ def retrain(reg: Registry, cfg: RunConfig, source: ConfigSource | None = None) -
             "p_value": decision.test.get("p_value"),
             "promoted": decision.promote,
             "frozen_test": plan.frozen_test,
+            "live": _live_summary(decision.live),
         }
         record = reg.register(
             run.path, reason, extra={"eval": {"test": _scalars(result["challenger"])}, "retrain": summary}
@@ -113,6 +117,18 @@ def retrain(reg: Registry, cfg: RunConfig, source: ConfigSource | None = None) -
         if decision.promote:
             reg.promote(version, reason)
     return Outcome(run, version, decision, run.path / "retrain.json")
+
+
+def _rows(path: Path) -> set[bytes]:
+    return set(path.read_bytes().splitlines())
+
+
+def _live_summary(live: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The live held-out check as the registry history keeps it (numbers, not the whole evaluation)."""
+    if live is None:
+        return None
+    keep = ("n", "judged", "champion", "challenger", "p_value", "blocks", "verdict")
+    return {k: live[k] for k in keep if k in live}
 
 
 def _report(
@@ -137,7 +153,16 @@ def _report(
             "dataset": str(champion.dataset.path.resolve()),
             "fingerprint": plan.frozen_test,
             "rows": result["n"],
-            "same_in_new_dataset": split_fingerprint(dataset.split_path("test")) == plan.frozen_test,
+            # Every frozen row is in the new test split (live held-out rows join it, nothing else).
+            "kept_in_new_dataset": _rows(champion.dataset.split_path("test"))
+            <= _rows(dataset.split_path("test")),
+        },
+        "live": {
+            "sources": plan.live,
+            "holdout": cfg.retrain.live_holdout,
+            "held_out_as_read": plan.held_out,
+            "rows": (result.get("live") or {}).get("n", 0),
+            "min_n": cfg.retrain.live_min_n,
         },
         "sources": [s.__dict__ for s in plan.sources],
         "dataset": {

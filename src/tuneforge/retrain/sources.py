@@ -3,8 +3,16 @@
 Everything goes through `prepare` once, as one raw JSON Lines source whose `tuneforge_split` column keeps
 every champion row in the split it had (data.split_column): the champion's test rows stay the test split, so
 prepare's leakage check drops any new row that duplicates one of them, and its deduplication keeps the test
-copy of a duplicate (the higher split wins). New rows all go to train. Columns are renamed to the record
-fields here; validating, cleaning and counting the rows is prepare's job, not this module's.
+copy of a duplicate (the higher split wins). New rows go to train, except the held-out part of live
+corrections. Columns are renamed to the record fields here; validating, cleaning and counting the rows is
+prepare's job, not this module's.
+
+Live corrections are a `tuneforge feedback export` folder (or a file in one) named in retrain.data. Their rows
+are split, seeded and stratified by label (`data.split.split_indices`, exact copies kept together), into a
+train part and a held-out part of retrain.live_holdout. The held-out rows join the test split, so prepare's
+deduplication and leakage check treat them exactly like the frozen test rows (no training row equal or near
+to one survives), and they stay in the challenger's test split: once held out, a row is never trained on by
+any later generation either, which keeps every later comparison on it fair.
 """
 
 from __future__ import annotations
@@ -18,14 +26,27 @@ from typing import Any
 
 from tuneforge.artifacts import SPLITS, DatasetDir, RunDir, atomic_file
 from tuneforge.config import DataConfig, RunConfig
+from tuneforge.data.dedup import normalize_for_matching
 from tuneforge.data.records import FIELDS, OPTIONAL, config_key
 from tuneforge.data.sources import read_rows
+from tuneforge.data.split import split_indices
 from tuneforge.errors import TuneforgeError
+from tuneforge.monitor.feedback import FILES as EXPORT_FILES
+from tuneforge.monitor.feedback import KIND as EXPORT_KIND
 from tuneforge.registry import Registry, registries
 
 SPLIT_COLUMN = "tuneforge_split"
 ORIGIN_COLUMN = "tuneforge_origin"  # where a row came from; rejected.jsonl shows it beside a dropped row
 GROUP = "group"  # the field a prepared record keeps its data.group_column value in
+HELD_OUT = "live held-out (test)"
+"""The split a source count shows for the held-out part of live corrections (their rows go to test)."""
+# The export file that holds each record format's corrections (an export writes one file per endpoint).
+EXPORT_FILE_OF = {
+    "classification": EXPORT_FILES["classify"],
+    "regression": EXPORT_FILES["classify"],
+    "chat": EXPORT_FILES["chat"],
+    "instruction": EXPORT_FILES["completion"],
+}
 
 
 @dataclass(frozen=True)
@@ -113,6 +134,10 @@ class Plan:
     sources: list[SourceCount] = field(default_factory=list)
     frozen_test: str = ""
     """split_fingerprint of the champion's test split."""
+    live: list[str] = field(default_factory=list)
+    """The retrain.data locations that are live corrections (feedback exports)."""
+    held_out: int = 0
+    """Live rows put in the held-out part, as read (prepare may still merge copies of test rows)."""
 
 
 def _record_columns(fmt: str) -> dict[str, str]:
@@ -135,10 +160,43 @@ def _champion_rows(champion: Champion) -> Iterator[tuple[str, dict[str, Any]]]:
                 )
 
 
+def _export_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / "export.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("kind") == EXPORT_KIND else None
+
+
+def live_file(location: str, fmt: str) -> Path | None:
+    """The file of `fmt` corrections when `location` is a feedback export (or a file in one), else None.
+
+    An export folder holds one file per endpoint and its export.json; only the champion's format is data.
+    """
+    path = Path(location)
+    if path.is_dir() and _export_manifest(path) is not None:
+        name = EXPORT_FILE_OF.get(fmt)
+        if name is None or not (path / name).is_file():
+            raise TuneforgeError(
+                f"the feedback export {location} has no {name or 'file of'} {fmt} corrections "
+                f"(it has: {', '.join(sorted(p.name for p in path.glob('*.jsonl'))) or 'none'})",
+                where="retrain.data",
+                fix="export feedback from a deployment of this model, or leave the folder out",
+            )
+        return path / name
+    if path.is_file() and _export_manifest(path.parent) is not None:
+        return path
+    return None
+
+
 def _new_rows(location: str, cfg: DataConfig, fmt: str) -> Iterator[dict[str, Any]]:
     """The rows of one retrain.data source, their columns renamed to the record fields of `fmt`."""
     from tuneforge.data.records import resolve_columns
 
+    location = str(live_file(location, fmt) or location)
     read_cfg = cfg.model_copy(update={"path": location, "format": fmt, "split_column": None, "source": None})
     mapping: dict[str, str] | None = None
     for row in read_rows(location, read_cfg):
@@ -167,14 +225,33 @@ def _new_rows(location: str, cfg: DataConfig, fmt: str) -> Iterator[dict[str, An
         yield out
 
 
+def _held_out(rows: list[dict[str, Any]], fmt: str, fraction: float, seed: int) -> set[int]:
+    """Indices of the live rows held out: seeded, stratified by label, exact copies on one side."""
+    if fraction <= 0 or not rows:
+        return set()
+    strata = [str(r.get("label")) if fmt == "classification" else "" for r in rows]
+    # Grouped by the text prepare matches duplicates on, so two copies never straddle train and held-out.
+    groups = [normalize_for_matching(str(r.get("text", json.dumps(r, sort_keys=True)))) for r in rows]
+    return set(split_indices(strata, (1 - fraction, 0.0, fraction), seed, groups)["test"])
+
+
 def _all_rows(plan: Plan, cfg: RunConfig) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(source name, split, row) of every input row, champion's first."""
+    """(source name, split shown, row) of every input row, champion's first."""
     name = f"champion v{plan.champion.number}"
     for split, row in _champion_rows(plan.champion):
         yield name, split, row
     for location in cfg.retrain.data:
-        for row in _new_rows(location, cfg.data, plan.format):
-            yield location, "train", row
+        if location not in plan.live:
+            for row in _new_rows(location, cfg.data, plan.format):
+                yield location, "train", row
+            continue
+        rows = list(_new_rows(location, cfg.data, plan.format))  # an export: corrections, not a corpus
+        held = _held_out(rows, plan.format, cfg.retrain.live_holdout, cfg.train.seed)
+        for i, row in enumerate(rows):
+            if i in held:
+                yield location, HELD_OUT, {**row, SPLIT_COLUMN: "test"}
+            else:
+                yield location, "train", row
 
 
 def plan_sources(champion: Champion, cfg: RunConfig) -> Plan:
@@ -186,10 +263,12 @@ def plan_sources(champion: Champion, cfg: RunConfig) -> Plan:
             )
     plan = Plan(champion, champion.dataset.format)
     plan.frozen_test = split_fingerprint(champion.dataset.split_path("test"))
+    plan.live = [loc for loc in cfg.retrain.data if live_file(loc, plan.format) is not None]
     counts: dict[tuple[str, str], int] = {}
     for name, split, _ in _all_rows(plan, cfg):
         counts[(name, split)] = counts.get((name, split), 0) + 1
     plan.sources = [SourceCount(name, split, n) for (name, split), n in counts.items()]
+    plan.held_out = sum(s.rows for s in plan.sources if s.split == HELD_OUT)
     return plan
 
 
@@ -235,12 +314,13 @@ def data_config(plan: Plan, cfg: RunConfig, source: Path, output_dir: Path) -> D
 
 
 def check_frozen_test(plan: Plan, dataset: DatasetDir) -> None:
-    """The new dataset's test split must hold exactly the champion's test rows (prepare could drop one)."""
+    """The new dataset's test split must hold every champion test row unchanged (prepare could drop one),
+    and nothing else but live held-out rows."""
     old = sorted(plan.champion.dataset.split_path("test").read_bytes().splitlines())
     new = sorted(dataset.split_path("test").read_bytes().splitlines())
-    if old == new:
-        return
     lost, added = len(set(old) - set(new)), len(set(new) - set(old))
+    if lost == 0 and (added == 0 or plan.held_out > 0):
+        return
     raise TuneforgeError(
         f"preparing the new data changed the champion's frozen test split ({lost} of its {len(old)} rows "
         f"lost, {added} changed or added): champion and challenger would not be tested on the same rows",
@@ -249,3 +329,16 @@ def check_frozen_test(plan: Plan, dataset: DatasetDir) -> None:
         "label conflict (set data.label_conflicts: keep to keep the test copy), a cleaning step that "
         "changes cleaned text again (e.g. data.clean.strip_html) must match the champion's",
     )
+
+
+def live_held_out(plan: Plan, dataset: DatasetDir) -> list[dict[str, Any]]:
+    """The new test split's rows that are not the champion's: the live held-out part, as prepared.
+
+    A held-out row equal to a champion test row was merged into it by deduplication: that row is judged on
+    the frozen side already, and a row the champion itself held out before is not new evidence either.
+    """
+    if not plan.live:
+        return []
+    old = set(plan.champion.dataset.split_path("test").read_bytes().splitlines())
+    lines = dataset.split_path("test").read_bytes().splitlines()
+    return [json.loads(line) for line in lines if line not in old]

@@ -91,6 +91,8 @@ def test_a_window_too_small_to_judge_says_so(tmp_path: Path, tiny_bert: Path) ->
     result, alerts, html = monitor(run, str(tmp_path / "log.sqlite"), DAY, _cfg(run))
     assert (result["enough_data"], result["n"], alerts) == (False, 12, [])
     assert {t["verdict"] for t in result["tests"].values()} == {"not enough data (n = 12, need ≥ 100)"}
+    # The language test is among them; its detector is not even loaded for a window it cannot judge.
+    assert "language_mix_drift" in result["tests"] and "languages" not in result["input"]
     md = html.with_name("report.md").read_text()
     assert "- not enough data (n = 12, need ≥ 100): nothing in this window is judged" in md
     assert "no drift" not in md
@@ -256,7 +258,10 @@ def test_a_chat_generator_gets_answer_length_empty_answers_and_finish_reasons(
     assert out["empty_rate"] == 0.25 and out["finish_reasons"] == {"length": 90, "stop": 30}
     assert out["refusal_rate"] == {"live": 20 / 120, "reference": 0.0}
     md = (run / "monitor" / DAY.name / "report.md").read_text()
-    assert "- refusals (answer opens like one; a heuristic): 16.67% (training answers: 0.00%)" in md
+    assert (
+        "- refusals (answer opens like one in en, de, fr or es; a heuristic): 16.67% "
+        "(training answers: 0.00%)" in md
+    )
     assert out["answer_tokens"]["live"]["n"] == 120 and out["answer_tokens"]["reference"]["n"] == 200
     t = result["tests"]["answer_length_drift"]
     assert (t["test"], t["drift"]) == ("two-sample Kolmogorov-Smirnov", True)
@@ -287,15 +292,29 @@ def test_accuracy_on_corrected_labels_counts_rated_classify_answers(tmp_path: Pa
     ]
 
 
-def test_a_switch_of_script_is_drift_in_the_prompt_script_mix(tmp_path: Path, tiny_bert: Path) -> None:
+def test_a_switch_of_script_and_of_language_is_drift_in_the_prompt_script_and_language_mix(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
     run = make_run(tmp_path, tiny_bert)
     rng = random.Random(3)
     words = ["заказ", "возврат", "телефон", "сломан", "поздно", "холодный", "быстро"]
     russian = ["мой " + " ".join(rng.choices(words, k=4)) + " order" for _ in range(60)]
-    texts = [support_text(rng) for _ in range(90)] + russian
+    # German in the Latin script: the script mix cannot see it, the language mix does.
+    german = [
+        "mein Paket ist noch nicht angekommen, bitte helfen Sie mir",
+        "ich möchte meine Bestellung zurückgeben und das Geld wiederhaben",
+        "das Telefon ist kaputt und der Kundendienst antwortet nicht",
+    ] * 10
+    texts = [support_text(rng) for _ in range(60)] + german + russian
     write_log(tmp_path / "log.sqlite", texts, ["abc"[i % 3] for i in range(150)])
     result, _, html = monitor(run, str(tmp_path / "log.sqlite"), DAY, _cfg(run))
     assert result["input"]["scripts"] == {"reference": {"Latin": 300}, "live": {"Latin": 90, "Cyrillic": 60}}
+    langs = result["input"]["languages"]
+    # A bag of Russian words is not always Russian to a detector: one reads as Bulgarian (same script).
+    assert langs["live"] == {"en": 60, "de": 30, "ru": 59, "bg": 1}
+    assert langs["reference"] == {"en": 299, "fy": 1}
+    t = result["tests"]["language_mix_drift"]
+    assert (t["test"], t["drift"], t["n_live"]) == ("chi-squared (2 x categories)", True, 150)
     t = result["tests"]["script_mix_drift"]
     assert (t["test"], t["drift"], t["n_reference"], t["n_live"]) == (
         "chi-squared (2 x categories)",
@@ -305,6 +324,7 @@ def test_a_switch_of_script_is_drift_in_the_prompt_script_mix(tmp_path: Path, ti
     )
     md = html.with_name("report.md").read_text()
     assert "| Cyrillic | 0.00% | 40.00% |" in md and "| Latin | 100.00% | 60.00% |" in md
+    assert "| de | 0.00% | 20.00% |" in md and "| ru | 0.00% | 39.33% |" in md
 
 
 def test_the_report_compares_shadow_answers_with_the_champions_on_the_same_requests(tmp_path: Path) -> None:

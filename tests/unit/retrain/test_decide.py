@@ -60,3 +60,39 @@ def test_lower_is_better_metrics_and_the_metric_named() -> None:
         decide(
             result("length_ratio", 1.0, 1.1, 0.001), config_from_dict({"retrain": {"metric": "length_ratio"}})
         )
+
+
+def with_live(r: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+    return {**r, "live": None if live is None else {**live, "n": 80, "judged": True}}
+
+
+def test_the_live_held_out_data_can_veto_a_promotion_but_never_make_one() -> None:
+    frozen_better = result("accuracy", 0.8, 0.9, 0.01)
+    # Significantly worse on live data: kept, and the reason says both sides.
+    d = decide(with_live(frozen_better, result("accuracy", 0.7, 0.5, 0.02)), config_from_dict({}))
+    assert (d.promote, d.live["blocks"], d.live["n"]) == (False, True, 80)  # type: ignore[index]
+    assert d.reason == (
+        "the challenger is better on the frozen test split (accuracy 0.9 (challenger) vs 0.8 (champion)) but "
+        "significantly worse on the live held-out data: champion is better in accuracy by 0.2 [0.15, 0.25], "
+        "p = 0.02"
+    )
+    # Worse on live data but not significantly: promoted; the live verdict says the data cannot tell.
+    d = decide(with_live(frozen_better, result("accuracy", 0.7, 0.65, 0.3)), config_from_dict({}))
+    assert d.promote and not d.live["blocks"]  # type: ignore[index]
+    assert d.live["verdict"].startswith("no evidence of a difference in accuracy")  # type: ignore[index]
+    # Better on live data alone never promotes.
+    frozen_worse = result("accuracy", 0.8, 0.75, 0.01)
+    assert (
+        decide(with_live(frozen_worse, result("accuracy", 0.5, 0.9, 0.01)), config_from_dict({})).promote
+        is False
+    )
+    # Too few held-out examples: said so, and the frozen test split alone decides.
+    few = {**frozen_better, "live": {"n": 7, "judged": False, "reason": "not enough data (n = 7, need ≥ 30)"}}
+    d = decide(few, config_from_dict({}))
+    assert d.promote and d.live == {
+        "n": 7,
+        "judged": False,
+        "verdict": "not enough data (n = 7, need ≥ 30)",
+        "blocks": False,
+    }
+    assert decide(frozen_better, config_from_dict({})).live is None  # no live corrections at all

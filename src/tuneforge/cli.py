@@ -6,6 +6,7 @@ Stage modules (and so torch) are imported inside the commands, which keeps `tune
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,9 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+#: A `section.key=value` override (the values `load_config` takes), as opposed to a path or a model name.
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config.")]
 Overrides = Annotated[
@@ -508,10 +512,14 @@ def serve(
         list[str] | None, typer.Option("--set", help="serve.key=value, e.g. --set serve.log_db=null.")
     ] = None,
 ) -> None:
-    """Runs → an OpenAI-compatible HTTP server (chat, completions, classify, streaming, keys, metrics)."""
+    """Runs → an OpenAI-compatible HTTP server (chat, completions, classify, streaming, keys, metrics).
+
+    serve.key=value overrides may follow the targets, as after `train` and `evaluate` (or go in --set).
+    """
     from tuneforge.serve.server import run_server
 
-    cfg = _serve_config(config, overrides)
+    targets, given = split_serve_args(targets or [])
+    cfg = _serve_config(config, [*given, *(overrides or [])])
     updates: dict[str, Any] = {"host": host, "port": port, "keys_file": str(keys) if keys else None}
     for name, value in updates.items():
         if value is not None:
@@ -524,13 +532,29 @@ def serve(
     os._exit(0)
 
 
+def split_serve_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """`tuneforge serve`'s positional arguments as (targets, key=value overrides).
+
+    An argument is an override when it reads section.key=value and names no existing path, so a run directory
+    (runs/a, registry:NAME, builtin:...) stays a target, as before overrides were accepted here.
+    """
+    targets: list[str] = []
+    overrides: list[str] = []
+    for arg in args:
+        is_override = OVERRIDE.match(arg) is not None and not Path(arg).exists()
+        (overrides if is_override else targets).append(arg)
+    return targets, overrides
+
+
 def _serve_config(config: Path | None, overrides: list[str] | None) -> Any:
     from tuneforge.config import load_config
 
     bad = [o for o in overrides or [] if not o.startswith("serve.")]
     if bad:
         raise TuneforgeError(
-            f"{bad[0]} is not a serve option", where="--set", fix="use --set serve.KEY=VALUE"
+            f"{bad[0]} is not a serve option",
+            where="tuneforge serve",
+            fix="give serve.KEY=VALUE (after the targets, or with --set); see `tuneforge config-keys`",
         )
     cfg, _ = load_config(config, overrides)
     return cfg.serve

@@ -399,9 +399,11 @@ def estimate(
 
 
 def head_work(cfg: RunConfig, manifest: dict[str, Any] | None) -> tuple[int, int]:
-    """(windows, tokens) method head reads: every training text and train.eval_max_examples validation texts
-    once, a long one in windows of model.max_length overlapping by method.stride (models/features.py)."""
+    """(windows, tokens) method head reads: every training text (or method.max_train_examples of them) and
+    train.eval_max_examples validation texts once, a long one in windows of model.max_length overlapping by
+    method.stride (models/features.py)."""
     stride = int(cfg.method.options().get("stride", 64))
+    sample = cfg.method.options().get("max_train_examples")  # a seeded sample of the training texts
     window = cfg.model.max_length
     step = max(1, window - 2 - stride)  # the tokenizer's [CLS]/[SEP] (or BOS) in every window
     lengths = (manifest or {}).get("token_lengths") or {}
@@ -411,7 +413,7 @@ def head_work(cfg: RunConfig, manifest: dict[str, Any] | None) -> tuple[int, int
         stats = lengths.get(split) or {}
         rows = int(stats.get("count") or splits.get(split) or 0)
         total = int(stats.get("total") or rows * window)
-        cap = cfg.train.eval_max_examples if split == "validation" else None
+        cap = cfg.train.eval_max_examples if split == "validation" else sample
         if cap is not None and rows > cap:  # only the first train.eval_max_examples choose the head
             total, rows = total * cap // rows, cap
         longest = int(stats.get("max") or window)

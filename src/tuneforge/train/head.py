@@ -50,6 +50,20 @@ def check_head_run(cfg: RunConfig, source: ConfigSource, processes: int) -> None
         )
 
 
+def sample_train(records: list[dict[str, Any]], size: int | None, seed: int) -> list[dict[str, Any]]:
+    """method.max_train_examples of the training records, a seeded sample kept in split order (None: all).
+
+    A sample rather than the first N: a split written in source order (one class after another in a
+    folder-per-class corpus) would otherwise lose whole labels.
+    """
+    if size is None or size >= len(records):
+        return records
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(records)), size))
+    return [records[i] for i in keep]
+
+
 @dataclass
 class HeadFit:
     coef: np.ndarray
@@ -224,7 +238,7 @@ def train_head(
 
     check_head_run(cfg, source, plan.accelerator.num_processes)
     options, task, labels = plan.options, cfg.model.task, list(dataset.labels or [])
-    train_records = dataset.records("train")
+    train_records = sample_train(dataset.records("train"), options.max_train_examples, cfg.train.seed)
     val_records = dataset.records("validation")[: cfg.train.eval_max_examples]
     _check_labels(task, train_records, dataset.path)
     model_path = resolve_model_path(cfg.model)

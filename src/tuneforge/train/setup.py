@@ -175,6 +175,8 @@ def _fit_time(
         except Exception:  # a model the estimate cannot size keeps the recipe's length (loading will tell)
             return None
 
+    if planned.method.name == "head":
+        return _fit_head_time(planned, manifest, chosen, given, cuda=cuda)
     fit = fit_budget(
         budget_s=t.time_budget,
         cuda=cuda,
@@ -196,6 +198,39 @@ def _fit_time(
         )
     chosen = {k: v for k, v in chosen.items() if k != "train.epochs"} | fit.settings
     return chosen, fit.line
+
+
+def _fit_head_time(
+    planned: RunConfig, manifest: dict[str, Any], chosen: dict[str, Any], given: set[str], *, cuda: bool
+) -> tuple[dict[str, Any], str]:
+    """Method head has no steps to cut: the budget caps the training texts it embeds (models/budget.py)."""
+    from tuneforge.models.budget import fit_head_budget
+    from tuneforge.models.estimate import detect_device, estimate
+    from tuneforge.models.shape import load_config
+
+    try:
+        sized = estimate(planned, device=detect_device(measure_flops=True), manifest=manifest)
+        config, _ = load_config(planned.model)
+    except Exception:  # a model the estimate cannot size embeds every text (loading will tell)
+        return chosen, ""
+    config = getattr(config, "text_config", None) or config
+    splits = manifest.get("splits") or {}
+    val_rows = int(splits.get("validation") or 0)
+    if planned.train.eval_max_examples is not None:
+        val_rows = min(val_rows, planned.train.eval_max_examples)
+    fit = fit_head_budget(
+        budget_s=planned.train.time_budget,
+        cuda=cuda,
+        given=given,
+        embed_s=sized.epoch_s,
+        train_rows=int(splits.get("train") or 0),
+        val_rows=val_rows,
+        width=int(getattr(config, "hidden_size", 0) or 384),
+        grid=len(planned.method.options().get("regularization") or [1.0]),
+    )
+    if fit is None:
+        return chosen, ""
+    return chosen | fit.settings, fit.line
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 from tests.tiny import LABELS, sentiment_rows
 from tuneforge.config import ModelConfig, RunConfig
 from tuneforge.evaluation.few_shot import AUTO_CAP, choose_shots, skip_reason
-from tuneforge.evaluation.scores import _sequence_logprobs, label_logprobs
+from tuneforge.evaluation.scores import MIN_SHARED_PREFIX, _common_prefix, _sequence_logprobs, label_logprobs
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.models.encode import IGNORE, encode_classification_prompt
 
@@ -101,8 +101,12 @@ def test_k_is_what_fits_the_context_and_a_long_example_reduces_it(tok: Any, tiny
     assert len(cut.train_rows) < k and _fits(tok, cfg, cut.messages, test)
 
 
-def test_only_the_questions_answer_is_scored(tok: Any, tiny_llama: Path) -> None:
-    model = load_model(ModelConfig(name=str(tiny_llama)), path=str(tiny_llama), pad_token_id=tok.pad_token_id)
+@pytest.fixture(scope="module")
+def model(tok: Any, tiny_llama: Path) -> Any:
+    return load_model(ModelConfig(name=str(tiny_llama)), path=str(tiny_llama), pad_token_id=tok.pad_token_id)
+
+
+def test_only_the_questions_answer_is_scored(tok: Any, model: Any, tiny_llama: Path) -> None:
     train, test = _split()
     shots = choose_shots(tok, train, test, _cfg(tiny_llama, 4096), "classification", list(LABELS)).messages
     texts = [r["text"] for r in test[:3]]
@@ -120,6 +124,12 @@ def test_only_the_questions_answer_is_scored(tok: Any, tiny_llama: Path) -> None
     ]
     flat = _sequence_logprobs(model, plain, int(tok.pad_token_id), 2)
     assert [s for row in scores for s in row] == pytest.approx(flat, abs=1e-4)
+    # ... with the examples run once for all questions (a KV cache copied per batch), not once per question
+    prompts = [
+        e["input_ids"][: e["labels"].index(next(x for x in e["labels"] if x != IGNORE))] for e in plain
+    ]
+    shared = _common_prefix(prompts)
+    assert shared >= MIN_SHARED_PREFIX and shared > len(few["input_ids"]) - len(zero["input_ids"])
 
 
 def test_heads_and_other_data_skip_it_with_a_reason(tiny_llama: Path) -> None:
@@ -147,3 +157,36 @@ def test_no_example_fitting_skips_it_with_the_reason(tok: Any, tiny_llama: Path)
     about, result = few_shot_baseline(None, tok, train, test, cfg, "classification", list(LABELS), print)
     assert result is None and about["k"] == 0 and about["train_rows"] == []
     assert about["skipped"] == "no train example fits model.max_length 40 beside the longest input"
+
+
+def test_the_window_is_the_models_context_not_the_training_max_length(
+    tok: Any, model: Any, tiny_llama: Path
+) -> None:
+    import numpy as np
+
+    from tuneforge.evaluation.few_shot import few_shot_baseline, model_context, prompt_window
+
+    cfg = _cfg(tiny_llama, 40)  # the training length: no example fits beside the longest question
+    assert model_context(model) == 256
+    assert prompt_window(cfg, 256) == (256, "the model's context of 256 tokens")
+    assert prompt_window(cfg, 8192) == (1024, "1024 tokens of the model's 8192-token context")
+    assert prompt_window(cfg, 32) == prompt_window(cfg, None) == (40, "model.max_length 40")
+    train, test = _split()
+    test = test[:4]
+    about, result = few_shot_baseline(model, tok, train, test, cfg, "classification", list(LABELS), _quiet)
+    window = (256, "the model's context of 256 tokens")
+    shots = choose_shots(tok, train, test, cfg, "classification", list(LABELS), window)
+    assert about["prompt_tokens"] == 256 and about["k"] == len(shots.train_rows) == 3
+    assert about["train_rows"] == shots.train_rows and about["name"] == "few_shot_k3"
+    assert result is not None and _fits(tok, _cfg(tiny_llama, 256), shots.messages, test)
+    # scored uncut in the window (at model.max_length 40 every prompt would have been cut)
+    texts = [r["text"] for r in test]
+    scores = np.asarray(
+        label_logprobs(model, tok, texts, list(LABELS), TEMPLATE, 256, 2, shots=shots.messages)
+    )
+    expected = np.exp(scores - scores.max(axis=1, keepdims=True))
+    assert np.asarray(result.probs) == pytest.approx(expected / expected.sum(axis=1, keepdims=True), abs=1e-5)
+
+
+def _quiet(name: str) -> None:
+    return None

@@ -13,6 +13,7 @@ from tuneforge.config import ModelConfig
 from tuneforge.evaluation.metrics import classification_metrics
 from tuneforge.evaluation.scores import (
     _can_share_prompt,
+    _common_prefix,
     _sequence_logprobs,
     _shared_prompt_logprobs,
     label_logprobs,
@@ -101,3 +102,9 @@ def test_classification_metrics_by_hand() -> None:
         assert m["per_class"][label]["f1"] == pytest.approx(value)
     assert m["macro_f1"] == pytest.approx(sum(f1.values()) / 3)
     assert m["confusion_matrix"]["rows_gold_cols_pred"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
+def test_a_common_prefix_leaves_every_prompt_a_token_to_run() -> None:
+    assert _common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4, 6]]) == 3
+    assert _common_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # identical prompts: the last token still runs
+    assert _common_prefix([[7, 1], [8, 1]]) == 0 and _common_prefix([]) == 0

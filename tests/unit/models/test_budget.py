@@ -96,3 +96,100 @@ def test_train_defaults_fit_this_machines_estimate(
     assert "train.epochs" not in fitted_plan.defaults
     time_line = fitted_plan.defaults_line.splitlines()[-1]
     assert time_line.startswith("time: 60 steps would take about ") and f"; {steps} steps (" in time_line
+
+
+def head_fit(**kw: Any) -> Any:
+    from tuneforge.models.budget import fit_head_budget
+
+    args: dict[str, Any] = {
+        "budget_s": 600.0,
+        "cuda": False,
+        "given": set(),
+        "embed_s": 3000.0,  # 2,500 texts at 1.2 s each
+        "train_rows": 2256,
+        "val_rows": 244,
+        "width": 384,
+        "grid": 6,
+    }
+    return fit_head_budget(**(args | kw))
+
+
+def test_a_head_run_embeds_the_training_texts_that_fit_the_budget() -> None:
+    from tuneforge.models.budget import head_fit_seconds
+
+    got = head_fit()
+    # 540 usable s - 244 validation texts x 1.2 s = 247.2 s; each training text 1.2 s + 6 x 0.9 / 2000 s
+    assert got.settings == {"method.max_train_examples": 205}
+
+    def cost(n: int) -> float:
+        return (n + 244) * 1.2 + head_fit_seconds(n, 384, 6)
+
+    assert cost(205) <= 540 < cost(206)
+    assert got.line == (
+        "time: embedding all 2,256 training texts would take about 50 min (estimated 1.2 s/text, head fits "
+        "included); a seeded sample of 205 training texts fits 10 min (train.time_budget; set "
+        "train.time_budget or method.max_train_examples to choose)"
+    )
+    assert head_fit_seconds(2000, 384, 1) == 0.9 and head_fit_seconds(4000, 768, 6) == 6 * 0.9 * 4
+
+
+def test_a_head_run_that_fits_or_was_sized_by_the_user_is_left_alone() -> None:
+    assert head_fit(embed_s=400.0) is None  # 400 s + 7 s of fits within 540 s
+    assert head_fit(given={"method.max_train_examples"}) is None
+    assert head_fit(embed_s=None) is None  # a model the estimate cannot size
+    assert head_fit(budget_s=None, cuda=True) is None
+    cpu = head_fit(budget_s=None, embed_s=3000.0 * 4)  # no budget on CPU: half an hour, 4.8 s a text
+    assert cpu.settings == {"method.max_train_examples": 93}  # (1620 - 244 x 4.8) / 4.8027
+    assert "(on CPU the defaults aim for it;" in cpu.line
+
+
+def test_a_head_budget_too_small_for_a_useful_sample_embeds_everything_and_says_so() -> None:
+    got = head_fit(budget_s=300.0)  # 270 s barely covers the validation texts
+    assert got.settings == {}
+    assert got.line.endswith(
+        "fewer than 50 texts would fit 5 min (train.time_budget), so every text is embedded, past the "
+        "budget; a smaller model (tuneforge recommend) fits it"
+    )
+
+
+def test_train_setup_caps_the_texts_a_head_run_embeds(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through train's setup: method head on a (pretend) slow CPU embeds the seeded sample that fits, and the
+    estimate of the capped run fits the budget."""
+    from tuneforge.models.budget import head_fit_seconds
+    from tuneforge.train import setup
+    from tuneforge.train.head import sample_train
+
+    slow = Device("slow cpu", "cpu", 16 * GIB, flops=3e6)
+    monkeypatch.setattr(estimate_module, "detect_device", lambda measure_flops=True: slow)
+    data = write_csv(tmp_path / "data.csv", sentiment_rows(200))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"path": str(data), "output_dir": str(tmp_path / "ds")},
+                "model": {"name": str(tiny_bert), "task": "classification"},
+                "method": {"name": "head"},
+                "train": {"output_dir": str(tmp_path / "run"), "time_budget": "2m"},
+            }
+        )
+    )
+    cfg, source = load_config(config)
+    plan = setup.plan(cfg, source)
+    dataset = setup.load_dataset(cfg, source, plan.accelerator)
+    train_rows = dataset.manifest["splits"]["train"]
+    whole = estimate_module.estimate(cfg, device=slow, manifest=dataset.manifest).epoch_s
+    fitted, fitted_plan = setup.apply_defaults(cfg, source, plan, dataset, resume=False)
+    n = fitted.method.options()["max_train_examples"]
+    assert fitted_plan.defaults["method.max_train_examples"] == n and 50 <= n < train_rows
+    assert whole > 108 >= estimate_module.estimate(fitted, device=slow, manifest=dataset.manifest).epoch_s
+    assert head_fit_seconds(n, 32, 6) < 1  # the tiny BERT's fits are negligible here
+    assert fitted_plan.defaults_line.splitlines()[-1].startswith(
+        f"time: embedding all {train_rows} training texts would take about "
+    )
+    rows = dataset.records("train")
+    sample = sample_train(rows, n, seed=cfg.train.seed)
+    assert len(sample) == n and sample == sample_train(rows, n, seed=cfg.train.seed)
+    assert sample != rows[:n] and all(r in rows for r in sample)
+    assert sample_train(rows, None, seed=0) is rows and sample_train(rows, 10**6, seed=0) is rows

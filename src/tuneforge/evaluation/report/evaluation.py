@@ -195,7 +195,7 @@ def few_shot_text(r: dict[str, Any]) -> str:
         f"{f['name']}: the untuned base model prompted with {f['k']} example exchanges drawn from the train "
         f"split (rows {rows}; seed {f.get('seed')}), never from the evaluated examples, deciding as the "
         f"zero-shot base does. k = {f.get('k_chosen')}. It took {num(f.get('seconds'))} s, one more pass "
-        "over the examples with longer prompts (eval.few_shot: 0 turns it off)."
+        "over the examples with the k examples before each question (eval.few_shot: 0 turns it off)."
     )
 
 

@@ -36,6 +36,9 @@ class Options(BaseModel):
     training data closer) or alpha of the ridge regression (regression: larger regularises more)."""
     batch_size: int = Field(32, ge=1)
     """Windows per forward pass while embedding (no gradients: larger than a training batch fits)."""
+    max_train_examples: int | None = Field(None, ge=1)
+    """Training texts to embed: a sample of this many, seeded by train.seed (None: all). train.time_budget
+    (or, on CPU, the half-hour the defaults aim for) sets it when embedding every text would not fit."""
     cache: bool = True
     """Keep the embeddings in the user cache (by text hash), so a later run on the same texts and base
     model computes none again."""

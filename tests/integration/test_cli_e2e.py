@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,12 +63,32 @@ def project(tmp_path: Path, tiny_llama: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> tuple[Path, str]:
+    """The project after `tuneforge train run.yaml`, trained once for the module (its stderr beside it):
+    `test_prepare_train_evaluate` checks that training; the refusal tests each get a copy."""
+    folder = tmp_path_factory.mktemp("trained")
+    write_csv(folder / "data.csv", sentiment_rows(90))
+    (folder / "run.yaml").write_text(CONFIG.format(model=tiny_llama))
+    r = run_cli("train", "run.yaml", cwd=folder)
+    assert r.returncode == 0, r.stderr
+    return folder, r.stderr
+
+
+@pytest.fixture
+def trained(trained_once: tuple[Path, str], tmp_path: Path) -> Path:
+    """A copy of the trained project of its own (the run records its paths relative to the project)."""
+    copy = tmp_path / "project"
+    shutil.copytree(trained_once[0], copy)
+    return copy
+
+
 def losses(run: Path) -> list[float]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if "split" not in r]
 
 
-def test_prepare_train_evaluate(project: Path, cli) -> None:
+def test_prepare_train_evaluate(project: Path, trained: Path, cli) -> None:
     r = cli("prepare", "run.yaml")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((project / "ds" / "manifest.json").read_text())
@@ -76,9 +97,10 @@ def test_prepare_train_evaluate(project: Path, cli) -> None:
     assert manifest["splits"] == {"train": 63, "validation": 15, "test": 12}
     for split in ("train", "validation", "test"):
         assert (project / "ds" / f"{split}.jsonl").is_file()
+    # `train` prepared the same dataset itself (the module's trained project, from the same config)
+    assert (trained / "ds" / "train.jsonl").read_bytes() == (project / "ds" / "train.jsonl").read_bytes()
 
-    r = cli("train", "run.yaml")
-    assert r.returncode == 0, r.stderr
+    project = trained
     run = project / "run"
     assert losses(run) == pytest.approx(EXPECTED_LOSSES, rel=1e-6)
     assert (run / "final" / "adapter_config.json").is_file()
@@ -96,7 +118,7 @@ def test_prepare_train_evaluate(project: Path, cli) -> None:
     tuned = PeftModel.from_pretrained(base, str(run / "final"))  # the standard PEFT format loads as is
     assert any("lora_A" in n for n, _ in tuned.named_parameters())
 
-    r = cli("evaluate", "run", "--compare-base")
+    r = run_cli("evaluate", "run", "--compare-base", cwd=project)
     assert r.returncode == 0, r.stderr
     result = json.loads((run / "eval" / "test.json").read_text())
     assert result["n"] == 12
@@ -118,7 +140,8 @@ def test_prepare_train_evaluate(project: Path, cli) -> None:
 
 
 def test_sigterm_then_resume_matches_an_uninterrupted_run(project: Path, cli) -> None:
-    long = ["train.max_steps=300", "train.save_every=50", "train.eval_every=100"]
+    # Long enough that the signal lands mid-run: it is sent once 8 rows are logged, 30 or more steps early.
+    long = ["train.max_steps=40", "train.save_every=5", "train.eval_every=20"]
     assert cli("train", "run.yaml", *long, "train.output_dir=straight").returncode == 0
 
     proc = subprocess.Popen(
@@ -131,7 +154,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(project: Path, cli) ->
     )
     metrics = project / "run" / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 20):
+    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 8):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -148,16 +171,14 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(project: Path, cli) ->
     assert losses(project / "run") == losses(project / "straight")
 
 
-def test_resume_refuses_a_changed_config(project: Path, cli) -> None:
-    assert cli("train", "run.yaml").returncode == 0
-    r = cli("train", "run.yaml", "train.learning_rate=0.5", "--resume")
+def test_resume_refuses_a_changed_config(trained: Path) -> None:
+    r = run_cli("train", "run.yaml", "train.learning_rate=0.5", "--resume", cwd=trained)
     assert r.returncode == 2
     assert "train.learning_rate: 0.01 -> 0.5" in r.stderr
     assert "Traceback" not in r.stderr
 
 
-def test_train_refuses_to_overwrite_a_run(project: Path, cli) -> None:
-    assert cli("train", "run.yaml").returncode == 0
-    r = cli("train", "run.yaml")
+def test_train_refuses_to_overwrite_a_run(trained: Path) -> None:
+    r = run_cli("train", "run.yaml", cwd=trained)
     assert r.returncode == 2
     assert "run already holds a run" in r.stderr and "--resume" in r.stderr

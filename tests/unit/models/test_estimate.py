@@ -116,8 +116,10 @@ def test_logits_term_follows_target_only_projection(
     cfg = config_from_dict(raw)
     vocab = 384
     e = est.estimate(cfg, device=CPU, manifest=chat_manifest())
-    assert e.length == 60 + est.TEMPLATE_TOKENS  # the longest row sets the peak, packed or not
-    assert e.breakdown["logits"] == 4 * 92 * vocab * (4 + 3 * 4)  # 368 targets at most: one chunk
+    assert e.length == 60 + est.TEMPLATE_TOKENS  # the longest example
+    # padded: 4 rows as wide as the longest; packed: the longest beside 3 at the 90th percentile, one row
+    positions = 92 + 3 * (50 + est.TEMPLATE_TOKENS) if packed else 4 * 92
+    assert e.breakdown["logits"] == positions * vocab * (4 + 3 * 4)  # fewer targets than a chunk
     monkeypatch.setattr(lm_loss, "CHUNK", 100)  # more targets than a chunk: one chunk's logits at a time
     assert est.estimate(cfg, device=CPU, manifest=chat_manifest()).breakdown["logits"] == 100 * vocab * 16
     # a label answer has a few target tokens, whatever the length of the prompt
@@ -136,8 +138,74 @@ def test_logits_term_projects_every_position_where_training_does(tiny_llama: Pat
         ({**base, "train": {"batch_size": 4}}, 2),
     ):
         e = est.estimate(config_from_dict(raw), device=CPU, manifest=chat_manifest(), processes=processes)
-        assert e.breakdown["logits"] == 4 * 92 * 384 * full_copies, raw
+        positions = 4 * 92 if processes == 1 else 92 + 3 * 82  # prompt tuning pads; DDP packs examples
+        assert e.breakdown["logits"] == positions * 384 * full_copies, raw
     assert not est.packs_examples(config_from_dict({**base, "method": {"name": "prefix-tuning"}}))
+
+
+def test_packed_chat_peak_is_the_largest_micro_batch_of_real_lengths(tiny_llama: Path) -> None:
+    """Packed examples are one row of their real lengths: the peak follows the largest sum, not B x max."""
+    import numpy as np
+
+    from tuneforge.data.lengths import length_stats
+    from tuneforge.train.batches import epoch_order, micro_batches
+
+    rng = np.random.default_rng(0)  # chat-like lengths: mean ~110, a long tail cut at max_length
+    lengths = np.minimum(512, 40 + rng.lognormal(4.0, 0.7, 400).astype(int))
+    manifest = {
+        "format": "chat",
+        "splits": {"train": 400},
+        "token_lengths": {
+            "measured_as": "conversation rendered by the chat template",
+            "train": length_stats(lengths),
+        },
+    }
+    stats = manifest["token_lengths"]["train"]
+    raw = {"model": {"name": str(tiny_llama), "max_length": 512, "dtype": "float32"}}
+    for batch in (4, 8, 16):
+        cfg = config_from_dict({**raw, "train": {"batch_size": batch}})
+        rows, tokens = est.peak_micro_batch(cfg, manifest, est.sequence_lengths(cfg, manifest)[0])
+        # the template is in the measured lengths already: nothing added
+        assert (rows, tokens) == (1, stats["max"] + (batch - 1) * stats["p90"])
+        # the largest micro-batch of an epoch, as training batches, over 30 data orders: covered, not dwarfed
+        largest = [
+            max(int(lengths[b].sum()) for b in micro_batches(epoch_order(400, seed, 0), batch))
+            for seed in range(30)
+        ]
+        assert max(largest) <= tokens <= 1.5 * float(np.median(largest)), (batch, tokens, largest)
+        assert tokens < 0.6 * batch * stats["max"]  # what the estimate assumed before (B x longest)
+
+    cfg = config_from_dict({**raw, "train": {"batch_size": 8}})
+    packed = est.estimate(cfg, device=CPU, manifest=manifest)
+    tokens = stats["max"] + 7 * stats["p90"]
+    assert packed.packed == tokens and packed.length == stats["max"]
+    assert (
+        f"micro-batch 8 x up to {stats['max']} tokens, packed into one row of {tokens:,} at"
+        in packed.lines()[0]
+    )
+    at = est.estimate(cfg, device=CPU, manifest=manifest, micro_batch=(1, tokens))
+    assert at.peak == packed.peak
+    cfg.train.pack_examples = False  # padded: 8 rows as wide as the longest example
+    padded = est.estimate(cfg, device=CPU, manifest=manifest)
+    assert padded.packed is None and padded.breakdown["activations"] > 2 * packed.breakdown["activations"]
+
+
+def test_measure_compares_at_the_micro_batch_its_steps_ran(tiny_llama: Path) -> None:
+    metrics = [  # metrics.jsonl: cumulative tokens per step, and a validation row
+        {"step": 1, "tokens": 658},
+        {"step": 2, "tokens": 1369},
+        {"step": 3, "tokens": 2041},
+        {"step": 3, "split": "validation", "loss": 6.6},
+    ]
+    assert est.largest_micro_batch(metrics, 1) == 711
+    assert est.largest_micro_batch(metrics, 2) == 356  # accumulating: the step's mean micro-batch
+    raw = {"model": {"name": str(tiny_llama), "max_length": 256, "dtype": "float32"}}
+    cfg = config_from_dict({**raw, "train": {"batch_size": 4}})
+    e = est.estimate(cfg, device=CPU, manifest=chat_manifest())
+    assert est.measured_shape(e, 300) == (1, 300)
+    assert est.estimate(cfg, device=CPU, manifest=chat_manifest(), micro_batch=(1, 300)).peak < e.peak
+    cfg.train.pack_examples = False  # padded rows: real tokens do not say the padded width
+    assert est.measured_shape(est.estimate(cfg, device=CPU, manifest=chat_manifest()), 300) is None
 
 
 def test_gpu_declarations() -> None:

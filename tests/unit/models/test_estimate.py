@@ -258,23 +258,32 @@ def test_estimate_cli(tmp_path: Path, tiny_llama: Path, cli) -> None:
 # allocator and page cache are shared); alone it agrees within 5%. It runs on request, like bench/.
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("TUNEFORGE_CALIBRATE"), reason="set TUNEFORGE_CALIBRATE=1 to measure")
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_estimate_within_20_percent_of_measured_cpu_peak(tmp_path: Path, method: str) -> None:
-    """3 real steps of a small Llama (packed text, so every row is max_length long) against the estimate."""
-    from bench.estimate_calibration import make_small_llama, write_corpus
+@pytest.mark.parametrize(("method", "data"), [("lora", "text"), ("full", "text"), ("lora", "chat")])
+def test_estimate_within_20_percent_of_measured_cpu_peak(tmp_path: Path, method: str, data: str) -> None:
+    """3 real steps of a small Llama against the estimate: packed text (every row max_length long), and chat
+    of spread-out lengths, each micro-batch packed into one row (estimated at the largest the steps ran)."""
+    import json
+
+    from bench.estimate_calibration import make_small_llama, write_chat, write_corpus
 
     model = make_small_llama(tmp_path / "model")
+    source = write_corpus(tmp_path / "c.txt", 300) if data == "text" else write_chat(tmp_path / "c.jsonl")
     raw = {
-        "data": {"path": str(write_corpus(tmp_path / "c.txt", 300)), "format": "text", "dedup": "none"},
-        "model": {"name": str(model), "max_length": 256, "dtype": "float32"},
+        "data": {"path": str(source), "format": data, "dedup": "none", "output_dir": str(tmp_path / "ds")},
+        "model": {"name": str(model), "max_length": 256 if data == "text" else 512, "dtype": "float32"},
         "method": {"name": method},
         # 16 rows: activations, not the (noisy, ~±30 MiB) fixed costs of a process, make most of the peak.
         "train": {"output_dir": str(tmp_path / "run"), "batch_size": 16, "progress": False},
     }
-    raw["data"]["output_dir"] = str(tmp_path / "ds")
     cfg = config_from_dict(raw)
-    got = est.measure(cfg)
+    got = est.measure(cfg)  # prepares the raw file into data.output_dir on the way
     e = est.estimate(cfg, device="cpu")
+    if data == "chat":
+        manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+        epoch = est.estimate(cfg, device="cpu", manifest=manifest)
+        shape = est.measured_shape(epoch, got["micro_batch_tokens"])
+        assert shape is not None and shape[1] < epoch.packed  # 3 steps met smaller micro-batches
+        e = est.estimate(cfg, device="cpu", manifest=manifest, micro_batch=shape)
     assert e.peak == pytest.approx(got["peak"], rel=0.2), (
         e.peak >> 20,
         got["peak"] >> 20,

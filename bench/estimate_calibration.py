@@ -137,9 +137,9 @@ def run_config(model: str, method: str, batch: int, length: int, data: Path, out
 def baseline_rss() -> int:
     """Peak RSS of a process that only imports what a training process imports."""
     code = (
-        "import resource, torch, transformers, peft, accelerate, tuneforge.train.run;"
+        "import torch, transformers, peft, accelerate, tuneforge.train.run;"
         "from transformers import LlamaForCausalLM;"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+        "from tuneforge.models.estimate import resident_peak_bytes; print(resident_peak_bytes())"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()

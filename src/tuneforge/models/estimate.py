@@ -115,6 +115,26 @@ def available_cpu_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
+def resident_peak_bytes() -> int:
+    """This process's own peak resident memory: VmHWM on Linux, else ru_maxrss.
+
+    On Linux ru_maxrss also keeps the resident size of the parent at the fork that started this process (it
+    survives exec), so a child of a large process reads the parent's size: `estimate --measure` right after
+    converting a built-in model (1.5 GiB in the parent) read its idle baseline as 1.5 GiB, not 0.4.
+    """
+    import resource
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
 def cpu_flops(seconds: float = 0.2) -> float:
     """Float32 matmul FLOP/s of this CPU with torch's current thread count (a short measurement)."""
     import time
@@ -699,8 +719,8 @@ def measure(cfg: RunConfig, steps: int = 3, timeout: float = 3600) -> dict[str, 
 
     if not torch.cuda.is_available():
         code = (
-            "import resource, torch, transformers, peft, accelerate, tuneforge.train.run;"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+            "import torch, transformers, peft, accelerate, tuneforge.train.run;"
+            "from tuneforge.models.estimate import resident_peak_bytes; print(resident_peak_bytes())"
         )
         idle = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True

@@ -208,6 +208,27 @@ def test_measure_compares_at_the_micro_batch_its_steps_ran(tiny_llama: Path) -> 
     assert est.measured_shape(est.estimate(cfg, device=CPU, manifest=chat_manifest()), 300) is None
 
 
+def test_a_child_reads_its_own_peak_not_its_parents() -> None:
+    """ru_maxrss of a child starts at its parent's resident size (Linux keeps it across exec): the measured
+    baseline of `estimate --measure` read 1.5 GiB after a built-in's conversion. VmHWM is the child's own."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    ballast = torch.ones(64 * 2**20)  # 256 MiB resident in this (parent) process
+    parent = psutil.Process().memory_info().rss
+    code = (
+        "import resource; from tuneforge.models.estimate import resident_peak_bytes;"
+        "print(resident_peak_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    own, inherited = (int(x) for x in done.stdout.split())
+    assert own < parent / 2 and float(ballast[0]) == 1.0
+    if sys.platform == "linux":
+        assert inherited >= parent * 0.9  # the trap the measurement used to fall into
+
+
 def test_gpu_declarations() -> None:
     assert est.parse_gpu("24GB").memory == 24e9
     h100 = est.parse_gpu("h100")

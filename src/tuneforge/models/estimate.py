@@ -267,9 +267,11 @@ def sequence_lengths(cfg: RunConfig, manifest: dict[str, Any] | None) -> tuple[i
 
 
 def _unseen_tokens(cfg: RunConfig, manifest: dict[str, Any]) -> int:
-    """Tokens a row has beyond the manifest's lengths: none where prepare counted what the model sees."""
-    basis = str((manifest.get("token_lengths") or {}).get("measured_as") or "")
-    if basis.startswith(("conversation rendered by the chat template", "text with the tokenizer's special")):
+    """Tokens a row has beyond the manifest's lengths: none where prepare counted what this model sees."""
+    lengths = manifest.get("token_lengths") or {}
+    basis = str(lengths.get("measured_as") or "")
+    rendered = ("conversation rendered by the chat template", "text with the tokenizer's special")
+    if basis.startswith(rendered) and lengths.get("tokenizer") == cfg.model.name:
         return 0  # data/lengths.py rendered the template (and data.prompt_template) or added [CLS]/[SEP]
     if cfg.model.task != "causal-lm":
         return 2  # [CLS]/[SEP]

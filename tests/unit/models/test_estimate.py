@@ -156,12 +156,16 @@ def test_packed_chat_peak_is_the_largest_micro_batch_of_real_lengths(tiny_llama:
         "format": "chat",
         "splits": {"train": 400},
         "token_lengths": {
+            "tokenizer": str(tiny_llama),
             "measured_as": "conversation rendered by the chat template",
             "train": length_stats(lengths),
         },
     }
     stats = manifest["token_lengths"]["train"]
     raw = {"model": {"name": str(tiny_llama), "max_length": 512, "dtype": "float32"}}
+    other = config_from_dict({"model": {"name": "builtin:smollm2-135m-instruct", "max_length": 1024}})
+    # measured with another model's tokenizer: its own chat template's tokens are not in the lengths
+    assert est.sequence_lengths(other, manifest)[0] == stats["max"] + est.TEMPLATE_TOKENS
     for batch in (4, 8, 16):
         cfg = config_from_dict({**raw, "train": {"batch_size": batch}})
         rows, tokens = est.peak_micro_batch(cfg, manifest, est.sequence_lengths(cfg, manifest)[0])

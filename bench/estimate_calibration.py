@@ -1,10 +1,10 @@
 """Calibrate `tuneforge estimate` on this machine: estimated vs measured peak memory of 3 real training steps.
 
 Each grid point trains 3 steps with `tuneforge train` in a subprocess (CPU, float32) and reads the peak
-resident memory from the run manifest. The measured number is the growth above an idle process that imported
-what training imports (python, torch, transformers, peft, accelerate, tuneforge), which is what the estimate
-predicts. Training projects only the target positions onto the vocabulary, and the estimate follows it
-(`logits_mode`).
+resident memory from the run manifest (the process's own high-water mark, VmHWM). The measured number is the
+growth above an idle process that imported what training imports (python, torch, transformers, peft,
+accelerate, tuneforge), which is what the estimate predicts. Training projects only the target positions onto
+the vocabulary, and the estimate follows it (`logits_mode`).
 
 Two kinds of data: packed text, where every micro-batch is exactly batch x max_length tokens, and chat, the
 shape real data has: conversations of spread-out lengths (prompts short, answers long-tailed, a fifth with two

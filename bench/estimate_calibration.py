@@ -237,8 +237,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         manifest = r.get("dataset_manifest")  # chat rows: the lengths the epoch's peak is estimated from
         with tempfile.TemporaryDirectory() as tmp:
             if r["model"] != "smollm2":
-                # The small model was built in a temporary folder: size it from the same architecture again.
+                # The small model was built in a temporary folder: size it from the same architecture again
+                # (the same model whose tokenizer measured the lengths).
                 cfg.model.name = str(make_small_llama(Path(tmp) / "m"))
+                if manifest:
+                    lengths = {**manifest["token_lengths"], "tokenizer": cfg.model.name}
+                    manifest = {**manifest, "token_lengths": lengths}
             epoch = estimate(cfg, device="cpu", manifest=manifest)
             shape = measured_shape(epoch, int(r.get("micro_batch_tokens") or 0))
             est = (

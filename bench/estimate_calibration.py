@@ -1,12 +1,20 @@
 """Calibrate `tuneforge estimate` on this machine: estimated vs measured peak memory of 3 real training steps.
 
-Each grid point trains 3 steps with `tuneforge train` in a subprocess (packed text, so every micro-batch is
-exactly batch x max_length tokens; CPU, float32) and reads the peak resident memory from the run manifest. The
-measured number is the growth above an idle process that imported what training imports (python, torch,
-transformers, peft, accelerate, tuneforge), which is what the estimate predicts. Training projects only the
-target positions onto the vocabulary, and the estimate follows it (`logits_mode`).
+Each grid point trains 3 steps with `tuneforge train` in a subprocess (CPU, float32) and reads the peak
+resident memory from the run manifest (the process's own high-water mark, VmHWM). The measured number is the
+growth above an idle process that imported what training imports (python, torch, transformers, peft,
+accelerate, tuneforge), which is what the estimate predicts. Training projects only the target positions onto
+the vocabulary, and the estimate follows it (`logits_mode`).
+
+Two kinds of data: packed text, where every micro-batch is exactly batch x max_length tokens, and chat, the
+shape real data has: conversations of spread-out lengths (prompts short, answers long-tailed, a fifth with two
+turns) rendered by the chat template, loss on the answers only, each micro-batch packed into one row of its
+examples' real lengths. Three steps meet smaller micro-batches than an epoch's largest, so a chat row is
+estimated at the largest micro-batch its steps ran (from metrics.jsonl, as `tuneforge estimate --measure`
+does); the epoch's own peak estimate is shown beside it.
 
     python bench/estimate_calibration.py [--out results.json] [--reuse results.json] [--only smollm2]
+        [--data chat]
 
 Goal: every estimate within 20% of the measured growth.
 """
@@ -29,19 +37,24 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests" / "assets" / "tiny-tokenizer"
 SMOLLM2 = "builtin:smollm2-135m-instruct"
 
-# (model, method, batch size, max_length): a small grid, 3 steps each (the machine is shared).
-GRID: list[tuple[str, str, int, int]] = [
-    ("smollm2", "lora", 2, 128),
-    ("smollm2", "lora", 4, 128),
-    ("smollm2", "lora", 2, 256),
-    ("smollm2", "lora", 4, 256),
-    ("smollm2", "full", 2, 128),
-    ("small-llama", "lora", 4, 256),
-    ("small-llama", "lora", 8, 512),
-    ("small-llama", "full", 2, 256),
-    ("small-llama", "full", 4, 256),
-    ("small-llama", "full", 8, 256),
-    ("small-llama", "full", 8, 512),
+# (model, data, method, batch size, max_length): a small grid, 3 steps each (the machine is shared).
+GRID: list[tuple[str, str, str, int, int]] = [
+    ("smollm2", "text", "lora", 2, 128),
+    ("smollm2", "text", "lora", 4, 128),
+    ("smollm2", "text", "lora", 2, 256),
+    ("smollm2", "text", "lora", 4, 256),
+    ("smollm2", "text", "full", 2, 128),
+    ("small-llama", "text", "lora", 4, 256),
+    ("small-llama", "text", "lora", 8, 512),
+    ("small-llama", "text", "full", 2, 256),
+    ("small-llama", "text", "full", 4, 256),
+    ("small-llama", "text", "full", 8, 256),
+    ("small-llama", "text", "full", 8, 512),
+    ("smollm2", "chat", "lora", 8, 512),
+    ("smollm2", "chat", "lora", 16, 512),
+    ("small-llama", "chat", "lora", 8, 512),
+    ("small-llama", "chat", "lora", 16, 512),
+    ("small-llama", "chat", "full", 16, 512),
 ]
 VOCABULARY = (
     "the of and to in is was for on that with as by at from his her an were are which this be or have had "
@@ -83,6 +96,27 @@ def write_corpus(path: Path, paragraphs: int = 400) -> Path:
     return path
 
 
+def sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choices(WORDS, k=max(1, words))).capitalize() + "."
+
+
+def write_chat(path: Path, rows: int = 500) -> Path:
+    """Chit-chat shaped conversations: a short question, an answer of a few sentences with a long tail (the
+    lengths of real chat sets: mean ~110 SmolLM2 tokens, 90th percentile ~180, a few past 512), one in five
+    with a second exchange."""
+    rng = random.Random(0)
+    with path.open("w", encoding="utf-8") as f:
+        for _ in range(rows):
+            messages = []
+            for _ in range(1 if rng.random() < 0.8 else 2):
+                messages.append({"role": "user", "content": sentence(rng, int(rng.lognormvariate(2.5, 0.6)))})
+                count = max(1, int(rng.lognormvariate(1.2, 0.8)))
+                answer = " ".join(sentence(rng, int(rng.lognormvariate(2.3, 0.5))) for _ in range(count))
+                messages.append({"role": "assistant", "content": answer})
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
 def run_config(model: str, method: str, batch: int, length: int, data: Path, out: Path) -> dict[str, Any]:
     return {
         "data": {"path": str(data)},
@@ -103,9 +137,9 @@ def run_config(model: str, method: str, batch: int, length: int, data: Path, out
 def baseline_rss() -> int:
     """Peak RSS of a process that only imports what a training process imports."""
     code = (
-        "import resource, torch, transformers, peft, accelerate, tuneforge.train.run;"
+        "import torch, transformers, peft, accelerate, tuneforge.train.run;"
         "from transformers import LlamaForCausalLM;"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+        "from tuneforge.models.estimate import resident_peak_bytes; print(resident_peak_bytes())"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()
@@ -124,16 +158,16 @@ def _env() -> dict[str, str]:
     }
 
 
-def prepare(work: Path, model: str) -> Path:
-    corpus = write_corpus(work / "corpus.txt")
-    out = work / f"ds-{abs(hash(model)) % 10_000}"
+def prepare(work: Path, model: str, kind: str = "text") -> Path:
+    raw = write_corpus(work / "corpus.txt") if kind == "text" else write_chat(work / "chat.jsonl")
+    out = work / f"ds-{kind}-{abs(hash(model)) % 10_000}"
     cfg = {
         "data": {
-            "path": str(corpus),
-            "format": "text",
+            "path": str(raw),
+            "format": kind,
             "output_dir": str(out),
             "dedup": "none",
-            "splits": [0.9, 0.05, 0.05],
+            "splits": [0.9, 0.05, 0.05] if kind == "text" else [0.7, 0.15, 0.15],
         },
         "model": {"name": model, "max_length": 512},
     }
@@ -155,24 +189,35 @@ def measure(cfg: dict[str, Any], work: Path, name: str) -> dict[str, Any]:
     )
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
-    m = json.loads((Path(cfg["train"]["output_dir"]) / "manifest.json").read_text())
-    return {"peak_bytes": m["peak_memory_bytes"], "train_time_s": m["train_time_s"], "steps": m["step"]}
+    from tuneforge.models.estimate import largest_micro_batch
+
+    run = Path(cfg["train"]["output_dir"])
+    m = json.loads((run / "manifest.json").read_text())
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "peak_bytes": m["peak_memory_bytes"],
+        "train_time_s": m["train_time_s"],
+        "steps": m["step"],
+        "micro_batch_tokens": largest_micro_batch(metrics, 1),
+    }
 
 
-def measure_grid(only: str | None) -> list[dict[str, Any]]:
+def measure_grid(only: str | None, kind: str | None = None) -> list[dict[str, Any]]:
     rows = []
+    grid = [g for g in GRID if only in (None, g[0]) and kind in (None, g[1])]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         models = {"smollm2": SMOLLM2, "small-llama": str(make_small_llama(work / "small-llama"))}
-        data = {key: prepare(work, name) for key, name in models.items() if only in (None, key)}
+        data = {(m, d): prepare(work, models[m], d) for m, d in {(g[0], g[1]) for g in grid}}
         base = baseline_rss()
-        for key, method, batch, length in GRID:
-            if only not in (None, key):
-                continue
-            name = f"{key}-{method}-b{batch}-t{length}"
-            cfg = run_config(models[key], method, batch, length, data[key], work / name)
+        for key, kind_, method, batch, length in grid:
+            name = f"{key}-{method}-b{batch}-t{length}" + ("" if kind_ == "text" else f"-{kind_}")
+            cfg = run_config(models[key], method, batch, length, data[key, kind_], work / name)
             result = measure(cfg, work, name)
-            rows.append({"name": name, "model": key, "config": cfg, "baseline_bytes": base, **result})
+            row = {"name": name, "model": key, "config": cfg, "baseline_bytes": base, **result}
+            if kind_ != "text":  # the dataset folder goes with the temporary directory: keep its lengths
+                row["dataset_manifest"] = json.loads((data[key, kind_] / "manifest.json").read_text())
+            rows.append(row)
             print(f"measured {name}: {(result['peak_bytes'] - base) / 2**20:,.0f} MiB", flush=True)
     return rows
 
@@ -180,27 +225,40 @@ def measure_grid(only: str | None) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """Estimate vs measured, as a markdown table (what the README shows)."""
     from tuneforge.config import config_from_dict
-    from tuneforge.models.estimate import estimate
+    from tuneforge.models.estimate import estimate, measured_shape
 
     lines = [
-        "| run | measured MiB | estimated MiB | error | biggest terms (MiB) |",
-        "|---|---:|---:|---:|---|",
+        "| run | micro-batch measured | measured MiB | estimated MiB | error | epoch's peak estimated MiB "
+        "| biggest terms (MiB) |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         cfg = config_from_dict(r["config"])
-        if r["model"] != "smollm2":
-            # The small model was built in a temporary folder: size it from the same architecture again.
-            with tempfile.TemporaryDirectory() as tmp:
+        manifest = r.get("dataset_manifest")  # chat rows: the lengths the epoch's peak is estimated from
+        with tempfile.TemporaryDirectory() as tmp:
+            if r["model"] != "smollm2":
+                # The small model was built in a temporary folder: size it from the same architecture again
+                # (the same model whose tokenizer measured the lengths).
                 cfg.model.name = str(make_small_llama(Path(tmp) / "m"))
-                est = estimate(cfg, device="cpu")
-        else:
-            est = estimate(cfg, device="cpu")
+                if manifest:
+                    lengths = {**manifest["token_lengths"], "tokenizer": cfg.model.name}
+                    manifest = {**manifest, "token_lengths": lengths}
+            epoch = estimate(cfg, device="cpu", manifest=manifest)
+            shape = measured_shape(epoch, int(r.get("micro_batch_tokens") or 0))
+            est = (
+                epoch if shape is None else estimate(cfg, device="cpu", manifest=manifest, micro_batch=shape)
+            )
         measured = (r["peak_bytes"] - r["baseline_bytes"]) / 2**20
         predicted = est.peak / 2**20
         top = sorted(est.breakdown.items(), key=lambda kv: -kv[1])[:3]
         terms = ", ".join(f"{k} {v / 2**20:,.0f}" for k, v in top)
         err = (predicted - measured) / measured
-        lines.append(f"| {r['name']} | {measured:,.0f} | {predicted:,.0f} | {err:+.0%} | {terms} |")
+        batch = cfg.train.batch_size
+        met = f"{batch} x {cfg.model.max_length}" if shape is None else f"{batch} packed, {shape[1]:,} tokens"
+        lines.append(
+            f"| {r['name']} | {met} | {measured:,.0f} | {predicted:,.0f} | {err:+.0%} | "
+            f"{epoch.peak / 2**20:,.0f} | {terms} |"
+        )
     return lines
 
 
@@ -209,9 +267,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the measurements as JSON")
     parser.add_argument("--reuse", type=Path, help="read measurements written by --out instead of training")
     parser.add_argument("--only", choices=["smollm2", "small-llama"], help="measure one model only")
+    parser.add_argument("--data", choices=["text", "chat"], help="measure one kind of data only")
     parser.add_argument("--no-table", action="store_true", help="only measure")
     args = parser.parse_args()
-    rows = json.loads(args.reuse.read_text()) if args.reuse else measure_grid(args.only)
+    rows = json.loads(args.reuse.read_text()) if args.reuse else measure_grid(args.only, args.data)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
     if not args.no_table:

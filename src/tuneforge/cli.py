@@ -119,7 +119,14 @@ def estimate(
 ) -> None:
     """Peak memory (by term) and time per step and epoch of the run CONFIG describes, before any download."""
     from tuneforge.config import load_config
-    from tuneforge.models.estimate import GIB, check_data_path, check_max_length, fmt_seconds, parse_gpu
+    from tuneforge.models.estimate import (
+        GIB,
+        check_data_path,
+        check_max_length,
+        fmt_seconds,
+        measured_shape,
+        parse_gpu,
+    )
     from tuneforge.models.estimate import estimate as run_estimate
     from tuneforge.models.estimate import measure as run_measure
 
@@ -140,9 +147,17 @@ def estimate(
         console.print(escape(line), highlight=False)
     if measure:
         got = run_measure(cfg)
+        # A few steps meet smaller micro-batches than an epoch's largest: compare at the one they met.
+        shape = measured_shape(est, got["micro_batch_tokens"])
+        at = (
+            est
+            if shape is None
+            else run_estimate(cfg, device=est.device, processes=processes, micro_batch=shape)
+        )
+        met = "" if shape is None else f" for its largest micro-batch, {shape[1]:,} tokens packed"
         console.print(
-            f"measured (3 steps): peak {got['peak'] / GIB:.2f} GiB (estimated {est.peak / GIB:.2f}, "
-            f"{(est.peak - got['peak']) / max(got['peak'], 1):+.0%}), "
+            f"measured (3 steps): peak {got['peak'] / GIB:.2f} GiB (estimated {at.peak / GIB:.2f}{met}, "
+            f"{(at.peak - got['peak']) / max(got['peak'], 1):+.0%}), "
             f"{fmt_seconds(got['step_s'])} per step (estimated {fmt_seconds(est.step_s)})"
         )
 

@@ -6,8 +6,9 @@ Memory per process, in bytes (the terms are printed, so a user sees what to shri
     optimizer    AdamW: 2 states per trainable parameter, in its dtype (adamw-8bit: 2 bytes)
     gradients    one per trainable parameter; they grow while activations are freed during backward, so the
                  peak holds the larger of the two, not their sum (measured: see README, Choosing a model)
-    activations  what autograd saves in forward, counted on the meta device (shape.py) for this batch and
-                 length, LoRA dropout copies and the attention implementation included, plus the
+    activations  what autograd saves in forward, counted on the meta device (shape.py) for the largest
+                 micro-batch (`peak_micro_batch`: padded, batch x the longest example; packed examples,
+                 one row of their real lengths), LoRA dropout copies and attention included, plus the
                  gradients of BACKWARD_BLOCKS blocks' activations during backward; with gradient
                  checkpointing only each block's input plus one block being recomputed
     logits       causal LM, as training computes them (models/lm_loss.py): only the positions with a target
@@ -114,6 +115,26 @@ def available_cpu_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
+def resident_peak_bytes() -> int:
+    """This process's own peak resident memory: VmHWM on Linux, else ru_maxrss.
+
+    On Linux ru_maxrss also keeps the resident size of the parent at the fork that started this process (it
+    survives exec), so a child of a large process reads the parent's size: `estimate --measure` right after
+    converting a built-in model (1.5 GiB in the parent) read its idle baseline as 1.5 GiB, not 0.4.
+    """
+    import resource
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
 def cpu_flops(seconds: float = 0.2) -> float:
     """Float32 matmul FLOP/s of this CPU with torch's current thread count (a short measurement)."""
     import time
@@ -151,12 +172,14 @@ class Estimate:
     trainable_params: int
     batch: int
     length: int
-    """Tokens per row of the largest micro-batch (what the peak is computed at)."""
+    """Tokens of the longest example (padded: per row of the largest micro-batch)."""
     breakdown: dict[str, int]
     peak: int
     step_s: float
     steps_per_epoch: int | None
     notes: list[str] = field(default_factory=list)
+    packed: int | None = None
+    """Tokens of the one row the largest micro-batch is packed into (train.pack_examples); None: padded."""
 
     @property
     def fits(self) -> bool:
@@ -168,9 +191,13 @@ class Estimate:
 
     def lines(self) -> list[str]:
         """The estimate for people: the terms, the peak against the device, the time."""
+        shape = f"{self.batch} x {self.length} tokens"
+        if self.packed is not None:
+            shape = f"{self.batch} x up to {self.length} tokens, packed into one row of {self.packed:,} "
+            shape += "at the peak"
         out = [
             f"{self.model} + {self.method}: {self.trainable_params:,} of {self.total_params:,} parameters "
-            f"train; micro-batch {self.batch} x {self.length} tokens",
+            f"train; micro-batch {shape}",
         ]
         for name, value in sorted(self.breakdown.items(), key=lambda kv: -kv[1]):
             out.append(f"  {name:<12}{value / GIB:>9.2f} GiB")
@@ -231,14 +258,45 @@ def sequence_lengths(cfg: RunConfig, manifest: dict[str, Any] | None) -> tuple[i
         return cap, cap, max(1, int(stats["total"]) // cap)
     if not stats.get("count"):
         return cap, cap, rows
-    extra = TEMPLATE_TOKENS if cfg.model.task == "causal-lm" else 2  # chat template, or [CLS]/[SEP]
-    if cfg.model.task == "causal-lm" and fmt == "classification":
-        extra += 32  # the prompt template around the text
+    extra = _unseen_tokens(cfg, manifest)
     peak = min(cap, int(stats["max"]) + extra)
     typical = min(cap, int(stats.get("p90", stats["max"])) + extra)
     if packs_examples(cfg) and stats.get("total"):  # one row of whole examples: no padding is computed
         typical = min(cap, math.ceil(int(stats["total"]) / int(stats["count"])) + extra)
     return peak, typical, rows
+
+
+def _unseen_tokens(cfg: RunConfig, manifest: dict[str, Any]) -> int:
+    """Tokens a row has beyond the manifest's lengths: none where prepare counted what this model sees."""
+    lengths = manifest.get("token_lengths") or {}
+    basis = str(lengths.get("measured_as") or "")
+    rendered = ("conversation rendered by the chat template", "text with the tokenizer's special")
+    if basis.startswith(rendered) and lengths.get("tokenizer") == cfg.model.name:
+        return 0  # data/lengths.py rendered the template (and data.prompt_template) or added [CLS]/[SEP]
+    if cfg.model.task != "causal-lm":
+        return 2  # [CLS]/[SEP]
+    classification = manifest.get("format") == "classification"
+    return TEMPLATE_TOKENS + (32 if classification else 0)  # chat template, and the prompt template
+
+
+def peak_micro_batch(cfg: RunConfig, manifest: dict[str, Any] | None, longest: int) -> tuple[int, int]:
+    """(rows, tokens per row) of the largest micro-batch of an epoch: the shape the peak is computed at.
+
+    Padded rows are batch x the longest example. Packed examples (train.pack_examples) are one row of whole
+    examples, so the peak follows the largest *sum* of batch lengths: the longest example lands in some
+    micro-batch beside batch - 1 others, taken at the 90th percentile so that a batch of several long rows is
+    covered too. On a real chat set (mean 112, p90 180, longest 512 tokens) the largest micro-batch of an
+    epoch, over 200 data orders, stayed within this for batches of 4, 8 and 16 (1,776 of 1,772 tokens at 8,
+    where batch x longest said 4,096). Packed text fills every row to model.max_length.
+    """
+    b, cap = cfg.train.batch_size, cfg.model.max_length
+    stats = ((manifest or {}).get("token_lengths") or {}).get("train") or {}
+    fmt = (manifest or {}).get("format")
+    if not packs_examples(cfg) or fmt == "text" or not stats.get("count") or b == 1:
+        return b, longest
+    extra = _unseen_tokens(cfg, manifest or {})
+    typical = min(cap, int(stats.get("p90", stats["max"])) + extra)
+    return 1, min(b * longest, longest + (b - 1) * typical)
 
 
 def packs_examples(cfg: RunConfig) -> bool:
@@ -260,11 +318,12 @@ def logits_mode(cfg: RunConfig, model_config: Any, processes: int) -> str:
     return "targets"
 
 
-def target_positions(cfg: RunConfig, manifest: dict[str, Any] | None, batch: int, length: int) -> int:
-    """Positions of a micro-batch that carry a target: a label's few tokens, else (at most) every position."""
+def target_positions(cfg: RunConfig, manifest: dict[str, Any] | None, batch: int, positions: int) -> int:
+    """Positions of a micro-batch (`batch` examples, `positions` in all) that carry a target: a label's few
+    tokens per example, else (at most) every position."""
     if cfg.model.task == "causal-lm" and (manifest or {}).get("format") == "classification":
-        return batch * min(LABEL_TOKENS, length)
-    return batch * length  # text: every position; chat/instruction: the answers, which may fill a row
+        return min(batch * LABEL_TOKENS, positions)
+    return positions  # text: every position; chat/instruction: the answers, which may fill a row
 
 
 def _dtype_bytes(cfg: RunConfig, device: Device) -> tuple[int, str]:
@@ -282,12 +341,15 @@ def estimate(
     manifest: dict[str, Any] | None = None,
     processes: int = 1,
     logits: str | None = None,
+    micro_batch: tuple[int, int] | None = None,
 ) -> Estimate:
     """Peak memory per process and time of the run `cfg` describes (no weights read, nothing allocated).
 
     `device`: a Device, "cpu", a GPU name or size ("H100", "24GB"), or None for this machine's.
     `manifest`: the prepared dataset's manifest (real token lengths); read from data.path when it is one.
     `logits`: "targets" or "full" to override how training is taken to compute the logits (`logits_mode`).
+    `micro_batch`: (rows, tokens per row) to compute the peak at instead of the epoch's largest micro-batch
+    (`peak_micro_batch`); `measure` compares at the shape its few steps really ran.
     """
     import torch
 
@@ -301,6 +363,8 @@ def estimate(
     shape = build_meta(cfg.model, cfg.method, labels=max(labels, 2), dtype=getattr(torch, bytes_name))
     b, accum = cfg.train.batch_size, cfg.train.gradient_accumulation_steps
     length, typical, rows = sequence_lengths(cfg, manifest)
+    peak_rows, peak_tokens = micro_batch or peak_micro_batch(cfg, manifest, length)
+    packed = peak_tokens if peak_rows == 1 and b > 1 else None
     notes: list[str] = []
     if shape.source == "catalog":
         notes.append("sized from the catalog's architecture numbers (the model is not on disk)")
@@ -319,14 +383,16 @@ def estimate(
     optimizer = 2 * shape.trainable * per_state
 
     try:
-        inside, outside = saved_activation_bytes(shape, b, length)
+        inside, outside = saved_activation_bytes(shape, peak_rows, peak_tokens)
     except Exception as err:  # an architecture whose forward needs real values: fall back to a formula
         per_token_layer = 4 * (16 * shape.hidden) if width == 4 else 2 * (16 * shape.hidden)
-        inside, outside = per_token_layer * shape.layers * b * length, 0
+        inside, outside = per_token_layer * shape.layers * peak_rows * peak_tokens, 0
         notes.append(f"activations from a formula ({type(err).__name__} on the meta device)")
     if cfg.train.gradient_checkpointing:
         # Only each block's input stays; one block's activations exist again while it is recomputed.
-        inside = shape.layers * b * length * shape.hidden * width + inside // max(shape.layers, 1)
+        inside = shape.layers * peak_rows * peak_tokens * shape.hidden * width + inside // max(
+            shape.layers, 1
+        )
     # Backward of a block holds the gradients of its activations while its saved tensors are still alive.
     backward = int(BACKWARD_BLOCKS * inside / max(shape.layers, 1))
     logit_bytes = 0
@@ -336,10 +402,11 @@ def estimate(
         mode = logits or logits_mode(cfg, getattr(shape.model, "config", None), processes)
         if mode == "targets":
             # One chunk's logits, their float32 log-softmax and its two gradients exist at once.
-            projected = min(target_positions(cfg, manifest, b, length), CHUNK)
+            projected = min(target_positions(cfg, manifest, b, peak_rows * peak_tokens), CHUNK)
             logit_bytes = projected * shape.vocab * (width + 3 * 4)
         else:
-            logit_bytes = b * length * shape.vocab * (3 * width + (LOGITS_FULL_COPIES - 3) * 4)
+            full_copies = 3 * width + (LOGITS_FULL_COPIES - 3) * 4
+            logit_bytes = peak_rows * peak_tokens * shape.vocab * full_copies
     transient = inside + outside + backward + logit_bytes
 
     # Sharding (per process).
@@ -395,6 +462,7 @@ def estimate(
         step_s=step_s,
         steps_per_epoch=steps,
         notes=notes,
+        packed=packed,
     )
 
 
@@ -649,13 +717,14 @@ def measure(cfg: RunConfig, steps: int = 3, timeout: float = 3600) -> dict[str, 
         if done.returncode:
             raise TuneforgeError(f"the measuring run failed:\n{done.stderr[-2000:]}", where="--measure")
         m = json.loads((Path(tmp) / "run" / "manifest.json").read_text(encoding="utf-8"))
+        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     base = 0
     import torch
 
     if not torch.cuda.is_available():
         code = (
-            "import resource, torch, transformers, peft, accelerate, tuneforge.train.run;"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+            "import torch, transformers, peft, accelerate, tuneforge.train.run;"
+            "from tuneforge.models.estimate import resident_peak_bytes; print(resident_peak_bytes())"
         )
         idle = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
@@ -665,4 +734,25 @@ def measure(cfg: RunConfig, steps: int = 3, timeout: float = 3600) -> dict[str, 
         "peak": int(m["peak_memory_bytes"]) - base,
         "step_s": float(m["train_time_s"]) / max(int(m["step"]), 1),
         "baseline": base,
+        "micro_batch_tokens": largest_micro_batch(rows, cfg.train.gradient_accumulation_steps),
     }
+
+
+def largest_micro_batch(metrics: list[dict[str, Any]], accumulation: int) -> int:
+    """Real tokens of the largest micro-batch a run's metrics.jsonl shows (per step: cumulative tokens).
+
+    A few steps rarely meet the epoch's largest micro-batch, and the peak follows the one they met, so
+    `measure` is compared with the estimate at this size (the steps' mean micro-batch where they accumulate).
+    """
+    seen, largest = 0, 0
+    for row in metrics:
+        if "split" in row or "tokens" not in row:
+            continue
+        largest, seen = max(largest, int(row["tokens"]) - seen), int(row["tokens"])
+    return math.ceil(largest / max(accumulation, 1))
+
+
+def measured_shape(est: Estimate, tokens: int) -> tuple[int, int] | None:
+    """The (rows, tokens per row) micro-batch a measurement ran, where its tokens say it: packed examples
+    are one row of exactly those tokens; padded rows hide their padding (None: the estimate's own shape)."""
+    return (1, tokens) if est.packed is not None and tokens > 0 else None

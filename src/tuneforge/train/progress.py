@@ -21,12 +21,11 @@ def peak_memory_bytes() -> int:
     """Peak accelerator memory allocated by torch on CUDA, else the peak resident memory of this process."""
     import torch
 
+    from tuneforge.models.estimate import resident_peak_bytes
+
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+    return resident_peak_bytes()
 
 
 def _clock(seconds: float | None) -> str:

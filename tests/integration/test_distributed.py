@@ -233,31 +233,34 @@ def one_process_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path):
     return baseline
 
 
-@pytest.mark.parametrize(
-    ("task", "method", "final_file"),
-    [
-        ("causal-lm", LORA, "adapter_model.safetensors"),
-        ("causal-lm", {"name": "full"}, "model.safetensors"),
-        ("classification", LORA, "adapter_model.safetensors"),  # the head trains whole beside the adapter
-    ],
-    ids=["lora", "full", "lora-classifier"],
-)
-def test_fsdp_matches_one_process_and_resumes_exactly(
-    tmp_path: Path, tiny_llama: Path, one_process_run, task: str, method: dict, final_file: str
-) -> None:
-    """FSDP over 2 processes trains what 1 process does (only the main one reads the model; the others get
-    their shards from it); its checkpoints are whole and resume bit-exactly."""
-    lr = write_sharding_config(tmp_path, tiny_llama, task, method)
-    sharded = launch_two(tmp_path, "train.output_dir=fsdp", "train.batch_size=2", "train.fsdp=true")
-    assert sharded.returncode == 0, sharded.stderr[-3000:]
+class TestFSDP:
+    """A class of its own, like TestDeepSpeed, so xdist (--dist loadscope) can run it on the other worker."""
 
-    one_dir, fsdp_dir = one_process_run(task, method), tmp_path / "fsdp"
-    assert json.loads((fsdp_dir / "manifest.json").read_text())["sharded"] is True
-    assert json.loads((one_dir / "manifest.json").read_text())["sharded"] is False
-    assert_trains_like_one_process(one_dir, fsdp_dir, final_file, lr)
+    @pytest.mark.parametrize(
+        ("task", "method", "final_file"),
+        [
+            ("causal-lm", LORA, "adapter_model.safetensors"),
+            ("causal-lm", {"name": "full"}, "model.safetensors"),
+            ("classification", LORA, "adapter_model.safetensors"),  # the head trains whole beside the adapter
+        ],
+        ids=["lora", "full", "lora-classifier"],
+    )
+    def test_fsdp_matches_one_process_and_resumes_exactly(
+        self, tmp_path: Path, tiny_llama: Path, one_process_run, task: str, method: dict, final_file: str
+    ) -> None:
+        """FSDP over 2 processes trains what 1 process does (only the main one reads the model; the others get
+        their shards from it); its checkpoints are whole and resume bit-exactly."""
+        lr = write_sharding_config(tmp_path, tiny_llama, task, method)
+        sharded = launch_two(tmp_path, "train.output_dir=fsdp", "train.batch_size=2", "train.fsdp=true")
+        assert sharded.returncode == 0, sharded.stderr[-3000:]
 
-    # Resume from step 2 under FSDP: it ends bit-identical.
-    assert_resumes_exactly_from_step_2(tmp_path, fsdp_dir, final_file, "train.fsdp=true")
+        one_dir, fsdp_dir = one_process_run(task, method), tmp_path / "fsdp"
+        assert json.loads((fsdp_dir / "manifest.json").read_text())["sharded"] is True
+        assert json.loads((one_dir / "manifest.json").read_text())["sharded"] is False
+        assert_trains_like_one_process(one_dir, fsdp_dir, final_file, lr)
+
+        # Resume from step 2 under FSDP: it ends bit-identical.
+        assert_resumes_exactly_from_step_2(tmp_path, fsdp_dir, final_file, "train.fsdp=true")
 
 
 class TestDeepSpeed:

@@ -119,7 +119,10 @@ def training_charts(metrics: list[dict[str, Any]]) -> list[Chart]:
             )
         )
     # the legend names the curve for a reader: "lr" and "tokens_per_s" are the metrics file's keys
-    for key, title, name in (("lr", "learning rate", "lr"), ("tokens_per_s", "tokens per second", "tokens/s")):
+    for key, title, name in (
+        ("lr", "learning rate", "lr"),
+        ("tokens_per_s", "tokens per second", "tokens/s"),
+    ):
         charts.append(
             line_chart(title, {name: [(m["step"], float(m[key])) for m in train if _num(m.get(key))]})
         )

@@ -450,8 +450,10 @@ def _length_plot(lengths: dict[str, list[int]]) -> str:
 
 
 _CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;"
+    "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
+    # a wide table scrolls inside itself and a plot shrinks: on a phone the page itself never scrolls sideways
+    "table{border-collapse:collapse;margin:.5em 0 1.5em;display:block;max-width:100%;overflow-x:auto}"
+    "img{max-width:100%;height:auto}td,th{border:1px solid #ccc;padding:.25em .6em;"
     "text-align:left;vertical-align:top}th{background:#f3f3f3}.warn{color:#a40}code{background:#f6f6f6}"
     ".ex{font-size:.9em;color:#444}"
 )
@@ -460,7 +462,8 @@ _CSS = (
 def render_html(m: dict[str, Any], extras: dict[str, Any]) -> str:
     e = html.escape
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>Dataset report: {e(m['source']['path'])}</title><style>{_CSS}</style></head><body>",
         f"<h1>Dataset report</h1><p><code>{e(m['source']['path'])}</code> → format "
         f"<b>{e(str(m['format']))}</b>, "

@@ -118,9 +118,13 @@ def training_charts(metrics: list[dict[str, Any]]) -> list[Chart]:
                 {k: [(m["step"], float(m[k])) for m in val if _num(m.get(k))] for k in others},
             )
         )
-    for key, title in (("lr", "learning rate"), ("tokens_per_s", "tokens per second")):
+    # the legend names the curve for a reader: "lr" and "tokens_per_s" are the metrics file's keys
+    for key, title, name in (
+        ("lr", "learning rate", "lr"),
+        ("tokens_per_s", "tokens per second", "tokens/s"),
+    ):
         charts.append(
-            line_chart(title, {key: [(m["step"], float(m[key])) for m in train if _num(m.get(key))]})
+            line_chart(title, {name: [(m["step"], float(m[key])) for m in train if _num(m.get(key))]})
         )
     return [c for c in charts if c is not None]
 

@@ -60,7 +60,9 @@ def human_blocks(h: dict[str, Any]) -> list[Block]:
     blocks.append(("table", (["rater", "ratings", "win", "tie", "loss"], per)))
     agree = h.get("agreement", {})
     stats = [
-        f"{k} {num(agree[k])}" for k in ("cohen_kappa", "krippendorff_alpha") if agree.get(k) is not None
+        f"{name} {num(agree[k])}"
+        for k, name in (("cohen_kappa", "Cohen's kappa"), ("krippendorff_alpha", "Krippendorff's alpha"))
+        if agree.get(k) is not None
     ]
     if stats:
         blocks.append(("p", "Agreement between raters: " + ", ".join(stats) + "."))

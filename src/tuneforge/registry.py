@@ -208,11 +208,16 @@ class Registry:
         if mirror is not None:
             mirror.sync(versions, champion)
 
-    def sync_mirror(self) -> dict[int, int]:
-        """Bring the MLflow mirror up to the folder (after turning it on, or after a failed mirror)."""
+    def sync_mirror(self, *, required: bool = True) -> dict[int, int] | None:
+        """Bring the MLflow mirror up to the folder (after turning it on, or after a failed mirror).
+
+        Returns tuneforge version → MLflow version; None when no mirror is configured and none is `required`.
+        """
         self._require()
         mirror = mirror_for(self.name)
         if mirror is None:
+            if not required:
+                return None
             raise TuneforgeError(
                 "no MLflow registry is configured to mirror to",
                 fix="set TUNEFORGE_REGISTRY_MLFLOW to an MLflow URI, e.g. sqlite:///$PWD/mlflow.db",

@@ -26,6 +26,10 @@ from tuneforge.errors import TuneforgeError
 
 ENV = "TUNEFORGE_REGISTRY_MLFLOW"
 VERSION_TAG = "tuneforge.version"
+RUN_TAG = "tuneforge.run"
+# A tracking server takes a local path as a version's source only inside a tracked run's artifacts (a security
+# check), so there each version gets an MLflow run of its own in this experiment, tagged with the path.
+SERVER_EXPERIMENT = "tuneforge-registry"
 ALIASES = ("champion", "challenger")
 CONNECT_TIMEOUT_S = 5.0
 # MLflow tag keys: alphanumerics, '_', '-', '.', ' ', '/'; any other character of a split or metric name: '_'.
@@ -40,7 +44,7 @@ def mirror_for(name: str) -> MlflowMirror | None:
 
 def version_tags(record: dict[str, Any]) -> dict[str, str]:
     """A version.json → MLflow model version tags (strings: MLflow keeps no other type)."""
-    tags = {VERSION_TAG: str(record["version"])}
+    tags = {VERSION_TAG: str(record["version"]), RUN_TAG: str(record["run"])}
     for key in ("task", "base_model", "data_fingerprint", "config_fingerprint"):
         if record.get(key) is not None:
             tags[f"tuneforge.{key}"] = str(record[key])
@@ -104,28 +108,49 @@ class MlflowMirror:
             raise self._fail("cannot open the MLflow model registry", err) from None
         return client
 
+    def _source(self, client: Any, record: dict[str, Any]) -> tuple[str, str | None]:
+        """(source, run_id) of a new model version: the run directory itself, except on a tracking server."""
+        if urlparse(self.uri).scheme not in ("http", "https"):
+            return str(record["run"]), None
+        experiment = client.get_experiment_by_name(SERVER_EXPERIMENT)
+        experiment_id = (
+            experiment.experiment_id if experiment else client.create_experiment(SERVER_EXPERIMENT)
+        )
+        run = client.create_run(
+            experiment_id, run_name=f"{self.name}-v{record['version']}", tags=version_tags(record)
+        )
+        client.set_terminated(run.info.run_id)
+        return f"runs:/{run.info.run_id}/final", run.info.run_id
+
     def sync(self, versions: list[dict[str, Any]], champion: int | None) -> dict[int, int]:
         """Make MLflow hold `versions` and point its aliases at `champion` (and its challenger).
 
         Returns tuneforge version → MLflow model version. MLflow numbers its versions itself, so a version is
-        found by its `tuneforge.version` tag and its source (the run directory), never by number.
+        found by its `tuneforge.version` and `tuneforge.run` (the run directory) tags, never by number.
         """
         client = self._client()
         try:
             mirrored: dict[int, list[tuple[int, str]]] = {}
             for mv in client.search_model_versions(filter_string=f"name = '{self.name}'"):
-                tag = (mv.tags or {}).get(VERSION_TAG, "")
-                if tag.isdigit():
-                    mirrored.setdefault(int(tag), []).append((int(mv.version), str(mv.source)))
+                tags = mv.tags or {}
+                if tags.get(VERSION_TAG, "").isdigit():
+                    mirrored.setdefault(int(tags[VERSION_TAG]), []).append(
+                        (int(mv.version), tags.get(RUN_TAG))
+                    )
             numbers: dict[int, int] = {}
             for record in versions:
                 n = int(record["version"])
-                same = [v for v, source in mirrored.get(n, []) if source == record["run"]]
+                same = [v for v, run in mirrored.get(n, []) if run == record["run"]]
                 if same:
                     numbers[n] = max(same)
                     continue
+                source, run_id = self._source(client, record)
                 mv = client.create_model_version(
-                    self.name, source=record["run"], tags=version_tags(record), description=record["reason"]
+                    self.name,
+                    source=source,
+                    run_id=run_id,
+                    tags=version_tags(record),
+                    description=record.get("reason"),
                 )
                 numbers[n] = int(mv.version)
             wanted = {"champion": champion, "challenger": challenger_of(list(numbers), champion)}

@@ -48,6 +48,7 @@ def test_register_promote_and_rollback_move_the_mlflow_aliases(
     assert versions[2] == {
         "source": str((tmp_path / "run2").resolve()),
         "tuneforge.version": "2",
+        "tuneforge.run": str((tmp_path / "run2").resolve()),
         "tuneforge.task": "classification",
         "tuneforge.base_model": "builtin:minilm-l6",
         "tuneforge.data_fingerprint": "data-run2",

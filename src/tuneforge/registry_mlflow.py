@@ -2,8 +2,9 @@
 
 The folder stays the source of truth (serve reads its champion pointer); MLflow gets a copy that its users
 and tools can read: one registered model per registry, one model version per tuneforge version (source: the
-run directory; tags: the tuneforge version, eval numbers, fingerprints) and the aliases `champion` and
-`challenger` (the newest version above the champion, as `serve.shadow: registry:NAME@challenger` reads it).
+run directory, or on a tracking server a `runs:/` URI; tags: the tuneforge version and run directory, eval
+numbers, fingerprints) and the aliases `champion` and `challenger` (the newest version above the champion,
+as `serve.shadow: registry:NAME@challenger` reads it).
 
 Each change is mirrored by `sync` before the folder changes: it makes MLflow match the state the folder is
 about to have, and it is idempotent. So an MLflow failure leaves the folder as it was, and a partial sync (or
@@ -130,7 +131,7 @@ class MlflowMirror:
         """
         client = self._client()
         try:
-            mirrored: dict[int, list[tuple[int, str]]] = {}
+            mirrored: dict[int, list[tuple[int, str | None]]] = {}
             for mv in client.search_model_versions(filter_string=f"name = '{self.name}'"):
                 tags = mv.tags or {}
                 if tags.get(VERSION_TAG, "").isdigit():

@@ -899,6 +899,20 @@ def registry_rollback(name: RegistryName, reason: Reason, root: RegistryRoot = P
     console.print(f"{name}: champion is back to version {pointer['version']}", highlight=False)
 
 
+@registry_app.command("sync")
+def registry_sync(name: RegistryName, root: RegistryRoot = Path("registry")) -> None:
+    """Mirror the registry to the MLflow Model Registry at $TUNEFORGE_REGISTRY_MLFLOW (versions and aliases).
+
+    Every register/promote/rollback mirrors itself while the variable is set; this catches up a registry
+    that was changed before it was set, or while MLflow could not be reached.
+    """
+    numbers = _registry(root, name).sync_mirror()
+    pairs = ", ".join(f"{n} -> {m}" for n, m in numbers.items()) or "none"
+    console.print(
+        f"{name}: mirrored to MLflow (tuneforge version -> MLflow version: {pairs})", highlight=False
+    )
+
+
 @app.command()
 def retrain(
     config: ConfigArg,

@@ -9,6 +9,9 @@ A version folder appears by one rename (atomic_dir) and never changes afterwards
 by replacing champion.json atomically (temporary sibling, fsync, rename), so a reader sees the old champion
 or the new one, never a half-written file. History is appended (and synced) before the pointer moves: a
 change killed half-way leaves a history line too many, never a pointer nobody recorded.
+
+With $TUNEFORGE_REGISTRY_MLFLOW set, every change is first mirrored to the MLflow Model Registry
+(registry_mlflow.py): an MLflow failure refuses the change before the folder is touched.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from tuneforge.artifacts import FILE_MODE, RunDir, atomic_dir, read_json, read_jsonl, write_json_atomic
 from tuneforge.errors import TuneforgeError
+from tuneforge.registry_mlflow import mirror_for
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 VERSION_KIND = "tuneforge.registry-version"
@@ -194,6 +198,33 @@ class Registry:
         with self.locked():
             self._record(action=action, version=version, reason=reason, **details)
 
+    def _champion_number(self) -> int | None:
+        current = self.champion()
+        return int(current["version"]) if current else None
+
+    def _mirror(self, versions: list[dict[str, Any]], champion: int | None) -> None:
+        """Mirror the state the folder is about to have (when $TUNEFORGE_REGISTRY_MLFLOW is set)."""
+        mirror = mirror_for(self.name)
+        if mirror is not None:
+            mirror.sync(versions, champion)
+
+    def sync_mirror(self, *, required: bool = True) -> dict[int, int] | None:
+        """Bring the MLflow mirror up to the folder (after turning it on, or after a failed mirror).
+
+        Returns tuneforge version → MLflow version; None when no mirror is configured and none is `required`.
+        """
+        self._require()
+        mirror = mirror_for(self.name)
+        if mirror is None:
+            if not required:
+                return None
+            raise TuneforgeError(
+                "no MLflow registry is configured to mirror to",
+                fix="set TUNEFORGE_REGISTRY_MLFLOW to an MLflow URI, e.g. sqlite:///$PWD/mlflow.db",
+            )
+        with self.locked():
+            return mirror.sync(self.versions(), self._champion_number())
+
     def register(
         self, run_dir: Path, reason: str = "", extra: dict[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -223,6 +254,11 @@ class Registry:
                 "eval": {**_eval_numbers(run), **extra.pop("eval", {})},
             }
             record.update(extra)
+            mirror = mirror_for(self.name)
+            if (
+                mirror is not None
+            ):  # the pointer is read only here: without a mirror, registering never needs it
+                mirror.sync([*self.versions(), record], self._champion_number())
             with atomic_dir(self.versions_dir / str(n), kind=VERSION_KIND, replace=False) as tmp:
                 write_json_atomic(tmp / "version.json", record)
             self._record(action="register", version=n, run=record["run"], reason=reason)
@@ -238,6 +274,7 @@ class Registry:
                 raise TuneforgeError(f"version {n} is already the champion of {self.name!r}")
             stack = [*(current["stack"] if current else []), n]
             previous = current["version"] if current else None
+            self._mirror(self.versions(), n)
             self._record(action="promote", version=n, previous=previous, reason=reason)
             pointer = {"version": n, "stack": stack, "time": _now(), "reason": reason}
             write_json_atomic(self.pointer, pointer)
@@ -254,6 +291,7 @@ class Registry:
                     fix=f"promote a version instead: tuneforge registry promote {self.name} N",
                 )
             stack = current["stack"][:-1]
+            self._mirror(self.versions(), stack[-1])
             self._record(action="rollback", version=stack[-1], previous=current["version"], reason=reason)
             pointer = {"version": stack[-1], "stack": stack, "time": _now(), "reason": reason}
             write_json_atomic(self.pointer, pointer)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tuneforge"
 STAGES = ["data", "models", "train", "evaluation", "export", "serve", "monitor", "retrain"]
-SHARED = {"config", "artifacts", "errors", "builtin", "registry", "__init__"}
+SHARED = {"config", "artifacts", "errors", "builtin", "registry", "registry_mlflow", "__init__"}
 
 
 def imported_tuneforge_modules(path: Path) -> set[str]:

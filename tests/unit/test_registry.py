@@ -117,3 +117,34 @@ def test_a_promotion_killed_before_the_pointer_moves_leaves_the_old_champion(
         reg.promote(2, "second")
     assert reg.champion()["version"] == 1  # type: ignore[index]
     assert [h["action"] for h in reg.history()] == ["register", "register", "promote", "promote"]
+
+
+def test_an_mlflow_mirror_that_cannot_be_used_refuses_before_the_folder_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs without mlflow: the checks come before the import (the mirror itself: test_registry_mlflow.py)."""
+    import socket
+    import sys
+
+    reg = Registry.at(tmp_path / "registry", "m")
+    reg.register(finished_run(tmp_path / "r1", 0.7), "before the mirror was turned on")
+    with pytest.raises(TuneforgeError, match="no MLflow registry is configured to mirror to"):
+        reg.sync_mirror()
+    assert reg.sync_mirror(required=False) is None
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TUNEFORGE_REGISTRY_MLFLOW", f"http://127.0.0.1:{port}")
+    with pytest.raises(TuneforgeError, match="cannot reach the MLflow registry server") as err:
+        reg.promote(1, "go")
+    assert err.value.where == f"$TUNEFORGE_REGISTRY_MLFLOW=http://127.0.0.1:{port}"
+    assert err.value.fix is not None and err.value.fix.startswith("the registry folder was not changed")
+    with pytest.raises(TuneforgeError, match="cannot reach"):
+        reg.register(finished_run(tmp_path / "r2", 0.8))
+    monkeypatch.setenv("TUNEFORGE_REGISTRY_MLFLOW", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: the import raises ImportError
+    with pytest.raises(TuneforgeError, match="TUNEFORGE_REGISTRY_MLFLOW is set, but mlflow is not installed"):
+        reg.promote(1, "go")
+    assert reg.champion() is None and [v["version"] for v in reg.versions()] == [1]
+    assert [h["action"] for h in reg.history()] == ["register"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1", "r2", "registry"]  # no stray mlflow.db

@@ -71,6 +71,9 @@ def retrain(reg: Registry, cfg: RunConfig, source: ConfigSource | None = None) -
     champion_of(reg)  # a missing registry or champion is refused before the lock creates anything
     with reg.locked("a retrain", nested=True):
         champion = champion_of(reg)
+        # An MLflow mirror that cannot be reached would refuse the registration at the end: refuse it now,
+        # before the training, and catch the mirror up with the folder on the way.
+        reg.sync_mirror(required=False)
         plan = plan_sources(champion, cfg)
         version = _next_version(reg)
         work = Path(cfg.train.output_dir) / f"{reg.name}-v{version}"

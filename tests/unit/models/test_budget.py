@@ -74,20 +74,7 @@ def test_train_defaults_fit_this_machines_estimate(
 
     slow = Device("slow cpu", "cpu", 16 * GIB, flops=1e7)  # about 5.6 s a step here
     monkeypatch.setattr(estimate_module, "detect_device", lambda measure_flops=True: slow)
-    data = write_csv(tmp_path / "data.csv", sentiment_rows(60))
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "data": {"path": str(data), "output_dir": str(tmp_path / "ds")},
-                "model": {"name": str(tiny_bert), "task": "classification"},
-                "train": {"output_dir": str(tmp_path / "run"), "time_budget": "2m"},
-            }
-        )
-    )
-    cfg, source = load_config(config)
-    plan = setup.plan(cfg, source)
-    dataset = setup.load_dataset(cfg, source, plan.accelerator)
+    cfg, source, plan, dataset = _planned_with_budget(tmp_path, tiny_bert, rows=60)
     fitted, fitted_plan = setup.apply_defaults(cfg, source, plan, dataset, resume=False)
     step_s = estimate_module.estimate(fitted, device=slow, manifest=dataset.manifest).step_s
     steps = math.floor(120 * 0.9 / step_s)
@@ -163,21 +150,7 @@ def test_train_setup_caps_the_texts_a_head_run_embeds(
 
     slow = Device("slow cpu", "cpu", 16 * GIB, flops=3e6)
     monkeypatch.setattr(estimate_module, "detect_device", lambda measure_flops=True: slow)
-    data = write_csv(tmp_path / "data.csv", sentiment_rows(200))
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "data": {"path": str(data), "output_dir": str(tmp_path / "ds")},
-                "model": {"name": str(tiny_bert), "task": "classification"},
-                "method": {"name": "head"},
-                "train": {"output_dir": str(tmp_path / "run"), "time_budget": "2m"},
-            }
-        )
-    )
-    cfg, source = load_config(config)
-    plan = setup.plan(cfg, source)
-    dataset = setup.load_dataset(cfg, source, plan.accelerator)
+    cfg, source, plan, dataset = _planned_with_budget(tmp_path, tiny_bert, rows=200, method="head")
     train_rows = dataset.manifest["splits"]["train"]
     whole = estimate_module.estimate(cfg, device=slow, manifest=dataset.manifest).epoch_s
     fitted, fitted_plan = setup.apply_defaults(cfg, source, plan, dataset, resume=False)
@@ -193,3 +166,23 @@ def test_train_setup_caps_the_texts_a_head_run_embeds(
     assert len(sample) == n and sample == sample_train(rows, n, seed=cfg.train.seed)
     assert sample != rows[:n] and all(r in rows for r in sample)
     assert sample_train(rows, None, seed=0) is rows and sample_train(rows, 10**6, seed=0) is rows
+
+
+def _planned_with_budget(tmp_path: Path, model: Path, rows: int, method: str | None = None) -> Any:
+    """(config, source, plan, prepared dataset) of a classification run on `model` with a 2-minute budget, as
+    `tuneforge train` has them before it fills in its defaults."""
+    from tuneforge.train import setup
+
+    data = write_csv(tmp_path / "data.csv", sentiment_rows(rows))
+    raw: dict[str, Any] = {
+        "data": {"path": str(data), "output_dir": str(tmp_path / "ds")},
+        "model": {"name": str(model), "task": "classification"},
+        "train": {"output_dir": str(tmp_path / "run"), "time_budget": "2m"},
+    }
+    if method:
+        raw["method"] = {"name": method}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cfg, source = load_config(config)
+    plan = setup.plan(cfg, source)
+    return cfg, source, plan, setup.load_dataset(cfg, source, plan.accelerator)

@@ -46,6 +46,9 @@ def test_a_hub_base_is_named_by_its_id(tmp_path: Path) -> None:
         tmp_path / "full", "builtin:smollm2-135m-instruct"
     )  # full fine-tune: no adapter config
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # a whole-string match: `$` alone would let an id with a trailing newline into the card's YAML header
+    meta, _ = card_meta(tmp_path / "nl", "builtin:smollm2-135m-instruct", adapter_base="org/name\n")
+    assert meta.get("base_model") is None
 
 
 def test_a_run_path_with_newlines_stays_one_line_of_text(tmp_path: Path) -> None:

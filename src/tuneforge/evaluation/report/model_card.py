@@ -18,7 +18,7 @@ from tuneforge.evaluation.report.run_sections import cost_line
 CARD_METRICS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     m.name: (m.hub.id, m.hub.display, m.hub.args) for m in METRICS.values() if m.hub
 }
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _task_type(fmt: Any) -> str:
@@ -36,7 +36,7 @@ def hub_base_model(run: RunDir) -> str | None:
         from tuneforge import builtin
 
         name = builtin.model_info(name).hub_id
-    return name if HUB_ID.match(name) and not Path(name).expanduser().exists() else None
+    return name if HUB_ID.fullmatch(name) and not Path(name).expanduser().exists() else None
 
 
 def card_data(run: RunDir, results: dict[str, dict[str, Any]]) -> Any:

@@ -254,11 +254,9 @@ class Registry:
                 "eval": {**_eval_numbers(run), **extra.pop("eval", {})},
             }
             record.update(extra)
-            mirror = mirror_for(self.name)
-            if (
-                mirror is not None
-            ):  # the pointer is read only here: without a mirror, registering never needs it
-                mirror.sync([*self.versions(), record], self._champion_number())
+            # The pointer is read only with a mirror: without one, registering never needs it.
+            if mirror_for(self.name) is not None:
+                self._mirror([*self.versions(), record], self._champion_number())
             with atomic_dir(self.versions_dir / str(n), kind=VERSION_KIND, replace=False) as tmp:
                 write_json_atomic(tmp / "version.json", record)
             self._record(action="register", version=n, run=record["run"], reason=reason)

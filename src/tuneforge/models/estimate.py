@@ -35,7 +35,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tuneforge.config import RunConfig
@@ -55,6 +55,11 @@ ALLOCATOR_SLACK = {("cpu", "adapter"): 1.3, ("cpu", "full"): 1.05, ("cuda", "ada
 ALLOCATOR_SLACK[("cuda", "full")] = ALLOCATOR_SLACK[("cuda", "adapter")]
 CPU_FIXED_OVERHEAD = 15 * 2**20  # tokenizer, records, Python objects: the grid's intercept
 UTILISATION = {"cpu": 0.5, "cuda": 0.4}
+OPTIMIZER_BYTES_PER_PARAM = 112
+"""Memory traffic of AdamW's step, gradient clipping and zero_grad per float32 trainable parameter, in bytes
+at the bandwidth cpu_bandwidth() measures: the three took 0.116 s for 22.7M parameters at a measured
+22 GB/s on the 2-core machine (2026-12-07). Param, gradient and two moments read and written are 28 bytes;
+the foreach temporaries and the cache misses of many tensors make the rest."""
 TEMPLATE_TOKENS = 32  # a chat template's role markers and system prompt, not in the dataset's content lengths
 
 
@@ -68,6 +73,9 @@ class Device:
     flops: float
     """Dense matmul throughput in FLOP/s (bf16 on GPUs, float32 on the CPU)."""
     bf16: bool = True
+    bandwidth: float | None = None
+    """Memory bandwidth in bytes/s (measured on the CPU), which prices the optimizer update; None: not
+    counted (on a GPU it is a sliver of a step)."""
 
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets; memory as sold.
@@ -135,20 +143,63 @@ def resident_peak_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
 
 
-def cpu_flops(seconds: float = 0.2) -> float:
-    """Float32 matmul FLOP/s of this CPU with torch's current thread count (a short measurement)."""
+_MEASURED_FLOPS: dict[int, float] = {}
+
+
+def cpu_flops(seconds: float = 0.1, windows: int = 3) -> float:
+    """Float32 matmul FLOP/s of this CPU with torch's current thread count (a short measurement).
+
+    The best of a few short windows: a window that another process or a frequency change slowed says less
+    about what a whole run gets than the fastest one. Measured once per process and thread count, so the
+    defaults' sizing and the time printed before the first step come from the same figure (two separate
+    measurements of 0.2 s once differed by 30% in one run).
+    """
     import time
 
     import torch
 
+    threads = torch.get_num_threads()
+    if threads in _MEASURED_FLOPS:
+        return _MEASURED_FLOPS[threads]
     n = 512
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        done += 1
-    return 2 * n**3 * done / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(windows):
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            torch.mm(a, b)
+            done += 1
+        best = max(best, 2 * n**3 * done / (time.perf_counter() - start))
+    _MEASURED_FLOPS[threads] = best
+    return best
+
+
+_MEASURED_BANDWIDTH: dict[int, float] = {}
+
+
+def cpu_bandwidth(seconds: float = 0.1, windows: int = 3) -> float:
+    """Bytes/s this CPU streams through an elementwise op (c = a + b on 32 MB tensors), best of a few
+    windows, once per process and thread count (as cpu_flops)."""
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads in _MEASURED_BANDWIDTH:
+        return _MEASURED_BANDWIDTH[threads]
+    n = 8 * 1024 * 1024
+    a, b, c = torch.randn(n), torch.randn(n), torch.empty(n)
+    torch.add(a, b, out=c)
+    best = 0.0
+    for _ in range(windows):
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            torch.add(a, b, out=c)
+            done += 1
+        best = max(best, 3 * 4 * n * done / (time.perf_counter() - start))
+    _MEASURED_BANDWIDTH[threads] = best
+    return best
 
 
 def detect_device(*, measure_flops: bool = True) -> Device:
@@ -160,7 +211,9 @@ def detect_device(*, measure_flops: bool = True) -> Device:
         known = next((v for k, v in GPUS.items() if k.upper().replace(" ", "") in p.name.upper()), None)
         flops = known[1] if known else GPUS["A10G"][1]
         return Device(p.name, "cuda", int(p.total_memory), flops, torch.cuda.is_bf16_supported())
-    return Device("CPU", "cpu", available_cpu_memory(), cpu_flops() if measure_flops else 1e10)
+    if not measure_flops:
+        return Device("CPU", "cpu", available_cpu_memory(), 1e10)
+    return Device("CPU", "cpu", available_cpu_memory(), cpu_flops(), bandwidth=cpu_bandwidth())
 
 
 @dataclass
@@ -444,6 +497,12 @@ def estimate(
 
     tokens_step = b * typical * accum * n
     step_s = _flops_per_token(shape, cfg, typical) * tokens_step / (dev.flops * UTILISATION[dev.kind] * n)
+    if dev.bandwidth and cfg.method.name != "head":
+        # The optimizer update, clipping and zeroing stream every trainable parameter's tensors through
+        # memory once a step, whatever the batch: on the CPU a full fine-tune of short texts spends a
+        # fifth of its step there, which FLOPs alone missed (an SMS-spam run took 1.5x its estimate).
+        shard = n if (cfg.train.fsdp or stage == 3) else 1
+        step_s += OPTIMIZER_BYTES_PER_PARAM * shape.trainable / shard / dev.bandwidth
     steps = None
     if rows is not None:
         passes = cfg.train.max_steps or None
@@ -611,7 +670,7 @@ def resolve_device(device: Device | str | None) -> Device:
     if device is None:
         return detect_device()
     if device == "cpu":
-        return Device("CPU", "cpu", available_cpu_memory(), cpu_flops())
+        return Device("CPU", "cpu", available_cpu_memory(), cpu_flops(), bandwidth=cpu_bandwidth())
     return parse_gpu(device)
 
 
@@ -649,7 +708,7 @@ def check_fits(
     dev = est.device
     if dev.kind == "cpu":
         # The processes of one machine share its memory.
-        dev = Device(dev.name, dev.kind, dev.memory // max(processes, 1), dev.flops)
+        dev = replace(dev, memory=dev.memory // max(processes, 1))
         est.device = dev
     if est.fits:
         return est
@@ -661,11 +720,15 @@ def check_fits(
     )
 
 
-def time_line(est: Estimate, steps: int) -> str:
-    """The wall time this estimate gives a run of `steps` steps, said as the rough figure it is."""
+def time_line(est: Estimate, steps: int, *, early_stopping: bool = False) -> str:
+    """The wall time this estimate gives a run of `steps` steps, said as the rough figure it is.
+
+    With early stopping on, that is the most it takes: the run may stop sooner, which no estimate knows.
+    """
+    sooner = "; early stopping may end it sooner" if early_stopping else ""
     return (
         f"estimated time: about {fmt_seconds(est.step_s * steps)} for {steps:,} steps on {est.device.name} "
-        "(rough: FLOPs / measured throughput; re-estimated after the first steps)"
+        f"(rough: FLOPs / measured throughput; re-estimated after the first steps{sooner})"
     )
 
 

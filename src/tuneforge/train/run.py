@@ -141,7 +141,12 @@ def train(
         if main and checkpoints.resumed_from is not None:
             print(f"resuming from {checkpoints.resumed_from}", file=sys.stderr, flush=True)
         if main and estimate is not None and state.step < total_steps:
-            print(time_line(estimate, total_steps - state.step), file=sys.stderr, flush=True)
+            stops_early = cfg.train.early_stopping_patience is not None and bool(cfg.train.eval_every)
+            print(
+                time_line(estimate, total_steps - state.step, early_stopping=stops_early),
+                file=sys.stderr,
+                flush=True,
+            )
         # 4. The loop, with trackers and signals.
         with _start_records(
             run,

@@ -25,12 +25,25 @@ def _sequence_logprobs(
 ) -> list[float]:
     """Sum of log-probabilities of each example's target tokens (labels != IGNORE)."""
     model.eval()
-    scores: list[float] = []
+    scores = [0.0] * len(examples)
+    order = _by_length([len(e["input_ids"]) for e in examples])
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], pad_id)
+        idx = order[start : start + batch_size]
+        batch = collate([examples[i] for i in idx], pad_id)
         # Only positions with a target (a few answer tokens) go through the output layer and the softmax.
-        scores.extend(target_logprobs(model, {k: v.to(model.device) for k, v in batch.items()}).tolist())
+        out = target_logprobs(model, {k: v.to(model.device) for k, v in batch.items()}).tolist()
+        for i, v in zip(idx, out, strict=True):
+            scores[i] = v
     return scores
+
+
+def _by_length(lengths: list[int]) -> list[int]:
+    """Indices in order of length, so that a batch pads to about its own rows' length.
+
+    Each row's score does not depend on its neighbours (attention masks padding out), so the order only
+    changes how much padding the model runs: on tweets of 10-60 tokens batched in input order, about half.
+    """
+    return sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
 
 
 def _can_share_prompt(model: Any) -> bool:
@@ -109,9 +122,10 @@ def _shared_prompt_logprobs(
     # Only the last prompt position predicts anything here: project just that one (not (B, T, V)).
     keep = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
     shared, prefix_cache = _prefix_cache(model, [prompts[i * k] for i in range(n)], keep)
-    # batch_size prompts per forward: the answers after them are a few tokens each.
+    # batch_size prompts per forward (of similar length): the answers after them are a few tokens each.
+    order = _by_length([len(prompts[i * k]) for i in range(n)])
     for first in range(0, n, batch_size):
-        rows = list(range(first, min(n, first + batch_size)))
+        rows = order[first : first + batch_size]
         group = [prompts[i * k] for i in rows]
         same_prompts = all(prompts[i * k + j] == group[r] for r, i in enumerate(rows) for j in range(k))
         if not same_prompts or not all(group):

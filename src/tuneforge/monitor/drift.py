@@ -100,7 +100,7 @@ def categorical_drift(
 
     n_ref, n_live = sum(ref.values()), sum(live.values())
     small = n_live <= LARGE
-    test = "chi-squared (2 x categories)" if small else "Jensen-Shannon distance (base 2)"
+    test = "chi-squared" if small else "Jensen-Shannon distance (base 2)"
     short = too_few(name, test, n_ref, n_live, need)
     if short is not None:
         return short

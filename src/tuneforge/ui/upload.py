@@ -160,6 +160,8 @@ def default_output(rel: str) -> str:
 
 @router.get("/prepare", response_class=HTMLResponse)
 def prepare_page(request: Request, file: str = "") -> Response:
+    if not file:  # e.g. a bookmark of the form: the datasets page holds the upload that leads here
+        return RedirectResponse("/datasets", status_code=303)
     return _form_page(request, file, {"output": default_output(file), "format": "auto", "on_error": "drop"})
 
 

@@ -62,7 +62,7 @@ def test_the_vectorised_auc_is_sklearns() -> None:
 def test_label_drift_on_a_changed_class_mix_small_and_large_samples() -> None:
     ref = Counter({"a": 300, "b": 300, "c": 300})
     changed = categorical_drift("labels", ref, Counter({"a": 150, "b": 30, "c": 20}), **KW)
-    assert changed.test == "chi-squared (2 x categories)" and changed.drift is True
+    assert changed.test == "chi-squared" and changed.drift is True
     assert changed.p_value is not None and changed.p_value < 1e-20
     same = categorical_drift("labels", ref, Counter({"a": 70, "b": 64, "c": 66}), **KW)
     assert same.drift is False and same.p_value is not None and same.p_value > 0.5

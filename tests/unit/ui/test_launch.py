@@ -74,6 +74,8 @@ def test_an_upload_needs_the_csrf_token_and_fits_the_cap(
 def test_prepare_an_upload_shows_the_data_stage_errors_then_makes_the_dataset(tmp_path: Path) -> None:
     c = TestClient(create_app(tmp_path))
     send(c, "reviews.csv", reviews_csv())
+    r = c.get("/prepare", follow_redirects=False)  # no file named: to the page with the upload form
+    assert r.status_code == 303 and r.headers["location"] == "/datasets"
     page = c.get("/prepare", params={"file": "uploads/reviews.csv"})
     assert page.status_code == 200 and "text,label" in page.text and 'value="datasets/reviews"' in page.text
     form = {"csrf_token": csrf(c), "file": "uploads/reviews.csv", "output": "datasets/reviews"}

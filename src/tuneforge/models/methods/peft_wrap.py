@@ -10,6 +10,12 @@ from tuneforge.errors import TuneforgeError
 # the freshly initialised head trains with the adapter and is saved inside it.
 TASK_TYPES = {"causal-lm": "CAUSAL_LM", "classification": "SEQ_CLS", "regression": "SEQ_CLS"}
 
+PROMPT_LEARNING_NOT_SHARDABLE = (
+    "PEFT computes its saved weights from the live module, which sharding leaves split; its few "
+    "thousand trainable parameters gain nothing from sharding"
+)
+"""Why prompt and prefix tuning (virtual tokens) cannot be sharded by train.fsdp or ZeRO stage 3."""
+
 
 def task_type(task: str) -> str:
     return TASK_TYPES[task]

@@ -7,13 +7,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.models.methods.peft_wrap import pools_last_token, task_type, wrap
+from tuneforge.models.methods.peft_wrap import (
+    PROMPT_LEARNING_NOT_SHARDABLE,
+    pools_last_token,
+    task_type,
+    wrap,
+)
 
 SAVES_ADAPTER = True
-NOT_SHARDABLE: str | None = (
-    "PEFT computes its saved weights from the live module, which sharding leaves split; its few "
-    "thousand trainable parameters gain nothing from sharding"
-)
+NOT_SHARDABLE: str | None = PROMPT_LEARNING_NOT_SHARDABLE
 """Why train.fsdp and ZeRO stage 3 cannot split its weights over processes (None: they can)."""
 NOT_DEEPSPEED: str | None = None
 """Why it cannot train under train.deepspeed at all (None: it can)."""

@@ -143,63 +143,49 @@ def resident_peak_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
 
 
-_MEASURED_FLOPS: dict[int, float] = {}
+_MEASURED: dict[tuple[str, int], float] = {}
+"""Rates measured in this process, by (what, torch thread count)."""
+
+
+def _best_rate(what: str, op: Any, units: float, seconds: float, windows: int) -> float:
+    """`units` per second of `op`, the best of `windows` short windows, measured once per process and thread
+    count: the defaults' sizing and the time printed before the first step then read the same figure (two
+    separate 0.2 s measurements once differed by 30% in one run). The best window, because one that another
+    process or a frequency change slowed says less about what a whole run gets than the fastest one."""
+    import time
+
+    import torch
+
+    key = (what, torch.get_num_threads())
+    if key not in _MEASURED:
+        op()
+        best = 0.0
+        for _ in range(windows):
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                op()
+                done += 1
+            best = max(best, units * done / (time.perf_counter() - start))
+        _MEASURED[key] = best
+    return _MEASURED[key]
 
 
 def cpu_flops(seconds: float = 0.1, windows: int = 3) -> float:
-    """Float32 matmul FLOP/s of this CPU with torch's current thread count (a short measurement).
-
-    The best of a few short windows: a window that another process or a frequency change slowed says less
-    about what a whole run gets than the fastest one. Measured once per process and thread count, so the
-    defaults' sizing and the time printed before the first step come from the same figure (two separate
-    measurements of 0.2 s once differed by 30% in one run).
-    """
-    import time
-
+    """Float32 matmul FLOP/s of this CPU with torch's current thread count (a short measurement)."""
     import torch
 
-    threads = torch.get_num_threads()
-    if threads in _MEASURED_FLOPS:
-        return _MEASURED_FLOPS[threads]
     n = 512
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(windows):
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            torch.mm(a, b)
-            done += 1
-        best = max(best, 2 * n**3 * done / (time.perf_counter() - start))
-    _MEASURED_FLOPS[threads] = best
-    return best
-
-
-_MEASURED_BANDWIDTH: dict[int, float] = {}
+    return _best_rate("flops", lambda: torch.mm(a, b), 2 * n**3, seconds, windows)
 
 
 def cpu_bandwidth(seconds: float = 0.1, windows: int = 3) -> float:
-    """Bytes/s this CPU streams through an elementwise op (c = a + b on 32 MB tensors), best of a few
-    windows, once per process and thread count (as cpu_flops)."""
-    import time
-
+    """Bytes/s this CPU streams through an elementwise op (c = a + b on 32 MB tensors)."""
     import torch
 
-    threads = torch.get_num_threads()
-    if threads in _MEASURED_BANDWIDTH:
-        return _MEASURED_BANDWIDTH[threads]
     n = 8 * 1024 * 1024
     a, b, c = torch.randn(n), torch.randn(n), torch.empty(n)
-    torch.add(a, b, out=c)
-    best = 0.0
-    for _ in range(windows):
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            torch.add(a, b, out=c)
-            done += 1
-        best = max(best, 3 * 4 * n * done / (time.perf_counter() - start))
-    _MEASURED_BANDWIDTH[threads] = best
-    return best
+    return _best_rate("bandwidth", lambda: torch.add(a, b, out=c), 3 * 4 * n, seconds, windows)
 
 
 def detect_device(*, measure_flops: bool = True) -> Device:

@@ -66,6 +66,20 @@ def test_shared_prompt_scores_equal_full_sequence_scores(llama, adapter: bool, b
     assert len(set(full)) > len(TEXTS)  # the scores differ, so equality means something
 
 
+def test_scores_come_back_in_input_order_though_batches_run_by_length(llama) -> None:  # type: ignore[no-untyped-def]
+    """Batches run in order of length (less padding); each score must still land on its own example."""
+    model, tok = llama
+    exs = examples(tok, list(LABELS))
+    lengths = [len(e["input_ids"]) for e in exs]
+    assert lengths != sorted(lengths)  # the order really changes
+    pad = int(tok.pad_token_id)
+    alone = [_sequence_logprobs(model, [e], pad, batch_size=1)[0] for e in exs]  # one at a time: no order
+    assert _sequence_logprobs(model, exs, pad, batch_size=4) == pytest.approx(alone, abs=1e-4)
+    assert _shared_prompt_logprobs(model, exs, len(LABELS), pad, batch_size=2) == pytest.approx(
+        alone, abs=1e-4
+    )
+
+
 def test_truncated_prompts_fall_back_to_full_sequences(llama) -> None:  # type: ignore[no-untyped-def]
     model, tok = llama
     exs = examples(tok, list(LABELS), max_length=30)  # cuts the longer prompts, answers and all

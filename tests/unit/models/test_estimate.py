@@ -103,12 +103,18 @@ def test_cpu_step_time_adds_the_optimizer_update_at_the_measured_bandwidth(
 def test_flops_and_bandwidth_are_measured_once_per_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """The defaults' sizing and the time printed before the first step read one measurement (two separate
     ones once differed by 30% in one run)."""
-    monkeypatch.setattr(est, "_MEASURED_FLOPS", {})
-    monkeypatch.setattr(est, "_MEASURED_BANDWIDTH", {})
+    monkeypatch.setattr(est, "_MEASURED", {})
     first = est.cpu_flops(seconds=0.01, windows=1), est.cpu_bandwidth(seconds=0.01, windows=1)
     assert first[0] > 0 and first[1] > 0
     assert (est.cpu_flops(), est.cpu_bandwidth()) == first
-    assert set(est._MEASURED_FLOPS) == {torch.get_num_threads()}
+    assert set(est._MEASURED) == {("flops", torch.get_num_threads()), ("bandwidth", torch.get_num_threads())}
+
+
+def test_the_time_line_says_an_early_stop_may_end_the_run_sooner() -> None:
+    e = est.Estimate("m", "lora", CPU, 1, 1, 1, 1, {}, 0, step_s=2.0, steps_per_epoch=None)
+    assert est.time_line(e, 30).startswith("estimated time: about 60 s for 30 steps on test CPU")
+    assert "sooner" not in est.time_line(e, 30)
+    assert est.time_line(e, 30, early_stopping=True).endswith("early stopping may end it sooner)")
 
 
 def test_lengths_come_from_the_dataset_manifest(tmp_path: Path, tiny_llama: Path) -> None:

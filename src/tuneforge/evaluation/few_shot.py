@@ -55,7 +55,7 @@ class Shots:
 def skip_reason(cfg: RunConfig, fmt: str, split: str, compare: bool) -> str | None:
     """Why this evaluation has no few-shot baseline (None: it has one)."""
     if cfg.eval.few_shot == 0:
-        return "turned off (eval.few_shot: 0)"
+        return "turned off (eval.few_shot: 0; eval.few_shot=auto adds it)"
     if cfg.model.task != "causal-lm":
         return "a classification or regression head reads no prompt, so it cannot be shown examples"
     if fmt not in FORMATS:

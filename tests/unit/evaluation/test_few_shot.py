@@ -146,7 +146,10 @@ def test_heads_and_other_data_skip_it_with_a_reason(tiny_llama: Path) -> None:
         "a classification or regression head reads no prompt, so it cannot be shown examples"
     )
     off = _cfg(tiny_llama, 128, few_shot=0)
-    assert skip_reason(off, "chat", "test", compare=True) == "turned off (eval.few_shot: 0)"
+    assert (
+        skip_reason(off, "chat", "test", compare=True)
+        == "turned off (eval.few_shot: 0; eval.few_shot=auto adds it)"
+    )
 
 
 def test_no_example_fitting_skips_it_with_the_reason(tok: Any, tiny_llama: Path) -> None:

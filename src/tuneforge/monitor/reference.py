@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,20 @@ def input_text(record: dict[str, Any]) -> str:
     return str(record["text"])
 
 
+def _request_text(run: RunDir, fmt: str, task: str, labels: list[str]) -> Callable[[dict[str, Any]], str]:
+    """How a request for a record reads: a language model that learned classification records was asked
+    (and is asked live) with data.prompt_template filled in, not the bare text; everything else as input_text.
+    Compared with the bare texts, a deployment's every prompt looked like drift (domain classifier AUC 1 on
+    in-distribution traffic)."""
+    if task != "causal-lm" or fmt != "classification":
+        return input_text
+    from tuneforge.data.records import prompt_and_answer
+    from tuneforge.train import reload_config
+
+    template = reload_config(run).data.prompt_template
+    return lambda record: prompt_and_answer(record, labels, template)[0]
+
+
 def answer_text(record: dict[str, Any]) -> str | None:
     """The answer a generator was taught for this record (None for classification and plain text)."""
     if "messages" in record:
@@ -70,12 +85,13 @@ def load_reference(run: RunDir, max_reference: int) -> Reference:
     train = dataset.records("train")
     labels = list(manifest.get("labels") or dataset.labels)
     task = str(manifest.get("task") or "causal-lm")
+    request = _request_text(run, dataset.format, task, labels)
     ref = Reference(
         dataset=dataset.path,
         format=dataset.format,
         task=task,
         labels=labels,
-        inputs=_sample([input_text(r) for r in train], max_reference, seed=0),
+        inputs=_sample([request(r) for r in train], max_reference, seed=0),
         train_size=len(train),
     )
     if dataset.format == "classification":
@@ -85,6 +101,6 @@ def load_reference(run: RunDir, max_reference: int) -> Reference:
     answers = [a for a in (answer_text(r) for r in train) if a is not None]
     ref.answers = _sample(answers, max_reference, seed=1)
     if dataset.split_path("validation").is_file():
-        held = [input_text(r) for r in dataset.records("validation")]
+        held = [request(r) for r in dataset.records("validation")]
         ref.held_out = _sample(held, max_reference, seed=2)
     return ref

@@ -269,6 +269,34 @@ def test_a_chat_generator_gets_answer_length_empty_answers_and_finish_reasons(
     assert result["input"]["prompt_tokens"]["live"]["n"] == 120  # the user's side: system and user turns
 
 
+def test_a_language_model_taught_classification_is_compared_with_the_prompts_it_was_asked(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    """A causal LM that learned classification records is asked live with data.prompt_template filled in;
+    its reference must read the same, or every in-distribution prompt looks like drift."""
+    import yaml
+
+    from tuneforge.artifacts import RunDir
+    from tuneforge.monitor.reference import load_reference
+
+    run = make_run(tmp_path, tiny_bert)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["task"] = "causal-lm"
+    cfg["data"]["prompt_template"] = "Which of {labels}?\n{text}"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "task": "causal-lm"}))
+    train = [json.loads(line) for line in (tmp_path / "dataset" / "train.jsonl").read_text().splitlines()]
+    ref = load_reference(RunDir.open(run), max_reference=10_000)
+    assert sorted(ref.inputs) == sorted(f"Which of a, b, c?\n{r['text']}" for r in train)
+    assert all(h.startswith("Which of a, b, c?\n") for h in ref.held_out)
+    # a classification head is sent the bare text (POST /v1/classify): unchanged
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert sorted(load_reference(RunDir.open(run), max_reference=10_000).inputs) == sorted(
+        r["text"] for r in train
+    )
+
+
 def test_accuracy_on_corrected_labels_counts_rated_classify_answers(tmp_path: Path) -> None:
     from tuneforge.monitor.report import service_blocks
     from tuneforge.monitor.run import service_section

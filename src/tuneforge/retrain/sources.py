@@ -40,6 +40,8 @@ ORIGIN_COLUMN = "tuneforge_origin"  # where a row came from; rejected.jsonl show
 GROUP = "group"  # the field a prepared record keeps its data.group_column value in
 HELD_OUT = "live held-out (test)"
 """The split a source count shows for the held-out part of live corrections (their rows go to test)."""
+DROPPED = "dropped (data.on_error: drop)"
+"""The split a source count shows for unreadable rows left out as the champion's data.on_error says."""
 # The export file that holds each record format's corrections (an export writes one file per endpoint).
 EXPORT_FILE_OF = {
     "classification": EXPORT_FILES["classify"],
@@ -192,8 +194,9 @@ def live_file(location: str, fmt: str) -> Path | None:
     return None
 
 
-def _new_rows(location: str, cfg: DataConfig, fmt: str) -> Iterator[dict[str, Any]]:
-    """The rows of one retrain.data source, their columns renamed to the record fields of `fmt`."""
+def _new_rows(location: str, cfg: DataConfig, fmt: str) -> Iterator[dict[str, Any] | None]:
+    """The rows of one retrain.data source, their columns renamed to the record fields of `fmt`; None for a
+    row that cannot be read where data.on_error is drop (as `prepare` drops it), an error otherwise."""
     from tuneforge.data.records import resolve_columns
 
     location = str(live_file(location, fmt) or location)
@@ -201,10 +204,14 @@ def _new_rows(location: str, cfg: DataConfig, fmt: str) -> Iterator[dict[str, An
     mapping: dict[str, str] | None = None
     for row in read_rows(location, read_cfg):
         if row.problem:
+            if cfg.on_error == "drop":
+                yield None
+                continue
             raise TuneforgeError(
                 f"{row.problem[1]} ({row.problem[0]})",
                 where=f"retrain.data: {row.where}",
-                fix="fix the row, or leave the file out of retrain.data",
+                fix="fix the row, set data.on_error=drop to leave such rows out, or leave the file out of "
+                "retrain.data",
             )
         if mapping is None:
             mapping = resolve_columns(list(row.fields), fmt, read_cfg)
@@ -235,17 +242,20 @@ def _held_out(rows: list[dict[str, Any]], fmt: str, fraction: float, seed: int) 
     return set(split_indices(strata, (1 - fraction, 0.0, fraction), seed, groups)["test"])
 
 
-def _all_rows(plan: Plan, cfg: RunConfig) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(source name, split shown, row) of every input row, champion's first."""
+def _all_rows(plan: Plan, cfg: RunConfig) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
+    """(source name, split shown, row) of every input row, champion's first; a dropped row is None."""
     name = f"champion v{plan.champion.number}"
     for split, row in _champion_rows(plan.champion):
         yield name, split, row
     for location in cfg.retrain.data:
         if location not in plan.live:
-            for row in _new_rows(location, cfg.data, plan.format):
-                yield location, "train", row
+            for new in _new_rows(location, cfg.data, plan.format):
+                yield (location, "train", new) if new is not None else (location, DROPPED, None)
             continue
-        rows = list(_new_rows(location, cfg.data, plan.format))  # an export: corrections, not a corpus
+        read = list(_new_rows(location, cfg.data, plan.format))  # an export: corrections, not a corpus
+        for _ in range(read.count(None)):
+            yield location, DROPPED, None
+        rows = [r for r in read if r is not None]
         held = _held_out(rows, plan.format, cfg.retrain.live_holdout, cfg.train.seed)
         for i, row in enumerate(rows):
             if i in held:
@@ -277,8 +287,9 @@ def write_sources(plan: Plan, cfg: RunConfig, out: Path) -> int:
     n = 0
     with atomic_file(out, "w") as f:
         for _, _, row in _all_rows(plan, cfg):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
+            if row is not None:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
     return n
 
 

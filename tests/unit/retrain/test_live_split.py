@@ -39,3 +39,22 @@ def test_a_feedback_export_is_found_by_its_manifest_and_only_its_format_is_read(
         live_file(str(export), "chat")
     (export / "export.json").write_text(json.dumps({"kind": "something else"}))
     assert live_file(str(export), "classification") is None  # a plain folder of data
+
+
+def test_unreadable_new_rows_follow_the_champions_data_on_error(tmp_path: Path) -> None:
+    """A row `prepare` would set aside under data.on_error: drop is left out of retrain.data too (counted as
+    dropped); under raise it stops the retrain with its file and line."""
+    from tuneforge.config import DataConfig
+    from tuneforge.retrain.sources import _new_rows
+
+    new = tmp_path / "new.csv"
+    # UTF-8 (the café rows say so to the encoding check), one row with a stray Latin-1 byte
+    new.write_bytes(b"text,label\ngood day,yes\nbad \xe4 bytes,no\n" + "café,yes\n".encode() * 20)
+    cfg = DataConfig(path=str(new), text_column="text", label_column="label")
+    with pytest.raises(TuneforgeError, match="invalid utf-8") as err:
+        list(_new_rows(str(new), cfg, "classification"))
+    assert err.value.where == f"retrain.data: {new}:3"
+    rows = list(_new_rows(str(new), cfg.model_copy(update={"on_error": "drop"}), "classification"))
+    assert [r and (r["text"], r["label"]) for r in rows] == [("good day", "yes"), None] + [
+        ("café", "yes")
+    ] * 20

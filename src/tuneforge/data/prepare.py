@@ -431,6 +431,14 @@ class _Run:
         elif conflict.any():  # drop: each conflicting row is its own group, so no other row dies with it
             group[conflict] = n + np.flatnonzero(conflict)
         keep = one_per_group(group, priority) if cfg.dedup != "none" else np.ones(n, dtype=bool)
+        if cfg.split_column and cfg.dedup == "near":
+            # Validation and test rows the source fixed (a retrain's frozen test split) lose only to an exact
+            # copy: a near-duplicate chain through a new training row once joined two test rows the champion
+            # had kept apart, and one was lost. Training rows near them still go, as before.
+            exact = family
+            if cfg.label_conflicts == "keep":
+                exact = np.unique(np.stack([family, labels], axis=1), axis=0, return_inverse=True)[1]
+            keep |= (user > 0) & one_per_group(exact.reshape(-1), priority)
         if cfg.label_conflicts == "drop":
             keep &= ~conflict
             self.counts["label_conflicts"] = int(conflict.sum())

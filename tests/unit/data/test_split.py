@@ -193,6 +193,28 @@ def test_leakage_into_train_from_user_splits_is_dropped(tmp_path: Path) -> None:
     assert rows[26]["text"] in {r["text"] for r in read(ds.path, "validation")}
 
 
+def test_a_near_duplicate_chain_through_a_training_row_never_costs_a_fixed_test_row(tmp_path: Path) -> None:
+    """Test rows A and B are not near duplicates of each other, but a new training row C is near both: the
+    cluster A-C-B once kept one row of it, and a retrain's frozen test split lost B."""
+    rng = random.Random(9)
+    base = words(rng, 200)
+
+    def changed(ws: list[str], at: range) -> list[str]:
+        return [f"other{i}" if i in at else w for i, w in enumerate(ws)]
+
+    c_words = changed(base, range(20, 200, 40))  # 5 single-word changes: 15 of 198 shingles
+    b_words = changed(c_words, range(40, 200, 40))  # 5 more
+    rows = [{"text": " ".join(words(rng, 60)), "label": "ab"[i % 2], "part": "train"} for i in range(24)]
+    a = {"text": " ".join(base), "label": "a", "part": "test"}
+    b = {"text": " ".join(b_words), "label": "a", "part": "test"}
+    c = {"text": " ".join(c_words), "label": "a", "part": "train"}
+    src = write_jsonl(tmp_path / "d.jsonl", [*rows, a, b, c])
+    ds = prepare_dataset(DataConfig(path=str(src), output_dir=str(tmp_path / "ds"), split_column="part"))
+    assert sorted(r["text"] for r in read(ds.path, "test")) == sorted([a["text"], b["text"]])
+    assert c["text"] not in {r["text"] for r in read(ds.path, "train")}
+    assert ds.manifest["counts"]["near_duplicates"] == 1  # C, and only C
+
+
 def test_find_leakage_on_families_and_near_pairs() -> None:
     split = np.array([0, 2, 0, 0, 1, -1, 0])
     family = np.array([0, 0, 2, 3, 4, 5, 3])  # rows 0 and 1 share a text; rows 3 and 6 share another

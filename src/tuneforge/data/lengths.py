@@ -14,6 +14,7 @@ without the seconds that importing transformers costs `tuneforge prepare`.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tuneforge import builtin
+from tuneforge.artifacts import read_jsonl
 from tuneforge.data.chat import (
     folder_chat_template,
     folder_special_tokens,
@@ -33,6 +35,7 @@ from tuneforge.data.records import record_text
 from tuneforge.errors import TuneforgeError
 
 if TYPE_CHECKING:
+    from tuneforge.artifacts import DatasetDir
     from tuneforge.config import ModelConfig
 
 
@@ -309,3 +312,80 @@ def length_stats(lengths: np.ndarray) -> dict[str, float | int]:
         "p99": int(p99),
         "max": int(lengths.max()),
     }
+
+
+SIZING_SAMPLE = 20_000
+"""Rows per split measured when a dataset's lengths were counted for another model (a sample beyond)."""
+
+
+def lengths_for_model(dataset: DatasetDir, model: ModelConfig, prompt_template: str) -> dict[str, Any]:
+    """The dataset's manifest with its token lengths as `model` sees them, for sizing a run.
+
+    A prepared dataset can be trained with another model than the one it was prepared for (data.path naming
+    the folder): its lengths were counted with that model's tokenizer and basis (a chat rendering with a
+    system prompt, say, where a head reads the bare text), which would size the estimate, the time budget
+    and the default model.max_length wrongly (3.4x over, seen). Those runs get the lengths measured again
+    here, in memory, on every row of each split or a seeded sample of SIZING_SAMPLE rows (the count and
+    total scaled to the whole split); the dataset's manifest on disk is never rewritten. A dataset measured
+    for this model (same tokenizer, task, chat template and prompt template) is returned as it is.
+    """
+    manifest = dataset.manifest
+    lengths = manifest.get("token_lengths") or {}
+    fmt = manifest.get("format")
+    if not fmt or not lengths or _measured_for(manifest, model, prompt_template):
+        return manifest
+    key = (str(dataset.path.resolve()), manifest.get("fingerprint"), measure_key(model), prompt_template)
+    if key not in _REMEASURED:  # train sizes a run several times (defaults, budget, the time line)
+        _REMEASURED[key] = _remeasure(dataset, manifest, model, prompt_template)
+    return {**manifest, "token_lengths": _REMEASURED[key]}
+
+
+_REMEASURED: dict[tuple[str, Any, str, str], dict[str, Any]] = {}
+
+
+def _remeasure(
+    dataset: DatasetDir, manifest: dict[str, Any], model: ModelConfig, prompt_template: str
+) -> dict[str, Any]:
+    lengths, fmt = manifest["token_lengths"], str(manifest["format"])
+    meter = LengthMeter(token_counter(model), model.task, prompt_template)
+    labels = [str(x) for x in manifest.get("labels") or []]
+    stats: dict[str, Any] = {}
+    for split in ("train", "validation", "test"):
+        path = dataset.split_path(split)
+        if not path.is_file():
+            continue
+        records = read_jsonl(path)
+        rows = len(records)
+        if rows > SIZING_SAMPLE:
+            records = random.Random(0).sample(records, SIZING_SAMPLE)
+        measured = length_stats(np.array(meter.lengths(records, fmt, labels), dtype=np.int64))
+        if rows > len(records):
+            measured.update(count=rows, total=round(float(measured["mean"]) * rows))
+        stats[split] = measured
+    # What was counted for the other model and is not measured again here goes, rather than mislead.
+    kept = {
+        k: v
+        for k, v in lengths.items()
+        if k not in ("all", "cut_when_encoded", "train", "validation", "test")
+    }
+    return {
+        **kept,
+        "tokenizer": meter.counter.name,
+        "measured_as": meter.basis(fmt),
+        "measured_for": measure_key(model),
+        "remeasured_from": lengths.get("tokenizer"),
+        **stats,
+    }
+
+
+def _measured_for(manifest: dict[str, Any], model: ModelConfig, prompt_template: str) -> bool:
+    """Whether prepare counted the lengths as `model` sees them (datasets from before `measured_for` was
+    recorded: the same tokenizer, and special tokens counted exactly when a head reads them)."""
+    lengths = manifest.get("token_lengths") or {}
+    chat_classification = model.task == "causal-lm" and manifest.get("format") == "classification"
+    if chat_classification and (manifest.get("config") or {}).get("prompt_template") != prompt_template:
+        return False
+    if "measured_for" in lengths:
+        return bool(lengths["measured_for"] == measure_key(model))
+    head_basis = str(lengths.get("measured_as") or "").startswith("text with the tokenizer's special tokens")
+    return lengths.get("tokenizer") == tokenizer_name(model) and head_basis == (model.task != "causal-lm")

@@ -307,10 +307,12 @@ def sequence_lengths(cfg: RunConfig, manifest: dict[str, Any] | None) -> tuple[i
 
 def _unseen_tokens(cfg: RunConfig, manifest: dict[str, Any]) -> int:
     """Tokens a row has beyond the manifest's lengths: none where prepare counted what this model sees."""
+    from tuneforge.data.lengths import tokenizer_name
+
     lengths = manifest.get("token_lengths") or {}
     basis = str(lengths.get("measured_as") or "")
     rendered = ("conversation rendered by the chat template", "text with the tokenizer's special")
-    if basis.startswith(rendered) and lengths.get("tokenizer") == cfg.model.name:
+    if basis.startswith(rendered) and lengths.get("tokenizer") in (cfg.model.name, tokenizer_name(cfg.model)):
         return 0  # data/lengths.py rendered the template (and data.prompt_template) or added [CLS]/[SEP]
     if cfg.model.task != "causal-lm":
         return 2  # [CLS]/[SEP]
@@ -664,9 +666,10 @@ def _dataset_manifest(cfg: RunConfig) -> dict[str, Any] | None:
     from pathlib import Path
 
     from tuneforge.artifacts import DatasetDir
+    from tuneforge.data.lengths import lengths_for_model
 
     if cfg.data.path and DatasetDir.is_dataset(Path(cfg.data.path)):
-        return DatasetDir(Path(cfg.data.path)).manifest
+        return lengths_for_model(DatasetDir(Path(cfg.data.path)), cfg.model, cfg.data.prompt_template)
     return None
 
 

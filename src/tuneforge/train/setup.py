@@ -18,6 +18,7 @@ from typing import Any
 from tuneforge.artifacts import DatasetDir, RunDir
 from tuneforge.config import ConfigSource, RunConfig
 from tuneforge.data import prepare_dataset
+from tuneforge.data.lengths import lengths_for_model
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, resolve_method, resolve_model_path
 from tuneforge.models.lineage import Parent, continue_adapter, merged_adapter
@@ -124,18 +125,20 @@ def apply_defaults(
     started = RunDir(Path(cfg.train.output_dir)).manifest if resume else {}
     # A run whose manifest predates recorded defaults started without any: resume it so, unchanged.
     recorded = started.get("defaults", {}) if started else None
-    time_line = ""
+    time_line, manifest = "", {}
     if recorded is not None:
         chosen = {k: v for k, v in recorded.items() if k not in source.given}
     else:
+        # The dataset's lengths as this run's model sees them (measured again if prepared for another).
+        manifest = lengths_for_model(dataset, cfg.model, cfg.data.prompt_template)
         cuda = getattr(plan.accelerator.device, "type", "cpu") == "cuda"
         procs = plan.accelerator.num_processes
-        chosen = defaults_for(cfg, dataset.manifest, source.given, cuda=cuda, processes=procs)
-        chosen, time_line = _fit_time(cfg, source, dataset.manifest, chosen, cuda=cuda, processes=procs)
+        chosen = defaults_for(cfg, manifest, source.given, cuda=cuda, processes=procs)
+        chosen, time_line = _fit_time(cfg, source, manifest, chosen, cuda=cuda, processes=procs)
     if not chosen:
         return cfg, plan
     cfg = apply_settings(cfg, chosen, source)
-    line = describe_defaults(cfg, dataset.manifest, chosen) if plan.is_main and recorded is None else ""
+    line = describe_defaults(cfg, manifest, chosen) if plan.is_main and recorded is None else ""
     if time_line and plan.is_main:
         line += "\n" + time_line
     method, options = resolve_method(cfg.method, source, task=cfg.model.task)

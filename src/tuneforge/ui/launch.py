@@ -101,11 +101,12 @@ def estimate_lines(cfg: Any, source: Any) -> list[str]:
     `tuneforge estimate`'s lines for this machine."""
     import torch
 
+    from tuneforge.data.lengths import lengths_for_model
     from tuneforge.models.estimate import check_data_path, check_max_length, estimate
     from tuneforge.models.recommend import apply_settings, defaults_for, describe_defaults
 
     check_data_path(cfg)
-    manifest = DatasetDir(Path(cfg.data.path)).manifest
+    manifest = lengths_for_model(DatasetDir(Path(cfg.data.path)), cfg.model, cfg.data.prompt_template)
     chosen = defaults_for(cfg, manifest, source.given, cuda=torch.cuda.is_available(), processes=1)
     lines = [describe_defaults(cfg, manifest, chosen)] if chosen else []
     if chosen:

@@ -287,3 +287,55 @@ def test_an_over_long_pair_loses_prompt_tokens_first_and_identical_pairs_are_dro
     )
     problems = [json.loads(line)["problem"] for line in (ds.path / "rejected.jsonl").read_text().splitlines()]
     assert sorted(problems) == ["answer_too_long", "identical_answers", "identical_answers"]
+
+
+def test_a_dataset_prepared_for_one_model_is_sized_with_the_lengths_another_model_sees(
+    tokenizers: dict[str, ModelConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data.path naming a dataset prepared for another model: the lengths that size the run are measured
+    again as this model sees them (equal to preparing for it), in memory, the dataset left as it is."""
+    from tuneforge.artifacts import DatasetDir
+    from tuneforge.config import RunConfig
+    from tuneforge.data import lengths as lengths_module
+    from tuneforge.data.lengths import lengths_for_model
+    from tuneforge.models.estimate import _dataset_manifest
+
+    src = write_jsonl(tmp_path / "r.jsonl", reviews(60))
+    chat = tokenizers["system"].model_copy(update={"max_length": 4096})
+    ds = prepare_dataset(
+        DataConfig(path=str(src), output_dir=str(tmp_path / "chat"), prompt_template=PROMPT), model=chat
+    )
+    on_disk = (ds.path / "manifest.json").read_bytes()
+    assert lengths_for_model(ds, chat, PROMPT) == ds.manifest  # measured for this model: taken as it is
+
+    head = tokenizers["tiny"].model_copy(update={"task": "classification", "max_length": 4096})
+    plain = tokenizers["tiny"].model_copy(update={"max_length": 4096})  # no system prompt
+    other_prompt = "Label: {text}"
+    for model, template in ((head, PROMPT), (plain, PROMPT), (chat, other_prompt)):
+        direct = prepare_dataset(
+            DataConfig(path=str(src), output_dir=str(tmp_path / "direct"), prompt_template=template),
+            model=model,
+            force=True,
+        ).manifest["token_lengths"]
+        seen = lengths_for_model(ds, model, template)["token_lengths"]
+        for split in ("train", "validation", "test"):
+            assert seen[split] == direct[split], (model.name, model.task, template, split)
+        assert seen["measured_as"] == direct["measured_as"]
+        assert seen["train"]["mean"] < ds.manifest["token_lengths"]["train"]["mean"] - 10  # no system prompt
+    assert (ds.path / "manifest.json").read_bytes() == on_disk
+
+    # Through what `tuneforge estimate`, train's time line and the budget read.
+    cfg = RunConfig.model_validate(
+        {"model": head.model_dump(), "data": {"path": str(ds.path), "prompt_template": PROMPT}}
+    )
+    assert _dataset_manifest(cfg)["token_lengths"]["train"] == lengths_for_model(ds, head, PROMPT)[
+        "token_lengths"
+    ]["train"]
+
+    # A large split is measured on a seeded sample; its count and total stand for the whole split.
+    monkeypatch.setattr(lengths_module, "SIZING_SAMPLE", 10)
+    monkeypatch.setattr(lengths_module, "_REMEASURED", {})
+    sampled = lengths_for_model(DatasetDir(ds.path), plain, PROMPT)["token_lengths"]["train"]
+    rows = ds.manifest["splits"]["train"]
+    assert rows > 10 and sampled["count"] == rows
+    assert sampled["total"] == round(sampled["mean"] * rows)

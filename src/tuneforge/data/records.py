@@ -15,6 +15,7 @@ problem class (see `PROBLEMS`), in the spirit of OpenAI's fine-tuning data check
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from tuneforge.config import DataConfig
@@ -343,3 +344,24 @@ def prompt_and_answer(record: dict[str, Any], labels: list[str], template: str) 
     if "prompt" in record:
         return record["prompt"], record["chosen"]
     raise TuneforgeError("records of this dataset cannot be turned into a conversation", where="data.format")
+
+
+def _normalized(s: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
+
+
+def parse_label(answer: str, labels: list[str]) -> str | None:
+    """The label a generated answer names: the whole answer, or the one label it mentions (None: unclear).
+
+    The inverse of `prompt_and_answer` for classification records (the label is the answer a language model
+    learns), shared by evaluation and by the monitor's predicted-label mix.
+
+    A label inside a longer mentioned label ("positive" in "very positive") does not count separately.
+    """
+    text = _normalized(answer)
+    by_norm = {_normalized(label): label for label in labels}
+    if text in by_norm:
+        return by_norm[text]
+    found = [n for n in by_norm if n and re.search(rf"\b{re.escape(n)}\b", text)]
+    found = [n for n in found if not any(n != m and n in m for m in found)]
+    return by_norm[found[0]] if len(found) == 1 else None

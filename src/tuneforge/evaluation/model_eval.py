@@ -6,7 +6,6 @@ Base and tuned go through this same function with the same settings, so their nu
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.config import RunConfig
+from tuneforge.data.records import parse_label
 from tuneforge.evaluation.calibration import calibration, softmax
 from tuneforge.evaluation.metrics import classification_metrics, loss_metrics, regression_metrics
 from tuneforge.evaluation.scores import example_losses, head_logits, label_logprobs
@@ -44,24 +44,6 @@ def prompt_and_reference(record: dict[str, Any], labels: list[str], template: st
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
     reference = messages[last]["content"] if last < len(messages) else ""
     return messages[:last], str(reference)
-
-
-def _norm(s: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
-
-
-def parse_label(answer: str, labels: list[str]) -> str | None:
-    """The label a generated answer names: the whole answer, or the one label it mentions (None: unclear).
-
-    A label inside a longer mentioned label ("positive" in "very positive") does not count separately.
-    """
-    text = _norm(answer)
-    by_norm = {_norm(label): label for label in labels}
-    if text in by_norm:
-        return by_norm[text]
-    found = [n for n in by_norm if n and re.search(rf"\b{re.escape(n)}\b", text)]
-    found = [n for n in found if not any(n != m and n in m for m in found)]
-    return by_norm[found[0]] if len(found) == 1 else None
 
 
 def generation_settings(cfg: RunConfig) -> Any:

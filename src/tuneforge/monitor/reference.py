@@ -98,7 +98,10 @@ def load_reference(run: RunDir, max_reference: int) -> Reference:
         ref.label_counts = Counter(str(r["label"]) for r in train)
     elif dataset.format == "regression":
         ref.values = [float(r["label"]) for r in train]
-    answers = [a for a in (answer_text(r) for r in train) if a is not None]
+    if task == "causal-lm" and dataset.format == "classification":  # it learned to answer with the label
+        answers = [str(r["label"]) for r in train]
+    else:
+        answers = [a for a in (answer_text(r) for r in train) if a is not None]
     ref.answers = _sample(answers, max_reference, seed=1)
     if dataset.split_path("validation").is_file():
         held = [request(r) for r in dataset.records("validation")]

@@ -11,6 +11,7 @@ from typing import Any
 
 from tuneforge.artifacts import RunDir, atomic_dir, write_json_atomic, write_text_atomic
 from tuneforge.evaluation.report.render import Section, num, to_html, to_markdown
+from tuneforge.monitor.text import NO_LABEL
 
 KIND = "tuneforge.monitor-report"
 
@@ -190,7 +191,17 @@ def output_blocks(out: dict[str, Any]) -> list[Any]:
             for c in sorted(set(ref) | set(live))
         ]
         blocks.append(("table", (["label", "training", "live (predicted)"], rows)))
-        blocks.append(("p", f"mean confidence of the live predictions: {num(out['mean_confidence'])}"))
+        if "read_from_answers" in out["labels"]:
+            blocks.append(
+                (
+                    "p",
+                    f"live labels read from {out['labels']['read_from_answers']:,} generated answers (a "
+                    f"uniform sample of the window) as evaluation reads them: the whole answer or the one "
+                    f"label it names; {NO_LABEL} where it names none or several",
+                )
+            )
+        else:
+            blocks.append(("p", f"mean confidence of the live predictions: {num(out['mean_confidence'])}"))
     if "answer_tokens" in out:
         a = out["answer_tokens"]
         blocks.append(

@@ -23,7 +23,7 @@ from tuneforge.monitor.drift import (
 )
 from tuneforge.monitor.log import Traffic, is_error, log_label, read_traffic
 from tuneforge.monitor.reference import Reference, load_reference
-from tuneforge.monitor.text import is_refusal, language_mix, script_mix
+from tuneforge.monitor.text import answered_labels, is_refusal, language_mix, script_mix
 from tuneforge.monitor.window import Window
 
 DRIFT_ALERTS = (
@@ -156,12 +156,17 @@ def output_section(
     out: dict[str, Any] = {}
     tests: list[TestResult] = []
     if ref.format == "classification":
+        live_labels = traffic.labels
+        if ref.task == "causal-lm":  # a language model taught classification answers (chat) with a label
+            live_labels = answered_labels(traffic.answers.items, ref.labels)
         tests.append(
             categorical_drift(
-                "predicted label mix", ref.label_counts, traffic.labels, need=need, alpha=alpha["label_drift"]
+                "predicted label mix", ref.label_counts, live_labels, need=need, alpha=alpha["label_drift"]
             )
         )
-        out["labels"] = {"reference": dict(ref.label_counts), "live": dict(traffic.labels)}
+        out["labels"] = {"reference": dict(ref.label_counts), "live": dict(live_labels)}
+        if ref.task == "causal-lm":
+            out["labels"]["read_from_answers"] = len(traffic.answers.items)
         out["mean_confidence"] = float(np.mean(traffic.confidences)) if traffic.confidences else None
     elif ref.format == "regression":
         tests.append(

@@ -16,6 +16,8 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
+from tuneforge.data.records import parse_label
+
 SCRIPTS = {"HIRAGANA": "Japanese kana", "KATAKANA": "Japanese kana", "CJK": "CJK (Han)", "HANGUL": "Hangul"}
 """Names whose first word is not the script's usual name; every other script is its name's first word."""
 
@@ -130,3 +132,12 @@ def is_refusal(answer: str) -> bool:
     """
     start = answer.lstrip().lower().replace("\u2019", "'")[:64]
     return start.startswith(_OPENINGS)
+
+
+NO_LABEL = "(no label)"
+"""The bucket of answers that name no label, or several: a generative classifier drifting off its labels."""
+
+
+def answered_labels(answers: list[str], labels: list[str]) -> Counter[str]:
+    """The labels a sample of generated answers names (data.records.parse_label, as evaluation reads them)."""
+    return Counter(parse_label(a, labels) or NO_LABEL for a in answers)

@@ -297,6 +297,53 @@ def test_a_language_model_taught_classification_is_compared_with_the_prompts_it_
     )
 
 
+def test_a_language_model_taught_classification_has_its_chat_answers_read_as_labels(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    """Served as chat, a generative classifier answers with label text: the predicted-label mix reads the
+    labels from the answers (as evaluation does) and the answer lengths compare with the labels it learned."""
+    import yaml
+
+    run = make_run(tmp_path, tiny_bert)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["task"] = "causal-lm"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "task": "causal-lm"}))
+    train = [json.loads(line) for line in (tmp_path / "dataset" / "train.jsonl").read_text().splitlines()]
+
+    def serve(path: Path, answers: list[str]) -> dict:
+        log = RequestLog(f"sqlite:///{path}")
+        rng = random.Random(5)
+        for i, answer in enumerate(answers):
+            prompt = [{"role": "user", "content": f"Which of a, b, c?\n{support_text(rng)}"}]
+            log.log_request(
+                id=f"chat-{i}", time=START + timedelta(minutes=i), model="run", endpoint="chat", status=200,
+                finish_reason="stop", prompt=json.dumps(prompt), response=json.dumps([answer]),
+            )  # fmt: skip
+        log.close()
+        return monitor(run, str(path), DAY, _cfg(run))[0]
+
+    # As trained: each label about as often as in training, answered with the label alone.
+    as_trained = [str(r["label"]) for r in train][:150]
+    result = serve(tmp_path / "same.sqlite", as_trained)
+    labels = result["output"]["labels"]
+    assert labels["live"] == {x: as_trained.count(x) for x in set(as_trained)}
+    assert labels["read_from_answers"] == 150
+    assert result["tests"]["label_drift"]["n_live"] == 150 and result["tests"]["label_drift"]["drift"] is False
+    assert result["output"]["answer_tokens"]["reference"]["n"] == len(train)  # the labels it learned to say
+    assert result["tests"]["answer_length_drift"]["drift"] is False
+
+    # Drifted: most answers say "a" in a sentence, a fifth name no label at all.
+    drifted = ["I would say a." if i % 5 else "It is hard to tell from this text." for i in range(150)]
+    result = serve(tmp_path / "drift.sqlite", drifted)
+    assert result["output"]["labels"]["live"] == {"a": 120, "(no label)": 30}
+    assert result["tests"]["label_drift"]["drift"] is True
+    assert result["tests"]["answer_length_drift"]["drift"] is True
+    md = (run / "monitor" / DAY.name / "report.md").read_text()
+    assert "live labels read from 150 generated answers" in md and "| (no label) | 0.00% | 20.00% |" in md
+
+
 def test_accuracy_on_corrected_labels_counts_rated_classify_answers(tmp_path: Path) -> None:
     from tuneforge.monitor.report import service_blocks
     from tuneforge.monitor.run import service_section

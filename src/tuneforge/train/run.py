@@ -17,6 +17,7 @@ from typing import Any
 from tuneforge import __version__
 from tuneforge.artifacts import DatasetDir, RunDir, RunLock, atomic_dir
 from tuneforge.config import ConfigSource, RunConfig, config_from_dict
+from tuneforge.data.lengths import lengths_for_model
 from tuneforge.errors import DiskFull, TuneforgeError
 from tuneforge.models.estimate import check_fits, time_line
 from tuneforge.models.lineage import Parent, drop_reference, start_from_run
@@ -80,7 +81,10 @@ def train(
     estimate = None
     if memory_check:  # refuse, with the numbers, a run estimated not to fit (models/estimate.py)
         estimate = check_fits(
-            cfg, dataset.manifest, processes=plan.accelerator.num_processes, measure_flops=plan.is_main
+            cfg,
+            lengths_for_model(dataset, cfg.model, cfg.data.prompt_template),  # as this model sees them
+            processes=plan.accelerator.num_processes,
+            measure_flops=plan.is_main,
         )
     split_files = dataset.verified_split_hashes()
     # An output folder that may not be used, or a changed config or dataset: refused before the model loads.

@@ -267,16 +267,36 @@ class Registry:
         self._require()
         with self.locked():
             self.version(n)
-            current = self.champion()
-            if current is not None and current["version"] == n:
+            repaired = False
+            try:
+                current = self.champion()
+            except TuneforgeError:  # a corrupt pointer: promoting is its repair (champion()'s fix says so)
+                current, repaired = self._replayed_pointer(), True
+            if current is not None and current["version"] == n and not repaired:
                 raise TuneforgeError(f"version {n} is already the champion of {self.name!r}")
             stack = [*(current["stack"] if current else []), n]
+            if repaired and current is not None and current["version"] == n:
+                stack = current["stack"]  # the history already ends with this promotion
             previous = current["version"] if current else None
             self._mirror(self.versions(), n)
-            self._record(action="promote", version=n, previous=previous, reason=reason)
+            extra = {"repaired_pointer": True} if repaired else {}
+            self._record(action="promote", version=n, previous=previous, reason=reason, **extra)
             pointer = {"version": n, "stack": stack, "time": _now(), "reason": reason}
             write_json_atomic(self.pointer, pointer)
         return pointer
+
+    def _replayed_pointer(self) -> dict[str, Any] | None:
+        """The champion stack as the history's promotions and rollbacks built it (to repair a corrupt pointer;
+        a promotion killed before its pointer moved is in the history too, so this is the best guess, not
+        the last pointer)."""
+        stack: list[int] = []
+        for event in self.history():
+            if event.get("action") == "promote":
+                stack.append(int(event["version"]))
+            elif event.get("action") == "rollback" and stack:
+                stack.pop()
+        stack = [v for v in stack if (self.versions_dir / str(v)).is_dir()]
+        return {"version": stack[-1], "stack": stack} if stack else None
 
     def rollback(self, reason: str) -> dict[str, Any]:
         """Give the championship back to the champion before the current one."""

@@ -83,6 +83,13 @@ def test_a_second_change_at_once_is_refused_and_a_corrupt_pointer_says_how_to_re
         reg.champion()
     assert "the champion pointer of registry 'm' is corrupt" in err.value.render()
     assert err.value.render().endswith("set the champion again: tuneforge registry promote m 1")
+    # ... and doing what it says repairs it, the champion stack rebuilt from the history for a later rollback
+    reg.register(finished_run(tmp_path / "r3", 0.6))
+    reg.promote(2, "second")
+    reg.pointer.write_text("not json")
+    assert reg.promote(2, "repair")["stack"] == [1, 2]
+    assert reg.champion()["version"] == 2 and reg.history()[-1]["repaired_pointer"] is True
+    assert reg.rollback("back")["version"] == 1
 
 
 def test_the_registry_commands(tmp_path: Path) -> None:

@@ -328,9 +328,10 @@ def test_a_dataset_prepared_for_one_model_is_sized_with_the_lengths_another_mode
     cfg = RunConfig.model_validate(
         {"model": head.model_dump(), "data": {"path": str(ds.path), "prompt_template": PROMPT}}
     )
-    assert _dataset_manifest(cfg)["token_lengths"]["train"] == lengths_for_model(ds, head, PROMPT)[
-        "token_lengths"
-    ]["train"]
+    assert (
+        _dataset_manifest(cfg)["token_lengths"]["train"]
+        == lengths_for_model(ds, head, PROMPT)["token_lengths"]["train"]
+    )
 
     # A large split is measured on a seeded sample; its count and total stand for the whole split.
     monkeypatch.setattr(lengths_module, "SIZING_SAMPLE", 10)

@@ -330,7 +330,9 @@ def test_a_language_model_taught_classification_has_its_chat_answers_read_as_lab
     labels = result["output"]["labels"]
     assert labels["live"] == {x: as_trained.count(x) for x in set(as_trained)}
     assert labels["read_from_answers"] == 150
-    assert result["tests"]["label_drift"]["n_live"] == 150 and result["tests"]["label_drift"]["drift"] is False
+    assert (
+        result["tests"]["label_drift"]["n_live"] == 150 and result["tests"]["label_drift"]["drift"] is False
+    )
     assert result["output"]["answer_tokens"]["reference"]["n"] == len(train)  # the labels it learned to say
     assert result["tests"]["answer_length_drift"]["drift"] is False
 

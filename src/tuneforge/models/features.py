@@ -7,13 +7,17 @@ through `pooled_embeddings`, so a head sees the same features everywhere.
 
 The cache holds vectors by text hash under a key of everything that changes them (the base model's weights,
 dtype, max_length, stride): safetensors shards, never pickles, each written atomically, so a killed run leaves
-the cache readable and the next run computes only what is missing.
+the cache readable and the next run computes only what is missing. It is kept under a size limit, least
+recently used first out (`prune_cache`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.artifacts import write_bytes_atomic, write_text_atomic
+from tuneforge.errors import TuneforgeError
 
 POOLING = "mean-chunks-v1"
 """Changes when the pooling rule changes, so older cached vectors are never mixed with new ones."""
@@ -129,28 +134,52 @@ def model_key(path: str, *, name: str, revision: str | None, dtype: str, max_len
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+CACHE_LIMIT_GB = 5.0
+"""Default size in GB of the whole embedding cache ($TUNEFORGE_EMBEDDING_CACHE_GB)."""
+
+
 class EmbeddingCache:
-    """Vectors by text hash in `folder` (one safetensors shard per run that computed something new)."""
+    """Vectors by text hash in `folder` (one safetensors shard per block of texts a run computed).
+
+    Only the vectors a run asks for are read (a shard's hashes, then the vectors of the shards that hold
+    some), so memory follows the dataset, not the cache. The cache root (every model's folder beside this
+    one) is kept under $TUNEFORGE_EMBEDDING_CACHE_GB (default 5): after a write, the folders used longest
+    ago go first, then this folder's oldest shards. Only files this class writes are ever removed.
+    """
 
     def __init__(self, folder: Path, describe: dict[str, Any]) -> None:
         self.folder, self.describe = folder, describe
-        self.vectors: dict[bytes, np.ndarray] = {}
-        for shard in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
-            self._read(shard)
+        self.added: dict[bytes, np.ndarray] = {}
+        described = folder / "cache.json"
+        if described.is_file():
+            os.utime(described)  # used now: the last folder to go when the cache is pruned
 
-    def _read(self, shard: Path) -> None:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+    def lookup(self, hashes: set[bytes]) -> dict[bytes, np.ndarray]:
+        """The cached vectors of `hashes` that the cache holds (a damaged shard counts as missing)."""
+        from safetensors import SafetensorError, safe_open
 
-        try:
-            tensors = load_file(str(shard))
-        except (SafetensorError, OSError):  # a damaged shard is only lost work: recompute its texts
-            return
-        for h, v in zip(tensors["hashes"], tensors["vectors"], strict=True):
-            self.vectors[bytes(h)] = v
+        found = {h: self.added[h] for h in hashes if h in self.added}
+        wanted = hashes - found.keys()
+        for shard in sorted(self.folder.glob("*.safetensors")) if wanted and self.folder.is_dir() else []:
+            try:
+                with safe_open(str(shard), framework="numpy") as f:
+                    table = f.get_tensor("hashes")
+                    rows = [i for i, h in enumerate(table) if bytes(h) in wanted]
+                    if not rows:
+                        continue
+                    vectors = f.get_tensor("vectors")
+            except (SafetensorError, OSError, KeyError):  # a damaged shard is only lost work: recompute
+                continue
+            for i in rows:
+                h = bytes(table[i])
+                found[h] = vectors[i]
+                wanted.discard(h)
+            if not wanted:
+                break
+        return found
 
     def add(self, hashes: list[bytes], vectors: np.ndarray) -> None:
-        """Keep new vectors, on disk as one more shard (atomically written)."""
+        """Keep new vectors, on disk as one more shard (atomically written), then keep the cache in size."""
         from safetensors.numpy import save
 
         if not hashes:
@@ -161,9 +190,54 @@ class EmbeddingCache:
             write_text_atomic(described, json.dumps(self.describe, indent=2, sort_keys=True) + "\n")
         table = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(len(hashes), 32)
         data = save({"hashes": table, "vectors": np.ascontiguousarray(vectors, dtype=np.float32)})
-        write_bytes_atomic(self.folder / f"{uuid.uuid4().hex}.safetensors", data)
+        shard = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.safetensors"
+        write_bytes_atomic(shard, data)
         for h, v in zip(hashes, vectors, strict=True):
-            self.vectors[h] = v
+            self.added[h] = v
+        prune_cache(self.folder.parent, keep=shard, limit=cache_limit())
+
+
+def cache_limit() -> int:
+    """Bytes the embedding cache may hold ($TUNEFORGE_EMBEDDING_CACHE_GB, default CACHE_LIMIT_GB)."""
+    raw = os.environ.get("TUNEFORGE_EMBEDDING_CACHE_GB", "")
+    try:
+        gb = float(raw) if raw else CACHE_LIMIT_GB
+    except ValueError:
+        raise TuneforgeError(
+            f"TUNEFORGE_EMBEDDING_CACHE_GB is {raw!r}, not a number",
+            where="$TUNEFORGE_EMBEDDING_CACHE_GB",
+            fix="set it to the gigabytes the embedding cache may use, e.g. 5 (or unset it)",
+        ) from None
+    return int(gb * 1024**3)
+
+
+def prune_cache(root: Path, *, keep: Path, limit: int) -> list[Path]:
+    """Remove shards until the cache folders under `root` hold at most `limit` bytes; returns what went.
+
+    Folders are taken least recently used first (their cache.json's time, refreshed on every use), the one
+    holding `keep` last, and within a folder the oldest shards first; `keep` itself stays. Only shards and
+    cache.json files of folders that have a cache.json (the folders EmbeddingCache makes) are counted or
+    removed; anything else under `root` is left alone.
+    """
+    folders = [d for d in root.iterdir() if (d / "cache.json").is_file()] if root.is_dir() else []
+    shards = {d: sorted(d.glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns) for d in folders}
+    total = sum(p.stat().st_size for files in shards.values() for p in files)
+    removed: list[Path] = []
+    order = sorted(folders, key=lambda d: (d == keep.parent, (d / "cache.json").stat().st_mtime_ns))
+    for d in order:
+        for shard in shards[d]:
+            if total <= limit:
+                return removed
+            if shard == keep:
+                continue
+            total -= shard.stat().st_size
+            shard.unlink(missing_ok=True)
+            removed.append(shard)
+        if d != keep.parent and not any(d.glob("*.safetensors")):
+            (d / "cache.json").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: something else lives there; leave it
+                d.rmdir()
+    return removed
 
 
 @dataclass
@@ -192,7 +266,7 @@ def embed_with_cache(
     embedded; each block goes into the cache as soon as it is computed.
     """
     hashes = [text_hash(t) for t in texts]
-    known = cache.vectors if cache is not None else {}
+    known = cache.lookup(set(hashes)) if cache is not None else {}
     todo: dict[bytes, str] = {}
     for h, t in zip(hashes, texts, strict=True):
         if h not in known and h not in todo:

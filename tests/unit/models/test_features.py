@@ -85,3 +85,53 @@ def test_the_cache_computes_each_text_once_and_is_safetensors(bert, tmp_path: Pa
     assert sorted(p.suffix for p in shards) == [".json", ".safetensors", ".safetensors"]
     data = next(p for p in shards if p.suffix == ".safetensors").read_bytes()
     assert data[8:9] == b"{" and not data.startswith(b"\x80")  # a safetensors header, not a pickle
+
+
+def test_the_cache_stays_under_its_limit_least_recently_used_first_and_touches_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.models.features import cache_limit, prune_cache, text_hash
+
+    root = tmp_path / "embeddings"
+    vectors = np.ones((50, 64), dtype=np.float32)  # about 13 kB a shard
+
+    def fill(name: str, texts: list[str]) -> EmbeddingCache:
+        cache = EmbeddingCache(root / name, {"model": name})
+        cache.add([text_hash(t) for t in texts], vectors[: len(texts)])
+        return cache
+
+    monkeypatch.setenv("TUNEFORGE_EMBEDDING_CACHE_GB", "1")
+    old = fill("old", [f"old {i}" for i in range(50)])
+    fill("recent", [f"recent {i}" for i in range(50)])
+    (root / "old" / "notes.txt").write_text("mine")  # not the cache's: never removed
+    (root / "README").write_text("mine")
+    shard = next((root / "old").glob("*.safetensors")).stat().st_size
+    # Only what is asked for is read, from disk (a new cache object holds nothing in memory).
+    assert set(EmbeddingCache(root / "old", {}).lookup({text_hash("old 3"), text_hash("x")})) == {
+        text_hash("old 3")
+    }
+    assert old.lookup({text_hash("recent 1")}) == {}
+    os.utime(root / "old" / "cache.json", (1, 1))  # used long ago (opening a cache marks it used)
+
+    # A third folder's write over the limit: the folder used longest ago goes first, then nothing more.
+    monkeypatch.setenv("TUNEFORGE_EMBEDDING_CACHE_GB", str(2.5 * shard / 1024**3))
+    newest = fill("newest", [f"new {i}" for i in range(50)])
+    assert not list((root / "old").glob("*.safetensors")) and not (root / "old" / "cache.json").exists()
+    assert (root / "old" / "notes.txt").read_text() == "mine" and (root / "README").read_text() == "mine"
+    assert len(list((root / "recent").glob("*.safetensors"))) == 1
+    assert EmbeddingCache(root / "old", {}).lookup({text_hash("old 3")}) == {}
+    assert text_hash("new 7") in EmbeddingCache(root / "newest", {}).lookup({text_hash("new 7")})
+
+    # At a limit of nothing, every other folder goes and, in the folder in use, all but the newest shard.
+    newest.add([text_hash("newer")], vectors[:1])
+    first, keep = sorted((root / "newest").glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+    recent = next((root / "recent").glob("*.safetensors"))
+    assert prune_cache(root, keep=keep, limit=0) == [recent, first]
+    assert list((root / "newest").glob("*.safetensors")) == [keep] and not (root / "recent").exists()
+
+    monkeypatch.setenv("TUNEFORGE_EMBEDDING_CACHE_GB", "lots")
+    with pytest.raises(TuneforgeError, match="TUNEFORGE_EMBEDDING_CACHE_GB is 'lots'"):
+        cache_limit()

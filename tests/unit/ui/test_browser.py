@@ -166,14 +166,14 @@ def test_label_five_rows_with_the_keyboard_kill_restart_and_export(
         # 1 / 2 / 3 label, s skips, u undoes the skip: 5 labels, each saved on its key press
         # (each key waits for the row it is meant for: a key applies to the row on screen when pressed)
         for key, row in (("1", 0), ("2", 1), ("s", 2), ("u", 3), ("3", 2), ("1", 3), ("2", 4)):
-            expect(page.locator("h2")).to_contain_text(f"Row {row}")
+            expect(page.locator("h2")).to_contain_text(f"Row {row + 1} of 12")
             if row == 2 and key == "3":
                 page.screenshot(path=str(shots / "annotate-desktop.png"), full_page=True)
                 page.set_viewport_size(SIZES["phone"])
                 page.screenshot(path=str(shots / "annotate-phone.png"), full_page=True)
                 page.set_viewport_size(SIZES["desktop"])
             page.keyboard.press(key)
-        expect(page.locator("h2")).to_contain_text("Row 5")
+        expect(page.locator("h2")).to_contain_text("Row 6 of 12")
         assert dialogs == []
         page.close()
     # the server was killed (SIGKILL) right after the last key press; a new one finds every label

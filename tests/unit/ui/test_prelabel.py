@@ -90,7 +90,7 @@ def test_a_project_with_pre_labels_shows_them_and_hands_out_uncertain_rows_first
     assert '<option value="uncertain">' in project
     first = min(range(12), key=lambda i: (want[i].confidence, i))
     label = c.get("/annotate/label?id=1&annotator=ann&order=uncertain").text
-    assert f"<h2>Row {first}" in label
+    assert f"<h2>Row {first + 1} of 12" in label  # counted from 1, as people count
     assert f'<b id="prelabel">{want[first].label}</b>' in label
     assert f'<b id="confidence">{want[first].confidence:.2f}</b>' in label
     assert '<input type="hidden" name="order" value="uncertain">' in label
@@ -108,8 +108,8 @@ def test_a_project_with_pre_labels_shows_them_and_hands_out_uncertain_rows_first
     )
     assert saved.headers["location"] == "/annotate/label?id=1&annotator=ann&order=uncertain"
     second = sorted(range(12), key=lambda i: (want[i].confidence, i))[1]
-    assert f"<h2>Row {second}" in c.get(saved.headers["location"]).text
-    assert "<h2>Row 0" in c.get("/annotate/label?id=1&annotator=other").text  # row order without it
+    assert f"<h2>Row {second + 1} of 12" in c.get(saved.headers["location"]).text
+    assert "<h2>Row 1 of 12" in c.get("/annotate/label?id=1&annotator=other").text  # row order without it
 
 
 def test_pre_labelling_refuses_free_text_projects_and_needs_csrf(classifier_ws: Path) -> None:

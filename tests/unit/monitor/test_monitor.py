@@ -389,7 +389,9 @@ def test_a_switch_of_script_and_of_language_is_drift_in_the_prompt_script_and_la
     langs = result["input"]["languages"]
     # A bag of Russian words is not always Russian to a detector: one reads as Bulgarian (same script).
     assert langs["live"] == {"en": 60, "de": 30, "ru": 59, "bg": 1}
-    assert langs["reference"] == {"en": 299, "fy": 1}
+    # Two short English support texts the detector is not sure of are undetermined (one read as Frisian at
+    # a lower confidence floor), not a language of their own.
+    assert langs["reference"] == {"en": 298, "und": 2}
     t = result["tests"]["language_mix_drift"]
     assert (t["test"], t["drift"], t["n_live"]) == ("chi-squared", True, 150)
     t = result["tests"]["script_mix_drift"]

@@ -431,6 +431,24 @@ class RunDir:
         """Take the run's exclusive lock (held until released or the process ends), or name its holder."""
         return RunLock.take(self.lock_path)
 
+    def dataset_location(self, dataset: DatasetDir) -> dict[str, str]:
+        """How the manifest records the run's dataset: its absolute path, and its path relative to the run."""
+        where = dataset.path.resolve()
+        return {"path": str(where), "relative_path": os.path.relpath(where, self.path.resolve())}
+
+    def dataset_path(self) -> str | None:
+        """Where the run's prepared dataset is now: the recorded path, or (when nothing is there) the place
+        its recorded path relative to the run points to, so a workspace moved or copied whole to another
+        machine keeps its runs' datasets; the recorded path again when neither is a dataset (for the error).
+        Whatever is found is still checked against the recorded split hashes (check_split_files)."""
+        recorded = self.manifest.get("dataset") or {}
+        path, relative = recorded.get("path"), recorded.get("relative_path")
+        if path and DatasetDir.is_dataset(Path(path)):
+            return str(path)
+        if relative and DatasetDir.is_dataset(self.path / relative):
+            return os.path.normpath(self.path.resolve() / relative)
+        return str(path) if path else None
+
     def check_split_files(self, dataset: DatasetDir) -> None:
         """Refuse when a split file differs from the one this run trained on (edited, or prepared again)."""
         recorded = (self.manifest.get("dataset") or {}).get("files")

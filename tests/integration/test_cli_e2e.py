@@ -182,3 +182,29 @@ def test_train_refuses_to_overwrite_a_run(trained: Path) -> None:
     r = run_cli("train", "run.yaml", cwd=trained)
     assert r.returncode == 2
     assert "run already holds a run" in r.stderr and "--resume" in r.stderr
+
+
+def test_a_workspace_moved_whole_still_finds_its_dataset(tmp_path: Path, tiny_llama: Path) -> None:
+    """Runs record their dataset's absolute path and its path relative to the run: a project folder moved
+    (or copied to another machine) whole evaluates and monitors against its own copy of the data (still
+    checked against the recorded split hashes: tests/unit/train/test_trust.py)."""
+    from tuneforge.artifacts import RunDir
+    from tuneforge.monitor.reference import load_reference
+
+    before = tmp_path / "before"
+    before.mkdir()
+    write_csv(before / "data.csv", sentiment_rows(90))
+    (before / "run.yaml").write_text(CONFIG.format(model=tiny_llama))
+    r = run_cli(
+        "train", "run.yaml", "train.max_steps=2", "train.warmup_steps=0", "train.eval_every=0", cwd=before
+    )
+    assert r.returncode == 0, r.stderr
+    after = before.rename(tmp_path / "after")
+    recorded = json.loads((after / "run" / "manifest.json").read_text())["dataset"]
+    assert recorded["relative_path"] == "../ds" and not Path(recorded["path"]).exists()
+
+    assert RunDir(after / "run").dataset_path() == str((after / "ds").resolve())
+    r = run_cli("evaluate", "run", cwd=after)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((after / "run" / "eval" / "test.json").read_text())["n"] == 12
+    assert load_reference(RunDir(after / "run"), max_reference=100).dataset == (after / "ds").resolve()

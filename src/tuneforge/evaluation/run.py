@@ -214,7 +214,7 @@ def evaluate_run(
     apply_threads(cfg.eval.num_threads, "eval.num_threads")
     compare = cfg.eval.compare_base if compare_base is None else compare_base
     limit = max_examples or cfg.eval.max_examples
-    dataset = DatasetDir.open(run.manifest.get("dataset", {}).get("path", cfg.data.path or ""))
+    dataset = DatasetDir.open(run.dataset_path() or cfg.data.path or "")
     run.check_split_files(dataset)  # the data the run trained on, not a re-split under the same path
     everything = dataset.records(split)
     records = everything[:limit]

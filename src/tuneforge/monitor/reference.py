@@ -74,13 +74,13 @@ def _sample(items: list[Any], n: int, seed: int) -> list[Any]:
 def load_reference(run: RunDir, max_reference: int) -> Reference:
     """The training split of the dataset the run trained on (refused when its files changed since)."""
     manifest = run.manifest
-    recorded = manifest.get("dataset") or {}
-    if not recorded.get("path"):
+    recorded = run.dataset_path()
+    if not recorded:
         raise TuneforgeError(
             f"run {run.path} records no dataset in its manifest.json: there is no reference to compare with",
             fix="monitor a run trained by `tuneforge train` (its manifest names the dataset)",
         )
-    dataset = DatasetDir.open(recorded["path"])
+    dataset = DatasetDir.open(recorded)
     run.check_split_files(dataset)
     train = dataset.records("train")
     labels = list(manifest.get("labels") or dataset.labels)

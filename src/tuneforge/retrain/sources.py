@@ -95,7 +95,7 @@ def champion_of(reg: Registry) -> Champion:
             fix="restore the run directory, or promote a version whose run still exists",
         )
     run = RunDir(path)
-    recorded = (run.manifest.get("dataset") or {}).get("path")
+    recorded = run.dataset_path()
     if not recorded or not DatasetDir.is_dataset(Path(recorded)):
         raise TuneforgeError(
             f"the dataset the champion's run {path} trained on ({recorded}) is missing",

@@ -271,7 +271,7 @@ def train_head(
             method="head",
             objective="supervised",
             dataset={
-                "path": str(dataset.path.resolve()),
+                **run.dataset_location(dataset),
                 "fingerprint": dataset.manifest.get("fingerprint"),
                 "format": dataset.format,
                 "files": split_files,

@@ -262,7 +262,7 @@ def _start_records(
             # How the run learns: DPO on preference pairs, or the supervised loss of its task.
             objective="dpo" if setup.is_preference(cfg, dataset.format) else "supervised",
             dataset={
-                "path": str(dataset.path.resolve()),
+                **run.dataset_location(dataset),
                 "fingerprint": dataset.manifest.get("fingerprint"),
                 "format": dataset.format,
                 "files": split_files,  # what --resume and evaluate check the split files against

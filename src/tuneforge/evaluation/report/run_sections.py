@@ -17,7 +17,7 @@ LOSS_UNIT = {
 
 
 def data_section(run: RunDir) -> list[Block]:
-    path = run.manifest.get("dataset", {}).get("path")
+    path = run.dataset_path()
     if not path or not DatasetDir.is_dataset(Path(path)):
         return [("p", f"The dataset directory {path} is no longer there; nothing to say about the data.")]
     m = DatasetDir(Path(path)).manifest

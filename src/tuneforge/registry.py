@@ -123,6 +123,15 @@ class Registry:
             )
         return dict(read_json(p))
 
+    def run_path(self, record: dict[str, Any]) -> Path:
+        """Where a version's run is now: its recorded path, or (when no run is there) the place its path
+        relative to the registry points to, so a workspace moved whole keeps its registry."""
+        recorded = Path(str(record["run"]))
+        relative = record.get("run_relative")
+        if not RunDir.is_run(recorded) and relative and RunDir.is_run(self.path / relative):
+            return Path(os.path.normpath(self.path.resolve() / relative))
+        return recorded
+
     def champion(self) -> dict[str, Any] | None:
         """The pointer ({"version", "stack", "time", "reason"}), None before any promotion."""
         if not self.pointer.is_file():
@@ -245,6 +254,7 @@ class Registry:
             record: dict[str, Any] = {
                 "version": n,
                 "run": str(run.path.resolve()),
+                "run_relative": os.path.relpath(run.path.resolve(), self.path.resolve()),
                 "registered": _now(),
                 "reason": reason,
                 "task": manifest.get("task"),

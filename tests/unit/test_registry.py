@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,18 @@ def test_an_mlflow_mirror_that_cannot_be_used_refuses_before_the_folder_changes(
     assert reg.champion() is None and [v["version"] for v in reg.versions()] == [1]
     assert [h["action"] for h in reg.history()] == ["register"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r1", "r2", "registry"]  # no stray mlflow.db
+
+
+def test_a_workspace_moved_whole_keeps_its_registry_runs(tmp_path: Path) -> None:
+    before = tmp_path / "before"
+    reg = Registry.at(before / "registry", "m")
+    reg.register(finished_run(before / "runs" / "r1", 0.5))
+    reg.promote(1, "first")
+    after = before.rename(tmp_path / "after")
+    moved = Registry.at(after / "registry", "m")
+    record = moved.version(1)
+    assert record["run_relative"] == "../../runs/r1" and not Path(record["run"]).exists()
+    assert moved.run_path(record) == after / "runs" / "r1"
+    # A run that is neither where it was nor where it would be: the recorded path, for the error to name.
+    shutil.rmtree(after / "runs")
+    assert moved.run_path(record) == Path(record["run"])

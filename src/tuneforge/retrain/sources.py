@@ -88,7 +88,7 @@ def champion_of(reg: Registry) -> Champion:
             fix=f"promote the version to retrain from: tuneforge registry promote {reg.name} N --reason ...",
         )
     version = reg.version(pointer["version"])
-    path = Path(version["run"])
+    path = reg.run_path(version)
     if not RunDir.is_run(path):
         raise TuneforgeError(
             f"the champion's run {path} (version {version['version']} of {reg.name!r}) is missing",

@@ -68,7 +68,7 @@ def champion_models(reg: Registry) -> tuple[int, list[ServedModel]]:
 def version_models(reg: Registry, version: int) -> list[ServedModel]:
     """A registered version's run, served under the registry's name whichever run answers."""
     record = reg.version(version)
-    served = resolve_targets([str(record["run"])])  # refuses a run that is gone or never finished
+    served = resolve_targets([str(reg.run_path(record))])  # refuses a run that is gone or never finished
     return [replace(s, name=reg.name) for s in served]
 
 

@@ -540,6 +540,24 @@ def head_work(cfg: RunConfig, manifest: dict[str, Any] | None) -> tuple[int, int
     return windows, tokens
 
 
+HEAD_UTILISATION = ((32, 0.70), (128, 0.50))
+"""(tokens per window, share of the measured matmul speed) of a frozen encoder's forward pass on CPU,
+interpolated between the points and held beyond them. Measured with MiniLM-L6 on the 2-core machine
+(2026-12-07, 153 GFLOP/s measured in the same process): 3,000 tweets (31 tokens a window) embedded at
+109 GFLOP/s, 120 news-length texts in 128-token windows at 81. Training's 0.5 fits long windows (the news
+bench ran at 0.95 of its estimate) but put short texts 1.45x over (tweets: 0.0099 s a text estimated,
+0.0066 measured), so a time budget sampled texts when all of them fitted."""
+
+
+def head_utilisation(kind: str, per_window: int) -> float:
+    """HEAD_UTILISATION at `per_window` tokens on CPU; the training utilisation elsewhere (not measured)."""
+    if kind != "cpu":
+        return UTILISATION[kind]
+    (short, high), (long, low) = HEAD_UTILISATION
+    at = min(max(per_window, short), long)
+    return high + (low - high) * (at - short) / (long - short)
+
+
 def _head_estimate(
     cfg: RunConfig, shape: Any, dev: Device, width: int, manifest: dict[str, Any] | None, notes: list[str]
 ) -> Estimate:
@@ -566,8 +584,9 @@ def _head_estimate(
         "logits": 0,
         "overhead": int(overhead + features),
     }
-    forward = _flops_per_token(shape, cfg, min(length, max(1, tokens // max(windows, 1))))
-    total_s = forward * tokens / (dev.flops * UTILISATION[dev.kind])
+    per_window = min(length, max(1, tokens // max(windows, 1)))
+    forward = _flops_per_token(shape, cfg, per_window)
+    total_s = forward * tokens / (dev.flops * head_utilisation(dev.kind, per_window))
     steps = max(1, math.ceil(windows / batch)) if windows else None
     notes.append("forward passes only: each text once (cached texts cost nothing), then a scikit-learn fit")
     return Estimate(

@@ -148,7 +148,7 @@ def test_train_setup_caps_the_texts_a_head_run_embeds(
     from tuneforge.train import setup
     from tuneforge.train.head import sample_train
 
-    slow = Device("slow cpu", "cpu", 16 * GIB, flops=3e6)
+    slow = Device("slow cpu", "cpu", 16 * GIB, flops=2e6)
     monkeypatch.setattr(estimate_module, "detect_device", lambda measure_flops=True: slow)
     cfg, source, plan, dataset = _planned_with_budget(tmp_path, tiny_bert, rows=200, method="head")
     train_rows = dataset.manifest["splits"]["train"]

@@ -872,7 +872,11 @@ def registry_show(name: RegistryName, root: RegistryRoot = Path("registry")) -> 
         )
         mark = " *" if champ and champ["version"] == v["version"] else ""
         table.add_row(
-            f"{v['version']}{mark}", v["run"], v["registered"], evals, str(v["data_fingerprint"] or "")
+            f"{v['version']}{mark}",
+            str(reg.run_path(v)),  # where the run is now (a workspace moved whole)
+            v["registered"],
+            evals,
+            str(v["data_fingerprint"] or ""),
         )
     console.print(table)
     for h in reg.history():

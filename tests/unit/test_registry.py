@@ -168,6 +168,8 @@ def test_a_workspace_moved_whole_keeps_its_registry_runs(tmp_path: Path) -> None
     record = moved.version(1)
     assert record["run_relative"] == "../../runs/r1" and not Path(record["run"]).exists()
     assert moved.run_path(record) == after / "runs" / "r1"
+    shown = run_cli("registry", "show", "m", "--root", "registry", cwd=after)
+    assert shown.returncode == 0 and str(after / "runs" / "r1") in shown.stdout.replace("\n", "")
     # A run that is neither where it was nor where it would be: the recorded path, for the error to name.
     shutil.rmtree(after / "runs")
     assert moved.run_path(record) == Path(record["run"])

@@ -3,13 +3,15 @@ new traffic.
 
 The cache is a SQLite file (RUN/monitor/embeddings.sqlite): each batch is one transaction, so a killed run
 leaves it consistent, and its key includes the encoder, so changing monitor.embedding_model never mixes
-vectors of two models.
+vectors of two models. Each vector records the day it was last used; after every run the ones unused for
+KEEP_DAYS go, then the least recently used beyond MAX_VECTORS, so a daily monitor's cache stays bounded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,16 @@ def _model_key(path: Path) -> str:
     weights = sorted(path.glob("*.safetensors"))
     stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights)
     return hashlib.sha256(f"{path.resolve()}|{stamp}".encode()).hexdigest()[:16]
+
+
+KEEP_DAYS = 60
+"""Vectors no monitor run used for this many days are dropped (the training sample is used by every run)."""
+MAX_VECTORS = 300_000
+"""At most this many vectors stay (about 460 MB at MiniLM's 384 dimensions), least recently used out first."""
+
+
+def _today() -> int:
+    return int(time.time() // 86_400)
 
 
 class Embedder:
@@ -95,6 +107,11 @@ class Embedder:
                         [self.key, *chunk],
                     )
                     found.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows)
+                    with conn:  # used today: kept longest
+                        conn.execute(
+                            f"UPDATE vectors SET used = ? WHERE model = ? AND hash IN ({marks})",
+                            [_today(), self.key, *chunk],
+                        )
             todo = [i for i, h in enumerate(hashes) if h not in found]
             todo = list({hashes[i]: i for i in todo}.values())  # each new text once
             if todo:
@@ -104,9 +121,11 @@ class Embedder:
                 if conn is not None:
                     with conn:
                         conn.executemany(
-                            "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                            [(self.key, h, v.astype(np.float32).tobytes()) for h, v in new.items()],
+                            "INSERT OR REPLACE INTO vectors (model, hash, vector, used) VALUES (?, ?, ?, ?)",
+                            [(self.key, h, v.astype(np.float32).tobytes(), _today()) for h, v in new.items()],
                         )
+            if conn is not None:
+                _prune(conn)
         finally:
             if conn is not None:
                 conn.close()
@@ -119,6 +138,22 @@ class Embedder:
         conn = sqlite3.connect(self.cache)
         conn.execute(
             "CREATE TABLE IF NOT EXISTS vectors "
-            "(model TEXT, hash TEXT, vector BLOB, PRIMARY KEY (model, hash))"
+            "(model TEXT, hash TEXT, vector BLOB, used INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (model, hash))"
         )
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(vectors)")}
+        if "used" not in columns:  # a cache from before `used`: its vectors count as used today
+            with conn:
+                conn.execute(f"ALTER TABLE vectors ADD COLUMN used INTEGER NOT NULL DEFAULT {_today()}")
         return conn
+
+
+def _prune(conn: sqlite3.Connection) -> None:
+    """Drop the vectors unused for KEEP_DAYS, then the least recently used beyond MAX_VECTORS."""
+    with conn:
+        conn.execute("DELETE FROM vectors WHERE used < ?", (_today() - KEEP_DAYS,))
+        (count,) = conn.execute("SELECT COUNT(*) FROM vectors").fetchone()
+        if count > MAX_VECTORS:
+            conn.execute(
+                "DELETE FROM vectors WHERE rowid IN (SELECT rowid FROM vectors ORDER BY used LIMIT ?)",
+                (count - MAX_VECTORS,),
+            )

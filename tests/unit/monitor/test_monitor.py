@@ -176,6 +176,43 @@ def test_embeddings_are_cached_by_text_hash(tmp_path: Path, tiny_bert: Path) -> 
     assert np.array_equal(v2[0], v1[1]) and np.array_equal(v2[2], v1[0])
 
 
+def test_the_embedding_cache_forgets_what_no_run_used_for_60_days_and_stays_bounded(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from tuneforge.monitor import embed
+
+    cache = tmp_path / "embeddings.sqlite"
+    day = [20_000]
+    monkeypatch.setattr(embed, "_today", lambda: day[0])
+    # A cache written before vectors recorded their last use: kept, as used today.
+    old = sqlite3.connect(cache)
+    old.execute("CREATE TABLE vectors (model TEXT, hash TEXT, vector BLOB, PRIMARY KEY (model, hash))")
+    old.execute("INSERT INTO vectors VALUES ('other-model', 'h', x'00000000')")
+    old.commit()
+    old.close()
+    Embedder(str(tiny_bert), cache).embed(["old day's text", "training text"])
+
+    def kept() -> set[str]:
+        with sqlite3.connect(cache) as conn:
+            return {h for (h,) in conn.execute("SELECT hash FROM vectors")}
+
+    assert "h" in kept() and len(kept()) == 3
+    day[0] += 59  # the training sample is embedded (used) again; the old live text is not
+    Embedder(str(tiny_bert), cache).embed(["training text", "new text"])
+    assert len(kept()) == 4
+    day[0] += 2  # 61 days after its last use: gone, with the other model's vector from the old cache
+    again = Embedder(str(tiny_bert), cache)
+    again.embed(["training text"])
+    assert again.computed == 0 and len(kept()) == 2
+    assert embed.hashlib.sha256(b"old day's text").hexdigest() not in kept()
+    monkeypatch.setattr(embed, "MAX_VECTORS", 2)
+    day[0] += 1
+    Embedder(str(tiny_bert), cache).embed(["a third text"])  # over the cap: the least recently used goes
+    assert kept() == {embed.hashlib.sha256(t.encode()).hexdigest() for t in ("training text", "a third text")}
+
+
 def test_a_missing_or_unreachable_log_is_one_clear_message(tmp_path: Path) -> None:
     from tuneforge.errors import TuneforgeError
 

@@ -8,6 +8,7 @@ by `resolve_method` (what `train` runs), so the form refuses exactly what the CL
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -48,6 +49,14 @@ KEYS = {
 RESUMABLE = ("interrupted", "crashed")
 """Run states `tuneforge train --resume` continues from the last checkpoint (the Resume button's)."""
 START_WAIT_S = 180  # how long the form waits for the child to create its run folder
+
+
+class StillStarting(Exception):
+    """The child has not made its run folder when the form stops waiting (a model download, a big dataset)."""
+
+    def __init__(self, log: str) -> None:
+        super().__init__(log)
+        self.log = log
 
 
 def _choices(ui: Any) -> dict[str, Any]:
@@ -141,6 +150,14 @@ def _new(request: Request, form: dict[str, str]) -> Response:
         run = _start(ui, raw, cfg)
     except TuneforgeError as err:
         return again(400, error=err.render())
+    except StillStarting as slow:
+        # No run page to go to yet (it needs the run folder): say where to watch instead.
+        return again(
+            202,
+            starting=f"The run is still starting after {START_WAIT_S} s (loading its model or preparing its "
+            f"data) and goes on in the background: its output is in {slow.log}, and it appears under Runs "
+            "once its folder exists.",
+        )
     return RedirectResponse("/run?" + urlencode({"path": ui.rel(run)}), status_code=303)
 
 
@@ -188,7 +205,7 @@ def _train(ui: Any, args: list[str], log: Path, ready: Callable[[], bool]) -> No
                 where=ui.rel(log),
             )
         if time.monotonic() > deadline:
-            break  # still loading: the run page says so until its folder exists
+            raise StillStarting(ui.rel(log))
         time.sleep(0.2)
 
 
@@ -239,4 +256,9 @@ def _resume(ui: Any, run: RunDir) -> None:
     if not log.exists():
         log = _claim(folder, log.name)
     # Ready once the new trainer holds the run (or, a short run, already ended it).
-    _train(ui, [str(run.config_path), "--resume"], log, ready=lambda: run_state(run).state not in RESUMABLE)
+    with contextlib.suppress(
+        StillStarting
+    ):  # the run page exists: it shows the run until the trainer holds it
+        _train(
+            ui, [str(run.config_path), "--resume"], log, ready=lambda: run_state(run).state not in RESUMABLE
+        )

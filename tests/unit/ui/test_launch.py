@@ -129,6 +129,22 @@ def new_form(c: TestClient, model: Path, **kw: str) -> dict[str, str]:
     } | kw
 
 
+def test_a_run_slow_to_start_says_where_to_watch_it_instead_of_a_missing_page(
+    real_workspace: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneforge.ui import launch
+
+    monkeypatch.setattr(launch, "START_WAIT_S", 0)  # the form stops waiting before any child is that quick
+    c = TestClient(create_app(real_workspace))
+    form = new_form(c, tiny_llama, name="slow", action="start", max_steps="2", eval_every="0")
+    r = c.post("/new", data=form, follow_redirects=False)
+    assert r.status_code == 202
+    assert "The run is still starting after 0 s" in r.text and "its output is in configs/slow.log" in r.text
+    run = RunDir(real_workspace / "runs" / "slow")  # it went on in the background, and its page appears
+    wait_for(lambda: RunDir.is_run(run.path) and run.manifest.get("status") == "completed")
+    assert c.get("/run", params={"path": "runs/slow"}).status_code == 200
+
+
 def test_new_run_estimates_refuses_what_the_config_refuses_and_starts_then_stops(
     real_workspace: Path, tiny_llama: Path
 ) -> None:

@@ -156,8 +156,12 @@ def _is_rust_tokenizer(tok: Any) -> bool:
     return type(tok).__module__.startswith("tokenizers")
 
 
-def token_counter(model: ModelConfig | None) -> TokenCounter:
-    """The tokenizer of `model` (built-in, local folder or hub id), or whitespace words without a model."""
+def token_counter(model: ModelConfig | None, *, download: bool = True) -> TokenCounter:
+    """The tokenizer of `model` (built-in, local folder or hub id), or whitespace words without a model.
+
+    `download=False`: a hub id's tokenizer only from the local Hugging Face cache (a TuneforgeError when it
+    is not there), so sizing a run never waits on the network.
+    """
     if model is None:
         return TokenCounter()
     name = model.name
@@ -194,7 +198,7 @@ def token_counter(model: ModelConfig | None) -> TokenCounter:
             str(folder) if local else location,
             revision=None if local else model.revision,
             trust_remote_code=model.trust_remote_code,
-            local_files_only=local,
+            local_files_only=local or not download,
         )
     except (OSError, ValueError) as err:
         raise _load_error(name, location, local, err) from None
@@ -336,7 +340,12 @@ def lengths_for_model(dataset: DatasetDir, model: ModelConfig, prompt_template: 
         return manifest
     key = (str(dataset.path.resolve()), manifest.get("fingerprint"), measure_key(model), prompt_template)
     if key not in _REMEASURED:  # train sizes a run several times (defaults, budget, the time line)
-        _REMEASURED[key] = _remeasure(dataset, manifest, model, prompt_template)
+        try:
+            _REMEASURED[key] = _remeasure(dataset, manifest, model, prompt_template)
+        except TuneforgeError:
+            # No tokenizer on this machine (a hub model not downloaded yet): sized with the lengths as
+            # prepared, as before; `estimate` must not wait on the network for them.
+            return manifest
     return {**manifest, "token_lengths": _REMEASURED[key]}
 
 
@@ -347,7 +356,7 @@ def _remeasure(
     dataset: DatasetDir, manifest: dict[str, Any], model: ModelConfig, prompt_template: str
 ) -> dict[str, Any]:
     lengths, fmt = manifest["token_lengths"], str(manifest["format"])
-    meter = LengthMeter(token_counter(model), model.task, prompt_template)
+    meter = LengthMeter(token_counter(model, download=False), model.task, prompt_template)
     labels = [str(x) for x in manifest.get("labels") or []]
     stats: dict[str, Any] = {}
     for split in ("train", "validation", "test"):

@@ -323,6 +323,8 @@ def test_a_dataset_prepared_for_one_model_is_sized_with_the_lengths_another_mode
         assert seen["measured_as"] == direct["measured_as"]
         assert seen["train"]["mean"] < ds.manifest["token_lengths"]["train"]["mean"] - 10  # no system prompt
     assert (ds.path / "manifest.json").read_bytes() == on_disk
+    # A model whose tokenizer cannot be had here (offline, gated): sized with the lengths as prepared.
+    assert lengths_for_model(ds, ModelConfig(name="./not-here"), PROMPT) == ds.manifest
 
     # Through what `tuneforge estimate`, train's time line and the budget read.
     cfg = RunConfig.model_validate(

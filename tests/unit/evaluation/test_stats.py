@@ -127,3 +127,24 @@ def test_three_significant_digits() -> None:
         "1234",
     ]
     assert sig(0.43, signed=True) == "+0.43"
+
+
+def test_the_bootstrap_macro_f1_is_sklearns_on_every_resample() -> None:
+    """The resampled macro-F1 is computed by hand for speed; it must be sklearn's f1_score (labels given,
+    macro, zero_division 0), unparsed answers and labels absent from a resample included."""
+    from types import SimpleNamespace
+
+    from sklearn.metrics import f1_score
+
+    from tuneforge.evaluation.intervals import _macro_f1
+
+    rng = np.random.default_rng(0)
+    labels = ["neg", "neu", "pos", "never"]  # "never" is in no gold label and no prediction
+    gold = rng.choice(labels[:3], size=60, p=[0.6, 0.3, 0.1]).tolist()
+    pred = rng.choice([*labels[:3], "None", "other"], size=60).tolist()  # None: an answer naming no label
+    stat = _macro_f1([{"label": g} for g in gold], SimpleNamespace(label_predictions=pred), labels)
+    g, p = np.asarray(gold), np.asarray(pred)
+    for _ in range(200):
+        idx = rng.integers(0, 60, size=int(rng.integers(1, 61)))
+        expected = f1_score(g[idx], p[idx], labels=labels, average="macro", zero_division=0)
+        assert stat(idx) == pytest.approx(expected, abs=1e-12)

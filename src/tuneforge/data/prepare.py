@@ -108,9 +108,8 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
         run = _Run(cfg, meter, max_tokens, tmp, work, passes)
         run.read(read_rows(cfg.path, cfg))
         manifest = run.finish()
-        if manifest.get(
-            "token_lengths"
-        ):  # what the lengths were counted for (data/lengths.lengths_for_model)
+        if manifest.get("token_lengths"):
+            # What the lengths were counted for: a run on another model measures again (lengths_for_model).
             manifest["token_lengths"]["measured_for"] = measure_key(model)
         manifest.update(
             fingerprint=fingerprint,

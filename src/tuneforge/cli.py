@@ -864,7 +864,7 @@ def registry_show(name: RegistryName, root: RegistryRoot = Path("registry")) -> 
     champ = reg.champion()
     table = Table(title=f"{name}: champion {champ['version'] if champ else 'none'}")
     for col in ("version", "run", "registered", "eval", "data"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold" if col == "run" else "ellipsis")  # the run's path in full
     for v in reg.versions():
         evals = "; ".join(
             f"{split}: " + ", ".join(f"{k} {x:.4g}" for k, x in list(m.items())[:3])

@@ -56,6 +56,9 @@ class Ui:
         from tuneforge.ui.upload import MAX_UPLOAD_BYTES, SUFFIXES
 
         self.env.globals.update(suffixes=SUFFIXES, max_mb=MAX_UPLOAD_BYTES // 2**20)  # the upload forms
+        from tuneforge.ui.launch import Launches
+
+        self.launches = Launches(self.rel)  # the training runs this UI is starting now
 
     def rel(self, path: Path) -> str:
         return path.resolve().relative_to(self.workspace).as_posix() or "."
@@ -154,6 +157,10 @@ def create_app(
     @app.exception_handler(security.CsrfError)
     async def csrf(request: Request, err: security.CsrfError) -> Response:
         return ui.page(request, "error.html", status=403, title="Refused", message=str(err))
+
+    @app.exception_handler(launch.AlreadyStarting)
+    async def already_starting(request: Request, err: launch.AlreadyStarting) -> Response:
+        return ui.page(request, "error.html", status=409, title="Still starting", message=err.render())
 
     @app.exception_handler(TuneforgeError)
     async def user_error(request: Request, err: TuneforgeError) -> Response:

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -49,6 +50,7 @@ KEYS = {
 RESUMABLE = ("interrupted", "crashed")
 """Run states `tuneforge train --resume` continues from the last checkpoint (the Resume button's)."""
 START_WAIT_S = 180  # how long the form waits for the child to create its run folder
+TRAIN_COMMAND = [sys.executable, "-m", "tuneforge", "train"]  # the child's command, its arguments follow
 
 
 class StillStarting(Exception):
@@ -57,6 +59,73 @@ class StillStarting(Exception):
     def __init__(self, log: str) -> None:
         super().__init__(log)
         self.log = log
+
+
+class AlreadyStarting(TuneforgeError):
+    """A second start of a run whose first child has not made its run folder yet (answered 409)."""
+
+
+@dataclass
+class Claim:
+    """One start in progress, from before its child starts until its run folder exists or the child exits."""
+
+    out: Path
+    ready: Callable[[], bool]
+    since: float  # time.monotonic() of the start
+    log: str = ""
+    child: subprocess.Popen[bytes] | None = None
+
+    def held(self) -> bool:
+        # No child yet: the start that claimed it is writing its config this moment.
+        return not self.ready() and (self.child is None or self.child.poll() is None)
+
+
+class Launches:
+    """The runs this UI is starting now, by output folder.
+
+    The trainer's own "the output folder exists" check is no guard until a first child has made the folder:
+    a second click, a second tab or a replayed POST would start a second trainer on the same folder. Held in
+    this process (the children are this process's): a UI that stops leaves no stale claim behind.
+    """
+
+    def __init__(self, rel: Callable[[Path], str]) -> None:
+        self._rel = rel
+        self._lock = threading.Lock()
+        self._claims: dict[Path, Claim] = {}
+
+    @contextlib.contextmanager
+    def starting(self, out: Path, ready: Callable[[], bool], *, where: str, fix: str) -> Iterator[Claim]:
+        """Claim `out` for one start (or refuse, AlreadyStarting); released when the block ends, except on
+        StillStarting: that child goes on, and its reaper releases the claim when it exits."""
+        claim = self._take(out, ready, where=where, fix=fix)
+        try:
+            yield claim
+        except StillStarting:
+            raise
+        except BaseException:
+            self.release(claim)
+            raise
+        self.release(claim)
+
+    def _take(self, out: Path, ready: Callable[[], bool], *, where: str, fix: str) -> Claim:
+        out = out.resolve()  # one key for runs/x and ./runs/x, whichever form names it
+        with self._lock:
+            held = self._claims.get(out)
+            if held is not None and held.held():
+                output = f" (its output: {held.log})" if held.log else ""
+                raise AlreadyStarting(
+                    f"{self._rel(out)} is still starting: a start from this UI "
+                    f"{time.monotonic() - held.since:.0f} s ago has not made its run folder yet{output}",
+                    where=where,
+                    fix=fix,
+                )
+            claim = self._claims[out] = Claim(out, ready, time.monotonic())
+            return claim
+
+    def release(self, claim: Claim) -> None:
+        with self._lock:
+            if self._claims.get(claim.out) is claim:  # not a later start's claim on the same folder
+                del self._claims[claim.out]
 
 
 def _choices(ui: Any) -> dict[str, Any]:
@@ -148,6 +217,8 @@ def _new(request: Request, form: dict[str, str]) -> Response:
         if form.get("action") != "start":
             return again(200, estimate=lines)
         run = _start(ui, raw, cfg)
+    except AlreadyStarting as err:
+        return again(409, error=err.render())
     except TuneforgeError as err:
         return again(400, error=err.render())
     except StillStarting as slow:
@@ -165,34 +236,48 @@ def _start(ui: Any, raw: dict[str, Any], cfg: Any) -> Path:
     from tuneforge.ui.upload import _claim
 
     out = Path(cfg.train.output_dir)
-    if out.exists():
-        raise TuneforgeError(
-            f"there is already a run at {ui.rel(out)}", where="name", fix="pick another name"
-        )
-    folder = ui.workspace / CONFIGS
-    folder.mkdir(exist_ok=True)
-    config = _claim(folder, out.name + ".yaml")  # a new file: an existing config is never overwritten
-    config.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    log = _claim(folder, config.stem + ".log")
-    _train(ui, [str(config)], log, ready=lambda: RunDir.is_run(out) or (out / "config.yaml").is_file())
+
+    def made() -> bool:
+        return RunDir.is_run(out) or (out / "config.yaml").is_file()
+
+    fix = "wait until it appears under Runs (its log says what it is doing), or pick another name"
+    with ui.launches.starting(out, made, where="name", fix=fix) as claim:
+        if out.exists():
+            raise TuneforgeError(
+                f"there is already a run at {ui.rel(out)}", where="name", fix="pick another name"
+            )
+        folder = ui.workspace / CONFIGS
+        folder.mkdir(exist_ok=True)
+        config = _claim(folder, out.name + ".yaml")  # a new file: an existing config is never overwritten
+        config.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        log = _claim(folder, config.stem + ".log")
+        _train(ui, [str(config)], log, claim)
     return out
 
 
-def _train(ui: Any, args: list[str], log: Path, ready: Callable[[], bool]) -> None:
-    """Start `tuneforge train ARGS` as its own process (output appended to `log`) and wait until `ready()`,
-    or say why it stopped first (the end of its log)."""
+def _train(ui: Any, args: list[str], log: Path, claim: Claim) -> None:
+    """Start `tuneforge train ARGS` as its own process (output appended to `log`) and wait until
+    `claim.ready()`, or say why it stopped first (the end of its log)."""
     start = log.stat().st_size if log.exists() else 0
+    claim.log = ui.rel(log)
     with log.open("ab") as sink:
         # Its own session: the run goes on when the UI stops, and a Ctrl-C on the UI does not reach it.
         child = subprocess.Popen(
-            [sys.executable, "-m", "tuneforge", "train", *args],
+            [*TRAIN_COMMAND, *args],
             cwd=ui.workspace,
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    threading.Thread(target=child.wait, daemon=True).start()  # reaped: an ended child is no zombie "alive"
+    claim.child = child
+
+    def reap() -> None:  # an ended child is no zombie "alive", and no longer holds its run's name
+        child.wait()
+        ui.launches.release(claim)
+
+    threading.Thread(target=reap, daemon=True).start()
+    ready = claim.ready
     deadline = time.monotonic() + START_WAIT_S
     while not ready():
         code = child.poll()
@@ -243,22 +328,25 @@ def _resume(ui: Any, run: RunDir) -> None:
     from tuneforge.train.watch import run_state
     from tuneforge.ui.upload import _claim
 
-    state = run_state(run)
-    if state.state not in RESUMABLE:
-        raise TuneforgeError(
-            f"run {ui.rel(run.path)} is {state.state}: only an interrupted run (stopped by a signal) or a "
-            "crashed one (its trainer killed) resumes",
-            where="path",
-        )
-    folder = ui.workspace / CONFIGS
-    folder.mkdir(exist_ok=True)
-    log = folder / f"{run.path.name}.log"  # where the UI's start wrote: one log per run, resumes appended
-    if not log.exists():
-        log = _claim(folder, log.name)
-    # Ready once the new trainer holds the run (or, a short run, already ended it).
-    with contextlib.suppress(
-        StillStarting
-    ):  # the run page exists: it shows the run until the trainer holds it
-        _train(
-            ui, [str(run.config_path), "--resume"], log, ready=lambda: run_state(run).state not in RESUMABLE
-        )
+    # Ready once the new trainer holds the run (or, a short run, already ended it): until then a second
+    # Resume click would pass the state check below and start a second trainer on the same checkpoint.
+    def trainer_holds() -> bool:
+        return run_state(run).state not in RESUMABLE
+
+    fix = "wait until its page shows it training (its log says what it is doing)"
+    starting = ui.launches.starting(run.path, trainer_holds, where="path", fix=fix)
+    # StillStarting is no error here: the run page exists, and shows the run until the trainer holds it.
+    with contextlib.suppress(StillStarting), starting as claim:
+        state = run_state(run)
+        if state.state not in RESUMABLE:
+            raise TuneforgeError(
+                f"run {ui.rel(run.path)} is {state.state}: only an interrupted run (stopped by a signal) "
+                "or a crashed one (its trainer killed) resumes",
+                where="path",
+            )
+        folder = ui.workspace / CONFIGS
+        folder.mkdir(exist_ok=True)
+        log = folder / f"{run.path.name}.log"  # where the UI's start wrote: one log per run, resumes appended
+        if not log.exists():
+            log = _claim(folder, log.name)
+        _train(ui, [str(run.config_path), "--resume"], log, claim)

@@ -140,9 +140,79 @@ def test_a_run_slow_to_start_says_where_to_watch_it_instead_of_a_missing_page(
     r = c.post("/new", data=form, follow_redirects=False)
     assert r.status_code == 202
     assert "The run is still starting after 0 s" in r.text and "its output is in configs/slow.log" in r.text
+    assert 'id="start" disabled' in r.text  # the obvious second click is off in the page itself
     run = RunDir(real_workspace / "runs" / "slow")  # it went on in the background, and its page appears
     wait_for(lambda: RunDir.is_run(run.path) and run.manifest.get("status") == "completed")
     assert c.get("/run", params={"path": "runs/slow"}).status_code == 200
+    r = c.post("/new", data=form, follow_redirects=False)  # its claim ended with it: the folder refuses now
+    assert r.status_code == 400 and "there is already a run at runs/slow" in r.text
+
+
+# A stand-in trainer that starts in no time: a `made*` run makes its folder at once; every run waits for
+# ./go (30 s at most), then fails as a trainer that cannot load its model.
+STAND_IN = """name=$(basename "$1" .yaml)
+case $name in made*) mkdir -p "runs/$name" && : > "runs/$name/config.yaml";; esac
+for i in $(seq 600); do [ -e go ] && break; sleep 0.05; done
+echo "cannot load the model of $name"; exit 3
+"""
+
+
+def test_a_second_start_while_the_first_is_starting_is_refused_and_a_failed_start_frees_the_name(
+    real_workspace: Path, tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneforge.ui import launch
+
+    script = tmp_path / "trainer.sh"
+    script.write_text(STAND_IN)
+    monkeypatch.setattr(launch, "TRAIN_COMMAND", ["/bin/sh", str(script)])
+    monkeypatch.setattr(launch, "START_WAIT_S", 0)
+    c = TestClient(create_app(real_workspace))
+    form = new_form(c, tiny_llama, name="early", action="start")
+    try:
+        assert c.post("/new", data=form, follow_redirects=False).status_code == 202
+        # A double submit, a second tab, a curl: refused while the first child has made no folder
+        r = c.post("/new", data=form, follow_redirects=False)
+        assert r.status_code == 409, r.text
+        assert "name: runs/early is still starting: a start from this UI " in r.text  # then "0 s ago" or so
+        assert (
+            " s ago has not made its run folder yet (its output: configs/early.log)\n"
+            "  fix: wait until it appears under Runs (its log says what it is doing), or pick another name"
+        ) in r.text
+        assert sorted(p.name for p in (real_workspace / "configs").iterdir()) == ["early.log", "early.yaml"]
+
+        # Once the folder exists the claim is over (the child still runs): the folder refuses a start
+        made = new_form(c, tiny_llama, name="made", action="start")
+        assert c.post("/new", data=made, follow_redirects=False).status_code == 202
+        wait_for(lambda: (real_workspace / "runs" / "made" / "config.yaml").is_file(), timeout=30)
+        r = c.post("/new", data=made, follow_redirects=False)
+        assert r.status_code == 400 and "there is already a run at runs/made" in r.text
+
+        # Resume: the same claim on the run's folder, until the new trainer holds the run
+        manifest = real_workspace / "runs" / "chat" / "manifest.json"
+        manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"status": "interrupted"}))
+        resume = {"csrf_token": csrf(c), "path": "runs/chat"}
+        assert c.post("/run/resume", data=resume, follow_redirects=False).status_code == 303
+        r = c.post("/run/resume", data=resume, follow_redirects=False)
+        assert r.status_code == 409 and "<h1>Still starting</h1>" in r.text, r.text
+        assert "path: runs/chat is still starting: a start from this UI " in r.text
+        assert "fix: wait until its page shows it training" in r.text
+    finally:
+        (real_workspace / "go").touch()
+    # The child that died before making its folder freed the name: the retry starts (and says why it stopped)
+    monkeypatch.setattr(launch, "START_WAIT_S", 30)
+    wait_for(lambda: "cannot load" in (real_workspace / "configs" / "early.log").read_text(), timeout=30)
+    answers = []  # the reaper sees the exit a moment after the log line: 409 until then
+
+    def retried() -> bool:
+        answers.append(c.post("/new", data=form, follow_redirects=False))
+        return answers[-1].status_code != 409
+
+    wait_for(retried, timeout=30)
+    assert answers[-1].status_code == 400, answers[-1].text
+    assert "stopped before the run started (exit 3):\ncannot load the model of early-2" in answers[-1].text
+    assert not (real_workspace / "runs" / "early").exists()
+    wait_for(lambda: "cannot load" in (real_workspace / "configs" / "chat.log").read_text(), timeout=30)
+    assert (real_workspace / "configs" / "chat.log").read_text().count("cannot load") == 1  # one child
 
 
 def test_new_run_estimates_refuses_what_the_config_refuses_and_starts_then_stops(

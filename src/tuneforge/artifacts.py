@@ -449,6 +449,39 @@ class RunDir:
             return os.path.normpath(self.path.resolve() / relative)
         return str(path) if path else None
 
+    def dataset_missing(self) -> str | None:
+        """Why the run's prepared dataset is not found (None: it is), naming the folder it recorded: the one
+        text evaluate, monitor, retrain and the run report give, so a stale path reads the same in each."""
+        recorded = self.manifest.get("dataset") or {}
+        path, relative = recorded.get("path"), recorded.get("relative_path")
+        if not path:
+            return f"run {self.path} records no dataset folder in its manifest.json"
+        if DatasetDir.is_dataset(Path(self.dataset_path() or path)):
+            return None
+        if relative:  # a dataset moved apart from its run: neither place holds it
+            beside = os.path.normpath(self.path.resolve() / relative)
+            return f"the dataset folder run {self.path} trained on is gone from {path} and from {beside}"
+        # A run trained before runs recorded the path relative to the run knows only the absolute one, which a
+        # run or project folder moved (or copied to another machine) leaves pointing at nothing.
+        return (
+            f"the dataset folder run {self.path} trained on, {path}, is gone: the run or its project "
+            "folder may have moved (this run recorded only the dataset's absolute path)"
+        )
+
+    def open_dataset(self, given: str | None = None, *, point: str | None) -> DatasetDir:
+        """The prepared dataset the run trained on: `given` when the user points at it (data.path=DIR), else
+        where dataset_path() finds it, or one error saying why not and how to point at it (`point`: the
+        command's way, None where it has none). Callers still check it with check_split_files."""
+        if given:
+            return DatasetDir.open(given)
+        missing = self.dataset_missing()
+        if missing is not None:
+            path = (self.manifest.get("dataset") or {}).get("path")
+            back = f"move it back to {path}" if path else "train the run again"
+            fix = f"point at the prepared dataset where it is now: {point}, or {back}" if point else back
+            raise TuneforgeError(missing, where=f"{self.manifest_path} (dataset.path)", fix=fix)
+        return DatasetDir(Path(str(self.dataset_path())))
+
     def check_split_files(self, dataset: DatasetDir) -> None:
         """Refuse when a split file differs from the one this run trained on (edited, or prepared again)."""
         recorded = (self.manifest.get("dataset") or {}).get("files")

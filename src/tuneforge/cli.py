@@ -279,7 +279,10 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `tuneforge train`.")],
     overrides: Annotated[
         list[str] | None,
-        typer.Argument(help="eval.key=value overrides on top of the run's config, e.g. eval.batch_size=4."),
+        typer.Argument(
+            help="eval.key=value overrides on top of the run's config, e.g. eval.batch_size=4; "
+            "data.path=DIR: the run's prepared dataset where it is now (a moved project)."
+        ),
     ] = None,
     split: Annotated[
         str | None, typer.Option(help="train, validation or test (default: eval.split).")
@@ -712,16 +715,23 @@ def monitor(
         Path | None, typer.Option("--config", help="A YAML file whose monitor: section replaces the run's.")
     ] = None,
     overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="monitor.key=value, e.g. --set monitor.min_samples=50.")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="monitor.key=value, e.g. --set monitor.min_samples=50; data.path=DIR: the run's prepared "
+            "dataset where it is now (a moved project).",
+        ),
     ] = None,
 ) -> None:
     """Live traffic in the request log vs the run's training data → RUN/monitor/<window>/report.html."""
+    from tuneforge.config import dataset_override
     from tuneforge.monitor import monitor as run_monitor
     from tuneforge.monitor import resolve_window
 
+    pointed, overrides = dataset_override(overrides)
     cfg = _monitor_config(run_dir, config, overrides)
     span = resolve_window(since, until, window)
-    result, alerts, out = run_monitor(run_dir, log, span, cfg, model=model)
+    result, alerts, out = run_monitor(run_dir, log, span, cfg, model=model, data_path=pointed)
     if not result["enough_data"]:
         console.print(
             f"not enough data (n = {result['n']}, need ≥ {result['need']}): nothing judged in {span.name}",
@@ -747,7 +757,9 @@ def _monitor_config(run_dir: Path, config: Path | None, overrides: list[str] | N
     bad = [o for o in overrides or [] if not o.startswith("monitor.")]
     if bad:
         raise TuneforgeError(
-            f"{bad[0]} is not a monitor option", where="--set", fix="use --set monitor.KEY=VALUE"
+            f"{bad[0]} is not a monitor option",
+            where="--set",
+            fix="use --set monitor.KEY=VALUE (or --set data.path=DIR for the run's dataset)",
         )
     source = config if config is not None else RunDir.open(run_dir).config_path
     cfg, _ = load_config(source, overrides)

@@ -727,6 +727,20 @@ def with_overrides(
     return config_from_dict(raw, source)
 
 
+def dataset_override(overrides: list[str] | None) -> tuple[str | None, list[str]]:
+    """`data.path=DIR` apart from the other overrides. Commands on a finished run (evaluate, monitor) take it
+    to find the run's prepared dataset where it is now, when the run or its project moved; every other data.*
+    key stays as the run trained with it."""
+    pointed, rest = None, []
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        if keys == ["data", "path"]:
+            pointed = str(value)
+        else:
+            rest.append(text)
+    return pointed, rest
+
+
 def _apply_overrides(raw: dict[str, Any], overrides: list[str], source: ConfigSource) -> None:
     for text in overrides:
         keys, value = _parse_override(text)

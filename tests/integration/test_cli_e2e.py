@@ -208,3 +208,17 @@ def test_a_workspace_moved_whole_still_finds_its_dataset(tmp_path: Path, tiny_ll
     assert r.returncode == 0, r.stderr
     assert json.loads((after / "run" / "eval" / "test.json").read_text())["n"] == 12
     assert load_reference(RunDir(after / "run"), max_reference=100).dataset == (after / "ds").resolve()
+
+    # A run trained before runs recorded the relative path: the stale absolute one is named, not "prepare".
+    manifest = json.loads((after / "run" / "manifest.json").read_text())
+    del manifest["dataset"]["relative_path"]
+    (after / "run" / "manifest.json").write_text(json.dumps(manifest))
+    r = run_cli("evaluate", "run", cwd=after)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"the dataset folder run run trained on, {recorded['path']}, is gone: the run or its" in r.stderr
+    assert (
+        "fix: point at the prepared dataset where it is now: tuneforge evaluate run data.path=DIR" in r.stderr
+    )
+    r = run_cli("evaluate", "run", "data.path=ds", "eval.max_examples=5", cwd=after)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((after / "run" / "eval" / "test-first5.json").read_text())["n"] == 5

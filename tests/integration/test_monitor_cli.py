@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from pathlib import Path
 
 from tests.unit.monitor.deployment import make_run, sports_text, write_log
@@ -30,6 +32,14 @@ def test_check_exits_1_on_an_alert_and_0_on_a_window_too_small(cli, tmp_path: Pa
     assert r.stdout.splitlines()[0] == (
         "not enough data (n = 12, need ≥ 20): nothing judged in 2026-12-01T0000Z_2026-12-01T1200Z"
     )
+
+    copy = shutil.copytree(tmp_path / "dataset", tmp_path / "elsewhere")  # --set data.path: where it is now
+    r = cli(
+        "monitor", str(run), "--log", "small.sqlite", "--since", "2026-12-01", "--set", f"data.path={copy}"
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads((run / "monitor" / "2026-12-01T0000Z_2026-12-02T0000Z" / "report.json").read_text())
+    assert report["reference"]["dataset"] == str(copy)
 
     r = cli("monitor", str(run), "--log", "small.sqlite", "--set", "serve.port=1")
     assert r.returncode != 0 and "serve.port=1 is not a monitor option" in r.stderr

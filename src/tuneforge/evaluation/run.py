@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.artifacts import SPLITS, DatasetDir, RunDir, atomic_file, write_json_atomic
-from tuneforge.config import RunConfig, with_overrides
+from tuneforge.config import RunConfig, dataset_override, with_overrides
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.baseline import compare_baselines
 from tuneforge.evaluation.evals import clean, evaluation_name, evaluation_path, predictions_path
@@ -199,12 +199,14 @@ def evaluate_run(
 ) -> Path:
     """Evaluate a finished run on a split; returns the path of the written eval JSON.
 
-    `overrides` (`eval.key=value`) apply on top of the config the run was trained with.
+    `overrides` (`eval.key=value`) apply on top of the config the run was trained with; `data.path=DIR`
+    points at the run's prepared dataset where it is now.
     """
     import json
 
     run = RunDir.open(run_dir)
-    cfg = with_overrides(reload_config(run), overrides or [], sections=("eval",), command="evaluate")
+    pointed, overrides = dataset_override(overrides)
+    cfg = with_overrides(reload_config(run), overrides, sections=("eval",), command="evaluate")
     split = split or cfg.eval.split
     if split not in SPLITS:  # it names a file: only the dataset's own splits
         raise TuneforgeError(
@@ -214,7 +216,9 @@ def evaluate_run(
     apply_threads(cfg.eval.num_threads, "eval.num_threads")
     compare = cfg.eval.compare_base if compare_base is None else compare_base
     limit = max_examples or cfg.eval.max_examples
-    dataset = DatasetDir.open(run.dataset_path() or cfg.data.path or "")
+    # A run whose manifest names no dataset is evaluated on its config's data.path, as it trained.
+    given = pointed or (None if run.dataset_path() else cfg.data.path)
+    dataset = run.open_dataset(given, point=f"tuneforge evaluate {run.path} data.path=DIR")
     run.check_split_files(dataset)  # the data the run trained on, not a re-split under the same path
     everything = dataset.records(split)
     records = everything[:limit]

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneforge.artifacts import DatasetDir, RunDir
-from tuneforge.errors import TuneforgeError
+from tuneforge.artifacts import RunDir
 
 
 @dataclass
@@ -71,16 +70,11 @@ def _sample(items: list[Any], n: int, seed: int) -> list[Any]:
     return items if len(items) <= n else random.Random(seed).sample(items, n)
 
 
-def load_reference(run: RunDir, max_reference: int) -> Reference:
-    """The training split of the dataset the run trained on (refused when its files changed since)."""
+def load_reference(run: RunDir, max_reference: int, data_path: str | None = None) -> Reference:
+    """The training split of the dataset the run trained on (refused when its files changed since), found
+    where its manifest says or at `data_path`."""
     manifest = run.manifest
-    recorded = run.dataset_path()
-    if not recorded:
-        raise TuneforgeError(
-            f"run {run.path} records no dataset in its manifest.json: there is no reference to compare with",
-            fix="monitor a run trained by `tuneforge train` (its manifest names the dataset)",
-        )
-    dataset = DatasetDir.open(recorded)
+    dataset = run.open_dataset(data_path, point="add --set data.path=DIR to the tuneforge monitor command")
     run.check_split_files(dataset)
     train = dataset.records("train")
     labels = list(manifest.get("labels") or dataset.labels)

@@ -291,8 +291,11 @@ def monitor(
     *,
     model: str | None = None,
     embedder: Any = None,
+    data_path: str | None = None,
 ) -> tuple[dict[str, Any], list[Alert], Path]:
-    """Judge one window of the log; write RUN/monitor/<window>/report.{html,md,json}."""
+    """Judge one window of the log; write RUN/monitor/<window>/report.{html,md,json}.
+
+    `data_path` points at the run's prepared dataset where it is now (`--set data.path=DIR`)."""
     from tuneforge.monitor.embed import Embedder
     from tuneforge.monitor.report import write_report
 
@@ -303,7 +306,7 @@ def monitor(
         )
     alerts = {str(k): v for k, v in cfg.alerts.items()} if cfg.alerts is not None else default_alerts(cfg)
     alpha = {m: alerts.get(m, cfg.alpha) for m in DRIFT_ALERTS}
-    ref = load_reference(run, cfg.max_reference)
+    ref = load_reference(run, cfg.max_reference, data_path)
     traffic = read_traffic(log, window.since, window.until, model=model, max_live=cfg.max_live)
     tok = _tokenizer(run)
     embedder = embedder or Embedder(cfg.embedding_model, run.path / "monitor" / "embeddings.sqlite")

@@ -95,13 +95,8 @@ def champion_of(reg: Registry) -> Champion:
             fix="restore the run directory, or promote a version whose run still exists",
         )
     run = RunDir(path)
-    recorded = run.dataset_path()
-    if not recorded or not DatasetDir.is_dataset(Path(recorded)):
-        raise TuneforgeError(
-            f"the dataset the champion's run {path} trained on ({recorded}) is missing",
-            fix="restore the prepared dataset: its test split is the frozen test set of every retrain",
-        )
-    dataset = DatasetDir(Path(recorded))
+    # No data.path=DIR here: its test split is the frozen test set of every retrain, so it is restored.
+    dataset = run.open_dataset(point=None)
     run.check_split_files(dataset)  # the very splits the champion trained and was tested on
     return Champion(version, run, dataset)
 

@@ -227,6 +227,31 @@ def test_a_missing_or_unreachable_log_is_one_clear_message(tmp_path: Path) -> No
     assert "secret" not in shown and "fix: check that the database is running" in shown
 
 
+def test_a_moved_project_names_its_runs_gone_dataset_folder_and_takes_data_path(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    """A run trained before runs recorded their dataset's place relative to the run knows only its absolute
+    path; moved with its project, the monitor names that folder as gone instead of asking for a `prepare`."""
+    from tuneforge.errors import TuneforgeError
+
+    make_run(tmp_path / "before", tiny_bert)
+    after = (tmp_path / "before").rename(tmp_path / "after")
+    run, gone = after / "run", tmp_path / "before" / "dataset"
+    log = write_log(tmp_path / "log.sqlite", ["my order please"] * 3, ["a"] * 3)
+    with pytest.raises(TuneforgeError) as err:
+        monitor(run, log, DAY, _cfg(run))
+    assert err.value.render() == (
+        f"{run / 'manifest.json'} (dataset.path): the dataset folder run {run} trained on, {gone}, is gone: "
+        "the run or its project folder may have moved (this run recorded only the dataset's absolute path)\n"
+        "  fix: point at the prepared dataset where it is now: add --set data.path=DIR to the tuneforge "
+        f"monitor command, or move it back to {gone}"
+    )
+    result, _, _ = monitor(run, log, DAY, _cfg(run), data_path=str(after / "dataset"))
+    assert (
+        result["reference"]["dataset"] == str(after / "dataset") and result["reference"]["train_size"] == 300
+    )
+
+
 @pytest.mark.slow
 def test_the_builtin_minilm_tells_other_topic_prompts_from_training_prompts() -> None:
     from tuneforge.monitor.drift import domain_classifier

@@ -38,8 +38,12 @@ def test_a_registry_it_cannot_start_from_is_one_clear_error(tmp_path: Path) -> N
         "  fix: promote the version to retrain from: tuneforge registry promote m N --reason ..."
     )
     reg.promote(1, "first")
-    # The run was never trained on a dataset this machine has.
-    assert refusal(reg).startswith("the dataset the champion's run ")
+    # The run was never trained on a dataset this machine has: the message evaluate and monitor give too.
+    r1 = (tmp_path / "r1").resolve()
+    assert refusal(reg) == (
+        f"{r1 / 'manifest.json'} (dataset.path): run {r1} records no dataset folder in its manifest.json\n"
+        "  fix: train the run again"
+    )
     shutil.rmtree(tmp_path / "r1")
     assert refusal(reg).startswith(
         f"the champion's run {(tmp_path / 'r1').resolve()} (version 1 of 'm') is missing\n"

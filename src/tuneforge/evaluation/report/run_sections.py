@@ -17,10 +17,11 @@ LOSS_UNIT = {
 
 
 def data_section(run: RunDir) -> list[Block]:
+    missing = run.dataset_missing()
+    if missing is not None:
+        return [("p", f"{missing[0].upper()}{missing[1:]}; nothing to say about the data.")]
     path = run.dataset_path()
-    if not path or not DatasetDir.is_dataset(Path(path)):
-        return [("p", f"The dataset directory {path} is no longer there; nothing to say about the data.")]
-    m = DatasetDir(Path(path)).manifest
+    m = DatasetDir(Path(str(path))).manifest
     blocks: list[Block] = [
         (
             "p",

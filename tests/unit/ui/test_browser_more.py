@@ -111,6 +111,39 @@ def test_read_a_runs_monitor_report(monitored: Path, browser, shots: Path) -> No
         page.close()
 
 
+def test_a_long_row_label_of_the_monitor_report_wraps_inside_its_cell(
+    tmp_path: Path, browser, shots: Path
+) -> None:
+    """ "accuracy on corrected labels (...)" ran past its cell into the value beside it (report.html)."""
+    from tuneforge.evaluation.report.render import to_html
+    from tuneforge.monitor.report import service_blocks
+
+    service = {
+        "error_rate": 0.0,
+        "statuses": {"200": 4},
+        "feedback": 4,
+        "mean_rating": 2.5,
+        "accuracy_on_corrected_labels": 0.75,
+        "rated_labels": 4,
+        "per_day": [],
+        "latency_ms": {},
+        "ttft_ms": {"n": 0},
+    }
+    report = tmp_path / "report.html"
+    report.write_text(to_html("Monitor report", [("Quality and service", service_blocks(service))]))
+    page = browser.new_page(viewport=SIZES["desktop"])
+    page.goto(report.as_uri())
+    for size in ("desktop", "phone"):
+        page.set_viewport_size(SIZES[size])
+        page.screenshot(path=str(shots / f"monitor-report-labels-{size}.png"), full_page=True)
+        cells = page.eval_on_selector_all(
+            "tbody th", "ths => ths.map(th => [th.textContent, th.scrollWidth, th.clientWidth])"
+        )
+        assert cells[-1][0].startswith("accuracy on corrected labels")
+        assert [c for c in cells if c[1] > c[2]] == [], size
+    page.close()
+
+
 def test_ask_a_run_and_its_base_side_by_side_and_rate_the_answers(
     real_workspace: Path, browser, shots: Path
 ) -> None:

@@ -27,7 +27,8 @@ Section = tuple[str, list[Block]]
 
 # Tables sit in a scrolling box, so a phone-width window scrolls one wide table sideways instead of the whole
 # page; only a cell holding a very long word (a hash, a path) may break inside it, since breaking every cell
-# anywhere lets the browser squeeze columns to a letter wide.
+# anywhere lets the browser squeeze columns to a letter wide. A key/value table's row labels wrap at spaces
+# (a long one kept on one line ran past its cell into the value), never narrower than 8em.
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;
 line-height:1.4}
@@ -35,7 +36,7 @@ line-height:1.4}
 table{border-collapse:collapse;font-size:14px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;max-width:420px}
 td.long{overflow-wrap:anywhere;min-width:14em}
-thead th{background:#f3f3f3} tbody th{font-weight:normal;background:#fafafa;white-space:nowrap}
+thead th{background:#f3f3f3} tbody th{font-weight:normal;background:#fafafa;min-width:8em}
 @media (min-width:601px){td.num{white-space:nowrap}}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:13px}
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em} img{max-width:100%;height:auto}

@@ -69,6 +69,47 @@ def input_fingerprint(
     return h.hexdigest(), hashed
 
 
+def _resolved(cfg: DataConfig) -> DataConfig:
+    """`cfg` with a built-in dataset's name turned into its file (and its default output folder)."""
+    if cfg.path is None:
+        raise TuneforgeError(
+            "no data given", where="data.path", fix="set data.path to your data file or folder"
+        )
+    if not builtin.is_builtin(cfg.path):
+        return cfg
+    name = cfg.path.removeprefix(builtin.PREFIX)
+    cfg = cfg.model_copy(update={"path": str(builtin.resolve_data(cfg.path))})
+    if cfg.output_dir is None:
+        cfg.output_dir = str(Path("datasets") / name)
+    return cfg
+
+
+def _holds(out: Path, fingerprint: str) -> bool:
+    return DatasetDir.is_dataset(out) and DatasetDir(out).manifest.get("fingerprint") == fingerprint
+
+
+def already_prepared(cfg: DataConfig, model: ModelConfig | None = None) -> DatasetDir | None:
+    """The dataset `prepare_dataset(cfg, model=model)` would return without preparing anything, else None.
+
+    For the commands that size a run before it starts (`tuneforge estimate`): a config naming a raw file (or a
+    built-in dataset) that `train` already prepared is sized with the real counts and token lengths. Reads
+    only the source files' hashes, never their rows; a remote source (URL, database) is never reused.
+    """
+    cfg = _resolved(cfg)
+    assert cfg.path is not None
+    if DatasetDir.is_dataset(Path(cfg.path)):
+        return DatasetDir(Path(cfg.path))
+    if not Path(cfg.path).exists():
+        return None
+    source = describe_source(cfg.path, cfg)
+    out = default_output_dir(cfg)
+    if source.remote or not DatasetDir.is_dataset(out):
+        return None
+    max_tokens = cfg.max_tokens or (model.max_length if model is not None else None)
+    fingerprint, _ = input_fingerprint(cfg, source.files, measure_key(model), max_tokens)
+    return DatasetDir(out) if _holds(out, fingerprint) else None
+
+
 def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig | None = None) -> DatasetDir:
     """Turn `cfg.path` into a dataset directory; reuse an existing one whose inputs are unchanged.
 
@@ -76,15 +117,7 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
         model: whose tokenizer measures token lengths (and whose max_length is the default data.max_tokens);
             without it lengths are counted in whitespace-separated words.
     """
-    if cfg.path is None:
-        raise TuneforgeError(
-            "no data given", where="data.path", fix="set data.path to your data file or folder"
-        )
-    if builtin.is_builtin(cfg.path):
-        name = cfg.path.removeprefix(builtin.PREFIX)
-        cfg = cfg.model_copy(update={"path": str(builtin.resolve_data(cfg.path))})
-        if cfg.output_dir is None:
-            cfg.output_dir = str(Path("datasets") / name)
+    cfg = _resolved(cfg)
     assert cfg.path is not None
     if DatasetDir.is_dataset(Path(cfg.path)):
         return DatasetDir(Path(cfg.path))
@@ -93,12 +126,7 @@ def prepare_dataset(cfg: DataConfig, *, force: bool = False, model: ModelConfig 
     check_output(out, Path(cfg.path), source.files)
     max_tokens = cfg.max_tokens or (model.max_length if model is not None else None)
     fingerprint, files = input_fingerprint(cfg, source.files, measure_key(model), max_tokens)
-    if (
-        not force
-        and not source.remote
-        and DatasetDir.is_dataset(out)
-        and DatasetDir(out).manifest.get("fingerprint") == fingerprint
-    ):
+    if not force and not source.remote and _holds(out, fingerprint):
         return DatasetDir(out)
 
     meter = LengthMeter(token_counter(model), model.task if model else "causal-lm", cfg.prompt_template)

@@ -638,7 +638,9 @@ def check_data_path(cfg: RunConfig) -> None:
             where="data.path",
             fix="set data.path to the prepared dataset (or the raw file) the run will train on",
         )
-    if not Path(cfg.data.path).exists():
+    from tuneforge import builtin
+
+    if not builtin.is_builtin(cfg.data.path) and not Path(cfg.data.path).exists():
         raise TuneforgeError(
             f"{cfg.data.path} does not exist",
             where="data.path",
@@ -682,13 +684,12 @@ def resolve_device(device: Device | str | None) -> Device:
 
 
 def _dataset_manifest(cfg: RunConfig) -> dict[str, Any] | None:
-    from pathlib import Path
-
-    from tuneforge.artifacts import DatasetDir
     from tuneforge.data.lengths import lengths_for_model
+    from tuneforge.data.prepare import already_prepared
 
-    if cfg.data.path and DatasetDir.is_dataset(Path(cfg.data.path)):
-        return lengths_for_model(DatasetDir(Path(cfg.data.path)), cfg.model, cfg.data.prompt_template)
+    dataset = already_prepared(cfg.data, cfg.model) if cfg.data.path else None
+    if dataset is not None:
+        return lengths_for_model(dataset, cfg.model, cfg.data.prompt_template)
     return None
 
 

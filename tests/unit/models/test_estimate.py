@@ -80,6 +80,36 @@ def test_full_fine_tuning_terms_follow_adamw(tmp_path: Path, tiny_llama: Path) -
     assert est.estimate(cfg, device=CPU).breakdown["activations"] < e.breakdown["activations"]
 
 
+def test_a_raw_file_that_train_already_prepared_is_sized_from_its_dataset(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    """A config naming the raw file (as `tuneforge quickstart` and most user configs do) is estimated with the
+    prepared dataset's counts and lengths once `train` or `prepare` made it, and at max_length before; a
+    changed file is not the dataset any more."""
+    from tuneforge.data import prepare_dataset
+    from tuneforge.data.prepare import already_prepared
+
+    cfg = config_from_dict(run_cfg(tmp_path, tiny_llama))
+    assert already_prepared(cfg.data, cfg.model) is None
+    before = est.estimate(cfg, device=CPU)
+    assert before.steps_per_epoch is None and before.length == 64
+
+    dataset = prepare_dataset(cfg.data, model=cfg.model)
+    assert already_prepared(cfg.data, cfg.model) == dataset
+    after = est.estimate(cfg, device=CPU)
+    direct = est.estimate(
+        cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(dataset.path)})}), device=CPU
+    )
+    assert after.steps_per_epoch == direct.steps_per_epoch == -(-dataset.manifest["splits"]["train"] // 4)
+    assert after.lines() == direct.lines()
+
+    other = cfg.model.model_copy(update={"max_length": 32})  # another token limit: another dataset
+    assert already_prepared(cfg.data, other) is None
+    with open(cfg.data.path, "a", encoding="utf-8") as f:
+        f.write("one more row,positive\n")
+    assert already_prepared(cfg.data, cfg.model) is None
+
+
 def test_cpu_step_time_adds_the_optimizer_update_at_the_measured_bandwidth(
     tmp_path: Path, tiny_llama: Path
 ) -> None:

@@ -14,6 +14,7 @@ without the seconds that importing transformers costs `tuneforge prepare`.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Sequence
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tuneforge import builtin
-from tuneforge.artifacts import read_jsonl
 from tuneforge.data.chat import (
     folder_chat_template,
     folder_special_tokens,
@@ -352,6 +352,36 @@ def lengths_for_model(dataset: DatasetDir, model: ModelConfig, prompt_template: 
 _REMEASURED: dict[tuple[str, Any, str, str], dict[str, Any]] = {}
 
 
+def sample_jsonl(path: Path, size: int, seed: int = 0) -> tuple[int, list[dict[str, Any]]]:
+    """(rows in the file, a seeded uniform sample of at most `size` of them), reading one line at a time.
+
+    Reservoir sampling (Algorithm R): a split of millions of rows is sized in the memory of `size` records,
+    where reading it whole first would hold them all. Blank lines are skipped, as `read_jsonl` does.
+    """
+    rng = random.Random(seed)
+    sample: list[dict[str, Any]] = []
+    rows = 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rows += 1
+            slot = rows - 1 if rows <= size else rng.randrange(rows)
+            if slot >= size:
+                continue
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                raise TuneforgeError(
+                    "not a readable JSON line", where=f"{path}:{lineno}", fix="prepare the dataset again"
+                ) from None
+            if rows <= size:
+                sample.append(record)
+            else:
+                sample[slot] = record
+    return rows, sample
+
+
 def _remeasure(
     dataset: DatasetDir, manifest: dict[str, Any], model: ModelConfig, prompt_template: str
 ) -> dict[str, Any]:
@@ -363,10 +393,7 @@ def _remeasure(
         path = dataset.split_path(split)
         if not path.is_file():
             continue
-        records = read_jsonl(path)
-        rows = len(records)
-        if rows > SIZING_SAMPLE:
-            records = random.Random(0).sample(records, SIZING_SAMPLE)
+        rows, records = sample_jsonl(path, SIZING_SAMPLE)
         measured = length_stats(np.array(meter.lengths(records, fmt, labels), dtype=np.int64))
         if rows > len(records):
             measured.update(count=rows, total=round(float(measured["mean"]) * rows))

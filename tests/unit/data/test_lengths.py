@@ -342,3 +342,33 @@ def test_a_dataset_prepared_for_one_model_is_sized_with_the_lengths_another_mode
     rows = ds.manifest["splits"]["train"]
     assert rows > 10 and sampled["count"] == rows
     assert sampled["total"] == round(sampled["mean"] * rows)
+
+
+def test_a_large_split_is_sampled_one_line_at_a_time_and_uniformly(tmp_path: Path) -> None:
+    """The sizing sample of a split (reservoir sampling, never the whole file in memory) counts every row,
+    keeps `size` of them, and picks each row with the same chance: no bias to the file's start."""
+    import json
+
+    from tuneforge.data.lengths import sample_jsonl
+
+    path = tmp_path / "train.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"text": f"row {i}", "i": i}) + "\n" + ("\n" if i % 7 == 0 else "") for i in range(200)
+        )
+    )
+    rows, sample = sample_jsonl(path, 20)
+    assert rows == 200 and len(sample) == 20 and len({r["i"] for r in sample}) == 20
+    assert sample_jsonl(path, 20) == (rows, sample)  # seeded
+    assert sample_jsonl(path, 500) == (
+        200,
+        [json.loads(line) for line in path.read_text().split("\n") if line],
+    )
+    picked = [0] * 200
+    for seed in range(500):
+        for r in sample_jsonl(path, 20, seed=seed)[1]:
+            picked[r["i"]] += 1
+    # each row is picked 500 x 20/200 = 50 times on average (binomial sd ~6.7)
+    assert min(picked) > 20 and max(picked) < 85, (min(picked), max(picked))
+    first, last = sum(picked[:100]), sum(picked[100:])
+    assert abs(first - last) < 0.1 * (first + last)

@@ -727,6 +727,7 @@ def monitor(
     from tuneforge.config import dataset_override
     from tuneforge.monitor import monitor as run_monitor
     from tuneforge.monitor import resolve_window
+    from tuneforge.monitor.run import alert_line
 
     pointed, overrides = dataset_override(overrides)
     cfg = _monitor_config(run_dir, config, overrides)
@@ -739,7 +740,7 @@ def monitor(
         )
     elif check:
         for a in alerts:
-            console.print(f"ALERT {a.metric}: {escape(a.message)}", highlight=False, soft_wrap=True)
+            console.print(escape(alert_line(a.__dict__)), highlight=False, soft_wrap=True)
         if not alerts:
             console.print(f"no alert in {span.name}", highlight=False)
     else:

@@ -20,8 +20,11 @@ def test_check_exits_1_on_an_alert_and_0_on_a_window_too_small(cli, tmp_path: Pa
     r = cli("monitor", str(run), "--log", "shift.sqlite", "--since", "2026-12-01", "--check")
     assert r.returncode == 1, r.stderr
     lines = r.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines[:-1]] == ["ALERT embedding_drift", "ALERT label_drift"]
-    assert lines[1].startswith("ALERT label_drift: predicted label mix: chi-squared: chi2 ")
+    assert [line.split(":")[0] for line in lines[:-1]] == [
+        "ALERT prompt embeddings drifted [embedding_drift]",
+        "ALERT predicted label mix drifted [label_drift]",
+    ]
+    assert lines[1].startswith("ALERT predicted label mix drifted [label_drift]: chi-squared: chi2 ")
     assert lines[-1] == f"report: {run / 'monitor' / '2026-12-01T0000Z_2026-12-02T0000Z' / 'report.html'}"
 
     r = cli(

@@ -139,7 +139,7 @@ def domain_classifier(
     The folds are drawn independently of the labels and shared by the observed and the permuted labels, so
     under "no drift" (the labels are exchangeable) the permutation p-value is exact.
     """
-    name, test = "embedding drift", "domain classifier, 5-fold ROC AUC vs permutation null"
+    name, test = "prompt embeddings", "domain classifier, 5-fold ROC AUC vs permutation null"
     short = too_few(name, test, len(ref), len(live), need)
     if short is not None:
         return short
@@ -188,7 +188,7 @@ def mmd_test(
     """
     from sklearn.metrics import pairwise_distances
 
-    name, test = "embedding drift (second opinion)", "MMD, Gaussian kernel, permutation test"
+    name, test = "prompt embeddings (second opinion)", "MMD, Gaussian kernel, permutation test"
     short = too_few(name, test, len(ref), len(live), need)
     if short is not None:
         return short

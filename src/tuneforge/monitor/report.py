@@ -11,6 +11,7 @@ from typing import Any
 
 from tuneforge.artifacts import RunDir, atomic_dir, write_json_atomic, write_text_atomic
 from tuneforge.evaluation.report.render import Section, num, to_html, to_markdown
+from tuneforge.monitor.run import NAMES, alert_line
 from tuneforge.monitor.text import NO_LABEL
 
 KIND = "tuneforge.monitor-report"
@@ -57,7 +58,7 @@ def build_sections(r: dict[str, Any]) -> list[Section]:
     verdict = (
         [f"not enough data (n = {r['n']}, need ≥ {r['need']}): nothing in this window is judged"]
         if not r["enough_data"]
-        else [f"ALERT {a['metric']}: {a['message']}" for a in r["alerts"]] or ["no alert fired"]
+        else [alert_line(a) for a in r["alerts"]] or ["no alert fired"]
     )
     summary: list[Any] = [
         ("p", intro),
@@ -87,7 +88,7 @@ def build_sections(r: dict[str, Any]) -> list[Section]:
                 "Each test is chosen by data type and sample size: up to 1000 live values a significance "
                 "test (Kolmogorov-Smirnov for numbers, chi-squared for label mixes), above that an effect "
                 "size with a threshold (Wasserstein distance / reference std, Jensen-Shannon distance), "
-                "since on large samples every trivial difference is significant. Embedding drift: can a "
+                "since on large samples every trivial difference is significant. Prompt embeddings: can a "
                 "classifier tell live inputs from training inputs better than with shuffled labels?",
             ),
         ],
@@ -252,10 +253,10 @@ def service_blocks(s: dict[str, Any]) -> list[Any]:
             (
                 None,
                 [
-                    ["error rate (5xx and 429)", _pct(s["error_rate"])],
+                    [NAMES["error_rate"], _pct(s["error_rate"])],
                     ["status codes", ", ".join(f"{k}: {v}" for k, v in s["statuses"].items())],
                     ["feedback", s["feedback"]],
-                    ["mean rating", num(s["mean_rating"])],
+                    [NAMES["mean_rating"], num(s["mean_rating"])],
                     [
                         "accuracy on corrected labels (rated classify answers needing no correction)",
                         f"{_pct(s['accuracy_on_corrected_labels'])} (n = {s['rated_labels']})",

@@ -35,6 +35,24 @@ DRIFT_ALERTS = (
     "answer_length_drift",
 )
 ABOVE = ("unseen_token_rate", "error_rate", "p95_latency_ms")
+NAMES = {
+    "prompt_length_drift": "prompt length (tokens)",
+    "script_mix_drift": "prompt script mix",
+    "language_mix_drift": "prompt language mix",
+    "embedding_drift": "prompt embeddings",
+    "embedding_mmd": "prompt embeddings (second opinion)",
+    "label_drift": "predicted label mix",
+    "answer_length_drift": "answer length (tokens)",
+    "unseen_token_rate": "unseen token rate",
+    "error_rate": "error rate (5xx and 429)",
+    "p95_latency_ms": "p95 latency (ms)",
+    "mean_rating": "mean rating",
+}
+"""What each key of report.json's tests, monitor.alerts and `--check` judges, in the words the report's tables
+and the alert lines use (drift.py names the two embedding tests the same)."""
+PREDICTED_VALUE = "predicted value"
+"""A regression run's label_drift test: the values it predicts, not a label mix."""
+TEST_KEYS = {name: key for key, name in NAMES.items()} | {PREDICTED_VALUE: "label_drift"}
 
 
 def default_alerts(cfg: MonitorConfig) -> dict[str, float]:
@@ -52,6 +70,23 @@ class Alert:
     threshold: float
     value: float
     message: str
+    title: str
+    """What fired, in words ("predicted label mix drifted"); the metric is its key."""
+
+
+def alert_heading(alert: dict[str, Any]) -> str:
+    """An alert's words first, its key in brackets for whoever greps for it or sets it in monitor.alerts.
+
+    An alert of a report written before alerts had a title keeps its old heading (its message names the test).
+    """
+    if not alert.get("title"):
+        return f"ALERT {alert['metric']}"
+    return f"ALERT {alert['title']} [{alert['metric']}]"
+
+
+def alert_line(alert: dict[str, Any]) -> str:
+    """One alert as `--check` prints it and the report lists it."""
+    return f"{alert_heading(alert)}: {alert['message']}"
 
 
 def _tokenizer(run: RunDir) -> Any:
@@ -91,13 +126,13 @@ def input_section(
     need = cfg.min_samples
     tests = [
         numeric_drift(
-            "prompt length (tokens)", ref_len, live_len, need=need, alpha=alpha["prompt_length_drift"]
+            NAMES["prompt_length_drift"], ref_len, live_len, need=need, alpha=alpha["prompt_length_drift"]
         )
     ]
     ref_scripts, live_scripts = script_mix(ref.inputs), script_mix(live)
     tests.append(
         categorical_drift(
-            "prompt script mix", ref_scripts, live_scripts, need=need, alpha=alpha["script_mix_drift"]
+            NAMES["script_mix_drift"], ref_scripts, live_scripts, need=need, alpha=alpha["script_mix_drift"]
         )
     )
     # Detected only in a window big enough to judge: loading the detector's model costs ~0.75 s of CPU, and a
@@ -107,7 +142,7 @@ def input_section(
     live_langs = language_mix(live) if judged else Counter({"not detected": len(live)})
     tests.append(
         categorical_drift(
-            "prompt language mix", ref_langs, live_langs, need=need, alpha=alpha["language_mix_drift"]
+            NAMES["language_mix_drift"], ref_langs, live_langs, need=need, alpha=alpha["language_mix_drift"]
         )
     )
     chars = set("".join(ref.inputs))
@@ -125,14 +160,14 @@ def input_section(
     if judged:
         out["languages"] = {"reference": dict(ref_langs), "live": dict(live_langs)}
     emb_test = TestResult(
-        "embedding drift",
+        NAMES["embedding_drift"],
         "domain classifier, 5-fold ROC AUC vs permutation null",
         len(ref.inputs),
         len(live),
         need=need,
     )
     mmd = TestResult(
-        "embedding drift (second opinion)",
+        NAMES["embedding_mmd"],
         "MMD, Gaussian kernel, permutation test",
         len(ref.inputs),
         len(live),
@@ -161,7 +196,7 @@ def output_section(
             live_labels = answered_labels(traffic.answers.items, ref.labels)
         tests.append(
             categorical_drift(
-                "predicted label mix", ref.label_counts, live_labels, need=need, alpha=alpha["label_drift"]
+                NAMES["label_drift"], ref.label_counts, live_labels, need=need, alpha=alpha["label_drift"]
             )
         )
         out["labels"] = {"reference": dict(ref.label_counts), "live": dict(live_labels)}
@@ -170,16 +205,18 @@ def output_section(
         out["mean_confidence"] = float(np.mean(traffic.confidences)) if traffic.confidences else None
     elif ref.format == "regression":
         tests.append(
-            numeric_drift(
-                "predicted value", ref.values, traffic.values, need=need, alpha=alpha["label_drift"]
-            )
+            numeric_drift(PREDICTED_VALUE, ref.values, traffic.values, need=need, alpha=alpha["label_drift"])
         )
     if ref.answers or traffic.answer_count:
         ref_len = [float(len(i)) for i in _token_ids(tok, ref.answers)]
         live_len = [float(len(i)) for i in _token_ids(tok, list(traffic.answers.items))]
         tests.append(
             numeric_drift(
-                "answer length (tokens)", ref_len, live_len, need=need, alpha=alpha["answer_length_drift"]
+                NAMES["answer_length_drift"],
+                ref_len,
+                live_len,
+                need=need,
+                alpha=alpha["answer_length_drift"],
             )
         )
         out["answer_tokens"] = {"reference": summary(ref_len), "live": summary(live_len)}
@@ -260,18 +297,19 @@ def check_alerts(result: dict[str, Any], alerts: dict[str, float]) -> list[Alert
             if t and t["drift"]:
                 shown = f"p = {t['p_value']:.4g}, " if t["p_value"] is not None else ""
                 msg = (
-                    f"{t['name']}: {t['test']}: {t['statistic_name']} {t['statistic']:.4g}, {shown}"
+                    f"{t['test']}: {t['statistic_name']} {t['statistic']:.4g}, {shown}"
                     f"{t['threshold']} (n = {t['n_reference']} reference, {t['n_live']} live)"
                 )
-                fired.append(Alert(metric, threshold, float(t["statistic"]), msg))
+                fired.append(Alert(metric, threshold, float(t["statistic"]), msg, f"{t['name']} drifted"))
             continue
         value = _value(result, metric)
         if value is None or not result["enough_data"]:
             continue
         above = metric in ABOVE
         if (value > threshold) if above else (value < threshold):
-            sign = ">" if above else "<"
-            fired.append(Alert(metric, threshold, value, f"{metric} {value:.4g} {sign} {threshold:g}"))
+            sign, too = (">", "high") if above else ("<", "low")
+            msg = f"{value:.4g} {sign} {threshold:g}"
+            fired.append(Alert(metric, threshold, value, msg, f"{NAMES[metric]} too {too}"))
     return fired
 
 
@@ -312,16 +350,6 @@ def monitor(
     embedder = embedder or Embedder(cfg.embedding_model, run.path / "monitor" / "embeddings.sqlite")
     inputs, in_tests = input_section(ref, traffic, tok, cfg, alpha, embedder)
     outputs, out_tests = output_section(ref, traffic, tok, cfg, alpha)
-    keys = {
-        "prompt length (tokens)": "prompt_length_drift",
-        "prompt script mix": "script_mix_drift",
-        "prompt language mix": "language_mix_drift",
-        "embedding drift": "embedding_drift",
-        "embedding drift (second opinion)": "embedding_mmd",
-        "predicted label mix": "label_drift",
-        "predicted value": "label_drift",
-        "answer length (tokens)": "answer_length_drift",
-    }
     # Judged on the inputs when the log keeps texts; on the requests when serve.log_text is off.
     n = traffic.input_count or traffic.requests
     result: dict[str, Any] = {
@@ -348,7 +376,7 @@ def monitor(
             "inputs_sampled": len(ref.inputs),
             "labels": dict(ref.label_counts),
         },
-        "tests": {keys[t.name]: t.to_dict() for t in [*in_tests, *out_tests]},
+        "tests": {TEST_KEYS[t.name]: t.to_dict() for t in [*in_tests, *out_tests]},
         "input": inputs,
         "output": outputs,
         "service": service_section(traffic),

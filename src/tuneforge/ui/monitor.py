@@ -66,10 +66,12 @@ def monitor_list(request: Request, path: str = "") -> Response:
 @router.get("/run/monitor/window", response_class=HTMLResponse)
 def monitor_window(request: Request, path: str = "", window: str = "") -> Response:
     from tuneforge.monitor.report import build_sections
+    from tuneforge.monitor.run import alert_heading
 
     ui, run, folder = _window(request, path, window)
     got = _read(folder)
     sections: list[Any] = []
+    alerts: list[tuple[str, str]] = []  # (heading, message), as `tuneforge monitor --check` prints them
     problem = got.problem
     if got.report is not None:
         try:
@@ -78,7 +80,8 @@ def monitor_window(request: Request, path: str = "", window: str = "") -> Respon
                 (title, [("cards", c) if k == "table" and c[0] else (k, c) for k, c in items])
                 for title, items in build_sections(got.report)
             ]
-        except (KeyError, TypeError, ValueError) as err:  # a report of an older version: say so, not a 500
+            alerts = [(alert_heading(a), str(a["message"])) for a in got.report.get("alerts") or []]
+        except (AttributeError, KeyError, TypeError, ValueError) as err:  # an older report: say so, not a 500
             problem = f"this report.json cannot be shown ({type(err).__name__}: {err})"
     return ui.page(
         request,
@@ -87,6 +90,7 @@ def monitor_window(request: Request, path: str = "", window: str = "") -> Respon
         window=got,
         sections=sections,
         problem=problem,
+        alerts=alerts,
     )
 
 

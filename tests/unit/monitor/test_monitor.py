@@ -15,6 +15,7 @@ from tuneforge.config import load_config
 from tuneforge.monitor import monitor, resolve_window
 from tuneforge.monitor.embed import Embedder
 from tuneforge.monitor.log import read_traffic, window_rows
+from tuneforge.monitor.run import alert_line
 from tuneforge.serve.store import RequestLog, requests_table
 
 DAY = resolve_window("2026-12-01", None, "1d")
@@ -59,10 +60,12 @@ def test_a_planted_topic_shift_alerts_and_a_same_topic_window_does_not(
     assert json.loads((folder / "report.json").read_text())["alerts"][0]["metric"] == "embedding_drift"
     md = (folder / "report.md").read_text()
     assert (
-        "- ALERT embedding_drift: embedding drift: domain classifier, 5-fold ROC AUC vs permutation null: "
-        in md
+        "- ALERT prompt embeddings drifted [embedding_drift]: domain classifier, 5-fold ROC AUC vs "
+        "permutation null: AUC 1, p = 0.02, p &lt; 0.05 and AUC ≥ 0.55 (n = 300 reference, 150 live)\n" in md
     )
-    assert "| embedding drift | domain classifier, 5-fold ROC AUC vs permutation null | AUC 1 | 0.02 |" in md
+    assert (
+        "| prompt embeddings | domain classifier, 5-fold ROC AUC vs permutation null | AUC 1 | 0.02 |" in md
+    )
 
 
 def test_label_drift_on_a_changed_class_mix_in_the_log(tmp_path: Path, tiny_bert: Path) -> None:
@@ -110,7 +113,9 @@ def test_an_error_rate_above_5_percent_alerts_and_only_rows_in_the_window_count(
     write_log(log, ["y"] * 30, ["a"] * 30, status=500, prefix="late", start=START + timedelta(days=1))
     result, alerts, _ = monitor(run, str(log), DAY, _cfg(run))
     assert result["service"]["requests"] == 154 and result["service"]["statuses"] == {"200": 140, "500": 14}
-    assert [a.message for a in alerts] == ["error_rate 0.09091 > 0.05"]
+    assert [alert_line(a.__dict__) for a in alerts] == [
+        "ALERT error rate (5xx and 429) too high [error_rate]: 0.09091 > 0.05"
+    ]
 
 
 def test_the_window_is_read_in_pages_by_time_then_id(tmp_path: Path) -> None:

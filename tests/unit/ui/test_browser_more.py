@@ -103,7 +103,7 @@ def test_read_a_runs_monitor_report(monitored: Path, browser, shots: Path) -> No
         expect(page.locator("#windows")).to_contain_text("1 alert embedding_drift")
         _both(page, shots, "monitor-list")
         page.click(f"text={WINDOW}")
-        expect(page.locator("#alerts")).to_contain_text("ALERT embedding_drift")
+        expect(page.locator("#alerts")).to_contain_text("ALERT prompt embeddings drifted [embedding_drift]")
         expect(page.locator("h2", has_text="Drift tests")).to_be_visible()
         _both(page, shots, "monitor-window")
         page.click("text=report.html")

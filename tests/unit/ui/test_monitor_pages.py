@@ -28,11 +28,13 @@ def test_the_windows_list_and_one_window_show_the_alert_and_the_drift_table(moni
     assert page.status_code == 200
     text = page.text
     alert = report["alerts"][0]["message"]
-    assert f"<b>ALERT embedding_drift</b>: {html.escape(alert, quote=False)}" in text
+    assert (
+        f"<b>ALERT prompt embeddings drifted [embedding_drift]</b>: {html.escape(alert, quote=False)}" in text
+    )
     drift = re.search(r"<h2>Drift tests</h2>.*?</table>", text, re.S).group(0)
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", drift)
     emb = report["tests"]["embedding_drift"]
-    row = cells[cells.index("embedding drift") : cells.index("embedding drift") + 8]
+    row = cells[cells.index("prompt embeddings") : cells.index("prompt embeddings") + 8]
     assert row[1] == emb["test"] and row[3] == "0.02" and row[7] == emb["verdict"]
     assert f'href="/run/monitor/report?path=run&window={WINDOW}">report.html</a>' in text
     served = c.get(f"/run/monitor/report?path=run&window={WINDOW}")

@@ -164,13 +164,14 @@ def estimate(
 
 def _with_recipe_defaults(cfg: Any, source: Any, *, cuda: bool, processes: int) -> Any:
     """The config as `tuneforge train` will run it: the recipe fills the unset keys (prepared data only)."""
-    from tuneforge.artifacts import DatasetDir
     from tuneforge.data.lengths import lengths_for_model
+    from tuneforge.data.prepare import already_prepared
     from tuneforge.models.recommend import apply_settings, defaults_for, describe_defaults
 
-    if not cfg.data.path or not DatasetDir.is_dataset(Path(cfg.data.path)):
-        return cfg  # a raw file: its size and lengths are known only once `prepare` has run
-    manifest = lengths_for_model(DatasetDir(Path(cfg.data.path)), cfg.model, cfg.data.prompt_template)
+    dataset = already_prepared(cfg.data, cfg.model) if cfg.data.path else None
+    if dataset is None:
+        return cfg  # a raw file: its size and lengths are known only once `prepare` (or train) has run
+    manifest = lengths_for_model(dataset, cfg.model, cfg.data.prompt_template)
     chosen = defaults_for(cfg, manifest, source.given, cuda=cuda, processes=processes)
     if chosen:
         console.print(escape(describe_defaults(cfg, manifest, chosen)), highlight=False, soft_wrap=True)

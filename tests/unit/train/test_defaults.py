@@ -56,8 +56,9 @@ def test_train_fills_unset_keys_prints_records_and_resumes_with_them(
     assert saved["method"] == {"name": "full"} and saved["model"]["max_length"] == 64
     assert (run / "final" / "model.safetensors").is_file()  # full fine-tuning: every weight
 
-    # `tuneforge estimate` sizes the run train would do on a prepared dataset: the recipe included.
-    sized = cli("estimate", str(config), f"data.path={tmp_path / 'ds'}", "train.epochs=2", "--device", "cpu")
+    # `tuneforge estimate` sizes the run train would do, the recipe included: the same config, naming the raw
+    # file, is sized from the dataset train prepared of it.
+    sized = cli("estimate", str(config), "train.epochs=2", "--device", "cpu")
     assert sized.returncode == 0, sized.stderr
     assert line in sized.stdout.splitlines()
     assert f"{tiny_bert} + full:" in sized.stdout

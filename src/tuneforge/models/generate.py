@@ -17,6 +17,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from tuneforge.models.detokenize import Detokenizer
+
 if TYPE_CHECKING:
     import torch
 
@@ -101,6 +103,7 @@ class DecodeBatch:
             )
         self.model = model
         self.tokenizer = tokenizer
+        self.detokenizer = Detokenizer(tokenizer)
         self.max_batch_size = max_batch_size
         self.eos = eos_token_ids(model, tokenizer)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
@@ -257,7 +260,8 @@ class DecodeBatch:
         s = r.settings
         stops = [x for x in s.stop if x]  # an empty stop string would match everywhere: it stops nothing
         if token in self.eos:
-            return self._finish(r, self._text(r), "stop", counted=len(r.generated) + 1, token=token)
+            text = self.detokenizer.settled(r.generated, self._text(r))
+            return self._finish(r, text, "stop", counted=len(r.generated) + 1, token=token)
         r.generated.append(token)
         r.next_token = token
         text = self._text(r)
@@ -269,11 +273,11 @@ class DecodeBatch:
                 return self._finish(r, text[: min(hits)], "stop", counted=len(r.generated), token=token)
         too_long = 0 < self.max_positions <= len(r.prompt) + len(r.generated)
         if len(r.generated) >= s.max_new_tokens or too_long:
+            text = self.detokenizer.settled(r.generated, text)
             return self._finish(r, text, "length", counted=len(r.generated), token=token)
-        # Hold back what could still become a stop string, and a half-decoded multi-byte character.
-        safe = len(text) - (max((len(x) for x in stops), default=1) - 1)
-        while safe > r.emitted and text[safe - 1] == "\ufffd":
-            safe -= 1
+        # Hold back what could still become a stop string, and a character whose last bytes are still to come.
+        settled = len(self.detokenizer.settled(r.generated, text))
+        safe = min(len(text) - (max((len(x) for x in stops), default=1) - 1), settled)
         delta = text[r.emitted : safe] if safe > r.emitted else ""
         r.emitted += len(delta)
         return StepEvent(r.request_id, delta, token)
@@ -284,7 +288,7 @@ class DecodeBatch:
         return StepEvent(r.request_id, delta, token, done)
 
     def _text(self, r: _Row) -> str:
-        return str(self.tokenizer.decode(r.generated, skip_special_tokens=True))
+        return self.detokenizer.decode(r.generated)
 
     # -- batch bookkeeping ----------------------------------------------------------------------------------
 
@@ -415,6 +419,7 @@ def _generate_prompt_learning(
     import torch
 
     eos = eos_token_ids(model, tokenizer)
+    detokenizer = Detokenizer(tokenizer)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     device = _device(model)
     out: list[Generation] = []
@@ -438,11 +443,10 @@ def _generate_prompt_learning(
         for p, row in zip(chunk, gen[:, width:].tolist(), strict=True):
             cut = next((i for i, t in enumerate(row) if t in eos), None)
             tokens = row if cut is None else row[:cut]
-            text = str(tokenizer.decode(tokens, skip_special_tokens=True))
+            text = detokenizer.decode(tokens)
             hits = [i for i in (text.find(x) for x in settings.stop if x) if i >= 0]
             reason: FinishReason = "stop" if cut is not None or hits else "length"
-            if hits:
-                text = text[: min(hits)]
+            text = text[: min(hits)] if hits else detokenizer.settled(tokens, text)
             counted = len(tokens) + (cut is not None)
             out.append(Generation(tokens, text, reason, len(p), counted))
             if on_progress is not None:

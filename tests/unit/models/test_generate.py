@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuneforge.models.generate import DecodeBatch, GenerationSettings, generate
+from tuneforge.models.generate import DecodeBatch, Generation, GenerationSettings, generate
 
 PROMPTS = ["great road today", "awful", "the phone is broken and the order is cold", "love it"]
 
@@ -228,3 +228,50 @@ def test_a_row_that_fails_leaves_the_batch_alone_and_the_others_unchanged(lm) ->
         "empty-stop": alone[1],  # an empty stop string stops nothing
         "tiny-temperature": alone[2],  # a temperature whose logits overflow is its limit: greedy
     }
+
+
+def _scripted_answer(
+    tok, script: list[int], max_new_tokens: int, *, prompt_learning: bool
+) -> tuple[list[str], Generation]:
+    """The streamed deltas (none through PEFT's generate, which answers whole) and the answer of a script."""
+    from tests.scripted import ScriptedLM
+
+    model = ScriptedLM(script, len(tok), prompt_learning=prompt_learning)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    if prompt_learning:
+        return [], generate(model, tok, [_ids(tok, "hi")], settings)[0]
+    batch = DecodeBatch(model, tok)
+    batch.add("a", _ids(tok, "hi"), settings)
+    deltas, done = [], None
+    while len(batch):
+        for e in batch.step():
+            deltas.append(e.delta)
+            done = e.done or done
+    assert done is not None
+    return deltas, done
+
+
+@pytest.mark.parametrize("prompt_learning", [False, True], ids=["cached", "peft-generate"])
+@pytest.mark.parametrize(
+    ("answer", "kept", "then_eos", "max_new", "text", "reason"),
+    [
+        ("ok 🙂", 5, False, 5, "ok ", "length"),  # cut after 2 of the emoji's 4 bytes
+        ("ok 🙂", 6, False, 6, "ok ", "length"),  # after 3
+        ("ok 🙂", 5, True, 16, "ok ", "stop"),  # the model ended it after 2
+        ("ok 🙂", 7, False, 7, "ok 🙂", "length"),
+        ("a\ufffdb", 5, True, 16, "a\ufffdb", "stop"),  # a whole U+FFFD the model wrote (3 bytes) stays
+        ("a\ufffd", 4, False, 4, "a\ufffd", "length"),  # even at the end
+    ],
+)
+def test_a_character_whose_last_bytes_never_came_is_left_out(
+    lm, prompt_learning: bool, answer: str, kept: int, then_eos: bool, max_new: int, text: str, reason: str
+) -> None:
+    """The tiny tokenizer is byte-level: an emoji is four tokens (one per byte), and an answer can stop
+    between them; decoded as is, it would end in U+FFFD."""
+    _, tok = lm
+    answered = _ids(tok, answer)[:kept]
+    script = answered + [tok.eos_token_id] * then_eos
+    deltas, done = _scripted_answer(tok, script, max_new, prompt_learning=prompt_learning)
+    assert (done.text, done.finish_reason, done.token_ids) == (text, reason, answered)
+    if not prompt_learning:
+        assert "".join(deltas) == text  # so no delta showed a U+FFFD the text does not hold

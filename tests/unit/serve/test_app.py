@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from tests.unit.serve.app_state import app_state
 from tuneforge.config import ServeConfig
 from tuneforge.models.generate import Generation, GenerationSettings, StepEvent
 from tuneforge.serve.app import create_app
 from tuneforge.serve.engine import ServedModel
-from tuneforge.serve.keys import KeyChecker, KeyFile
-from tuneforge.serve.limits import Admission
+from tuneforge.serve.keys import KeyFile
 from tuneforge.serve.metrics import ServerMetrics, served_runs
-from tuneforge.serve.state import AppState
 from tuneforge.serve.store import RequestLog, database_url, read_table
 
 
@@ -81,14 +80,7 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
     metrics = ServerMetrics(lambda: 0.0)
     metrics.watch_log(log)
     metrics.watch_drift(lambda: served_runs(state.engine.models))
-    state = AppState(
-        engine=engine,  # type: ignore[arg-type]
-        cfg=ServeConfig(max_body_bytes=20_000),
-        keys=KeyChecker(keys),
-        log=log,
-        admission=Admission(8, 4),
-        metrics=metrics,
-    )
+    state = app_state(engine, keys, cfg=ServeConfig(max_body_bytes=20_000), log=log, metrics=metrics)
     asgi, _ = create_app(state)
     with TestClient(asgi, raise_server_exceptions=False) as client:
         yield {

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.serve.app_state import app_state
 from tests.unit.test_registry import finished_run
 from tuneforge.config import ServeConfig
 from tuneforge.errors import TuneforgeError
@@ -22,9 +23,8 @@ from tuneforge.registry import Registry
 from tuneforge.serve import champion
 from tuneforge.serve.champion import ChampionWatcher, registry_target
 from tuneforge.serve.engine import ServedModel
-from tuneforge.serve.keys import KeyChecker, KeyFile
+from tuneforge.serve.keys import KeyFile
 from tuneforge.serve.limits import Admission
-from tuneforge.serve.metrics import ServerMetrics
 from tuneforge.serve.state import AppState
 
 
@@ -42,15 +42,8 @@ class FakeEngine:
 
 
 def _state(tmp_path: Path, engine: FakeEngine, version: int | None = 1) -> AppState:
-    return AppState(
-        engine=engine,  # type: ignore[arg-type]
-        cfg=ServeConfig(),
-        keys=KeyChecker(KeyFile(tmp_path / "keys.json")),
-        log=None,
-        admission=Admission(8, 8),
-        metrics=ServerMetrics(lambda: 0.0),
-        registry="m",
-        version=version,
+    return app_state(
+        engine, KeyFile(tmp_path / "keys.json"), admission=Admission(8, 8), registry="m", version=version
     )
 
 

@@ -6,13 +6,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tuneforge.config import ServeConfig
+from tests.unit.serve.app_state import app_state
 from tuneforge.models.generate import Generation, GenerationSettings
 from tuneforge.serve.answer import answer as _answer
 from tuneforge.serve.engine import ServedModel
-from tuneforge.serve.keys import KeyChecker, KeyFile
+from tuneforge.serve.keys import KeyFile
 from tuneforge.serve.limits import Admission
-from tuneforge.serve.metrics import ServerMetrics
 from tuneforge.serve.protocol import CompletionRequest
 from tuneforge.serve.state import AppState
 
@@ -45,14 +44,7 @@ class FakeEngine:
 
 
 def _state(engine: FakeEngine, tmp_path: Path) -> AppState:
-    return AppState(
-        engine=engine,  # type: ignore[arg-type]
-        cfg=ServeConfig(),
-        keys=KeyChecker(KeyFile(tmp_path / "keys.json")),
-        log=None,
-        admission=Admission(8, 8),
-        metrics=ServerMetrics(lambda: 0.0),
-    )
+    return app_state(engine, KeyFile(tmp_path / "keys.json"), admission=Admission(8, 8))
 
 
 def _ask(state: AppState, engine: FakeEngine, receive: Any) -> Any:

@@ -13,14 +13,12 @@ from starlette.testclient import TestClient
 
 from tests.scripted import ScriptedLM
 from tests.tiny import TOKENIZER
+from tests.unit.serve.app_state import app_state
 from tuneforge.config import ServeConfig
 from tuneforge.serve.app import create_app
 from tuneforge.serve.engine import ServedModel
 from tuneforge.serve.engine_transformers import TransformersEngine
-from tuneforge.serve.keys import KeyChecker, KeyFile
-from tuneforge.serve.limits import Admission
-from tuneforge.serve.metrics import ServerMetrics
-from tuneforge.serve.state import AppState
+from tuneforge.serve.keys import KeyFile
 
 
 @pytest.fixture
@@ -38,14 +36,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str
     engine = TransformersEngine([], ServeConfig())
     keys = KeyFile(tmp_path / "keys.json")
     key = keys.create("alice")
-    state = AppState(
-        engine=engine,
-        cfg=ServeConfig(),
-        keys=KeyChecker(keys),
-        log=None,
-        admission=Admission(8, 4),
-        metrics=ServerMetrics(lambda: 0.0),
-    )
+    state = app_state(engine, keys)
     asgi, _ = create_app(state)
     try:
         with TestClient(asgi) as client:

@@ -250,14 +250,11 @@ def test_with_server_the_playground_asks_it_and_rates_through_its_feedback_route
     rating in its own log, under the key the UI asked with."""
     import httpx
 
+    from tests.unit.serve.app_state import app_state
     from tests.unit.serve.test_app import FakeEngine
-    from tuneforge.config import ServeConfig
     from tuneforge.serve.app import create_app as serve_app
     from tuneforge.serve.engine import ServedModel
-    from tuneforge.serve.keys import KeyChecker, KeyFile
-    from tuneforge.serve.limits import Admission
-    from tuneforge.serve.metrics import ServerMetrics
-    from tuneforge.serve.state import AppState
+    from tuneforge.serve.keys import KeyFile
     from tuneforge.serve.store import RequestLog, database_url, read_table
     from tuneforge.ui.chat import RemoteChat
 
@@ -267,14 +264,7 @@ def test_with_server_the_playground_asks_it_and_rates_through_its_feedback_route
     log = RequestLog(url)
     engine = FakeEngine()
     engine.models["chat"] = ServedModel("chat", "generate")  # the run's served name
-    state = AppState(
-        engine=engine,  # type: ignore[arg-type]
-        cfg=ServeConfig(),
-        keys=KeyChecker(keys),
-        log=log,
-        admission=Admission(8, 4),
-        metrics=ServerMetrics(lambda: 0.0),
-    )
+    state = app_state(engine, keys, log=log)
     asgi, _ = serve_app(state)
     c = client(real_workspace, server="http://serve")
     app = c.app

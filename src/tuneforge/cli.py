@@ -36,6 +36,14 @@ Overrides = Annotated[
 ]
 
 
+def print_paths(rows: list[tuple[str, Any]]) -> None:
+    """What a command wrote, one labelled path a line (labels aligned): at 80 columns a long path wraps
+    alone instead of splitting a line that holds two."""
+    width = max(len(label) for label, _ in rows) + 1
+    for label, path in rows:
+        console.print(escape(f"{label + ':':<{width}} {path}"), highlight=False, soft_wrap=True)
+
+
 @app.command()
 def prepare(
     config: ConfigArg,
@@ -271,8 +279,13 @@ def tune(
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print(f"best config: {summary.best_config}")
-    console.print(f"summary:     {summary.path / 'summary.md'}  and {summary.path / 'trials.json'}")
+    print_paths(
+        [
+            ("best config", summary.best_config),
+            ("summary", summary.path / "summary.md"),
+            ("trials", summary.path / "trials.json"),
+        ]
+    )
 
 
 @app.command()
@@ -317,8 +330,13 @@ def evaluate(
 
         for line in summary_lines(result["judge"]):
             console.print(escape(line), highlight=False)
-    console.print(f"metrics: {out}  and {out.with_name(out.stem + '.predictions.jsonl')}")
-    console.print(f"report:  {Path(result['run']) / 'report.html'}")
+    print_paths(
+        [
+            ("metrics", out),
+            ("predictions", out.with_name(out.stem + ".predictions.jsonl")),
+            ("report", Path(result["run"]) / "report.html"),
+        ]
+    )
 
 
 @app.command()
@@ -329,9 +347,11 @@ def report(
     from tuneforge.evaluation.report import write_report
 
     out = write_report(run_dir)
-    console.print(f"[green]report[/green] {out}  and {out.with_name('report.md')}")
-    if (run_dir / "final").is_dir():
-        console.print(f"model card: {run_dir / 'final' / 'README.md'}")
+    card = run_dir / "final" / "README.md"
+    print_paths(
+        [("report", out), ("markdown", out.with_name("report.md"))]
+        + ([("model card", card)] if card.parent.is_dir() else [])
+    )
 
 
 human_eval = typer.Typer(help="Blind A/B rating of base vs tuned answers by people.", no_args_is_help=True)
@@ -408,10 +428,15 @@ def quickstart(
     run = result["run"]
     print_comparison(result["eval"])
     print_verdicts(result["eval"])
-    console.print(f"run directory: {run.path}")
-    console.print(f"adapter:       {run.final}")
-    console.print(f"metrics:       {run.metrics_path}  and {result['eval_path']}")
-    console.print(f"loss curve:    {run.path / 'loss.png'}")
+    print_paths(
+        [
+            ("run directory", run.path),
+            ("adapter", run.final),
+            ("training log", run.metrics_path),
+            ("evaluation", result["eval_path"]),
+            ("loss curve", run.path / "loss.png"),
+        ]
+    )
 
 
 @app.command()

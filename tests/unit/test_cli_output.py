@@ -159,3 +159,16 @@ def test_the_few_shot_baseline_is_a_column_and_its_cost_a_line(screen: io.String
         f"few_shot_k6: {few} (k: the auto cap 8, rounded down to 6); 41.2 s, eval.few_shot=0 turns it off"
         in text
     )
+
+
+def test_what_a_command_wrote_is_one_labelled_path_a_line(screen: io.StringIO, tmp_path) -> None:
+    """evaluate, report, tune and quickstart name their files one a line, labels aligned: a long path wraps
+    on its own line, never beside another path (it once read `metrics: A  and` with B wrapped below)."""
+    long = tmp_path / ("a-run-with-a-long-name-" * 3) / "eval" / "test.json"
+    cli.print_paths([("metrics", long), ("predictions", long.with_suffix(".jsonl")), ("report", "r.html")])
+    lines = screen.getvalue().splitlines()
+    assert lines == [
+        f"metrics:     {long}",
+        f"predictions: {long.with_suffix('.jsonl')}",
+        "report:      r.html",
+    ]

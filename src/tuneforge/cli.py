@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -230,29 +231,27 @@ def recommend(
             f"no catalog model fits {dev.name} ({dev.memory / GIB:.0f} GiB) within the budget",
             fix="a bigger GPU (--gpu), a larger --budget-hours, or a shorter model.max_length in prepare",
         )
-    table = Table(title=f"recommended for {dataset_dir} on {dev.name}")
-    for col in ("#", "model", "method", "settings", "peak", "time", "why", "config"):
-        table.add_column(col, overflow="fold")
     paths = write_configs(out, recs)
+    console.print(f"recommended for {dataset_dir} on {dev.name}, best first:", highlight=False)
     for i, (r, path) in enumerate(zip(recs, paths, strict=True), 1):
-        t, m = r.config["train"], r.config["method"]
-        settings = (
-            f"lr {t['learning_rate']:g}, batch {t['batch_size']}x{t.get('gradient_accumulation_steps', 1)}"
+        hours = "time unknown" if r.hours is None else f"about {fmt_seconds(r.hours * 3600)}"
+        console.print(
+            escape(f"{i}. {r.model} + {r.method}: peak {r.estimate.peak / GIB:.1f} GiB, {hours}"),
+            style="bold",
+            highlight=False,
         )
-        settings += f", {t['epochs']} epochs, max_length {r.config['model']['max_length']}"
-        settings += f", r {m['r']}" if "r" in m else ""
-        hours = "?" if r.hours is None else fmt_seconds(r.hours * 3600)
-        table.add_row(
-            str(i),
-            r.model,
-            r.method,
-            settings,
-            f"{r.estimate.peak / GIB:.1f} GiB",
-            hours,
-            "; ".join(r.reasons),
-            str(path),
-        )
-    console.print(table)
+        # One block per recommendation, its lines wrapped under their label: the eight columns of a table
+        # left the reasons a word per line at 80 columns.
+        for label, text in (("settings", r.settings()), ("why", "; ".join(r.reasons)), ("config", path)):
+            wrapped = textwrap.fill(
+                f"{label}: {text}",
+                width=console.width,
+                initial_indent="   ",
+                subsequent_indent="   ",
+                break_long_words=False,  # a path stays whole, on a line of its own if need be
+                break_on_hyphens=False,
+            )
+            console.print(escape(wrapped), highlight=False, soft_wrap=True)
     console.print(f"train one with: tuneforge train {out}/1-....yaml")
 
 

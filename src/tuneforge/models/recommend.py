@@ -42,6 +42,19 @@ class Recommendation:
         # Method head reads the data once: no epochs.
         return None if epoch is None else epoch * float(self.config["train"].get("epochs", 1)) / 3600
 
+    def settings(self) -> str:
+        """The chosen settings in a few words, for `recommend`'s table."""
+        t, m = self.config["train"], self.config["method"]
+        length = self.config["model"].get("max_length")
+        if m["name"] == "head":  # no optimizer: texts embedded once in batches, a linear head fitted after
+            return f"frozen encoder, linear head; embed batch {t['batch_size']}" + (
+                f", window {length}" if length else ""
+            )
+        accumulation = t.get("gradient_accumulation_steps", 1)
+        out = f"lr {t['learning_rate']:g}, batch {t['batch_size']}x{accumulation}, {t['epochs']} epochs"
+        out += f", max_length {length}" if length else ""
+        return out + (f", r {m['r']}" if "r" in m else "")
+
 
 def epochs_for(rows: int, task: str) -> int:
     """Small sets need more passes (Mosbach et al. 2021); large ones one or two (QLoRA: 1 epoch on OASST1)."""
@@ -315,12 +328,28 @@ def _within_budget(rec: Recommendation, budget_hours: float | None) -> bool:
     return True
 
 
+def sized_for(dataset: str, model: str, task: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` with the token lengths `model` sees (data.lengths.lengths_for_model), when `dataset` is a
+    prepared folder: a dataset prepared for the chat-rendering SmolLM2 sized MiniLM's bare tweets 2.5x over
+    (an 8-minute head, a 128-token window). A model whose tokenizer is not on this machine keeps them."""
+    from tuneforge.artifacts import DatasetDir
+    from tuneforge.config import DataConfig, ModelConfig
+    from tuneforge.data.lengths import lengths_for_model
+
+    if not DatasetDir.is_dataset(Path(dataset)):
+        return manifest
+    return lengths_for_model(
+        DatasetDir(Path(dataset)), ModelConfig(name=model, task=task), DataConfig().prompt_template
+    )
+
+
 def _try(
     dataset: str, m: CatalogModel, method: str, task: str, manifest: dict[str, Any], device: Device
 ) -> Recommendation | None:
     per_weight = {"full": 16, "qlora": 0.6}.get(method, 2)  # a lower bound, before the (slower) estimate
     if m.params * per_weight > device.memory:
         return None
+    manifest = sized_for(dataset, _model_id(m), task, manifest)
     raw = build_config(dataset, _model_id(m), method, task, manifest, m.context, m.params)
     cfg = config_from_dict(raw)
     est = fit_batch(cfg, device, manifest)
@@ -345,12 +374,13 @@ def _heads(
 ) -> list[Recommendation]:
     """Encoders with a head: the first choice for classification and regression."""
     names = ["minilm-l6"] if device.kind == "cpu" else ["deberta-v3-base", "modernbert-base", "minilm-l12"]
-    method = head_method(rows, cuda=device.kind == "cuda", manifest=manifest)
     out = []
     for name in names:
         m = find(name)
         if m is None or (commercial and not m.commercial):
             continue
+        sized = sized_for(dataset, _model_id(m), task, manifest)
+        method = head_method(rows, cuda=device.kind == "cuda", manifest=sized)
         rec = _try(dataset, m, method, task, manifest, device)
         if rec is None or not _within_budget(rec, budget):
             continue
@@ -363,7 +393,7 @@ def _heads(
             f"{rows:,} examples: full fine-tuning of a small encoder at lr "
             f"{rec.config['train']['learning_rate']:g} with early stopping"
             if method == "full"
-            else head_reason(rows, manifest)
+            else head_reason(rows, sized)
         )
         out.append(rec)
     return out

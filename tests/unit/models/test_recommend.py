@@ -302,3 +302,40 @@ def test_a_roomy_cpu_machine_gets_the_builtin_first_and_the_next_small_model_fro
         "not built in: HuggingFaceTB/SmolLM2-360M-Instruct downloads from the Hugging Face Hub on first use"
         in recs[1].reasons
     )
+
+
+def test_each_model_is_sized_with_the_lengths_it_sees_and_read_as_blocks_at_80_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dataset prepared for SmolLM2 (chat rendering, system prompt) recommends MiniLM with a window fitted
+    to the bare texts in MiniLM's tokens (it once took SmolLM2's chat lengths: a 128 window, 2.5x the
+    time); recommendations print as blocks, each line within 80 columns (a table folded the reasons a word a
+    line)."""
+    import io
+
+    from rich.console import Console
+
+    from tests.tiny import sentiment_rows, write_csv
+    from tuneforge import cli
+    from tuneforge.config import DataConfig, ModelConfig
+    from tuneforge.data import prepare_dataset
+
+    monkeypatch.chdir(tmp_path)
+    data = write_csv(tmp_path / "data.csv", sentiment_rows(60))
+    cfg = DataConfig(path=str(data), format="classification", output_dir="ds")
+    ds = prepare_dataset(cfg, model=ModelConfig(name="builtin:smollm2-135m-instruct"))
+    monkeypatch.setattr(rec, "SMALL_DATA", 10)  # method head on a CPU, as from 10,000 examples
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(width=80, file=screen, color_system=None))
+    cli.recommend(Path("ds"), gpu=None, device="cpu", budget_hours=None, commercial=False, out=Path("rec"))
+
+    head = yaml.safe_load((tmp_path / "rec" / "1-minilm-l6-head.yaml").read_text())
+    as_prepared = rec.max_length_for(ds.manifest, "classification", 512)
+    assert head["model"]["max_length"] == 64 < as_prepared
+    lines = screen.getvalue().splitlines()
+    assert all(len(line) <= 80 and line == line.rstrip() for line in lines), lines
+    assert lines[0] == "recommended for ds on CPU, best first:"
+    assert lines[1].startswith("1. builtin:minilm-l6 + head: peak ")
+    assert lines[2] == "   settings: frozen encoder, linear head; embed batch 8, window 64"
+    assert "   config: rec/1-minilm-l6-head.yaml" in lines
+    assert lines[-1] == "train one with: tuneforge train rec/1-....yaml"

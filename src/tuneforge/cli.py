@@ -701,7 +701,7 @@ def export_model(
     ] = False,
     to: Annotated[
         str,
-        typer.Option("--to", help="hf (safetensors folder) or gguf (needs tuneforge[gguf] or llama.cpp)."),
+        typer.Option("--to", help="hf (safetensors folder) or gguf (needs tuneforge\\[gguf] or llama.cpp)."),
     ] = "hf",
     gguf_type: Annotated[
         str | None,

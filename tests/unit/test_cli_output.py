@@ -172,3 +172,35 @@ def test_what_a_command_wrote_is_one_labelled_path_a_line(screen: io.StringIO, t
         f"predictions: {long.with_suffix('.jsonl')}",
         "report:      r.html",
     ]
+
+
+def test_bracketed_words_in_help_are_shown_not_taken_for_markup() -> None:
+    """Rich reads `[gguf]` in a help text as a style tag and drops it: `--to`'s help said "needs tuneforge or
+    llama.cpp". Every word with a bracket in any option's help shows as written (escaped as `\\[`)."""
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+
+    command = typer.main.get_command(cli.app)
+    runner = CliRunner()
+    checked = 0
+
+    def walk(group, path: list[str]) -> None:  # type: ignore[no-untyped-def]
+        nonlocal checked
+        for name, sub in getattr(group, "commands", {}).items():
+            walk(sub, [*path, name])
+        words = [
+            w.replace("\\[", "[").rstrip(".,;:)")
+            for p in getattr(group, "params", [])
+            for w in (getattr(p, "help", None) or "").split()
+            if "[" in w and not re.match(r"^\\?\[default", w)
+        ]
+        if words:
+            shown = runner.invoke(cli.app, [*path, "--help"], terminal_width=200).output
+            for w in words:
+                assert w in shown, (path, w)
+                checked += 1
+
+    walk(command, [])
+    assert checked >= 1

@@ -562,9 +562,10 @@ def _head_estimate(
     cfg: RunConfig, shape: Any, dev: Device, width: int, manifest: dict[str, Any] | None, notes: list[str]
 ) -> Estimate:
     """Method head: one forward pass (no gradients) over every text, then seconds of scikit-learn."""
+    from tuneforge.models.methods import resolve_method
     from tuneforge.models.shape import saved_activation_bytes
 
-    batch = int(cfg.method.options().get("batch_size", 32))
+    batch = int(getattr(resolve_method(cfg.method)[1], "batch_size", 32))
     length = cfg.model.max_length
     windows, tokens = head_work(cfg, manifest)
     try:

@@ -47,7 +47,11 @@ class Recommendation:
         t, m = self.config["train"], self.config["method"]
         length = self.config["model"].get("max_length")
         if m["name"] == "head":  # no optimizer: texts embedded once in batches, a linear head fitted after
-            return f"frozen encoder, linear head; embed batch {t['batch_size']}" + (
+            from tuneforge.models.methods import resolve_method
+
+            _, options = resolve_method(config_from_dict(self.config).method)
+            batch = getattr(options, "batch_size", None)
+            return f"frozen encoder, linear head; embed batch {batch}" + (
                 f", window {length}" if length else ""
             )
         accumulation = t.get("gradient_accumulation_steps", 1)

@@ -336,6 +336,8 @@ def test_each_model_is_sized_with_the_lengths_it_sees_and_read_as_blocks_at_80_c
     assert all(len(line) <= 80 and line == line.rstrip() for line in lines), lines
     assert lines[0] == "recommended for ds on CPU, best first:"
     assert lines[1].startswith("1. builtin:minilm-l6 + head: peak ")
-    assert lines[2] == "   settings: frozen encoder, linear head; embed batch 8, window 64"
+    assert (
+        lines[2] == "   settings: frozen encoder, linear head; embed batch 32, window 64"
+    )  # method.batch_size
     assert "   config: rec/1-minilm-l6-head.yaml" in lines
     assert lines[-1] == "train one with: tuneforge train rec/1-....yaml"

@@ -175,8 +175,14 @@ def test_a_training_split_of_one_label_is_refused_before_the_model_loads(
 ) -> None:
     from tuneforge.models import linear_head
 
-    rows = [r for r in sentiment_rows(30) if r["label"] == "positive"]
+    # Two labels in the data (prepare refuses one), but the data's own split column gives train only one.
+    rows = [
+        {**r, "split": "train" if r["label"] == "positive" else "test"}
+        for r in sentiment_rows(30)
+        if r["label"] != "neutral"
+    ]
     cfg = head_config(tmp_path, tiny_bert, write_csv(tmp_path / "one.csv", rows), "one")
+    cfg.data.split_column = "split"
     monkeypatch.setattr(linear_head, "load_backbone", lambda *a: pytest.fail("the model was loaded"))
     with pytest.raises(TuneforgeError) as err:
         train(cfg)

@@ -501,9 +501,33 @@ class _Run:
                 where="data.path",
                 fix="add more data, or relax the cleaning/validation settings",
             )
+        self._check_two_labels(labels[split >= 0], written)
         self.counts["written"] = written
         orders = self._orders(split, kept_idx)
         return self._write(orders, split, family, cluster, keep, leak)
+
+    def _check_two_labels(self, kept: np.ndarray, written: int) -> None:
+        """A classifier needs two labels: a dataset of one is refused, not written to train nothing."""
+        present = np.unique(kept[kept >= 0]) if self.fmt == "classification" else np.arange(2)
+        if len(present) >= 2:
+            return
+        names = {v: k for k, v in self.label_ids.items()}
+        only = f"labelled {names[int(present[0])]!r}" if len(present) else "unlabelled"
+        cfg = self.cfg
+        if cfg.max_rows is not None and self.counts["read"] >= cfg.max_rows:
+            # Exports often come sorted by label (the demo tweets are): the first rows hold one.
+            raise TuneforgeError(
+                f"all {written} usable examples are {only}: a classifier needs two labels at least, and "
+                f"data.max_rows kept only the file's first {cfg.max_rows:,} rows (a file sorted by label "
+                "starts with one)",
+                where="data.max_rows",
+                fix="raise or remove data.max_rows, or shuffle the file's rows first",
+            )
+        raise TuneforgeError(
+            f"all {written} usable examples are {only}: a classifier needs two labels at least",
+            where="data.label_column",
+            fix="check that data.label_column names the label column, or add examples of the other labels",
+        )
 
     def _spilled(self, rows: list[int]) -> Iterator[tuple[int, str, dict[str, Any]]]:
         """(row, where, record) of spilled rows, read back from the spill file."""

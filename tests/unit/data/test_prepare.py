@@ -282,3 +282,28 @@ def test_progress_is_silent_when_not_a_terminal(tmp_path: Path, capfd: pytest.Ca
     src = write_jsonl(tmp_path / "p.jsonl", [{"text": f"text {i}"} for i in range(12)])
     prepare_dataset(DataConfig(path=str(src), output_dir=str(tmp_path / "ds")))
     assert capfd.readouterr() == ("", "")
+
+
+def test_a_classification_set_of_one_label_is_refused_and_max_rows_on_a_sorted_file_is_named(
+    tmp_path: Path,
+) -> None:
+    """data.max_rows keeps a file's first rows; on a file sorted by label (as the demo tweets are) that was a
+    one-label dataset, written without a word. It is refused, and nothing is written."""
+    rng = random.Random(1)
+    rows = [{"text": sentence(rng), "label": label} for label in ("neg", "pos") for _ in range(30)]
+    src = write_jsonl(tmp_path / "sorted.jsonl", rows)
+    out = tmp_path / "ds"
+    cfg = DataConfig(path=str(src), format="classification", output_dir=str(out), max_rows=25)
+    with pytest.raises(TuneforgeError) as err:
+        prepare_dataset(cfg)
+    assert err.value.where == "data.max_rows"
+    assert "all 25 usable examples are labelled 'neg': a classifier needs two labels" in str(err.value)
+    assert "kept only the file's first 25 rows" in str(err.value) and not out.exists()
+
+    one = write_jsonl(tmp_path / "one.jsonl", rows[:30])
+    with pytest.raises(TuneforgeError) as err:
+        prepare_dataset(DataConfig(path=str(one), format="classification", output_dir=str(out)))
+    assert err.value.where == "data.label_column" and "max_rows" not in str(err.value) and not out.exists()
+
+    done = prepare_dataset(cfg.model_copy(update={"max_rows": 40}))  # 30 neg, 10 pos: two labels
+    assert done.manifest["labels"] == ["neg", "pos"]

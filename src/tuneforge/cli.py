@@ -37,6 +37,20 @@ Overrides = Annotated[
 ]
 
 
+def print_wrapped(text: str, *, indent: int = 0, hang: int = 2) -> None:
+    """`text` wrapped to the terminal at word boundaries, `indent` spaces in, continuation lines `hang` more:
+    a verdict or a reason longer than a line reads as one item (rich's own wrap starts them at column 0)."""
+    wrapped = textwrap.fill(
+        text,
+        width=console.width,
+        initial_indent=" " * indent,
+        subsequent_indent=" " * (indent + hang),
+        break_long_words=False,  # a path or a number stays whole, on a line of its own if need be
+        break_on_hyphens=False,
+    )
+    console.print(escape(wrapped), highlight=False, soft_wrap=True)
+
+
 def print_paths(rows: list[tuple[str, Any]]) -> None:
     """What a command wrote, one labelled path a line (labels aligned): at 80 columns a long path wraps
     alone instead of splitting a line that holds two."""
@@ -243,15 +257,7 @@ def recommend(
         # One block per recommendation, its lines wrapped under their label: the eight columns of a table
         # left the reasons a word per line at 80 columns.
         for label, text in (("settings", r.settings()), ("why", "; ".join(r.reasons)), ("config", path)):
-            wrapped = textwrap.fill(
-                f"{label}: {text}",
-                width=console.width,
-                initial_indent="   ",
-                subsequent_indent="   ",
-                break_long_words=False,  # a path stays whole, on a line of its own if need be
-                break_on_hyphens=False,
-            )
-            console.print(escape(wrapped), highlight=False, soft_wrap=True)
+            print_wrapped(f"{label}: {text}", indent=3, hang=0)
     console.print(f"train one with: tuneforge train {out}/1-....yaml")
 
 
@@ -1072,22 +1078,22 @@ def print_verdicts(result: dict[str, Any]) -> None:
     # Each line names what the tuned model is compared with: "no evidence of a difference" alone does not.
     for metric, test in (result.get("paired") or {}).items():
         if metric in ("accuracy", "mse", "perplexity", "token_f1", "chrf"):
-            console.print(f"  vs base: {escape(test['verdict'])}")
+            print_wrapped(f"vs base: {test['verdict']}", indent=2)
     for name, b in (result.get("baselines") or {}).items():  # their numbers are columns of the table
         if b.get("vs_tuned", {}).get("verdict"):
-            console.print(f"  vs {name}: {escape(b['vs_tuned']['verdict'])}")
+            print_wrapped(f"vs {name}: {b['vs_tuned']['verdict']}", indent=2)
     few = result.get("few_shot") or {}
     if few.get("name"):
-        console.print(
-            f"  {few['name']}: the base prompted with {few['k']} train examples "
-            f"(k: {escape(str(few['k_chosen']))}); {few.get('seconds')} s, eval.few_shot=0 turns it off",
-            highlight=False,
+        print_wrapped(
+            f"{few['name']}: the base prompted with {few['k']} train examples (k: {few['k_chosen']}); "
+            f"{few.get('seconds')} s, eval.few_shot=0 turns it off",
+            indent=2,
         )
     elif few.get("skipped"):
-        console.print(f"  few-shot baseline: {escape(few['skipped'])}", highlight=False)
+        print_wrapped(f"few-shot baseline: {few['skipped']}", indent=2)
     for column, f in (result.get("fairness") or {}).items():
         for warning in f.get("warnings", []):
-            console.print(f"  [yellow]warning[/yellow] ({column}): {escape(warning)}")
+            print_wrapped(f"warning ({column}): {warning}", indent=2)
 
 
 def main() -> None:

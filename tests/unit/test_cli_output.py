@@ -204,3 +204,15 @@ def test_bracketed_words_in_help_are_shown_not_taken_for_markup() -> None:
 
     walk(command, [])
     assert checked >= 1
+
+
+def test_verdicts_wrap_as_items_at_80_columns(screen: io.StringIO) -> None:
+    """A verdict longer than the terminal continues indented under itself (rich's wrap began the rest at
+    column 0, where it read as a line of its own)."""
+    verdict = "no evidence of a difference in accuracy (diff +0.25 [-0.0833, +0.583], p = 0.22)"
+    cli.print_verdicts({"paired": {}, "baselines": {"tfidf_logreg": {"vs_tuned": {"verdict": verdict}}}})
+    lines = screen.getvalue().splitlines()
+    assert lines == [
+        "  vs tfidf_logreg: no evidence of a difference in accuracy (diff +0.25 [-0.0833,",
+        "    +0.583], p = 0.22)",
+    ]

@@ -167,7 +167,8 @@ def estimate(
     check_max_length(cfg)
     est = run_estimate(cfg, device=gpu or device, processes=processes)
     for line in est.lines():
-        console.print(escape(line), highlight=False)
+        text = line.lstrip(" ")
+        print_wrapped(text, indent=len(line) - len(text), hang=2)
     if measure:
         got = run_measure(cfg)
         # A few steps meet smaller micro-batches than an epoch's largest: compare at the one they met.

@@ -460,11 +460,11 @@ class RunDir:
             return None
         if relative:  # a dataset moved apart from its run: neither place holds it
             beside = os.path.normpath(self.path.resolve() / relative)
-            return f"the dataset folder run {self.path} trained on is gone from {path} and from {beside}"
+            return f"the dataset folder that run {self.path} trained on is gone from {path} and from {beside}"
         # A run trained before runs recorded the path relative to the run knows only the absolute one, which a
         # run or project folder moved (or copied to another machine) leaves pointing at nothing.
         return (
-            f"the dataset folder run {self.path} trained on, {path}, is gone: the run or its project "
+            f"the dataset folder that run {self.path} trained on, {path}, is gone: the run or its project "
             "folder may have moved (this run recorded only the dataset's absolute path)"
         )
 

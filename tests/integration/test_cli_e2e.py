@@ -215,7 +215,9 @@ def test_a_workspace_moved_whole_still_finds_its_dataset(tmp_path: Path, tiny_ll
     (after / "run" / "manifest.json").write_text(json.dumps(manifest))
     r = run_cli("evaluate", "run", cwd=after)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert f"the dataset folder run run trained on, {recorded['path']}, is gone: the run or its" in r.stderr
+    assert (
+        f"the dataset folder that run run trained on, {recorded['path']}, is gone: the run or its" in r.stderr
+    )
     assert (
         "fix: point at the prepared dataset where it is now: tuneforge evaluate run data.path=DIR" in r.stderr
     )

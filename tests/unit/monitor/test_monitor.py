@@ -246,8 +246,9 @@ def test_a_moved_project_names_its_runs_gone_dataset_folder_and_takes_data_path(
     with pytest.raises(TuneforgeError) as err:
         monitor(run, log, DAY, _cfg(run))
     assert err.value.render() == (
-        f"{run / 'manifest.json'} (dataset.path): the dataset folder run {run} trained on, {gone}, is gone: "
-        "the run or its project folder may have moved (this run recorded only the dataset's absolute path)\n"
+        f"{run / 'manifest.json'} (dataset.path): the dataset folder that run {run} trained on, {gone}, is "
+        "gone: the run or its project folder may have moved (this run recorded only the dataset's absolute "
+        "path)\n"
         "  fix: point at the prepared dataset where it is now: add --set data.path=DIR to the tuneforge "
         f"monitor command, or move it back to {gone}"
     )

@@ -72,8 +72,26 @@ def prepare(
     cfg, _ = load_config(config, overrides)
     ds = prepare_dataset(cfg.data, force=force, model=cfg.model)
     m = ds.manifest
-    console.print(f"[green]dataset[/green] {ds.path}  format={m['format']}  splits={m['splits']}")
-    console.print(f"counts: {m['counts']}")
+    for label, text in prepare_summary(m, ds.path).items():
+        print_wrapped(f"{label + ':':<8} {text}", hang=9)
+
+
+def prepare_summary(manifest: dict[str, Any], path: Path) -> dict[str, str]:
+    """What `prepare` made, by label: the folder, its splits, what happened to the rows (the counts that
+    are not zero; the reasons are in the report), the report."""
+    counts = manifest.get("counts") or {}
+    left_out = ", ".join(
+        f"{k.replace('_', ' ')} {v:,}"
+        for k, v in counts.items()
+        if v and k not in ("read", "written", "rejected")
+    )
+    rows = f"{counts.get('read', 0):,} read, {counts.get('written', 0):,} written"
+    return {
+        "dataset": f"{path} ({manifest['format']})",
+        "splits": " · ".join(f"{k} {v:,}" for k, v in manifest["splits"].items()),
+        "rows": rows + (f"; not written or changed: {left_out}" if left_out else ""),
+        "report": str(path / "report.html"),
+    }
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from rich.console import Console
@@ -216,3 +217,41 @@ def test_verdicts_wrap_as_items_at_80_columns(screen: io.StringIO) -> None:
         "  vs tfidf_logreg: no evidence of a difference in accuracy (diff +0.25 [-0.0833,",
         "    +0.583], p = 0.22)",
     ]
+
+
+def test_prepare_says_what_it_made_in_labelled_lines(
+    screen: io.StringIO, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder, the splits, the rows read and written and why the rest were not, the report: labelled
+    lines within 80 columns (it printed two Python dicts that wrapped to column 0)."""
+    from pathlib import Path
+
+    import yaml
+
+    from tests.tiny import TOKENIZER, sentiment_rows, write_csv
+
+    monkeypatch.chdir(tmp_path)
+    rows = sentiment_rows(40)
+    rows[5] = dict(rows[4])  # one exact duplicate
+    rows[7]["text"] = ""  # one invalid row
+    write_csv(tmp_path / "data.csv", rows)
+    config = {
+        "data": {"path": "data.csv", "output_dir": "ds", "min_examples": 5},
+        "model": {"name": str(TOKENIZER)},
+    }
+    Path("prep.yaml").write_text(yaml.safe_dump(config))
+    cli.prepare(Path("prep.yaml"), None, False)
+    lines = screen.getvalue().splitlines()
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    s = manifest["splits"]
+    assert lines[0] == "dataset: ds (classification)"
+    assert lines[1] == f"splits:  train {s['train']} · validation {s['validation']} · test {s['test']}"
+    assert lines[2].startswith(
+        f"rows:    40 read, {manifest['counts']['written']} written; not written or changed: "
+    )
+    text = " ".join(" ".join(lines).split())
+    left_out = {k: v for k, v in manifest["counts"].items() if v and k not in ("read", "written", "rejected")}
+    assert left_out.get("exact_duplicates") == 1 and len(left_out) >= 2
+    for key, n in left_out.items():
+        assert f"{key.replace('_', ' ')} {n}" in text
+    assert lines[-1] == "report:  ds/report.html" and all(len(line) <= 80 for line in lines)

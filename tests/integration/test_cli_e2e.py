@@ -224,3 +224,7 @@ def test_a_workspace_moved_whole_still_finds_its_dataset(tmp_path: Path, tiny_ll
     r = run_cli("evaluate", "run", "data.path=ds", "eval.max_examples=5", cwd=after)
     assert r.returncode == 0, r.stderr
     assert json.loads((after / "run" / "eval" / "test-first5.json").read_text())["n"] == 5
+    # and the report it wrote describes that dataset, saying why it is not the recorded one
+    data = (after / "run" / "report.md").read_text().split("\n## Data\n")[1].split("\n## ")[0]
+    assert f"Prepared dataset {(after / 'ds').resolve()} (the dataset folder that run run trained on" in data
+    assert "this is the folder the evaluation was pointed at" in data and "nothing to say" not in data

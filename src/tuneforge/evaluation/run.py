@@ -299,6 +299,9 @@ def evaluate_run(
         "format": fmt,
         "labels": labels,
         "run": str(run.path),
+        # Where the examples came from (split hashes checked): the report names it when the run's own
+        # recorded folder is gone and evaluate was pointed at the data (data.path=DIR).
+        "dataset": str(dataset.path.resolve()),
         "tuned": tuned.metrics,
     }
     if base is not None:

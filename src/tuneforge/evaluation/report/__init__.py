@@ -184,7 +184,7 @@ def build_sections(run: RunDir) -> list[Section]:
         sections.append(("Human ratings", human_blocks(read_json(human))))
     return [
         summary_section(run, results),
-        ("Data", data_section(run)),
+        ("Data", data_section(run, results)),
         ("Model and method", model_section(run)),
         ("Training", training_section(run)),
         *sections,

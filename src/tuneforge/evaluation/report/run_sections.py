@@ -16,16 +16,27 @@ LOSS_UNIT = {
 }
 
 
-def data_section(run: RunDir) -> list[Block]:
+def data_section(run: RunDir, results: dict[str, dict[str, Any]] | None = None) -> list[Block]:
+    """The prepared dataset the run trained on; when its recorded folder is gone, the one an evaluation was
+    pointed at (`tuneforge evaluate RUN data.path=DIR`, split hashes checked), said as such."""
     missing = run.dataset_missing()
+    path: Any = run.dataset_path()
+    moved = ""
     if missing is not None:
-        return [("p", f"{missing[0].upper()}{missing[1:]}; nothing to say about the data.")]
-    path = run.dataset_path()
+        pointed = [
+            r["dataset"]
+            for r in (results or {}).values()
+            if DatasetDir.is_dataset(Path(r.get("dataset") or ""))
+        ]
+        if not pointed:
+            return [("p", f"{missing[0].upper()}{missing[1:]}; nothing to say about the data.")]
+        path = pointed[0]
+        moved = f" ({missing}; this is the folder the evaluation was pointed at, its split hashes the run's)"
     m = DatasetDir(Path(str(path))).manifest
     blocks: list[Block] = [
         (
             "p",
-            f"Prepared dataset {path}: format {m.get('format')}, fingerprint "
+            f"Prepared dataset {path}{moved}: format {m.get('format')}, fingerprint "
             f"{str(m.get('fingerprint', ''))[:16]}.",
         )
     ]

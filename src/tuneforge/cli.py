@@ -943,9 +943,7 @@ def registry_show(name: RegistryName, root: RegistryRoot = Path("registry")) -> 
         )
     console.print(table)
     for h in reg.history():
-        console.print(
-            f"{h['time']}  {h['action']} {h['version']}  {escape(h.get('reason') or '')}", highlight=False
-        )
+        print_wrapped(f"{h['time']}  {h['action']} {h['version']}  {h.get('reason') or ''}".rstrip(), hang=4)
 
 
 @registry_app.command("promote")
